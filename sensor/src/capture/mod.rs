@@ -1,0 +1,160 @@
+//! Stage 1, capture: the eBPF programs in the kernel and the ring-buffer reader in user space.
+//!
+//! [`Sensor::start`] loads the programs, attaches them to the chosen interfaces and returns a
+//! bounded channel of [`Segment`]s; [`Sensor::shutdown`] takes everything off again.
+
+pub mod attach;
+pub mod event;
+pub mod interface;
+pub mod program;
+pub mod reader;
+
+use std::{error::Error as StdError, io, sync::Arc};
+
+use tokio::{
+    sync::{mpsc, watch},
+    task::JoinHandle,
+};
+
+pub use attach::AttachMode;
+pub use event::{Clock, Segment};
+pub use interface::Interface;
+pub use program::{CaptureOptions, CaptureProgram, DEFAULT_PORTS, KernelCounters};
+pub use reader::ReaderCounters;
+
+/// Segments buffered between the ring reader and the next stage.
+pub const CHANNEL_CAPACITY: usize = 16 * 1024;
+
+type BoxError = Box<dyn StdError + Send + Sync + 'static>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error(
+        "permission denied while {0}: run as root, or grant CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON"
+    )]
+    Permission(String),
+    #[error("this kernel ({found}) is too old: {need}")]
+    KernelTooOld { found: String, need: &'static str },
+    #[error("unknown interface '{name}' (available: {available})")]
+    UnknownInterface { name: String, available: String },
+    #[error("interface '{name}' cannot be captured: {reason}")]
+    UnsupportedInterface { name: String, reason: String },
+    #[error("invalid capture configuration: {0}")]
+    Config(String),
+    #[error(
+        "this binary was built without its eBPF programs (AYA_BUILD_SKIP); rebuild after `cargo xtask setup`"
+    )]
+    NoObject,
+    #[error("the eBPF object has no '{0}'")]
+    Missing(&'static str),
+    #[error("{context}")]
+    Load {
+        context: String,
+        #[source]
+        source: BoxError,
+    },
+    #[error("attaching to {interface} via {how}")]
+    Attach {
+        interface: String,
+        how: &'static str,
+        #[source]
+        source: BoxError,
+    },
+    #[error("{0}")]
+    Io(&'static str, #[source] io::Error),
+}
+
+impl CaptureError {
+    /// Wraps a load-time error, recognising a missing privilege anywhere in its chain.
+    fn load(context: &str, source: impl Into<BoxError>) -> Self {
+        let source = source.into();
+        if is_permission_error(source.as_ref()) {
+            return Self::Permission(context.to_owned());
+        }
+        Self::Load { context: context.to_owned(), source }
+    }
+
+    fn attach(interface: &str, how: &'static str, source: impl Into<BoxError>) -> Self {
+        let source = source.into();
+        if is_permission_error(source.as_ref()) {
+            return Self::Permission(format!("attaching to {interface} via {how}"));
+        }
+        Self::Attach { interface: interface.to_owned(), how, source }
+    }
+}
+
+fn is_permission_error(error: &(dyn StdError + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if let Some(io) = e.downcast_ref::<io::Error>()
+            && (io.kind() == io::ErrorKind::PermissionDenied
+                || io.raw_os_error() == Some(libc::EPERM))
+        {
+            return true;
+        }
+        current = e.source();
+    }
+    false
+}
+
+/// Ring buffers (and `bpf_ringbuf_query`) arrived in Linux 5.8.
+fn check_kernel() -> Result<(), CaptureError> {
+    use aya::util::KernelVersion;
+    if let Ok(version) = KernelVersion::current()
+        && version < KernelVersion::new(5, 8, 0)
+    {
+        return Err(CaptureError::KernelTooOld {
+            found: format!("{version:?}"),
+            need: "BPF ring buffers need Linux 5.8 or newer",
+        });
+    }
+    Ok(())
+}
+
+/// A running capture: programs attached, reader task draining the ring.
+pub struct Sensor {
+    program: CaptureProgram,
+    attachments: attach::Attachments,
+    reader: JoinHandle<Result<(), CaptureError>>,
+    stop: watch::Sender<bool>,
+    pub counters: Arc<ReaderCounters>,
+    pub interfaces: Vec<Interface>,
+    pub mode: AttachMode,
+}
+
+impl Sensor {
+    /// Loads, attaches and starts reading. Must run inside a tokio runtime; the interfaces are
+    /// looked up in the calling thread's network namespace.
+    pub fn start(
+        options: &CaptureOptions,
+        interfaces: Vec<Interface>,
+        mode: AttachMode,
+    ) -> Result<(Self, mpsc::Receiver<Segment>), CaptureError> {
+        check_kernel()?;
+        let mode = mode.resolve();
+        let mut program = CaptureProgram::load(options)?;
+        let ring = program.take_ring()?;
+        let attachments = attach::attach(&mut program, &interfaces, mode)?;
+        program.enable()?;
+        let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+        let (stop, stop_rx) = watch::channel(false);
+        let counters = Arc::new(ReaderCounters::default());
+        let reader = tokio::spawn(reader::run(ring, tx, Arc::clone(&counters), stop_rx));
+        Ok((Self { program, attachments, reader, stop, counters, interfaces, mode }, rx))
+    }
+
+    pub fn kernel_counters(&self) -> Result<KernelCounters, CaptureError> {
+        self.program.counters()
+    }
+
+    /// Detaches everything, lets the reader drain what the ring still holds, and waits for it.
+    pub async fn shutdown(mut self) -> Result<(), CaptureError> {
+        self.attachments.detach(&mut self.program).await;
+        // send() only fails when the reader already ended; its result tells why below.
+        let _ = self.stop.send(true);
+        match self.reader.await {
+            Ok(result) => result,
+            Err(e) => Err(CaptureError::Io("the ring reader task failed", io::Error::other(e))),
+        }
+    }
+}

@@ -1,0 +1,195 @@
+//! The embedded eBPF object: loading it into the kernel, configuring its maps, reading its counters.
+
+use std::collections::BTreeMap;
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    programs::{SchedClassifier, SocketFilter},
+};
+use sensor_ebpf::{
+    CONFIG_ALL_PORTS, CONFIG_ENABLED, CaptureConfig, DEFAULT_RING_BYTES, DEFAULT_SNAPLEN,
+    DEFAULT_WAKEUP_BYTES, MAX_SNAPLEN, counter, names,
+};
+
+use super::CaptureError;
+
+/// The object built from `sensor-ebpf` by `build.rs`.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sensor-ebpf"));
+
+/// What the kernel program captures.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CaptureOptions {
+    /// TCP ports to watch (either end). Ignored when `all_ports` is set.
+    pub ports: Vec<u16>,
+    pub all_ports: bool,
+    /// Payload bytes captured per segment at most.
+    pub snaplen: u32,
+    /// Ring-buffer size in bytes: a power of two, at least one page.
+    pub ring_bytes: u32,
+    /// Ring fill level that forces a reader wakeup.
+    pub wakeup_bytes: u32,
+}
+
+/// Ports captured when none are configured (the design brief's defaults).
+pub const DEFAULT_PORTS: [u16; 5] = [80, 8000, 8080, 3000, 5000];
+
+impl Default for CaptureOptions {
+    fn default() -> Self {
+        Self {
+            ports: DEFAULT_PORTS.to_vec(),
+            all_ports: false,
+            snaplen: DEFAULT_SNAPLEN,
+            ring_bytes: DEFAULT_RING_BYTES,
+            wakeup_bytes: DEFAULT_WAKEUP_BYTES,
+        }
+    }
+}
+
+impl CaptureOptions {
+    fn validate(&self) -> Result<(), CaptureError> {
+        let page = page_size();
+        if !self.ring_bytes.is_power_of_two() || self.ring_bytes < page {
+            return Err(CaptureError::Config(format!(
+                "ring size {} bytes must be a power of two of at least one page ({page} bytes)",
+                self.ring_bytes
+            )));
+        }
+        if self.snaplen > MAX_SNAPLEN {
+            return Err(CaptureError::Config(format!(
+                "snaplen {} exceeds the maximum of {MAX_SNAPLEN} bytes per segment",
+                self.snaplen
+            )));
+        }
+        if !self.all_ports && self.ports.is_empty() {
+            return Err(CaptureError::Config("no ports to capture".into()));
+        }
+        Ok(())
+    }
+}
+
+fn page_size() -> u32 {
+    // SAFETY: sysconf has no preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u32::try_from(size).unwrap_or(4096)
+}
+
+/// Kernel-side counters summed over CPUs, by the names in [`counter::NAMES`].
+pub type KernelCounters = BTreeMap<&'static str, u64>;
+
+/// The loaded (not yet attached) capture programs and their maps.
+pub struct CaptureProgram {
+    ebpf: Ebpf,
+    counters: PerCpuArray<MapData, u64>,
+    config: CaptureConfig,
+}
+
+impl CaptureProgram {
+    /// Loads the programs into the kernel and writes the options into their maps. Capture stays
+    /// disabled until [`CaptureProgram::enable`], so no half-configured program emits events.
+    pub fn load(options: &CaptureOptions) -> Result<Self, CaptureError> {
+        options.validate()?;
+        if OBJECT.is_empty() {
+            return Err(CaptureError::NoObject);
+        }
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(names::EVENTS, options.ring_bytes)
+            .load(OBJECT)
+            .map_err(|e| CaptureError::load("loading the eBPF object", e))?;
+        for name in [names::TC_INGRESS, names::TC_EGRESS] {
+            let program: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .ok_or(CaptureError::Missing(name))?
+                .try_into()
+                .map_err(|e| CaptureError::load(name, e))?;
+            program.load().map_err(|e| CaptureError::load(name, e))?;
+        }
+        let socket: &mut SocketFilter = ebpf
+            .program_mut(names::SOCKET)
+            .ok_or(CaptureError::Missing(names::SOCKET))?
+            .try_into()
+            .map_err(|e| CaptureError::load(names::SOCKET, e))?;
+        socket.load().map_err(|e| CaptureError::load(names::SOCKET, e))?;
+
+        let mut ports: Array<_, u8> = Array::try_from(
+            ebpf.map_mut(names::PORTS).ok_or(CaptureError::Missing(names::PORTS))?,
+        )
+        .map_err(|e| CaptureError::load(names::PORTS, e))?;
+        for &port in &options.ports {
+            ports.set(u32::from(port), 1, 0).map_err(|e| CaptureError::load(names::PORTS, e))?;
+        }
+        let counters = PerCpuArray::try_from(
+            ebpf.take_map(names::COUNTERS).ok_or(CaptureError::Missing(names::COUNTERS))?,
+        )
+        .map_err(|e| CaptureError::load(names::COUNTERS, e))?;
+        let config = CaptureConfig {
+            snaplen: options.snaplen,
+            flags: if options.all_ports { CONFIG_ALL_PORTS } else { 0 },
+            wakeup_bytes: options.wakeup_bytes,
+            _reserved: 0,
+        };
+        let mut program = Self { ebpf, counters, config };
+        program.write_config()?;
+        Ok(program)
+    }
+
+    fn write_config(&mut self) -> Result<(), CaptureError> {
+        let mut map: Array<_, CaptureConfig> = Array::try_from(
+            self.ebpf.map_mut(names::CONFIG).ok_or(CaptureError::Missing(names::CONFIG))?,
+        )
+        .map_err(|e| CaptureError::load(names::CONFIG, e))?;
+        map.set(0, self.config, 0).map_err(|e| CaptureError::load(names::CONFIG, e))
+    }
+
+    /// Tells the programs how to parse packets of one interface (`sensor_ebpf::iface` bits).
+    pub fn set_interface(&mut self, ifindex: u32, bits: u32) -> Result<(), CaptureError> {
+        let mut map: HashMap<_, u32, u32> = HashMap::try_from(
+            self.ebpf.map_mut(names::IFACES).ok_or(CaptureError::Missing(names::IFACES))?,
+        )
+        .map_err(|e| CaptureError::load(names::IFACES, e))?;
+        map.insert(ifindex, bits, 0).map_err(|e| CaptureError::load(names::IFACES, e))
+    }
+
+    /// Starts capturing: from now on the attached programs emit events.
+    pub fn enable(&mut self) -> Result<(), CaptureError> {
+        self.config.flags |= CONFIG_ENABLED;
+        self.write_config()
+    }
+
+    /// Hands out the ring buffer (once) to a reader.
+    pub fn take_ring(&mut self) -> Result<RingBuf<MapData>, CaptureError> {
+        let map = self.ebpf.take_map(names::EVENTS).ok_or(CaptureError::Missing(names::EVENTS))?;
+        RingBuf::try_from(map).map_err(|e| CaptureError::load(names::EVENTS, e))
+    }
+
+    pub fn classifier(&mut self, name: &'static str) -> Result<&mut SchedClassifier, CaptureError> {
+        self.ebpf
+            .program_mut(name)
+            .ok_or(CaptureError::Missing(name))?
+            .try_into()
+            .map_err(|e| CaptureError::load(name, e))
+    }
+
+    pub fn socket_filter(&self) -> Result<&SocketFilter, CaptureError> {
+        self.ebpf
+            .program(names::SOCKET)
+            .ok_or(CaptureError::Missing(names::SOCKET))?
+            .try_into()
+            .map_err(|e| CaptureError::load(names::SOCKET, e))
+    }
+
+    /// The kernel counters, summed over CPUs.
+    pub fn counters(&self) -> Result<KernelCounters, CaptureError> {
+        read_counters(&self.counters)
+    }
+}
+
+fn read_counters(map: &PerCpuArray<MapData, u64>) -> Result<KernelCounters, CaptureError> {
+    let mut totals = KernelCounters::new();
+    for (index, name) in counter::NAMES.iter().enumerate() {
+        let values =
+            map.get(&(index as u32), 0).map_err(|e| CaptureError::load(names::COUNTERS, e))?;
+        totals.insert(name, values.iter().sum());
+    }
+    Ok(totals)
+}

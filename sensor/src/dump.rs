@@ -1,0 +1,71 @@
+//! One-line renderings for `apisessions run --dump`.
+
+use std::fmt::Write as _;
+
+use sensor_ebpf::Direction;
+
+use crate::{capture::Segment, stats::rfc3339};
+
+/// Payload bytes shown per line.
+pub const DUMP_PREVIEW: usize = 80;
+
+/// `time iface-direction src > dst [flags] seq=… len=… "escaped payload…"`
+pub fn segment_line(segment: &Segment, clock: &crate::capture::Clock) -> String {
+    let direction = match segment.direction {
+        Direction::Ingress => "in",
+        Direction::Egress => "out",
+    };
+    let mut line = format!(
+        "{} if{} {direction:<3} {} > {} [{}] seq={} ack={} len={}",
+        rfc3339(clock.wall(segment.mono_ns)),
+        segment.ifindex,
+        segment.src,
+        segment.dst,
+        segment.flags_text(),
+        segment.seq,
+        segment.ack,
+        segment.payload.len(),
+    );
+    if segment.chunk_offset > 0 || segment.more_chunks {
+        let _ = write!(line, " chunk@{}/{}", segment.chunk_offset, segment.segment_len);
+    }
+    if segment.truncated {
+        let _ = write!(line, " truncated({})", segment.segment_len);
+    }
+    if !segment.payload.is_empty() {
+        let shown = &segment.payload[..segment.payload.len().min(DUMP_PREVIEW)];
+        let _ = write!(line, " \"{}\"", shown.escape_ascii());
+        if shown.len() < segment.payload.len() {
+            line.push('…');
+        }
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_payload_and_marks_chunks() {
+        let segment = Segment {
+            mono_ns: 0,
+            src: "127.0.0.1:5000".parse().unwrap(),
+            dst: "127.0.0.1:8080".parse().unwrap(),
+            direction: Direction::Ingress,
+            ifindex: 1,
+            seq: 1,
+            ack: 2,
+            tcp_flags: sensor_ebpf::tcp_flags::PSH | sensor_ebpf::tcp_flags::ACK,
+            segment_len: 40000,
+            chunk_offset: 16384,
+            truncated: false,
+            more_chunks: true,
+            payload: b"GET / HTTP/1.1\r\n\x00".to_vec(),
+        };
+        let line = segment_line(&segment, &crate::capture::Clock::new());
+        assert!(line.contains("127.0.0.1:5000 > 127.0.0.1:8080 [P.]"), "{line}");
+        assert!(line.contains(r#""GET / HTTP/1.1\r\n\x00""#), "{line}");
+        assert!(line.contains("chunk@16384/40000"), "{line}");
+    }
+}

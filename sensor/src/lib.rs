@@ -1,0 +1,19 @@
+//! apisessions: an API session sensor for Linux hosts.
+//!
+//! # Layout
+//!
+//! The crate follows the pipeline, one module per stage:
+//!
+//! - [`capture`]: eBPF programs in the kernel (TC classifier or socket filter) emit one event
+//!   per TCP segment of a watched port into a ring buffer; a tokio task drains it into a bounded
+//!   channel of [`capture::Segment`]s. Loss is counted in the kernel (`ring_full`, truncation)
+//!   and in user space (malformed events).
+//! - reassembly and HTTP/1.x decoding, sessions, the LMDB store and the query CLI come next
+//!   (see `docs/` and the design brief).
+//!
+//! Around the pipeline: [`stats`] (every stage's counters, shown by `apisessions stats`) and
+//! [`dump`] (the one-line renderings of `apisessions run --dump`).
+
+pub mod capture;
+pub mod dump;
+pub mod stats;
