@@ -19,16 +19,22 @@ fn main() -> anyhow::Result<()> {
         .join("sensor-ebpf");
     let ebpf_dir = ebpf_dir.to_str().context("sensor-ebpf path is not UTF-8")?;
 
-    let skipped = env::var("AYA_BUILD_SKIP").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
+    let skipped =
+        env::var("AYA_BUILD_SKIP").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
     let object = out_dir.join("sensor-ebpf");
-    if skipped {
-        if !object.exists() {
-            fs::write(&object, b"").context("writing the placeholder eBPF object")?;
-        }
+    if skipped && !object.exists() {
+        fs::write(&object, b"").context("writing the placeholder eBPF object")?;
     }
+    // `cargo xtask setup` sets this when the machine's nightly is not called `nightly`.
+    println!("cargo:rerun-if-env-changed=APISESSIONS_EBPF_TOOLCHAIN");
+    let toolchain = env::var("APISESSIONS_EBPF_TOOLCHAIN").unwrap_or_else(|_| "nightly".to_owned());
     aya_build::build_ebpf(
-        [aya_build::Package { name: "sensor-ebpf", root_dir: ebpf_dir, ..Default::default() }],
-        aya_build::Toolchain::Nightly,
+        [aya_build::Package {
+            name: "sensor-ebpf",
+            root_dir: ebpf_dir,
+            ..Default::default()
+        }],
+        aya_build::Toolchain::Custom(&toolchain),
     )
     .context(
         "building the eBPF programs failed; run `cargo xtask setup` (nightly rust-src and \

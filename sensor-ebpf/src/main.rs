@@ -69,7 +69,11 @@ pub fn apis_tc_egress(ctx: TcContext) -> i32 {
 pub fn apis_socket(ctx: SkBuffContext) -> i64 {
     // SAFETY: the context pointer is valid for the duration of the program.
     let pkt_type = unsafe { (*ctx.skb.skb).pkt_type };
-    let direction = if pkt_type == PACKET_OUTGOING { Direction::Egress } else { Direction::Ingress };
+    let direction = if pkt_type == PACKET_OUTGOING {
+        Direction::Egress
+    } else {
+        Direction::Ingress
+    };
     capture(&ctx.skb, direction);
     // Keep nothing on the socket: the events in the ring are the whole output.
     0
@@ -86,7 +90,8 @@ fn count(index: u32, n: u64) {
 /// Loads a `T` at `offset` from the packet start, counting a failure.
 #[inline(always)]
 fn load<T>(skb: &SkBuff, offset: usize) -> Result<T, ()> {
-    skb.load::<T>(offset).map_err(|_| count(counter::LOAD_ERRORS, 1))
+    skb.load::<T>(offset)
+        .map_err(|_| count(counter::LOAD_ERRORS, 1))
 }
 
 #[inline(always)]
@@ -120,7 +125,9 @@ fn try_capture(skb: &SkBuff, direction: Direction) -> Result<(), ()> {
     // SAFETY: the context pointer is valid for the duration of the program.
     let (ifindex, protocol) = unsafe { ((*skb.skb).ifindex, (*skb.skb).protocol) };
     // SAFETY: plain value lookup.
-    let iface_bits = unsafe { IFACES.get(&ifindex) }.copied().unwrap_or(iface::L2_ETHERNET);
+    let iface_bits = unsafe { IFACES.get(&ifindex) }
+        .copied()
+        .unwrap_or(iface::L2_ETHERNET);
     if direction == Direction::Egress && iface_bits & iface::IGNORE_EGRESS != 0 {
         return Ok(());
     }
@@ -164,8 +171,18 @@ fn ipv4(skb: &SkBuff, offset: usize) -> Result<Network, ()> {
     saddr[..4].copy_from_slice(&header[12..16]);
     daddr[..4].copy_from_slice(&header[16..20]);
     // A total length of 0 appears on BIG TCP super-packets: the skb length decides then.
-    let end = if total_len == 0 { skb.len() as usize } else { offset + total_len };
-    Ok(Network { family: 4, saddr, daddr, l4: offset + header_len, end })
+    let end = if total_len == 0 {
+        skb.len() as usize
+    } else {
+        offset + total_len
+    };
+    Ok(Network {
+        family: 4,
+        saddr,
+        daddr,
+        l4: offset + header_len,
+        end,
+    })
 }
 
 #[inline(always)]
@@ -177,7 +194,11 @@ fn ipv6(skb: &SkBuff, offset: usize) -> Result<Network, ()> {
     let payload_len = usize::from(u16::from_be_bytes([header[4], header[5]]));
     let mut next = header[6];
     let mut l4 = offset + 40;
-    let end = if payload_len == 0 { skb.len() as usize } else { l4 + payload_len };
+    let end = if payload_len == 0 {
+        skb.len() as usize
+    } else {
+        l4 + payload_len
+    };
     let mut found = false;
     for _ in 0..MAX_IPV6_EXT {
         match next {
@@ -213,12 +234,20 @@ fn ipv6(skb: &SkBuff, offset: usize) -> Result<Network, ()> {
     let mut daddr = [0u8; 16];
     saddr.copy_from_slice(&header[8..24]);
     daddr.copy_from_slice(&header[24..40]);
-    Ok(Network { family: 6, saddr, daddr, l4, end })
+    Ok(Network {
+        family: 6,
+        saddr,
+        daddr,
+        l4,
+        end,
+    })
 }
 
 #[inline(always)]
 fn port_watched(port: u16) -> bool {
-    PORTS.get(u32::from(port)).is_some_and(|watched| *watched != 0)
+    PORTS
+        .get(u32::from(port))
+        .is_some_and(|watched| *watched != 0)
 }
 
 #[inline(always)]
@@ -334,8 +363,7 @@ fn submit(buf: &EventBuf, len: usize, wakeup_bytes: u32) {
         BPF_RB_NO_WAKEUP
     };
     // SAFETY: `size` <= size_of::<EventBuf>() (checked above); the struct is plain bytes.
-    let bytes =
-        unsafe { core::slice::from_raw_parts((buf as *const EventBuf).cast::<u8>(), size) };
+    let bytes = unsafe { core::slice::from_raw_parts((buf as *const EventBuf).cast::<u8>(), size) };
     match EVENTS.output::<[u8]>(bytes, u64::from(wakeup)) {
         Ok(()) => {
             count(counter::EVENTS_SUBMITTED, 1);

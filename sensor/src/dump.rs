@@ -27,7 +27,11 @@ pub fn segment_line(segment: &Segment, clock: &crate::capture::Clock) -> String 
         segment.payload.len(),
     );
     if segment.chunk_offset > 0 || segment.more_chunks {
-        let _ = write!(line, " chunk@{}/{}", segment.chunk_offset, segment.segment_len);
+        let _ = write!(
+            line,
+            " chunk@{}/{}",
+            segment.chunk_offset, segment.segment_len
+        );
     }
     if segment.truncated {
         let _ = write!(line, " truncated({})", segment.segment_len);
@@ -64,7 +68,10 @@ mod tests {
             payload: b"GET / HTTP/1.1\r\n\x00".to_vec(),
         };
         let line = segment_line(&segment, &crate::capture::Clock::new());
-        assert!(line.contains("127.0.0.1:5000 > 127.0.0.1:8080 [P.]"), "{line}");
+        assert!(
+            line.contains("127.0.0.1:5000 > 127.0.0.1:8080 [P.]"),
+            "{line}"
+        );
         assert!(line.contains(r#""GET / HTTP/1.1\r\n\x00""#), "{line}");
         assert!(line.contains("chunk@16384/40000"), "{line}");
     }

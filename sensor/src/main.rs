@@ -43,7 +43,11 @@ enum Command {
 #[derive(Args)]
 struct DataDirArg {
     /// Where state and statistics live.
-    #[arg(long, env = "APISESSIONS_DATA_DIR", default_value = "/var/lib/apisessions")]
+    #[arg(
+        long,
+        env = "APISESSIONS_DATA_DIR",
+        default_value = "/var/lib/apisessions"
+    )]
     data_dir: PathBuf,
 }
 
@@ -129,7 +133,11 @@ fn create_data_dir(dir: &Path) -> Result<()> {
 fn run(args: RunArgs) -> Result<()> {
     create_data_dir(&args.data.data_dir)?;
     let options = CaptureOptions {
-        ports: if args.ports.is_empty() { DEFAULT_PORTS.to_vec() } else { args.ports.clone() },
+        ports: if args.ports.is_empty() {
+            DEFAULT_PORTS.to_vec()
+        } else {
+            args.ports.clone()
+        },
         all_ports: args.all_ports,
         snaplen: args.snaplen,
         ring_bytes: args.ring_size,
@@ -138,7 +146,10 @@ fn run(args: RunArgs) -> Result<()> {
     let interfaces = if args.interfaces.is_empty() {
         Interface::all_up()?
     } else {
-        args.interfaces.iter().map(|name| Interface::by_name(name)).collect::<Result<_, _>>()?
+        args.interfaces
+            .iter()
+            .map(|name| Interface::by_name(name))
+            .collect::<Result<_, _>>()?
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -166,14 +177,19 @@ async fn daemon(args: RunArgs, options: CaptureOptions, interfaces: Vec<Interfac
     report.write(&data_dir)?;
     log::info!(
         "capturing {} on {}; statistics in {}",
-        if options.all_ports { "all TCP ports".to_owned() } else { format!("ports {:?}", options.ports) },
+        if options.all_ports {
+            "all TCP ports".to_owned()
+        } else {
+            format!("ports {:?}", options.ports)
+        },
         report.interfaces.join(", "),
         StatsReport::path(&data_dir).display()
     );
 
     let mut stats_tick = tokio::time::interval(Duration::from_secs(1));
     let summary_every = Duration::from_secs(args.summary_interval.max(1));
-    let mut summary_tick = tokio::time::interval_at(tokio::time::Instant::now() + summary_every, summary_every);
+    let mut summary_tick =
+        tokio::time::interval_at(tokio::time::Instant::now() + summary_every, summary_every);
     let mut summary = Summary::default();
     let mut out = io::BufWriter::new(io::stdout().lock());
     let mut output_open = true;

@@ -60,15 +60,26 @@ impl StatsReport {
         data_dir.join(STATS_FILE)
     }
 
-    pub fn set_stage<'a>(&mut self, stage: &str, counters: impl IntoIterator<Item = (&'a str, u64)>) {
+    pub fn set_stage<'a>(
+        &mut self,
+        stage: &str,
+        counters: impl IntoIterator<Item = (&'a str, u64)>,
+    ) {
         self.stages.insert(
             stage.to_owned(),
-            counters.into_iter().map(|(name, value)| (name.to_owned(), value)).collect(),
+            counters
+                .into_iter()
+                .map(|(name, value)| (name.to_owned(), value))
+                .collect(),
         );
     }
 
     pub fn get(&self, stage: &str, name: &str) -> u64 {
-        self.stages.get(stage).and_then(|c| c.get(name)).copied().unwrap_or(0)
+        self.stages
+            .get(stage)
+            .and_then(|c| c.get(name))
+            .copied()
+            .unwrap_or(0)
     }
 
     pub fn write(&self, data_dir: &Path) -> Result<(), StatsError> {
@@ -104,7 +115,10 @@ impl StatsReport {
         let state = if self.writer_alive() {
             format!("running (pid {}), updated {}", self.pid, self.updated)
         } else {
-            format!("not running; last written by pid {} at {}", self.pid, self.updated)
+            format!(
+                "not running; last written by pid {} at {}",
+                self.pid, self.updated
+            )
         };
         out.push_str(&format!("daemon:     {state}\n"));
         out.push_str(&format!("started:    {}\n", self.started));
@@ -137,7 +151,10 @@ mod tests {
     fn round_trips_through_the_data_dir() {
         let dir = std::env::temp_dir().join(format!("apis-stats-{}", std::process::id()));
         fs::create_dir_all(&dir).unwrap();
-        assert!(matches!(StatsReport::read(&dir), Err(StatsError::Missing(_))));
+        assert!(matches!(
+            StatsReport::read(&dir),
+            Err(StatsError::Missing(_))
+        ));
         let mut report = StatsReport {
             pid: std::process::id(),
             running: true,
@@ -152,7 +169,10 @@ mod tests {
         assert!(back.writer_alive());
         assert!(back.render().contains("ring_full"));
         fs::write(StatsReport::path(&dir), "{").unwrap();
-        assert!(matches!(StatsReport::read(&dir), Err(StatsError::Parse { .. })));
+        assert!(matches!(
+            StatsReport::read(&dir),
+            Err(StatsError::Parse { .. })
+        ));
         fs::remove_dir_all(&dir).unwrap();
     }
 }

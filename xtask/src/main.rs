@@ -1,1 +1,349 @@
-fn main(){}
+//! `cargo xtask`: set-up, build, run, demo and test for apisessions.
+//!
+//! Every step says what it does only when it does something; a step that cannot be done ends
+//! with one sentence naming what is missing and how to get it.
+
+use std::{
+    env,
+    ffi::OsStr,
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+mod demo;
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Project tasks for apisessions")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing need: nightly rust-src, bpf-linker, bpffs, and (as root)
+    /// the Debian packages the tests use. Idempotent and quiet when all is there.
+    Setup,
+    /// Build the eBPF programs and the `apisessions` binary.
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Build, then run `apisessions` with the given arguments.
+    Run {
+        #[arg(long)]
+        release: bool,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Build, then capture real loopback traffic of a demo server in a private network namespace.
+    Demo,
+    /// Set up, then run the whole test suite (needs root: it loads eBPF programs) and the lints.
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+/// Debian packages the test suite and the demo use.
+const TEST_PACKAGES: &[(&str, &str)] = &[
+    ("nginx", "/usr/sbin/nginx"),
+    ("bpftool", "/usr/sbin/bpftool"),
+    ("iproute2", "/usr/sbin/ip"),
+    ("curl", "/usr/bin/curl"),
+];
+
+/// The nightly that is known to work, for machines without any nightly.
+const KNOWN_GOOD_NIGHTLY: &str = "nightly-2026-05-19";
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.task {
+        Task::Setup => setup(),
+        Task::Build { release } => setup().and_then(|()| build(release)),
+        Task::Run { release, args } => setup().and_then(|()| run(release, &args)),
+        Task::Demo => setup().and_then(|()| demo::run()),
+        Task::Test { args } => setup().and_then(|()| test(&args)),
+    };
+    if let Err(e) = result {
+        eprintln!("xtask: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+pub(crate) fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+pub(crate) fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
+}
+
+/// Runs a command, failing with its name and status.
+pub(crate) fn status(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed ({status})");
+    }
+    Ok(())
+}
+
+/// Runs a command and returns its stdout, failing with its stderr.
+pub(crate) fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd
+        .stderr(Stdio::piped())
+        .output()
+        .with_context(|| format!("starting {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn setup() -> Result<()> {
+    let toolchain = ensure_nightly()?;
+    // Every cargo this process starts builds the eBPF programs with that toolchain (sensor/build.rs).
+    // SAFETY: single-threaded at this point; nothing else reads the environment concurrently.
+    unsafe { env::set_var(TOOLCHAIN_ENV, &toolchain) };
+    ensure_bpf_linker(&toolchain)?;
+    ensure_bpffs()?;
+    ensure_packages()?;
+    Ok(())
+}
+
+/// Read by sensor/build.rs: the rustup toolchain that builds the eBPF programs.
+const TOOLCHAIN_ENV: &str = "APISESSIONS_EBPF_TOOLCHAIN";
+
+/// Returns the nightly toolchain to use: `$APISESSIONS_EBPF_TOOLCHAIN`, else `nightly` when it is
+/// installed, else the known-good nightly (installed now). Makes sure it has rust-src.
+fn ensure_nightly() -> Result<String> {
+    let toolchains = output(Command::new("rustup").args(["toolchain", "list"])).context(
+        "rustup is needed to build the eBPF programs; install it from your distribution or rustup.rs",
+    )?;
+    let installed = |name: &str| {
+        toolchains
+            .lines()
+            .any(|line| line.starts_with(&format!("{name}-")))
+    };
+    let toolchain = match env::var(TOOLCHAIN_ENV) {
+        Ok(name) if !name.is_empty() => name,
+        _ if installed("nightly") => "nightly".to_owned(),
+        _ => KNOWN_GOOD_NIGHTLY.to_owned(),
+    };
+    if !installed(&toolchain) {
+        println!("xtask: installing the {toolchain} toolchain (the eBPF programs need nightly)");
+        status(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            &toolchain,
+            "--profile",
+            "minimal",
+            "--component",
+            "rust-src",
+        ]))
+        .with_context(|| format!("the {toolchain} toolchain could not be installed with rustup"))?;
+    }
+    let components = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        &toolchain,
+        "--installed",
+    ]))?;
+    if !components.lines().any(|line| line.starts_with("rust-src")) {
+        println!("xtask: adding rust-src to the {toolchain} toolchain");
+        status(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", &toolchain]))
+            .with_context(|| format!("rust-src could not be added: run `rustup component add rust-src --toolchain {toolchain}`"))?;
+    }
+    Ok(toolchain)
+}
+
+fn ensure_bpf_linker(toolchain: &str) -> Result<()> {
+    if Command::new("bpf-linker")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        return Ok(());
+    }
+    // bpf-linker must link the same LLVM as the nightly compiler that emits the bitcode: build it
+    // against the libLLVM that ships inside the nightly toolchain.
+    let plus = format!("+{toolchain}");
+    let version = output(Command::new("rustc").args([&plus, "-vV"]))?;
+    let major = version
+        .lines()
+        .find_map(|line| line.strip_prefix("LLVM version: "))
+        .and_then(|v| v.split('.').next())
+        .with_context(|| format!("`rustc {plus} -vV` does not report an LLVM version"))?
+        .to_owned();
+    let sysroot =
+        PathBuf::from(output(Command::new("rustc").args([&plus, "--print", "sysroot"]))?.trim());
+    let libdir = sysroot.join("lib");
+    let library = fs::read_dir(&libdir)
+        .with_context(|| format!("reading {}", libdir.display()))?
+        .filter_map(Result::ok)
+        .map(|entry| entry.file_name())
+        .find(|name| name.to_string_lossy().starts_with("libLLVM.so."))
+        .with_context(|| {
+            format!(
+                "the nightly toolchain has no libLLVM.so.* in {}; install a full nightly with `rustup toolchain install {KNOWN_GOOD_NIGHTLY}`",
+                libdir.display()
+            )
+        })?;
+    let prefix = cache_dir().join(format!("llvm-{major}-prefix"));
+    let prefix_lib = prefix.join("lib");
+    fs::create_dir_all(&prefix_lib)
+        .with_context(|| format!("creating {}", prefix_lib.display()))?;
+    for link in [OsStr::new("libLLVM.so"), library.as_os_str()] {
+        let path = prefix_lib.join(link);
+        let _ = fs::remove_file(&path);
+        std::os::unix::fs::symlink(libdir.join(&library), &path)
+            .with_context(|| format!("linking {}", path.display()))?;
+    }
+    println!(
+        "xtask: building bpf-linker against the nightly's LLVM {major} (about two minutes, once)"
+    );
+    status(
+        Command::new("cargo")
+            .arg(&plus)
+            .args(["install", "bpf-linker", "--locked", "--no-default-features", "--features"])
+            .arg(format!("llvm-{major}"))
+            .env("LLVM_PREFIX", &prefix),
+    )
+    .context("bpf-linker could not be built; it needs crates.io access and a nightly toolchain with its libLLVM")
+}
+
+fn cache_dir() -> PathBuf {
+    env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
+        .unwrap_or_else(|| workspace_root().join("target"))
+        .join("apisessions")
+}
+
+fn ensure_bpffs() -> Result<()> {
+    let mounts = fs::read_to_string("/proc/mounts").unwrap_or_default();
+    if mounts
+        .lines()
+        .any(|line| line.split_whitespace().nth(2) == Some("bpf"))
+    {
+        return Ok(());
+    }
+    if !is_root() {
+        println!(
+            "xtask: note: bpffs is not mounted at /sys/fs/bpf (mount it as root: `mount -t bpf bpf /sys/fs/bpf`)"
+        );
+        return Ok(());
+    }
+    status(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))
+        .context("bpffs could not be mounted at /sys/fs/bpf")
+}
+
+fn ensure_packages() -> Result<()> {
+    let missing: Vec<&str> = TEST_PACKAGES
+        .iter()
+        .filter(|(_, binary)| !Path::new(binary).exists())
+        .map(|(package, _)| *package)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!(
+            "the tests need the Debian packages {}: install them with `sudo apt-get install {}`",
+            missing.join(", "),
+            missing.join(" ")
+        );
+    }
+    println!("xtask: installing {}", missing.join(" "));
+    status(Command::new("apt-get").args(["update", "-qq"]))?;
+    status(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdout(Stdio::null()),
+    )
+    .with_context(|| format!("installing {} failed", missing.join(" ")))
+}
+
+fn build(release: bool) -> Result<()> {
+    let mut cmd = Command::new("cargo");
+    cmd.args(["build", "--package", "apisessions"])
+        .current_dir(workspace_root());
+    if release {
+        cmd.arg("--release");
+    }
+    status(&mut cmd)
+}
+
+pub(crate) fn binary(release: bool) -> PathBuf {
+    workspace_root()
+        .join("target")
+        .join(if release { "release" } else { "debug" })
+        .join("apisessions")
+}
+
+fn run(release: bool, args: &[String]) -> Result<()> {
+    build(release)?;
+    status(Command::new(binary(release)).args(args))
+}
+
+fn test(args: &[String]) -> Result<()> {
+    if !is_root() {
+        bail!("the tests load eBPF programs and create network namespaces: run them as root");
+    }
+    let root = workspace_root();
+    status(
+        Command::new("cargo")
+            .arg("test")
+            .args(args)
+            .current_dir(&root),
+    )?;
+    if args.is_empty() {
+        status(
+            Command::new("cargo")
+                .args(["fmt", "--all", "--check"])
+                .current_dir(&root),
+        )
+        .context("formatting differs: run `cargo fmt --all`")?;
+        status(
+            Command::new("cargo")
+                .args(["clippy", "--all-targets", "--quiet", "--", "-D", "warnings"])
+                .current_dir(&root),
+        )?;
+        // The kernel side is linted for its own target, with the toolchain that builds it.
+        let toolchain = env::var(TOOLCHAIN_ENV).unwrap_or_else(|_| "nightly".into());
+        status(
+            Command::new("cargo")
+                .arg(format!("+{toolchain}"))
+                .args([
+                    "clippy",
+                    "--quiet",
+                    "--package",
+                    "sensor-ebpf",
+                    "--target",
+                    "bpfel-unknown-none",
+                ])
+                .args(["-Z", "build-std=core", "--release", "--", "-D", "warnings"])
+                .current_dir(&root),
+        )?;
+    }
+    Ok(())
+}

@@ -42,7 +42,9 @@ impl FromStr for AttachMode {
             "tcx" => Ok(Self::Tcx),
             "clsact" => Ok(Self::Clsact),
             "socket" => Ok(Self::Socket),
-            other => Err(format!("unknown attach mode '{other}' (auto, tcx, clsact, socket)")),
+            other => Err(format!(
+                "unknown attach mode '{other}' (auto, tcx, clsact, socket)"
+            )),
         }
     }
 }
@@ -86,7 +88,10 @@ fn directions(interface: &Interface) -> &'static [(&'static str, TcAttachType)] 
     if interface.is_loopback {
         &[(names::TC_INGRESS, TcAttachType::Ingress)]
     } else {
-        &[(names::TC_INGRESS, TcAttachType::Ingress), (names::TC_EGRESS, TcAttachType::Egress)]
+        &[
+            (names::TC_INGRESS, TcAttachType::Ingress),
+            (names::TC_EGRESS, TcAttachType::Egress),
+        ]
     }
 }
 
@@ -116,9 +121,11 @@ pub fn attach(
             }
             AttachMode::Clsact => {
                 match tc::qdisc_add_clsact(&interface.name) {
-                    Ok(()) => attachments.created_qdiscs.push((interface.ifindex, interface.name.clone())),
-                    Err(tc::TcError::NetlinkError(e))
-                        if e.raw_os_error() == Some(libc::EEXIST) => {}
+                    Ok(()) => attachments
+                        .created_qdiscs
+                        .push((interface.ifindex, interface.name.clone())),
+                    Err(tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {
+                    }
                     Err(e) => return Err(CaptureError::attach(&interface.name, "clsact", e)),
                 }
                 for &(name, direction) in directions(interface) {
@@ -152,7 +159,9 @@ pub fn attach(
 /// Filters of ours left by a run that crashed (clsact filters are not tied to a process).
 fn remove_stale_filters(interface: &str, direction: TcAttachType, name: &str) {
     match tc::qdisc_detach_program(interface, direction, name) {
-        Ok(()) => log::warn!("removed a stale {name} filter from {interface} (earlier run crashed?)"),
+        Ok(()) => {
+            log::warn!("removed a stale {name} filter from {interface} (earlier run crashed?)")
+        }
         Err(tc::TcError::IoError(e)) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => log::warn!("could not look for stale filters on {interface}: {e}"),
     }
@@ -164,7 +173,11 @@ fn packet_socket(ifindex: u32) -> io::Result<OwnedFd> {
     let protocol = (libc::ETH_P_ALL as u16).to_be();
     // SAFETY: plain socket(2) call; the result is checked before use.
     let fd = unsafe {
-        libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, i32::from(protocol))
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            i32::from(protocol),
+        )
     };
     if fd < 0 {
         return Err(io::Error::last_os_error());

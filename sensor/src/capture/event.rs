@@ -77,7 +77,9 @@ pub enum EventError {
 
 /// Decodes one ring-buffer record.
 pub fn decode(bytes: &[u8]) -> Result<Segment, EventError> {
-    let header_bytes = bytes.get(..HEADER_LEN).ok_or(EventError::Short(bytes.len()))?;
+    let header_bytes = bytes
+        .get(..HEADER_LEN)
+        .ok_or(EventError::Short(bytes.len()))?;
     // SAFETY: `header_bytes` holds exactly size_of::<SegmentHeader>() bytes, the type is plain
     // integers and arrays (any bit pattern is valid), and read_unaligned has no alignment need.
     let header: SegmentHeader =
@@ -91,7 +93,10 @@ pub fn decode(bytes: &[u8]) -> Result<Segment, EventError> {
     })?;
     let (src_ip, dst_ip) = match header.family {
         4 => (ipv4(&header.saddr), ipv4(&header.daddr)),
-        6 => (IpAddr::V6(Ipv6Addr::from(header.saddr)), IpAddr::V6(Ipv6Addr::from(header.daddr))),
+        6 => (
+            IpAddr::V6(Ipv6Addr::from(header.saddr)),
+            IpAddr::V6(Ipv6Addr::from(header.daddr)),
+        ),
         other => return Err(EventError::Family(other)),
     };
     let direction =
@@ -129,8 +134,13 @@ pub struct Clock {
 
 impl Clock {
     pub fn new() -> Self {
-        let wall = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos();
-        Self { offset_ns: wall as i128 - i128::from(monotonic_ns()) }
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        Self {
+            offset_ns: wall as i128 - i128::from(monotonic_ns()),
+        }
     }
 
     pub fn wall(&self, mono_ns: u64) -> SystemTime {
@@ -147,10 +157,15 @@ impl Default for Clock {
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock `bpf_ktime_get_ns` reads.
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid pointer to a timespec; CLOCK_MONOTONIC always exists on Linux.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    (ts.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(ts.tv_nsec as u64)
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
 }
 
 #[cfg(test)]
@@ -207,7 +222,10 @@ mod tests {
         for cut in 0..bytes.len() {
             assert_eq!(decode(&bytes[..cut]), Err(EventError::Short(cut)));
         }
-        assert!(matches!(decode(&bytes), Err(EventError::LengthMismatch { .. })));
+        assert!(matches!(
+            decode(&bytes),
+            Err(EventError::LengthMismatch { .. })
+        ));
         let mut bad = sample();
         bad.captured_len = 0;
         bad.family = 9;

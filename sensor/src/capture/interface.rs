@@ -44,7 +44,12 @@ impl Interface {
                 });
             }
         };
-        Ok(Self { name: name.to_owned(), ifindex, is_loopback: link_type == ARPHRD_LOOPBACK, l2_len })
+        Ok(Self {
+            name: name.to_owned(),
+            ifindex,
+            is_loopback: link_type == ARPHRD_LOOPBACK,
+            l2_len,
+        })
     }
 
     /// Every interface that is up and whose framing the sensor understands.
@@ -98,7 +103,8 @@ fn read_text(path: &Path) -> Result<String, CaptureError> {
 
 fn read_number(path: &Path) -> Result<u32, CaptureError> {
     let text = read_text(path)?;
-    text.parse().map_err(|_| CaptureError::Config(format!("{}: not a number: {text}", path.display())))
+    text.parse()
+        .map_err(|_| CaptureError::Config(format!("{}: not a number: {text}", path.display())))
 }
 
 fn read_hex(path: &Path) -> Result<u32, CaptureError> {

@@ -71,7 +71,10 @@ impl CaptureError {
         if is_permission_error(source.as_ref()) {
             return Self::Permission(context.to_owned());
         }
-        Self::Load { context: context.to_owned(), source }
+        Self::Load {
+            context: context.to_owned(),
+            source,
+        }
     }
 
     fn attach(interface: &str, how: &'static str, source: impl Into<BoxError>) -> Self {
@@ -79,7 +82,11 @@ impl CaptureError {
         if is_permission_error(source.as_ref()) {
             return Self::Permission(format!("attaching to {interface} via {how}"));
         }
-        Self::Attach { interface: interface.to_owned(), how, source }
+        Self::Attach {
+            interface: interface.to_owned(),
+            how,
+            source,
+        }
     }
 }
 
@@ -140,7 +147,18 @@ impl Sensor {
         let (stop, stop_rx) = watch::channel(false);
         let counters = Arc::new(ReaderCounters::default());
         let reader = tokio::spawn(reader::run(ring, tx, Arc::clone(&counters), stop_rx));
-        Ok((Self { program, attachments, reader, stop, counters, interfaces, mode }, rx))
+        Ok((
+            Self {
+                program,
+                attachments,
+                reader,
+                stop,
+                counters,
+                interfaces,
+                mode,
+            },
+            rx,
+        ))
     }
 
     pub fn kernel_counters(&self) -> Result<KernelCounters, CaptureError> {
@@ -154,7 +172,10 @@ impl Sensor {
         let _ = self.stop.send(true);
         match self.reader.await {
             Ok(result) => result,
-            Err(e) => Err(CaptureError::Io("the ring reader task failed", io::Error::other(e))),
+            Err(e) => Err(CaptureError::Io(
+                "the ring reader task failed",
+                io::Error::other(e),
+            )),
         }
     }
 }

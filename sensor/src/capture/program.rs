@@ -109,45 +109,65 @@ impl CaptureProgram {
             .ok_or(CaptureError::Missing(names::SOCKET))?
             .try_into()
             .map_err(|e| CaptureError::load(names::SOCKET, e))?;
-        socket.load().map_err(|e| CaptureError::load(names::SOCKET, e))?;
+        socket
+            .load()
+            .map_err(|e| CaptureError::load(names::SOCKET, e))?;
 
         let mut ports: Array<_, u8> = Array::try_from(
-            ebpf.map_mut(names::PORTS).ok_or(CaptureError::Missing(names::PORTS))?,
+            ebpf.map_mut(names::PORTS)
+                .ok_or(CaptureError::Missing(names::PORTS))?,
         )
         .map_err(|e| CaptureError::load(names::PORTS, e))?;
         for &port in &options.ports {
-            ports.set(u32::from(port), 1, 0).map_err(|e| CaptureError::load(names::PORTS, e))?;
+            ports
+                .set(u32::from(port), 1, 0)
+                .map_err(|e| CaptureError::load(names::PORTS, e))?;
         }
         let counters = PerCpuArray::try_from(
-            ebpf.take_map(names::COUNTERS).ok_or(CaptureError::Missing(names::COUNTERS))?,
+            ebpf.take_map(names::COUNTERS)
+                .ok_or(CaptureError::Missing(names::COUNTERS))?,
         )
         .map_err(|e| CaptureError::load(names::COUNTERS, e))?;
         let config = CaptureConfig {
             snaplen: options.snaplen,
-            flags: if options.all_ports { CONFIG_ALL_PORTS } else { 0 },
+            flags: if options.all_ports {
+                CONFIG_ALL_PORTS
+            } else {
+                0
+            },
             wakeup_bytes: options.wakeup_bytes,
             _reserved: 0,
         };
-        let mut program = Self { ebpf, counters, config };
+        let mut program = Self {
+            ebpf,
+            counters,
+            config,
+        };
         program.write_config()?;
         Ok(program)
     }
 
     fn write_config(&mut self) -> Result<(), CaptureError> {
         let mut map: Array<_, CaptureConfig> = Array::try_from(
-            self.ebpf.map_mut(names::CONFIG).ok_or(CaptureError::Missing(names::CONFIG))?,
+            self.ebpf
+                .map_mut(names::CONFIG)
+                .ok_or(CaptureError::Missing(names::CONFIG))?,
         )
         .map_err(|e| CaptureError::load(names::CONFIG, e))?;
-        map.set(0, self.config, 0).map_err(|e| CaptureError::load(names::CONFIG, e))
+        map.set(0, self.config, 0)
+            .map_err(|e| CaptureError::load(names::CONFIG, e))
     }
 
     /// Tells the programs how to parse packets of one interface (`sensor_ebpf::iface` bits).
     pub fn set_interface(&mut self, ifindex: u32, bits: u32) -> Result<(), CaptureError> {
         let mut map: HashMap<_, u32, u32> = HashMap::try_from(
-            self.ebpf.map_mut(names::IFACES).ok_or(CaptureError::Missing(names::IFACES))?,
+            self.ebpf
+                .map_mut(names::IFACES)
+                .ok_or(CaptureError::Missing(names::IFACES))?,
         )
         .map_err(|e| CaptureError::load(names::IFACES, e))?;
-        map.insert(ifindex, bits, 0).map_err(|e| CaptureError::load(names::IFACES, e))
+        map.insert(ifindex, bits, 0)
+            .map_err(|e| CaptureError::load(names::IFACES, e))
     }
 
     /// Starts capturing: from now on the attached programs emit events.
@@ -158,7 +178,10 @@ impl CaptureProgram {
 
     /// Hands out the ring buffer (once) to a reader.
     pub fn take_ring(&mut self) -> Result<RingBuf<MapData>, CaptureError> {
-        let map = self.ebpf.take_map(names::EVENTS).ok_or(CaptureError::Missing(names::EVENTS))?;
+        let map = self
+            .ebpf
+            .take_map(names::EVENTS)
+            .ok_or(CaptureError::Missing(names::EVENTS))?;
         RingBuf::try_from(map).map_err(|e| CaptureError::load(names::EVENTS, e))
     }
 
@@ -187,8 +210,9 @@ impl CaptureProgram {
 fn read_counters(map: &PerCpuArray<MapData, u64>) -> Result<KernelCounters, CaptureError> {
     let mut totals = KernelCounters::new();
     for (index, name) in counter::NAMES.iter().enumerate() {
-        let values =
-            map.get(&(index as u32), 0).map_err(|e| CaptureError::load(names::COUNTERS, e))?;
+        let values = map
+            .get(&(index as u32), 0)
+            .map_err(|e| CaptureError::load(names::COUNTERS, e))?;
         totals.insert(name, values.iter().sum());
     }
     Ok(totals)

@@ -40,7 +40,10 @@ impl ReaderCounters {
         vec![
             ("events_read", self.events_read.load(Ordering::Relaxed)),
             ("bytes_read", self.bytes_read.load(Ordering::Relaxed)),
-            ("events_malformed", self.events_malformed.load(Ordering::Relaxed)),
+            (
+                "events_malformed",
+                self.events_malformed.load(Ordering::Relaxed),
+            ),
             ("wakeups", self.wakeups.load(Ordering::Relaxed)),
             ("timer_drains", self.timer_drains.load(Ordering::Relaxed)),
         ]
@@ -106,7 +109,9 @@ async fn drain(
             }
         };
         counters.events_read.fetch_add(1, Ordering::Relaxed);
-        counters.bytes_read.fetch_add(segment.payload.len() as u64, Ordering::Relaxed);
+        counters
+            .bytes_read
+            .fetch_add(segment.payload.len() as u64, Ordering::Relaxed);
         if tx.send(segment).await.is_err() {
             return false;
         }
