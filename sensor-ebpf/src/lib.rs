@@ -144,7 +144,7 @@ pub struct SegmentHeader {
 /// Bytes of [`SegmentHeader`]; kept a multiple of 8 so payloads start aligned.
 pub const HEADER_LEN: usize = core::mem::size_of::<SegmentHeader>();
 const _: () = assert!(HEADER_LEN == 72);
-const _: () = assert!(HEADER_LEN % 8 == 0);
+const _: () = assert!(HEADER_LEN.is_multiple_of(8));
 const _: () = assert!(HEADER_LEN + MAX_CHUNK <= 32 * 1024);
 
 /// Staging buffer for one event, one per CPU (the eBPF stack is only 512 bytes).

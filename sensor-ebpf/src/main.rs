@@ -125,7 +125,7 @@ fn try_capture(skb: &SkBuff, direction: Direction) -> Result<(), ()> {
     // SAFETY: the context pointer is valid for the duration of the program.
     let (ifindex, protocol) = unsafe { ((*skb.skb).ifindex, (*skb.skb).protocol) };
     // SAFETY: plain value lookup.
-    let iface_bits = unsafe { IFACES.get(&ifindex) }
+    let iface_bits = unsafe { IFACES.get(ifindex) }
         .copied()
         .unwrap_or(iface::L2_ETHERNET);
     if direction == Direction::Egress && iface_bits & iface::IGNORE_EGRESS != 0 {

@@ -163,7 +163,7 @@ async fn daemon(args: RunArgs, options: CaptureOptions, interfaces: Vec<Interfac
     let data_dir = args.data.data_dir.clone();
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let (sensor, mut segments) = Sensor::start(&options, interfaces, args.attach)?;
+    let (sensor, mut segments) = Sensor::start(&options, interfaces, args.attach, Some(&data_dir))?;
     let clock = Clock::new();
     let mut report = StatsReport {
         pid: std::process::id(),

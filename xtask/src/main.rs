@@ -53,7 +53,6 @@ enum Task {
 /// Debian packages the test suite and the demo use.
 const TEST_PACKAGES: &[(&str, &str)] = &[
     ("nginx", "/usr/sbin/nginx"),
-    ("bpftool", "/usr/sbin/bpftool"),
     ("iproute2", "/usr/sbin/ip"),
     ("curl", "/usr/bin/curl"),
 ];

@@ -6,8 +6,9 @@
 //! socket filter (the fallback where TC is unavailable; also gone with the process).
 
 use std::{
-    io,
+    fs, io,
     os::fd::{FromRawFd as _, OwnedFd},
+    path::{Path, PathBuf},
     str::FromStr,
 };
 
@@ -74,12 +75,13 @@ impl AttachMode {
 }
 
 /// What was attached, so it can be taken off in order at shutdown.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Attachments {
     links: Vec<(&'static str, SchedClassifierLinkId)>,
     sockets: Vec<OwnedFd>,
     /// Interfaces (ifindex, name) where we added the clsact qdisc and so must remove it.
     created_qdiscs: Vec<(u32, String)>,
+    ledger: QdiscLedger,
 }
 
 /// Directions to capture on an interface: on loopback every segment passes egress and then
@@ -95,13 +97,66 @@ fn directions(interface: &Interface) -> &'static [(&'static str, TcAttachType)] 
     }
 }
 
+/// Interfaces on which a run of ours added the clsact qdisc, remembered in a file so that the run
+/// after a crash still knows the qdisc is ours to remove (one interface name per line).
+#[derive(Debug, Clone)]
+pub struct QdiscLedger {
+    path: Option<PathBuf>,
+}
+
+impl QdiscLedger {
+    pub const FILE: &str = "clsact-qdiscs";
+
+    /// A ledger in `state_dir`, or none (nothing remembered across runs).
+    pub fn new(state_dir: Option<&Path>) -> Self {
+        Self {
+            path: state_dir.map(|dir| dir.join(Self::FILE)),
+        }
+    }
+
+    fn load(&self) -> Vec<String> {
+        let Some(path) = &self.path else {
+            return Vec::new();
+        };
+        fs::read_to_string(path)
+            .map(|text| text.lines().map(str::to_owned).collect())
+            .unwrap_or_default()
+    }
+
+    fn save(&self, interfaces: &[(u32, String)]) {
+        let Some(path) = &self.path else { return };
+        let result = if interfaces.is_empty() {
+            match fs::remove_file(path) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                other => other,
+            }
+        } else {
+            let text: String = interfaces
+                .iter()
+                .map(|(_, name)| format!("{name}\n"))
+                .collect();
+            fs::write(path, text)
+        };
+        if let Err(e) = result {
+            log::warn!("could not update {}: {e}", path.display());
+        }
+    }
+}
+
 /// Attaches the programs to every interface. `mode` must be resolved (not `Auto`).
 pub fn attach(
     program: &mut CaptureProgram,
     interfaces: &[Interface],
     mode: AttachMode,
+    ledger: QdiscLedger,
 ) -> Result<Attachments, CaptureError> {
-    let mut attachments = Attachments::default();
+    let ours_before = ledger.load();
+    let mut attachments = Attachments {
+        links: Vec::new(),
+        sockets: Vec::new(),
+        created_qdiscs: Vec::new(),
+        ledger,
+    };
     for interface in interfaces {
         let capture_egress = !(mode == AttachMode::Socket && interface.is_loopback);
         program.set_interface(interface.ifindex, interface.map_bits(capture_egress))?;
@@ -125,6 +180,12 @@ pub fn attach(
                         .created_qdiscs
                         .push((interface.ifindex, interface.name.clone())),
                     Err(tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {
+                        // Someone else's qdisc stays; one that a crashed run of ours added does not.
+                        if ours_before.contains(&interface.name) {
+                            attachments
+                                .created_qdiscs
+                                .push((interface.ifindex, interface.name.clone()));
+                        }
                     }
                     Err(e) => return Err(CaptureError::attach(&interface.name, "clsact", e)),
                 }
@@ -151,6 +212,7 @@ pub fn attach(
                 attachments.sockets.push(socket);
             }
         }
+        attachments.ledger.save(&attachments.created_qdiscs);
         log::info!("capturing on {} ({})", interface.name, mode.as_str());
     }
     Ok(attachments)
@@ -218,11 +280,14 @@ impl Attachments {
             }
         }
         self.sockets.clear();
+        let mut kept = Vec::new();
         for (ifindex, name) in self.created_qdiscs.drain(..) {
             if let Err(e) = delete_clsact(ifindex).await {
                 log::error!("removing the clsact qdisc from {name}: {e}");
+                kept.push((ifindex, name));
             }
         }
+        self.ledger.save(&kept);
     }
 }
 

@@ -1,15 +1,21 @@
 //! Network interfaces: which ones to capture on and how their packets are framed.
+//!
+//! Interfaces are looked up through sockets (`if_nameindex`, `SIOCGIF*` ioctls), not /sys:
+//! sockets answer for the calling thread's network namespace, /sys for the namespace it was
+//! mounted in.
 
-use std::{fs, path::Path};
+use std::{
+    ffi::{CStr, CString},
+    io,
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+};
 
 use sensor_ebpf::iface;
 
 use super::CaptureError;
 
-const SYS_CLASS_NET: &str = "/sys/class/net";
-const IFF_UP: u32 = 0x1;
-const ARPHRD_ETHER: u32 = 1;
-const ARPHRD_LOOPBACK: u32 = 772;
+const ARPHRD_ETHER: u16 = 1;
+const ARPHRD_LOOPBACK: u16 = 772;
 
 /// An interface to capture on.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -22,17 +28,25 @@ pub struct Interface {
 }
 
 impl Interface {
-    /// Looks an interface up by name in the current network namespace.
+    /// Looks an interface up by name in the calling thread's network namespace.
     pub fn by_name(name: &str) -> Result<Self, CaptureError> {
-        let dir = Path::new(SYS_CLASS_NET).join(name);
-        if name.is_empty() || name.contains('/') || !dir.exists() {
-            return Err(CaptureError::UnknownInterface {
-                name: name.to_owned(),
-                available: list_names().join(", "),
-            });
+        let unknown = || CaptureError::UnknownInterface {
+            name: name.to_owned(),
+            available: list_names().join(", "),
+        };
+        let c_name = CString::new(name).map_err(|_| unknown())?;
+        if name.is_empty() || name.len() >= libc::IFNAMSIZ {
+            return Err(unknown());
         }
-        let ifindex = read_number(&dir.join("ifindex"))?;
-        let link_type = read_number(&dir.join("type"))?;
+        // SAFETY: valid NUL-terminated string.
+        let ifindex = unsafe { libc::if_nametoindex(c_name.as_ptr()) };
+        if ifindex == 0 {
+            return Err(unknown());
+        }
+        let link_type = ioctl_ifreq(name, libc::SIOCGIFHWADDR)
+            // SAFETY: SIOCGIFHWADDR fills the ifru_hwaddr member.
+            .map(|req| unsafe { req.ifr_ifru.ifru_hwaddr.sa_family })
+            .map_err(|e| CaptureError::Io("reading the interface's link type", e))?;
         let l2_len = match link_type {
             ARPHRD_ETHER | ARPHRD_LOOPBACK => 14,
             // Devices without a link-layer header: tun, WireGuard, IP-in-IP, GRE, SIT.
@@ -56,8 +70,9 @@ impl Interface {
     pub fn all_up() -> Result<Vec<Self>, CaptureError> {
         let mut found = Vec::new();
         for name in list_names() {
-            let dir = Path::new(SYS_CLASS_NET).join(&name);
-            let up = read_hex(&dir.join("flags")).is_ok_and(|flags| flags & IFF_UP != 0);
+            let up = ioctl_ifreq(&name, libc::SIOCGIFFLAGS)
+                // SAFETY: SIOCGIFFLAGS fills the ifru_flags member.
+                .is_ok_and(|req| unsafe { req.ifr_ifru.ifru_flags } & libc::IFF_UP as i16 != 0);
             if !up {
                 continue;
             }
@@ -83,34 +98,54 @@ impl Interface {
     }
 }
 
+/// Interface names of the calling thread's network namespace, sorted.
 fn list_names() -> Vec<String> {
-    let mut names: Vec<String> = fs::read_dir(SYS_CLASS_NET)
-        .map(|dir| {
-            dir.filter_map(Result::ok)
-                .filter_map(|entry| entry.file_name().into_string().ok())
-                .collect()
-        })
-        .unwrap_or_default();
+    let mut names = Vec::new();
+    // SAFETY: if_nameindex returns an array terminated by a zero entry, or NULL on error; it is
+    // released with if_freenameindex below.
+    unsafe {
+        let list = libc::if_nameindex();
+        if list.is_null() {
+            return names;
+        }
+        let mut entry = list;
+        while (*entry).if_index != 0 && !(*entry).if_name.is_null() {
+            names.push(
+                CStr::from_ptr((*entry).if_name)
+                    .to_string_lossy()
+                    .into_owned(),
+            );
+            entry = entry.add(1);
+        }
+        libc::if_freenameindex(list);
+    }
     names.sort();
     names
 }
 
-fn read_text(path: &Path) -> Result<String, CaptureError> {
-    fs::read_to_string(path)
-        .map(|text| text.trim().to_owned())
-        .map_err(|e| CaptureError::Io("reading interface attributes", e))
-}
-
-fn read_number(path: &Path) -> Result<u32, CaptureError> {
-    let text = read_text(path)?;
-    text.parse()
-        .map_err(|_| CaptureError::Config(format!("{}: not a number: {text}", path.display())))
-}
-
-fn read_hex(path: &Path) -> Result<u32, CaptureError> {
-    let text = read_text(path)?;
-    u32::from_str_radix(text.trim_start_matches("0x"), 16)
-        .map_err(|_| CaptureError::Config(format!("{}: not a hex number: {text}", path.display())))
+/// Runs one `SIOCGIF*` ioctl for `name` and returns the filled request.
+fn ioctl_ifreq(name: &str, request: libc::Ioctl) -> io::Result<libc::ifreq> {
+    // SAFETY: plain socket(2) call; the result is checked before use.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: ifreq is plain data; all-zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req
+        .ifr_name
+        .iter_mut()
+        .zip(name.bytes().take(libc::IFNAMSIZ - 1))
+    {
+        *dst = src as libc::c_char;
+    }
+    // SAFETY: `req` is a valid ifreq for this request and outlives the call.
+    if unsafe { libc::ioctl(socket.as_raw_fd(), request, &mut req) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(req)
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ pub mod interface;
 pub mod program;
 pub mod reader;
 
-use std::{error::Error as StdError, io, sync::Arc};
+use std::{error::Error as StdError, io, path::Path, sync::Arc};
 
 use tokio::{
     sync::{mpsc, watch},
@@ -131,17 +131,20 @@ pub struct Sensor {
 
 impl Sensor {
     /// Loads, attaches and starts reading. Must run inside a tokio runtime; the interfaces are
-    /// looked up in the calling thread's network namespace.
+    /// looked up in the calling thread's network namespace. `state_dir` keeps what must survive
+    /// a crash (the clsact qdiscs this sensor added).
     pub fn start(
         options: &CaptureOptions,
         interfaces: Vec<Interface>,
         mode: AttachMode,
+        state_dir: Option<&Path>,
     ) -> Result<(Self, mpsc::Receiver<Segment>), CaptureError> {
         check_kernel()?;
         let mode = mode.resolve();
         let mut program = CaptureProgram::load(options)?;
         let ring = program.take_ring()?;
-        let attachments = attach::attach(&mut program, &interfaces, mode)?;
+        let ledger = attach::QdiscLedger::new(state_dir);
+        let attachments = attach::attach(&mut program, &interfaces, mode, ledger)?;
         program.enable()?;
         let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
         let (stop, stop_rx) = watch::channel(false);
@@ -166,11 +169,18 @@ impl Sensor {
     }
 
     /// Detaches everything, lets the reader drain what the ring still holds, and waits for it.
-    pub async fn shutdown(mut self) -> Result<(), CaptureError> {
-        self.attachments.detach(&mut self.program).await;
+    pub async fn shutdown(self) -> Result<(), CaptureError> {
+        let Self {
+            mut program,
+            attachments,
+            reader,
+            stop,
+            ..
+        } = self;
+        attachments.detach(&mut program).await;
         // send() only fails when the reader already ended; its result tells why below.
-        let _ = self.stop.send(true);
-        match self.reader.await {
+        let _ = stop.send(true);
+        match reader.await {
             Ok(result) => result,
             Err(e) => Err(CaptureError::Io(
                 "the ring reader task failed",

@@ -1,0 +1,231 @@
+//! Test hosts for end-to-end tests: network namespaces joined by a veth pair, and a real nginx.
+//!
+//! Everything a test creates it removes again on drop, also when the test fails. Addresses are
+//! private to the namespaces the test made; no traffic leaves the machine.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    fs,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream},
+    os::fd::AsRawFd as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    thread,
+    time::{Duration, Instant},
+};
+
+static NEXT_ID: AtomicU32 = AtomicU32::new(1);
+
+/// Runs a command and panics with its output if it fails.
+pub fn sh(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Two hosts: `server` and `client` namespaces joined by a veth pair.
+pub struct TestNet {
+    pub id: u32,
+    pub server_ns: String,
+    pub client_ns: String,
+    /// The server's end of the veth pair (inside `server_ns`).
+    pub server_if: String,
+    pub server_v4: Ipv4Addr,
+    pub client_v4: Ipv4Addr,
+    pub server_v6: Ipv6Addr,
+    pub client_v6: Ipv6Addr,
+}
+
+impl TestNet {
+    pub fn new() -> Self {
+        // Interface names and addresses live inside the namespaces, so they only need to differ
+        // between the tests of this process; namespace names are global and carry the pid.
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed) % 250;
+        let tag = format!("{}-{id}", std::process::id());
+        let net = Self {
+            id,
+            server_ns: format!("apis-s-{tag}"),
+            client_ns: format!("apis-c-{tag}"),
+            server_if: format!("vs{id}"),
+            server_v4: Ipv4Addr::new(10, 213, id as u8, 1),
+            client_v4: Ipv4Addr::new(10, 213, id as u8, 2),
+            server_v6: Ipv6Addr::new(0xfd00, 0x213, id as u16, 0, 0, 0, 0, 1),
+            client_v6: Ipv6Addr::new(0xfd00, 0x213, id as u16, 0, 0, 0, 0, 2),
+        };
+        let client_if = format!("vc{id}");
+        sh("ip", &["netns", "add", &net.server_ns]);
+        sh("ip", &["netns", "add", &net.client_ns]);
+        sh(
+            "ip",
+            &[
+                "-n",
+                &net.server_ns,
+                "link",
+                "add",
+                &net.server_if,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &client_if,
+                "netns",
+                &net.client_ns,
+            ],
+        );
+        for (ns, ifname, v4, v6) in [
+            (&net.server_ns, &net.server_if, net.server_v4, net.server_v6),
+            (&net.client_ns, &client_if, net.client_v4, net.client_v6),
+        ] {
+            sh(
+                "ip",
+                &["-n", ns, "addr", "add", &format!("{v4}/24"), "dev", ifname],
+            );
+            sh(
+                "ip",
+                &[
+                    "-n",
+                    ns,
+                    "addr",
+                    "add",
+                    &format!("{v6}/64"),
+                    "dev",
+                    ifname,
+                    "nodad",
+                ],
+            );
+            sh("ip", &["-n", ns, "link", "set", ifname, "up"]);
+            sh("ip", &["-n", ns, "link", "set", "lo", "up"]);
+        }
+        net
+    }
+
+    /// Moves the calling thread into `ns` (network namespace only).
+    pub fn enter(ns: &str) {
+        let file = fs::File::open(format!("/var/run/netns/{ns}")).unwrap();
+        // SAFETY: valid namespace descriptor; only this thread's network namespace changes.
+        let ret = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(ret, 0, "setns({ns}): {}", std::io::Error::last_os_error());
+    }
+
+    /// A command run inside `ns`.
+    pub fn command(ns: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns]).arg(program);
+        cmd
+    }
+
+    pub fn server_addr(&self, v6: bool, port: u16) -> SocketAddr {
+        let ip = if v6 {
+            IpAddr::V6(self.server_v6)
+        } else {
+            IpAddr::V4(self.server_v4)
+        };
+        SocketAddr::new(ip, port)
+    }
+}
+
+impl Drop for TestNet {
+    fn drop(&mut self) {
+        for ns in [&self.server_ns, &self.client_ns] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// A real nginx serving static files, running in a namespace.
+pub struct Nginx {
+    child: Child,
+    pub root: PathBuf,
+    pub dir: PathBuf,
+}
+
+pub const SMALL_BODY: &str = "hello from nginx\n";
+/// Size of /big.bin: several 64 KiB GSO segments and more than one ring-buffer chunk each.
+pub const BIG_LEN: usize = 300_000;
+
+impl Nginx {
+    pub fn start(net: &TestNet, port: u16) -> Self {
+        let dir = std::env::temp_dir().join(format!("apis-nginx-{}", net.server_ns));
+        let _ = fs::remove_dir_all(&dir);
+        let root = dir.join("root");
+        fs::create_dir_all(&root).unwrap();
+        fs::write(root.join("small.txt"), SMALL_BODY).unwrap();
+        fs::write(root.join("big.bin"), big_body()).unwrap();
+        let conf = format!(
+            "daemon off;\nmaster_process off;\npid {dir}/nginx.pid;\nerror_log {dir}/error.log;\n\
+             events {{ worker_connections 256; }}\n\
+             http {{\n access_log {dir}/access.log;\n client_body_temp_path {dir}/body;\n\
+             proxy_temp_path {dir}/proxy;\n fastcgi_temp_path {dir}/fastcgi;\n uwsgi_temp_path {dir}/uwsgi;\n\
+             scgi_temp_path {dir}/scgi;\n keepalive_requests 1000;\n\
+             server {{ listen {v4}:{port}; listen [{v6}]:{port}; root {root}; }}\n}}\n",
+            dir = dir.display(),
+            v4 = net.server_v4,
+            v6 = net.server_v6,
+            root = root.display(),
+        );
+        let conf_path = dir.join("nginx.conf");
+        fs::write(&conf_path, conf).unwrap();
+        let child = TestNet::command(&net.server_ns, nginx_binary())
+            .arg("-c")
+            .arg(&conf_path)
+            .arg("-p")
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("starting nginx (install it: `cargo xtask setup` does, as root)");
+        let nginx = Self { child, root, dir };
+        let addr = net.server_addr(false, port);
+        let client_ns = net.client_ns.clone();
+        // Probe from the client namespace in a thread of its own: setns is per thread.
+        let ready = thread::spawn(move || {
+            TestNet::enter(&client_ns);
+            wait_until(Duration::from_secs(10), || TcpStream::connect(addr).is_ok())
+        })
+        .join()
+        .unwrap();
+        assert!(ready, "nginx did not start listening on {addr}");
+        nginx
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn nginx_binary() -> &'static str {
+    if Path::new("/usr/sbin/nginx").exists() {
+        "/usr/sbin/nginx"
+    } else {
+        "nginx"
+    }
+}
+
+pub fn big_body() -> Vec<u8> {
+    (0..BIG_LEN).map(|i| (i * 7 % 256) as u8).collect()
+}
+
+pub fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
