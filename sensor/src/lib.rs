@@ -16,4 +16,5 @@
 
 pub mod capture;
 pub mod dump;
+pub mod segment;
 pub mod stats;
