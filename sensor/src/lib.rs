@@ -16,5 +16,8 @@
 
 pub mod capture;
 pub mod dump;
+pub mod exchange;
+pub mod http;
+pub mod reassembly;
 pub mod segment;
 pub mod stats;

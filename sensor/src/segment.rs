@@ -49,7 +49,9 @@ impl TcpSegment {
             .wall(segment.mono_ns)
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
-        let end = segment.chunk_offset.saturating_add(segment.payload.len() as u32);
+        let end = segment
+            .chunk_offset
+            .saturating_add(segment.payload.len() as u32);
         let missing = if segment.truncated && !segment.more_chunks {
             segment.segment_len.saturating_sub(end)
         } else {

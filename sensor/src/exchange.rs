@@ -1,0 +1,176 @@
+//! The output of decoding: an HTTP exchange (a request paired with its response, with timings),
+//! and its NDJSON rendering in the vocabulary of the design brief (Zeek http.log names).
+
+use std::{
+    net::SocketAddr,
+    time::{Duration, UNIX_EPOCH},
+};
+
+use serde::Serialize;
+
+/// One parsed HTTP message head and what was seen of its body.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MessageMeta {
+    /// Wall-clock ns since the epoch of the first byte.
+    pub start_ns: u64,
+    /// Wall-clock ns of the last byte (0 while incomplete).
+    pub end_ns: u64,
+    /// "1.0", "1.1" or "0.9".
+    pub version: String,
+    /// Headers in order, values decoded lossily as UTF-8. At most the configured number.
+    pub headers: Vec<(String, String)>,
+    /// Body bytes after removing chunked framing, before content decoding. Includes bytes lost in
+    /// gaps inside a body of known length.
+    pub body_len: u64,
+    /// The first bytes of the body, up to the configured cap.
+    pub body: Vec<u8>,
+    /// The message is incomplete: the body cap cut it, the connection ended early, or a gap.
+    pub truncated: bool,
+    /// More headers came than were kept.
+    pub headers_truncated: bool,
+    /// Bytes of this message were never seen (capture loss).
+    pub gap: bool,
+}
+
+impl MessageMeta {
+    /// The first header with this name (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Request {
+    pub method: String,
+    /// As sent, with the query string.
+    pub uri: String,
+    pub meta: MessageMeta,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Response {
+    /// None for an HTTP/0.9 response, which has no status line.
+    pub status: Option<u16>,
+    pub reason: String,
+    /// Interim (1xx) responses that came before this one, e.g. 100 Continue.
+    pub interim: Vec<u16>,
+    pub meta: MessageMeta,
+}
+
+/// A request and its response, either of which may be missing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Exchange {
+    pub client: SocketAddr,
+    pub server: SocketAddr,
+    pub request: Option<Request>,
+    pub response: Option<Response>,
+}
+
+impl Exchange {
+    /// When the exchange started: the request's first byte, else the response's.
+    pub fn start_ns(&self) -> u64 {
+        self.request
+            .as_ref()
+            .map(|r| r.meta.start_ns)
+            .or_else(|| self.response.as_ref().map(|r| r.meta.start_ns))
+            .unwrap_or(0)
+    }
+
+    /// Request start to first response byte.
+    pub fn ttfb_ms(&self) -> Option<f64> {
+        let (request, response) = (self.request.as_ref()?, self.response.as_ref()?);
+        Some(ms_between(request.meta.start_ns, response.meta.start_ns))
+    }
+
+    /// Request start to the response's last byte.
+    pub fn duration_ms(&self) -> Option<f64> {
+        let (request, response) = (self.request.as_ref()?, self.response.as_ref()?);
+        (response.meta.end_ns != 0).then(|| ms_between(request.meta.start_ns, response.meta.end_ns))
+    }
+
+    pub fn gap(&self) -> bool {
+        self.request.as_ref().is_some_and(|r| r.meta.gap)
+            || self.response.as_ref().is_some_and(|r| r.meta.gap)
+    }
+
+    /// The NDJSON record (one line of `export --format ndjson` / `import --ndjson`).
+    pub fn record(&self) -> ExchangeRecord<'_> {
+        let request = self.request.as_ref();
+        let response = self.response.as_ref();
+        ExchangeRecord {
+            ts: rfc3339_ns(self.start_ns()),
+            session_id: None,
+            client_ip: self.client.ip().to_string(),
+            client_port: self.client.port(),
+            server_ip: self.server.ip().to_string(),
+            server_port: self.server.port(),
+            method: request.map(|r| r.method.as_str()),
+            host: request.and_then(|r| r.meta.header("host")),
+            uri: request.map(|r| r.uri.as_str()),
+            endpoint: None,
+            version: request
+                .map(|r| r.meta.version.as_str())
+                .or_else(|| response.map(|r| r.meta.version.as_str())),
+            user_agent: request.and_then(|r| r.meta.header("user-agent")),
+            referrer: request.and_then(|r| r.meta.header("referer")),
+            status_code: response.and_then(|r| r.status),
+            status_msg: response
+                .filter(|r| r.status.is_some())
+                .map(|r| r.reason.as_str()),
+            request_body_len: request.map(|r| r.meta.body_len),
+            response_body_len: response.map(|r| r.meta.body_len),
+            ttfb_ms: self.ttfb_ms().map(round_us),
+            duration_ms: self.duration_ms().map(round_us),
+            request_truncated: request.is_some_and(|r| r.meta.truncated),
+            response_truncated: response.is_some_and(|r| r.meta.truncated),
+            gap: self.gap(),
+            params: serde_json::Map::new(),
+        }
+    }
+}
+
+fn ms_between(from_ns: u64, to_ns: u64) -> f64 {
+    to_ns.saturating_sub(from_ns) as f64 / 1e6
+}
+
+/// Milliseconds to microsecond precision, so records do not carry float noise.
+fn round_us(ms: f64) -> f64 {
+    (ms * 1000.0).round() / 1000.0
+}
+
+/// RFC 3339, microseconds, UTC.
+pub fn rfc3339_ns(ns: u64) -> String {
+    humantime::format_rfc3339_micros(UNIX_EPOCH + Duration::from_nanos(ns)).to_string()
+}
+
+/// Field names follow Zeek's http.log where they overlap (see the design brief).
+#[derive(Debug, Serialize, PartialEq)]
+pub struct ExchangeRecord<'a> {
+    pub ts: String,
+    pub session_id: Option<&'a str>,
+    pub client_ip: String,
+    pub client_port: u16,
+    pub server_ip: String,
+    pub server_port: u16,
+    pub method: Option<&'a str>,
+    pub host: Option<&'a str>,
+    pub uri: Option<&'a str>,
+    /// The templated path; filled by the enrichment stage (sessions issue).
+    pub endpoint: Option<&'a str>,
+    pub version: Option<&'a str>,
+    pub user_agent: Option<&'a str>,
+    pub referrer: Option<&'a str>,
+    pub status_code: Option<u16>,
+    pub status_msg: Option<&'a str>,
+    pub request_body_len: Option<u64>,
+    pub response_body_len: Option<u64>,
+    pub ttfb_ms: Option<f64>,
+    pub duration_ms: Option<f64>,
+    pub request_truncated: bool,
+    pub response_truncated: bool,
+    pub gap: bool,
+    pub params: serde_json::Map<String, serde_json::Value>,
+}

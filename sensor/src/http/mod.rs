@@ -1,0 +1,401 @@
+//! Stage 3, HTTP/1.x: turns the two ordered byte streams of a connection into exchanges.
+//!
+//! [`parser::MessageParser`] reads one direction; [`HttpConnection`] pairs requests with
+//! responses in order (pipelining), decides each response's framing from its request (HEAD,
+//! CONNECT, 1xx, 204, 304), handles interim responses (100 Continue) and upgrades (101 and
+//! successful CONNECT end decoding), and emits an [`Exchange`] once both halves are complete —
+//! or incomplete ones when the connection ends.
+
+pub mod content;
+pub mod parser;
+
+use std::{collections::VecDeque, net::SocketAddr};
+
+use parser::{Framing, Head, Kind, MessageParser, Progress};
+
+use crate::{
+    exchange::{Exchange, Request, Response},
+    reassembly::StreamEvent,
+};
+
+/// Bounds and caps of the decoder.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpConfig {
+    /// Body bytes captured per message; the rest is counted in `body_len` only.
+    pub body_cap: usize,
+    /// Largest message head accepted.
+    pub max_head_bytes: usize,
+    /// Headers kept per message.
+    pub max_headers: usize,
+    /// Longest chunk-size or trailer line.
+    pub max_line_bytes: usize,
+    /// Requests waiting for their response per connection.
+    pub max_pending: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            body_cap: 16 * 1024,
+            max_head_bytes: 64 * 1024,
+            max_headers: 128,
+            max_line_bytes: 4096,
+            max_pending: 64,
+        }
+    }
+}
+
+/// Counters of the HTTP stage.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HttpCounters {
+    pub requests: u64,
+    pub responses: u64,
+    pub interim_responses: u64,
+    pub exchanges: u64,
+    pub requests_without_response: u64,
+    pub responses_without_request: u64,
+    pub parse_errors: u64,
+    pub resyncs: u64,
+    pub resync_bytes_skipped: u64,
+    pub heads_too_large: u64,
+    pub headers_truncated: u64,
+    pub bodies_truncated: u64,
+    pub messages_with_gaps: u64,
+    /// Messages cut short by a gap or by the end of the connection.
+    pub truncated_messages: u64,
+    pub bad_framing: u64,
+    pub tunnels: u64,
+    pub tunnel_bytes: u64,
+    pub http09_requests: u64,
+    /// Requests given up unanswered because too many waited on one connection.
+    pub pending_overflow: u64,
+    /// Streams that never looked like HTTP and were given up on.
+    pub not_http_streams: u64,
+}
+
+impl HttpCounters {
+    pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            ("requests", self.requests),
+            ("responses", self.responses),
+            ("interim_responses", self.interim_responses),
+            ("exchanges", self.exchanges),
+            ("requests_without_response", self.requests_without_response),
+            ("responses_without_request", self.responses_without_request),
+            ("parse_errors", self.parse_errors),
+            ("resyncs", self.resyncs),
+            ("resync_bytes_skipped", self.resync_bytes_skipped),
+            ("heads_too_large", self.heads_too_large),
+            ("headers_truncated", self.headers_truncated),
+            ("bodies_truncated", self.bodies_truncated),
+            ("messages_with_gaps", self.messages_with_gaps),
+            ("truncated_messages", self.truncated_messages),
+            ("bad_framing", self.bad_framing),
+            ("tunnels", self.tunnels),
+            ("tunnel_bytes", self.tunnel_bytes),
+            ("http09_requests", self.http09_requests),
+            ("pending_overflow", self.pending_overflow),
+            ("not_http_streams", self.not_http_streams),
+        ]
+    }
+}
+
+/// A request (from its head on) and its response as they come together.
+#[derive(Debug, Default)]
+struct Slot {
+    method: String,
+    http09: bool,
+    request: Option<Request>,
+    request_done: bool,
+    response: Option<Response>,
+    response_done: bool,
+    interim: Vec<u16>,
+}
+
+/// Which side of the connection a stream event belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    Client,
+    Server,
+}
+
+/// The HTTP state of one TCP connection.
+#[derive(Debug)]
+pub struct HttpConnection {
+    client: SocketAddr,
+    server: SocketAddr,
+    requests: MessageParser,
+    responses: MessageParser,
+    slots: VecDeque<Slot>,
+}
+
+impl HttpConnection {
+    pub fn new(client: SocketAddr, server: SocketAddr) -> Self {
+        Self {
+            client,
+            server,
+            requests: MessageParser::new(Kind::Request),
+            responses: MessageParser::new(Kind::Response),
+            slots: VecDeque::new(),
+        }
+    }
+
+    /// Both directions stopped decoding (tunnel or not HTTP): no more exchanges can come.
+    pub fn is_passthrough(&self) -> bool {
+        self.requests.is_passthrough() && self.responses.is_passthrough()
+    }
+
+    pub fn on_event(
+        &mut self,
+        side: Side,
+        event: StreamEvent,
+        config: &HttpConfig,
+        counters: &mut HttpCounters,
+        out: &mut Vec<Exchange>,
+    ) {
+        match event {
+            StreamEvent::Data { ts_ns, bytes } => {
+                self.data(side, bytes, ts_ns, config, counters, out)
+            }
+            StreamEvent::Gap { ts_ns, len } => {
+                let progress = self.parser(side).gap(len, ts_ns, counters);
+                if let Some(progress) = progress {
+                    self.handle(side, progress, ts_ns, config, counters, out);
+                }
+            }
+            StreamEvent::End { ts_ns, .. } => {
+                if let Some(progress) = self.parser(side).finish(ts_ns, counters) {
+                    self.handle(side, progress, ts_ns, config, counters, out);
+                }
+                self.parser(side).passthrough();
+            }
+        }
+    }
+
+    fn parser(&mut self, side: Side) -> &mut MessageParser {
+        match side {
+            Side::Client => &mut self.requests,
+            Side::Server => &mut self.responses,
+        }
+    }
+
+    fn data(
+        &mut self,
+        side: Side,
+        mut input: Vec<u8>,
+        ts_ns: u64,
+        config: &HttpConfig,
+        counters: &mut HttpCounters,
+        out: &mut Vec<Exchange>,
+    ) {
+        let mut pos = 0;
+        let mut stalled = false;
+        while pos < input.len() {
+            if side == Side::Server && self.responses.is_idle() {
+                // An HTTP/0.9 request is answered by raw bytes until the connection closes.
+                if let Some(slot) = self.slots.iter().find(|s| !s.response_done)
+                    && slot.http09
+                {
+                    self.responses.begin_raw_response(ts_ns);
+                }
+            }
+            let (used, progress) = self
+                .parser(side)
+                .feed(&input[pos..], ts_ns, config, counters);
+            pos += used;
+            if let Some(mut replay) = self.parser(side).take_replay() {
+                replay.extend_from_slice(&input[pos..]);
+                input = replay;
+                pos = 0;
+            }
+            if progress == Progress::NeedMore {
+                // A parser that neither used input nor moved on would loop forever.
+                if used == 0 {
+                    if stalled {
+                        break;
+                    }
+                    stalled = true;
+                }
+                continue;
+            }
+            stalled = false;
+            self.handle(side, progress, ts_ns, config, counters, out);
+        }
+    }
+
+    fn handle(
+        &mut self,
+        side: Side,
+        progress: Progress,
+        ts_ns: u64,
+        config: &HttpConfig,
+        counters: &mut HttpCounters,
+        out: &mut Vec<Exchange>,
+    ) {
+        match progress {
+            Progress::NeedMore => {}
+            Progress::Head(head) => {
+                let framing = match side {
+                    Side::Client => self.request_head(&head, config, counters, out),
+                    Side::Server => self.response_head(&head, counters),
+                };
+                if let Some(done) = self.parser(side).set_framing(framing, ts_ns) {
+                    self.handle(side, done, ts_ns, config, counters, out);
+                }
+            }
+            Progress::Request(request) => {
+                if let Some(slot) = self.slots.iter_mut().rev().find(|s| !s.request_done) {
+                    slot.request = Some(request);
+                    slot.request_done = true;
+                }
+                self.emit_ready(counters, out);
+            }
+            Progress::Response(mut response) => {
+                let status = response.status;
+                let Some(index) = self.slots.iter().position(|s| !s.response_done) else {
+                    return;
+                };
+                if status.is_some_and(|s| (100..200).contains(&s) && s != 101) {
+                    // Interim: the final response to the same request follows.
+                    counters.interim_responses += 1;
+                    self.slots[index].interim.push(status.unwrap_or_default());
+                    return;
+                }
+                let slot = &mut self.slots[index];
+                response.interim = std::mem::take(&mut slot.interim);
+                let connect_ok = slot.method.eq_ignore_ascii_case("CONNECT")
+                    && status.is_some_and(|s| (200..300).contains(&s));
+                slot.response = Some(response);
+                slot.response_done = true;
+                if status == Some(101) || connect_ok {
+                    // Whatever follows is another protocol: stop decoding, count its bytes.
+                    counters.tunnels += 1;
+                    self.requests.passthrough();
+                    self.responses.passthrough();
+                }
+                self.emit_ready(counters, out);
+            }
+        }
+    }
+
+    /// Opens a slot for a new request and returns its body framing.
+    fn request_head(
+        &mut self,
+        head: &Head,
+        config: &HttpConfig,
+        counters: &mut HttpCounters,
+        out: &mut Vec<Exchange>,
+    ) -> Framing {
+        if self.slots.len() >= config.max_pending
+            && let Some(oldest) = self.slots.pop_front()
+        {
+            counters.pending_overflow += 1;
+            self.emit(oldest, counters, out);
+        }
+        self.slots.push_back(Slot {
+            method: head.method.clone(),
+            http09: head.version == "0.9",
+            ..Slot::default()
+        });
+        if head.chunked {
+            return Framing::Chunked;
+        }
+        match head.content_length {
+            Some(Ok(len)) => Framing::Length(len),
+            Some(Err(())) => {
+                counters.bad_framing += 1;
+                Framing::None
+            }
+            None => Framing::None,
+        }
+    }
+
+    /// Pairs a response head with the oldest unanswered request and returns its framing
+    /// (RFC 9112 6.3).
+    fn response_head(&mut self, head: &Head, counters: &mut HttpCounters) -> Framing {
+        if !self.slots.iter().any(|s| !s.response_done) {
+            counters.responses_without_request += 1;
+            self.slots.push_back(Slot {
+                request_done: true,
+                ..Slot::default()
+            });
+        }
+        let method = self
+            .slots
+            .iter()
+            .find(|s| !s.response_done)
+            .map(|s| s.method.as_str())
+            .unwrap_or("");
+        let status = head.status.unwrap_or(0);
+        if method.eq_ignore_ascii_case("HEAD")
+            || (100..200).contains(&status)
+            || status == 204
+            || status == 304
+            || (method.eq_ignore_ascii_case("CONNECT") && (200..300).contains(&status))
+        {
+            return Framing::None;
+        }
+        if head.chunked {
+            return Framing::Chunked;
+        }
+        match head.content_length {
+            Some(Ok(len)) => Framing::Length(len),
+            Some(Err(())) => {
+                counters.bad_framing += 1;
+                Framing::UntilClose
+            }
+            None => Framing::UntilClose,
+        }
+    }
+
+    /// Emits exchanges from the front while they are complete, keeping pipelined order.
+    fn emit_ready(&mut self, counters: &mut HttpCounters, out: &mut Vec<Exchange>) {
+        while self
+            .slots
+            .front()
+            .is_some_and(|s| s.request_done && s.response_done)
+        {
+            if let Some(slot) = self.slots.pop_front() {
+                self.emit(slot, counters, out);
+            }
+        }
+    }
+
+    fn emit(&self, slot: Slot, counters: &mut HttpCounters, out: &mut Vec<Exchange>) {
+        if slot.request.is_some() && slot.response.is_none() {
+            counters.requests_without_response += 1;
+        }
+        if slot.request.is_none() && slot.response.is_none() {
+            return;
+        }
+        counters.exchanges += 1;
+        out.push(Exchange {
+            client: self.client,
+            server: self.server,
+            request: slot.request,
+            response: slot.response,
+        });
+    }
+
+    /// The connection is gone: everything still open is emitted as it is.
+    pub fn finish(
+        &mut self,
+        ts_ns: u64,
+        config: &HttpConfig,
+        counters: &mut HttpCounters,
+        out: &mut Vec<Exchange>,
+    ) {
+        for side in [Side::Client, Side::Server] {
+            if let Some(progress) = self.parser(side).finish(ts_ns, counters) {
+                self.handle(side, progress, ts_ns, config, counters, out);
+            }
+            self.parser(side).passthrough();
+        }
+        while let Some(slot) = self.slots.pop_front() {
+            self.emit(slot, counters, out);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

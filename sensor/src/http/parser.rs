@@ -1,0 +1,745 @@
+//! One direction of an HTTP/1.x connection: message heads (httparse), body framing
+//! (Content-Length, chunked, until close), gaps and resynchronisation.
+//!
+//! The parser is incremental: [`MessageParser::feed`] consumes as much input as it can and stops
+//! at every event the connection must react to (a head, a complete message), returning how many
+//! bytes it used. "Need more bytes" is a value, not an error. The connection decides a message's
+//! framing ([`Framing`]) because a response's framing depends on its request.
+
+use crate::exchange::{MessageMeta, Request, Response};
+
+use super::{HttpConfig, HttpCounters};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Request,
+    Response,
+}
+
+/// How the body of the current message ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Framing {
+    None,
+    Length(u64),
+    Chunked,
+    UntilClose,
+}
+
+/// A parsed head, handed to the connection so it can pair and frame the message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Head {
+    pub method: String,
+    pub uri: String,
+    pub status: Option<u16>,
+    pub version: String,
+    pub content_length: Option<Result<u64, ()>>,
+    pub chunked: bool,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Progress {
+    /// All input used; waiting for more.
+    NeedMore,
+    /// A head was parsed; call [`MessageParser::set_framing`] before feeding more.
+    Head(Head),
+    /// The current message is complete.
+    Request(Request),
+    Response(Response),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Chunk {
+    /// Reading a chunk-size line.
+    Size,
+    Data(u64),
+    /// The CRLF after a chunk's data.
+    DataEnd,
+    /// Trailer lines after the last chunk, until an empty line.
+    Trailer,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    Head,
+    /// Head parsed, framing not yet decided by the connection.
+    AwaitFraming,
+    Length(u64),
+    Chunked(Chunk),
+    UntilClose,
+    /// Lost sync: skipping to the next plausible message start.
+    Resync,
+    /// Not HTTP any more (upgrade, CONNECT tunnel) or never was: bytes are only counted.
+    Passthrough,
+}
+
+/// Methods recognised when looking for a request start after losing sync.
+const METHODS: &[&[u8]] = &[
+    b"GET ",
+    b"POST ",
+    b"PUT ",
+    b"DELETE ",
+    b"HEAD ",
+    b"OPTIONS ",
+    b"PATCH ",
+    b"CONNECT ",
+    b"TRACE ",
+    b"PROPFIND ",
+    b"PROPPATCH ",
+    b"MKCOL ",
+    b"COPY ",
+    b"MOVE ",
+    b"LOCK ",
+    b"UNLOCK ",
+    b"SEARCH ",
+    b"REPORT ",
+    b"PURGE ",
+];
+/// Longest pattern a resync scan must see whole.
+const MAX_START_PATTERN: usize = 16;
+/// Longest failed head whose bytes are scanned again for a message start.
+const REPLAY_MAX: usize = 8 * 1024;
+/// Skipped bytes after which a stream that never carried HTTP is given up on.
+const NOT_HTTP_AFTER: u64 = 256 * 1024;
+
+#[derive(Debug)]
+pub struct MessageParser {
+    kind: Kind,
+    state: State,
+    /// Head bytes, or a chunk-size / trailer line, or resync carry-over.
+    buf: Vec<u8>,
+    /// In resync: whether `buf[0]` starts a line (so a message may start there).
+    at_line_start: bool,
+    request: Request,
+    response: Response,
+    /// Whether `request`/`response` holds a message in progress.
+    in_message: bool,
+    /// A complete message was ever parsed on this stream.
+    ever_parsed: bool,
+    skipped: u64,
+    /// Bytes already consumed that must be fed again, ahead of the rest of the input (a failed
+    /// head may contain the next message's start).
+    replay: Vec<u8>,
+}
+
+impl MessageParser {
+    pub fn new(kind: Kind) -> Self {
+        Self {
+            kind,
+            state: State::Head,
+            buf: Vec::new(),
+            at_line_start: true,
+            request: Request::default(),
+            response: Response::default(),
+            in_message: false,
+            ever_parsed: false,
+            skipped: 0,
+            replay: Vec::new(),
+        }
+    }
+
+    /// Bytes to feed again before the rest of the current input, if any.
+    pub fn take_replay(&mut self) -> Option<Vec<u8>> {
+        (!self.replay.is_empty()).then(|| std::mem::take(&mut self.replay))
+    }
+
+    pub fn is_passthrough(&self) -> bool {
+        self.state == State::Passthrough
+    }
+
+    /// Waiting for a head with nothing of it buffered: between messages.
+    pub fn is_idle(&self) -> bool {
+        self.state == State::Head && self.buf.is_empty() && !self.in_message
+    }
+
+    fn meta(&mut self) -> &mut MessageMeta {
+        match self.kind {
+            Kind::Request => &mut self.request.meta,
+            Kind::Response => &mut self.response.meta,
+        }
+    }
+
+    /// Stops decoding this direction (the connection became a tunnel).
+    pub fn passthrough(&mut self) {
+        self.state = State::Passthrough;
+        self.buf.clear();
+    }
+
+    /// Starts an HTTP/0.9 response: no head, the body runs until the connection closes.
+    pub fn begin_raw_response(&mut self, ts_ns: u64) {
+        self.response = Response::default();
+        self.response.meta.version = "0.9".into();
+        self.response.meta.start_ns = ts_ns;
+        self.in_message = true;
+        self.state = State::UntilClose;
+    }
+
+    /// Sets the framing of the message whose head was just returned.
+    pub fn set_framing(&mut self, framing: Framing, ts_ns: u64) -> Option<Progress> {
+        self.state = match framing {
+            Framing::None => return Some(self.complete(ts_ns)),
+            Framing::Length(0) => return Some(self.complete(ts_ns)),
+            Framing::Length(n) => State::Length(n),
+            Framing::Chunked => State::Chunked(Chunk::Size),
+            Framing::UntilClose => State::UntilClose,
+        };
+        None
+    }
+
+    /// Consumes from `input`; returns the bytes used and what happened.
+    pub fn feed(
+        &mut self,
+        input: &[u8],
+        ts_ns: u64,
+        config: &HttpConfig,
+        counters: &mut HttpCounters,
+    ) -> (usize, Progress) {
+        match self.state {
+            State::Head => self.feed_head(input, ts_ns, config, counters),
+            State::AwaitFraming => (0, Progress::NeedMore),
+            State::Length(remaining) => {
+                let take = remaining.min(input.len() as u64) as usize;
+                self.body(&input[..take], config, counters);
+                if take as u64 == remaining {
+                    (take, self.complete(ts_ns))
+                } else {
+                    self.state = State::Length(remaining - take as u64);
+                    (take, Progress::NeedMore)
+                }
+            }
+            State::Chunked(chunk) => self.feed_chunked(chunk, input, ts_ns, config, counters),
+            State::UntilClose => {
+                self.body(input, config, counters);
+                (input.len(), Progress::NeedMore)
+            }
+            State::Resync => self.feed_resync(input, counters),
+            State::Passthrough => {
+                counters.tunnel_bytes += input.len() as u64;
+                (input.len(), Progress::NeedMore)
+            }
+        }
+    }
+
+    fn body(&mut self, bytes: &[u8], config: &HttpConfig, counters: &mut HttpCounters) {
+        let meta = self.meta();
+        meta.body_len += bytes.len() as u64;
+        let room = config.body_cap.saturating_sub(meta.body.len());
+        if bytes.len() > room && !meta.truncated {
+            meta.truncated = true;
+            counters.bodies_truncated += 1;
+        }
+        meta.body.extend_from_slice(&bytes[..bytes.len().min(room)]);
+    }
+
+    fn complete(&mut self, ts_ns: u64) -> Progress {
+        self.state = State::Head;
+        self.in_message = false;
+        self.ever_parsed = true;
+        self.meta().end_ns = ts_ns;
+        match self.kind {
+            Kind::Request => Progress::Request(std::mem::take(&mut self.request)),
+            Kind::Response => Progress::Response(std::mem::take(&mut self.response)),
+        }
+    }
+
+    fn feed_head(
+        &mut self,
+        input: &[u8],
+        ts_ns: u64,
+        config: &HttpConfig,
+        counters: &mut HttpCounters,
+    ) -> (usize, Progress) {
+        if self.buf.is_empty() {
+            // Blank lines between messages are allowed (RFC 9112 2.2) and not a message start.
+            let blank = input
+                .iter()
+                .take_while(|b| **b == b'\r' || **b == b'\n')
+                .count();
+            if blank == input.len() {
+                return (input.len(), Progress::NeedMore);
+            }
+            if blank > 0 {
+                return (blank, Progress::NeedMore);
+            }
+            *self.meta() = MessageMeta {
+                start_ns: ts_ns,
+                ..MessageMeta::default()
+            };
+            self.in_message = true;
+        }
+        let searched_from = self.buf.len().saturating_sub(3);
+        let room = config.max_head_bytes.saturating_sub(self.buf.len());
+        let take = input.len().min(room.max(1));
+        self.buf.extend_from_slice(&input[..take]);
+        if self.kind == Kind::Request
+            && let Some(line_end) = http09_request_line(&self.buf)
+        {
+            let used = take - (self.buf.len() - line_end);
+            return (used, self.http09_request(ts_ns, line_end, counters));
+        }
+        let Some(head_end) = find_head_end(&self.buf, searched_from) else {
+            if self.buf.len() >= config.max_head_bytes {
+                counters.heads_too_large += 1;
+                self.lose_sync(counters);
+            }
+            return (take, Progress::NeedMore);
+        };
+        // Bytes of `input` after the head belong to the body or the next message.
+        let used = take - (self.buf.len() - head_end);
+        self.buf.truncate(head_end);
+        match self.parse_head(config, counters) {
+            Ok(head) => {
+                self.buf.clear();
+                self.state = State::AwaitFraming;
+                (used, Progress::Head(head))
+            }
+            Err(()) => {
+                counters.parse_errors += 1;
+                // The next message may begin inside the bytes taken for this head: have them
+                // fed again from the second byte on. Only for short heads, which keeps the cost
+                // of hostile input linear.
+                let head = std::mem::take(&mut self.buf);
+                self.lose_sync(counters);
+                if head.len() <= REPLAY_MAX {
+                    self.replay = head.get(1..).unwrap_or_default().to_vec();
+                }
+                (used, Progress::NeedMore)
+            }
+        }
+    }
+
+    fn http09_request(
+        &mut self,
+        ts_ns: u64,
+        line_end: usize,
+        counters: &mut HttpCounters,
+    ) -> Progress {
+        counters.http09_requests += 1;
+        let line = String::from_utf8_lossy(&self.buf[..line_end])
+            .trim_end()
+            .to_owned();
+        self.buf.clear();
+        self.request.method = "GET".into();
+        self.request.uri = line.get(4..).unwrap_or_default().to_owned();
+        self.request.meta.version = "0.9".into();
+        self.request.meta.start_ns = ts_ns;
+        self.state = State::AwaitFraming;
+        Progress::Head(Head {
+            method: "GET".into(),
+            uri: self.request.uri.clone(),
+            status: None,
+            version: "0.9".into(),
+            content_length: None,
+            chunked: false,
+        })
+    }
+
+    fn parse_head(&mut self, config: &HttpConfig, counters: &mut HttpCounters) -> Result<Head, ()> {
+        let mut head = std::mem::take(&mut self.buf);
+        let mut truncated = false;
+        let result = loop {
+            match parse_owned(self.kind, &head, config.max_headers) {
+                Err(httparse::Error::TooManyHeaders) if !truncated => {
+                    // Keep the message with the headers that fit, and say so.
+                    truncated = true;
+                    counters.headers_truncated += 1;
+                    head = cut_after_lines(&head, config.max_headers + 1);
+                }
+                other => break other,
+            }
+        };
+        self.buf = head;
+        let Ok(Some(OwnedHead {
+            method,
+            uri,
+            status,
+            reason,
+            version,
+            headers,
+        })) = result
+        else {
+            return Err(());
+        };
+        let version = if version == 0 { "1.0" } else { "1.1" }.to_owned();
+        let mut content_length = None;
+        let mut chunked = false;
+        for (name, value) in &headers {
+            if name.eq_ignore_ascii_case("content-length") {
+                let parsed = value.trim().parse::<u64>().map_err(|_| ());
+                // Differing repeated lengths are a framing error (RFC 9112 6.3).
+                content_length = match (content_length, parsed) {
+                    (None, p) => Some(p),
+                    (Some(Ok(a)), Ok(b)) if a == b => Some(Ok(a)),
+                    _ => Some(Err(())),
+                };
+            } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                chunked = value
+                    .rsplit(',')
+                    .next()
+                    .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
+            }
+        }
+        let meta = self.meta();
+        meta.version = version.clone();
+        meta.headers = headers;
+        meta.headers_truncated = truncated;
+        match self.kind {
+            Kind::Request => {
+                counters.requests += 1;
+                self.request.method = method.clone();
+                self.request.uri = uri.clone();
+            }
+            Kind::Response => {
+                counters.responses += 1;
+                self.response.status = status;
+                self.response.reason = reason;
+            }
+        }
+        Ok(Head {
+            method,
+            uri,
+            status,
+            version,
+            content_length,
+            chunked,
+        })
+    }
+
+    fn feed_chunked(
+        &mut self,
+        chunk: Chunk,
+        input: &[u8],
+        ts_ns: u64,
+        config: &HttpConfig,
+        counters: &mut HttpCounters,
+    ) -> (usize, Progress) {
+        match chunk {
+            Chunk::Data(remaining) => {
+                let take = remaining.min(input.len() as u64) as usize;
+                self.body(&input[..take], config, counters);
+                self.state = State::Chunked(if take as u64 == remaining {
+                    Chunk::DataEnd
+                } else {
+                    Chunk::Data(remaining - take as u64)
+                });
+                (take, Progress::NeedMore)
+            }
+            Chunk::Size | Chunk::DataEnd | Chunk::Trailer => {
+                let Some(newline) = input.iter().position(|b| *b == b'\n') else {
+                    self.buf.extend_from_slice(input);
+                    if self.buf.len() > config.max_line_bytes {
+                        counters.parse_errors += 1;
+                        self.lose_sync(counters);
+                    }
+                    return (input.len(), Progress::NeedMore);
+                };
+                self.buf.extend_from_slice(&input[..=newline]);
+                let line = std::mem::take(&mut self.buf);
+                let used = newline + 1;
+                match chunk {
+                    Chunk::Size => match httparse::parse_chunk_size(&line) {
+                        Ok(httparse::Status::Complete((_, 0))) => {
+                            self.state = State::Chunked(Chunk::Trailer);
+                        }
+                        Ok(httparse::Status::Complete((_, size))) => {
+                            self.state = State::Chunked(Chunk::Data(size));
+                        }
+                        _ => {
+                            counters.parse_errors += 1;
+                            self.lose_sync(counters);
+                        }
+                    },
+                    Chunk::DataEnd => {
+                        if line.trim_ascii().is_empty() {
+                            self.state = State::Chunked(Chunk::Size);
+                        } else {
+                            counters.parse_errors += 1;
+                            self.lose_sync(counters);
+                        }
+                    }
+                    _ => {
+                        if line.trim_ascii().is_empty() {
+                            return (used, self.complete(ts_ns));
+                        }
+                        // A trailer field: kept with the headers, within the same bound.
+                        if let Some((name, value)) = split_header_line(&line) {
+                            let max = config.max_headers;
+                            let meta = self.meta();
+                            if meta.headers.len() < max {
+                                meta.headers.push((name, value));
+                            } else {
+                                meta.headers_truncated = true;
+                            }
+                        }
+                    }
+                }
+                (used, Progress::NeedMore)
+            }
+        }
+    }
+
+    /// Abandons the message in progress (it is incomplete) and looks for the next start.
+    fn lose_sync(&mut self, counters: &mut HttpCounters) {
+        counters.resyncs += 1;
+        self.state = State::Resync;
+        self.buf.clear();
+        self.at_line_start = false;
+        self.in_message = false;
+    }
+
+    fn feed_resync(&mut self, input: &[u8], counters: &mut HttpCounters) -> (usize, Progress) {
+        let carried = self.buf.len();
+        let mut window = std::mem::take(&mut self.buf);
+        window.extend_from_slice(input);
+        if let Some(start) = find_message_start(self.kind, &window, self.at_line_start) {
+            // Give the bytes from the message start back to the head parser: as `input` is
+            // consumed up to there, the carried-over prefix (if any) is re-fed from `buf`.
+            counters.resync_bytes_skipped += start as u64;
+            self.state = State::Head;
+            self.at_line_start = true;
+            if start < carried {
+                // The start lies in the carried-over tail: have it fed again before `input`.
+                self.replay = window[start..carried].to_vec();
+                return (0, Progress::NeedMore);
+            }
+            return (start - carried, Progress::NeedMore);
+        }
+        // Keep a short tail that may hold the beginning of a start pattern.
+        let last_newline = window.iter().rposition(|b| *b == b'\n');
+        let tail_from = match (self.kind, last_newline) {
+            (Kind::Response, _) => window.len().saturating_sub(MAX_START_PATTERN),
+            (Kind::Request, Some(i)) if window.len() - (i + 1) < MAX_START_PATTERN => i + 1,
+            (Kind::Request, _) => window.len(),
+        };
+        counters.resync_bytes_skipped += tail_from as u64;
+        self.skipped += tail_from as u64;
+        self.at_line_start = last_newline.is_some_and(|i| i + 1 == tail_from)
+            || (tail_from == 0 && self.at_line_start);
+        self.buf = window[tail_from..].to_vec();
+        if !self.ever_parsed && self.skipped > NOT_HTTP_AFTER {
+            counters.not_http_streams += 1;
+            self.passthrough();
+        }
+        (input.len(), Progress::NeedMore)
+    }
+
+    /// Bytes of the stream were lost. A body of known length stays in step; anything else
+    /// loses sync. `len: None` means an unknown amount.
+    pub fn gap(
+        &mut self,
+        len: Option<u64>,
+        ts_ns: u64,
+        counters: &mut HttpCounters,
+    ) -> Option<Progress> {
+        match (self.state, len) {
+            (State::Passthrough, _) => None,
+            (State::Length(remaining), Some(len)) if len <= remaining => {
+                let meta = self.meta();
+                meta.gap = true;
+                meta.body_len += len;
+                counters.messages_with_gaps += 1;
+                if len == remaining {
+                    return Some(self.complete(ts_ns));
+                }
+                self.state = State::Length(remaining - len);
+                None
+            }
+            (State::Chunked(Chunk::Data(remaining)), Some(len)) if len < remaining => {
+                let meta = self.meta();
+                meta.gap = true;
+                meta.body_len += len;
+                counters.messages_with_gaps += 1;
+                self.state = State::Chunked(Chunk::Data(remaining - len));
+                None
+            }
+            (State::UntilClose, Some(len)) => {
+                let meta = self.meta();
+                meta.gap = true;
+                meta.body_len += len;
+                counters.messages_with_gaps += 1;
+                None
+            }
+            _ => {
+                // The message in progress (if any) cannot be finished: hand it over incomplete.
+                let partial = self.take_partial(ts_ns, counters);
+                self.lose_sync(counters);
+                // After a gap, data may start right at a message boundary.
+                self.at_line_start = true;
+                partial
+            }
+        }
+    }
+
+    /// The message in progress, marked incomplete, if its head had been parsed.
+    fn take_partial(&mut self, ts_ns: u64, counters: &mut HttpCounters) -> Option<Progress> {
+        let head_parsed = !matches!(self.state, State::Head | State::Resync | State::Passthrough);
+        if !self.in_message || !head_parsed {
+            self.in_message = false;
+            return None;
+        }
+        counters.truncated_messages += 1;
+        let meta = self.meta();
+        meta.truncated = true;
+        meta.gap = true;
+        Some(self.complete(ts_ns))
+    }
+
+    /// The stream ended. A body that runs until close completes; any other message in progress
+    /// is handed over incomplete.
+    pub fn finish(&mut self, ts_ns: u64, counters: &mut HttpCounters) -> Option<Progress> {
+        match self.state {
+            State::UntilClose => Some(self.complete(ts_ns)),
+            State::Passthrough | State::Resync => None,
+            _ => {
+                let head_parsed = self.state != State::Head;
+                if self.in_message && head_parsed {
+                    counters.truncated_messages += 1;
+                    self.meta().truncated = true;
+                    Some(self.complete(ts_ns))
+                } else {
+                    if self.in_message {
+                        counters.truncated_messages += 1;
+                    }
+                    self.in_message = false;
+                    None
+                }
+            }
+        }
+    }
+}
+
+/// A head copied out of httparse's borrowed view.
+struct OwnedHead {
+    method: String,
+    uri: String,
+    status: Option<u16>,
+    reason: String,
+    /// httparse's minor version: 0 or 1.
+    version: u8,
+    headers: Vec<(String, String)>,
+}
+
+/// Parses a complete head; `Ok(None)` if httparse still wants more bytes.
+fn parse_owned(
+    kind: Kind,
+    head: &[u8],
+    max_headers: usize,
+) -> Result<Option<OwnedHead>, httparse::Error> {
+    let mut headers = vec![httparse::EMPTY_HEADER; max_headers];
+    match kind {
+        Kind::Request => {
+            let mut req = httparse::Request::new(&mut headers);
+            Ok(req.parse(head)?.is_complete().then(|| OwnedHead {
+                method: req.method.unwrap_or_default().to_owned(),
+                uri: req.path.unwrap_or_default().to_owned(),
+                status: None,
+                reason: String::new(),
+                version: req.version.unwrap_or(1),
+                headers: collect_headers(req.headers),
+            }))
+        }
+        Kind::Response => {
+            let mut res = httparse::Response::new(&mut headers);
+            Ok(res.parse(head)?.is_complete().then(|| OwnedHead {
+                method: String::new(),
+                uri: String::new(),
+                status: res.code,
+                reason: res.reason.unwrap_or_default().to_owned(),
+                version: res.version.unwrap_or(1),
+                headers: collect_headers(res.headers),
+            }))
+        }
+    }
+}
+
+fn collect_headers(headers: &[httparse::Header<'_>]) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .take_while(|h| !h.name.is_empty())
+        .map(|h| {
+            (
+                h.name.to_owned(),
+                String::from_utf8_lossy(h.value).into_owned(),
+            )
+        })
+        .collect()
+}
+
+fn split_header_line(line: &[u8]) -> Option<(String, String)> {
+    let colon = line.iter().position(|b| *b == b':')?;
+    let name = String::from_utf8_lossy(&line[..colon]).trim().to_owned();
+    let value = String::from_utf8_lossy(&line[colon + 1..])
+        .trim()
+        .to_owned();
+    (!name.is_empty()).then_some((name, value))
+}
+
+/// End of the head (after the blank line), searching from `from`.
+fn find_head_end(buf: &[u8], from: usize) -> Option<usize> {
+    let mut i = from;
+    while i < buf.len() {
+        if buf[i] == b'\n' {
+            if buf.get(i + 1) == Some(&b'\n') {
+                return Some(i + 2);
+            }
+            if buf.get(i + 1) == Some(&b'\r') && buf.get(i + 2) == Some(&b'\n') {
+                return Some(i + 3);
+            }
+        }
+        i += 1;
+    }
+    None
+}
+
+/// `GET <uri>\r\n` with no version: an HTTP/0.9 simple request. Returns the line's end.
+fn http09_request_line(buf: &[u8]) -> Option<usize> {
+    if !buf.starts_with(b"GET ") {
+        return None;
+    }
+    let newline = buf.iter().position(|b| *b == b'\n')?;
+    let line = buf[..newline].trim_ascii_end();
+    let uri = &line[4..];
+    (!uri.is_empty() && !uri.contains(&b' ')).then_some(newline + 1)
+}
+
+/// Keeps the first `lines` lines and terminates the head there.
+fn cut_after_lines(head: &[u8], lines: usize) -> Vec<u8> {
+    let mut end = 0;
+    for _ in 0..lines {
+        match head[end..].iter().position(|b| *b == b'\n') {
+            Some(i) => end += i + 1,
+            None => break,
+        }
+    }
+    let mut cut = head[..end].to_vec();
+    cut.extend_from_slice(b"\r\n");
+    cut
+}
+
+/// Where a message plausibly starts. Requests: a known method and a space at a line start.
+/// Responses: `HTTP/1.x NNN ` anywhere — specific enough not to need a line start, which matters
+/// after a gap that ends inside an unterminated body. `first_is_line_start`: whether offset 0
+/// starts a line.
+fn find_message_start(kind: Kind, buf: &[u8], first_is_line_start: bool) -> Option<usize> {
+    match kind {
+        Kind::Request => {
+            let matches = |at: usize| METHODS.iter().any(|m| buf[at..].starts_with(m));
+            if first_is_line_start && matches(0) {
+                return Some(0);
+            }
+            buf.iter()
+                .enumerate()
+                .filter(|(_, b)| **b == b'\n')
+                .map(|(i, _)| i + 1)
+                .find(|&at| at < buf.len() && matches(at))
+        }
+        Kind::Response => buf.windows(13).position(|w| {
+            w.starts_with(b"HTTP/1.")
+                && (w[7] == b'0' || w[7] == b'1')
+                && w[8] == b' '
+                && (b'1'..=b'5').contains(&w[9])
+                && w[10].is_ascii_digit()
+                && w[11].is_ascii_digit()
+                && (w[12] == b' ' || w[12] == b'\r' || w[12] == b'\n')
+        }),
+    }
+}

@@ -1,0 +1,457 @@
+//! Table tests of the HTTP decoder: each conversation is fed whole, split at every byte of
+//! every message, and with gaps; the exchanges must come out the same.
+
+use super::*;
+use crate::reassembly::{EndReason, StreamEvent};
+
+/// One step of a conversation: who sends which bytes.
+type Script<'a> = &'a [(Side, &'a [u8])];
+
+/// A compact, comparable rendering of an exchange.
+fn render(exchange: &Exchange) -> String {
+    let request = exchange.request.as_ref().map_or("-".to_owned(), |r| {
+        let mut text = format!("{} {} {}", r.method, r.uri, r.meta.version);
+        if r.meta.body_len > 0 {
+            text.push_str(&format!(
+                " body={}:{}",
+                r.meta.body_len,
+                String::from_utf8_lossy(&r.meta.body)
+            ));
+        }
+        for (flag, set) in [
+            ("trunc", r.meta.truncated),
+            ("gap", r.meta.gap),
+            ("hdrcut", r.meta.headers_truncated),
+        ] {
+            if set {
+                text.push_str(&format!(" {flag}"));
+            }
+        }
+        text
+    });
+    let response = exchange.response.as_ref().map_or("-".to_owned(), |r| {
+        let mut text = r.status.map_or("raw".to_owned(), |s| s.to_string());
+        for interim in &r.interim {
+            text.push_str(&format!(" after {interim}"));
+        }
+        text.push_str(&format!(
+            " body={}:{}",
+            r.meta.body_len,
+            String::from_utf8_lossy(&r.meta.body)
+        ));
+        for (flag, set) in [("trunc", r.meta.truncated), ("gap", r.meta.gap)] {
+            if set {
+                text.push_str(&format!(" {flag}"));
+            }
+        }
+        text
+    });
+    format!("{request} => {response}")
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+struct Run {
+    exchanges: Vec<String>,
+    counters: HttpCounters,
+}
+
+/// Feeds the events in order, then ends both directions.
+fn run_events(events: Vec<(Side, StreamEvent)>) -> Run {
+    let config = HttpConfig::default();
+    let mut connection = HttpConnection::new(addr("10.0.0.2:40000"), addr("10.0.0.1:80"));
+    let mut counters = HttpCounters::default();
+    let mut out = Vec::new();
+    for (side, event) in events {
+        connection.on_event(side, event, &config, &mut counters, &mut out);
+    }
+    for side in [Side::Client, Side::Server] {
+        connection.on_event(
+            side,
+            StreamEvent::End {
+                ts_ns: 99,
+                reason: EndReason::Fin,
+            },
+            &config,
+            &mut counters,
+            &mut out,
+        );
+    }
+    connection.finish(100, &config, &mut counters, &mut out);
+    Run {
+        exchanges: out.iter().map(render).collect(),
+        counters,
+    }
+}
+
+fn data(side: Side, bytes: &[u8], ts_ns: u64) -> (Side, StreamEvent) {
+    (
+        side,
+        StreamEvent::Data {
+            ts_ns,
+            bytes: bytes.to_vec(),
+        },
+    )
+}
+
+fn run(script: Script<'_>) -> Run {
+    run_events(
+        script
+            .iter()
+            .enumerate()
+            .map(|(i, (side, bytes))| data(*side, bytes, i as u64 + 1))
+            .collect(),
+    )
+}
+
+/// The conversation whole, then every message split at every position, must decode the same.
+fn check(script: Script<'_>, expected: &[&str]) -> HttpCounters {
+    let whole = run(script);
+    assert_eq!(whole.exchanges, expected, "whole");
+    for (index, (_, bytes)) in script.iter().enumerate() {
+        for cut in 1..bytes.len() {
+            let mut events = Vec::new();
+            for (i, (side, bytes)) in script.iter().enumerate() {
+                let ts = i as u64 + 1;
+                if i == index {
+                    events.push(data(*side, &bytes[..cut], ts));
+                    events.push(data(*side, &bytes[cut..], ts));
+                } else {
+                    events.push(data(*side, bytes, ts));
+                }
+            }
+            assert_eq!(
+                run_events(events).exchanges,
+                expected,
+                "message {index} split at {cut}"
+            );
+        }
+    }
+    // Byte by byte, everything.
+    let mut events = Vec::new();
+    for (i, (side, bytes)) in script.iter().enumerate() {
+        for b in bytes.iter() {
+            events.push(data(*side, std::slice::from_ref(b), i as u64 + 1));
+        }
+    }
+    assert_eq!(run_events(events).exchanges, expected, "byte by byte");
+    whole.counters
+}
+
+use Side::{Client as C, Server as S};
+
+#[test]
+fn content_length_and_keep_alive() {
+    check(
+        &[
+            (C, b"GET /users/1 HTTP/1.1\r\nHost: api\r\n\r\n"),
+            (S, b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"),
+            (
+                C,
+                b"POST /login HTTP/1.1\r\nHost: api\r\nContent-Length: 3\r\n\r\nabc",
+            ),
+            (S, b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n"),
+        ],
+        &[
+            "GET /users/1 1.1 => 200 body=5:hello",
+            "POST /login 1.1 body=3:abc => 201 body=0:",
+        ],
+    );
+}
+
+#[test]
+fn pipelined_requests_pair_in_order() {
+    check(
+        &[
+            (C, b"GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\nHEAD /c HTTP/1.1\r\n\r\n"),
+            (S, b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nAHTTP/1.1 404 Not Found\r\nContent-Length: 2\r\n\r\nBBHTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n"),
+        ],
+        &["GET /a 1.1 => 200 body=1:A", "GET /b 1.1 => 404 body=2:BB", "HEAD /c 1.1 => 200 body=0:"],
+    );
+}
+
+#[test]
+fn chunked_bodies_with_extensions_and_trailers() {
+    check(
+        &[
+            (C, b"POST /up HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"),
+            (S, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n4;ext=1\r\nwiki\r\n5\r\npedia\r\n0\r\nX-Trailer: yes\r\n\r\n"),
+        ],
+        &["POST /up 1.1 body=3:abc => 200 body=9:wikipedia"],
+    );
+}
+
+#[test]
+fn no_body_for_head_204_304_and_interim_100_continue() {
+    check(
+        &[
+            (
+                C,
+                b"PUT /f HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n",
+            ),
+            (S, b"HTTP/1.1 100 Continue\r\n\r\n"),
+            (C, b"data"),
+            (S, b"HTTP/1.1 204 No Content\r\nContent-Length: 7\r\n\r\n"),
+            (C, b"GET /etag HTTP/1.1\r\nIf-None-Match: \"x\"\r\n\r\n"),
+            (S, b"HTTP/1.1 304 Not Modified\r\nContent-Length: 7\r\n\r\n"),
+        ],
+        &[
+            "PUT /f 1.1 body=4:data => 204 after 100 body=0:",
+            "GET /etag 1.1 => 304 body=0:",
+        ],
+    );
+}
+
+#[test]
+fn body_until_close_for_http_1_0() {
+    check(
+        &[
+            (C, b"GET / HTTP/1.0\r\n\r\n"),
+            (S, b"HTTP/1.0 200 OK\r\nServer: old\r\n\r\nall of this"),
+        ],
+        &["GET / 1.0 => 200 body=11:all of this"],
+    );
+}
+
+#[test]
+fn upgrade_and_connect_end_decoding() {
+    let counters = check(
+        &[
+            (
+                C,
+                b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+            ),
+            (
+                S,
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n\x81\x05hello",
+            ),
+            (C, b"\x81\x85maskedGET /not-http HTTP/1.1\r\n\r\n"),
+        ],
+        &["GET /ws 1.1 => 101 body=0:"],
+    );
+    assert_eq!(counters.tunnels, 1);
+    assert!(counters.tunnel_bytes > 0);
+    check(
+        &[
+            (C, b"CONNECT api:443 HTTP/1.1\r\nHost: api:443\r\n\r\n"),
+            (
+                S,
+                b"HTTP/1.1 200 Connection Established\r\n\r\n\x16\x03\x01tls",
+            ),
+        ],
+        &["CONNECT api:443 1.1 => 200 body=0:"],
+    );
+}
+
+#[test]
+fn http_0_9_simple_request() {
+    let counters = check(
+        &[(C, b"GET /old\r\n"), (S, b"<html>raw</html>")],
+        &["GET /old 0.9 => raw body=16:<html>raw</html>"],
+    );
+    assert_eq!(counters.http09_requests, 1);
+}
+
+#[test]
+fn unanswered_requests_and_unrequested_responses() {
+    let run = run(&[
+        (S, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi"),
+        (C, b"GET /late HTTP/1.1\r\n\r\n"),
+    ]);
+    assert_eq!(run.exchanges, ["- => 200 body=2:hi", "GET /late 1.1 => -"]);
+    assert_eq!(
+        (
+            run.counters.responses_without_request,
+            run.counters.requests_without_response
+        ),
+        (1, 1)
+    );
+}
+
+#[test]
+fn garbage_before_a_request_is_skipped_and_counted() {
+    let counters = check(
+        &[
+            (C, b"\x00\x01binary junk\r\nGET /ok HTTP/1.1\r\n\r\n"),
+            (S, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"),
+        ],
+        &["GET /ok 1.1 => 200 body=0:"],
+    );
+    assert!(counters.parse_errors >= 1 && counters.resyncs >= 1);
+}
+
+#[test]
+fn too_many_headers_keep_the_message_with_those_that_fit() {
+    let mut request = b"GET /many HTTP/1.1\r\n".to_vec();
+    for i in 0..200 {
+        request.extend_from_slice(format!("X-H{i}: v\r\n").as_bytes());
+    }
+    request.extend_from_slice(b"\r\n");
+    let run = run(&[
+        (C, &request),
+        (S, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"),
+    ]);
+    assert_eq!(run.exchanges, ["GET /many 1.1 hdrcut => 200 body=0:"]);
+    assert_eq!(run.counters.headers_truncated, 1);
+}
+
+#[test]
+fn a_body_cut_by_the_cap_says_so() {
+    let body = vec![b'x'; 20_000];
+    let mut response =
+        format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+    response.extend_from_slice(&body);
+    let run = run(&[(C, b"GET /big HTTP/1.1\r\n\r\n"), (S, &response)]);
+    assert!(
+        run.exchanges[0].starts_with("GET /big 1.1 => 200 body=20000:xxx"),
+        "{}",
+        run.exchanges[0]
+    );
+    assert!(run.exchanges[0].ends_with(" trunc"));
+    assert_eq!(run.counters.bodies_truncated, 1);
+}
+
+#[test]
+fn a_gap_inside_a_known_length_body_keeps_sync() {
+    let run = run_events(vec![
+        data(C, b"GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\n", 1),
+        data(S, b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc", 2),
+        (
+            S,
+            StreamEvent::Gap {
+                ts_ns: 3,
+                len: Some(4),
+            },
+        ),
+        data(S, b"hijHTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nZ", 4),
+    ]);
+    assert_eq!(
+        run.exchanges,
+        [
+            "GET /a 1.1 => 200 body=10:abchij gap",
+            "GET /b 1.1 => 200 body=1:Z"
+        ]
+    );
+}
+
+#[test]
+fn a_gap_in_a_head_resynchronises_at_the_next_message() {
+    let run = run_events(vec![
+        data(C, b"GET /first HTTP/1.1\r\nHo", 1),
+        (
+            C,
+            StreamEvent::Gap {
+                ts_ns: 2,
+                len: Some(30),
+            },
+        ),
+        data(C, b"ader: x\r\n\r\nGET /second HTTP/1.1\r\n\r\n", 3),
+        data(S, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 4),
+    ]);
+    assert_eq!(run.exchanges, ["GET /second 1.1 => 200 body=0:"]);
+    assert!(run.counters.resync_bytes_skipped > 0);
+}
+
+#[test]
+fn a_connection_picked_up_mid_stream_starts_at_the_next_message() {
+    let run = run_events(vec![
+        (
+            C,
+            StreamEvent::Gap {
+                ts_ns: 1,
+                len: None,
+            },
+        ),
+        data(
+            C,
+            b"tail of a body\r\nPOST /x HTTP/1.1\r\nContent-Length: 1\r\n\r\n!",
+            1,
+        ),
+        (
+            S,
+            StreamEvent::Gap {
+                ts_ns: 1,
+                len: None,
+            },
+        ),
+        data(S, b"old response bytesHTTP/1.1 500 Oops\r\n\r\n", 2),
+    ]);
+    assert_eq!(run.exchanges, ["POST /x 1.1 body=1:! => 500 body=0:"]);
+}
+
+#[test]
+fn timings_come_from_the_segments() {
+    let config = HttpConfig::default();
+    let mut connection = HttpConnection::new(addr("10.0.0.2:40000"), addr("10.0.0.1:80"));
+    let mut counters = HttpCounters::default();
+    let mut out = Vec::new();
+    for (side, bytes, ts) in [
+        (C, &b"GET / HTTP/1.1\r\n\r\n"[..], 1_000_000u64),
+        (
+            S,
+            b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nab",
+            5_000_000,
+        ),
+        (S, b"cd", 9_000_000),
+    ] {
+        connection.on_event(
+            side,
+            StreamEvent::Data {
+                ts_ns: ts,
+                bytes: bytes.to_vec(),
+            },
+            &config,
+            &mut counters,
+            &mut out,
+        );
+    }
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].ttfb_ms(), Some(4.0));
+    assert_eq!(out[0].duration_ms(), Some(8.0));
+}
+
+/// No input may panic or wedge the decoder: random bytes and random splits.
+#[test]
+fn random_input_never_panics() {
+    let mut state = 0x1234_5678_9abc_def0u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let pieces: [&[u8]; 8] = [
+        b"GET / HTTP/1.1\r\n",
+        b"HTTP/1.1 200 OK\r\n",
+        b"Content-Length: 3\r\n",
+        b"Transfer-Encoding: chunked\r\n",
+        b"\r\n",
+        b"5\r\nabc",
+        b"\x00\xff\x10",
+        b"HEAD ",
+    ];
+    for _ in 0..2000 {
+        let mut events = Vec::new();
+        for ts in 0..(next() % 12) {
+            let side = if next() % 2 == 0 { C } else { S };
+            if next() % 9 == 0 {
+                events.push((
+                    side,
+                    StreamEvent::Gap {
+                        ts_ns: ts,
+                        len: (next() % 3 != 0).then(|| next() % 50),
+                    },
+                ));
+                continue;
+            }
+            let mut bytes = Vec::new();
+            for _ in 0..(next() % 5) {
+                bytes.extend_from_slice(pieces[(next() % 8) as usize]);
+            }
+            events.push(data(side, &bytes, ts));
+        }
+        run_events(events);
+    }
+}
