@@ -4,7 +4,11 @@ use std::fmt::Write as _;
 
 use sensor_ebpf::Direction;
 
-use crate::{capture::Segment, stats::rfc3339};
+use crate::{
+    capture::Segment,
+    exchange::{Exchange, rfc3339_ns},
+    stats::rfc3339,
+};
 
 /// Payload bytes shown per line.
 pub const DUMP_PREVIEW: usize = 80;
@@ -42,6 +46,57 @@ pub fn segment_line(segment: &Segment, clock: &crate::capture::Clock) -> String 
         if shown.len() < segment.payload.len() {
             line.push('…');
         }
+    }
+    line
+}
+
+/// `time client method uri -> status ttfb dur req=… resp=… [flags]`
+pub fn exchange_line(exchange: &Exchange) -> String {
+    let request = exchange.request.as_ref();
+    let response = exchange.response.as_ref();
+    let mut line = format!(
+        "{} {} {} {}",
+        rfc3339_ns(exchange.start_ns()),
+        exchange.client,
+        request.map_or("-", |r| r.method.as_str()),
+        request.map_or("-", |r| r.uri.as_str()).escape_debug(),
+    );
+    match response {
+        Some(response) => {
+            let status = response.status.map_or("raw".to_owned(), |s| s.to_string());
+            let _ = write!(line, " -> {status}");
+        }
+        None => line.push_str(" -> (no response)"),
+    }
+    if let Some(ttfb) = exchange.ttfb_ms() {
+        let _ = write!(line, " ttfb={ttfb:.3}ms");
+    }
+    if let Some(duration) = exchange.duration_ms() {
+        let _ = write!(line, " dur={duration:.3}ms");
+    }
+    let _ = write!(
+        line,
+        " req={} resp={}",
+        request.map_or(0, |r| r.meta.body_len),
+        response.map_or(0, |r| r.meta.body_len)
+    );
+    let flags: Vec<&str> = [
+        (request.is_none(), "no-request"),
+        (
+            request.is_some_and(|r| r.meta.truncated),
+            "request-truncated",
+        ),
+        (
+            response.is_some_and(|r| r.meta.truncated),
+            "response-truncated",
+        ),
+        (exchange.gap(), "gap"),
+    ]
+    .into_iter()
+    .filter_map(|(set, name)| set.then_some(name))
+    .collect();
+    if !flags.is_empty() {
+        let _ = write!(line, " [{}]", flags.join(","));
     }
     line
 }

@@ -12,8 +12,11 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use apisessions::{
-    capture::{AttachMode, CaptureOptions, Clock, DEFAULT_PORTS, Interface, Sensor},
+    capture::{AttachMode, CaptureOptions, Clock, DEFAULT_PORTS, Interface, Segment, Sensor},
     dump,
+    exchange::Exchange,
+    reassembly::{FlowConfig, FlowTable},
+    segment::TcpSegment,
     stats::{StatsReport, rfc3339},
 };
 use clap::{Args, Parser, Subcommand};
@@ -63,9 +66,13 @@ struct RunArgs {
     /// Capture every TCP port.
     #[arg(long, conflicts_with = "ports")]
     all_ports: bool,
-    /// Print one line per captured segment to stdout.
+    /// Print one line per HTTP exchange to stdout: time, client, method, uri, status, time to
+    /// first byte, duration, body sizes and flags.
     #[arg(long)]
     dump: bool,
+    /// Print one line per captured TCP segment to stdout (for debugging the capture).
+    #[arg(long, conflicts_with = "dump")]
+    dump_segments: bool,
     /// How to hook into the network stack: auto (tcx on Linux >= 6.6, else clsact), tcx,
     /// clsact, or socket (AF_PACKET socket filter, the fallback).
     #[arg(long, default_value = "auto", value_name = "MODE")]
@@ -159,12 +166,85 @@ fn run(args: RunArgs) -> Result<()> {
     runtime.block_on(daemon(args, options, interfaces))
 }
 
+/// The daemon's side of the channel: decodes segments into exchanges and prints what `--dump`
+/// or `--dump-segments` asked for.
+struct Consumer {
+    clock: Clock,
+    flows: FlowTable,
+    exchanges: Vec<Exchange>,
+    dump_exchanges: bool,
+    dump_segments: bool,
+    out: io::BufWriter<io::StdoutLock<'static>>,
+    /// False once stdout's reader went away (e.g. `| head`): that is not the daemon's error.
+    output_open: bool,
+}
+
+impl Consumer {
+    fn segment(&mut self, segment: Segment) {
+        if self.dump_segments && self.output_open {
+            let line = dump::segment_line(&segment, &self.clock);
+            self.output_open = writeln!(self.out, "{line}").is_ok();
+        }
+        self.flows.push(
+            TcpSegment::from_capture(segment, &self.clock),
+            &mut self.exchanges,
+        );
+        self.print_exchanges();
+    }
+
+    /// Once a second: expire idle connections (by the wall clock, so quiet ones end too).
+    fn tick(&mut self) {
+        let now_ns = SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        self.flows.expire(now_ns, &mut self.exchanges);
+        self.print_exchanges();
+        if self.output_open {
+            self.output_open = self.out.flush().is_ok();
+        }
+    }
+
+    fn finish(&mut self) {
+        self.flows.finish(&mut self.exchanges);
+        self.print_exchanges();
+        let _ = self.out.flush();
+    }
+
+    fn print_exchanges(&mut self) {
+        for exchange in self.exchanges.drain(..) {
+            if self.dump_exchanges && self.output_open {
+                let line = dump::exchange_line(&exchange);
+                self.output_open = writeln!(self.out, "{line}").is_ok();
+            }
+        }
+    }
+
+    fn report(&self, report: &mut StatsReport) {
+        for (stage, counters) in self.flows.snapshot() {
+            report.set_stage(stage, counters);
+        }
+    }
+}
+
 async fn daemon(args: RunArgs, options: CaptureOptions, interfaces: Vec<Interface>) -> Result<()> {
     let data_dir = args.data.data_dir.clone();
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let (sensor, mut segments) = Sensor::start(&options, interfaces, args.attach, Some(&data_dir))?;
-    let clock = Clock::new();
+    let mut consumer = Consumer {
+        clock: Clock::new(),
+        flows: FlowTable::new(FlowConfig {
+            server_ports: options.ports.clone(),
+            // The kernel already keeps to the watched ports; with --all-ports every port counts.
+            only_server_ports: false,
+            ..FlowConfig::default()
+        }),
+        exchanges: Vec::new(),
+        dump_exchanges: args.dump,
+        dump_segments: args.dump_segments,
+        out: io::BufWriter::new(io::stdout().lock()),
+        output_open: true,
+    };
     let mut report = StatsReport {
         pid: std::process::id(),
         running: true,
@@ -191,25 +271,21 @@ async fn daemon(args: RunArgs, options: CaptureOptions, interfaces: Vec<Interfac
     let mut summary_tick =
         tokio::time::interval_at(tokio::time::Instant::now() + summary_every, summary_every);
     let mut summary = Summary::default();
-    let mut out = io::BufWriter::new(io::stdout().lock());
-    let mut output_open = true;
     loop {
         tokio::select! {
             segment = segments.recv() => {
                 let Some(segment) = segment else { break };
-                if args.dump && output_open {
-                    output_open = write_line(&mut out, &dump::segment_line(&segment, &clock));
-                }
+                consumer.segment(segment);
             }
             _ = stats_tick.tick() => {
+                consumer.tick();
                 refresh_report(&mut report, &sensor)?;
+                consumer.report(&mut report);
                 report.write(&data_dir)?;
-                if output_open {
-                    output_open = out.flush().is_ok();
-                }
             }
             _ = summary_tick.tick(), if args.summary_interval > 0 => {
                 refresh_report(&mut report, &sensor)?;
+                consumer.report(&mut report);
                 summary.log(&report, summary_every);
             }
             _ = sigterm.recv() => break,
@@ -224,21 +300,15 @@ async fn daemon(args: RunArgs, options: CaptureOptions, interfaces: Vec<Interfac
         loop {
             tokio::select! {
                 result = &mut shutdown => { result?; break; }
-                Some(segment) = segments.recv() => {
-                    if args.dump && output_open {
-                        output_open = write_line(&mut out, &dump::segment_line(&segment, &clock));
-                    }
-                }
+                Some(segment) = segments.recv() => consumer.segment(segment),
             }
         }
     }
     while let Some(segment) = segments.recv().await {
-        if args.dump && output_open {
-            output_open = write_line(&mut out, &dump::segment_line(&segment, &clock));
-        }
+        consumer.segment(segment);
     }
-    // The consumer may have gone (e.g. `| head`): that is not an error of the daemon.
-    let _ = out.flush();
+    consumer.finish();
+    consumer.report(&mut report);
     report.running = false;
     report.updated = rfc3339(SystemTime::now());
     report.write(&data_dir)?;
@@ -263,34 +333,35 @@ fn refresh_report(report: &mut StatsReport, sensor: &Sensor) -> Result<()> {
     Ok(())
 }
 
-/// Writes a line; false once the reader of stdout went away.
-fn write_line(out: &mut impl io::Write, line: &str) -> bool {
-    writeln!(out, "{line}").is_ok()
-}
-
 /// The periodic summary log line: rates since the last one, and any loss.
 #[derive(Default)]
 struct Summary {
     events: u64,
     bytes: u64,
+    exchanges: u64,
 }
 
 impl Summary {
     fn log(&mut self, report: &StatsReport, every: Duration) {
         let events = report.get("reader", "events_read");
         let bytes = report.get("reader", "bytes_read");
+        let exchanges = report.get("http", "exchanges");
         let seconds = every.as_secs_f64();
         log::info!(
-            "capture: {:.0} events/s, {:.0} bytes/s; drops: ring_full={} truncated_segments={} \
-             load_errors={} malformed={}",
+            "capture: {:.0} events/s, {:.0} bytes/s, {:.0} exchanges/s, {} flows; drops: \
+             ring_full={} truncated_segments={} load_errors={} malformed={} gaps={}",
             (events - self.events) as f64 / seconds,
             (bytes - self.bytes) as f64 / seconds,
+            (exchanges - self.exchanges) as f64 / seconds,
+            report.get("flows", "active"),
             report.get("kernel", "ring_full"),
             report.get("kernel", "segments_truncated"),
             report.get("kernel", "load_errors"),
             report.get("reader", "events_malformed"),
+            report.get("reassembly", "gaps"),
         );
         self.events = events;
         self.bytes = bytes;
+        self.exchanges = exchanges;
     }
 }

@@ -166,7 +166,7 @@ pub fn run() -> Result<()> {
             bail!("apisessions exited with {exit}");
         }
     }
-    println!("\n== demo: what `apisessions run --dump` captured (one line per TCP segment)");
+    println!("\n== demo: what `apisessions run --dump` captured (one line per HTTP exchange)");
     print_lines(&dump_path)?;
     println!("\n== demo: apisessions stats");
     status(

@@ -352,3 +352,216 @@ impl FlowTable {
         self.events = events;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CLIENT: &str = "10.0.0.2:40000";
+    const SERVER: &str = "10.0.0.1:8080";
+
+    fn segment(
+        src: &str,
+        dst: &str,
+        seq: u32,
+        flags: u8,
+        payload: &[u8],
+        ts_ns: u64,
+    ) -> TcpSegment {
+        TcpSegment {
+            ts_ns,
+            src: src.parse().unwrap(),
+            dst: dst.parse().unwrap(),
+            seq,
+            ack: 0,
+            flags,
+            payload: payload.to_vec(),
+            missing: 0,
+        }
+    }
+
+    /// A whole connection: handshake, one exchange, FIN both ways.
+    fn conversation(table: &mut FlowTable, client: &str, out: &mut Vec<Exchange>, ts: u64) {
+        use tcp_flags::{ACK, FIN, PSH, SYN};
+        let request = b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n";
+        let response = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+        for seg in [
+            segment(client, SERVER, 100, SYN, b"", ts),
+            segment(SERVER, client, 500, SYN | ACK, b"", ts + 1),
+            segment(client, SERVER, 101, PSH | ACK, request, ts + 2),
+            segment(SERVER, client, 501, PSH | ACK, response, ts + 3),
+            segment(
+                client,
+                SERVER,
+                101 + request.len() as u32,
+                FIN | ACK,
+                b"",
+                ts + 4,
+            ),
+            segment(
+                SERVER,
+                client,
+                501 + response.len() as u32,
+                FIN | ACK,
+                b"",
+                ts + 5,
+            ),
+        ] {
+            table.push(seg, out);
+        }
+    }
+
+    #[test]
+    fn a_closed_connection_yields_its_exchange_and_leaves_the_table() {
+        let mut table = FlowTable::new(FlowConfig::default());
+        let mut out = Vec::new();
+        conversation(&mut table, CLIENT, &mut out, 1_000);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].client, CLIENT.parse().unwrap());
+        assert_eq!(out[0].response.as_ref().and_then(|r| r.status), Some(200));
+        assert_eq!(table.active_flows(), 0);
+        assert_eq!(table.counters.flows_closed, 1);
+    }
+
+    #[test]
+    fn without_a_syn_the_request_line_tells_the_client_on_any_port() {
+        let mut table = FlowTable::new(FlowConfig {
+            server_ports: vec![],
+            ..FlowConfig::default()
+        });
+        let mut out = Vec::new();
+        // The response is seen first; only the request reveals who is who.
+        table.push(
+            segment(
+                "10.0.0.1:9",
+                "10.0.0.2:9999",
+                1,
+                0,
+                b"GET / HTTP/1.1\r\n\r\n",
+                1,
+            ),
+            &mut out,
+        );
+        table.push(
+            segment(
+                "10.0.0.2:9999",
+                "10.0.0.1:9",
+                1,
+                0,
+                b"HTTP/1.1 204 No\r\n\r\n",
+                2,
+            ),
+            &mut out,
+        );
+        table.finish(&mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].client, "10.0.0.1:9".parse().unwrap());
+        assert_eq!(table.stream_counters.started_mid_stream, 2);
+    }
+
+    #[test]
+    fn a_reset_ends_both_directions() {
+        let mut table = FlowTable::new(FlowConfig::default());
+        let mut out = Vec::new();
+        table.push(segment(CLIENT, SERVER, 1, tcp_flags::SYN, b"", 1), &mut out);
+        table.push(
+            segment(CLIENT, SERVER, 2, 0, b"GET /r HTTP/1.1\r\n\r\n", 2),
+            &mut out,
+        );
+        table.push(segment(SERVER, CLIENT, 9, tcp_flags::RST, b"", 3), &mut out);
+        assert_eq!(table.active_flows(), 0);
+        assert_eq!(out.len(), 1);
+        assert!(out[0].response.is_none(), "no response before the reset");
+    }
+
+    #[test]
+    fn idle_flows_expire_and_bounds_evict_the_oldest() {
+        let config = FlowConfig {
+            max_flows: 2,
+            idle_timeout: Duration::from_secs(10),
+            ..FlowConfig::default()
+        };
+        let mut table = FlowTable::new(config);
+        let mut out = Vec::new();
+        for (i, client) in ["10.0.0.2:1", "10.0.0.3:1", "10.0.0.4:1"]
+            .iter()
+            .enumerate()
+        {
+            table.push(
+                segment(
+                    client,
+                    SERVER,
+                    1,
+                    0,
+                    b"GET /a HTTP/1.1\r\n\r\n",
+                    i as u64 + 1,
+                ),
+                &mut out,
+            );
+        }
+        assert_eq!(table.active_flows(), 2);
+        assert_eq!(table.counters.flows_evicted_capacity, 1);
+        assert_eq!(
+            out.len(),
+            1,
+            "the evicted flow's request is reported, unanswered"
+        );
+        assert_eq!(out[0].client, "10.0.0.2:1".parse().unwrap());
+        table.expire(5 + 10_000_000_000, &mut out);
+        assert_eq!(table.active_flows(), 0);
+        assert_eq!(table.counters.flows_idle, 2);
+        assert_eq!(out.len(), 3);
+    }
+
+    #[test]
+    fn buffered_bytes_are_bounded_over_all_flows() {
+        let config = FlowConfig {
+            max_buffered_bytes: 1000,
+            ..FlowConfig::default()
+        };
+        let mut table = FlowTable::new(config);
+        let mut out = Vec::new();
+        for i in 0..5u16 {
+            let client = format!("10.0.0.2:{}", 1000 + i);
+            table.push(
+                segment(&client, SERVER, 1, tcp_flags::SYN, b"", 1),
+                &mut out,
+            );
+            // Out of order: held until the hole before it fills.
+            table.push(segment(&client, SERVER, 100, 0, &[b'x'; 400], 2), &mut out);
+        }
+        assert!(table.counters.flows_evicted_memory >= 3);
+        assert!(
+            table.snapshot()[0]
+                .1
+                .iter()
+                .any(|(name, value)| *name == "buffered_bytes" && *value <= 1000)
+        );
+    }
+
+    #[test]
+    fn only_server_ports_filters_other_connections() {
+        let config = FlowConfig {
+            server_ports: vec![8080],
+            only_server_ports: true,
+            ..FlowConfig::default()
+        };
+        let mut table = FlowTable::new(config);
+        let mut out = Vec::new();
+        table.push(
+            segment(
+                "10.0.0.2:5",
+                "10.0.0.1:9090",
+                1,
+                0,
+                b"GET / HTTP/1.1\r\n\r\n",
+                1,
+            ),
+            &mut out,
+        );
+        assert_eq!(
+            (table.active_flows(), table.counters.segments_filtered),
+            (0, 1)
+        );
+    }
+}
