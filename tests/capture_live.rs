@@ -18,11 +18,13 @@ use std::{
 };
 
 use apisessions::{
-    capture::{AttachMode, CaptureOptions, Interface, Segment, Sensor},
+    capture::{AttachMode, Segment},
     stats::StatsReport,
 };
 use aya::programs::{SchedClassifier, TcAttachType};
-use common::{BIG_LEN, Nginx, SMALL_BODY, TestNet, sh, wait_until};
+use common::{
+    BIG_LEN, Captured, LiveSensor, Nginx, SMALL_BODY, TestNet, in_namespace, sh, wait_until,
+};
 use sensor_ebpf::tcp_flags;
 
 const PORT: u16 = 8080;
@@ -122,64 +124,13 @@ fn live_capture_is_complete(mode: AttachMode) {
     let net = TestNet::new();
     let _nginx = Nginx::start(&net, PORT);
 
-    // The sensor runs in the server's namespace, in a thread of its own (setns is per thread).
-    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
-    let server_ns = net.server_ns.clone();
-    let server_if = net.server_if.clone();
-    let sensor = thread::spawn(move || {
-        TestNet::enter(&server_ns);
-        let runtime = tokio::runtime::Runtime::new().unwrap();
-        runtime.block_on(async move {
-            let options = CaptureOptions {
-                ports: vec![PORT],
-                ..CaptureOptions::default()
-            };
-            let interface = Interface::by_name(&server_if).unwrap();
-            let (sensor, mut rx) = Sensor::start(&options, vec![interface], mode, None).unwrap();
-            ready_tx.send(()).unwrap();
-            let mut segments = Vec::new();
-            // Collect until told to stop and the reader has caught up with the kernel.
-            loop {
-                while let Ok(segment) = rx.try_recv() {
-                    segments.push(segment);
-                }
-                let stop = stop_rx.try_recv().is_ok();
-                let kernel = sensor.kernel_counters().unwrap();
-                let read = sensor.counters.snapshot()[0].1;
-                if stop && read == kernel["events_submitted"] && rx.is_empty() {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            let kernel = sensor.kernel_counters().unwrap();
-            let reader = sensor.counters.snapshot();
-            sensor.shutdown().await.unwrap();
-            while let Some(segment) = rx.recv().await {
-                segments.push(segment);
-            }
-            (segments, kernel, reader)
-        })
-    });
-    ready_rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("sensor started");
-
-    let client_ns = net.client_ns.clone();
-    let net_ref = &net;
-    let conversations = thread::scope(|scope| {
-        scope
-            .spawn(move || {
-                TestNet::enter(&client_ns);
-                run_clients(net_ref)
-            })
-            .join()
-            .unwrap()
-    });
-    // The last FIN/ACKs may still be on their way through the veth.
-    thread::sleep(Duration::from_millis(200));
-    stop_tx.send(()).unwrap();
-    let (segments, kernel, reader) = sensor.join().unwrap();
+    let sensor = LiveSensor::start(&net, mode, vec![PORT]);
+    let conversations = in_namespace(&net.client_ns, || run_clients(&net));
+    let Captured {
+        segments,
+        kernel,
+        reader,
+    } = sensor.stop();
 
     // Responses are what nginx was asked for.
     let big = common::big_body();

@@ -151,6 +151,8 @@ pub struct Nginx {
 pub const SMALL_BODY: &str = "hello from nginx\n";
 /// Size of /big.bin: several 64 KiB GSO segments and more than one ring-buffer chunk each.
 pub const BIG_LEN: usize = 300_000;
+/// Size of /mib.bin.
+pub const MIB_LEN: usize = 1 << 20;
 
 impl Nginx {
     pub fn start(net: &TestNet, port: u16) -> Self {
@@ -160,13 +162,26 @@ impl Nginx {
         fs::create_dir_all(&root).unwrap();
         fs::write(root.join("small.txt"), SMALL_BODY).unwrap();
         fs::write(root.join("big.bin"), big_body()).unwrap();
+        fs::write(root.join("mib.bin"), vec![b'm'; MIB_LEN]).unwrap();
+        fs::write(
+            root.join("text.txt"),
+            "a line of text that compresses well\n".repeat(2000),
+        )
+        .unwrap();
+        fs::create_dir_all(root.join("uploads")).unwrap();
+        // Static files, a 204, conditional requests that give 304 for any later date, gzip
+        // (chunked on the wire: the compressed length is unknown up front) and WebDAV PUT.
         let conf = format!(
-            "daemon off;\nmaster_process off;\npid {dir}/nginx.pid;\nerror_log {dir}/error.log;\n\
-             events {{ worker_connections 256; }}\n\
+            "daemon off;\nmaster_process off;\nuser root;\npid {dir}/nginx.pid;\nerror_log {dir}/error.log;\n\
+             events {{ worker_connections 512; }}\n\
              http {{\n access_log {dir}/access.log;\n client_body_temp_path {dir}/body;\n\
              proxy_temp_path {dir}/proxy;\n fastcgi_temp_path {dir}/fastcgi;\n uwsgi_temp_path {dir}/uwsgi;\n\
-             scgi_temp_path {dir}/scgi;\n keepalive_requests 1000;\n\
-             server {{ listen {v4}:{port}; listen [{v6}]:{port}; root {root}; }}\n}}\n",
+             scgi_temp_path {dir}/scgi;\n keepalive_requests 1000;\n if_modified_since before;\n\
+             server {{ listen {v4}:{port}; listen [{v6}]:{port}; root {root};\n\
+               location = /empty {{ return 204; }}\n\
+               location = /text.txt {{ gzip on; gzip_types text/plain; gzip_min_length 0; }}\n\
+               location /uploads/ {{ dav_methods PUT; client_max_body_size 8m; create_full_put_path on; }}\n\
+             }}\n}}\n",
             dir = dir.display(),
             v4 = net.server_v4,
             v6 = net.server_v6,
@@ -227,5 +242,101 @@ pub fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
             return false;
         }
         thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs `f` in a thread that has entered the network namespace `ns` (setns is per thread).
+pub fn in_namespace<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
+    thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                TestNet::enter(ns);
+                f()
+            })
+            .join()
+            .unwrap()
+    })
+}
+
+/// What a [`LiveSensor`] captured, and its counters at the end.
+pub struct Captured {
+    pub segments: Vec<apisessions::capture::Segment>,
+    pub kernel: apisessions::capture::KernelCounters,
+    pub reader: Vec<(&'static str, u64)>,
+}
+
+impl Captured {
+    pub fn reader(&self, name: &str) -> u64 {
+        self.reader
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map_or(0, |(_, v)| *v)
+    }
+}
+
+/// The capture library running in the server's namespace on its veth, in a thread of its own.
+pub struct LiveSensor {
+    stop: std::sync::mpsc::Sender<()>,
+    handle: thread::JoinHandle<Captured>,
+}
+
+impl LiveSensor {
+    pub fn start(net: &TestNet, mode: apisessions::capture::AttachMode, ports: Vec<u16>) -> Self {
+        use apisessions::capture::{CaptureOptions, Interface, Sensor};
+        let (stop, stop_rx) = std::sync::mpsc::channel::<()>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
+        let server_ns = net.server_ns.clone();
+        let server_if = net.server_if.clone();
+        let handle = thread::spawn(move || {
+            TestNet::enter(&server_ns);
+            let runtime = tokio::runtime::Runtime::new().unwrap();
+            runtime.block_on(async move {
+                let options = CaptureOptions {
+                    ports,
+                    ..CaptureOptions::default()
+                };
+                let interface = Interface::by_name(&server_if).unwrap();
+                let (sensor, mut rx) =
+                    Sensor::start(&options, vec![interface], mode, None).unwrap();
+                ready_tx.send(()).unwrap();
+                let mut segments = Vec::new();
+                let mut stopping = false;
+                // Collect until told to stop and the reader has caught up with the kernel.
+                loop {
+                    while let Ok(segment) = rx.try_recv() {
+                        segments.push(segment);
+                    }
+                    stopping |= stop_rx.try_recv().is_ok();
+                    let kernel = sensor.kernel_counters().unwrap();
+                    let read = sensor.counters.events_read.load(Ordering::Relaxed);
+                    if stopping && read == kernel["events_submitted"] && rx.is_empty() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                let kernel = sensor.kernel_counters().unwrap();
+                let reader = sensor.counters.snapshot();
+                sensor.shutdown().await.unwrap();
+                while let Some(segment) = rx.recv().await {
+                    segments.push(segment);
+                }
+                Captured {
+                    segments,
+                    kernel,
+                    reader,
+                }
+            })
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("sensor started");
+        Self { stop, handle }
+    }
+
+    /// Stops after a short pause for the last FIN/ACKs still crossing the veth.
+    pub fn stop(self) -> Captured {
+        thread::sleep(Duration::from_millis(200));
+        self.stop.send(()).unwrap();
+        self.handle.join().unwrap()
     }
 }

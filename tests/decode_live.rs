@@ -1,0 +1,312 @@
+//! Live decoding: real nginx, real clients, the sensor on the server's veth, and the decoder fed
+//! with what it captured. Every exchange the clients made must be reported exactly once, with
+//! the status and body lengths the clients themselves saw.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::{
+    collections::BTreeMap,
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpStream},
+    thread,
+    time::Duration,
+};
+
+use apisessions::{
+    capture::{AttachMode, Clock},
+    exchange::Exchange,
+    reassembly::{FlowConfig, FlowTable},
+    segment::TcpSegment,
+};
+use common::{LiveSensor, MIB_LEN, Nginx, TestNet, in_namespace};
+
+const PORT: u16 = 8080;
+
+/// One exchange as the client saw it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Seen {
+    client: SocketAddr,
+    method: String,
+    uri: String,
+    status: u16,
+    request_body: u64,
+    response_body: u64,
+}
+
+/// A request to send.
+struct Req {
+    method: &'static str,
+    uri: String,
+    headers: &'static str,
+    body: Vec<u8>,
+}
+
+fn req(method: &'static str, uri: impl Into<String>) -> Req {
+    Req {
+        method,
+        uri: uri.into(),
+        headers: "",
+        body: Vec::new(),
+    }
+}
+
+impl Req {
+    fn bytes(&self) -> Vec<u8> {
+        let mut out = format!(
+            "{} {} HTTP/1.1\r\nHost: test\r\nUser-Agent: decode-live\r\n{}",
+            self.method, self.uri, self.headers
+        )
+        .into_bytes();
+        if !self.body.is_empty() {
+            out.extend_from_slice(format!("Content-Length: {}\r\n", self.body.len()).as_bytes());
+        }
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(&self.body);
+        out
+    }
+}
+
+/// Reads one response from `buf` (reading more from `stream` as needed): its status and body
+/// length after removing chunked framing. Independent of the decoder under test.
+fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>, head_request: bool) -> (u16, u64) {
+    let fill = |stream: &mut TcpStream, buf: &mut Vec<u8>| {
+        let mut chunk = [0u8; 65536];
+        let n = stream.read(&mut chunk).unwrap();
+        assert!(n > 0, "server closed early");
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let (head_len, status, length, chunked) = loop {
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut response = httparse::Response::new(&mut headers);
+        if let httparse::Status::Complete(len) = response.parse(buf).unwrap() {
+            let header = |name: &str| {
+                response
+                    .headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case(name))
+                    .map(|h| String::from_utf8_lossy(h.value).into_owned())
+            };
+            let length = header("content-length").map(|v| v.parse::<u64>().unwrap());
+            let chunked = header("transfer-encoding").is_some_and(|v| v.contains("chunked"));
+            break (len, response.code.unwrap(), length, chunked);
+        }
+        fill(stream, buf);
+    };
+    buf.drain(..head_len);
+    if head_request || status == 204 || status == 304 {
+        return (status, 0);
+    }
+    if !chunked {
+        let length = length.expect("nginx sends a length or chunks") as usize;
+        while buf.len() < length {
+            fill(stream, buf);
+        }
+        buf.drain(..length);
+        return (status, length as u64);
+    }
+    let mut body = 0u64;
+    loop {
+        let (used, size) = loop {
+            if let Ok(httparse::Status::Complete(done)) = httparse::parse_chunk_size(buf) {
+                break done;
+            }
+            fill(stream, buf);
+        };
+        buf.drain(..used);
+        let size = size as usize;
+        if size == 0 {
+            while !buf.starts_with(b"\r\n") {
+                fill(stream, buf);
+            }
+            buf.drain(..2);
+            return (status, body);
+        }
+        while buf.len() < size + 2 {
+            fill(stream, buf);
+        }
+        buf.drain(..size + 2);
+        body += size as u64;
+    }
+}
+
+/// Sends `requests` on one connection; `pipelined` writes them all before reading.
+fn connection(server: SocketAddr, requests: &[Req], pipelined: bool) -> Vec<Seen> {
+    let mut stream = TcpStream::connect(server).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let client = stream.local_addr().unwrap();
+    let mut buf = Vec::new();
+    let mut seen = Vec::new();
+    let record = |request: &Req, (status, response_body): (u16, u64)| Seen {
+        client,
+        method: request.method.to_owned(),
+        uri: request.uri.clone(),
+        status,
+        request_body: request.body.len() as u64,
+        response_body,
+    };
+    if pipelined {
+        let all: Vec<u8> = requests.iter().flat_map(Req::bytes).collect();
+        stream.write_all(&all).unwrap();
+        for request in requests {
+            let response = read_response(&mut stream, &mut buf, request.method == "HEAD");
+            seen.push(record(request, response));
+        }
+    } else {
+        for request in requests {
+            stream.write_all(&request.bytes()).unwrap();
+            let response = read_response(&mut stream, &mut buf, request.method == "HEAD");
+            seen.push(record(request, response));
+        }
+    }
+    seen
+}
+
+fn scenario(net: &TestNet) -> Vec<Seen> {
+    let v4 = net.server_addr(false, PORT);
+    let v6 = net.server_addr(true, PORT);
+    let mut seen = Vec::new();
+    // Keep-alive: 100 requests one after another on one connection.
+    let keep_alive: Vec<Req> = (0..100)
+        .map(|i| req("GET", format!("/small.txt?i={i}")))
+        .collect();
+    seen.extend(connection(v4, &keep_alive, false));
+    // Pipelining: ten requests written at once, including HEAD and 204 (no bodies).
+    let pipelined: Vec<Req> = (0..10)
+        .map(|i| match i % 3 {
+            0 => req("GET", format!("/small.txt?p={i}")),
+            1 => req("HEAD", format!("/mib.bin?p={i}")),
+            _ => req("GET", format!("/empty?p={i}")),
+        })
+        .collect();
+    seen.extend(connection(v6, &pipelined, true));
+    // Chunked (gzip on the fly), 304, a 1 MiB download and a 1 MiB upload.
+    let gzip = Req {
+        headers: "Accept-Encoding: gzip\r\n",
+        ..req("GET", "/text.txt")
+    };
+    let not_modified = Req {
+        headers: "If-Modified-Since: Fri, 01 Jan 2100 00:00:00 GMT\r\n",
+        ..req("GET", "/small.txt?c=1")
+    };
+    let upload = Req {
+        body: vec![b'u'; MIB_LEN],
+        ..req("PUT", "/uploads/one.bin")
+    };
+    seen.extend(connection(
+        v4,
+        &[gzip, not_modified, req("GET", "/mib.bin"), upload],
+        false,
+    ));
+    // 50 concurrent connections.
+    let concurrent: Vec<Vec<Seen>> = thread::scope(|scope| {
+        let handles: Vec<_> = (0..50)
+            .map(|i| {
+                let server = if i % 2 == 0 { v4 } else { v6 };
+                scope.spawn(move || {
+                    let request = Req {
+                        headers: "Connection: close\r\n",
+                        ..req("GET", format!("/small.txt?k={i}"))
+                    };
+                    connection(server, &[request], false)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    seen.extend(concurrent.into_iter().flatten());
+    seen
+}
+
+fn as_seen(exchange: &Exchange) -> Seen {
+    let request = exchange
+        .request
+        .as_ref()
+        .expect("every exchange has its request");
+    let response = exchange
+        .response
+        .as_ref()
+        .expect("every exchange has its response");
+    Seen {
+        client: exchange.client,
+        method: request.method.clone(),
+        uri: request.uri.clone(),
+        status: response.status.unwrap_or(0),
+        request_body: request.meta.body_len,
+        response_body: response.meta.body_len,
+    }
+}
+
+#[test]
+fn every_exchange_is_decoded_once_with_its_status_and_lengths() {
+    let net = TestNet::new();
+    let nginx = Nginx::start(&net, PORT);
+    let sensor = LiveSensor::start(&net, AttachMode::Tcx, vec![PORT]);
+    let mut expected = in_namespace(&net.client_ns, || scenario(&net));
+    let captured = sensor.stop();
+    drop(nginx);
+
+    let clock = Clock::new();
+    let mut table = FlowTable::new(FlowConfig {
+        server_ports: vec![PORT],
+        ..FlowConfig::default()
+    });
+    let mut exchanges = Vec::new();
+    for segment in captured.segments {
+        table.push(TcpSegment::from_capture(segment, &clock), &mut exchanges);
+    }
+    table.finish(&mut exchanges);
+
+    for exchange in &exchanges {
+        assert!(!exchange.gap(), "no capture loss, so no gaps: {exchange:?}");
+        let response = exchange.response.as_ref().unwrap();
+        assert!(
+            !response.meta.truncated || response.meta.body_len > 16 * 1024,
+            "only the body cap cuts"
+        );
+        assert!(exchange.ttfb_ms().is_some_and(|t| t >= 0.0));
+    }
+    let mut decoded: Vec<Seen> = exchanges.iter().map(as_seen).collect();
+    decoded.sort();
+    expected.sort();
+    assert_eq!(
+        decoded.len(),
+        expected.len(),
+        "exactly once: {} decoded, {} made",
+        decoded.len(),
+        expected.len()
+    );
+    assert_eq!(decoded.len(), 100 + 10 + 4 + 50);
+    let mismatches: Vec<(&Seen, &Seen)> = decoded
+        .iter()
+        .zip(&expected)
+        .filter(|(d, e)| d != e)
+        .collect();
+    assert!(mismatches.is_empty(), "decoded vs made: {mismatches:#?}");
+
+    // The interesting cases really happened.
+    let by_status: BTreeMap<u16, usize> = expected.iter().fold(BTreeMap::new(), |mut m, s| {
+        *m.entry(s.status).or_default() += 1;
+        m
+    });
+    assert!(
+        by_status.contains_key(&204)
+            && by_status.contains_key(&304)
+            && by_status.contains_key(&201)
+    );
+    assert!(expected.iter().any(|s| s.response_body == MIB_LEN as u64));
+    assert!(expected.iter().any(|s| s.request_body == MIB_LEN as u64));
+    let c = &table.http_counters;
+    assert_eq!(
+        (
+            c.parse_errors,
+            c.resyncs,
+            c.requests_without_response,
+            c.responses_without_request
+        ),
+        (0, 0, 0, 0)
+    );
+    assert_eq!(table.stream_counters.gaps, 0);
+}
