@@ -42,6 +42,14 @@ enum Task {
     },
     /// Build, then capture real loopback traffic of a demo server in a private network namespace.
     Demo,
+    /// Run every cargo-fuzz target for a while (installs cargo-fuzz if missing).
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Only this target (default: all of them).
+        target: Option<String>,
+    },
     /// Set up, then run the whole test suite (needs root: it loads eBPF programs) and the lints.
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -67,6 +75,7 @@ fn main() {
         Task::Build { release } => setup().and_then(|()| build(release)),
         Task::Run { release, args } => setup().and_then(|()| run(release, &args)),
         Task::Demo => setup().and_then(|()| demo::run()),
+        Task::Fuzz { seconds, target } => setup().and_then(|()| fuzz(seconds, target.as_deref())),
         Task::Test { args } => setup().and_then(|()| test(&args)),
     };
     if let Err(e) = result {
@@ -304,6 +313,52 @@ fn run(release: bool, args: &[String]) -> Result<()> {
     status(Command::new(binary(release)).args(args))
 }
 
+/// The fuzz targets in fuzz/Cargo.toml.
+const FUZZ_TARGETS: &[&str] = &["http_decoder", "reassembly"];
+
+/// Builds the fuzz targets (as the test suite does) without running them.
+fn build_fuzz_targets() -> Result<()> {
+    let toolchain = env::var(TOOLCHAIN_ENV).unwrap_or_else(|_| "nightly".into());
+    status(
+        Command::new("cargo")
+            .arg(format!("+{toolchain}"))
+            .args(["build", "--quiet", "--manifest-path", "fuzz/Cargo.toml"])
+            // The capture programs are not fuzzed: skip building the eBPF object again.
+            .env("AYA_BUILD_SKIP", "1")
+            .current_dir(workspace_root()),
+    )
+    .context("the fuzz targets do not build")
+}
+
+fn fuzz(seconds: u64, only: Option<&str>) -> Result<()> {
+    let toolchain = env::var(TOOLCHAIN_ENV).unwrap_or_else(|_| "nightly".into());
+    let installed = Command::new("cargo")
+        .args(["fuzz", "--version"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !installed {
+        println!("xtask: installing cargo-fuzz");
+        status(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]))?;
+    }
+    for target in FUZZ_TARGETS
+        .iter()
+        .filter(|t| only.is_none_or(|o| o == **t))
+    {
+        println!("xtask: fuzzing {target} for {seconds} s");
+        status(
+            Command::new("cargo")
+                .arg(format!("+{toolchain}"))
+                .args(["fuzz", "run", target, "--"])
+                .arg(format!("-max_total_time={seconds}"))
+                .env("AYA_BUILD_SKIP", "1")
+                .current_dir(workspace_root()),
+        )?;
+    }
+    Ok(())
+}
+
 fn test(args: &[String]) -> Result<()> {
     if !is_root() {
         bail!("the tests load eBPF programs and create network namespaces: run them as root");
@@ -327,6 +382,7 @@ fn test(args: &[String]) -> Result<()> {
                 .args(["clippy", "--all-targets", "--quiet", "--", "-D", "warnings"])
                 .current_dir(&root),
         )?;
+        build_fuzz_targets()?;
         // The kernel side is linted for its own target, with the toolchain that builds it.
         let toolchain = env::var(TOOLCHAIN_ENV).unwrap_or_else(|_| "nightly".into());
         status(

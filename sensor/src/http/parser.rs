@@ -697,7 +697,7 @@ fn http09_request_line(buf: &[u8]) -> Option<usize> {
     }
     let newline = buf.iter().position(|b| *b == b'\n')?;
     let line = buf[..newline].trim_ascii_end();
-    let uri = &line[4..];
+    let uri = line.get(4..)?;
     (!uri.is_empty() && !uri.contains(&b' ')).then_some(newline + 1)
 }
 

@@ -255,6 +255,13 @@ fn http_0_9_simple_request() {
 }
 
 #[test]
+fn truncated_request_lines_found_by_fuzzing_do_not_panic() {
+    for input in [&b"GET \n"[..], b"GET \r\n", b"GET\n\n", b"GET  \n\n"] {
+        run(&[(C, input), (S, b"HTTP/1.1 200 OK\r\n\r\n")]);
+    }
+}
+
+#[test]
 fn unanswered_requests_and_unrequested_responses() {
     let run = run(&[
         (S, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi"),
