@@ -1190,4 +1190,3 @@ fn random_bytes_do_not_panic() {
         survive(file.bytes);
     }
 }
-
