@@ -8,6 +8,8 @@
 //!   per TCP segment of a watched port into a ring buffer; a tokio task drains it into a bounded
 //!   channel of [`capture::Segment`]s. Loss is counted in the kernel (`ring_full`, truncation)
 //!   and in user space (malformed events).
+//! - [`source`]: capture files (pcap and pcapng, see [`source::PcapSource`]) read into the
+//!   same [`segment::TcpSegment`]s as the live path, with every skipped packet counted.
 //! - reassembly and HTTP/1.x decoding, sessions, the LMDB store and the query CLI come next
 //!   (see `docs/` and the design brief).
 //!
@@ -20,4 +22,5 @@ pub mod exchange;
 pub mod http;
 pub mod reassembly;
 pub mod segment;
+pub mod source;
 pub mod stats;
