@@ -20,6 +20,7 @@ pub mod capture;
 pub mod dump;
 pub mod exchange;
 pub mod http;
+pub mod import;
 pub mod reassembly;
 pub mod segment;
 pub mod source;

@@ -3,7 +3,7 @@
 
 use std::{
     fs,
-    io::{self, Write as _},
+    io::{self, IsTerminal as _, Write as _},
     os::unix::fs::DirBuilderExt as _,
     path::{Path, PathBuf},
     process::ExitCode,
@@ -15,11 +15,14 @@ use apisessions::{
     capture::{AttachMode, CaptureOptions, Clock, DEFAULT_PORTS, Interface, Segment, Sensor},
     dump,
     exchange::Exchange,
+    http::HttpConfig,
     reassembly::{FlowConfig, FlowTable},
     segment::TcpSegment,
+    source::{PcapFormat, PcapSource},
     stats::{StatsReport, rfc3339},
 };
 use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
 use tokio::signal::unix::{SignalKind, signal};
 
 #[derive(Parser)]
@@ -39,8 +42,26 @@ struct Cli {
 enum Command {
     /// Capture traffic on this host (needs root, or CAP_BPF + CAP_NET_ADMIN + CAP_PERFMON).
     Run(RunArgs),
+    /// Decode a pcap or pcapng capture file through the same stages as live traffic.
+    Import(ImportArgs),
     /// Show the counters of the running daemon, or the last ones it wrote.
     Stats(StatsArgs),
+}
+
+#[derive(Args)]
+struct ImportArgs {
+    /// The capture file (pcap or pcapng; Ethernet, Linux cooked SLL/SLL2, raw IP, VLAN tags).
+    file: PathBuf,
+    /// Decode only connections on this TCP port (repeatable). Default: HTTP is recognised by
+    /// content on any port.
+    #[arg(long = "port", value_name = "P")]
+    ports: Vec<u16>,
+    /// Write every exchange to stdout as one JSON object per line.
+    #[arg(long)]
+    ndjson: bool,
+    /// Body bytes kept per message.
+    #[arg(long, default_value_t = 16 * 1024, value_name = "BYTES")]
+    body_cap: usize,
 }
 
 #[derive(Args)]
@@ -106,6 +127,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run(args),
+        Command::Import(args) => import(args),
         Command::Stats(args) => stats(args),
     };
     match result {
@@ -125,6 +147,85 @@ fn stats(args: StatsArgs) -> Result<()> {
         writeln!(out)?;
     } else {
         write!(out, "{}", report.render())?;
+    }
+    Ok(())
+}
+
+fn import(args: ImportArgs) -> Result<()> {
+    let mut source = PcapSource::open(&args.file)?;
+    let config = FlowConfig {
+        server_ports: if args.ports.is_empty() {
+            DEFAULT_PORTS.to_vec()
+        } else {
+            args.ports.clone()
+        },
+        only_server_ports: !args.ports.is_empty(),
+        http: HttpConfig {
+            body_cap: args.body_cap,
+            ..HttpConfig::default()
+        },
+        ..FlowConfig::default()
+    };
+    let progress = if io::stderr().is_terminal() {
+        let bar = ProgressBar::new(source.progress().1);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+    let mut out = io::BufWriter::new(io::stdout().lock());
+    let summary = apisessions::import::run(
+        &mut source,
+        config,
+        |exchange| {
+            if args.ndjson {
+                serde_json::to_writer(&mut out, &exchange.record())?;
+                out.write_all(b"\n")?;
+            }
+            Ok(())
+        },
+        |read, _| progress.set_position(read),
+    )?;
+    progress.finish_and_clear();
+    out.flush().context("writing to stdout")?;
+    let mut err = io::stderr().lock();
+    writeln!(
+        err,
+        "imported {} ({}) in {:.2} s: {} packets, {} TCP segments, {} flows, {} exchanges",
+        args.file.display(),
+        match source.format() {
+            PcapFormat::Pcap { .. } => "pcap",
+            PcapFormat::PcapNg => "pcapng",
+        },
+        summary.seconds,
+        summary.get("source", "packets"),
+        summary.get("source", "tcp_segments"),
+        summary.get("flows", "created"),
+        summary.exchanges,
+    )?;
+    let anomalies = summary.anomalies();
+    if anomalies.is_empty() {
+        writeln!(err, "anomalies: none")?;
+    } else {
+        let list: Vec<String> = anomalies
+            .iter()
+            .map(|(name, n)| format!("{name}={n}"))
+            .collect();
+        writeln!(err, "anomalies: {}", list.join(" "))?;
+    }
+    if let Some(offset) = summary.truncated_at {
+        writeln!(
+            err,
+            "note: the file ends inside the record at byte {offset} (cut-off capture)"
+        )?;
+    }
+    if !args.ndjson {
+        writeln!(err, "(use --ndjson to print the exchanges)")?;
     }
     Ok(())
 }

@@ -63,6 +63,8 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("nginx", "/usr/sbin/nginx"),
     ("iproute2", "/usr/sbin/ip"),
     ("curl", "/usr/bin/curl"),
+    ("tcpdump", "/usr/bin/tcpdump"),
+    ("tshark", "/usr/bin/tshark"),
 ];
 
 /// The nightly that is known to work, for machines without any nightly.

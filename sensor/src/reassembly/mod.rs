@@ -61,8 +61,9 @@ pub struct FlowCounters {
     pub flows_idle: u64,
     pub flows_evicted_capacity: u64,
     pub flows_evicted_memory: u64,
-    /// Segments of unknown connections that could not start one (no SYN, no payload).
-    pub segments_without_flow: u64,
+    /// Payload-less segments (ACK, FIN, RST) of connections not in the table: mostly the last
+    /// ACK or a late FIN/RST after a connection closed. Not a loss: no data is in them.
+    pub control_without_flow: u64,
     /// Segments not on a server port while decoding is limited to them.
     pub segments_filtered: u64,
     /// Connections whose client side was guessed (no SYN, no known port, no request seen).
@@ -152,7 +153,7 @@ impl FlowTable {
                     ("idle_expired", c.flows_idle),
                     ("evicted_capacity", c.flows_evicted_capacity),
                     ("evicted_memory", c.flows_evicted_memory),
-                    ("segments_without_flow", c.segments_without_flow),
+                    ("control_without_flow", c.control_without_flow),
                     ("segments_filtered", c.segments_filtered),
                     ("direction_guessed", c.direction_guessed),
                 ],
@@ -214,7 +215,7 @@ impl FlowTable {
         if !self.flows.contains(&key) {
             let starts = segment.has(tcp_flags::SYN) || !segment.payload.is_empty();
             if !starts || segment.has(tcp_flags::RST) {
-                self.counters.segments_without_flow += 1;
+                self.counters.control_without_flow += 1;
                 return;
             }
             if self.flows.len() >= self.config.max_flows {
