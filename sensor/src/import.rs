@@ -115,7 +115,7 @@ pub fn run(
         }
         deliver(&mut out, &mut exchanges)?;
         segments += 1;
-        if segments % 4096 == 0 {
+        if segments.is_multiple_of(4096) {
             let (read, total) = source.progress();
             on_progress(read, total);
         }
