@@ -316,7 +316,7 @@ fn run(release: bool, args: &[String]) -> Result<()> {
 }
 
 /// The fuzz targets in fuzz/Cargo.toml.
-const FUZZ_TARGETS: &[&str] = &["http_decoder", "reassembly"];
+const FUZZ_TARGETS: &[&str] = &["http_decoder", "reassembly", "pcap_source"];
 
 /// Builds the fuzz targets (as the test suite does) without running them.
 fn build_fuzz_targets() -> Result<()> {

@@ -297,17 +297,8 @@ impl HttpConnection {
             http09: head.version == "0.9",
             ..Slot::default()
         });
-        if head.chunked {
-            return Framing::Chunked;
-        }
-        match head.content_length {
-            Some(Ok(len)) => Framing::Length(len),
-            Some(Err(())) => {
-                counters.bad_framing += 1;
-                Framing::None
-            }
-            None => Framing::None,
-        }
+        // Requests without a length have no body (they are never delimited by close).
+        head.body_framing(Framing::None, counters)
     }
 
     /// Pairs a response head with the oldest unanswered request and returns its framing
@@ -335,17 +326,7 @@ impl HttpConnection {
         {
             return Framing::None;
         }
-        if head.chunked {
-            return Framing::Chunked;
-        }
-        match head.content_length {
-            Some(Ok(len)) => Framing::Length(len),
-            Some(Err(())) => {
-                counters.bad_framing += 1;
-                Framing::UntilClose
-            }
-            None => Framing::UntilClose,
-        }
+        head.body_framing(Framing::UntilClose, counters)
     }
 
     /// Emits exchanges from the front while they are complete, keeping pipelined order.

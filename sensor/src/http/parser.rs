@@ -36,6 +36,33 @@ pub struct Head {
     pub chunked: bool,
 }
 
+impl Head {
+    /// Framing from Transfer-Encoding and Content-Length (chunked wins, RFC 9112 6.3);
+    /// `without_length` when neither says, or when the length is invalid (counted).
+    pub fn body_framing(&self, without_length: Framing, counters: &mut HttpCounters) -> Framing {
+        if self.chunked {
+            return Framing::Chunked;
+        }
+        match self.content_length {
+            Some(Ok(len)) => Framing::Length(len),
+            Some(Err(())) => {
+                counters.bad_framing += 1;
+                without_length
+            }
+            None => without_length,
+        }
+    }
+}
+
+/// Whether `bytes` begin like a request (a known method and a space) or a response.
+pub fn looks_like_request(bytes: &[u8]) -> bool {
+    METHODS.iter().any(|m| bytes.starts_with(m))
+}
+
+pub fn looks_like_response(bytes: &[u8]) -> bool {
+    bytes.starts_with(b"HTTP/1.")
+}
+
 #[derive(Debug, PartialEq, Eq)]
 pub enum Progress {
     /// All input used; waiting for more.
@@ -722,7 +749,7 @@ fn cut_after_lines(head: &[u8], lines: usize) -> Vec<u8> {
 fn find_message_start(kind: Kind, buf: &[u8], first_is_line_start: bool) -> Option<usize> {
     match kind {
         Kind::Request => {
-            let matches = |at: usize| METHODS.iter().any(|m| buf[at..].starts_with(m));
+            let matches = |at: usize| looks_like_request(&buf[at..]);
             if first_is_line_start && matches(0) {
                 return Some(0);
             }

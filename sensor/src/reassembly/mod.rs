@@ -20,7 +20,10 @@ pub use stream::{EndReason, Piece, Stream, StreamCounters, StreamEvent, StreamLi
 
 use crate::{
     exchange::Exchange,
-    http::{HttpConfig, HttpConnection, HttpCounters, Side},
+    http::{
+        HttpConfig, HttpConnection, HttpCounters, Side,
+        parser::{looks_like_request, looks_like_response},
+    },
     segment::TcpSegment,
 };
 
@@ -110,17 +113,6 @@ pub struct FlowTable {
     pub http_counters: HttpCounters,
 }
 
-const METHOD_PREFIXES: &[&[u8]] = &[
-    b"GET ",
-    b"POST ",
-    b"PUT ",
-    b"DELETE ",
-    b"HEAD ",
-    b"OPTIONS ",
-    b"PATCH ",
-    b"CONNECT ",
-];
-
 impl FlowTable {
     pub fn new(config: FlowConfig) -> Self {
         Self {
@@ -183,13 +175,10 @@ impl FlowTable {
         if self.is_server_port(segment.src.port()) {
             return segment.dst;
         }
-        if METHOD_PREFIXES
-            .iter()
-            .any(|m| segment.payload.starts_with(m))
-        {
+        if looks_like_request(&segment.payload) {
             return segment.src;
         }
-        if segment.payload.starts_with(b"HTTP/") {
+        if looks_like_response(&segment.payload) {
             return segment.dst;
         }
         // Nothing to go on: ephemeral ports are usually the higher ones.
