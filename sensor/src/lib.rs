@@ -17,6 +17,7 @@
 //! [`dump`] (the one-line renderings of `apisessions run --dump`).
 
 pub mod capture;
+pub mod config;
 pub mod dump;
 pub mod exchange;
 pub mod http;

@@ -12,7 +12,8 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use apisessions::{
-    capture::{AttachMode, CaptureOptions, Clock, DEFAULT_PORTS, Interface, Segment, Sensor},
+    capture::{AttachMode, CaptureOptions, Clock, Interface, Segment, Sensor},
+    config::Config,
     dump,
     exchange::Exchange,
     http::HttpConfig,
@@ -59,24 +60,53 @@ struct ImportArgs {
     /// Write every exchange to stdout as one JSON object per line.
     #[arg(long)]
     ndjson: bool,
-    /// Body bytes kept per message.
-    #[arg(long, default_value_t = 16 * 1024, value_name = "BYTES")]
-    body_cap: usize,
+    /// Body bytes kept per message. Default: the configuration's capture.body_cap, else 16384.
+    #[arg(long, value_name = "BYTES")]
+    body_cap: Option<usize>,
+    #[command(flatten)]
+    config: ConfigArg,
 }
 
 #[derive(Args)]
 struct DataDirArg {
-    /// Where state and statistics live.
-    #[arg(
-        long,
-        env = "APISESSIONS_DATA_DIR",
-        default_value = "/var/lib/apisessions"
-    )]
-    data_dir: PathBuf,
+    /// Where state and statistics live. Default: the configuration file's storage.data_dir,
+    /// else /var/lib/apisessions.
+    #[arg(long, env = "APISESSIONS_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+impl DataDirArg {
+    fn resolve(&self, config: &Config) -> PathBuf {
+        self.data_dir
+            .clone()
+            .or_else(|| config.storage.data_dir.clone())
+            .unwrap_or_else(|| PathBuf::from("/var/lib/apisessions"))
+    }
+}
+
+#[derive(Args)]
+struct ConfigArg {
+    /// Configuration file (TOML; see the README). Command-line flags override what it says.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+impl ConfigArg {
+    fn load(&self) -> Result<Config> {
+        Ok(match &self.config {
+            Some(path) => Config::load(path)?,
+            None => Config::default(),
+        })
+    }
 }
 
 #[derive(Args)]
 struct RunArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Check the configuration file and exit.
+    #[arg(long, requires = "config")]
+    check: bool,
     /// Interface to capture on (repeatable). Default: every interface that is up.
     #[arg(long = "iface", value_name = "IF")]
     interfaces: Vec<String>,
@@ -95,20 +125,45 @@ struct RunArgs {
     #[arg(long, conflicts_with = "dump")]
     dump_segments: bool,
     /// How to hook into the network stack: auto (tcx on Linux >= 6.6, else clsact), tcx,
-    /// clsact, or socket (AF_PACKET socket filter, the fallback).
-    #[arg(long, default_value = "auto", value_name = "MODE")]
-    attach: AttachMode,
+    /// clsact, or socket (AF_PACKET socket filter, the fallback). Default: auto.
+    #[arg(long, value_name = "MODE")]
+    attach: Option<AttachMode>,
     /// Payload bytes captured per TCP segment at most; the rest is counted as truncated.
-    #[arg(long, default_value_t = sensor_ebpf::DEFAULT_SNAPLEN, value_name = "BYTES")]
-    snaplen: u32,
-    /// Kernel ring-buffer size in bytes (a power of two).
-    #[arg(long, default_value_t = sensor_ebpf::DEFAULT_RING_BYTES, value_name = "BYTES")]
-    ring_size: u32,
+    /// Default: 65536.
+    #[arg(long, value_name = "BYTES")]
+    snaplen: Option<u32>,
+    /// Kernel ring-buffer size in bytes (a power of two). Default: 16 MiB.
+    #[arg(long, value_name = "BYTES")]
+    ring_size: Option<u32>,
+    /// Body bytes kept per HTTP message. Default: 16384.
+    #[arg(long, value_name = "BYTES")]
+    body_cap: Option<usize>,
     /// Seconds between summary log lines (events/s, bytes/s, drops); 0 turns them off.
     #[arg(long, default_value_t = 10, value_name = "SECS")]
     summary_interval: u64,
     #[command(flatten)]
     data: DataDirArg,
+}
+
+impl RunArgs {
+    /// The configuration file with this command line's flags laid over it.
+    fn settings(&self) -> Result<Config> {
+        let mut config = self.config.load()?;
+        let capture = &mut config.capture;
+        if !self.interfaces.is_empty() {
+            capture.interfaces = self.interfaces.clone();
+        }
+        if !self.ports.is_empty() {
+            capture.ports = self.ports.clone();
+            capture.all_ports = false;
+        }
+        capture.all_ports |= self.all_ports;
+        capture.attach = self.attach.unwrap_or(capture.attach);
+        capture.snaplen = self.snaplen.unwrap_or(capture.snaplen);
+        capture.ring_size = self.ring_size.unwrap_or(capture.ring_size);
+        capture.body_cap = self.body_cap.unwrap_or(capture.body_cap);
+        Ok(config)
+    }
 }
 
 #[derive(Args)]
@@ -140,7 +195,7 @@ fn main() -> ExitCode {
 }
 
 fn stats(args: StatsArgs) -> Result<()> {
-    let report = StatsReport::read(&args.data.data_dir)?;
+    let report = StatsReport::read(&args.data.resolve(&Config::default()))?;
     let mut out = io::stdout().lock();
     if args.json {
         serde_json::to_writer_pretty(&mut out, &report)?;
@@ -152,16 +207,19 @@ fn stats(args: StatsArgs) -> Result<()> {
 }
 
 fn import(args: ImportArgs) -> Result<()> {
+    let settings = args.config.load()?;
     let mut source = PcapSource::open(&args.file)?;
+    // Without --port, HTTP is found by content on any port; the configured ports still help to
+    // tell client from server where the handshake was not captured.
     let config = FlowConfig {
         server_ports: if args.ports.is_empty() {
-            DEFAULT_PORTS.to_vec()
+            settings.capture.ports.clone()
         } else {
             args.ports.clone()
         },
         only_server_ports: !args.ports.is_empty(),
         http: HttpConfig {
-            body_cap: args.body_cap,
+            body_cap: args.body_cap.unwrap_or(settings.capture.body_cap),
             ..HttpConfig::default()
         },
         ..FlowConfig::default()
@@ -239,22 +297,28 @@ fn create_data_dir(dir: &Path) -> Result<()> {
 }
 
 fn run(args: RunArgs) -> Result<()> {
-    create_data_dir(&args.data.data_dir)?;
+    let config = args.settings()?;
+    if args.check {
+        if let Some(path) = &args.config.config {
+            println!("{}: ok", path.display());
+        }
+        return Ok(());
+    }
+    let data_dir = args.data.resolve(&config);
+    create_data_dir(&data_dir)?;
+    let capture = &config.capture;
     let options = CaptureOptions {
-        ports: if args.ports.is_empty() {
-            DEFAULT_PORTS.to_vec()
-        } else {
-            args.ports.clone()
-        },
-        all_ports: args.all_ports,
-        snaplen: args.snaplen,
-        ring_bytes: args.ring_size,
+        ports: capture.ports.clone(),
+        all_ports: capture.all_ports,
+        snaplen: capture.snaplen,
+        ring_bytes: capture.ring_size,
         ..CaptureOptions::default()
     };
-    let interfaces = if args.interfaces.is_empty() {
+    let interfaces = if capture.interfaces.is_empty() {
         Interface::all_up()?
     } else {
-        args.interfaces
+        capture
+            .interfaces
             .iter()
             .map(|name| Interface::by_name(name))
             .collect::<Result<_, _>>()?
@@ -264,7 +328,7 @@ fn run(args: RunArgs) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(daemon(args, options, interfaces))
+    runtime.block_on(daemon(args, config, data_dir, options, interfaces))
 }
 
 /// The daemon's side of the channel: decodes segments into exchanges and prints what `--dump`
@@ -327,17 +391,27 @@ impl Consumer {
     }
 }
 
-async fn daemon(args: RunArgs, options: CaptureOptions, interfaces: Vec<Interface>) -> Result<()> {
-    let data_dir = args.data.data_dir.clone();
+async fn daemon(
+    args: RunArgs,
+    config: Config,
+    data_dir: PathBuf,
+    options: CaptureOptions,
+    interfaces: Vec<Interface>,
+) -> Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let (sensor, mut segments) = Sensor::start(&options, interfaces, args.attach, Some(&data_dir))?;
+    let (sensor, mut segments) =
+        Sensor::start(&options, interfaces, config.capture.attach, Some(&data_dir))?;
     let mut consumer = Consumer {
         clock: Clock::new(),
         flows: FlowTable::new(FlowConfig {
             server_ports: options.ports.clone(),
             // The kernel already keeps to the watched ports; with --all-ports every port counts.
             only_server_ports: false,
+            http: HttpConfig {
+                body_cap: config.capture.body_cap,
+                ..HttpConfig::default()
+            },
             ..FlowConfig::default()
         }),
         exchanges: Vec::new(),

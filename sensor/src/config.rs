@@ -1,0 +1,521 @@
+//! The configuration file: one TOML file, every key optional, defaults that work without it.
+//!
+//! Unknown keys and invalid values are rejected with the file, the line and column, and the
+//! reason. Command-line flags override what the file says.
+//!
+//! ```toml
+//! [capture]
+//! interfaces = ["eth0"]          # default: every interface that is up
+//! ports = [80, 8080]             # default: 80, 8000, 8080, 3000, 5000
+//! all_ports = false
+//! attach = "auto"                # auto | tcx | clsact | socket
+//! snaplen = 65536                # payload bytes per TCP segment
+//! ring_size = 16777216           # kernel ring buffer, a power of two
+//! body_cap = 16384               # body bytes kept per HTTP message
+//!
+//! [storage]
+//! data_dir = "/var/lib/apisessions"
+//! retention = "7d"
+//!
+//! [sessions]
+//! inactivity_timeout = "30m"
+//! keys = ["request.cookie.sid", "request.header.X-User-Id"]   # tried before the built-in keys
+//!
+//! [[parameters]]
+//! name = "user"
+//! path = "request.header.Authorization.jwt.sub"
+//! type = "user"                  # user | role (optional)
+//! hashed = false
+//!
+//! [secrets]
+//! store_raw = false              # true keeps raw secrets on disk: only for lab use
+//! names = ["x-internal-token"]   # more header/field names to treat as secrets
+//! ```
+
+use std::{
+    fmt, fs,
+    path::{Path, PathBuf},
+    str::FromStr,
+    time::Duration,
+};
+
+use serde::{Deserialize, Deserializer, de};
+
+use crate::capture::AttachMode;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// `file:line:column: reason`, as compilers print it, so editors can jump there.
+    #[error("{path}:{line}:{column}: {reason}")]
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        reason: String,
+    },
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub capture: CaptureSection,
+    pub storage: StorageSection,
+    pub sessions: SessionsSection,
+    pub parameters: Vec<Parameter>,
+    pub secrets: SecretsSection,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CaptureSection {
+    pub interfaces: Vec<String>,
+    pub ports: Vec<u16>,
+    pub all_ports: bool,
+    #[serde(deserialize_with = "from_text")]
+    pub attach: AttachMode,
+    pub snaplen: u32,
+    pub ring_size: u32,
+    pub body_cap: usize,
+}
+
+impl Default for CaptureSection {
+    fn default() -> Self {
+        Self {
+            interfaces: Vec::new(),
+            ports: crate::capture::DEFAULT_PORTS.to_vec(),
+            all_ports: false,
+            attach: AttachMode::Auto,
+            snaplen: sensor_ebpf::DEFAULT_SNAPLEN,
+            ring_size: sensor_ebpf::DEFAULT_RING_BYTES,
+            body_cap: crate::http::HttpConfig::default().body_cap,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageSection {
+    pub data_dir: Option<PathBuf>,
+    #[serde(deserialize_with = "duration")]
+    pub retention: Duration,
+}
+
+impl Default for StorageSection {
+    fn default() -> Self {
+        Self {
+            data_dir: None,
+            retention: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionsSection {
+    #[serde(deserialize_with = "duration")]
+    pub inactivity_timeout: Duration,
+    /// Custom grouping keys, tried in order before the built-in ones.
+    pub keys: Vec<KeyPath>,
+}
+
+impl Default for SessionsSection {
+    fn default() -> Self {
+        Self {
+            inactivity_timeout: Duration::from_secs(30 * 60),
+            keys: Vec::new(),
+        }
+    }
+}
+
+/// A context parameter taken from every exchange.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Parameter {
+    pub name: String,
+    pub path: KeyPath,
+    #[serde(default, rename = "type")]
+    pub kind: Option<ParameterKind>,
+    /// Store a keyed hash (`h:…`) instead of the value.
+    #[serde(default)]
+    pub hashed: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ParameterKind {
+    User,
+    Role,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecretsSection {
+    /// Keep raw secrets (Authorization, cookies, API keys, passwords) on disk. Off by default.
+    pub store_raw: bool,
+    /// More header, cookie, query and body field names to treat as secrets.
+    pub names: Vec<String>,
+}
+
+/// Where a value sits in an exchange, e.g. `request.header.Authorization.jwt.sub`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyPath {
+    pub message: MessageSide,
+    pub location: Location,
+    /// A JWT claim inside the value (`….jwt.sub`).
+    pub jwt_claim: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MessageSide {
+    Request,
+    Response,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Location {
+    Header(String),
+    Cookie(String),
+    Query(String),
+    /// A property path in a JSON body: `user.id` -> ["user", "id"].
+    Json(Vec<String>),
+    Form(String),
+}
+
+impl fmt::Display for KeyPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let side = match self.message {
+            MessageSide::Request => "request",
+            MessageSide::Response => "response",
+        };
+        match &self.location {
+            Location::Header(name) => write!(f, "{side}.header.{name}")?,
+            Location::Cookie(name) => write!(f, "{side}.cookie.{name}")?,
+            Location::Query(name) => write!(f, "{side}.query.{name}")?,
+            Location::Json(path) => write!(f, "{side}.body.json.{}", path.join("."))?,
+            Location::Form(name) => write!(f, "{side}.body.form.{name}")?,
+        }
+        if let Some(claim) = &self.jwt_claim {
+            write!(f, ".jwt.{claim}")?;
+        }
+        Ok(())
+    }
+}
+
+impl FromStr for KeyPath {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let usage = "expected request|response . header|cookie|query|body.json|body.form . NAME \
+                     [.jwt.CLAIM], e.g. request.cookie.sid";
+        let (text, jwt_claim) = match text.split_once(".jwt.") {
+            Some((head, claim)) if !claim.is_empty() && !claim.contains('.') => {
+                (head, Some(claim.to_owned()))
+            }
+            Some(_) => return Err(format!("'{text}': a JWT claim is one name after '.jwt.'")),
+            None => (text, None),
+        };
+        let (side, rest) = text
+            .split_once('.')
+            .ok_or_else(|| format!("'{text}': {usage}"))?;
+        let message = match side {
+            "request" => MessageSide::Request,
+            "response" => MessageSide::Response,
+            other => {
+                return Err(format!(
+                    "'{text}': '{other}' is neither request nor response"
+                ));
+            }
+        };
+        let (kind, name) = rest
+            .split_once('.')
+            .ok_or_else(|| format!("'{text}': {usage}"))?;
+        let location = match (kind, name) {
+            (_, "") => return Err(format!("'{text}': the name is missing")),
+            ("header", name) => Location::Header(name.to_owned()),
+            ("cookie", name) => Location::Cookie(name.to_owned()),
+            ("query", name) => Location::Query(name.to_owned()),
+            ("body", rest) => match rest.split_once('.') {
+                Some(("json", path)) if path.split('.').all(|p| !p.is_empty()) => {
+                    Location::Json(path.split('.').map(str::to_owned).collect())
+                }
+                Some(("form", name)) if !name.is_empty() => Location::Form(name.to_owned()),
+                _ => {
+                    return Err(format!(
+                        "'{text}': a body key is body.json.PATH or body.form.NAME"
+                    ));
+                }
+            },
+            (other, _) => {
+                return Err(format!(
+                    "'{text}': '{other}' is not header, cookie, query or body"
+                ));
+            }
+        };
+        if message == MessageSide::Response && matches!(location, Location::Query(_)) {
+            return Err(format!("'{text}': responses have no query string"));
+        }
+        Ok(Self {
+            message,
+            location,
+            jwt_claim,
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for KeyPath {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        from_text(deserializer)
+    }
+}
+
+/// Any `FromStr` type from a TOML string, with its own error message.
+fn from_text<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: FromStr,
+    T::Err: fmt::Display,
+{
+    let text = String::deserialize(deserializer)?;
+    text.parse().map_err(de::Error::custom)
+}
+
+/// A duration written like "30m", "7d", "1h 30m".
+fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    let value = humantime::parse_duration(&text).map_err(|e| {
+        de::Error::custom(format!(
+            "'{text}' is not a duration ({e}); e.g. \"30m\", \"7d\""
+        ))
+    })?;
+    if value.is_zero() {
+        return Err(de::Error::custom("the duration must be longer than zero"));
+    }
+    Ok(value)
+}
+
+impl Config {
+    /// Reads and checks a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses configuration text; `path` only names it in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let config: Self = toml::from_str(text).map_err(|e| {
+            let offset = e.span().map_or(0, |span| span.start);
+            let (line, column) = line_column(text, offset);
+            ConfigError::Invalid {
+                path: path.to_path_buf(),
+                line,
+                column,
+                reason: e.message().trim().to_owned(),
+            }
+        })?;
+        config.check(text, path)?;
+        Ok(config)
+    }
+
+    /// Checks that span several values (which serde cannot see one value at a time).
+    fn check(&self, text: &str, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |(line, column): (usize, usize), reason: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            line,
+            column,
+            reason,
+        };
+        let capture = &self.capture;
+        if !capture.ring_size.is_power_of_two() || capture.ring_size < 4096 {
+            let reason = format!(
+                "ring_size {} must be a power of two of at least 4096",
+                capture.ring_size
+            );
+            return Err(invalid(find(text, "ring_size", 1), reason));
+        }
+        if capture.snaplen > sensor_ebpf::MAX_SNAPLEN {
+            let reason = format!(
+                "snaplen {} exceeds the maximum of {}",
+                capture.snaplen,
+                sensor_ebpf::MAX_SNAPLEN
+            );
+            return Err(invalid(find(text, "snaplen", 1), reason));
+        }
+        if !capture.all_ports && capture.ports.is_empty() {
+            let reason = "no ports to capture (set all_ports = true to take every port)".into();
+            return Err(invalid(find(text, "ports", 1), reason));
+        }
+        let mut names = std::collections::HashSet::new();
+        for parameter in &self.parameters {
+            if parameter.name.is_empty() {
+                let at = find(text, "name = \"\"", 1);
+                return Err(invalid(at, "a parameter needs a name".into()));
+            }
+            if !names.insert(parameter.name.as_str()) {
+                // The second `name = "…"` with this name is the duplicate.
+                let at = find(text, &format!("\"{}\"", parameter.name), 2);
+                let reason = format!("parameter '{}' is defined twice", parameter.name);
+                return Err(invalid(at, reason));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// 1-based line and column of a byte offset.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before
+        .rfind('\n')
+        .map_or(before.len(), |i| before.len() - i - 1)
+        + 1;
+    (line, column)
+}
+
+/// Where `needle` appears for the `nth` time (1-based), for checks made after parsing.
+fn find(text: &str, needle: &str, nth: usize) -> (usize, usize) {
+    text.match_indices(needle)
+        .nth(nth.saturating_sub(1))
+        .map_or((1, 1), |(offset, _)| line_column(text, offset))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        Config::parse(text, Path::new("test.toml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn no_file_content_gives_working_defaults() {
+        let config = parse("").unwrap();
+        assert_eq!(config, Config::default());
+        assert_eq!(config.capture.ports, [80, 8000, 8080, 3000, 5000]);
+        assert_eq!(config.storage.retention, Duration::from_secs(7 * 86400));
+        assert_eq!(
+            config.sessions.inactivity_timeout,
+            Duration::from_secs(1800)
+        );
+    }
+
+    #[test]
+    fn a_full_file_parses() {
+        let config = parse(
+            r#"
+[capture]
+interfaces = ["eth0", "lo"]
+ports = [8080]
+attach = "clsact"
+body_cap = 4096
+
+[storage]
+data_dir = "/srv/apis"
+retention = "2d"
+
+[sessions]
+inactivity_timeout = "15m"
+keys = ["request.cookie.sid", "request.body.json.user.id", "response.body.json.token"]
+
+[[parameters]]
+name = "user"
+path = "request.header.Authorization.jwt.sub"
+type = "user"
+
+[[parameters]]
+name = "card"
+path = "request.body.form.card"
+hashed = true
+
+[secrets]
+names = ["x-internal"]
+"#,
+        )
+        .unwrap();
+        assert_eq!(config.capture.attach, AttachMode::Clsact);
+        assert_eq!(config.storage.retention, Duration::from_secs(2 * 86400));
+        assert_eq!(
+            config.sessions.keys[1].location,
+            Location::Json(vec!["user".into(), "id".into()])
+        );
+        assert_eq!(config.sessions.keys[2].message, MessageSide::Response);
+        assert_eq!(config.parameters[0].path.jwt_claim.as_deref(), Some("sub"));
+        assert_eq!(config.parameters[0].kind, Some(ParameterKind::User));
+        assert!(config.parameters[1].hashed);
+        assert_eq!(
+            config.parameters[0].path.to_string(),
+            "request.header.Authorization.jwt.sub"
+        );
+    }
+
+    #[test]
+    fn errors_name_file_line_column_and_reason() {
+        let cases = [
+            (
+                "[capture]\nportz = [1]\n",
+                "test.toml:2:1:",
+                "unknown field `portz`",
+            ),
+            ("[capture]\nports = [70000]\n", "test.toml:2:10:", ""),
+            (
+                "[storage]\nretention = \"soon\"\n",
+                "test.toml:2:13:",
+                "is not a duration",
+            ),
+            (
+                "[sessions]\nkeys = [\"request.cookie\"]\n",
+                "test.toml:2:8:",
+                "e.g. request.cookie.sid",
+            ),
+            (
+                "[sessions]\nkeys = [\"server.header.x\"]\n",
+                "test.toml:2:8:",
+                "neither request nor response",
+            ),
+            (
+                "[sessions]\nkeys = [\"response.query.x\"]\n",
+                "test.toml:2:8:",
+                "no query string",
+            ),
+            (
+                "[capture]\nattach = \"xdp\"\n",
+                "test.toml:2:10:",
+                "unknown attach mode",
+            ),
+            (
+                "\n\n[capture]\nring_size = 1000\n",
+                "test.toml:4:1:",
+                "power of two",
+            ),
+            (
+                "[[parameters]]\nname = \"a\"\npath = \"request.query.a\"\ntype = \"admin\"\n",
+                "test.toml:4:8:",
+                "unknown variant",
+            ),
+            (
+                "[[parameters]]\nname = \"a\"\npath = \"request.query.a\"\n[[parameters]]\nname = \"a\"\npath = \"request.query.b\"\n",
+                "test.toml:5:8:",
+                "defined twice",
+            ),
+            ("[capture\n", "test.toml:1:", ""),
+        ];
+        let wrong: Vec<String> = cases
+            .iter()
+            .map(|(text, location, reason)| (parse(text).unwrap_err(), location, reason))
+            .filter(|(error, location, reason)| {
+                !error.starts_with(**location) || !error.contains(**reason)
+            })
+            .map(|(error, location, reason)| format!("want {location} …{reason}…, got {error}"))
+            .collect();
+        assert!(wrong.is_empty(), "{wrong:#?}");
+    }
+}
