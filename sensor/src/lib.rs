@@ -24,5 +24,6 @@ pub mod http;
 pub mod import;
 pub mod reassembly;
 pub mod segment;
+pub mod sessions;
 pub mod source;
 pub mod stats;
