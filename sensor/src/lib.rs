@@ -19,6 +19,7 @@
 pub mod capture;
 pub mod config;
 pub mod dump;
+pub mod endpoint;
 pub mod exchange;
 pub mod http;
 pub mod import;
@@ -27,3 +28,4 @@ pub mod segment;
 pub mod sessions;
 pub mod source;
 pub mod stats;
+pub mod store;

@@ -1,0 +1,380 @@
+//! What the store keeps: one record per exchange and one summary per session.
+//!
+//! Records hold no raw secret: no headers besides User-Agent and content types, no cookies, no
+//! bodies, and query parameters named like secrets replaced by keyed hashes (`h:…`).
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    endpoint,
+    exchange::{Exchange, ExchangeRecord, rfc3339_ns},
+    sessions::{Assignment, Secret},
+};
+
+/// Query-string, form and header names whose values are secrets unless configured otherwise.
+pub const SECRET_NAMES: &[&str] = &[
+    "token",
+    "access_token",
+    "refresh_token",
+    "id_token",
+    "api_key",
+    "apikey",
+    "key",
+    "password",
+    "passwd",
+    "pwd",
+    "secret",
+    "client_secret",
+    "auth",
+    "authorization",
+    "session",
+    "sessionid",
+    "session_id",
+    "sid",
+    "jwt",
+    "signature",
+    "sig",
+    "code",
+];
+
+/// One exchange as stored.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StoredExchange {
+    pub ts_ns: u64,
+    pub client_ip: String,
+    pub client_port: u16,
+    pub server_ip: String,
+    pub server_port: u16,
+    pub method: Option<String>,
+    pub host: Option<String>,
+    /// As sent, with secret query values hashed.
+    pub uri: Option<String>,
+    pub endpoint: Option<String>,
+    pub version: Option<String>,
+    pub user_agent: Option<String>,
+    pub referrer: Option<String>,
+    pub request_content_type: Option<String>,
+    pub response_content_type: Option<String>,
+    pub status_code: Option<u16>,
+    pub status_msg: Option<String>,
+    pub request_body_len: Option<u64>,
+    pub response_body_len: Option<u64>,
+    pub ttfb_us: Option<u64>,
+    pub duration_us: Option<u64>,
+    pub request_truncated: bool,
+    pub response_truncated: bool,
+    pub gap: bool,
+    /// Context parameters (configured ones; hashed values start with `h:`).
+    pub params: Vec<(String, String)>,
+}
+
+impl StoredExchange {
+    /// The record of `exchange`, secrets hashed with `secret` unless `store_raw`.
+    pub fn new(exchange: &Exchange, secret: &Secret, redaction: &Redaction) -> Self {
+        let record = exchange.record();
+        let request = exchange.request.as_ref();
+        let response = exchange.response.as_ref();
+        let us = |ms: Option<f64>| ms.map(|ms| (ms * 1000.0).round() as u64);
+        Self {
+            ts_ns: exchange.start_ns(),
+            client_ip: record.client_ip.clone(),
+            client_port: record.client_port,
+            server_ip: record.server_ip.clone(),
+            server_port: record.server_port,
+            method: record.method.map(str::to_owned),
+            host: record.host.map(str::to_owned),
+            uri: record.uri.map(|uri| redaction.uri(uri, secret)),
+            endpoint: record.uri.map(endpoint::template),
+            version: record.version.map(str::to_owned),
+            user_agent: record.user_agent.map(str::to_owned),
+            referrer: record.referrer.map(|r| redaction.uri(r, secret)),
+            request_content_type: request
+                .and_then(|r| r.meta.header("content-type"))
+                .map(str::to_owned),
+            response_content_type: response
+                .and_then(|r| r.meta.header("content-type"))
+                .map(str::to_owned),
+            status_code: record.status_code,
+            status_msg: record.status_msg.map(str::to_owned),
+            request_body_len: record.request_body_len,
+            response_body_len: record.response_body_len,
+            ttfb_us: us(record.ttfb_ms),
+            duration_us: us(record.duration_ms),
+            request_truncated: record.request_truncated,
+            response_truncated: record.response_truncated,
+            gap: record.gap,
+            params: Vec::new(),
+        }
+    }
+
+    /// The NDJSON record (the design brief's vocabulary), with the session it belongs to.
+    pub fn to_json(&self, session_id: &str) -> serde_json::Value {
+        let ms = |us: Option<u64>| us.map(|us| us as f64 / 1000.0);
+        let record = ExchangeRecord {
+            ts: rfc3339_ns(self.ts_ns),
+            session_id: Some(session_id),
+            client_ip: self.client_ip.clone(),
+            client_port: self.client_port,
+            server_ip: self.server_ip.clone(),
+            server_port: self.server_port,
+            method: self.method.as_deref(),
+            host: self.host.as_deref(),
+            uri: self.uri.as_deref(),
+            endpoint: self.endpoint.as_deref(),
+            version: self.version.as_deref(),
+            user_agent: self.user_agent.as_deref(),
+            referrer: self.referrer.as_deref(),
+            status_code: self.status_code,
+            status_msg: self.status_msg.as_deref(),
+            request_body_len: self.request_body_len,
+            response_body_len: self.response_body_len,
+            ttfb_ms: ms(self.ttfb_us),
+            duration_ms: ms(self.duration_us),
+            request_truncated: self.request_truncated,
+            response_truncated: self.response_truncated,
+            gap: self.gap,
+            params: self
+                .params
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+                .collect(),
+        };
+        serde_json::to_value(&record).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// Which values are secrets, and whether to keep them anyway.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Redaction {
+    /// Keep raw values (configuration `secrets.store_raw`).
+    pub store_raw: bool,
+    /// Names beyond [`SECRET_NAMES`], lower-case.
+    pub extra_names: Vec<String>,
+}
+
+impl Redaction {
+    pub fn is_secret_name(&self, name: &str) -> bool {
+        let lower = name.to_ascii_lowercase();
+        SECRET_NAMES.contains(&lower.as_str()) || self.extra_names.contains(&lower)
+    }
+
+    /// `uri` with the values of secret-named query parameters replaced by keyed hashes.
+    pub fn uri(&self, uri: &str, secret: &Secret) -> String {
+        if self.store_raw {
+            return uri.to_owned();
+        }
+        let Some((path, query)) = uri.split_once('?') else {
+            return uri.to_owned();
+        };
+        let (query, fragment) = match query.split_once('#') {
+            Some((q, f)) => (q, Some(f)),
+            None => (query, None),
+        };
+        let mut out = String::with_capacity(uri.len());
+        out.push_str(path);
+        out.push('?');
+        for (i, pair) in query.split('&').enumerate() {
+            if i > 0 {
+                out.push('&');
+            }
+            match pair.split_once('=') {
+                Some((name, value)) if !value.is_empty() => {
+                    let decoded: String = form_urlencoded::parse(name.as_bytes())
+                        .map(|(n, _)| n.into_owned())
+                        .collect();
+                    if self.is_secret_name(&decoded) {
+                        out.push_str(name);
+                        out.push('=');
+                        out.push_str(&secret.hashed_value(value));
+                    } else {
+                        out.push_str(pair);
+                    }
+                }
+                _ => out.push_str(pair),
+            }
+        }
+        if let Some(fragment) = fragment {
+            out.push('#');
+            out.push_str(fragment);
+        }
+        out
+    }
+}
+
+/// Counted values kept per session; past the bound the rest is summed under `(other)`.
+const MAX_ENDPOINTS: usize = 64;
+const MAX_SMALL_SET: usize = 16;
+
+/// A session as the `sessions` list shows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionSummary {
+    pub session_id: String,
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub requests: u64,
+    pub key_kind: String,
+    pub key_name: String,
+    pub user: Option<String>,
+    pub role: Option<String>,
+    pub client_ips: Vec<String>,
+    pub user_agents: Vec<String>,
+    pub hosts: Vec<String>,
+    /// (method endpoint, count), most frequent first after [`SessionSummary::sort`].
+    pub endpoints: Vec<(String, u64)>,
+    pub methods: Vec<(String, u64)>,
+    pub statuses: Vec<(u16, u64)>,
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+    pub incomplete: u64,
+}
+
+fn bump<K: PartialEq>(list: &mut Vec<(K, u64)>, key: K, bound: usize, other: impl FnOnce() -> K) {
+    if let Some(entry) = list.iter_mut().find(|(k, _)| *k == key) {
+        entry.1 += 1;
+    } else if list.len() < bound {
+        list.push((key, 1));
+    } else {
+        let other = other();
+        match list.iter_mut().find(|(k, _)| *k == other) {
+            Some(entry) => entry.1 += 1,
+            None => {
+                // The bound is reached: the last slot becomes the catch-all.
+                if let Some(last) = list.last_mut() {
+                    *last = (other, last.1 + 1);
+                }
+            }
+        }
+    }
+}
+
+fn add_small(set: &mut Vec<String>, value: Option<&str>) -> bool {
+    match value {
+        Some(value)
+            if !value.is_empty()
+                && !set.iter().any(|v| v == value)
+                && set.len() < MAX_SMALL_SET =>
+        {
+            set.push(value.to_owned());
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Values a session gained with one exchange, for the secondary indexes.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct NewValues {
+    pub ips: Vec<String>,
+    pub hosts: Vec<String>,
+    pub endpoints: Vec<String>,
+    pub user: Option<String>,
+}
+
+impl SessionSummary {
+    pub fn new(assignment: &Assignment, ts_ns: u64) -> Self {
+        Self {
+            session_id: assignment.session_id.clone(),
+            start_ns: ts_ns,
+            end_ns: ts_ns,
+            key_kind: assignment.key_kind.as_str().to_owned(),
+            key_name: assignment.key_name.clone(),
+            ..Self::default()
+        }
+    }
+
+    /// Counts `exchange` in; returns what the indexes must learn.
+    pub fn add(&mut self, exchange: &StoredExchange, assignment: &Assignment) -> NewValues {
+        let mut new = NewValues::default();
+        self.start_ns = self.start_ns.min(exchange.ts_ns);
+        let end = exchange.ts_ns + exchange.duration_us.unwrap_or(0) * 1000;
+        self.end_ns = self.end_ns.max(end);
+        self.requests += 1;
+        if self.user.is_none() && assignment.user.is_some() {
+            self.user.clone_from(&assignment.user);
+            new.user.clone_from(&assignment.user);
+        }
+        if self.role.is_none() {
+            self.role.clone_from(&assignment.role);
+        }
+        if add_small(&mut self.client_ips, Some(&exchange.client_ip)) {
+            new.ips.push(exchange.client_ip.clone());
+        }
+        add_small(&mut self.user_agents, exchange.user_agent.as_deref());
+        if add_small(&mut self.hosts, exchange.host.as_deref()) {
+            new.hosts.extend(exchange.host.clone());
+        }
+        if let Some(endpoint) = &exchange.endpoint {
+            let path_of = |key: &str| key.split_once(' ').map(|(_, path)| path.to_owned());
+            let known_path = self
+                .endpoints
+                .iter()
+                .any(|(k, _)| path_of(k).as_ref() == Some(endpoint));
+            let key = format!("{} {endpoint}", exchange.method.as_deref().unwrap_or("-"));
+            bump(&mut self.endpoints, key.clone(), MAX_ENDPOINTS, || {
+                "(other)".to_owned()
+            });
+            // Indexed once per session, and only while the session still counts it by name.
+            if !known_path && self.endpoints.iter().any(|(k, _)| *k == key) {
+                new.endpoints.push(endpoint.clone());
+            }
+        }
+        bump(
+            &mut self.methods,
+            exchange.method.clone().unwrap_or_else(|| "-".into()),
+            MAX_SMALL_SET,
+            || "(other)".into(),
+        );
+        bump(
+            &mut self.statuses,
+            exchange.status_code.unwrap_or(0),
+            MAX_SMALL_SET,
+            || 0,
+        );
+        self.request_bytes += exchange.request_body_len.unwrap_or(0);
+        self.response_bytes += exchange.response_body_len.unwrap_or(0);
+        if exchange.request_truncated
+            || exchange.response_truncated
+            || exchange.gap
+            || exchange.status_code.is_none()
+        {
+            self.incomplete += 1;
+        }
+        new
+    }
+
+    /// Orders the counted lists most frequent first (for display).
+    pub fn sort(&mut self) {
+        self.endpoints
+            .sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        self.methods
+            .sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        self.statuses
+            .sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    }
+
+    /// The JSON object of `sessions --json` (and the head of `show --json`).
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut summary = self.clone();
+        summary.sort();
+        serde_json::json!({
+            "session_id": summary.session_id,
+            "start": rfc3339_ns(summary.start_ns),
+            "end": rfc3339_ns(summary.end_ns),
+            "duration_s": (summary.end_ns.saturating_sub(summary.start_ns)) as f64 / 1e9,
+            "requests": summary.requests,
+            "key_kind": summary.key_kind,
+            "key_name": summary.key_name,
+            "user": summary.user,
+            "role": summary.role,
+            "client_ips": summary.client_ips,
+            "user_agents": summary.user_agents,
+            "hosts": summary.hosts,
+            "endpoints": summary.endpoints.iter().map(|(e, n)| serde_json::json!({"endpoint": e, "count": n})).collect::<Vec<_>>(),
+            "methods": summary.methods.iter().map(|(m, n)| serde_json::json!({"method": m, "count": n})).collect::<Vec<_>>(),
+            "statuses": summary.statuses.iter().map(|(s, n)| serde_json::json!({"status": s, "count": n})).collect::<Vec<_>>(),
+            "request_bytes": summary.request_bytes,
+            "response_bytes": summary.response_bytes,
+            "incomplete": summary.incomplete,
+        })
+    }
+}
