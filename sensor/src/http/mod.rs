@@ -61,6 +61,8 @@ pub struct HttpCounters {
     pub headers_truncated: u64,
     pub bodies_truncated: u64,
     pub messages_with_gaps: u64,
+    /// Heads cut by a gap whose start line (and headers before the cut) were still reported.
+    pub heads_salvaged: u64,
     /// Messages cut short by a gap or by the end of the connection.
     pub truncated_messages: u64,
     pub bad_framing: u64,
@@ -89,6 +91,7 @@ impl HttpCounters {
             ("headers_truncated", self.headers_truncated),
             ("bodies_truncated", self.bodies_truncated),
             ("messages_with_gaps", self.messages_with_gaps),
+            ("heads_salvaged", self.heads_salvaged),
             ("truncated_messages", self.truncated_messages),
             ("bad_framing", self.bad_framing),
             ("tunnels", self.tunnels),
@@ -158,7 +161,7 @@ impl HttpConnection {
                 self.data(side, bytes, ts_ns, config, counters, out)
             }
             StreamEvent::Gap { ts_ns, len } => {
-                let progress = self.parser(side).gap(len, ts_ns, counters);
+                let progress = self.parser(side).gap(len, ts_ns, config, counters);
                 if let Some(progress) = progress {
                     self.handle(side, progress, ts_ns, config, counters, out);
                 }

@@ -143,6 +143,8 @@ pub struct MessageParser {
     /// A complete message was ever parsed on this stream.
     ever_parsed: bool,
     skipped: u64,
+    /// The current head was salvaged from a gap: its framing cannot be trusted.
+    salvaged: bool,
     /// Bytes already consumed that must be fed again, ahead of the rest of the input (a failed
     /// head may contain the next message's start).
     replay: Vec<u8>,
@@ -161,6 +163,7 @@ impl MessageParser {
             ever_parsed: false,
             skipped: 0,
             replay: Vec::new(),
+            salvaged: false,
         }
     }
 
@@ -202,6 +205,13 @@ impl MessageParser {
 
     /// Sets the framing of the message whose head was just returned.
     pub fn set_framing(&mut self, framing: Framing, ts_ns: u64) -> Option<Progress> {
+        if std::mem::take(&mut self.salvaged) {
+            // The body's start is unknown: end the message and look for the next one.
+            let done = self.complete(ts_ns);
+            self.state = State::Resync;
+            self.at_line_start = true;
+            return Some(done);
+        }
         self.state = match framing {
             Framing::None => return Some(self.complete(ts_ns)),
             Framing::Length(0) => return Some(self.complete(ts_ns)),
@@ -555,6 +565,7 @@ impl MessageParser {
         &mut self,
         len: Option<u64>,
         ts_ns: u64,
+        config: &HttpConfig,
         counters: &mut HttpCounters,
     ) -> Option<Progress> {
         match (self.state, len) {
@@ -585,6 +596,18 @@ impl MessageParser {
                 counters.messages_with_gaps += 1;
                 None
             }
+            (State::Head, _) if self.in_message && !self.buf.is_empty() => {
+                // A head cut by the gap (typically a capture snaplen): its start line and the
+                // headers before the cut are still worth reporting. Where its body ends is
+                // unknown, so the message ends here and the stream resynchronises after it.
+                let salvaged = self.salvage_head(config, counters);
+                if salvaged.is_none() {
+                    counters.truncated_messages += 1;
+                }
+                self.lose_sync(counters);
+                self.at_line_start = true;
+                salvaged
+            }
             _ => {
                 // The message in progress (if any) cannot be finished: hand it over incomplete.
                 let partial = self.take_partial(ts_ns, counters);
@@ -594,6 +617,31 @@ impl MessageParser {
                 partial
             }
         }
+    }
+
+    /// Parses the complete lines of a head cut short; the message is marked incomplete and its
+    /// framing will be ignored ([`Self::set_framing`]).
+    fn salvage_head(
+        &mut self,
+        config: &HttpConfig,
+        counters: &mut HttpCounters,
+    ) -> Option<Progress> {
+        let last_newline = self.buf.iter().rposition(|b| *b == b'\n')?;
+        let mut head = self.buf[..=last_newline].to_vec();
+        head.extend_from_slice(b"\r\n");
+        let saved = std::mem::replace(&mut self.buf, head);
+        let parsed = self.parse_head(config, counters);
+        self.buf = saved;
+        let head = parsed.ok()?;
+        counters.heads_salvaged += 1;
+        counters.truncated_messages += 1;
+        let meta = self.meta();
+        meta.truncated = true;
+        meta.gap = true;
+        meta.headers_truncated = true;
+        self.salvaged = true;
+        self.state = State::AwaitFraming;
+        Some(Progress::Head(head))
     }
 
     /// The message in progress, marked incomplete, if its head had been parsed.
