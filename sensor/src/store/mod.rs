@@ -294,7 +294,7 @@ impl Store {
         id: &[u8; 16],
     ) -> Result<Option<SessionSummary>, StoreError> {
         match self.sessions.get(txn, id).map_err(lmdb("read"))? {
-            Some(bytes) => decode(bytes, "session").map(Some),
+            Some(bytes) => decode::<StoredSession>(bytes, "session").map(|s| Some(s.summary)),
             None => Ok(None),
         }
     }
@@ -555,3 +555,6 @@ struct StoredSession {
     indexed_ns: u64,
     summary: SessionSummary,
 }
+
+#[cfg(test)]
+mod tests;
