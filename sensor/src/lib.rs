@@ -24,6 +24,7 @@ pub mod exchange;
 pub mod http;
 pub mod import;
 pub mod reassembly;
+pub mod report;
 pub mod segment;
 pub mod sessions;
 pub mod source;

@@ -7,6 +7,7 @@ use std::{
     os::unix::fs::DirBuilderExt as _,
     path::{Path, PathBuf},
     process::ExitCode,
+    sync::Arc,
     time::{Duration, SystemTime},
 };
 
@@ -18,9 +19,15 @@ use apisessions::{
     exchange::Exchange,
     http::HttpConfig,
     reassembly::{FlowConfig, FlowTable},
+    report::{self, Exporter, Format},
     segment::TcpSegment,
+    sessions::{Assignment, Secret, SessionConfig, Sessionizer},
     source::{PcapFormat, PcapSource},
     stats::{StatsReport, rfc3339},
+    store::{
+        DEFAULT_MAP_SIZE, Redaction, SessionFilter, SessionSummary, Store, StoreWriter,
+        StoredExchange,
+    },
 };
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -45,8 +52,111 @@ enum Command {
     Run(RunArgs),
     /// Decode a pcap or pcapng capture file through the same stages as live traffic.
     Import(ImportArgs),
+    /// List sessions, newest first.
+    Sessions(SessionsArgs),
+    /// Show one session: who, what, and its request timeline.
+    Show(ShowArgs),
+    /// Write stored exchanges as NDJSON or CSV.
+    Export(ExportArgs),
+    /// Delete sessions older than the retention period (or --older-than).
+    Prune(PruneArgs),
     /// Show the counters of the running daemon, or the last ones it wrote.
     Stats(StatsArgs),
+}
+
+/// A point in time: an age like `1h` or `30m` (that long ago), or an RFC 3339 time.
+#[derive(Clone, Copy, Debug)]
+struct When(u64);
+
+impl std::str::FromStr for When {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let now = SystemTime::now();
+        let time = match humantime::parse_duration(s) {
+            Ok(age) => now.checked_sub(age).ok_or("too long ago")?,
+            Err(_) => humantime::parse_rfc3339_weak(s).map_err(|_| {
+                format!("'{s}' is neither an age (1h, 30m, 7d) nor a time (2026-11-29T15:00:00Z)")
+            })?,
+        };
+        Ok(Self(
+            time.duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64),
+        ))
+    }
+}
+
+#[derive(Args)]
+struct SessionsArgs {
+    /// Sessions active since this age or time (1h, 30m, 2026-11-29T15:00:00Z).
+    #[arg(long)]
+    since: Option<When>,
+    /// Sessions that started before this time.
+    #[arg(long)]
+    until: Option<When>,
+    /// Sessions from this client IP.
+    #[arg(long)]
+    ip: Option<String>,
+    /// Sessions that called this host.
+    #[arg(long)]
+    host: Option<String>,
+    /// Sessions that touched this endpoint (`/users/{id}`, or a path such as /users/42).
+    #[arg(long)]
+    endpoint: Option<String>,
+    /// Sessions with requests of this method.
+    #[arg(long)]
+    method: Option<String>,
+    /// Sessions with responses of this status code.
+    #[arg(long)]
+    status: Option<u16>,
+    /// Sessions of this user (the `user` context parameter).
+    #[arg(long)]
+    user: Option<String>,
+    /// Sessions shown at most (0: all).
+    #[arg(long, default_value_t = 20)]
+    limit: usize,
+    /// Print a JSON array instead of a table.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    data: DataDirArg,
+}
+
+#[derive(Args)]
+struct ShowArgs {
+    /// The session id (from `apisessions sessions`).
+    session_id: String,
+    /// Print the session and its exchanges as JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    data: DataDirArg,
+}
+
+#[derive(Args)]
+struct ExportArgs {
+    /// ndjson (one exchange per line, Zeek http.log field names) or csv.
+    #[arg(long, default_value = "ndjson")]
+    format: Format,
+    /// Only this session.
+    #[arg(long)]
+    session: Option<String>,
+    #[arg(long)]
+    since: Option<When>,
+    #[arg(long)]
+    until: Option<When>,
+    #[command(flatten)]
+    data: DataDirArg,
+}
+
+#[derive(Args)]
+struct PruneArgs {
+    /// Delete sessions that ended longer ago than this. Default: storage.retention (7d).
+    #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
+    older_than: Option<Duration>,
+    #[command(flatten)]
+    config: ConfigArg,
+    #[command(flatten)]
+    data: DataDirArg,
 }
 
 #[derive(Args)]
@@ -65,7 +175,12 @@ struct ImportArgs {
     body_cap: Option<usize>,
     #[command(flatten)]
     config: ConfigArg,
+    #[command(flatten)]
+    data: DataDirArg,
 }
+
+/// Exchanges stored per transaction by an import.
+const IMPORT_BATCH: usize = 10_000;
 
 #[derive(Args)]
 struct DataDirArg {
@@ -183,6 +298,10 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run(args),
         Command::Import(args) => import(args),
+        Command::Sessions(args) => sessions(args),
+        Command::Show(args) => show(args),
+        Command::Export(args) => export(args),
+        Command::Prune(args) => prune(args),
         Command::Stats(args) => stats(args),
     };
     match result {
@@ -236,20 +355,46 @@ fn import(args: ImportArgs) -> Result<()> {
     } else {
         ProgressBar::hidden()
     };
+    let data_dir = args.data.resolve(&settings);
+    create_data_dir(&data_dir)?;
+    let store = Store::open(&data_dir, DEFAULT_MAP_SIZE)?;
+    let mut sessionizer = Sessionizer::new(
+        SessionConfig::from(&settings),
+        Secret::load_or_create(&data_dir)?,
+    );
+    let redaction = Redaction::from_config(&settings);
+    let mut batch = Vec::new();
+    let mut store_error = None;
     let mut out = io::BufWriter::new(io::stdout().lock());
     let summary = apisessions::import::run(
         &mut source,
         config,
         |exchange| {
+            let (record, assignment) = sessionizer.record(&exchange, &redaction);
             if args.ndjson {
-                serde_json::to_writer(&mut out, &exchange.record())?;
+                serde_json::to_writer(&mut out, &record.to_json(&assignment.session_id))?;
                 out.write_all(b"\n")?;
+            }
+            batch.push((record, assignment));
+            if batch.len() >= IMPORT_BATCH {
+                if let Err(e) = store.write(&batch) {
+                    store_error = Some(e);
+                    return Err(io::Error::other("the store refused a batch"));
+                }
+                batch.clear();
             }
             Ok(())
         },
         |read, _| progress.set_position(read),
-    )?;
+    );
     progress.finish_and_clear();
+    if let Some(e) = store_error {
+        return Err(e).context(format!("storing into {}", data_dir.display()));
+    }
+    let summary = summary?;
+    store
+        .write(&batch)
+        .with_context(|| format!("storing into {}", data_dir.display()))?;
     out.flush().context("writing to stdout")?;
     let mut err = io::stderr().lock();
     writeln!(
@@ -282,9 +427,145 @@ fn import(args: ImportArgs) -> Result<()> {
             "note: the file ends inside the record at byte {offset} (cut-off capture)"
         )?;
     }
-    if !args.ndjson {
-        writeln!(err, "(use --ndjson to print the exchanges)")?;
+    let sessions = sessionizer.counters.sessions_started;
+    writeln!(
+        err,
+        "stored {} exchanges in {sessions} sessions in {}",
+        summary.exchanges,
+        data_dir.display()
+    )?;
+    Ok(())
+}
+
+fn sessions(args: SessionsArgs) -> Result<()> {
+    let store = Store::open_read_only(&args.data.resolve(&Config::default()))?;
+    let filter = SessionFilter {
+        since_ns: args.since.map(|w| w.0),
+        until_ns: args.until.map(|w| w.0),
+        ip: args.ip,
+        host: args.host,
+        // A concrete path finds its template's sessions too.
+        endpoint: args
+            .endpoint
+            .as_deref()
+            .map(apisessions::endpoint::template),
+        method: args.method,
+        status: args.status,
+        user: args.user,
+        limit: args.limit,
+    };
+    let list = store.list(&filter)?;
+    let mut out = io::stdout().lock();
+    if args.json {
+        let array: Vec<serde_json::Value> = list.iter().map(SessionSummary::to_json).collect();
+        serde_json::to_writer_pretty(&mut out, &array)?;
+        writeln!(out)?;
+    } else {
+        write!(out, "{}", report::sessions_table(&list))?;
     }
+    Ok(())
+}
+
+fn show(args: ShowArgs) -> Result<()> {
+    let store = Store::open_read_only(&args.data.resolve(&Config::default()))?;
+    let summary = store.session(&args.session_id)?.with_context(|| {
+        format!(
+            "no session {} (see `apisessions sessions`)",
+            args.session_id
+        )
+    })?;
+    let mut exchanges = Vec::new();
+    store.exchanges(&args.session_id, |e| {
+        exchanges.push(e);
+        true
+    })?;
+    let mut out = io::stdout().lock();
+    if args.json {
+        let mut object = summary.to_json();
+        object["exchanges"] = exchanges
+            .iter()
+            .map(|e| e.to_json(&summary.session_id))
+            .collect();
+        serde_json::to_writer_pretty(&mut out, &object)?;
+        writeln!(out)?;
+    } else {
+        write!(out, "{}", report::session_page(&summary, &exchanges))?;
+    }
+    Ok(())
+}
+
+fn export(args: ExportArgs) -> Result<()> {
+    let store = Store::open_read_only(&args.data.resolve(&Config::default()))?;
+    let (since, until) = (
+        args.since.map_or(0, |w| w.0),
+        args.until.map_or(u64::MAX, |w| w.0),
+    );
+    let ids: Vec<String> = match &args.session {
+        Some(id) => vec![id.clone()],
+        None => {
+            let filter = SessionFilter {
+                since_ns: Some(since),
+                until_ns: Some(until),
+                ..SessionFilter::default()
+            };
+            // Oldest first, so the export reads in time order session by session.
+            store
+                .list(&filter)?
+                .into_iter()
+                .rev()
+                .map(|s| s.session_id)
+                .collect()
+        }
+    };
+    let mut exporter = Exporter::new(io::BufWriter::new(io::stdout().lock()), args.format);
+    let mut result = Ok(());
+    for id in &ids {
+        store.exchanges(id, |exchange| {
+            if exchange.ts_ns < since || exchange.ts_ns > until {
+                return true;
+            }
+            result = exporter.write(id, &exchange);
+            result.is_ok()
+        })?;
+        if result.is_err() {
+            break;
+        }
+    }
+    match result.and_then(|()| exporter.finish()) {
+        // A reader that stopped early (`| head`) is not an error.
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        other => other.context("writing the export"),
+    }
+}
+
+fn prune(args: PruneArgs) -> Result<()> {
+    let config = args.config.load()?;
+    let older_than = args.older_than.unwrap_or(config.storage.retention);
+    let data_dir = args.data.resolve(&config);
+    if !Store::dir(&data_dir).join("data.mdb").exists() {
+        println!("nothing stored in {}", data_dir.display());
+        return Ok(());
+    }
+    let store = Store::open(&data_dir, DEFAULT_MAP_SIZE)?;
+    let now = SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let cutoff = now.saturating_sub(older_than.as_nanos() as u64);
+    let mut total = apisessions::store::PruneReport::default();
+    loop {
+        let step = store.prune(cutoff, 1000)?;
+        total.sessions += step.sessions;
+        total.exchanges += step.exchanges;
+        if !step.more {
+            break;
+        }
+    }
+    println!(
+        "deleted {} sessions and {} exchanges older than {}",
+        total.sessions,
+        total.exchanges,
+        humantime::format_duration(older_than)
+    );
     Ok(())
 }
 
@@ -331,6 +612,9 @@ fn run(args: RunArgs) -> Result<()> {
     runtime.block_on(daemon(args, config, data_dir, options, interfaces))
 }
 
+/// How often the daemon deletes sessions older than the retention period.
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
+
 /// The daemon's side of the channel: decodes segments into exchanges and prints what `--dump`
 /// or `--dump-segments` asked for.
 struct Consumer {
@@ -342,7 +626,15 @@ struct Consumer {
     out: io::BufWriter<io::StdoutLock<'static>>,
     /// False once stdout's reader went away (e.g. `| head`): that is not the daemon's error.
     output_open: bool,
+    sessionizer: Sessionizer,
+    redaction: Redaction,
+    /// Records waiting to go to the store writer as one batch.
+    pending: Vec<(StoredExchange, Assignment)>,
+    writer: StoreWriter,
 }
+
+/// Records handed to the store writer per batch at most (also flushed every second).
+const BATCH: usize = 1024;
 
 impl Consumer {
     fn segment(&mut self, segment: Segment) {
@@ -364,6 +656,7 @@ impl Consumer {
             .map_or(0, |d| d.as_nanos() as u64);
         self.flows.expire(now_ns, &mut self.exchanges);
         self.print_exchanges();
+        self.flush_store();
         if self.output_open {
             self.output_open = self.out.flush().is_ok();
         }
@@ -372,22 +665,36 @@ impl Consumer {
     fn finish(&mut self) {
         self.flows.finish(&mut self.exchanges);
         self.print_exchanges();
+        self.flush_store();
         let _ = self.out.flush();
     }
 
+    /// Sessions, dump lines and store batches for the exchanges decoded so far.
     fn print_exchanges(&mut self) {
         for exchange in self.exchanges.drain(..) {
+            let (record, assignment) = self.sessionizer.record(&exchange, &self.redaction);
             if self.dump_exchanges && self.output_open {
                 let line = dump::exchange_line(&exchange);
-                self.output_open = writeln!(self.out, "{line}").is_ok();
+                let session = &assignment.session_id[..8];
+                self.output_open = writeln!(self.out, "{line} session={session}").is_ok();
             }
+            self.pending.push((record, assignment));
         }
+        if self.pending.len() >= BATCH {
+            self.flush_store();
+        }
+    }
+
+    fn flush_store(&mut self) {
+        self.writer.submit(std::mem::take(&mut self.pending));
     }
 
     fn report(&self, report: &mut StatsReport) {
         for (stage, counters) in self.flows.snapshot() {
             report.set_stage(stage, counters);
         }
+        report.set_stage("sessions", self.sessionizer.counters.snapshot());
+        report.set_stage("store", self.writer.counters.snapshot());
     }
 }
 
@@ -419,6 +726,17 @@ async fn daemon(
         dump_segments: args.dump_segments,
         out: io::BufWriter::new(io::stdout().lock()),
         output_open: true,
+        sessionizer: Sessionizer::new(
+            SessionConfig::from(&config),
+            Secret::load_or_create(&data_dir)?,
+        ),
+        redaction: Redaction::from_config(&config),
+        pending: Vec::new(),
+        writer: StoreWriter::start(
+            Store::open(&data_dir, DEFAULT_MAP_SIZE)?,
+            config.storage.retention,
+            PRUNE_EVERY,
+        ),
     };
     let mut report = StatsReport {
         pid: std::process::id(),
@@ -484,6 +802,11 @@ async fn daemon(
     }
     consumer.finish();
     consumer.report(&mut report);
+    // Everything decoded is committed before the final report says the daemon stopped.
+    let Consumer { writer, .. } = consumer;
+    let store_counters = Arc::clone(&writer.counters);
+    writer.finish();
+    report.set_stage("store", store_counters.snapshot());
     report.running = false;
     report.updated = rfc3339(SystemTime::now());
     report.write(&data_dir)?;
@@ -494,7 +817,7 @@ async fn daemon(
 /// Takes the sensor down, keeping a last copy of the kernel counters in the report.
 async fn sensor_shutdown(sensor: Sensor, report: &mut StatsReport) -> Result<()> {
     refresh_report(report, &sensor)?;
-    let counters = std::sync::Arc::clone(&sensor.counters);
+    let counters = Arc::clone(&sensor.counters);
     sensor.shutdown().await?;
     report.set_stage("reader", counters.snapshot());
     Ok(())

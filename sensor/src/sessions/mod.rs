@@ -27,6 +27,7 @@ use serde::Serialize;
 use crate::{
     config::{Config, KeyPath, Location, MessageSide, Parameter, ParameterKind},
     exchange::Exchange,
+    store::{Redaction, StoredExchange},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -476,26 +477,48 @@ impl Sessionizer {
         }
     }
 
-    fn typed_parameters(&self, exchange: &Exchange) -> (Option<String>, Option<String>) {
-        let mut user = None;
-        let mut role = None;
-        for parameter in &self.config.parameters {
-            let slot = match parameter.kind {
-                Some(ParameterKind::User) => &mut user,
-                Some(ParameterKind::Role) => &mut role,
-                None => continue,
-            };
-            if slot.is_none()
-                && let Some(value) = value_at(exchange, &parameter.path)
-            {
-                *slot = Some(if parameter.hashed {
+    /// The configured context parameters present in `exchange`, hashed where configured so.
+    pub fn parameters(&self, exchange: &Exchange) -> Vec<(&Parameter, String)> {
+        self.config
+            .parameters
+            .iter()
+            .filter_map(|parameter| {
+                let value = value_at(exchange, &parameter.path)?;
+                let value = if parameter.hashed {
                     self.secret.hashed_value(&value)
                 } else {
                     value
-                });
-            }
-        }
-        (user, role)
+                };
+                Some((parameter, value))
+            })
+            .collect()
+    }
+
+    fn typed_parameters(&self, exchange: &Exchange) -> (Option<String>, Option<String>) {
+        let parameters = self.parameters(exchange);
+        let typed = |kind| {
+            parameters
+                .iter()
+                .find(|(p, _)| p.kind == Some(kind))
+                .map(|(_, v)| v.clone())
+        };
+        (typed(ParameterKind::User), typed(ParameterKind::Role))
+    }
+
+    /// The exchange's session and its record as stored: stages 4 and 5 joined.
+    pub fn record(
+        &mut self,
+        exchange: &Exchange,
+        redaction: &Redaction,
+    ) -> (StoredExchange, Assignment) {
+        let assignment = self.assign(exchange);
+        let mut record = StoredExchange::new(exchange, &self.secret, redaction);
+        record.params = self
+            .parameters(exchange)
+            .into_iter()
+            .map(|(p, value)| (p.name.clone(), value))
+            .collect();
+        (record, assignment)
     }
 }
 

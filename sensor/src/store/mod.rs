@@ -11,6 +11,7 @@
 //! time. LMDB commits are atomic, so a crash loses at most the batch in flight, never the store.
 
 pub mod record;
+pub mod writer;
 
 use std::{
     fs,
@@ -25,6 +26,7 @@ use heed::{
 };
 pub use record::{Redaction, SessionSummary, StoredExchange};
 use serde::{Serialize, de::DeserializeOwned};
+pub use writer::{StoreWriter, WriterCounters};
 
 use crate::sessions::Assignment;
 

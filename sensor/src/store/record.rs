@@ -153,6 +153,18 @@ pub struct Redaction {
 }
 
 impl Redaction {
+    pub fn from_config(config: &crate::config::Config) -> Self {
+        Self {
+            store_raw: config.secrets.store_raw,
+            extra_names: config
+                .secrets
+                .names
+                .iter()
+                .map(|n| n.to_ascii_lowercase())
+                .collect(),
+        }
+    }
+
     pub fn is_secret_name(&self, name: &str) -> bool {
         let lower = name.to_ascii_lowercase();
         SECRET_NAMES.contains(&lower.as_str()) || self.extra_names.contains(&lower)

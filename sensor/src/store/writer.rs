@@ -1,0 +1,191 @@
+//! The daemon's store writer: a thread that commits batches and runs the pruning sweep, so the
+//! capture loop never waits on the disk.
+//!
+//! The hand-over channel is bounded. When the writer falls behind (a slow or full disk), new
+//! batches are dropped and counted rather than held without limit; a failed commit (full map,
+//! full disk) is logged at ERROR level with its batch counted as lost, and the next batch is
+//! tried normally, so writing resumes by itself when space returns.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+        mpsc::{self, RecvTimeoutError, SyncSender, TrySendError},
+    },
+    thread,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use super::{Store, StoreError, StoredExchange};
+use crate::sessions::Assignment;
+
+pub type Batch = Vec<(StoredExchange, Assignment)>;
+
+/// Batches waiting for the writer at most.
+pub const QUEUE_BATCHES: usize = 64;
+/// Sessions deleted per pruning transaction: keeps each one short next to the writes.
+const PRUNE_STEP: usize = 1000;
+
+#[derive(Debug, Default)]
+pub struct WriterCounters {
+    pub batches_written: AtomicU64,
+    pub exchanges_written: AtomicU64,
+    /// Exchanges dropped because the writer's queue was full.
+    pub exchanges_dropped_queue_full: AtomicU64,
+    /// Exchanges lost with a batch whose commit failed.
+    pub exchanges_lost_write_error: AtomicU64,
+    pub write_errors: AtomicU64,
+    pub map_full_errors: AtomicU64,
+    pub pruned_sessions: AtomicU64,
+    pub pruned_exchanges: AtomicU64,
+    pub prune_errors: AtomicU64,
+}
+
+impl WriterCounters {
+    pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        vec![
+            ("batches_written", get(&self.batches_written)),
+            ("exchanges_written", get(&self.exchanges_written)),
+            (
+                "exchanges_dropped_queue_full",
+                get(&self.exchanges_dropped_queue_full),
+            ),
+            (
+                "exchanges_lost_write_error",
+                get(&self.exchanges_lost_write_error),
+            ),
+            ("write_errors", get(&self.write_errors)),
+            ("map_full_errors", get(&self.map_full_errors)),
+            ("pruned_sessions", get(&self.pruned_sessions)),
+            ("pruned_exchanges", get(&self.pruned_exchanges)),
+            ("prune_errors", get(&self.prune_errors)),
+        ]
+    }
+}
+
+pub struct StoreWriter {
+    tx: Option<SyncSender<Batch>>,
+    thread: Option<thread::JoinHandle<()>>,
+    pub counters: Arc<WriterCounters>,
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+impl StoreWriter {
+    /// Starts the writer; it prunes at once and then every `prune_every`.
+    pub fn start(store: Store, retention: Duration, prune_every: Duration) -> Self {
+        let (tx, rx) = mpsc::sync_channel::<Batch>(QUEUE_BATCHES);
+        let counters = Arc::new(WriterCounters::default());
+        let shared = Arc::clone(&counters);
+        let thread = thread::spawn(move || {
+            let mut next_prune = Instant::now();
+            let mut pruning = false;
+            loop {
+                if Instant::now() >= next_prune {
+                    pruning = true;
+                    next_prune = Instant::now() + prune_every;
+                }
+                if pruning {
+                    pruning = prune_step(&store, retention, &shared);
+                }
+                // While a sweep is under way, only glance at the queue between its steps.
+                let wait = if pruning {
+                    Duration::ZERO
+                } else {
+                    next_prune.saturating_duration_since(Instant::now())
+                };
+                match rx.recv_timeout(wait) {
+                    Ok(batch) => write(&store, &batch, &shared),
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+            }
+        });
+        Self {
+            tx: Some(tx),
+            thread: Some(thread),
+            counters,
+        }
+    }
+
+    /// Hands a batch to the writer; counts it as dropped if the queue is full.
+    pub fn submit(&self, batch: Batch) {
+        if batch.is_empty() {
+            return;
+        }
+        let Some(tx) = &self.tx else { return };
+        let len = batch.len() as u64;
+        match tx.try_send(batch) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                self.counters
+                    .exchanges_dropped_queue_full
+                    .fetch_add(len, Ordering::Relaxed);
+                log::error!("store writer is behind: dropped {len} exchanges (queue full)");
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                self.counters
+                    .exchanges_lost_write_error
+                    .fetch_add(len, Ordering::Relaxed);
+                log::error!("store writer has stopped: lost {len} exchanges");
+            }
+        }
+    }
+
+    /// Writes what is queued and stops the thread.
+    pub fn finish(mut self) {
+        self.tx.take();
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            log::error!("the store writer thread panicked");
+        }
+    }
+}
+
+fn write(store: &Store, batch: &Batch, counters: &WriterCounters) {
+    match store.write(batch) {
+        Ok(()) => {
+            counters.batches_written.fetch_add(1, Ordering::Relaxed);
+            counters
+                .exchanges_written
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        }
+        Err(e) => {
+            counters.write_errors.fetch_add(1, Ordering::Relaxed);
+            counters
+                .exchanges_lost_write_error
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            if matches!(e, StoreError::MapFull) {
+                counters.map_full_errors.fetch_add(1, Ordering::Relaxed);
+            }
+            log::error!("store: lost {} exchanges: {e}", batch.len());
+        }
+    }
+}
+
+/// One bounded pruning transaction; true while more old sessions remain.
+fn prune_step(store: &Store, retention: Duration, counters: &WriterCounters) -> bool {
+    let cutoff = now_ns().saturating_sub(retention.as_nanos() as u64);
+    match store.prune(cutoff, PRUNE_STEP) {
+        Ok(report) => {
+            counters
+                .pruned_sessions
+                .fetch_add(report.sessions, Ordering::Relaxed);
+            counters
+                .pruned_exchanges
+                .fetch_add(report.exchanges, Ordering::Relaxed);
+            report.more
+        }
+        Err(e) => {
+            counters.prune_errors.fetch_add(1, Ordering::Relaxed);
+            log::error!("store: pruning failed: {e}");
+            false
+        }
+    }
+}
