@@ -56,7 +56,7 @@ enum Command {
     Sessions(SessionsArgs),
     /// Show one session: who, what, and its request timeline.
     Show(ShowArgs),
-    /// Write stored exchanges as NDJSON or CSV.
+    /// Write stored exchanges as NDJSON, CSV or HAR.
     Export(ExportArgs),
     /// Delete sessions older than the retention period (or --older-than).
     Prune(PruneArgs),
@@ -134,7 +134,7 @@ struct ShowArgs {
 
 #[derive(Args)]
 struct ExportArgs {
-    /// ndjson (one exchange per line, Zeek http.log field names) or csv.
+    /// ndjson (one exchange per line, Zeek http.log field names), csv, or har (HAR 1.2).
     #[arg(long, default_value = "ndjson")]
     format: Format,
     /// Only this session.

@@ -165,6 +165,8 @@ pub fn session_page(s: &SessionSummary, exchanges: &[StoredExchange]) -> String 
 pub enum Format {
     Ndjson,
     Csv,
+    /// HAR 1.2, as browsers' developer tools and HAR viewers open it.
+    Har,
 }
 
 impl std::str::FromStr for Format {
@@ -173,7 +175,8 @@ impl std::str::FromStr for Format {
         match s {
             "ndjson" => Ok(Self::Ndjson),
             "csv" => Ok(Self::Csv),
-            other => Err(format!("unknown format '{other}' (ndjson, csv)")),
+            "har" => Ok(Self::Har),
+            other => Err(format!("unknown format '{other}' (ndjson, csv, har)")),
         }
     }
 }
@@ -223,6 +226,17 @@ impl<W: Write> Exporter<W> {
     pub fn write(&mut self, session_id: &str, exchange: &StoredExchange) -> io::Result<()> {
         let record = exchange.to_json(session_id);
         match self.format {
+            Format::Har => {
+                // Entries are streamed between the log's head and tail: exports can be large.
+                if self.header_done {
+                    self.out.write_all(b",\n")?;
+                } else {
+                    self.header_done = true;
+                    write!(self.out, "{HAR_HEAD}")?;
+                }
+                serde_json::to_writer(&mut self.out, &har_entry(session_id, exchange))
+                    .map_err(io::Error::other)
+            }
             Format::Ndjson => {
                 serde_json::to_writer(&mut self.out, &record)?;
                 self.out.write_all(b"\n")
@@ -246,6 +260,12 @@ impl<W: Write> Exporter<W> {
     }
 
     pub fn finish(mut self) -> io::Result<()> {
+        if self.format == Format::Har {
+            if !self.header_done {
+                write!(self.out, "{HAR_HEAD}")?;
+            }
+            self.out.write_all(b"\n]}}\n")?;
+        }
         self.out.flush()
     }
 }
@@ -256,5 +276,302 @@ fn csv_field(value: &str) -> String {
         format!("\"{}\"", value.replace('"', "\"\""))
     } else {
         value.to_owned()
+    }
+}
+
+const HAR_HEAD: &str = concat!(
+    r#"{"log":{"version":"1.2","creator":{"name":"apisessions","version":""#,
+    env!("CARGO_PKG_VERSION"),
+    r#""},"pages":[],"entries":["#,
+    "\n"
+);
+
+/// One HAR 1.2 entry. Only what is stored can be given: no cookies, no bodies, and of the
+/// headers only User-Agent, Referer and the content types; sizes and timings are real.
+fn har_entry(session_id: &str, e: &StoredExchange) -> serde_json::Value {
+    let ms = |us: Option<u64>| us.map_or(-1.0, |us| us as f64 / 1000.0);
+    let header = |name: &str, value: &Option<String>| {
+        value
+            .as_ref()
+            .map(|v| serde_json::json!({"name": name, "value": v}))
+    };
+    let uri = e.uri.as_deref().unwrap_or("/");
+    let host = e
+        .host
+        .clone()
+        .unwrap_or_else(|| format!("{}:{}", e.server_ip, e.server_port));
+    let query: Vec<serde_json::Value> = uri
+        .split_once('?')
+        .map(|(_, q)| {
+            form_urlencoded::parse(q.as_bytes())
+                .map(|(name, value)| serde_json::json!({"name": name, "value": value}))
+                .collect()
+        })
+        .unwrap_or_default();
+    let version = format!("HTTP/{}", e.version.as_deref().unwrap_or("1.1"));
+    let (ttfb, duration) = (ms(e.ttfb_us), ms(e.duration_us));
+    let request_headers: Vec<serde_json::Value> = [
+        header("Host", &e.host),
+        header("User-Agent", &e.user_agent),
+        header("Referer", &e.referrer),
+        header("Content-Type", &e.request_content_type),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let response_headers: Vec<serde_json::Value> = header("Content-Type", &e.response_content_type)
+        .into_iter()
+        .collect();
+    serde_json::json!({
+        "startedDateTime": rfc3339_ns(e.ts_ns),
+        "time": duration.max(0.0),
+        "request": {
+            "method": e.method.as_deref().unwrap_or(""),
+            "url": format!("http://{host}{uri}"),
+            "httpVersion": version,
+            "cookies": [],
+            "headers": request_headers,
+            "queryString": query,
+            "headersSize": -1,
+            "bodySize": e.request_body_len.map_or(-1, |n| n as i64),
+        },
+        "response": {
+            "status": e.status_code.unwrap_or(0),
+            "statusText": e.status_msg.as_deref().unwrap_or(""),
+            "httpVersion": version,
+            "cookies": [],
+            "headers": response_headers,
+            "content": {
+                "size": e.response_body_len.map_or(0, |n| n as i64),
+                "mimeType": e.response_content_type.as_deref().unwrap_or("x-unknown"),
+            },
+            "redirectURL": "",
+            "headersSize": -1,
+            "bodySize": e.response_body_len.map_or(-1, |n| n as i64),
+        },
+        "cache": {},
+        "timings": {
+            "send": 0,
+            "wait": ttfb.max(0.0),
+            "receive": if duration >= 0.0 && ttfb >= 0.0 { duration - ttfb } else { -1.0 },
+        },
+        "serverIPAddress": e.server_ip,
+        "connection": e.client_port.to_string(),
+        "_session_id": session_id,
+        "_client_ip": e.client_ip,
+        "_truncated": e.request_truncated || e.response_truncated,
+        "_gap": e.gap,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(uri: &str, status: u16) -> StoredExchange {
+        StoredExchange {
+            ts_ns: 1_764_000_000_000_000_000,
+            client_ip: "192.0.2.1".into(),
+            client_port: 40000,
+            server_ip: "10.0.0.1".into(),
+            server_port: 8080,
+            method: Some("GET".into()),
+            host: Some("api.test".into()),
+            uri: Some(uri.into()),
+            endpoint: Some(crate::endpoint::template(uri)),
+            version: Some("1.1".into()),
+            user_agent: Some("ua, with \"quotes\"".into()),
+            referrer: None,
+            request_content_type: None,
+            response_content_type: Some("application/json".into()),
+            status_code: Some(status),
+            status_msg: Some("OK".into()),
+            request_body_len: Some(0),
+            response_body_len: Some(42),
+            ttfb_us: Some(1500),
+            duration_us: Some(2500),
+            request_truncated: false,
+            response_truncated: false,
+            gap: false,
+            params: vec![],
+        }
+    }
+
+    fn export(format: Format, exchanges: &[StoredExchange]) -> String {
+        let mut buf = Vec::new();
+        let mut exporter = Exporter::new(&mut buf, format);
+        for e in exchanges {
+            exporter.write("ab".repeat(16).as_str(), e).unwrap();
+        }
+        exporter.finish().unwrap();
+        String::from_utf8(buf).unwrap()
+    }
+
+    #[test]
+    fn ndjson_round_trips_with_the_design_field_names() {
+        let text = export(Format::Ndjson, &[sample("/users/7?x=1", 200)]);
+        let value: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+        for field in [
+            "ts",
+            "session_id",
+            "client_ip",
+            "client_port",
+            "server_ip",
+            "server_port",
+            "method",
+            "host",
+            "uri",
+            "endpoint",
+            "version",
+            "user_agent",
+            "referrer",
+            "status_code",
+            "status_msg",
+            "request_body_len",
+            "response_body_len",
+            "ttfb_ms",
+            "duration_ms",
+            "request_truncated",
+            "response_truncated",
+            "params",
+        ] {
+            assert!(value.get(field).is_some(), "missing {field}");
+        }
+        assert_eq!(value["endpoint"], "/users/{id}");
+        assert_eq!(value["ttfb_ms"], 1.5);
+        assert_eq!(value["ts"], "2025-11-24T16:00:00.000000Z");
+    }
+
+    #[test]
+    fn csv_has_a_header_and_quotes_what_needs_it() {
+        let text = export(Format::Csv, &[sample("/a", 200), sample("/b", 404)]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert!(lines[0].starts_with("ts,session_id,client_ip"));
+        assert!(
+            lines[1].contains(r#""ua, with ""quotes""""#),
+            "{}",
+            lines[1]
+        );
+        assert_eq!(
+            lines[2].split(',').count(),
+            lines[0].split(',').count() + 1,
+            "the quoted UA holds one comma"
+        );
+    }
+
+    #[test]
+    fn har_is_one_valid_har_1_2_document() {
+        for exchanges in [
+            vec![],
+            vec![sample("/a?q=1&page=2", 200), sample("/b", 500)],
+        ] {
+            let text = export(Format::Har, &exchanges);
+            let har: serde_json::Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(har["log"]["version"], "1.2");
+            assert_eq!(har["log"]["creator"]["name"], "apisessions");
+            let entries = har["log"]["entries"].as_array().unwrap();
+            assert_eq!(entries.len(), exchanges.len());
+            for entry in entries {
+                for field in [
+                    "startedDateTime",
+                    "time",
+                    "request",
+                    "response",
+                    "cache",
+                    "timings",
+                ] {
+                    assert!(entry.get(field).is_some(), "entry without {field}");
+                }
+                for field in [
+                    "method",
+                    "url",
+                    "httpVersion",
+                    "cookies",
+                    "headers",
+                    "queryString",
+                    "headersSize",
+                    "bodySize",
+                ] {
+                    assert!(
+                        entry["request"].get(field).is_some(),
+                        "request without {field}"
+                    );
+                }
+                for field in [
+                    "status",
+                    "statusText",
+                    "httpVersion",
+                    "cookies",
+                    "headers",
+                    "content",
+                    "redirectURL",
+                    "headersSize",
+                    "bodySize",
+                ] {
+                    assert!(
+                        entry["response"].get(field).is_some(),
+                        "response without {field}"
+                    );
+                }
+                assert!(
+                    entry["response"]["content"].get("size").is_some()
+                        && entry["response"]["content"].get("mimeType").is_some()
+                );
+                assert!(entry["timings"]["wait"].as_f64().unwrap() >= 0.0);
+            }
+            if let Some(first) = entries.first() {
+                assert_eq!(first["request"]["url"], "http://api.test/a?q=1&page=2");
+                assert_eq!(first["request"]["queryString"][1]["name"], "page");
+                assert_eq!(first["timings"]["receive"], 1.0);
+            }
+        }
+    }
+
+    #[test]
+    fn tables_have_their_columns() {
+        let summary = SessionSummary {
+            session_id: "ab".repeat(16),
+            start_ns: 1_764_000_000_000_000_000,
+            end_ns: 1_764_000_090_000_000_000,
+            requests: 3,
+            key_kind: "cookie".into(),
+            client_ips: vec!["192.0.2.1".into(), "192.0.2.2".into()],
+            hosts: vec!["api.test".into()],
+            endpoints: vec![("GET /users/{id}".into(), 2), ("POST /login".into(), 1)],
+            ..SessionSummary::default()
+        };
+        let table = sessions_table(std::slice::from_ref(&summary));
+        let mut lines = table.lines();
+        let header = lines.next().unwrap();
+        for column in [
+            "SESSION",
+            "START (UTC)",
+            "DURATION",
+            "REQS",
+            "CLIENT IP",
+            "USER",
+            "HOST",
+            "TOP ENDPOINTS",
+        ] {
+            assert!(header.contains(column), "{header}");
+        }
+        let row = lines.next().unwrap();
+        for cell in [
+            "abab",
+            "2025-11-24T16:00:00Z",
+            "1m30s",
+            "192.0.2.1 +1",
+            "(cookie)",
+            "api.test",
+            "GET /users/{id} ×2",
+        ] {
+            assert!(row.contains(cell), "{cell} in {row}");
+        }
+        let page = session_page(&summary, &[sample("/users/7", 200)]);
+        assert!(
+            page.contains("TIME (UTC)") && page.contains("/users/{id}") && page.contains("1.5"),
+            "{page}"
+        );
     }
 }
