@@ -340,3 +340,95 @@ impl LiveSensor {
         self.handle.join().unwrap()
     }
 }
+
+/// Writes a pcap (raw IPv4 link type) of `exchanges` complete HTTP/1.1 connections, each from
+/// its own client address: handshake, one GET, a 200 response, FIN both ways. The timestamps
+/// advance 100 µs per exchange from `start_s`.
+pub fn write_generated_pcap(path: &Path, exchanges: u32, start_s: u32) {
+    fn checksum_free_ipv4(src: [u8; 4], dst: [u8; 4], tcp: &[u8]) -> Vec<u8> {
+        let total = 20 + tcp.len();
+        let mut ip = vec![
+            0x45,
+            0,
+            (total >> 8) as u8,
+            total as u8,
+            0,
+            0,
+            0x40,
+            0,
+            64,
+            6,
+            0,
+            0,
+        ];
+        ip.extend_from_slice(&src);
+        ip.extend_from_slice(&dst);
+        ip.extend_from_slice(tcp);
+        ip
+    }
+    fn tcp(sport: u16, dport: u16, seq: u32, flags: u8, payload: &[u8]) -> Vec<u8> {
+        let mut t = Vec::with_capacity(20 + payload.len());
+        t.extend_from_slice(&sport.to_be_bytes());
+        t.extend_from_slice(&dport.to_be_bytes());
+        t.extend_from_slice(&seq.to_be_bytes());
+        t.extend_from_slice(&0u32.to_be_bytes());
+        t.extend_from_slice(&[5 << 4, flags, 0xff, 0xff, 0, 0, 0, 0]);
+        t.extend_from_slice(payload);
+        t
+    }
+    let mut out = Vec::new();
+    // Classic pcap, microseconds, snaplen 65535, LINKTYPE_RAW (101).
+    out.extend_from_slice(&0xa1b2_c3d4u32.to_le_bytes());
+    out.extend_from_slice(&[2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    out.extend_from_slice(&65535u32.to_le_bytes());
+    out.extend_from_slice(&101u32.to_le_bytes());
+    let server = [10, 1, 0, 1];
+    let (syn, ack, psh, fin) = (0x02u8, 0x10u8, 0x08u8, 0x01u8);
+    for i in 0..exchanges {
+        let client = [10, 2 + (i >> 16) as u8 % 250, (i >> 8) as u8, i as u8];
+        let port = 40000 + (i % 20000) as u16;
+        let request = format!(
+            "GET /items/{i}?page={} HTTP/1.1\r\nHost: gen\r\nUser-Agent: gen-{}\r\n\r\n",
+            i % 7,
+            i % 50
+        );
+        let response = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+        let (c_isn, s_isn) = (1000u32, 5000u32);
+        let req_len = request.len() as u32;
+        let packets = [
+            (client, server, tcp(port, 80, c_isn, syn, b"")),
+            (server, client, tcp(80, port, s_isn, syn | ack, b"")),
+            (
+                client,
+                server,
+                tcp(port, 80, c_isn + 1, psh | ack, request.as_bytes()),
+            ),
+            (
+                server,
+                client,
+                tcp(80, port, s_isn + 1, psh | ack, response),
+            ),
+            (
+                client,
+                server,
+                tcp(port, 80, c_isn + 1 + req_len, fin | ack, b""),
+            ),
+            (
+                server,
+                client,
+                tcp(80, port, s_isn + 1 + response.len() as u32, fin | ack, b""),
+            ),
+        ];
+        let micros = u64::from(i) * 100;
+        for (n, (src, dst, segment)) in packets.into_iter().enumerate() {
+            let packet = checksum_free_ipv4(src, dst, &segment);
+            let ts_us = micros + n as u64 * 10;
+            out.extend_from_slice(&(start_s + (ts_us / 1_000_000) as u32).to_le_bytes());
+            out.extend_from_slice(&((ts_us % 1_000_000) as u32).to_le_bytes());
+            out.extend_from_slice(&(packet.len() as u32).to_le_bytes());
+            out.extend_from_slice(&(packet.len() as u32).to_le_bytes());
+            out.extend_from_slice(&packet);
+        }
+    }
+    fs::write(path, out).unwrap();
+}
