@@ -31,7 +31,28 @@ const DUMP_LINES_SHOWN: usize = 15;
 struct Namespace {
     name: String,
     children: Vec<Child>,
+    /// Cleans up after this process if it ends without running `Drop` (see `WATCHDOG`).
+    watchdog: Option<Child>,
 }
+
+/// Ctrl-C ends the xtask at once, without running `Drop`, and a named namespace outlives its
+/// processes. This shell waits for its stdin (a pipe from the xtask) to close, which happens
+/// however the xtask ends, then stops what still runs in the namespace and deletes it. It
+/// ignores the signals that end the demo, since it is in the same process group.
+const WATCHDOG: &str = r#"
+trap '' INT TERM HUP
+read -r _
+pids=$(ip netns pids "$1" 2>/dev/null)
+[ -n "$pids" ] && kill -TERM $pids 2>/dev/null
+for _ in 1 2 3 4 5 6 7 8 9 10; do
+    [ -z "$(ip netns pids "$1" 2>/dev/null)" ] && break
+    sleep 0.5
+done
+pids=$(ip netns pids "$1" 2>/dev/null)
+[ -n "$pids" ] && kill -KILL $pids 2>/dev/null
+ip netns del "$1" 2>/dev/null
+exit 0
+"#;
 
 impl Namespace {
     fn create(name: &str) -> Result<Self> {
@@ -40,10 +61,17 @@ impl Namespace {
             .stderr(Stdio::null())
             .status();
         status(Command::new("ip").args(["netns", "add", name]))?;
-        let ns = Self {
+        let mut ns = Self {
             name: name.to_owned(),
             children: Vec::new(),
+            watchdog: None,
         };
+        let watchdog = Command::new("sh")
+            .args(["-c", WATCHDOG, "demo-watchdog", name])
+            .stdin(Stdio::piped())
+            .spawn()
+            .context("starting the namespace's watchdog (sh)")?;
+        ns.watchdog = Some(watchdog);
         status(Command::new("ip").args(["-n", name, "link", "set", "lo", "up"]))?;
         Ok(ns)
     }
@@ -86,11 +114,16 @@ impl Drop for Namespace {
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
             .status();
+        // Nothing is left for the watchdog to do: closing its stdin lets it finish.
+        if let Some(mut watchdog) = self.watchdog.take() {
+            drop(watchdog.stdin.take());
+            let _ = watchdog.wait();
+        }
     }
 }
 
-/// Deletes namespaces that earlier demos left behind: an interrupted demo (Ctrl-C) ends before
-/// its guard runs. The pid in the name tells whether that demo is still running.
+/// Deletes namespaces that earlier demos left behind (if even their watchdog was killed). The
+/// pid in the name tells whether that demo is still running.
 fn remove_stale_namespaces() {
     let Ok(list) = output(Command::new("ip").args(["netns", "list"])) else {
         return;
