@@ -172,6 +172,16 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         self.dispatch("POST")
 
+    # Other methods get a JSON 405 rather than the library's HTML 501 page.
+    def do_PUT(self) -> None:
+        self.dispatch("PUT")
+
+    def do_PATCH(self) -> None:
+        self.dispatch("PATCH")
+
+    def do_DELETE(self) -> None:
+        self.dispatch("DELETE")
+
     def dispatch(self, method: str) -> None:
         # Read the body whatever happens, so the next request on the connection starts cleanly.
         body = self.read_body()
@@ -186,6 +196,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def route(self, method: str, parts: list[str], query: dict[str, list[str]],
               body: bytes) -> tuple[HTTPStatus, object, dict[str, str]]:
+        if method not in ("GET", "POST"):
+            raise ApiError(HTTPStatus.METHOD_NOT_ALLOWED, "method not allowed")
         match method, parts:
             case "GET", ["health"]:
                 return HTTPStatus.OK, {"status": "ok"}, {}

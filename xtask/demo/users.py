@@ -59,10 +59,10 @@ class Client:
         # Seeded per actor: the same run every time, apart from thread interleaving.
         self.rng = random.Random(self.name)
 
-    def request(self, method: str, path: str, expect: int, body: object | None = None,
-                extra: dict[str, str] | None = None) -> tuple[int, object, http.client.HTTPResponse]:
-        headers = {"User-Agent": self.user_agent, "Accept": "application/json", **self.headers,
-                   **(extra or {})}
+    def request(self, method: str, path: str, expect: int,
+                body: object | None = None) -> tuple[int, object, http.client.HTTPResponse]:
+        """Sends one request on the actor's connection; returns the status and the JSON body."""
+        headers = {"User-Agent": self.user_agent, "Accept": "application/json", **self.headers}
         payload = None
         if body is not None:
             payload = json.dumps(body).encode()
@@ -241,7 +241,9 @@ def main() -> int:
     started = time.monotonic()
     threads = []
     for actor, client in zip(cast, clients):
-        thread = threading.Thread(target=play, args=(actor, client), name=actor.name)
+        # Daemon threads: Ctrl-C ends the run instead of waiting for every actor to finish.
+        thread = threading.Thread(target=play, args=(actor, client), name=actor.name,
+                                  daemon=True)
         thread.start()
         threads.append(thread)
         # Staggered starts, as real visitors arrive one after the other.
@@ -271,4 +273,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        sys.exit(130)
