@@ -40,7 +40,7 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Build, then capture real loopback traffic of a demo server in a private network namespace.
+    /// Build, then capture a demo API and its simulated users in a private network namespace.
     Demo,
     /// Run every cargo-fuzz target for a while (installs cargo-fuzz if missing).
     Fuzz {
@@ -63,6 +63,7 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("nginx", "/usr/sbin/nginx"),
     ("iproute2", "/usr/sbin/ip"),
     ("curl", "/usr/bin/curl"),
+    ("python3", "/usr/bin/python3"),
     ("tcpdump", "/usr/bin/tcpdump"),
     ("tshark", "/usr/bin/tshark"),
 ];
