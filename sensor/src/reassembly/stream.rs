@@ -179,6 +179,23 @@ impl Stream {
         };
         let next_seq = match self.next_seq {
             Some(seq) => seq,
+            None if !piece.syn && piece.payload.is_empty() && piece.missing == 0 => {
+                // A direction that only ever says RST or FIN (a refused connection, the tail of
+                // one seen late) carries no data: nothing was missed, so no gap.
+                if piece.rst || piece.fin {
+                    self.ended = true;
+                    let reason = if piece.rst {
+                        EndReason::Reset
+                    } else {
+                        EndReason::Fin
+                    };
+                    out.push(StreamEvent::End {
+                        ts_ns: piece.ts_ns,
+                        reason,
+                    });
+                }
+                return;
+            }
             None => {
                 if !piece.syn {
                     counters.started_mid_stream += 1;
@@ -503,6 +520,15 @@ mod tests {
             &mut out,
         );
         assert_eq!(counters.late_segments, 1);
+    }
+
+    #[test]
+    fn a_refused_connection_is_no_gap() {
+        let mut rst = piece(0, b"");
+        rst.rst = true;
+        let (text, counters) = run(vec![rst]);
+        assert_eq!(text, "|Reset");
+        assert_eq!((counters.gaps, counters.started_mid_stream), (0, 0));
     }
 
     #[test]
