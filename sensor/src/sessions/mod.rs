@@ -399,7 +399,20 @@ impl Sessionizer {
         self.counters.by_kind[decider.kind as usize] += 1;
         let (session, new_session) = self.session_for(actor, &decider, ts);
         self.register_links(exchange, actor);
-        let (user, role) = self.typed_parameters(exchange);
+        let (mut user, role) = self.typed_parameters(exchange);
+        // Without a configured `user` parameter, the identity that Authorization names (a JWT's
+        // subject, the Basic user) is the user.
+        let user_configured = self
+            .config
+            .parameters
+            .iter()
+            .any(|p| p.kind == Some(ParameterKind::User));
+        if user.is_none()
+            && !user_configured
+            && matches!(decider.kind, KeyKind::Jwt | KeyKind::Basic)
+        {
+            user = Some(decider.value.clone());
+        }
         Assignment {
             session_id: session.id,
             key_kind: session.key_kind,

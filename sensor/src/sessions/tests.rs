@@ -249,6 +249,33 @@ fn typed_parameters_give_user_and_role_hashed_when_asked() {
 }
 
 #[test]
+fn without_a_user_parameter_the_jwt_subject_or_basic_user_is_the_user() {
+    let mut s = sessionizer(SessionConfig::default());
+    let bearer = format!("Bearer {}", jwt(r#"{"sub":"dave"}"#));
+    assert_eq!(
+        s.assign(&exchange("192.0.2.11", 0, &[("Authorization", &bearer)]))
+            .user
+            .as_deref(),
+        Some("dave")
+    );
+    let basic = s.assign(&exchange(
+        "192.0.2.11",
+        0,
+        &[("Authorization", "Basic ZXZlOnB3")],
+    ));
+    assert_eq!(basic.user.as_deref(), Some("eve"));
+    assert_eq!(
+        s.assign(&exchange(
+            "192.0.2.11",
+            0,
+            &[("Authorization", "Bearer opaque")]
+        ))
+        .user,
+        None
+    );
+}
+
+#[test]
 fn active_sessions_are_bounded() {
     let mut s = sessionizer(SessionConfig {
         max_active: 3,
