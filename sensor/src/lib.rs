@@ -10,11 +10,19 @@
 //!   and in user space (malformed events).
 //! - [`source`]: capture files (pcap and pcapng, see [`source::PcapSource`]) read into the
 //!   same [`segment::TcpSegment`]s as the live path, with every skipped packet counted.
-//! - reassembly and HTTP/1.x decoding, sessions, the LMDB store and the query CLI come next
-//!   (see `docs/` and the design brief).
+//! - [`reassembly`]: the flow table and, per connection, both directions put back in sequence
+//!   order with gaps made explicit ([`segment::TcpSegment`] in, stream events out).
+//! - [`http`]: the HTTP/1.x decoder (httparse heads, body framing, pipelining, 1xx, upgrades,
+//!   resynchronisation) pairing requests with responses into [`exchange::Exchange`]s.
+//! - [`sessions`]: grouping keys, response-to-request linking, inactivity and day parts, keyed
+//!   session ids; [`endpoint`] templates paths (`/users/{id}`).
+//! - [`store`]: LMDB (heed) with time and secondary indexes, the daemon's writer thread and the
+//!   pruning sweep; records hold no raw secrets.
+//! - Readers: [`report`] (the `sessions` table, the `show` page, NDJSON/CSV/HAR export).
 //!
-//! Around the pipeline: [`stats`] (every stage's counters, shown by `apisessions stats`) and
-//! [`dump`] (the one-line renderings of `apisessions run --dump`).
+//! Around the pipeline: [`config`] (the TOML file), [`import`] (capture files through the same
+//! stages), [`stats`] (every stage's counters, shown by `apisessions stats`) and [`dump`] (the
+//! one-line renderings of `apisessions run --dump`).
 
 pub mod capture;
 pub mod config;
