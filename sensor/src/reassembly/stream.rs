@@ -4,7 +4,7 @@
 //! repeated, overlapping, or never (capture loss, a capture started mid-stream, snaplen cuts).
 //! The stream delivers [`StreamEvent`]s in sequence order: data, explicit gaps for bytes that
 //! were never seen, and the end. Positions are kept as 64-bit offsets from the stream's start,
-//! so 32-bit sequence wrap-around is handled in one place ([`Stream::offset_of`]).
+//! so 32-bit sequence wrap-around is handled in one place (`Stream::offset_of`).
 //!
 //! Out-of-order data waits in a bounded buffer; when the bound is hit, the oldest hole is given up
 //! as a gap so the stream keeps moving (smoltcp's assembler makes the same trade).
