@@ -675,7 +675,8 @@ impl Consumer {
             let (record, assignment) = self.sessionizer.record(&exchange, &self.redaction);
             if self.dump_exchanges && self.output_open {
                 let line = dump::exchange_line(&exchange);
-                let session = &assignment.session_id[..8];
+                let id = &assignment.session_id;
+                let session = id.get(..8).unwrap_or(id);
                 self.output_open = writeln!(self.out, "{line} session={session}").is_ok();
             }
             self.pending.push((record, assignment));
