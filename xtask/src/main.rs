@@ -14,6 +14,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod demo;
 
 #[derive(Parser)]
@@ -50,6 +51,28 @@ enum Task {
         /// Only this target (default: all of them).
         target: Option<String>,
     },
+    /// Measure the sensor: overhead against no capture and tcpdump, and completeness against
+    /// nginx's log (report in target/bench/, results appended to docs/BENCHMARKS.md).
+    Bench {
+        /// Alternating rounds per configuration (default 5; 2 with --quick).
+        #[arg(long)]
+        rounds: Option<u32>,
+        /// Seconds of load per run (default 10; 3 with --quick).
+        #[arg(long)]
+        duration: Option<u64>,
+        /// A short smoke run: fewer rounds, shorter runs, two rate levels; not recorded.
+        #[arg(long)]
+        quick: bool,
+        /// Client and server on one namespace's loopback instead of a veth pair.
+        #[arg(long)]
+        loopback: bool,
+        /// nginx worker processes.
+        #[arg(long, default_value_t = 1)]
+        workers: u32,
+        /// wrk connections at saturation.
+        #[arg(long, default_value_t = 50)]
+        connections: u32,
+    },
     /// Set up, then run the whole test suite (needs root: it loads eBPF programs) and the lints.
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -58,13 +81,16 @@ enum Task {
     },
 }
 
-/// Debian packages the test suite and the demo use.
+/// Debian packages the test suite, the demo and the bench use.
 const TEST_PACKAGES: &[(&str, &str)] = &[
     ("nginx", "/usr/sbin/nginx"),
     ("iproute2", "/usr/sbin/ip"),
     ("curl", "/usr/bin/curl"),
     ("tcpdump", "/usr/bin/tcpdump"),
     ("tshark", "/usr/bin/tshark"),
+    // The bench's load generator and its view of the BPF programs.
+    ("wrk", "/usr/bin/wrk"),
+    ("bpftool", "/usr/sbin/bpftool"),
 ];
 
 /// The nightly that is known to work, for machines without any nightly.
@@ -79,6 +105,23 @@ fn main() {
         Task::Demo => setup().and_then(|()| demo::run()),
         Task::Fuzz { seconds, target } => setup().and_then(|()| fuzz(seconds, target.as_deref())),
         Task::Test { args } => setup().and_then(|()| test(&args)),
+        Task::Bench {
+            rounds,
+            duration,
+            quick,
+            loopback,
+            workers,
+            connections,
+        } => setup().and_then(|()| {
+            bench::run(&bench::Options::new(
+                rounds,
+                duration,
+                quick,
+                loopback,
+                workers,
+                connections,
+            )?)
+        }),
     };
     if let Err(e) = result {
         eprintln!("xtask: {e:#}");

@@ -1,0 +1,935 @@
+//! Medians and spreads over rounds, the targets, and the report in Markdown and JSON.
+
+use std::{
+    collections::BTreeMap, fmt::Write as _, fs, path::Path, process::Command, time::Duration,
+};
+
+use anyhow::{Context as _, Result};
+use serde_json::{Value, json};
+
+use super::{CompletenessOutcome, CompletenessRun, Config, Options, OverheadRun};
+
+/// Where and when the run happened.
+#[derive(Clone, Debug)]
+pub struct Machine {
+    pub date: String,
+    pub cpu_model: String,
+    pub cpus: usize,
+    pub kernel: String,
+    pub memory_gib: f64,
+    pub load_at_start: String,
+    pub commit: String,
+    pub nginx: String,
+    pub wrk: String,
+    pub tcpdump: String,
+}
+
+impl Machine {
+    /// Best effort: a figure that cannot be read says "unknown" rather than stopping the bench.
+    pub fn read() -> Self {
+        let text = |cmd: &mut Command| {
+            crate::output(cmd)
+                .map(|s| s.trim().to_owned())
+                .unwrap_or_else(|_| "unknown".to_owned())
+        };
+        let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let meminfo = fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let commit = text(
+            Command::new("git")
+                .args(["-C"])
+                .arg(crate::workspace_root())
+                .args(["describe", "--always", "--dirty"]),
+        );
+        // nginx and tcpdump print their version on stderr, wrk on stdout with a non-zero exit.
+        let version = |program: &str, arg: &str| {
+            Command::new(program)
+                .arg(arg)
+                .output()
+                .ok()
+                .and_then(|out| {
+                    let all = format!(
+                        "{}{}",
+                        String::from_utf8_lossy(&out.stdout),
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                    all.lines().next().map(|l| l.trim().to_owned())
+                })
+                .unwrap_or_else(|| "unknown".to_owned())
+        };
+        Self {
+            date: text(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"])),
+            cpu_model: cpuinfo
+                .lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map_or("unknown".to_owned(), |(_, v)| v.trim().to_owned()),
+            cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
+            kernel: text(Command::new("uname").arg("-r")),
+            memory_gib: meminfo
+                .lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+                .map_or(0.0, |kib| kib / 1024.0 / 1024.0),
+            load_at_start: fs::read_to_string("/proc/loadavg")
+                .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+                .unwrap_or_else(|_| "unknown".to_owned()),
+            commit,
+            nginx: version("/usr/sbin/nginx", "-v"),
+            wrk: version("wrk", "--version")
+                .split(" Copyright")
+                .next()
+                .unwrap_or("unknown")
+                .to_owned(),
+            tcpdump: version("tcpdump", "--version"),
+        }
+    }
+
+    fn line(&self) -> String {
+        format!(
+            "{}, {} CPUs, {:.0} GiB, Linux {}; load average at start {}",
+            self.cpu_model, self.cpus, self.memory_gib, self.kernel, self.load_at_start
+        )
+    }
+}
+
+/// Median and range of one figure over the rounds.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Spread {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+    pub n: usize,
+}
+
+impl Spread {
+    pub fn of(values: impl IntoIterator<Item = f64>) -> Self {
+        let mut v: Vec<f64> = values.into_iter().filter(|x| x.is_finite()).collect();
+        if v.is_empty() {
+            return Self::default();
+        }
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        let median = if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        };
+        Self {
+            median,
+            min: v[0],
+            max: v[n - 1],
+            n,
+        }
+    }
+
+    fn show(&self, decimals: usize) -> String {
+        format!(
+            "{} ({}–{})",
+            num(self.median, decimals),
+            num(self.min, decimals),
+            num(self.max, decimals)
+        )
+    }
+
+    fn json(&self) -> Value {
+        json!({ "median": self.median, "min": self.min, "max": self.max, "rounds": self.n })
+    }
+}
+
+/// A number with thousands separators.
+fn num(value: f64, decimals: usize) -> String {
+    let text = format!("{value:.decimals$}");
+    let (int, frac) = text
+        .split_once('.')
+        .map_or((text.as_str(), ""), |(i, f)| (i, f));
+    let (sign, digits) = int.strip_prefix('-').map_or(("", int), |d| ("-", d));
+    let mut grouped = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            grouped.push(',');
+        }
+        grouped.push(c);
+    }
+    if frac.is_empty() {
+        format!("{sign}{grouped}")
+    } else {
+        format!("{sign}{grouped}.{frac}")
+    }
+}
+
+pub struct Report {
+    pub options: Options,
+    pub machine: Machine,
+    pub command: String,
+    pub topology: String,
+    pub overhead: Vec<OverheadRun>,
+    pub completeness: CompletenessOutcome,
+    pub elapsed: Duration,
+}
+
+/// The overhead phase reduced to figures.
+struct OverheadSummary {
+    rate: BTreeMap<&'static str, Spread>,
+    p99_us: BTreeMap<&'static str, Spread>,
+    /// Same-round ratios against no capture.
+    rate_ratio: BTreeMap<&'static str, Spread>,
+    p99_ratio: BTreeMap<&'static str, Spread>,
+    /// Sensor CPU per exchange, µs: user, sys, bpf, total.
+    sensor_us: [Spread; 4],
+    sensor_rss_mib: Spread,
+    /// Decoded exchanges over wrk's completed requests.
+    sensor_decoded_ratio: Spread,
+    sensor_losses: BTreeMap<String, u64>,
+    /// Per BPF program: runs per exchange and ns per run.
+    bpf: BTreeMap<String, (Spread, Spread)>,
+    tcpdump_us: Spread,
+    tcpdump_rss_mib: Spread,
+    tcpdump_dropped: u64,
+    tcpdump_captured: u64,
+    tcpdump_file_mib: Spread,
+}
+
+fn summarize_overhead(runs: &[OverheadRun]) -> OverheadSummary {
+    let of = |config: Config| runs.iter().filter(move |r| r.config == config);
+    let mut rate = BTreeMap::new();
+    let mut p99_us = BTreeMap::new();
+    let mut rate_ratio = BTreeMap::new();
+    let mut p99_ratio = BTreeMap::new();
+    for config in Config::ALL {
+        rate.insert(config.name(), Spread::of(of(config).map(|r| r.wrk.rate())));
+        p99_us.insert(config.name(), Spread::of(of(config).map(|r| r.wrk.p99_us)));
+        if config == Config::None {
+            continue;
+        }
+        let pairs: Vec<(&OverheadRun, &OverheadRun)> = of(config)
+            .filter_map(|r| {
+                of(Config::None)
+                    .find(|base| base.round == r.round)
+                    .map(|base| (r, base))
+            })
+            .collect();
+        rate_ratio.insert(
+            config.name(),
+            Spread::of(pairs.iter().map(|(r, b)| r.wrk.rate() / b.wrk.rate())),
+        );
+        p99_ratio.insert(
+            config.name(),
+            Spread::of(pairs.iter().map(|(r, b)| r.wrk.p99_us / b.wrk.p99_us)),
+        );
+    }
+    let sensors: Vec<(&OverheadRun, &super::SensorRun)> = of(Config::Sensor)
+        .filter_map(|r| r.sensor.as_ref().map(|s| (r, s)))
+        .collect();
+    let per_exchange = |f: &dyn Fn(&super::SensorRun) -> u64| {
+        Spread::of(
+            sensors
+                .iter()
+                .map(|(_, s)| f(s) as f64 / s.exchanges().max(1) as f64 / 1e3),
+        )
+    };
+    let sensor_us = [
+        per_exchange(&|s| s.cpu.user_ns),
+        per_exchange(&|s| s.cpu.sys_ns),
+        per_exchange(&|s| s.bpf_ns()),
+        per_exchange(&|s| s.cpu.user_ns + s.cpu.sys_ns + s.bpf_ns()),
+    ];
+    let mut sensor_losses = BTreeMap::new();
+    let mut bpf_values: BTreeMap<String, (Vec<f64>, Vec<f64>)> = BTreeMap::new();
+    for (_, sensor) in &sensors {
+        for (name, value) in sensor.counters.losses() {
+            *sensor_losses.entry(name).or_default() += value;
+        }
+        for prog in &sensor.bpf {
+            let entry = bpf_values.entry(prog.name.clone()).or_default();
+            entry
+                .0
+                .push(prog.run_cnt as f64 / sensor.exchanges().max(1) as f64);
+            if prog.run_cnt > 0 {
+                entry.1.push(prog.run_time_ns as f64 / prog.run_cnt as f64);
+            }
+        }
+    }
+    let tcpdumps: Vec<(&OverheadRun, &super::TcpdumpRun)> = of(Config::Tcpdump)
+        .filter_map(|r| r.tcpdump.as_ref().map(|t| (r, t)))
+        .collect();
+    OverheadSummary {
+        rate,
+        p99_us,
+        rate_ratio,
+        p99_ratio,
+        sensor_us,
+        sensor_rss_mib: Spread::of(sensors.iter().map(|(_, s)| s.peak_rss_kib as f64 / 1024.0)),
+        sensor_decoded_ratio: Spread::of(
+            sensors
+                .iter()
+                .map(|(r, s)| s.exchanges() as f64 / r.wrk.requests.max(1) as f64),
+        ),
+        sensor_losses,
+        bpf: bpf_values
+            .into_iter()
+            .map(|(name, (runs, ns))| (name, (Spread::of(runs), Spread::of(ns))))
+            .collect(),
+        tcpdump_us: Spread::of(tcpdumps.iter().map(|(r, t)| {
+            (t.cpu.user_ns + t.cpu.sys_ns) as f64 / r.wrk.requests.max(1) as f64 / 1e3
+        })),
+        tcpdump_rss_mib: Spread::of(tcpdumps.iter().map(|(_, t)| t.peak_rss_kib as f64 / 1024.0)),
+        tcpdump_dropped: tcpdumps.iter().map(|(_, t)| t.dropped).sum(),
+        tcpdump_captured: tcpdumps.iter().map(|(_, t)| t.captured).sum(),
+        tcpdump_file_mib: Spread::of(
+            tcpdumps
+                .iter()
+                .map(|(_, t)| t.file_bytes as f64 / 1048576.0),
+        ),
+    }
+}
+
+/// One completeness level over all rounds.
+struct LevelSummary {
+    fraction: f64,
+    target_rate: Option<f64>,
+    connections: u32,
+    rate: Spread,
+    logged: u64,
+    decoded: u64,
+    matched: u64,
+    without_response: u64,
+    missing: u64,
+    extra: u64,
+    /// Lowest per-round share of logged lines matched.
+    worst: f64,
+    complete_runs: usize,
+    explained_runs: usize,
+    unexplained_runs: usize,
+    losses: BTreeMap<String, u64>,
+    by_method: BTreeMap<String, (u64, u64)>,
+    by_status: BTreeMap<String, (u64, u64)>,
+    examples: Vec<String>,
+    kept: Vec<String>,
+}
+
+impl LevelSummary {
+    fn completeness(&self) -> f64 {
+        if self.logged == 0 {
+            0.0
+        } else {
+            self.matched as f64 / self.logged as f64
+        }
+    }
+}
+
+fn summarize_levels(options: &Options, runs: &[CompletenessRun]) -> Vec<LevelSummary> {
+    options
+        .levels
+        .iter()
+        .enumerate()
+        .map(|(level, fraction)| {
+            let mine: Vec<&CompletenessRun> = runs.iter().filter(|r| r.level == level).collect();
+            let sum = |f: &dyn Fn(&CompletenessRun) -> u64| mine.iter().map(|r| f(r)).sum::<u64>();
+            let mut losses = BTreeMap::new();
+            let mut by_method: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+            let mut by_status: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+            let mut examples = Vec::new();
+            for run in &mine {
+                for (name, value) in &run.losses {
+                    *losses.entry(name.clone()).or_default() += value;
+                }
+                for (key, (logged, matched)) in &run.tally.by_method {
+                    let e = by_method.entry(key.clone()).or_default();
+                    e.0 += logged;
+                    e.1 += matched;
+                }
+                for (key, (logged, matched)) in &run.tally.by_status {
+                    let e = by_status.entry(key.clone()).or_default();
+                    e.0 += logged;
+                    e.1 += matched;
+                }
+                for example in &run.tally.examples {
+                    if examples.len() < 6 {
+                        examples.push(format!("round {}: {example}", run.round + 1));
+                    }
+                }
+            }
+            LevelSummary {
+                fraction: *fraction,
+                target_rate: mine.first().and_then(|r| r.target_rate),
+                connections: mine.first().map_or(0, |r| r.connections),
+                rate: Spread::of(mine.iter().map(|r| r.wrk.rate())),
+                logged: sum(&|r| r.tally.logged),
+                decoded: sum(&|r| r.tally.decoded),
+                matched: sum(&|r| r.tally.matched),
+                without_response: sum(&|r| r.tally.without_response),
+                missing: sum(&|r| r.tally.missing),
+                extra: sum(&|r| r.tally.extra),
+                worst: mine
+                    .iter()
+                    .map(|r| r.tally.matched as f64 / r.tally.logged.max(1) as f64)
+                    .fold(f64::INFINITY, f64::min),
+                complete_runs: mine.iter().filter(|r| r.verdict() == "complete").count(),
+                explained_runs: mine.iter().filter(|r| r.verdict() == "explained").count(),
+                unexplained_runs: mine.iter().filter(|r| r.verdict() == "UNEXPLAINED").count(),
+                losses,
+                by_method,
+                by_status,
+                examples,
+                kept: mine
+                    .iter()
+                    .filter_map(|r| r.kept_files.as_ref().map(|p| p.display().to_string()))
+                    .collect(),
+            }
+        })
+        .collect()
+}
+
+/// A target and how the run fared against it.
+struct Target {
+    name: &'static str,
+    target: String,
+    measured: String,
+    /// None: not measured.
+    met: Option<bool>,
+    note: String,
+}
+
+fn targets(overhead: &OverheadSummary, levels: &[LevelSummary]) -> Vec<Target> {
+    let mut list = Vec::new();
+    let loss = |name: &str| {
+        overhead
+            .rate_ratio
+            .get(name)
+            .map_or(f64::NAN, |s| (1.0 - s.median) * 100.0)
+    };
+    let sensor_loss = loss("apisessions");
+    let tcpdump_loss = loss("tcpdump");
+    list.push(Target {
+        name: "throughput loss at saturation",
+        target: "≤ 5 % (stretch ≤ 2 %)".into(),
+        measured: format!("{sensor_loss:.1} %"),
+        met: Some(sensor_loss <= 5.0),
+        note: if sensor_loss <= 2.0 {
+            "stretch goal met".into()
+        } else if sensor_loss <= 5.0 {
+            format!("stretch goal missed by {:.1} points", sensor_loss - 2.0)
+        } else {
+            format!("missed by {:.1} points", sensor_loss - 5.0)
+        },
+    });
+    list.push(Target {
+        name: "throughput loss below tcpdump's",
+        target: format!("< {tcpdump_loss:.1} % (tcpdump -w)"),
+        measured: format!("{sensor_loss:.1} %"),
+        met: Some(sensor_loss < tcpdump_loss),
+        note: if sensor_loss < tcpdump_loss {
+            format!("{:.1} points less", tcpdump_loss - sensor_loss)
+        } else {
+            format!("{:.1} points more", sensor_loss - tcpdump_loss)
+        },
+    });
+    let cpu = overhead.sensor_us[3].median;
+    list.push(Target {
+        name: "sensor CPU per exchange (user + sys + BPF)",
+        target: "≤ 5 µs".into(),
+        measured: format!("{cpu:.2} µs"),
+        met: Some(cpu <= 5.0),
+        note: if cpu <= 5.0 {
+            format!("{:.0} % of the budget", cpu / 5.0 * 100.0)
+        } else {
+            format!(
+                "missed by {:.2} µs ({:.0} % over)",
+                cpu - 5.0,
+                (cpu / 5.0 - 1.0) * 100.0
+            )
+        },
+    });
+    let logged: u64 = levels.iter().map(|l| l.logged).sum();
+    let matched: u64 = levels.iter().map(|l| l.matched).sum();
+    let extra: u64 = levels.iter().map(|l| l.extra).sum();
+    let unexplained: usize = levels.iter().map(|l| l.unexplained_runs).sum();
+    let complete = matched == logged && extra == 0;
+    list.push(Target {
+        name: "completeness, zero unexplained loss",
+        target: "100 %, 0 unexplained".into(),
+        measured: format!(
+            "{:.4} % ({} of {} logged; {} decoded not logged); {} unexplained run(s)",
+            matched as f64 / logged.max(1) as f64 * 100.0,
+            num(matched as f64, 0),
+            num(logged as f64, 0),
+            extra,
+            unexplained
+        ),
+        met: Some(complete && unexplained == 0),
+        note: if complete {
+            "every logged request decoded with its method, URI and status".into()
+        } else if unexplained == 0 {
+            format!(
+                "missed by {} exchange(s), all explained by loss counters",
+                logged - matched
+            )
+        } else {
+            format!(
+                "missed by {} exchange(s); {unexplained} run(s) lost data no counter explains",
+                logged - matched
+            )
+        },
+    });
+    list.push(Target {
+        name: "import throughput vs tshark",
+        target: "≥ 10×".into(),
+        measured: "not measured".into(),
+        met: None,
+        note: "part 3 of the bench issue, not implemented yet".into(),
+    });
+    list
+}
+
+fn verdict(met: Option<bool>) -> &'static str {
+    match met {
+        Some(true) => "met",
+        Some(false) => "MISSED",
+        None => "—",
+    }
+}
+
+impl Report {
+    pub fn render(&self) -> Result<(String, Value)> {
+        let overhead = summarize_overhead(&self.overhead);
+        let levels = summarize_levels(&self.options, &self.completeness.runs);
+        let targets = targets(&overhead, &levels);
+        let o = &self.options;
+        let m = &self.machine;
+        let mut md = String::new();
+        writeln!(md, "# apisessions bench, {}\n", m.date)?;
+        writeln!(md, "- Machine: {}", m.line())?;
+        writeln!(md, "- Commit: {}", m.commit)?;
+        writeln!(md, "- Command: `{}`", self.command)?;
+        writeln!(
+            md,
+            "- Setup: {}. {} ({} worker process{}), {} (1 thread, {} connections), {}.",
+            self.topology,
+            m.nginx,
+            o.workers,
+            if o.workers == 1 { "" } else { "es" },
+            m.wrk,
+            o.connections,
+            m.tcpdump
+        )?;
+        writeln!(
+            md,
+            "- Rounds: {} × {} s per configuration, alternating (none, apisessions, tcpdump, none, …); \
+             figures are median (min–max) over the rounds; ratios pair each run with the uncaptured \
+             run of its round. Total time {:.0} s.{}\n",
+            o.rounds,
+            o.duration.as_secs(),
+            self.elapsed.as_secs_f64(),
+            if o.quick {
+                " **Quick smoke run: not a result.**"
+            } else {
+                ""
+            }
+        )?;
+
+        writeln!(md, "## Targets\n")?;
+        writeln!(md, "| target | goal | measured | verdict | |")?;
+        writeln!(md, "|---|---|---|---|---|")?;
+        for t in &targets {
+            writeln!(
+                md,
+                "| {} | {} | {} | {} | {} |",
+                t.name,
+                t.target,
+                t.measured,
+                verdict(t.met),
+                t.note
+            )?;
+        }
+
+        writeln!(md, "\n## 1. Overhead at saturation\n")?;
+        writeln!(
+            md,
+            "wrk fetches `{}` (a {}-byte JSON file) over keep-alive connections as fast as nginx \
+             answers; nginx does not log in this phase (the fastest server shows the capture's \
+             share at its largest). The sensor runs `apisessions run --iface IF --port {}` \
+             (decoding every exchange, no `--dump`); BPF run-time statistics are on during its \
+             rounds only (their small cost is in its figures). tcpdump runs `tcpdump -i IF -w \
+             FILE tcp port {}`.\n",
+            super::host::OVERHEAD_PATH,
+            super::host::OVERHEAD_BODY_LEN,
+            super::PORT,
+            super::PORT
+        )?;
+        writeln!(
+            md,
+            "| configuration | requests/s | p99 latency (µs) | throughput vs none | p99 vs none |"
+        )?;
+        writeln!(md, "|---|---|---|---|---|")?;
+        for config in Config::ALL {
+            let name = config.name();
+            let ratio = |map: &BTreeMap<&str, Spread>| {
+                map.get(name).map_or("—".to_owned(), |s| s.show(3))
+            };
+            writeln!(
+                md,
+                "| {name} | {} | {} | {} | {} |",
+                overhead.rate[name].show(0),
+                overhead.p99_us[name].show(0),
+                ratio(&overhead.rate_ratio),
+                ratio(&overhead.p99_ratio)
+            )?;
+        }
+        let [user, sys, bpf, total] = &overhead.sensor_us;
+        writeln!(
+            md,
+            "\nSensor cost, per exchange decoded (µs; × 1000 = µs per 1000 exchanges):\n"
+        )?;
+        writeln!(md, "| user | sys | BPF programs | total | peak RSS (MiB) |")?;
+        writeln!(md, "|---|---|---|---|---|")?;
+        writeln!(
+            md,
+            "| {} | {} | {} | {} | {} |",
+            user.show(2),
+            sys.show(2),
+            bpf.show(2),
+            total.show(2),
+            overhead.sensor_rss_mib.show(1)
+        )?;
+        if !overhead.bpf.is_empty() {
+            writeln!(md, "\n| BPF program | runs per exchange | ns per run |")?;
+            writeln!(md, "|---|---|---|")?;
+            for (name, (runs, ns)) in &overhead.bpf {
+                writeln!(md, "| {name} | {} | {} |", runs.show(2), ns.show(0))?;
+            }
+        }
+        writeln!(
+            md,
+            "\nDecoded at saturation: exchanges / wrk's completed requests = {}; loss counters in \
+             these runs: {}.",
+            overhead.sensor_decoded_ratio.show(4),
+            list_counters(&overhead.sensor_losses)
+        )?;
+        writeln!(
+            md,
+            "\ntcpdump: {} µs CPU per request (its own user + sys; the kernel's copies into its \
+             socket are not in it), peak RSS {} MiB, {} of {} packets dropped by the kernel, \
+             {} MiB written per run.",
+            overhead.tcpdump_us.show(2),
+            overhead.tcpdump_rss_mib.show(1),
+            num(overhead.tcpdump_dropped as f64, 0),
+            num(
+                (overhead.tcpdump_captured + overhead.tcpdump_dropped) as f64,
+                0
+            ),
+            overhead.tcpdump_file_mib.show(0)
+        )?;
+
+        writeln!(md, "\n## 2. Completeness\n")?;
+        writeln!(
+            md,
+            "{} s per run. A mix of GET (200, 304, 404; JSON, a small file, a 16 KiB page), POST (201), DELETE \
+             (204) and PUT (405), each request with a unique URI, at rising rates: fractions of the mix's own saturation \
+             rate ({} requests/s, measured without capture), each connection pausing {} ms \
+             before a request, then unpaced. nginx logs `$request_method $request_uri $status` \
+             per request; `apisessions run --dump` prints one line per decoded exchange; every \
+             logged line is matched by method, URI and status. A run with a difference is \
+             *explained* when a loss counter moved, *UNEXPLAINED* otherwise.\n",
+            super::completeness_duration(o).as_secs(),
+            num(self.completeness.saturation, 0),
+            super::PACING_MS
+        )?;
+        writeln!(
+            md,
+            "| level | offered | achieved requests/s | logged | matched | no response | missing | \
+             decoded, not logged | completeness (worst round) | runs complete / explained / UNEXPLAINED | loss counters |"
+        )?;
+        writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|")?;
+        for (i, level) in levels.iter().enumerate() {
+            writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {:.4} % ({:.4} %) | {} / {} / {} | {} |",
+                i + 1,
+                match level.target_rate {
+                    Some(rate) => format!(
+                        "{:.0} % ≈ {} /s, {} conns",
+                        level.fraction * 100.0,
+                        num(rate, 0),
+                        level.connections
+                    ),
+                    None => format!("saturation, {} conns", level.connections),
+                },
+                level.rate.show(0),
+                num(level.logged as f64, 0),
+                num(level.matched as f64, 0),
+                level.without_response,
+                level.missing,
+                level.extra,
+                level.completeness() * 100.0,
+                level.worst * 100.0,
+                level.complete_runs,
+                level.explained_runs,
+                level.unexplained_runs,
+                list_counters(&level.losses)
+            )?;
+        }
+        let mut by_method: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+        let mut by_status: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+        for level in &levels {
+            for (k, (a, b)) in &level.by_method {
+                let e = by_method.entry(k.clone()).or_default();
+                e.0 += a;
+                e.1 += b;
+            }
+            for (k, (a, b)) in &level.by_status {
+                let e = by_status.entry(k.clone()).or_default();
+                e.0 += a;
+                e.1 += b;
+            }
+        }
+        let split = |map: &BTreeMap<String, (u64, u64)>| {
+            map.iter()
+                .map(|(k, (logged, matched))| {
+                    format!("{k} {}/{}", num(*matched as f64, 0), num(*logged as f64, 0))
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        writeln!(
+            md,
+            "\nMatched / logged, all levels: by method {}; by status {}.",
+            split(&by_method),
+            split(&by_status)
+        )?;
+        let examples: Vec<&String> = levels.iter().flat_map(|l| &l.examples).take(8).collect();
+        if !examples.is_empty() {
+            writeln!(md, "\nExamples of differences:\n")?;
+            for example in examples {
+                writeln!(md, "- `{example}`")?;
+            }
+            let kept: Vec<&String> = levels.iter().flat_map(|l| &l.kept).collect();
+            writeln!(
+                md,
+                "\nThe logs and dumps of those runs are kept in {}.",
+                kept.iter()
+                    .map(|k| format!("`{k}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )?;
+        }
+        writeln!(md, "\n## Reproduce\n\n```sh\n{}\n```", self.command)?;
+
+        let json = json!({
+            "date": m.date,
+            "machine": {
+                "cpu_model": m.cpu_model, "cpus": m.cpus, "kernel": m.kernel,
+                "memory_gib": m.memory_gib, "load_at_start": m.load_at_start,
+            },
+            "commit": m.commit,
+            "command": self.command,
+            "topology": self.topology,
+            "tools": { "nginx": m.nginx, "wrk": m.wrk, "tcpdump": m.tcpdump },
+            "options": {
+                "rounds": o.rounds, "duration_s": o.duration.as_secs(), "quick": o.quick,
+                "loopback": o.loopback, "nginx_workers": o.workers, "connections": o.connections,
+                "levels": o.levels,
+            },
+            "elapsed_s": self.elapsed.as_secs_f64(),
+            "targets": targets.iter().map(|t| json!({
+                "name": t.name, "target": t.target, "measured": t.measured,
+                "met": t.met, "note": t.note,
+            })).collect::<Vec<_>>(),
+            "overhead": {
+                "summary": {
+                    "requests_per_s": overhead.rate.iter().map(|(k, v)| (k.to_string(), v.json())).collect::<serde_json::Map<_, _>>(),
+                    "p99_us": overhead.p99_us.iter().map(|(k, v)| (k.to_string(), v.json())).collect::<serde_json::Map<_, _>>(),
+                    "throughput_ratio": overhead.rate_ratio.iter().map(|(k, v)| (k.to_string(), v.json())).collect::<serde_json::Map<_, _>>(),
+                    "p99_ratio": overhead.p99_ratio.iter().map(|(k, v)| (k.to_string(), v.json())).collect::<serde_json::Map<_, _>>(),
+                    "sensor_us_per_exchange": {
+                        "user": user.json(), "sys": sys.json(), "bpf": bpf.json(), "total": total.json(),
+                    },
+                    "sensor_peak_rss_mib": overhead.sensor_rss_mib.json(),
+                    "sensor_decoded_ratio": overhead.sensor_decoded_ratio.json(),
+                    "sensor_losses": overhead.sensor_losses,
+                    "bpf_programs": overhead.bpf.iter().map(|(k, (runs, ns))| (k.clone(), json!({
+                        "runs_per_exchange": runs.json(), "ns_per_run": ns.json(),
+                    }))).collect::<serde_json::Map<_, _>>(),
+                    "tcpdump_us_per_request": overhead.tcpdump_us.json(),
+                    "tcpdump_peak_rss_mib": overhead.tcpdump_rss_mib.json(),
+                    "tcpdump_dropped": overhead.tcpdump_dropped,
+                    "tcpdump_captured": overhead.tcpdump_captured,
+                },
+                "runs": self.overhead.iter().map(overhead_run_json).collect::<Vec<_>>(),
+            },
+            "completeness": {
+                "mix_saturation_per_s": self.completeness.saturation,
+                "pacing_ms": super::PACING_MS,
+                "levels": levels.iter().map(|l| json!({
+                    "fraction": l.fraction, "target_rate": l.target_rate, "connections": l.connections,
+                    "achieved_per_s": l.rate.json(), "logged": l.logged, "decoded": l.decoded,
+                    "matched": l.matched, "without_response": l.without_response,
+                    "missing": l.missing, "extra": l.extra, "completeness": l.completeness(),
+                    "worst_round": l.worst, "runs_complete": l.complete_runs,
+                    "runs_explained": l.explained_runs, "runs_unexplained": l.unexplained_runs,
+                    "losses": l.losses, "by_method": l.by_method, "by_status": l.by_status,
+                    "examples": l.examples,
+                })).collect::<Vec<_>>(),
+                "runs": self.completeness.runs.iter().map(|r| json!({
+                    "round": r.round, "level": r.level, "connections": r.connections,
+                    "wrk": wrk_json(&r.wrk), "logged": r.tally.logged, "decoded": r.tally.decoded,
+                    "matched": r.tally.matched, "without_response": r.tally.without_response,
+                    "missing": r.tally.missing, "extra": r.tally.extra, "verdict": r.verdict(),
+                    "counters": r.counters.to_json(),
+                })).collect::<Vec<_>>(),
+            },
+        });
+        Ok((md, json))
+    }
+
+    /// Appends this run's table to docs/BENCHMARKS.md, after the results already there.
+    pub fn append_to_benchmarks(&self, path: &Path) -> Result<()> {
+        let overhead = summarize_overhead(&self.overhead);
+        let levels = summarize_levels(&self.options, &self.completeness.runs);
+        let targets = targets(&overhead, &levels);
+        let mut text = match fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(_) => BENCHMARKS_HEADER.to_owned(),
+        };
+        if !text.ends_with('\n') {
+            text.push('\n');
+        }
+        let m = &self.machine;
+        writeln!(text, "\n## {} · {}\n", m.date, m.commit)?;
+        writeln!(text, "- Machine: {}", m.line())?;
+        writeln!(
+            text,
+            "- Command: `{}` ({} rounds × {} s, {:.0} s in all)",
+            self.command,
+            self.options.rounds,
+            self.options.duration.as_secs(),
+            self.elapsed.as_secs_f64()
+        )?;
+        writeln!(
+            text,
+            "- Setup: {}; nginx {} worker(s), wrk 1 thread × {} connections\n",
+            self.topology, self.options.workers, self.options.connections
+        )?;
+        writeln!(text, "| figure | median (min–max) |")?;
+        writeln!(text, "|---|---|")?;
+        for config in Config::ALL {
+            let name = config.name();
+            writeln!(
+                text,
+                "| requests/s, {name} | {} |",
+                overhead.rate[name].show(0)
+            )?;
+        }
+        for config in [Config::Sensor, Config::Tcpdump] {
+            let name = config.name();
+            if let (Some(rate), Some(p99)) =
+                (overhead.rate_ratio.get(name), overhead.p99_ratio.get(name))
+            {
+                writeln!(text, "| throughput / none, {name} | {} |", rate.show(3))?;
+                writeln!(text, "| p99 latency / none, {name} | {} |", p99.show(3))?;
+            }
+        }
+        let [user, sys, bpf, total] = &overhead.sensor_us;
+        writeln!(
+            text,
+            "| sensor µs per exchange: user / sys / BPF | {} / {} / {} |",
+            user.show(2),
+            sys.show(2),
+            bpf.show(2)
+        )?;
+        writeln!(
+            text,
+            "| sensor µs per exchange, total | {} |",
+            total.show(2)
+        )?;
+        writeln!(
+            text,
+            "| sensor peak RSS (MiB) | {} |",
+            overhead.sensor_rss_mib.show(1)
+        )?;
+        writeln!(
+            text,
+            "| tcpdump µs per request (user + sys) | {} |",
+            overhead.tcpdump_us.show(2)
+        )?;
+        for (i, level) in levels.iter().enumerate() {
+            writeln!(
+                text,
+                "| completeness, level {} ({}; {} req/s) | {:.4} % of {} ({} unexplained runs) |",
+                i + 1,
+                level
+                    .target_rate
+                    .map_or("saturation".to_owned(), |_| format!(
+                        "{:.0} %",
+                        level.fraction * 100.0
+                    )),
+                num(level.rate.median, 0),
+                level.completeness() * 100.0,
+                num(level.logged as f64, 0),
+                level.unexplained_runs
+            )?;
+        }
+        writeln!(text, "\n| target | goal | measured | verdict |")?;
+        writeln!(text, "|---|---|---|---|")?;
+        for t in &targets {
+            writeln!(
+                text,
+                "| {} | {} | {} | {} ({}) |",
+                t.name,
+                t.target,
+                t.measured,
+                verdict(t.met),
+                t.note
+            )?;
+        }
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        }
+        fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+    }
+}
+
+const BENCHMARKS_HEADER: &str = "# Benchmarks\n\n\
+Results of `cargo xtask bench` (xtask/src/bench/), newest last; earlier results stay. Each \
+figure is the median (min–max) over alternating rounds of the same run. The full report of a \
+run is in `target/bench/report.md` and `report.json`. Targets (from the bench issue): \
+throughput loss at saturation ≤ 5 % (stretch 2 %) and below tcpdump's; sensor CPU ≤ 5 µs per \
+exchange, kernel and user space together; completeness 100 % with zero unexplained loss; import \
+≥ 10× tshark.\n";
+
+fn list_counters(map: &BTreeMap<String, u64>) -> String {
+    if map.is_empty() {
+        "none".to_owned()
+    } else {
+        map.iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+fn wrk_json(w: &super::WrkResult) -> Value {
+    json!({
+        "requests": w.requests, "seconds": w.seconds, "errors": w.errors,
+        "requests_per_s": w.rate(), "p50_us": w.p50_us, "p99_us": w.p99_us, "max_us": w.max_us,
+    })
+}
+
+fn overhead_run_json(run: &OverheadRun) -> Value {
+    json!({
+        "round": run.round,
+        "config": run.config.name(),
+        "wrk": wrk_json(&run.wrk),
+        "sensor": run.sensor.as_ref().map(|s| json!({
+            "user_ns": s.cpu.user_ns, "sys_ns": s.cpu.sys_ns, "bpf_ns": s.bpf_ns(),
+            "exchanges": s.exchanges(), "peak_rss_kib": s.peak_rss_kib,
+            "bpf_programs": s.bpf.iter().map(|p| json!({
+                "id": p.id, "name": p.name, "run_time_ns": p.run_time_ns, "run_cnt": p.run_cnt,
+            })).collect::<Vec<_>>(),
+            "counters": s.counters.to_json(),
+        })),
+        "tcpdump": run.tcpdump.as_ref().map(|t| json!({
+            "user_ns": t.cpu.user_ns, "sys_ns": t.cpu.sys_ns, "peak_rss_kib": t.peak_rss_kib,
+            "captured": t.captured, "dropped": t.dropped, "file_bytes": t.file_bytes,
+        })),
+    })
+}
