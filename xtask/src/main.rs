@@ -72,6 +72,9 @@ enum Task {
         /// wrk connections at saturation.
         #[arg(long, default_value_t = 50)]
         connections: u32,
+        /// Also profile the daemon with perf in one extra saturation run (not counted).
+        #[arg(long)]
+        profile: bool,
     },
     /// Set up, then run the whole test suite (needs root: it loads eBPF programs) and the lints.
     Test {
@@ -81,16 +84,13 @@ enum Task {
     },
 }
 
-/// Debian packages the test suite, the demo and the bench use.
+/// Debian packages the test suite and the demo use.
 const TEST_PACKAGES: &[(&str, &str)] = &[
     ("nginx", "/usr/sbin/nginx"),
     ("iproute2", "/usr/sbin/ip"),
     ("curl", "/usr/bin/curl"),
     ("tcpdump", "/usr/bin/tcpdump"),
     ("tshark", "/usr/bin/tshark"),
-    // The bench's load generator and its view of the BPF programs.
-    ("wrk", "/usr/bin/wrk"),
-    ("bpftool", "/usr/sbin/bpftool"),
 ];
 
 /// The nightly that is known to work, for machines without any nightly.
@@ -112,6 +112,7 @@ fn main() {
             loopback,
             workers,
             connections,
+            profile,
         } => setup().and_then(|()| {
             bench::run(&bench::Options::new(
                 rounds,
@@ -120,6 +121,7 @@ fn main() {
                 loopback,
                 workers,
                 connections,
+                profile,
             )?)
         }),
     };
@@ -174,7 +176,7 @@ fn setup() -> Result<()> {
     unsafe { env::set_var(TOOLCHAIN_ENV, &toolchain) };
     ensure_bpf_linker(&toolchain)?;
     ensure_bpffs()?;
-    ensure_packages()?;
+    ensure_packages(TEST_PACKAGES)?;
     Ok(())
 }
 
@@ -308,8 +310,9 @@ fn ensure_bpffs() -> Result<()> {
         .context("bpffs could not be mounted at /sys/fs/bpf")
 }
 
-fn ensure_packages() -> Result<()> {
-    let missing: Vec<&str> = TEST_PACKAGES
+/// Installs the Debian packages (name, binary) whose binary is missing (as root; else says how).
+pub(crate) fn ensure_packages(packages: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .filter(|(_, binary)| !Path::new(binary).exists())
         .map(|(package, _)| *package)
@@ -319,7 +322,7 @@ fn ensure_packages() -> Result<()> {
     }
     if !is_root() {
         bail!(
-            "the tests need the Debian packages {}: install them with `sudo apt-get install {}`",
+            "the Debian packages {} are needed: install them with `sudo apt-get install {}`",
             missing.join(", "),
             missing.join(" ")
         );

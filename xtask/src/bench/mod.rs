@@ -35,6 +35,11 @@ use probe::{BpfProg, Counters, CpuTime, WrkLoad, WrkResult};
 
 use crate::{binary, is_root, workspace_root};
 
+/// Debian packages the bench needs beyond the tests' (nginx, curl, tcpdump, iproute2): the load
+/// generator, and bpftool for the BPF programs' names.
+const BENCH_PACKAGES: &[(&str, &str)] =
+    &[("wrk", "/usr/bin/wrk"), ("bpftool", "/usr/sbin/bpftool")];
+
 /// The port nginx listens on and the captures watch.
 const PORT: u16 = 8080;
 
@@ -46,6 +51,8 @@ pub struct Options {
     pub loopback: bool,
     pub workers: u32,
     pub connections: u32,
+    /// Profile the daemon with perf in one extra, unreported saturation run.
+    pub profile: bool,
     /// Fractions of the mix's saturation rate for the completeness levels (1.0: no pacing).
     pub levels: Vec<f64>,
 }
@@ -58,6 +65,7 @@ impl Options {
         loopback: bool,
         workers: u32,
         connections: u32,
+        profile: bool,
     ) -> Result<Self> {
         let rounds = rounds.unwrap_or(if quick { 2 } else { 5 });
         let duration = duration.unwrap_or(if quick { 3 } else { 10 });
@@ -71,6 +79,7 @@ impl Options {
             loopback,
             workers,
             connections,
+            profile,
             levels: if quick {
                 vec![0.25, 1.0]
             } else {
@@ -195,18 +204,9 @@ pub fn run(options: &Options) -> Result<()> {
     if !is_root() {
         bail!("the bench loads eBPF programs and creates network namespaces: run it as root");
     }
-    for (program, package) in [
-        ("/usr/bin/wrk", "wrk"),
-        ("/usr/sbin/nginx", "nginx"),
-        ("/usr/bin/tcpdump", "tcpdump"),
-        ("/usr/sbin/bpftool", "bpftool"),
-        ("/usr/bin/curl", "curl"),
-    ] {
-        if !Path::new(program).exists() {
-            bail!(
-                "the bench needs {package}: `apt-get install {package}` (or `cargo xtask setup`)"
-            );
-        }
+    crate::ensure_packages(BENCH_PACKAGES)?;
+    if options.profile {
+        crate::ensure_packages(&[("linux-perf", "/usr/bin/perf")])?;
     }
     host::install_interrupt_handler();
     println!("xtask: building the release binary for the measurements");
@@ -285,7 +285,7 @@ fn url(net: &Net, path: &str) -> String {
     format!("http://{}:{PORT}{path}", net.server_ip)
 }
 
-fn overhead_phase(options: &Options, net: &Net, work: &Path) -> Result<Vec<OverheadRun>> {
+fn overhead_phase(options: &Options, net: &Net, work: &Path) -> Result<OverheadOutcome> {
     let nginx = Nginx::start(
         net,
         &work.join("nginx-overhead"),
@@ -325,7 +325,7 @@ fn overhead_phase(options: &Options, net: &Net, work: &Path) -> Result<Vec<Overh
                     tcpdump: None,
                 },
                 Config::Sensor => {
-                    let (wrk, sensor) = with_sensor(net, work, false, || {
+                    let (wrk, sensor) = with_sensor(net, work, false, |_| {
                         probe::run_wrk(net, &load(options.duration), &log)
                     })?;
                     OverheadRun {
@@ -353,8 +353,71 @@ fn overhead_phase(options: &Options, net: &Net, work: &Path) -> Result<Vec<Overh
             runs.push(run);
         }
     }
+    let profile = if options.profile {
+        check_interrupt()?;
+        Some(profile_sensor(net, work, &load(options.duration))?)
+    } else {
+        None
+    };
     drop(nginx);
-    Ok(runs)
+    Ok(OverheadOutcome { runs, profile })
+}
+
+pub struct OverheadOutcome {
+    pub runs: Vec<OverheadRun>,
+    /// perf's view of the daemon at saturation: (share of its samples, symbol), top first.
+    pub profile: Option<Vec<(f64, String)>>,
+}
+
+/// One more saturation run with the sensor, under `perf record` (sampling perturbs the run, so
+/// none of its figures count): where the daemon's user and system time goes.
+fn profile_sensor(net: &Net, work: &Path, load: &WrkLoad<'_>) -> Result<Vec<(f64, String)>> {
+    let data = work.join("perf.data");
+    let log = work.join("wrk-profile.txt");
+    println!("xtask: profiling the daemon with perf during one more saturation run");
+    with_sensor(net, work, false, |pid| {
+        let mut perf = Proc::spawn(
+            "perf record",
+            std::process::Command::new("perf")
+                .args(["record", "-F", "999", "-p", &pid.to_string(), "-o"])
+                .arg(&data)
+                .args(["--", "sleep", &load.duration.as_secs().to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        )?;
+        probe::run_wrk(net, load, &log)?;
+        let exit = perf.wait(Duration::from_secs(30))?;
+        if !exit.success() {
+            bail!("perf record failed ({exit})");
+        }
+        Ok(())
+    })?;
+    let report = crate::output(
+        std::process::Command::new("perf")
+            .args([
+                "report",
+                "--stdio",
+                "--no-children",
+                "--sort",
+                "symbol",
+                "-i",
+            ])
+            .arg(&data),
+    )?;
+    // Lines such as "     8.72%  [.] _int_malloc": share, space, [.] user / [k] kernel, symbol.
+    let symbols: Vec<(f64, String)> = report
+        .lines()
+        .filter_map(|line| {
+            let (share, rest) = line.trim().split_once('%')?;
+            let share = share.trim().parse::<f64>().ok()?;
+            let symbol = rest.trim().split("  ").next()?.trim().to_owned();
+            Some((share, symbol))
+        })
+        .collect();
+    if symbols.is_empty() {
+        bail!("perf report shows no samples");
+    }
+    Ok(symbols)
 }
 
 fn print_overhead_run(run: &OverheadRun) {
@@ -394,7 +457,7 @@ fn with_sensor<T>(
     net: &Net,
     work: &Path,
     dump: bool,
-    load: impl FnOnce() -> Result<T>,
+    load: impl FnOnce(u32) -> Result<T>,
 ) -> Result<(T, SensorRun)> {
     let data_dir = work.join("sensor-data");
     let _ = fs::remove_dir_all(&data_dir);
@@ -431,7 +494,7 @@ fn with_sensor<T>(
     let pid = sensor.pid();
     let cpu_before = CpuTime::of(pid)?;
     let bpf_before = probe::bpf_programs(pid)?;
-    let result = load()?;
+    let result = load(pid)?;
     // Let the reader catch up with the kernel before the window closes: what the daemon does
     // for this load belongs to it. stats.json is rewritten every second.
     let finished = Instant::now();
@@ -567,7 +630,7 @@ fn completeness_phase(options: &Options, net: &Net, work: &Path) -> Result<Compl
             let script = work.join(format!("mix-{tag}.lua"));
             fs::write(&script, probe::completeness_script(&tag, delay))?;
             let offset = nginx.log_offset()?;
-            let (wrk, sensor) = with_sensor(net, work, true, || {
+            let (wrk, sensor) = with_sensor(net, work, true, |_| {
                 let result = probe::run_wrk(
                     net,
                     &WrkLoad {

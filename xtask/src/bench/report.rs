@@ -7,7 +7,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use serde_json::{Value, json};
 
-use super::{CompletenessOutcome, CompletenessRun, Config, Options, OverheadRun};
+use super::{CompletenessOutcome, CompletenessRun, Config, Options, OverheadOutcome, OverheadRun};
 
 /// Where and when the run happened.
 #[derive(Clone, Debug)]
@@ -162,7 +162,7 @@ pub struct Report {
     pub machine: Machine,
     pub command: String,
     pub topology: String,
-    pub overhead: Vec<OverheadRun>,
+    pub overhead: OverheadOutcome,
     pub completeness: CompletenessOutcome,
     pub elapsed: Duration,
 }
@@ -177,6 +177,8 @@ struct OverheadSummary {
     /// Sensor CPU per exchange, µs: user, sys, bpf, total.
     sensor_us: [Spread; 4],
     sensor_rss_mib: Spread,
+    /// CPUs the sensor kept busy (user + sys + BPF over the run's length).
+    sensor_cores: Spread,
     /// Decoded exchanges over wrk's completed requests.
     sensor_decoded_ratio: Spread,
     sensor_losses: BTreeMap<String, u64>,
@@ -259,6 +261,9 @@ fn summarize_overhead(runs: &[OverheadRun]) -> OverheadSummary {
         p99_ratio,
         sensor_us,
         sensor_rss_mib: Spread::of(sensors.iter().map(|(_, s)| s.peak_rss_kib as f64 / 1024.0)),
+        sensor_cores: Spread::of(sensors.iter().map(|(r, s)| {
+            (s.cpu.user_ns + s.cpu.sys_ns + s.bpf_ns()) as f64 / 1e9 / r.wrk.seconds.max(1e-9)
+        })),
         sensor_decoded_ratio: Spread::of(
             sensors
                 .iter()
@@ -491,7 +496,7 @@ fn verdict(met: Option<bool>) -> &'static str {
 
 impl Report {
     pub fn render(&self) -> Result<(String, Value)> {
-        let overhead = summarize_overhead(&self.overhead);
+        let overhead = summarize_overhead(&self.overhead.runs);
         let levels = summarize_levels(&self.options, &self.completeness.runs);
         let targets = targets(&overhead, &levels);
         let o = &self.options;
@@ -580,15 +585,20 @@ impl Report {
             md,
             "\nSensor cost, per exchange decoded (µs; × 1000 = µs per 1000 exchanges):\n"
         )?;
-        writeln!(md, "| user | sys | BPF programs | total | peak RSS (MiB) |")?;
-        writeln!(md, "|---|---|---|---|---|")?;
         writeln!(
             md,
-            "| {} | {} | {} | {} | {} |",
+            "| user | sys | BPF programs | total | CPUs busy | peak RSS (MiB) |"
+        )?;
+        writeln!(md, "|---|---|---|---|---|---|")?;
+        writeln!(
+            md,
+            "| {} | {} | {} | {} | {} of {} | {} |",
             user.show(2),
             sys.show(2),
             bpf.show(2),
             total.show(2),
+            overhead.sensor_cores.show(2),
+            m.cpus,
             overhead.sensor_rss_mib.show(1)
         )?;
         if !overhead.bpf.is_empty() {
@@ -619,6 +629,26 @@ impl Report {
             ),
             overhead.tcpdump_file_mib.show(0)
         )?;
+
+        if let Some(profile) = &self.overhead.profile {
+            let share = |f: &dyn Fn(&str) -> bool| -> f64 {
+                profile.iter().filter(|(_, s)| f(s)).map(|(p, _)| p).sum()
+            };
+            let allocator = share(&|s| is_allocator(s));
+            let copies = share(&|s| s.contains("memmove") || s.contains("memcpy"));
+            let kernel = share(&|s| s.starts_with("[k]"));
+            writeln!(
+                md,
+                "\nWhere the daemon's time goes (`perf record -F 999` on it in one more saturation \
+                 run, not counted above): allocator (malloc/free) {allocator:.1} %, memory copies \
+                 {copies:.1} %, kernel {kernel:.1} %. Top symbols by own samples:\n"
+            )?;
+            writeln!(md, "| share | symbol |")?;
+            writeln!(md, "|---|---|")?;
+            for (share, symbol) in profile.iter().take(15) {
+                writeln!(md, "| {share:.1} % | `{symbol}` |")?;
+            }
+        }
 
         writeln!(md, "\n## 2. Completeness\n")?;
         writeln!(
@@ -744,6 +774,7 @@ impl Report {
                         "user": user.json(), "sys": sys.json(), "bpf": bpf.json(), "total": total.json(),
                     },
                     "sensor_peak_rss_mib": overhead.sensor_rss_mib.json(),
+                    "sensor_cpus_busy": overhead.sensor_cores.json(),
                     "sensor_decoded_ratio": overhead.sensor_decoded_ratio.json(),
                     "sensor_losses": overhead.sensor_losses,
                     "bpf_programs": overhead.bpf.iter().map(|(k, (runs, ns))| (k.clone(), json!({
@@ -754,7 +785,10 @@ impl Report {
                     "tcpdump_dropped": overhead.tcpdump_dropped,
                     "tcpdump_captured": overhead.tcpdump_captured,
                 },
-                "runs": self.overhead.iter().map(overhead_run_json).collect::<Vec<_>>(),
+                "profile": self.overhead.profile.as_ref().map(|p| p.iter().take(40).map(|(share, symbol)| json!({
+                    "share_percent": share, "symbol": symbol,
+                })).collect::<Vec<_>>()),
+                "runs": self.overhead.runs.iter().map(overhead_run_json).collect::<Vec<_>>(),
             },
             "completeness": {
                 "mix_saturation_per_s": self.completeness.saturation,
@@ -783,7 +817,7 @@ impl Report {
 
     /// Appends this run's table to docs/BENCHMARKS.md, after the results already there.
     pub fn append_to_benchmarks(&self, path: &Path) -> Result<()> {
-        let overhead = summarize_overhead(&self.overhead);
+        let overhead = summarize_overhead(&self.overhead.runs);
         let levels = summarize_levels(&self.options, &self.completeness.runs);
         let targets = targets(&overhead, &levels);
         let mut text = match fs::read_to_string(path) {
@@ -895,6 +929,28 @@ run is in `target/bench/report.md` and `report.json`. Targets (from the bench is
 throughput loss at saturation ≤ 5 % (stretch 2 %) and below tcpdump's; sensor CPU ≤ 5 µs per \
 exchange, kernel and user space together; completeness 100 % with zero unexplained loss; import \
 ≥ 10× tshark.\n";
+
+/// glibc's allocator entry points and internals, as perf names them.
+fn is_allocator(symbol: &str) -> bool {
+    let name = symbol.trim_start_matches("[.]").trim();
+    [
+        "malloc",
+        "_int_malloc",
+        "_int_free",
+        "_int_realloc",
+        "cfree",
+        "free",
+        "realloc",
+        "malloc_consolidate",
+        "unlink_chunk",
+        "__libc_malloc",
+        "__libc_free",
+        "__libc_realloc",
+        "tcache",
+    ]
+    .iter()
+    .any(|prefix| name.starts_with(prefix))
+}
 
 fn list_counters(map: &BTreeMap<String, u64>) -> String {
     if map.is_empty() {
