@@ -51,31 +51,10 @@ enum Task {
         /// Only this target (default: all of them).
         target: Option<String>,
     },
-    /// Measure the sensor: overhead against no capture and tcpdump, and completeness against
-    /// nginx's log (report in target/bench/, results appended to docs/BENCHMARKS.md).
-    Bench {
-        /// Alternating rounds per configuration (default 5; 2 with --quick).
-        #[arg(long)]
-        rounds: Option<u32>,
-        /// Seconds of load per run (default 10; 3 with --quick).
-        #[arg(long)]
-        duration: Option<u64>,
-        /// A short smoke run: fewer rounds, shorter runs, two rate levels; not recorded.
-        #[arg(long)]
-        quick: bool,
-        /// Client and server on one namespace's loopback instead of a veth pair.
-        #[arg(long)]
-        loopback: bool,
-        /// nginx worker processes.
-        #[arg(long, default_value_t = 1)]
-        workers: u32,
-        /// wrk connections at saturation.
-        #[arg(long, default_value_t = 50)]
-        connections: u32,
-        /// Also profile the daemon with perf in one extra saturation run (not counted).
-        #[arg(long)]
-        profile: bool,
-    },
+    /// Measure the sensor: overhead against no capture and tcpdump, completeness against
+    /// nginx's log, offline import against tshark (report in target/bench/, results appended to
+    /// docs/BENCHMARKS.md).
+    Bench(bench::BenchArgs),
     /// Set up, then run the whole test suite (needs root: it loads eBPF programs) and the lints.
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -105,25 +84,7 @@ fn main() {
         Task::Demo => setup().and_then(|()| demo::run()),
         Task::Fuzz { seconds, target } => setup().and_then(|()| fuzz(seconds, target.as_deref())),
         Task::Test { args } => setup().and_then(|()| test(&args)),
-        Task::Bench {
-            rounds,
-            duration,
-            quick,
-            loopback,
-            workers,
-            connections,
-            profile,
-        } => setup().and_then(|()| {
-            bench::run(&bench::Options::new(
-                rounds,
-                duration,
-                quick,
-                loopback,
-                workers,
-                connections,
-                profile,
-            )?)
-        }),
+        Task::Bench(args) => setup().and_then(|()| bench::run(&bench::Options::new(args)?)),
     };
     if let Err(e) = result {
         eprintln!("xtask: {e:#}");

@@ -21,6 +21,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
+use super::probe::CpuTime;
 use crate::status;
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -296,7 +297,7 @@ impl BpfStats {
 
 /// A real nginx (Debian's package) with a fixed number of worker processes.
 pub struct Nginx {
-    _proc: Proc,
+    proc: Proc,
     pub access_log: Option<PathBuf>,
 }
 
@@ -357,13 +358,10 @@ impl Nginx {
                 .arg(dir)
                 .stdout(Stdio::null()),
         )?;
-        let mut nginx = Self {
-            _proc: proc,
-            access_log,
-        };
+        let mut nginx = Self { proc, access_log };
         let probe = format!("http://{}:{port}{OVERHEAD_PATH}", net.server_ip);
         wait_for("nginx to answer", Duration::from_secs(15), || {
-            nginx._proc.running()
+            nginx.proc.running()
                 && Net::exec(&net.client_ns, "curl")
                     .args(["-sf", "-o", "/dev/null", "--max-time", "1", &probe])
                     .stderr(Stdio::null())
@@ -371,10 +369,43 @@ impl Nginx {
                     .is_ok_and(|s| s.success())
         })
         .with_context(|| format!("nginx did not start; see {}/error.log", dir.display()))?;
-        if !nginx._proc.running() {
+        if !nginx.proc.running() {
             bail!("nginx exited; see {}/error.log", dir.display());
         }
         Ok(nginx)
+    }
+
+    /// CPU time of the master and its workers so far. The kernel's network processing for
+    /// nginx's sockets (and the TC programs on its egress) runs partly in the workers' system
+    /// time, so a capture's kernel-side cost shows up here too.
+    pub fn cpu(&self) -> Result<CpuTime> {
+        let master = self.proc.pid();
+        let mut total = CpuTime::of(master)?;
+        for entry in fs::read_dir("/proc").context("listing /proc")? {
+            let Ok(entry) = entry else { continue };
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            // Field 4 of /proc/PID/stat is the parent; a process gone meanwhile is skipped.
+            let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            let parent = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<u32>().ok());
+            if parent == Some(master)
+                && let Ok(cpu) = CpuTime::of(pid)
+            {
+                total.user_ns += cpu.user_ns;
+                total.sys_ns += cpu.sys_ns;
+            }
+        }
+        Ok(total)
     }
 
     /// Bytes in the access log now: lines after this offset belong to the next run.

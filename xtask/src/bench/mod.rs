@@ -12,11 +12,15 @@
 //!    saturation, with `apisessions run --dump`: every line nginx logged is matched to a decoded
 //!    exchange by method, URI and status; whatever does not match is set against the daemon's
 //!    loss counters, and reported as unexplained when no counter moved.
+//! 3. Offline throughput: a generated capture of a million exchanges (cached under
+//!    target/bench/), `apisessions import` against tshark's HTTP dissection of the same file
+//!    (method, URI, status), alternating, as exchanges per second and their ratio.
 //!
 //! Results go to target/bench/report.{md,json}; a full run also appends its table to
 //! docs/BENCHMARKS.md. Nothing here is a test: the targets are reported against, never asserted.
 
 mod host;
+mod offline;
 mod probe;
 mod report;
 
@@ -53,33 +57,65 @@ pub struct Options {
     pub connections: u32,
     /// Profile the daemon with perf in one extra, unreported saturation run.
     pub profile: bool,
+    /// Exchanges in the generated capture of the offline phase; 0 skips the phase.
+    pub offline_exchanges: u64,
     /// Fractions of the mix's saturation rate for the completeness levels (1.0: no pacing).
     pub levels: Vec<f64>,
 }
 
+/// `cargo xtask bench` arguments.
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// Alternating rounds per configuration (default 5; 2 with --quick).
+    #[arg(long)]
+    rounds: Option<u32>,
+    /// Seconds of load per overhead run; completeness runs take half (default 10; 3 with
+    /// --quick).
+    #[arg(long)]
+    duration: Option<u64>,
+    /// A short smoke run: fewer rounds, shorter runs, two rate levels, a smaller capture; not
+    /// recorded in docs/BENCHMARKS.md.
+    #[arg(long)]
+    quick: bool,
+    /// Client and server on one namespace's loopback instead of a veth pair.
+    #[arg(long)]
+    loopback: bool,
+    /// nginx worker processes.
+    #[arg(long, default_value_t = 1)]
+    workers: u32,
+    /// wrk connections at saturation.
+    #[arg(long, default_value_t = 50)]
+    connections: u32,
+    /// Also profile the daemon with perf in one extra saturation run (not counted).
+    #[arg(long)]
+    profile: bool,
+    /// Exchanges in the offline phase's generated capture (default 1,000,000; 100,000 with
+    /// --quick); 0 skips the phase.
+    #[arg(long, value_name = "N")]
+    offline_exchanges: Option<u64>,
+}
+
 impl Options {
-    pub fn new(
-        rounds: Option<u32>,
-        duration: Option<u64>,
-        quick: bool,
-        loopback: bool,
-        workers: u32,
-        connections: u32,
-        profile: bool,
-    ) -> Result<Self> {
-        let rounds = rounds.unwrap_or(if quick { 2 } else { 5 });
-        let duration = duration.unwrap_or(if quick { 3 } else { 10 });
-        if rounds == 0 || duration == 0 || workers == 0 || connections == 0 {
+    pub fn new(args: BenchArgs) -> Result<Self> {
+        let quick = args.quick;
+        let rounds = args.rounds.unwrap_or(if quick { 2 } else { 5 });
+        let duration = args.duration.unwrap_or(if quick { 3 } else { 10 });
+        if rounds == 0 || duration == 0 || args.workers == 0 || args.connections == 0 {
             bail!("--rounds, --duration, --workers and --connections must be at least 1");
         }
         Ok(Self {
             rounds,
             duration: Duration::from_secs(duration),
             quick,
-            loopback,
-            workers,
-            connections,
-            profile,
+            loopback: args.loopback,
+            workers: args.workers,
+            connections: args.connections,
+            profile: args.profile,
+            offline_exchanges: args.offline_exchanges.unwrap_or(if quick {
+                100_000
+            } else {
+                1_000_000
+            }),
             levels: if quick {
                 vec![0.25, 1.0]
             } else {
@@ -95,6 +131,8 @@ pub struct OverheadRun {
     pub round: u32,
     pub config: Config,
     pub wrk: WrkResult,
+    /// nginx's CPU over the run (master and workers).
+    pub nginx_cpu: CpuTime,
     pub sensor: Option<SensorRun>,
     pub tcpdump: Option<TcpdumpRun>,
 }
@@ -222,7 +260,7 @@ pub fn run(options: &Options) -> Result<()> {
     println!("xtask: bench on {}", net.describe());
     println!(
         "xtask: {} rounds of {} s per run; overhead: none / apisessions / tcpdump; then \
-         completeness at {} rate levels",
+         completeness at {} rate levels; then offline import against tshark",
         options.rounds,
         options.duration.as_secs(),
         options.levels.len()
@@ -231,6 +269,20 @@ pub fn run(options: &Options) -> Result<()> {
     let overhead = overhead_phase(options, &net, &work)?;
     let completeness = completeness_phase(options, &net, &work)?;
     drop(net);
+    let offline = if options.offline_exchanges > 0 {
+        println!(
+            "xtask: offline: apisessions import against tshark on a capture of {} exchanges",
+            options.offline_exchanges
+        );
+        Some(offline::run(
+            &out_dir,
+            &work,
+            options.offline_exchanges,
+            options.rounds,
+        )?)
+    } else {
+        None
+    };
 
     let report = report::Report {
         options: options.clone(),
@@ -239,6 +291,7 @@ pub fn run(options: &Options) -> Result<()> {
         topology: describe_topology(options),
         overhead,
         completeness,
+        offline,
         elapsed: started.elapsed(),
     };
     let (markdown, json) = report.render()?;
@@ -316,11 +369,13 @@ fn overhead_phase(options: &Options, net: &Net, work: &Path) -> Result<OverheadO
         for config in Config::ALL {
             check_interrupt()?;
             let log = work.join(format!("wrk-overhead-{round}-{}.txt", config.name()));
-            let run = match config {
+            let nginx_before = nginx.cpu()?;
+            let mut run = match config {
                 Config::None => OverheadRun {
                     round,
                     config,
                     wrk: probe::run_wrk(net, &load(options.duration), &log)?,
+                    nginx_cpu: CpuTime::default(),
                     sensor: None,
                     tcpdump: None,
                 },
@@ -332,6 +387,7 @@ fn overhead_phase(options: &Options, net: &Net, work: &Path) -> Result<OverheadO
                         round,
                         config,
                         wrk,
+                        nginx_cpu: CpuTime::default(),
                         sensor: Some(sensor),
                         tcpdump: None,
                     }
@@ -344,11 +400,13 @@ fn overhead_phase(options: &Options, net: &Net, work: &Path) -> Result<OverheadO
                         round,
                         config,
                         wrk,
+                        nginx_cpu: CpuTime::default(),
                         sensor: None,
                         tcpdump: Some(tcpdump),
                     }
                 }
             };
+            run.nginx_cpu = nginx.cpu()?.since(nginx_before);
             print_overhead_run(&run);
             runs.push(run);
         }
@@ -422,12 +480,15 @@ fn profile_sensor(net: &Net, work: &Path, load: &WrkLoad<'_>) -> Result<Vec<(f64
 
 fn print_overhead_run(run: &OverheadRun) {
     let mut line = format!(
-        "  round {} {:<12} {:>9.0} req/s  p99 {:>8.0} µs  errors {}",
+        "  round {} {:<12} {:>9.0} req/s  p99 {:>8.0} µs  errors {}  nginx {:.2} µs/request",
         run.round + 1,
         run.config.name(),
         run.wrk.rate(),
         run.wrk.p99_us,
-        run.wrk.errors
+        run.wrk.errors,
+        (run.nginx_cpu.user_ns + run.nginx_cpu.sys_ns) as f64
+            / run.wrk.requests.max(1) as f64
+            / 1e3
     );
     if let Some(sensor) = &run.sensor {
         let exchanges = sensor.exchanges().max(1) as f64;
@@ -585,8 +646,11 @@ fn with_tcpdump<T>(
         dropped: count("packets dropped by kernel")?,
         file_bytes: fs::metadata(&file).map(|m| m.len()).unwrap_or(0),
     };
-    // Hundreds of MiB per round: keep none of them.
+    // Hundreds of MiB per round: keep none of them, and let no writeback of them run into the
+    // next configuration's round.
     let _ = fs::remove_file(&file);
+    // SAFETY: sync(2) has no preconditions.
+    unsafe { libc::sync() };
     Ok((result, run))
 }
 

@@ -7,7 +7,10 @@ use std::{
 use anyhow::{Context as _, Result};
 use serde_json::{Value, json};
 
-use super::{CompletenessOutcome, CompletenessRun, Config, Options, OverheadOutcome, OverheadRun};
+use super::{
+    CompletenessOutcome, CompletenessRun, Config, Options, OverheadOutcome, OverheadRun,
+    offline::OfflineOutcome,
+};
 
 /// Where and when the run happened.
 #[derive(Clone, Debug)]
@@ -164,19 +167,47 @@ pub struct Report {
     pub topology: String,
     pub overhead: OverheadOutcome,
     pub completeness: CompletenessOutcome,
+    pub offline: Option<OfflineOutcome>,
     pub elapsed: Duration,
+}
+
+/// The offline phase reduced to figures: exchanges per second of each tool, and their ratio.
+struct OfflineSummary {
+    import_rate: Spread,
+    tshark_rate: Spread,
+    ratio: Spread,
+    /// Whether both tools found every exchange in every round.
+    counts_agree: bool,
+}
+
+fn summarize_offline(offline: &OfflineOutcome) -> OfflineSummary {
+    let n = offline.exchanges as f64;
+    OfflineSummary {
+        import_rate: Spread::of(offline.runs.iter().map(|r| n / r.import_s)),
+        tshark_rate: Spread::of(offline.runs.iter().map(|r| n / r.tshark_s)),
+        ratio: Spread::of(offline.runs.iter().map(|r| r.tshark_s / r.import_s)),
+        counts_agree: offline.runs.iter().all(|r| {
+            r.import_exchanges == offline.exchanges
+                && r.tshark_responses == offline.exchanges
+                && r.tshark_requests == offline.exchanges
+        }),
+    }
 }
 
 /// The overhead phase reduced to figures.
 struct OverheadSummary {
     rate: BTreeMap<&'static str, Spread>,
     p99_us: BTreeMap<&'static str, Spread>,
+    /// nginx's own CPU (user + sys) per request, µs.
+    nginx_us: BTreeMap<&'static str, Spread>,
     /// Same-round ratios against no capture.
     rate_ratio: BTreeMap<&'static str, Spread>,
     p99_ratio: BTreeMap<&'static str, Spread>,
     /// Sensor CPU per exchange, µs: user, sys, bpf, total.
     sensor_us: [Spread; 4],
     sensor_rss_mib: Spread,
+    /// The sensor's CPU per exchange over nginx's CPU per request in the same runs.
+    sensor_vs_nginx: Spread,
     /// CPUs the sensor kept busy (user + sys + BPF over the run's length).
     sensor_cores: Spread,
     /// Decoded exchanges over wrk's completed requests.
@@ -195,11 +226,20 @@ fn summarize_overhead(runs: &[OverheadRun]) -> OverheadSummary {
     let of = |config: Config| runs.iter().filter(move |r| r.config == config);
     let mut rate = BTreeMap::new();
     let mut p99_us = BTreeMap::new();
+    let mut nginx_us = BTreeMap::new();
     let mut rate_ratio = BTreeMap::new();
     let mut p99_ratio = BTreeMap::new();
     for config in Config::ALL {
         rate.insert(config.name(), Spread::of(of(config).map(|r| r.wrk.rate())));
         p99_us.insert(config.name(), Spread::of(of(config).map(|r| r.wrk.p99_us)));
+        nginx_us.insert(
+            config.name(),
+            Spread::of(of(config).map(|r| {
+                (r.nginx_cpu.user_ns + r.nginx_cpu.sys_ns) as f64
+                    / r.wrk.requests.max(1) as f64
+                    / 1e3
+            })),
+        );
         if config == Config::None {
             continue;
         }
@@ -257,10 +297,18 @@ fn summarize_overhead(runs: &[OverheadRun]) -> OverheadSummary {
     OverheadSummary {
         rate,
         p99_us,
+        nginx_us,
         rate_ratio,
         p99_ratio,
         sensor_us,
         sensor_rss_mib: Spread::of(sensors.iter().map(|(_, s)| s.peak_rss_kib as f64 / 1024.0)),
+        sensor_vs_nginx: Spread::of(sensors.iter().map(|(r, s)| {
+            let sensor =
+                (s.cpu.user_ns + s.cpu.sys_ns + s.bpf_ns()) as f64 / s.exchanges().max(1) as f64;
+            let nginx =
+                (r.nginx_cpu.user_ns + r.nginx_cpu.sys_ns) as f64 / r.wrk.requests.max(1) as f64;
+            sensor / nginx.max(1.0)
+        })),
         sensor_cores: Spread::of(sensors.iter().map(|(r, s)| {
             (s.cpu.user_ns + s.cpu.sys_ns + s.bpf_ns()) as f64 / 1e9 / r.wrk.seconds.max(1e-9)
         })),
@@ -392,10 +440,21 @@ struct Target {
     measured: String,
     /// None: not measured.
     met: Option<bool>,
+    /// False when the rounds disagree too much for a verdict either way.
+    conclusive: bool,
     note: String,
 }
 
-fn targets(overhead: &OverheadSummary, levels: &[LevelSummary]) -> Vec<Target> {
+/// The widest min–max range of a same-round throughput ratio that still allows a verdict on a
+/// 5 % target: beyond it, drift between rounds (other work on the machine) is as large as the
+/// effect being measured.
+const RATIO_RANGE_LIMIT: f64 = 0.05;
+
+fn targets(
+    overhead: &OverheadSummary,
+    levels: &[LevelSummary],
+    offline: Option<&OfflineSummary>,
+) -> Vec<Target> {
     let mut list = Vec::new();
     let loss = |name: &str| {
         overhead
@@ -405,12 +464,30 @@ fn targets(overhead: &OverheadSummary, levels: &[LevelSummary]) -> Vec<Target> {
     };
     let sensor_loss = loss("apisessions");
     let tcpdump_loss = loss("tcpdump");
+    let range = |name: &str| {
+        overhead
+            .rate_ratio
+            .get(name)
+            .map_or(f64::INFINITY, |s| s.max - s.min)
+    };
+    let sensor_range = range("apisessions");
+    let noise_note = |range: f64| {
+        format!(
+            "rounds disagree: the ratio ranges over {:.1} points (limit {:.0}); see the spread",
+            range * 100.0,
+            RATIO_RANGE_LIMIT * 100.0
+        )
+    };
+    let sensor_conclusive = sensor_range <= RATIO_RANGE_LIMIT;
     list.push(Target {
         name: "throughput loss at saturation",
         target: "≤ 5 % (stretch ≤ 2 %)".into(),
         measured: format!("{sensor_loss:.1} %"),
         met: Some(sensor_loss <= 5.0),
-        note: if sensor_loss <= 2.0 {
+        conclusive: sensor_conclusive,
+        note: if !sensor_conclusive {
+            noise_note(sensor_range)
+        } else if sensor_loss <= 2.0 {
             "stretch goal met".into()
         } else if sensor_loss <= 5.0 {
             format!("stretch goal missed by {:.1} points", sensor_loss - 2.0)
@@ -418,12 +495,16 @@ fn targets(overhead: &OverheadSummary, levels: &[LevelSummary]) -> Vec<Target> {
             format!("missed by {:.1} points", sensor_loss - 5.0)
         },
     });
+    let both_conclusive = sensor_conclusive && range("tcpdump") <= RATIO_RANGE_LIMIT;
     list.push(Target {
         name: "throughput loss below tcpdump's",
         target: format!("< {tcpdump_loss:.1} % (tcpdump -w)"),
         measured: format!("{sensor_loss:.1} %"),
         met: Some(sensor_loss < tcpdump_loss),
-        note: if sensor_loss < tcpdump_loss {
+        conclusive: both_conclusive,
+        note: if !both_conclusive {
+            noise_note(sensor_range.max(range("tcpdump")))
+        } else if sensor_loss < tcpdump_loss {
             format!("{:.1} points less", tcpdump_loss - sensor_loss)
         } else {
             format!("{:.1} points more", sensor_loss - tcpdump_loss)
@@ -435,6 +516,7 @@ fn targets(overhead: &OverheadSummary, levels: &[LevelSummary]) -> Vec<Target> {
         target: "≤ 5 µs".into(),
         measured: format!("{cpu:.2} µs"),
         met: Some(cpu <= 5.0),
+        conclusive: true,
         note: if cpu <= 5.0 {
             format!("{:.0} % of the budget", cpu / 5.0 * 100.0)
         } else {
@@ -462,6 +544,7 @@ fn targets(overhead: &OverheadSummary, levels: &[LevelSummary]) -> Vec<Target> {
             unexplained
         ),
         met: Some(complete && unexplained == 0),
+        conclusive: true,
         note: if complete {
             "every logged request decoded with its method, URI and status".into()
         } else if unexplained == 0 {
@@ -476,21 +559,44 @@ fn targets(overhead: &OverheadSummary, levels: &[LevelSummary]) -> Vec<Target> {
             )
         },
     });
-    list.push(Target {
-        name: "import throughput vs tshark",
-        target: "≥ 10×".into(),
-        measured: "not measured".into(),
-        met: None,
-        note: "part 3 of the bench issue, not implemented yet".into(),
+    list.push(match offline {
+        Some(offline) => {
+            let ratio = offline.ratio.median;
+            Target {
+                name: "import throughput vs tshark",
+                target: "≥ 10×".into(),
+                measured: format!("{ratio:.1}×"),
+                met: Some(ratio >= 10.0),
+                conclusive: true,
+                note: if ratio >= 10.0 {
+                    format!("{:.1}× above the goal", ratio / 10.0)
+                } else {
+                    format!(
+                        "missed by {:.1}× ({:.0} % of the goal)",
+                        10.0 - ratio,
+                        ratio * 10.0
+                    )
+                },
+            }
+        }
+        None => Target {
+            name: "import throughput vs tshark",
+            target: "≥ 10×".into(),
+            measured: "not measured".into(),
+            met: None,
+            conclusive: true,
+            note: "offline phase skipped (--offline-exchanges 0)".into(),
+        },
     });
     list
 }
 
-fn verdict(met: Option<bool>) -> &'static str {
-    match met {
+fn verdict(target: &Target) -> &'static str {
+    match target.met {
+        None => "—",
+        Some(_) if !target.conclusive => "inconclusive",
         Some(true) => "met",
         Some(false) => "MISSED",
-        None => "—",
     }
 }
 
@@ -498,7 +604,8 @@ impl Report {
     pub fn render(&self) -> Result<(String, Value)> {
         let overhead = summarize_overhead(&self.overhead.runs);
         let levels = summarize_levels(&self.options, &self.completeness.runs);
-        let targets = targets(&overhead, &levels);
+        let offline = self.offline.as_ref().map(summarize_offline);
+        let targets = targets(&overhead, &levels, offline.as_ref());
         let o = &self.options;
         let m = &self.machine;
         let mut md = String::new();
@@ -542,7 +649,7 @@ impl Report {
                 t.name,
                 t.target,
                 t.measured,
-                verdict(t.met),
+                verdict(t),
                 t.note
             )?;
         }
@@ -563,9 +670,10 @@ impl Report {
         )?;
         writeln!(
             md,
-            "| configuration | requests/s | p99 latency (µs) | throughput vs none | p99 vs none |"
+            "| configuration | requests/s | p99 latency (µs) | throughput vs none | p99 vs none | \
+             nginx CPU per request (µs) |"
         )?;
-        writeln!(md, "|---|---|---|---|---|")?;
+        writeln!(md, "|---|---|---|---|---|---|")?;
         for config in Config::ALL {
             let name = config.name();
             let ratio = |map: &BTreeMap<&str, Spread>| {
@@ -573,11 +681,12 @@ impl Report {
             };
             writeln!(
                 md,
-                "| {name} | {} | {} | {} | {} |",
+                "| {name} | {} | {} | {} | {} | {} |",
                 overhead.rate[name].show(0),
                 overhead.p99_us[name].show(0),
                 ratio(&overhead.rate_ratio),
-                ratio(&overhead.p99_ratio)
+                ratio(&overhead.p99_ratio),
+                overhead.nginx_us[name].show(2)
             )?;
         }
         let [user, sys, bpf, total] = &overhead.sensor_us;
@@ -742,6 +851,62 @@ impl Report {
                     .join(", ")
             )?;
         }
+        if let (Some(outcome), Some(summary)) = (&self.offline, &offline) {
+            writeln!(md, "\n## 3. Offline throughput\n")?;
+            writeln!(
+                md,
+                "A generated capture (`{}`, {} MiB): {} exchanges, {} packets, 64 keep-alive \
+                 connections interleaved at a time, 100 exchanges each, a mix of GET/POST/PUT/DELETE \
+                 with 200/201/204/304/404/405 and one response in ten chunked. Alternating rounds of \
+                 `apisessions import FILE --port 8080` (release build, exchanges to nowhere) and \
+                 `tshark -n -r FILE -Y http -T fields -e http.request.method -e http.request.uri -e \
+                 http.response.code` ({}); wall time, the file in the page cache.\n",
+                outcome.file.display(),
+                num(outcome.file_bytes as f64 / 1048576.0, 0),
+                num(outcome.exchanges as f64, 0),
+                num(outcome.packets as f64, 0),
+                outcome.tshark_version
+            )?;
+            writeln!(md, "| tool | exchanges/s | seconds per run |")?;
+            writeln!(md, "|---|---|---|")?;
+            writeln!(
+                md,
+                "| apisessions import | {} | {} |",
+                summary.import_rate.show(0),
+                Spread::of(outcome.runs.iter().map(|r| r.import_s)).show(2)
+            )?;
+            writeln!(
+                md,
+                "| tshark | {} | {} |",
+                summary.tshark_rate.show(0),
+                Spread::of(outcome.runs.iter().map(|r| r.tshark_s)).show(1)
+            )?;
+            writeln!(
+                md,
+                "\nRatio (tshark's time over import's, per round): {}×. Both found every exchange \
+                 in every round: {}.",
+                summary.ratio.show(1),
+                if summary.counts_agree {
+                    "yes".to_owned()
+                } else {
+                    format!(
+                        "**no** (import: {}; tshark requests/responses: {})",
+                        outcome
+                            .runs
+                            .iter()
+                            .map(|r| r.import_exchanges.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        outcome
+                            .runs
+                            .iter()
+                            .map(|r| format!("{}/{}", r.tshark_requests, r.tshark_responses))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                }
+            )?;
+        }
         writeln!(md, "\n## Reproduce\n\n```sh\n{}\n```", self.command)?;
 
         let json = json!({
@@ -762,12 +927,13 @@ impl Report {
             "elapsed_s": self.elapsed.as_secs_f64(),
             "targets": targets.iter().map(|t| json!({
                 "name": t.name, "target": t.target, "measured": t.measured,
-                "met": t.met, "note": t.note,
+                "met": t.met, "conclusive": t.conclusive, "note": t.note,
             })).collect::<Vec<_>>(),
             "overhead": {
                 "summary": {
                     "requests_per_s": overhead.rate.iter().map(|(k, v)| (k.to_string(), v.json())).collect::<serde_json::Map<_, _>>(),
                     "p99_us": overhead.p99_us.iter().map(|(k, v)| (k.to_string(), v.json())).collect::<serde_json::Map<_, _>>(),
+                    "nginx_us_per_request": overhead.nginx_us.iter().map(|(k, v)| (k.to_string(), v.json())).collect::<serde_json::Map<_, _>>(),
                     "throughput_ratio": overhead.rate_ratio.iter().map(|(k, v)| (k.to_string(), v.json())).collect::<serde_json::Map<_, _>>(),
                     "p99_ratio": overhead.p99_ratio.iter().map(|(k, v)| (k.to_string(), v.json())).collect::<serde_json::Map<_, _>>(),
                     "sensor_us_per_exchange": {
@@ -775,6 +941,7 @@ impl Report {
                     },
                     "sensor_peak_rss_mib": overhead.sensor_rss_mib.json(),
                     "sensor_cpus_busy": overhead.sensor_cores.json(),
+                    "sensor_cpu_over_nginx_cpu": overhead.sensor_vs_nginx.json(),
                     "sensor_decoded_ratio": overhead.sensor_decoded_ratio.json(),
                     "sensor_losses": overhead.sensor_losses,
                     "bpf_programs": overhead.bpf.iter().map(|(k, (runs, ns))| (k.clone(), json!({
@@ -790,6 +957,19 @@ impl Report {
                 })).collect::<Vec<_>>()),
                 "runs": self.overhead.runs.iter().map(overhead_run_json).collect::<Vec<_>>(),
             },
+            "offline": self.offline.as_ref().zip(offline.as_ref()).map(|(outcome, summary)| json!({
+                "file": outcome.file.display().to_string(), "file_bytes": outcome.file_bytes,
+                "exchanges": outcome.exchanges, "packets": outcome.packets,
+                "tshark": outcome.tshark_version,
+                "import_exchanges_per_s": summary.import_rate.json(),
+                "tshark_exchanges_per_s": summary.tshark_rate.json(),
+                "ratio": summary.ratio.json(), "counts_agree": summary.counts_agree,
+                "runs": outcome.runs.iter().map(|r| json!({
+                    "round": r.round, "import_s": r.import_s, "import_exchanges": r.import_exchanges,
+                    "tshark_s": r.tshark_s, "tshark_requests": r.tshark_requests,
+                    "tshark_responses": r.tshark_responses,
+                })).collect::<Vec<_>>(),
+            })),
             "completeness": {
                 "mix_saturation_per_s": self.completeness.saturation,
                 "pacing_ms": super::PACING_MS,
@@ -819,7 +999,8 @@ impl Report {
     pub fn append_to_benchmarks(&self, path: &Path) -> Result<()> {
         let overhead = summarize_overhead(&self.overhead.runs);
         let levels = summarize_levels(&self.options, &self.completeness.runs);
-        let targets = targets(&overhead, &levels);
+        let offline = self.offline.as_ref().map(summarize_offline);
+        let targets = targets(&overhead, &levels, offline.as_ref());
         let mut text = match fs::read_to_string(path) {
             Ok(text) => text,
             Err(_) => BENCHMARKS_HEADER.to_owned(),
@@ -902,6 +1083,20 @@ impl Report {
                 level.unexplained_runs
             )?;
         }
+        if let Some(summary) = &offline {
+            writeln!(
+                text,
+                "| import exchanges/s ({} exchanges) | {} |",
+                num(self.options.offline_exchanges as f64, 0),
+                summary.import_rate.show(0)
+            )?;
+            writeln!(
+                text,
+                "| tshark exchanges/s, same file | {} |",
+                summary.tshark_rate.show(0)
+            )?;
+            writeln!(text, "| import / tshark | {}× |", summary.ratio.show(1))?;
+        }
         writeln!(text, "\n| target | goal | measured | verdict |")?;
         writeln!(text, "|---|---|---|---|")?;
         for t in &targets {
@@ -911,7 +1106,7 @@ impl Report {
                 t.name,
                 t.target,
                 t.measured,
-                verdict(t.met),
+                verdict(t),
                 t.note
             )?;
         }
@@ -975,6 +1170,7 @@ fn overhead_run_json(run: &OverheadRun) -> Value {
         "round": run.round,
         "config": run.config.name(),
         "wrk": wrk_json(&run.wrk),
+        "nginx_user_ns": run.nginx_cpu.user_ns, "nginx_sys_ns": run.nginx_cpu.sys_ns,
         "sensor": run.sensor.as_ref().map(|s| json!({
             "user_ns": s.cpu.user_ns, "sys_ns": s.cpu.sys_ns, "bpf_ns": s.bpf_ns(),
             "exchanges": s.exchanges(), "peak_rss_kib": s.peak_rss_kib,
