@@ -10,7 +10,7 @@ use std::{
     fs,
     os::{
         fd::{FromRawFd as _, OwnedFd},
-        unix::process::CommandExt as _,
+        unix::process::{CommandExt as _, ExitStatusExt as _},
     },
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
@@ -79,6 +79,9 @@ pub fn wait_for(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) 
 pub struct Proc {
     pub name: String,
     child: Option<Child>,
+    exit: Option<ExitStatus>,
+    /// The process's own CPU time, known once it has been reaped.
+    pub usage: Option<CpuTime>,
 }
 
 impl Proc {
@@ -90,6 +93,8 @@ impl Proc {
         Ok(Self {
             name: name.to_owned(),
             child: Some(child),
+            exit: None,
+            usage: None,
         })
     }
 
@@ -97,11 +102,37 @@ impl Proc {
         self.child.as_ref().map_or(0, Child::id)
     }
 
+    /// Reaps the process if it has exited, keeping its status and resource usage. wait4(2)
+    /// rather than `Child::try_wait`: it also reports the CPU time of a process that is gone.
+    fn poll(&mut self) -> Result<Option<ExitStatus>> {
+        if let Some(exit) = self.exit {
+            return Ok(Some(exit));
+        }
+        let pid = self.pid() as libc::pid_t;
+        let mut status = 0;
+        // SAFETY: plain-data out-parameters that live through the call.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        let ret = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
+        if ret < 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("waiting for {}", self.name));
+        }
+        if ret == 0 {
+            return Ok(None);
+        }
+        let ns = |t: libc::timeval| t.tv_sec as u64 * 1_000_000_000 + t.tv_usec as u64 * 1000;
+        self.usage = Some(CpuTime {
+            user_ns: ns(usage.ru_utime),
+            sys_ns: ns(usage.ru_stime),
+        });
+        let exit = ExitStatus::from_raw(status);
+        self.exit = Some(exit);
+        Ok(Some(exit))
+    }
+
     /// Whether the process still runs (false once it exited, also if it failed).
     pub fn running(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|child| matches!(child.try_wait(), Ok(None)))
+        self.child.is_some() && matches!(self.poll(), Ok(None))
     }
 
     /// Signals the group, if its leader has not been reaped yet (so the group id is still ours).
@@ -116,15 +147,10 @@ impl Proc {
     pub fn wait(&mut self, timeout: Duration) -> Result<ExitStatus> {
         let deadline = Instant::now() + timeout;
         loop {
-            let child = self
-                .child
-                .as_mut()
-                .with_context(|| format!("{} was already reaped", self.name))?;
-            if let Some(exit) = child
-                .try_wait()
-                .with_context(|| format!("waiting for {}", self.name))?
-            {
-                self.child = None;
+            if self.child.is_none() {
+                bail!("{} was not started", self.name);
+            }
+            if let Some(exit) = self.poll()? {
                 return Ok(exit);
             }
             if Instant::now() > deadline {
@@ -136,7 +162,7 @@ impl Proc {
     }
 
     /// SIGTERM, then waits up to `timeout` for a clean exit (the sensor drains its ring then).
-    pub fn stop(mut self, timeout: Duration) -> Result<ExitStatus> {
+    pub fn stop(&mut self, timeout: Duration) -> Result<ExitStatus> {
         self.signal_group(libc::SIGTERM);
         self.wait(timeout)
     }
@@ -144,16 +170,13 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        if self.child.is_none() {
+        if self.child.is_none() || self.exit.is_some() {
             return;
         }
         self.signal_group(libc::SIGTERM);
         if self.wait(Duration::from_secs(5)).is_err() {
             self.signal_group(libc::SIGKILL);
-            if let Some(mut child) = self.child.take() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
+            let _ = self.wait(Duration::from_secs(5));
         }
     }
 }

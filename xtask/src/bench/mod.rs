@@ -144,6 +144,32 @@ pub enum Config {
     Tcpdump,
 }
 
+impl OverheadRun {
+    /// CPU time of the capture process (sensor or tcpdump) over the run, user + sys.
+    pub fn capture_ns(&self) -> u64 {
+        let sensor = self
+            .sensor
+            .as_ref()
+            .map_or(0, |s| s.cpu.user_ns + s.cpu.sys_ns);
+        let tcpdump = self
+            .tcpdump
+            .as_ref()
+            .map_or(0, |t| t.cpu.user_ns + t.cpu.sys_ns);
+        sensor + tcpdump
+    }
+
+    /// CPUs kept busy by processes other than the bench's own (nginx, wrk, the capture) while
+    /// wrk ran: the other work on a shared machine, which no alternation fully cancels.
+    pub fn background_cpus(&self) -> f64 {
+        let ours = self.nginx_cpu.user_ns
+            + self.nginx_cpu.sys_ns
+            + self.wrk.cpu.user_ns
+            + self.wrk.cpu.sys_ns
+            + self.capture_ns();
+        self.wrk.system.busy_ns.saturating_sub(ours) as f64 / 1e9 / self.wrk.seconds.max(1e-9)
+    }
+}
+
 impl Config {
     pub const ALL: [Self; 3] = [Self::None, Self::Sensor, Self::Tcpdump];
 
@@ -480,7 +506,8 @@ fn profile_sensor(net: &Net, work: &Path, load: &WrkLoad<'_>) -> Result<Vec<(f64
 
 fn print_overhead_run(run: &OverheadRun) {
     let mut line = format!(
-        "  round {} {:<12} {:>9.0} req/s  p99 {:>8.0} µs  errors {}  nginx {:.2} µs/request",
+        "  round {} {:<12} {:>9.0} req/s  p99 {:>8.0} µs  errors {}  nginx {:.2} µs/request  \
+         others {:.2} CPUs",
         run.round + 1,
         run.config.name(),
         run.wrk.rate(),
@@ -488,7 +515,8 @@ fn print_overhead_run(run: &OverheadRun) {
         run.wrk.errors,
         (run.nginx_cpu.user_ns + run.nginx_cpu.sys_ns) as f64
             / run.wrk.requests.max(1) as f64
-            / 1e3
+            / 1e3,
+        run.background_cpus()
     );
     if let Some(sensor) = &run.sensor {
         let exchanges = sensor.exchanges().max(1) as f64;

@@ -53,6 +53,46 @@ impl CpuTime {
     }
 }
 
+/// The whole machine's CPU time from /proc/stat, all CPUs together, in nanoseconds.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SystemCpu {
+    /// user + nice + system: time processes ran.
+    pub busy_ns: u64,
+    /// irq + softirq: network processing not charged to any process.
+    pub irq_ns: u64,
+    /// Time the hypervisor ran something else on our CPUs.
+    pub steal_ns: u64,
+}
+
+impl SystemCpu {
+    pub fn read() -> Result<Self> {
+        let text = fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+        let fields: Vec<u64> = text
+            .lines()
+            .find_map(|line| line.strip_prefix("cpu "))
+            .context("/proc/stat has no cpu line")?
+            .split_whitespace()
+            .map(|v| v.parse::<u64>().unwrap_or(0))
+            .collect();
+        let per_tick = 1_000_000_000 / clock_ticks()?;
+        let at = |i: usize| fields.get(i).copied().unwrap_or(0) * per_tick;
+        // user nice system idle iowait irq softirq steal
+        Ok(Self {
+            busy_ns: at(0) + at(1) + at(2),
+            irq_ns: at(5) + at(6),
+            steal_ns: at(7),
+        })
+    }
+
+    pub fn since(self, earlier: Self) -> Self {
+        Self {
+            busy_ns: self.busy_ns.saturating_sub(earlier.busy_ns),
+            irq_ns: self.irq_ns.saturating_sub(earlier.irq_ns),
+            steal_ns: self.steal_ns.saturating_sub(earlier.steal_ns),
+        }
+    }
+}
+
 fn clock_ticks() -> Result<u64> {
     // SAFETY: sysconf has no preconditions.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
@@ -235,6 +275,10 @@ pub const LOSS_COUNTERS: &[(&str, &str)] = &[
 /// What one wrk run measured.
 #[derive(Clone, Debug, Default)]
 pub struct WrkResult {
+    /// wrk's own CPU time.
+    pub cpu: CpuTime,
+    /// The machine's CPU time while wrk ran.
+    pub system: SystemCpu,
     pub requests: u64,
     pub seconds: f64,
     pub errors: u64,
@@ -315,6 +359,7 @@ pub struct WrkLoad<'a> {
 /// Runs wrk in the client namespace and returns what it measured.
 pub fn run_wrk(net: &Net, load: &WrkLoad<'_>, log: &Path) -> Result<WrkResult> {
     let log_file = fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let system_before = SystemCpu::read()?;
     let mut proc = Proc::spawn(
         "wrk",
         Net::exec(&net.client_ns, "wrk")
@@ -340,6 +385,7 @@ pub fn run_wrk(net: &Net, load: &WrkLoad<'_>, log: &Path) -> Result<WrkResult> {
             Err(e) => return Err(e),
         }
     };
+    let system = SystemCpu::read()?.since(system_before);
     let text = fs::read_to_string(log).with_context(|| format!("reading {}", log.display()))?;
     if !exit.success() {
         bail!("wrk failed ({exit}): {}", text.trim());
@@ -356,6 +402,8 @@ pub fn run_wrk(net: &Net, load: &WrkLoad<'_>, log: &Path) -> Result<WrkResult> {
             .with_context(|| format!("wrk's result has no {name}"))
     };
     Ok(WrkResult {
+        cpu: proc.usage.unwrap_or_default(),
+        system,
         requests: number("requests")? as u64,
         seconds: number("duration_us")? / 1e6,
         errors: number("errors")? as u64,

@@ -200,6 +200,8 @@ struct OverheadSummary {
     p99_us: BTreeMap<&'static str, Spread>,
     /// nginx's own CPU (user + sys) per request, µs.
     nginx_us: BTreeMap<&'static str, Spread>,
+    /// Other processes' CPUs busy during the runs.
+    background: BTreeMap<&'static str, Spread>,
     /// Same-round ratios against no capture.
     rate_ratio: BTreeMap<&'static str, Spread>,
     p99_ratio: BTreeMap<&'static str, Spread>,
@@ -227,11 +229,16 @@ fn summarize_overhead(runs: &[OverheadRun]) -> OverheadSummary {
     let mut rate = BTreeMap::new();
     let mut p99_us = BTreeMap::new();
     let mut nginx_us = BTreeMap::new();
+    let mut background = BTreeMap::new();
     let mut rate_ratio = BTreeMap::new();
     let mut p99_ratio = BTreeMap::new();
     for config in Config::ALL {
         rate.insert(config.name(), Spread::of(of(config).map(|r| r.wrk.rate())));
         p99_us.insert(config.name(), Spread::of(of(config).map(|r| r.wrk.p99_us)));
+        background.insert(
+            config.name(),
+            Spread::of(of(config).map(OverheadRun::background_cpus)),
+        );
         nginx_us.insert(
             config.name(),
             Spread::of(of(config).map(|r| {
@@ -298,6 +305,7 @@ fn summarize_overhead(runs: &[OverheadRun]) -> OverheadSummary {
         rate,
         p99_us,
         nginx_us,
+        background,
         rate_ratio,
         p99_ratio,
         sensor_us,
@@ -671,9 +679,9 @@ impl Report {
         writeln!(
             md,
             "| configuration | requests/s | p99 latency (µs) | throughput vs none | p99 vs none | \
-             nginx CPU per request (µs) |"
+             nginx CPU per request (µs) | other processes (CPUs busy) |"
         )?;
-        writeln!(md, "|---|---|---|---|---|---|")?;
+        writeln!(md, "|---|---|---|---|---|---|---|")?;
         for config in Config::ALL {
             let name = config.name();
             let ratio = |map: &BTreeMap<&str, Spread>| {
@@ -681,12 +689,13 @@ impl Report {
             };
             writeln!(
                 md,
-                "| {name} | {} | {} | {} | {} | {} |",
+                "| {name} | {} | {} | {} | {} | {} | {} |",
                 overhead.rate[name].show(0),
                 overhead.p99_us[name].show(0),
                 ratio(&overhead.rate_ratio),
                 ratio(&overhead.p99_ratio),
-                overhead.nginx_us[name].show(2)
+                overhead.nginx_us[name].show(2),
+                overhead.background[name].show(2)
             )?;
         }
         let [user, sys, bpf, total] = &overhead.sensor_us;
@@ -933,6 +942,7 @@ impl Report {
                 "summary": {
                     "requests_per_s": overhead.rate.iter().map(|(k, v)| (k.to_string(), v.json())).collect::<serde_json::Map<_, _>>(),
                     "p99_us": overhead.p99_us.iter().map(|(k, v)| (k.to_string(), v.json())).collect::<serde_json::Map<_, _>>(),
+                    "background_cpus": overhead.background.iter().map(|(k, v)| (k.to_string(), v.json())).collect::<serde_json::Map<_, _>>(),
                     "nginx_us_per_request": overhead.nginx_us.iter().map(|(k, v)| (k.to_string(), v.json())).collect::<serde_json::Map<_, _>>(),
                     "throughput_ratio": overhead.rate_ratio.iter().map(|(k, v)| (k.to_string(), v.json())).collect::<serde_json::Map<_, _>>(),
                     "p99_ratio": overhead.p99_ratio.iter().map(|(k, v)| (k.to_string(), v.json())).collect::<serde_json::Map<_, _>>(),
@@ -1160,6 +1170,9 @@ fn list_counters(map: &BTreeMap<String, u64>) -> String {
 
 fn wrk_json(w: &super::WrkResult) -> Value {
     json!({
+        "user_ns": w.cpu.user_ns, "sys_ns": w.cpu.sys_ns,
+        "machine_busy_ns": w.system.busy_ns, "machine_irq_ns": w.system.irq_ns,
+        "machine_steal_ns": w.system.steal_ns,
         "requests": w.requests, "seconds": w.seconds, "errors": w.errors,
         "requests_per_s": w.rate(), "p50_us": w.p50_us, "p99_us": w.p99_us, "max_us": w.max_us,
     })
@@ -1171,6 +1184,7 @@ fn overhead_run_json(run: &OverheadRun) -> Value {
         "config": run.config.name(),
         "wrk": wrk_json(&run.wrk),
         "nginx_user_ns": run.nginx_cpu.user_ns, "nginx_sys_ns": run.nginx_cpu.sys_ns,
+        "background_cpus": run.background_cpus(),
         "sensor": run.sensor.as_ref().map(|s| json!({
             "user_ns": s.cpu.user_ns, "sys_ns": s.cpu.sys_ns, "bpf_ns": s.bpf_ns(),
             "exchanges": s.exchanges(), "peak_rss_kib": s.peak_rss_kib,
