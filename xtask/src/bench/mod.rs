@@ -59,6 +59,8 @@ pub struct Options {
     pub profile: bool,
     /// Exchanges in the generated capture of the offline phase; 0 skips the phase.
     pub offline_exchanges: u64,
+    /// Longest wait for a quiet machine before an overhead run.
+    pub quiet_wait: Duration,
     /// Fractions of the mix's saturation rate for the completeness levels (1.0: no pacing).
     pub levels: Vec<f64>,
 }
@@ -93,6 +95,11 @@ pub struct BenchArgs {
     /// --quick); 0 skips the phase.
     #[arg(long, value_name = "N")]
     offline_exchanges: Option<u64>,
+    /// Before each overhead run, wait up to this long for the machine to be quiet (other
+    /// processes using less than a quarter of a CPU), then run anyway (default 15; 2 with
+    /// --quick).
+    #[arg(long, value_name = "SECS")]
+    quiet_wait: Option<u64>,
 }
 
 impl Options {
@@ -116,6 +123,7 @@ impl Options {
             } else {
                 1_000_000
             }),
+            quiet_wait: Duration::from_secs(args.quiet_wait.unwrap_or(if quick { 2 } else { 15 })),
             levels: if quick {
                 vec![0.25, 1.0]
             } else {
@@ -133,6 +141,8 @@ pub struct OverheadRun {
     pub wrk: WrkResult,
     /// nginx's CPU over the run (master and workers).
     pub nginx_cpu: CpuTime,
+    /// CPUs busy in the last second before the run (after waiting for quiet).
+    pub busy_before: f64,
     pub sensor: Option<SensorRun>,
     pub tcpdump: Option<TcpdumpRun>,
 }
@@ -395,6 +405,7 @@ fn overhead_phase(options: &Options, net: &Net, work: &Path) -> Result<OverheadO
         for config in Config::ALL {
             check_interrupt()?;
             let log = work.join(format!("wrk-overhead-{round}-{}.txt", config.name()));
+            let quiet = wait_quiet(options.quiet_wait)?;
             let nginx_before = nginx.cpu()?;
             let mut run = match config {
                 Config::None => OverheadRun {
@@ -402,6 +413,7 @@ fn overhead_phase(options: &Options, net: &Net, work: &Path) -> Result<OverheadO
                     config,
                     wrk: probe::run_wrk(net, &load(options.duration), &log)?,
                     nginx_cpu: CpuTime::default(),
+                    busy_before: 0.0,
                     sensor: None,
                     tcpdump: None,
                 },
@@ -414,6 +426,7 @@ fn overhead_phase(options: &Options, net: &Net, work: &Path) -> Result<OverheadO
                         config,
                         wrk,
                         nginx_cpu: CpuTime::default(),
+                        busy_before: 0.0,
                         sensor: Some(sensor),
                         tcpdump: None,
                     }
@@ -427,12 +440,14 @@ fn overhead_phase(options: &Options, net: &Net, work: &Path) -> Result<OverheadO
                         config,
                         wrk,
                         nginx_cpu: CpuTime::default(),
+                        busy_before: 0.0,
                         sensor: None,
                         tcpdump: Some(tcpdump),
                     }
                 }
             };
             run.nginx_cpu = nginx.cpu()?.since(nginx_before);
+            run.busy_before = quiet;
             print_overhead_run(&run);
             runs.push(run);
         }
@@ -507,7 +522,7 @@ fn profile_sensor(net: &Net, work: &Path, load: &WrkLoad<'_>) -> Result<Vec<(f64
 fn print_overhead_run(run: &OverheadRun) {
     let mut line = format!(
         "  round {} {:<12} {:>9.0} req/s  p99 {:>8.0} µs  errors {}  nginx {:.2} µs/request  \
-         others {:.2} CPUs",
+         others {:.2} CPUs (before: {:.2})",
         run.round + 1,
         run.config.name(),
         run.wrk.rate(),
@@ -516,7 +531,8 @@ fn print_overhead_run(run: &OverheadRun) {
         (run.nginx_cpu.user_ns + run.nginx_cpu.sys_ns) as f64
             / run.wrk.requests.max(1) as f64
             / 1e3,
-        run.background_cpus()
+        run.background_cpus(),
+        run.busy_before
     );
     if let Some(sensor) = &run.sensor {
         let exchanges = sensor.exchanges().max(1) as f64;
@@ -539,6 +555,25 @@ fn print_overhead_run(run: &OverheadRun) {
         ));
     }
     println!("{line}");
+}
+
+/// Below this many busy CPUs (the whole machine, the bench idle) a run may start at once.
+const QUIET_CPUS: f64 = 0.25;
+
+/// Waits, a second at a time and at most `limit`, until the machine is quiet; returns how many
+/// CPUs were busy in the last second. Other work on a shared machine moves throughput by more
+/// than the effect being measured; alternation spreads it, waiting avoids some of it.
+fn wait_quiet(limit: Duration) -> Result<f64> {
+    let started = Instant::now();
+    loop {
+        let before = probe::SystemCpu::read()?;
+        sleep(Duration::from_secs(1))?;
+        let busy = probe::SystemCpu::read()?.since(before);
+        let cpus = (busy.busy_ns + busy.irq_ns) as f64 / 1e9;
+        if cpus < QUIET_CPUS || started.elapsed() >= limit {
+            return Ok(cpus);
+        }
+    }
 }
 
 /// Runs `load` while `apisessions run` captures, and measures the daemon over the load window.

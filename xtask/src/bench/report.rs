@@ -636,9 +636,13 @@ impl Report {
             md,
             "- Rounds: {} × {} s per configuration, alternating (none, apisessions, tcpdump, none, …); \
              figures are median (min–max) over the rounds; ratios pair each run with the uncaptured \
-             run of its round. Total time {:.0} s.{}\n",
+             run of its round. Before each overhead run the bench waits up to {} s for the machine \
+             to be quiet (under {} CPUs busy); \"other processes\" is what the rest of the machine \
+             used during the runs all the same. Total time {:.0} s.{}\n",
             o.rounds,
             o.duration.as_secs(),
+            o.quiet_wait.as_secs(),
+            super::QUIET_CPUS,
             self.elapsed.as_secs_f64(),
             if o.quick {
                 " **Quick smoke run: not a result.**"
@@ -1185,6 +1189,7 @@ fn overhead_run_json(run: &OverheadRun) -> Value {
         "wrk": wrk_json(&run.wrk),
         "nginx_user_ns": run.nginx_cpu.user_ns, "nginx_sys_ns": run.nginx_cpu.sys_ns,
         "background_cpus": run.background_cpus(),
+        "busy_before_cpus": run.busy_before,
         "sensor": run.sensor.as_ref().map(|s| json!({
             "user_ns": s.cpu.user_ns, "sys_ns": s.cpu.sys_ns, "bpf_ns": s.bpf_ns(),
             "exchanges": s.exchanges(), "peak_rss_kib": s.peak_rss_kib,
