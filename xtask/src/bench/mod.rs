@@ -1,6 +1,6 @@
 //! `cargo xtask bench`: what the sensor costs and what it misses, measured side by side.
 //!
-//! Two phases, each in alternating rounds so that drift on a shared machine hits every
+//! Three phases, each in alternating rounds so that drift on a shared machine hits every
 //! configuration alike; figures are medians with their min and max over the rounds.
 //!
 //! 1. Overhead: nginx (Debian's package, a fixed number of workers) under wrk at saturation,
@@ -40,9 +40,12 @@ use probe::{BpfProg, Counters, CpuTime, WrkLoad, WrkResult};
 use crate::{binary, is_root, workspace_root};
 
 /// Debian packages the bench needs beyond the tests' (nginx, curl, tcpdump, iproute2): the load
-/// generator, and bpftool for the BPF programs' names.
-const BENCH_PACKAGES: &[(&str, &str)] =
-    &[("wrk", "/usr/bin/wrk"), ("bpftool", "/usr/sbin/bpftool")];
+/// generator, bpftool for the BPF programs' names, tshark for the offline comparison.
+const BENCH_PACKAGES: &[(&str, &str)] = &[
+    ("wrk", "/usr/bin/wrk"),
+    ("bpftool", "/usr/sbin/bpftool"),
+    ("tshark", "/usr/bin/tshark"),
+];
 
 /// The port nginx listens on and the captures watch.
 const PORT: u16 = 8080;

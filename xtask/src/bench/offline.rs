@@ -64,7 +64,7 @@ pub fn run(out_dir: &Path, work: &Path, exchanges: u64, rounds: u32) -> Result<O
     let _ = fs::read(&file);
     let tshark_version = crate::output(Command::new("tshark").arg("--version"))
         .ok()
-        .and_then(|v| v.lines().next().map(str::to_owned))
+        .and_then(|v| v.lines().next().map(|l| l.trim_end_matches('.').to_owned()))
         .unwrap_or_else(|| "tshark".to_owned());
     let mut runs = Vec::new();
     for round in 0..rounds {
