@@ -14,6 +14,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod demo;
 
 #[derive(Parser)]
@@ -50,6 +51,10 @@ enum Task {
         /// Only this target (default: all of them).
         target: Option<String>,
     },
+    /// Measure the sensor: overhead against no capture and tcpdump, completeness against
+    /// nginx's log, offline import against tshark (report in target/bench/, results appended to
+    /// docs/BENCHMARKS.md).
+    Bench(bench::BenchArgs),
     /// Set up, then run the whole test suite (needs root: it loads eBPF programs) and the lints.
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -80,6 +85,7 @@ fn main() {
         Task::Demo => setup().and_then(|()| demo::run()),
         Task::Fuzz { seconds, target } => setup().and_then(|()| fuzz(seconds, target.as_deref())),
         Task::Test { args } => setup().and_then(|()| test(&args)),
+        Task::Bench(args) => setup().and_then(|()| bench::run(&bench::Options::new(args)?)),
     };
     if let Err(e) = result {
         eprintln!("xtask: {e:#}");
@@ -132,7 +138,7 @@ fn setup() -> Result<()> {
     unsafe { env::set_var(TOOLCHAIN_ENV, &toolchain) };
     ensure_bpf_linker(&toolchain)?;
     ensure_bpffs()?;
-    ensure_packages()?;
+    ensure_packages(TEST_PACKAGES)?;
     Ok(())
 }
 
@@ -266,8 +272,9 @@ fn ensure_bpffs() -> Result<()> {
         .context("bpffs could not be mounted at /sys/fs/bpf")
 }
 
-fn ensure_packages() -> Result<()> {
-    let missing: Vec<&str> = TEST_PACKAGES
+/// Installs the Debian packages (name, binary) whose binary is missing (as root; else says how).
+pub(crate) fn ensure_packages(packages: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .filter(|(_, binary)| !Path::new(binary).exists())
         .map(|(package, _)| *package)
@@ -277,7 +284,7 @@ fn ensure_packages() -> Result<()> {
     }
     if !is_root() {
         bail!(
-            "the tests need the Debian packages {}: install them with `sudo apt-get install {}`",
+            "the Debian packages {} are needed: install them with `sudo apt-get install {}`",
             missing.join(", "),
             missing.join(" ")
         );

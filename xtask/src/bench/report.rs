@@ -1,0 +1,1280 @@
+//! Medians and spreads over rounds, the targets, and the report in Markdown and JSON.
+
+use std::{
+    collections::BTreeMap, fmt::Write as _, fs, path::Path, process::Command, time::Duration,
+};
+
+use anyhow::{Context as _, Result};
+use serde_json::{Value, json};
+
+use super::{
+    CompletenessOutcome, CompletenessRun, Config, Options, OverheadOutcome, OverheadRun,
+    offline::OfflineOutcome,
+};
+
+/// Where and when the run happened.
+#[derive(Clone, Debug)]
+pub struct Machine {
+    pub date: String,
+    pub cpu_model: String,
+    pub cpus: usize,
+    pub kernel: String,
+    pub memory_gib: f64,
+    pub load_at_start: String,
+    pub commit: String,
+    pub nginx: String,
+    pub wrk: String,
+    pub tcpdump: String,
+}
+
+impl Machine {
+    /// Best effort: a figure that cannot be read says "unknown" rather than stopping the bench.
+    pub fn read() -> Self {
+        let text = |cmd: &mut Command| {
+            crate::output(cmd)
+                .map(|s| s.trim().to_owned())
+                .unwrap_or_else(|_| "unknown".to_owned())
+        };
+        let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let meminfo = fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let commit = text(
+            Command::new("git")
+                .args(["-C"])
+                .arg(crate::workspace_root())
+                .args(["describe", "--always", "--dirty"]),
+        );
+        // nginx and tcpdump print their version on stderr, wrk on stdout with a non-zero exit.
+        let version = |program: &str, arg: &str| {
+            Command::new(program)
+                .arg(arg)
+                .output()
+                .ok()
+                .and_then(|out| {
+                    let all = format!(
+                        "{}{}",
+                        String::from_utf8_lossy(&out.stdout),
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                    all.lines().next().map(|l| l.trim().to_owned())
+                })
+                .unwrap_or_else(|| "unknown".to_owned())
+        };
+        Self {
+            date: text(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"])),
+            cpu_model: cpuinfo
+                .lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map_or("unknown".to_owned(), |(_, v)| v.trim().to_owned()),
+            cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
+            kernel: text(Command::new("uname").arg("-r")),
+            memory_gib: meminfo
+                .lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+                .map_or(0.0, |kib| kib / 1024.0 / 1024.0),
+            load_at_start: fs::read_to_string("/proc/loadavg")
+                .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+                .unwrap_or_else(|_| "unknown".to_owned()),
+            commit,
+            nginx: version("/usr/sbin/nginx", "-v"),
+            wrk: version("wrk", "--version")
+                .split(" Copyright")
+                .next()
+                .unwrap_or("unknown")
+                .to_owned(),
+            tcpdump: version("tcpdump", "--version"),
+        }
+    }
+
+    fn line(&self) -> String {
+        format!(
+            "{}, {} CPUs, {:.0} GiB, Linux {}; load average at start {}",
+            self.cpu_model, self.cpus, self.memory_gib, self.kernel, self.load_at_start
+        )
+    }
+}
+
+/// Median and range of one figure over the rounds.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Spread {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+    pub n: usize,
+}
+
+impl Spread {
+    pub fn of(values: impl IntoIterator<Item = f64>) -> Self {
+        let mut v: Vec<f64> = values.into_iter().filter(|x| x.is_finite()).collect();
+        if v.is_empty() {
+            return Self::default();
+        }
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        let median = if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        };
+        Self {
+            median,
+            min: v[0],
+            max: v[n - 1],
+            n,
+        }
+    }
+
+    fn show(&self, decimals: usize) -> String {
+        format!(
+            "{} ({}–{})",
+            num(self.median, decimals),
+            num(self.min, decimals),
+            num(self.max, decimals)
+        )
+    }
+
+    fn json(&self) -> Value {
+        json!({ "median": self.median, "min": self.min, "max": self.max, "rounds": self.n })
+    }
+}
+
+/// A number with thousands separators.
+fn num(value: f64, decimals: usize) -> String {
+    let text = format!("{value:.decimals$}");
+    let (int, frac) = text
+        .split_once('.')
+        .map_or((text.as_str(), ""), |(i, f)| (i, f));
+    let (sign, digits) = int.strip_prefix('-').map_or(("", int), |d| ("-", d));
+    let mut grouped = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            grouped.push(',');
+        }
+        grouped.push(c);
+    }
+    if frac.is_empty() {
+        format!("{sign}{grouped}")
+    } else {
+        format!("{sign}{grouped}.{frac}")
+    }
+}
+
+pub struct Report {
+    pub options: Options,
+    pub machine: Machine,
+    pub command: String,
+    pub topology: String,
+    pub overhead: OverheadOutcome,
+    pub completeness: CompletenessOutcome,
+    pub offline: Option<OfflineOutcome>,
+    pub elapsed: Duration,
+}
+
+/// The offline phase reduced to figures: exchanges per second of each tool, and their ratio.
+struct OfflineSummary {
+    import_rate: Spread,
+    tshark_rate: Spread,
+    ratio: Spread,
+    /// Whether both tools found every exchange in every round.
+    counts_agree: bool,
+}
+
+fn summarize_offline(offline: &OfflineOutcome) -> OfflineSummary {
+    let n = offline.exchanges as f64;
+    OfflineSummary {
+        import_rate: Spread::of(offline.runs.iter().map(|r| n / r.import_s)),
+        tshark_rate: Spread::of(offline.runs.iter().map(|r| n / r.tshark_s)),
+        ratio: Spread::of(offline.runs.iter().map(|r| r.tshark_s / r.import_s)),
+        counts_agree: offline.runs.iter().all(|r| {
+            r.import_exchanges == offline.exchanges
+                && r.tshark_responses == offline.exchanges
+                && r.tshark_requests == offline.exchanges
+        }),
+    }
+}
+
+/// The overhead phase reduced to figures.
+struct OverheadSummary {
+    rate: BTreeMap<&'static str, Spread>,
+    p99_us: BTreeMap<&'static str, Spread>,
+    /// nginx's own CPU (user + sys) per request, µs.
+    nginx_us: BTreeMap<&'static str, Spread>,
+    /// Other processes' CPUs busy during the runs.
+    background: BTreeMap<&'static str, Spread>,
+    /// Same-round ratios against no capture.
+    rate_ratio: BTreeMap<&'static str, Spread>,
+    p99_ratio: BTreeMap<&'static str, Spread>,
+    /// Same-round throughput ratios of the rounds where other processes stayed quiet in both
+    /// runs (n = 0: there was none).
+    quiet_ratio: BTreeMap<&'static str, Spread>,
+    /// Sensor CPU per exchange, µs: user, sys, bpf, total.
+    sensor_us: [Spread; 4],
+    sensor_rss_mib: Spread,
+    /// The sensor's CPU per exchange over nginx's CPU per request in the same runs.
+    sensor_vs_nginx: Spread,
+    /// CPUs the sensor kept busy (user + sys + BPF over the run's length).
+    sensor_cores: Spread,
+    /// Decoded exchanges over wrk's completed requests.
+    sensor_decoded_ratio: Spread,
+    sensor_losses: BTreeMap<String, u64>,
+    /// Per BPF program: runs per exchange and ns per run.
+    bpf: BTreeMap<String, (Spread, Spread)>,
+    tcpdump_us: Spread,
+    tcpdump_rss_mib: Spread,
+    tcpdump_dropped: u64,
+    tcpdump_captured: u64,
+    tcpdump_file_mib: Spread,
+}
+
+fn summarize_overhead(runs: &[OverheadRun]) -> OverheadSummary {
+    let of = |config: Config| runs.iter().filter(move |r| r.config == config);
+    let mut rate = BTreeMap::new();
+    let mut p99_us = BTreeMap::new();
+    let mut nginx_us = BTreeMap::new();
+    let mut background = BTreeMap::new();
+    let mut rate_ratio = BTreeMap::new();
+    let mut p99_ratio = BTreeMap::new();
+    let mut quiet_ratio = BTreeMap::new();
+    for config in Config::ALL {
+        rate.insert(config.name(), Spread::of(of(config).map(|r| r.wrk.rate())));
+        p99_us.insert(config.name(), Spread::of(of(config).map(|r| r.wrk.p99_us)));
+        background.insert(
+            config.name(),
+            Spread::of(of(config).map(OverheadRun::background_cpus)),
+        );
+        nginx_us.insert(
+            config.name(),
+            Spread::of(of(config).map(|r| {
+                (r.nginx_cpu.user_ns + r.nginx_cpu.sys_ns) as f64
+                    / r.wrk.requests.max(1) as f64
+                    / 1e3
+            })),
+        );
+        if config == Config::None {
+            continue;
+        }
+        let pairs: Vec<(&OverheadRun, &OverheadRun)> = of(config)
+            .filter_map(|r| {
+                of(Config::None)
+                    .find(|base| base.round == r.round)
+                    .map(|base| (r, base))
+            })
+            .collect();
+        rate_ratio.insert(
+            config.name(),
+            Spread::of(pairs.iter().map(|(r, b)| r.wrk.rate() / b.wrk.rate())),
+        );
+        p99_ratio.insert(
+            config.name(),
+            Spread::of(pairs.iter().map(|(r, b)| r.wrk.p99_us / b.wrk.p99_us)),
+        );
+        quiet_ratio.insert(
+            config.name(),
+            Spread::of(
+                pairs
+                    .iter()
+                    .filter(|(r, b)| {
+                        r.background_cpus() < super::QUIET_CPUS
+                            && b.background_cpus() < super::QUIET_CPUS
+                    })
+                    .map(|(r, b)| r.wrk.rate() / b.wrk.rate()),
+            ),
+        );
+    }
+    let sensors: Vec<(&OverheadRun, &super::SensorRun)> = of(Config::Sensor)
+        .filter_map(|r| r.sensor.as_ref().map(|s| (r, s)))
+        .collect();
+    let per_exchange = |f: &dyn Fn(&super::SensorRun) -> u64| {
+        Spread::of(
+            sensors
+                .iter()
+                .map(|(_, s)| f(s) as f64 / s.exchanges().max(1) as f64 / 1e3),
+        )
+    };
+    let sensor_us = [
+        per_exchange(&|s| s.cpu.user_ns),
+        per_exchange(&|s| s.cpu.sys_ns),
+        per_exchange(&|s| s.bpf_ns()),
+        per_exchange(&|s| s.cpu.user_ns + s.cpu.sys_ns + s.bpf_ns()),
+    ];
+    let mut sensor_losses = BTreeMap::new();
+    let mut bpf_values: BTreeMap<String, (Vec<f64>, Vec<f64>)> = BTreeMap::new();
+    for (_, sensor) in &sensors {
+        for (name, value) in sensor.counters.losses() {
+            *sensor_losses.entry(name).or_default() += value;
+        }
+        for prog in &sensor.bpf {
+            let entry = bpf_values.entry(prog.name.clone()).or_default();
+            entry
+                .0
+                .push(prog.run_cnt as f64 / sensor.exchanges().max(1) as f64);
+            if prog.run_cnt > 0 {
+                entry.1.push(prog.run_time_ns as f64 / prog.run_cnt as f64);
+            }
+        }
+    }
+    let tcpdumps: Vec<(&OverheadRun, &super::TcpdumpRun)> = of(Config::Tcpdump)
+        .filter_map(|r| r.tcpdump.as_ref().map(|t| (r, t)))
+        .collect();
+    OverheadSummary {
+        rate,
+        p99_us,
+        nginx_us,
+        background,
+        rate_ratio,
+        p99_ratio,
+        quiet_ratio,
+        sensor_us,
+        sensor_rss_mib: Spread::of(sensors.iter().map(|(_, s)| s.peak_rss_kib as f64 / 1024.0)),
+        sensor_vs_nginx: Spread::of(sensors.iter().map(|(r, s)| {
+            let sensor =
+                (s.cpu.user_ns + s.cpu.sys_ns + s.bpf_ns()) as f64 / s.exchanges().max(1) as f64;
+            let nginx =
+                (r.nginx_cpu.user_ns + r.nginx_cpu.sys_ns) as f64 / r.wrk.requests.max(1) as f64;
+            sensor / nginx.max(1.0)
+        })),
+        sensor_cores: Spread::of(sensors.iter().map(|(r, s)| {
+            (s.cpu.user_ns + s.cpu.sys_ns + s.bpf_ns()) as f64 / 1e9 / r.wrk.seconds.max(1e-9)
+        })),
+        sensor_decoded_ratio: Spread::of(
+            sensors
+                .iter()
+                .map(|(r, s)| s.exchanges() as f64 / r.wrk.requests.max(1) as f64),
+        ),
+        sensor_losses,
+        bpf: bpf_values
+            .into_iter()
+            .map(|(name, (runs, ns))| (name, (Spread::of(runs), Spread::of(ns))))
+            .collect(),
+        tcpdump_us: Spread::of(tcpdumps.iter().map(|(r, t)| {
+            (t.cpu.user_ns + t.cpu.sys_ns) as f64 / r.wrk.requests.max(1) as f64 / 1e3
+        })),
+        tcpdump_rss_mib: Spread::of(tcpdumps.iter().map(|(_, t)| t.peak_rss_kib as f64 / 1024.0)),
+        tcpdump_dropped: tcpdumps.iter().map(|(_, t)| t.dropped).sum(),
+        tcpdump_captured: tcpdumps.iter().map(|(_, t)| t.captured).sum(),
+        tcpdump_file_mib: Spread::of(
+            tcpdumps
+                .iter()
+                .map(|(_, t)| t.file_bytes as f64 / 1048576.0),
+        ),
+    }
+}
+
+/// One completeness level over all rounds.
+struct LevelSummary {
+    fraction: f64,
+    target_rate: Option<f64>,
+    connections: u32,
+    rate: Spread,
+    logged: u64,
+    decoded: u64,
+    matched: u64,
+    without_response: u64,
+    missing: u64,
+    extra: u64,
+    /// Lowest per-round share of logged lines matched.
+    worst: f64,
+    complete_runs: usize,
+    explained_runs: usize,
+    unexplained_runs: usize,
+    losses: BTreeMap<String, u64>,
+    by_method: BTreeMap<String, (u64, u64)>,
+    by_status: BTreeMap<String, (u64, u64)>,
+    examples: Vec<String>,
+    kept: Vec<String>,
+}
+
+impl LevelSummary {
+    fn completeness(&self) -> f64 {
+        if self.logged == 0 {
+            0.0
+        } else {
+            self.matched as f64 / self.logged as f64
+        }
+    }
+}
+
+fn summarize_levels(options: &Options, runs: &[CompletenessRun]) -> Vec<LevelSummary> {
+    options
+        .levels
+        .iter()
+        .enumerate()
+        .map(|(level, fraction)| {
+            let mine: Vec<&CompletenessRun> = runs.iter().filter(|r| r.level == level).collect();
+            let sum = |f: &dyn Fn(&CompletenessRun) -> u64| mine.iter().map(|r| f(r)).sum::<u64>();
+            let mut losses = BTreeMap::new();
+            let mut by_method: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+            let mut by_status: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+            let mut examples = Vec::new();
+            for run in &mine {
+                for (name, value) in &run.losses {
+                    *losses.entry(name.clone()).or_default() += value;
+                }
+                for (key, (logged, matched)) in &run.tally.by_method {
+                    let e = by_method.entry(key.clone()).or_default();
+                    e.0 += logged;
+                    e.1 += matched;
+                }
+                for (key, (logged, matched)) in &run.tally.by_status {
+                    let e = by_status.entry(key.clone()).or_default();
+                    e.0 += logged;
+                    e.1 += matched;
+                }
+                for example in &run.tally.examples {
+                    if examples.len() < 6 {
+                        examples.push(format!("round {}: {example}", run.round + 1));
+                    }
+                }
+            }
+            LevelSummary {
+                fraction: *fraction,
+                target_rate: mine.first().and_then(|r| r.target_rate),
+                connections: mine.first().map_or(0, |r| r.connections),
+                rate: Spread::of(mine.iter().map(|r| r.wrk.rate())),
+                logged: sum(&|r| r.tally.logged),
+                decoded: sum(&|r| r.tally.decoded),
+                matched: sum(&|r| r.tally.matched),
+                without_response: sum(&|r| r.tally.without_response),
+                missing: sum(&|r| r.tally.missing),
+                extra: sum(&|r| r.tally.extra),
+                worst: mine
+                    .iter()
+                    .map(|r| r.tally.matched as f64 / r.tally.logged.max(1) as f64)
+                    .fold(f64::INFINITY, f64::min),
+                complete_runs: mine.iter().filter(|r| r.verdict() == "complete").count(),
+                explained_runs: mine.iter().filter(|r| r.verdict() == "explained").count(),
+                unexplained_runs: mine.iter().filter(|r| r.verdict() == "UNEXPLAINED").count(),
+                losses,
+                by_method,
+                by_status,
+                examples,
+                kept: mine
+                    .iter()
+                    .filter_map(|r| r.kept_files.as_ref().map(|p| p.display().to_string()))
+                    .collect(),
+            }
+        })
+        .collect()
+}
+
+/// A target and how the run fared against it.
+struct Target {
+    name: &'static str,
+    target: String,
+    measured: String,
+    /// None: not measured.
+    met: Option<bool>,
+    /// False when the rounds disagree too much for a verdict either way.
+    conclusive: bool,
+    note: String,
+}
+
+/// The widest min–max range of a same-round throughput ratio that still allows a verdict on a
+/// 5 % target: beyond it, drift between rounds (other work on the machine) is as large as the
+/// effect being measured.
+const RATIO_RANGE_LIMIT: f64 = 0.05;
+
+fn targets(
+    overhead: &OverheadSummary,
+    levels: &[LevelSummary],
+    offline: Option<&OfflineSummary>,
+) -> Vec<Target> {
+    let mut list = Vec::new();
+    let loss = |name: &str| {
+        overhead
+            .rate_ratio
+            .get(name)
+            .map_or(f64::NAN, |s| (1.0 - s.median) * 100.0)
+    };
+    let sensor_loss = loss("apisessions");
+    let tcpdump_loss = loss("tcpdump");
+    let range = |name: &str| {
+        overhead
+            .rate_ratio
+            .get(name)
+            .map_or(f64::INFINITY, |s| s.max - s.min)
+    };
+    let sensor_range = range("apisessions");
+    let quiet = |name: &str| {
+        overhead
+            .quiet_ratio
+            .get(name)
+            .filter(|s| s.n > 0)
+            .map(|s| (s.n, (1.0 - s.median) * 100.0))
+    };
+    let noise_note = |range: f64, name: &str| {
+        let mut note = format!(
+            "rounds disagree: the ratio ranges over {:.1} points (limit {:.0})",
+            range * 100.0,
+            RATIO_RANGE_LIMIT * 100.0
+        );
+        match quiet(name) {
+            Some((n, loss)) => {
+                let _ = write!(
+                    note,
+                    "; in the {n} round(s) without other load: {loss:.1} %"
+                );
+            }
+            None => note.push_str("; no round ran without other load"),
+        }
+        note
+    };
+    let sensor_conclusive = sensor_range <= RATIO_RANGE_LIMIT;
+    list.push(Target {
+        name: "throughput loss at saturation",
+        target: "≤ 5 % (stretch ≤ 2 %)".into(),
+        measured: format!("{sensor_loss:.1} %"),
+        met: Some(sensor_loss <= 5.0),
+        conclusive: sensor_conclusive,
+        note: if !sensor_conclusive {
+            noise_note(sensor_range, "apisessions")
+        } else if sensor_loss <= 2.0 {
+            "stretch goal met".into()
+        } else if sensor_loss <= 5.0 {
+            format!("stretch goal missed by {:.1} points", sensor_loss - 2.0)
+        } else {
+            format!("missed by {:.1} points", sensor_loss - 5.0)
+        },
+    });
+    let both_conclusive = sensor_conclusive && range("tcpdump") <= RATIO_RANGE_LIMIT;
+    list.push(Target {
+        name: "throughput loss below tcpdump's",
+        target: format!("< {tcpdump_loss:.1} % (tcpdump -w)"),
+        measured: format!("{sensor_loss:.1} %"),
+        met: Some(sensor_loss < tcpdump_loss),
+        conclusive: both_conclusive,
+        note: if !both_conclusive {
+            let mut note = noise_note(sensor_range.max(range("tcpdump")), "apisessions");
+            if let Some((_, loss)) = quiet("tcpdump") {
+                let _ = write!(note, " against tcpdump's {loss:.1} %");
+            }
+            note
+        } else if sensor_loss < tcpdump_loss {
+            format!("{:.1} points less", tcpdump_loss - sensor_loss)
+        } else {
+            format!("{:.1} points more", sensor_loss - tcpdump_loss)
+        },
+    });
+    let cpu = overhead.sensor_us[3].median;
+    list.push(Target {
+        name: "sensor CPU per exchange (user + sys + BPF)",
+        target: "≤ 5 µs".into(),
+        measured: format!("{cpu:.2} µs"),
+        met: Some(cpu <= 5.0),
+        conclusive: true,
+        note: if cpu <= 5.0 {
+            format!("{:.0} % of the budget", cpu / 5.0 * 100.0)
+        } else {
+            format!(
+                "missed by {:.2} µs ({:.0} % over)",
+                cpu - 5.0,
+                (cpu / 5.0 - 1.0) * 100.0
+            )
+        },
+    });
+    let logged: u64 = levels.iter().map(|l| l.logged).sum();
+    let matched: u64 = levels.iter().map(|l| l.matched).sum();
+    let extra: u64 = levels.iter().map(|l| l.extra).sum();
+    let unexplained: usize = levels.iter().map(|l| l.unexplained_runs).sum();
+    let complete = matched == logged && extra == 0;
+    list.push(Target {
+        name: "completeness, zero unexplained loss",
+        target: "100 %, 0 unexplained".into(),
+        measured: format!(
+            "{:.4} % ({} of {} logged; {} decoded not logged); {} unexplained run(s)",
+            matched as f64 / logged.max(1) as f64 * 100.0,
+            num(matched as f64, 0),
+            num(logged as f64, 0),
+            extra,
+            unexplained
+        ),
+        met: Some(complete && unexplained == 0),
+        conclusive: true,
+        note: if complete {
+            "every logged request decoded with its method, URI and status".into()
+        } else if unexplained == 0 {
+            format!(
+                "missed by {} exchange(s), all explained by loss counters",
+                logged - matched
+            )
+        } else {
+            format!(
+                "missed by {} exchange(s); {unexplained} run(s) lost data no counter explains",
+                logged - matched
+            )
+        },
+    });
+    list.push(match offline {
+        Some(offline) => {
+            let ratio = offline.ratio.median;
+            Target {
+                name: "import throughput vs tshark",
+                target: "≥ 10×".into(),
+                measured: format!("{ratio:.1}×"),
+                met: Some(ratio >= 10.0),
+                conclusive: true,
+                note: if ratio >= 10.0 {
+                    format!("{:.1}× above the goal", ratio / 10.0)
+                } else {
+                    format!(
+                        "missed by {:.1}× ({:.0} % of the goal)",
+                        10.0 - ratio,
+                        ratio * 10.0
+                    )
+                },
+            }
+        }
+        None => Target {
+            name: "import throughput vs tshark",
+            target: "≥ 10×".into(),
+            measured: "not measured".into(),
+            met: None,
+            conclusive: true,
+            note: "offline phase skipped (--offline-exchanges 0)".into(),
+        },
+    });
+    list
+}
+
+fn verdict(target: &Target) -> &'static str {
+    match target.met {
+        None => "—",
+        Some(_) if !target.conclusive => "inconclusive",
+        Some(true) => "met",
+        Some(false) => "MISSED",
+    }
+}
+
+impl Report {
+    pub fn render(&self) -> Result<(String, Value)> {
+        let overhead = summarize_overhead(&self.overhead.runs);
+        let levels = summarize_levels(&self.options, &self.completeness.runs);
+        let offline = self.offline.as_ref().map(summarize_offline);
+        let targets = targets(&overhead, &levels, offline.as_ref());
+        let o = &self.options;
+        let m = &self.machine;
+        let mut md = String::new();
+        writeln!(md, "# apisessions bench, {}\n", m.date)?;
+        writeln!(md, "- Machine: {}", m.line())?;
+        writeln!(md, "- Commit: {}", m.commit)?;
+        writeln!(md, "- Command: `{}`", self.command)?;
+        writeln!(
+            md,
+            "- Setup: {}. {} ({} worker process{}), {} (1 thread, {} connections), {}.",
+            self.topology,
+            m.nginx,
+            o.workers,
+            if o.workers == 1 { "" } else { "es" },
+            m.wrk,
+            o.connections,
+            m.tcpdump
+        )?;
+        writeln!(
+            md,
+            "- Rounds: {} × {} s per configuration, alternating (none, apisessions, tcpdump, none, …); \
+             figures are median (min–max) over the rounds; ratios pair each run with the uncaptured \
+             run of its round. Before each overhead run the bench waits up to {} s for the machine \
+             to be quiet (under {} CPUs busy); \"other processes\" is what the rest of the machine \
+             used during the runs all the same. Total time {:.0} s.{}\n",
+            o.rounds,
+            o.duration.as_secs(),
+            o.quiet_wait.as_secs(),
+            super::QUIET_CPUS,
+            self.elapsed.as_secs_f64(),
+            if o.quick {
+                " **Quick smoke run: not a result.**"
+            } else {
+                ""
+            }
+        )?;
+
+        writeln!(md, "## Targets\n")?;
+        writeln!(md, "| target | goal | measured | verdict | |")?;
+        writeln!(md, "|---|---|---|---|---|")?;
+        for t in &targets {
+            writeln!(
+                md,
+                "| {} | {} | {} | {} | {} |",
+                t.name,
+                t.target,
+                t.measured,
+                verdict(t),
+                t.note
+            )?;
+        }
+
+        writeln!(md, "\n## 1. Overhead at saturation\n")?;
+        writeln!(
+            md,
+            "wrk fetches `{}` (a {}-byte JSON file) over keep-alive connections as fast as nginx \
+             answers; nginx does not log in this phase (the fastest server shows the capture's \
+             share at its largest). The sensor runs `apisessions run --iface IF --port {}` \
+             (decoding every exchange, no `--dump`); BPF run-time statistics are on during its \
+             rounds only (their small cost is in its figures). tcpdump runs `tcpdump -i IF -w \
+             FILE tcp port {}`.\n",
+            super::host::OVERHEAD_PATH,
+            super::host::OVERHEAD_BODY_LEN,
+            super::PORT,
+            super::PORT
+        )?;
+        writeln!(
+            md,
+            "| configuration | requests/s | p99 latency (µs) | throughput vs none | p99 vs none | \
+             nginx CPU per request (µs) | other processes (CPUs busy) |"
+        )?;
+        writeln!(md, "|---|---|---|---|---|---|---|")?;
+        for config in Config::ALL {
+            let name = config.name();
+            let ratio = |map: &BTreeMap<&str, Spread>| {
+                map.get(name).map_or("—".to_owned(), |s| s.show(3))
+            };
+            writeln!(
+                md,
+                "| {name} | {} | {} | {} | {} | {} | {} |",
+                overhead.rate[name].show(0),
+                overhead.p99_us[name].show(0),
+                ratio(&overhead.rate_ratio),
+                ratio(&overhead.p99_ratio),
+                overhead.nginx_us[name].show(2),
+                overhead.background[name].show(2)
+            )?;
+        }
+        writeln!(
+            md,
+            "\nEach round (requests/s; p99 µs; CPUs busy with other processes meanwhile):\n"
+        )?;
+        writeln!(md, "| round | none | apisessions | tcpdump |")?;
+        writeln!(md, "|---|---|---|---|")?;
+        for round in 0..o.rounds {
+            let mut row = format!("| {} |", round + 1);
+            for config in Config::ALL {
+                match self
+                    .overhead
+                    .runs
+                    .iter()
+                    .find(|r| r.round == round && r.config == config)
+                {
+                    Some(run) => write!(
+                        row,
+                        " {}; {}; {:.2} |",
+                        num(run.wrk.rate(), 0),
+                        num(run.wrk.p99_us, 0),
+                        run.background_cpus()
+                    )?,
+                    None => row.push_str(" — |"),
+                }
+            }
+            writeln!(md, "{row}")?;
+        }
+        let [user, sys, bpf, total] = &overhead.sensor_us;
+        writeln!(
+            md,
+            "\nSensor cost, per exchange decoded (µs; × 1000 = µs per 1000 exchanges):\n"
+        )?;
+        writeln!(
+            md,
+            "| user | sys | BPF programs | total | CPUs busy | peak RSS (MiB) |"
+        )?;
+        writeln!(md, "|---|---|---|---|---|---|")?;
+        writeln!(
+            md,
+            "| {} | {} | {} | {} | {} of {} | {} |",
+            user.show(2),
+            sys.show(2),
+            bpf.show(2),
+            total.show(2),
+            overhead.sensor_cores.show(2),
+            m.cpus,
+            overhead.sensor_rss_mib.show(1)
+        )?;
+        if !overhead.bpf.is_empty() {
+            writeln!(md, "\n| BPF program | runs per exchange | ns per run |")?;
+            writeln!(md, "|---|---|---|")?;
+            for (name, (runs, ns)) in &overhead.bpf {
+                writeln!(md, "| {name} | {} | {} |", runs.show(2), ns.show(0))?;
+            }
+        }
+        writeln!(
+            md,
+            "\nDecoded at saturation: exchanges / wrk's completed requests = {}; loss counters in \
+             these runs: {}.",
+            overhead.sensor_decoded_ratio.show(4),
+            list_counters(&overhead.sensor_losses)
+        )?;
+        writeln!(
+            md,
+            "\ntcpdump: {} µs CPU per request (its own user + sys; the kernel's copies into its \
+             socket are not in it), peak RSS {} MiB, {} of {} packets dropped by the kernel, \
+             {} MiB written per run.",
+            overhead.tcpdump_us.show(2),
+            overhead.tcpdump_rss_mib.show(1),
+            num(overhead.tcpdump_dropped as f64, 0),
+            num(
+                (overhead.tcpdump_captured + overhead.tcpdump_dropped) as f64,
+                0
+            ),
+            overhead.tcpdump_file_mib.show(0)
+        )?;
+
+        if let Some(profile) = &self.overhead.profile {
+            let share = |f: &dyn Fn(&str) -> bool| -> f64 {
+                profile.iter().filter(|(_, s)| f(s)).map(|(p, _)| p).sum()
+            };
+            let allocator = share(&|s| is_allocator(s));
+            let copies = share(&|s| s.contains("memmove") || s.contains("memcpy"));
+            let kernel = share(&|s| s.starts_with("[k]"));
+            writeln!(
+                md,
+                "\nWhere the daemon's time goes (`perf record -F 999` on it in one more saturation \
+                 run, not counted above): allocator (malloc/free) {allocator:.1} %, memory copies \
+                 {copies:.1} %, kernel {kernel:.1} %. Top symbols by own samples:\n"
+            )?;
+            writeln!(md, "| share | symbol |")?;
+            writeln!(md, "|---|---|")?;
+            for (share, symbol) in profile.iter().take(15) {
+                writeln!(md, "| {share:.1} % | `{symbol}` |")?;
+            }
+        }
+
+        writeln!(md, "\n## 2. Completeness\n")?;
+        writeln!(
+            md,
+            "{} s per run. A mix of GET (200, 304, 404; JSON, a small file, a 16 KiB page), POST (201), DELETE \
+             (204) and PUT (405), each request with a unique URI, at rising rates: fractions of the mix's own saturation \
+             rate ({} requests/s, measured without capture), each connection pausing {} ms \
+             before a request, then unpaced. nginx logs `$request_method $request_uri $status` \
+             per request; `apisessions run --dump` prints one line per decoded exchange; every \
+             logged line is matched by method, URI and status. A run with a difference is \
+             *explained* when a loss counter moved, *UNEXPLAINED* otherwise.\n",
+            super::completeness_duration(o).as_secs(),
+            num(self.completeness.saturation, 0),
+            super::PACING_MS
+        )?;
+        writeln!(
+            md,
+            "| level | offered | achieved requests/s | logged | matched | no response | missing | \
+             decoded, not logged | completeness (worst round) | runs complete / explained / UNEXPLAINED | loss counters |"
+        )?;
+        writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|")?;
+        for (i, level) in levels.iter().enumerate() {
+            writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {:.4} % ({:.4} %) | {} / {} / {} | {} |",
+                i + 1,
+                match level.target_rate {
+                    Some(rate) => format!(
+                        "{:.0} % ≈ {} /s, {} conns",
+                        level.fraction * 100.0,
+                        num(rate, 0),
+                        level.connections
+                    ),
+                    None => format!("saturation, {} conns", level.connections),
+                },
+                level.rate.show(0),
+                num(level.logged as f64, 0),
+                num(level.matched as f64, 0),
+                level.without_response,
+                level.missing,
+                level.extra,
+                level.completeness() * 100.0,
+                level.worst * 100.0,
+                level.complete_runs,
+                level.explained_runs,
+                level.unexplained_runs,
+                list_counters(&level.losses)
+            )?;
+        }
+        let mut by_method: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+        let mut by_status: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+        for level in &levels {
+            for (k, (a, b)) in &level.by_method {
+                let e = by_method.entry(k.clone()).or_default();
+                e.0 += a;
+                e.1 += b;
+            }
+            for (k, (a, b)) in &level.by_status {
+                let e = by_status.entry(k.clone()).or_default();
+                e.0 += a;
+                e.1 += b;
+            }
+        }
+        let split = |map: &BTreeMap<String, (u64, u64)>| {
+            map.iter()
+                .map(|(k, (logged, matched))| {
+                    format!("{k} {}/{}", num(*matched as f64, 0), num(*logged as f64, 0))
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        writeln!(
+            md,
+            "\nMatched / logged, all levels: by method {}; by status {}.",
+            split(&by_method),
+            split(&by_status)
+        )?;
+        let examples: Vec<&String> = levels.iter().flat_map(|l| &l.examples).take(8).collect();
+        if !examples.is_empty() {
+            writeln!(md, "\nExamples of differences:\n")?;
+            for example in examples {
+                writeln!(md, "- `{example}`")?;
+            }
+            let kept: Vec<&String> = levels.iter().flat_map(|l| &l.kept).collect();
+            writeln!(
+                md,
+                "\nThe logs and dumps of those runs are kept in {}.",
+                kept.iter()
+                    .map(|k| format!("`{k}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )?;
+        }
+        if let (Some(outcome), Some(summary)) = (&self.offline, &offline) {
+            writeln!(md, "\n## 3. Offline throughput\n")?;
+            writeln!(
+                md,
+                "A generated capture (`{}`, {} MiB): {} exchanges, {} packets, 64 keep-alive \
+                 connections interleaved at a time, 100 exchanges each, a mix of GET/POST/PUT/DELETE \
+                 with 200/201/204/304/404/405 and one response in ten chunked. Alternating rounds of \
+                 `apisessions import FILE --port 8080` (release build, exchanges to nowhere) and \
+                 `tshark -n -r FILE -Y http -T fields -e http.request.method -e http.request.uri -e \
+                 http.response.code` ({}); wall time, the file in the page cache.\n",
+                outcome.file.display(),
+                num(outcome.file_bytes as f64 / 1048576.0, 0),
+                num(outcome.exchanges as f64, 0),
+                num(outcome.packets as f64, 0),
+                outcome.tshark_version
+            )?;
+            writeln!(md, "| tool | exchanges/s | seconds per run |")?;
+            writeln!(md, "|---|---|---|")?;
+            writeln!(
+                md,
+                "| apisessions import | {} | {} |",
+                summary.import_rate.show(0),
+                Spread::of(outcome.runs.iter().map(|r| r.import_s)).show(2)
+            )?;
+            writeln!(
+                md,
+                "| tshark | {} | {} |",
+                summary.tshark_rate.show(0),
+                Spread::of(outcome.runs.iter().map(|r| r.tshark_s)).show(1)
+            )?;
+            writeln!(
+                md,
+                "\nRatio (tshark's time over import's, per round): {}×. Both found every exchange \
+                 in every round: {}.",
+                summary.ratio.show(1),
+                if summary.counts_agree {
+                    "yes".to_owned()
+                } else {
+                    format!(
+                        "**no** (import: {}; tshark requests/responses: {})",
+                        outcome
+                            .runs
+                            .iter()
+                            .map(|r| r.import_exchanges.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        outcome
+                            .runs
+                            .iter()
+                            .map(|r| format!("{}/{}", r.tshark_requests, r.tshark_responses))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                }
+            )?;
+        }
+        writeln!(md, "\n## Reproduce\n\n```sh\n{}\n```", self.command)?;
+
+        let json = json!({
+            "date": m.date,
+            "machine": {
+                "cpu_model": m.cpu_model, "cpus": m.cpus, "kernel": m.kernel,
+                "memory_gib": m.memory_gib, "load_at_start": m.load_at_start,
+            },
+            "commit": m.commit,
+            "command": self.command,
+            "topology": self.topology,
+            "tools": { "nginx": m.nginx, "wrk": m.wrk, "tcpdump": m.tcpdump },
+            "options": {
+                "rounds": o.rounds, "duration_s": o.duration.as_secs(), "quick": o.quick,
+                "loopback": o.loopback, "nginx_workers": o.workers, "connections": o.connections,
+                "levels": o.levels,
+            },
+            "elapsed_s": self.elapsed.as_secs_f64(),
+            "targets": targets.iter().map(|t| json!({
+                "name": t.name, "target": t.target, "measured": t.measured,
+                "met": t.met, "conclusive": t.conclusive, "note": t.note,
+            })).collect::<Vec<_>>(),
+            "overhead": {
+                "summary": {
+                    "requests_per_s": overhead.rate.iter().map(|(k, v)| (k.to_string(), v.json())).collect::<serde_json::Map<_, _>>(),
+                    "p99_us": overhead.p99_us.iter().map(|(k, v)| (k.to_string(), v.json())).collect::<serde_json::Map<_, _>>(),
+                    "background_cpus": overhead.background.iter().map(|(k, v)| (k.to_string(), v.json())).collect::<serde_json::Map<_, _>>(),
+                    "nginx_us_per_request": overhead.nginx_us.iter().map(|(k, v)| (k.to_string(), v.json())).collect::<serde_json::Map<_, _>>(),
+                    "throughput_ratio_quiet_rounds": overhead.quiet_ratio.iter().map(|(k, v)| (k.to_string(), v.json())).collect::<serde_json::Map<_, _>>(),
+                    "throughput_ratio": overhead.rate_ratio.iter().map(|(k, v)| (k.to_string(), v.json())).collect::<serde_json::Map<_, _>>(),
+                    "p99_ratio": overhead.p99_ratio.iter().map(|(k, v)| (k.to_string(), v.json())).collect::<serde_json::Map<_, _>>(),
+                    "sensor_us_per_exchange": {
+                        "user": user.json(), "sys": sys.json(), "bpf": bpf.json(), "total": total.json(),
+                    },
+                    "sensor_peak_rss_mib": overhead.sensor_rss_mib.json(),
+                    "sensor_cpus_busy": overhead.sensor_cores.json(),
+                    "sensor_cpu_over_nginx_cpu": overhead.sensor_vs_nginx.json(),
+                    "sensor_decoded_ratio": overhead.sensor_decoded_ratio.json(),
+                    "sensor_losses": overhead.sensor_losses,
+                    "bpf_programs": overhead.bpf.iter().map(|(k, (runs, ns))| (k.clone(), json!({
+                        "runs_per_exchange": runs.json(), "ns_per_run": ns.json(),
+                    }))).collect::<serde_json::Map<_, _>>(),
+                    "tcpdump_us_per_request": overhead.tcpdump_us.json(),
+                    "tcpdump_peak_rss_mib": overhead.tcpdump_rss_mib.json(),
+                    "tcpdump_dropped": overhead.tcpdump_dropped,
+                    "tcpdump_captured": overhead.tcpdump_captured,
+                },
+                "profile": self.overhead.profile.as_ref().map(|p| p.iter().take(40).map(|(share, symbol)| json!({
+                    "share_percent": share, "symbol": symbol,
+                })).collect::<Vec<_>>()),
+                "runs": self.overhead.runs.iter().map(overhead_run_json).collect::<Vec<_>>(),
+            },
+            "offline": self.offline.as_ref().zip(offline.as_ref()).map(|(outcome, summary)| json!({
+                "file": outcome.file.display().to_string(), "file_bytes": outcome.file_bytes,
+                "exchanges": outcome.exchanges, "packets": outcome.packets,
+                "tshark": outcome.tshark_version,
+                "import_exchanges_per_s": summary.import_rate.json(),
+                "tshark_exchanges_per_s": summary.tshark_rate.json(),
+                "ratio": summary.ratio.json(), "counts_agree": summary.counts_agree,
+                "runs": outcome.runs.iter().map(|r| json!({
+                    "round": r.round, "import_s": r.import_s, "import_exchanges": r.import_exchanges,
+                    "tshark_s": r.tshark_s, "tshark_requests": r.tshark_requests,
+                    "tshark_responses": r.tshark_responses,
+                })).collect::<Vec<_>>(),
+            })),
+            "completeness": {
+                "mix_saturation_per_s": self.completeness.saturation,
+                "pacing_ms": super::PACING_MS,
+                "levels": levels.iter().map(|l| json!({
+                    "fraction": l.fraction, "target_rate": l.target_rate, "connections": l.connections,
+                    "achieved_per_s": l.rate.json(), "logged": l.logged, "decoded": l.decoded,
+                    "matched": l.matched, "without_response": l.without_response,
+                    "missing": l.missing, "extra": l.extra, "completeness": l.completeness(),
+                    "worst_round": l.worst, "runs_complete": l.complete_runs,
+                    "runs_explained": l.explained_runs, "runs_unexplained": l.unexplained_runs,
+                    "losses": l.losses, "by_method": l.by_method, "by_status": l.by_status,
+                    "examples": l.examples,
+                })).collect::<Vec<_>>(),
+                "runs": self.completeness.runs.iter().map(|r| json!({
+                    "round": r.round, "level": r.level, "connections": r.connections,
+                    "wrk": wrk_json(&r.wrk), "logged": r.tally.logged, "decoded": r.tally.decoded,
+                    "matched": r.tally.matched, "without_response": r.tally.without_response,
+                    "missing": r.tally.missing, "extra": r.tally.extra, "verdict": r.verdict(),
+                    "counters": r.counters.to_json(),
+                })).collect::<Vec<_>>(),
+            },
+        });
+        Ok((md, json))
+    }
+
+    /// Appends this run's table to docs/BENCHMARKS.md, after the results already there.
+    pub fn append_to_benchmarks(&self, path: &Path) -> Result<()> {
+        let overhead = summarize_overhead(&self.overhead.runs);
+        let levels = summarize_levels(&self.options, &self.completeness.runs);
+        let offline = self.offline.as_ref().map(summarize_offline);
+        let targets = targets(&overhead, &levels, offline.as_ref());
+        let mut text = match fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(_) => BENCHMARKS_HEADER.to_owned(),
+        };
+        if !text.ends_with('\n') {
+            text.push('\n');
+        }
+        let m = &self.machine;
+        writeln!(text, "\n## {} · {}\n", m.date, m.commit)?;
+        writeln!(text, "- Machine: {}", m.line())?;
+        writeln!(
+            text,
+            "- Command: `{}` ({} rounds × {} s, {:.0} s in all)",
+            self.command,
+            self.options.rounds,
+            self.options.duration.as_secs(),
+            self.elapsed.as_secs_f64()
+        )?;
+        writeln!(
+            text,
+            "- Setup: {}; nginx {} worker(s), wrk 1 thread × {} connections\n",
+            self.topology, self.options.workers, self.options.connections
+        )?;
+        writeln!(text, "| figure | median (min–max) |")?;
+        writeln!(text, "|---|---|")?;
+        for config in Config::ALL {
+            let name = config.name();
+            writeln!(
+                text,
+                "| requests/s, {name} | {} |",
+                overhead.rate[name].show(0)
+            )?;
+        }
+        for config in [Config::Sensor, Config::Tcpdump] {
+            let name = config.name();
+            if let (Some(rate), Some(p99)) =
+                (overhead.rate_ratio.get(name), overhead.p99_ratio.get(name))
+            {
+                writeln!(text, "| throughput / none, {name} | {} |", rate.show(3))?;
+                if let Some(quiet) = overhead.quiet_ratio.get(name).filter(|s| s.n > 0) {
+                    writeln!(
+                        text,
+                        "| throughput / none, {name}, the {} round(s) without other load | {} |",
+                        quiet.n,
+                        quiet.show(3)
+                    )?;
+                }
+                writeln!(text, "| p99 latency / none, {name} | {} |", p99.show(3))?;
+            }
+        }
+        let [user, sys, bpf, total] = &overhead.sensor_us;
+        writeln!(
+            text,
+            "| sensor µs per exchange: user / sys / BPF | {} / {} / {} |",
+            user.show(2),
+            sys.show(2),
+            bpf.show(2)
+        )?;
+        writeln!(
+            text,
+            "| sensor µs per exchange, total | {} |",
+            total.show(2)
+        )?;
+        writeln!(
+            text,
+            "| sensor peak RSS (MiB) | {} |",
+            overhead.sensor_rss_mib.show(1)
+        )?;
+        writeln!(
+            text,
+            "| tcpdump µs per request (user + sys) | {} |",
+            overhead.tcpdump_us.show(2)
+        )?;
+        for (i, level) in levels.iter().enumerate() {
+            writeln!(
+                text,
+                "| completeness, level {} ({}; {} req/s) | {:.4} % of {} ({} unexplained runs) |",
+                i + 1,
+                level
+                    .target_rate
+                    .map_or("saturation".to_owned(), |_| format!(
+                        "{:.0} %",
+                        level.fraction * 100.0
+                    )),
+                num(level.rate.median, 0),
+                level.completeness() * 100.0,
+                num(level.logged as f64, 0),
+                level.unexplained_runs
+            )?;
+        }
+        if let Some(summary) = &offline {
+            writeln!(
+                text,
+                "| import exchanges/s ({} exchanges) | {} |",
+                num(self.options.offline_exchanges as f64, 0),
+                summary.import_rate.show(0)
+            )?;
+            writeln!(
+                text,
+                "| tshark exchanges/s, same file | {} |",
+                summary.tshark_rate.show(0)
+            )?;
+            writeln!(text, "| import / tshark | {}× |", summary.ratio.show(1))?;
+        }
+        writeln!(text, "\n| target | goal | measured | verdict |")?;
+        writeln!(text, "|---|---|---|---|")?;
+        for t in &targets {
+            writeln!(
+                text,
+                "| {} | {} | {} | {} ({}) |",
+                t.name,
+                t.target,
+                t.measured,
+                verdict(t),
+                t.note
+            )?;
+        }
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        }
+        fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+    }
+}
+
+const BENCHMARKS_HEADER: &str = "# Benchmarks\n\n\
+Results of `cargo xtask bench` (xtask/src/bench/), newest last; earlier results stay. Each \
+figure is the median (min–max) over alternating rounds of the same run. The full report of a \
+run is in `target/bench/report.md` and `report.json`. Targets (from the bench issue): \
+throughput loss at saturation ≤ 5 % (stretch 2 %) and below tcpdump's; sensor CPU ≤ 5 µs per \
+exchange, kernel and user space together; completeness 100 % with zero unexplained loss; import \
+≥ 10× tshark.\n";
+
+/// glibc's allocator entry points and internals, as perf names them.
+fn is_allocator(symbol: &str) -> bool {
+    let name = symbol.trim_start_matches("[.]").trim();
+    [
+        "malloc",
+        "_int_malloc",
+        "_int_free",
+        "_int_realloc",
+        "cfree",
+        "free",
+        "realloc",
+        "malloc_consolidate",
+        "unlink_chunk",
+        "__libc_malloc",
+        "__libc_free",
+        "__libc_realloc",
+        "tcache",
+    ]
+    .iter()
+    .any(|prefix| name.starts_with(prefix))
+}
+
+fn list_counters(map: &BTreeMap<String, u64>) -> String {
+    if map.is_empty() {
+        "none".to_owned()
+    } else {
+        map.iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+fn wrk_json(w: &super::WrkResult) -> Value {
+    json!({
+        "user_ns": w.cpu.user_ns, "sys_ns": w.cpu.sys_ns,
+        "machine_busy_ns": w.system.busy_ns, "machine_irq_ns": w.system.irq_ns,
+        "machine_steal_ns": w.system.steal_ns,
+        "requests": w.requests, "seconds": w.seconds, "errors": w.errors,
+        "requests_per_s": w.rate(), "p50_us": w.p50_us, "p99_us": w.p99_us, "max_us": w.max_us,
+    })
+}
+
+fn overhead_run_json(run: &OverheadRun) -> Value {
+    json!({
+        "round": run.round,
+        "config": run.config.name(),
+        "wrk": wrk_json(&run.wrk),
+        "nginx_user_ns": run.nginx_cpu.user_ns, "nginx_sys_ns": run.nginx_cpu.sys_ns,
+        "background_cpus": run.background_cpus(),
+        "busy_before_cpus": run.busy_before,
+        "sensor": run.sensor.as_ref().map(|s| json!({
+            "user_ns": s.cpu.user_ns, "sys_ns": s.cpu.sys_ns, "bpf_ns": s.bpf_ns(),
+            "exchanges": s.exchanges(), "peak_rss_kib": s.peak_rss_kib,
+            "bpf_programs": s.bpf.iter().map(|p| json!({
+                "id": p.id, "name": p.name, "run_time_ns": p.run_time_ns, "run_cnt": p.run_cnt,
+            })).collect::<Vec<_>>(),
+            "counters": s.counters.to_json(),
+        })),
+        "tcpdump": run.tcpdump.as_ref().map(|t| json!({
+            "user_ns": t.cpu.user_ns, "sys_ns": t.cpu.sys_ns, "peak_rss_kib": t.peak_rss_kib,
+            "captured": t.captured, "dropped": t.dropped, "file_bytes": t.file_bytes,
+        })),
+    })
+}
