@@ -318,6 +318,26 @@ impl BpfStats {
     }
 }
 
+/// nginx's processes' CPU time and scheduling, summed.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NginxUsage {
+    pub cpu: CpuTime,
+    /// Time runnable but waiting for a CPU.
+    pub run_delay_ns: u64,
+    /// Times a process was put on a CPU.
+    pub timeslices: u64,
+}
+
+impl NginxUsage {
+    pub fn since(self, earlier: Self) -> Self {
+        Self {
+            cpu: self.cpu.since(earlier.cpu),
+            run_delay_ns: self.run_delay_ns.saturating_sub(earlier.run_delay_ns),
+            timeslices: self.timeslices.saturating_sub(earlier.timeslices),
+        }
+    }
+}
+
 /// A real nginx (Debian's package) with a fixed number of worker processes.
 pub struct Nginx {
     proc: Proc,
@@ -398,12 +418,30 @@ impl Nginx {
         Ok(nginx)
     }
 
-    /// CPU time of the master and its workers so far. The kernel's network processing for
-    /// nginx's sockets (and the TC programs on its egress) runs partly in the workers' system
-    /// time, so a capture's kernel-side cost shows up here too.
-    pub fn cpu(&self) -> Result<CpuTime> {
+    /// CPU time of the master and its workers so far, and how long they waited for a CPU.
+    /// The kernel's network processing for nginx's sockets (and the TC programs on its egress)
+    /// runs partly in the workers' system time, so a capture's kernel-side cost shows up here
+    /// too; the wait shows a capture that takes nginx's CPU away from it.
+    pub fn usage(&self) -> Result<NginxUsage> {
         let master = self.proc.pid();
-        let mut total = CpuTime::of(master)?;
+        let mut usage = NginxUsage::default();
+        let mut add = |pid: u32| -> Result<()> {
+            let cpu = CpuTime::of(pid)?;
+            usage.cpu.user_ns += cpu.user_ns;
+            usage.cpu.sys_ns += cpu.sys_ns;
+            // nginx's processes are single-threaded: the process's schedstat is all of it.
+            // "time on CPU, time waiting on a run queue, timeslices", in ns, ns, count.
+            let path = format!("/proc/{pid}/schedstat");
+            let text = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+            let fields: Vec<u64> = text
+                .split_whitespace()
+                .map(|v| v.parse().unwrap_or(0))
+                .collect();
+            usage.run_delay_ns += fields.get(1).copied().unwrap_or(0);
+            usage.timeslices += fields.get(2).copied().unwrap_or(0);
+            Ok(())
+        };
+        add(master)?;
         for entry in fs::read_dir("/proc").context("listing /proc")? {
             let Ok(entry) = entry else { continue };
             let Some(pid) = entry
@@ -421,14 +459,12 @@ impl Nginx {
                 .rsplit_once(')')
                 .and_then(|(_, rest)| rest.split_whitespace().nth(1))
                 .and_then(|p| p.parse::<u32>().ok());
-            if parent == Some(master)
-                && let Ok(cpu) = CpuTime::of(pid)
-            {
-                total.user_ns += cpu.user_ns;
-                total.sys_ns += cpu.sys_ns;
+            if parent == Some(master) {
+                // A worker that exits between the listing and the reading is not nginx's load.
+                let _ = add(pid);
             }
         }
-        Ok(total)
+        Ok(usage)
     }
 
     /// Bytes in the access log now: lines after this offset belong to the next run.

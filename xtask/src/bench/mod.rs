@@ -144,6 +144,10 @@ pub struct OverheadRun {
     pub wrk: WrkResult,
     /// nginx's CPU over the run (master and workers).
     pub nginx_cpu: CpuTime,
+    /// Time nginx's processes were runnable but waited for a CPU, and how often they were
+    /// scheduled: a capture that preempts the server shows here.
+    pub nginx_run_delay_ns: u64,
+    pub nginx_timeslices: u64,
     /// CPUs busy in the last second before the run (after waiting for quiet).
     pub busy_before: f64,
     pub sensor: Option<SensorRun>,
@@ -409,13 +413,15 @@ fn overhead_phase(options: &Options, net: &Net, work: &Path) -> Result<OverheadO
             check_interrupt()?;
             let log = work.join(format!("wrk-overhead-{round}-{}.txt", config.name()));
             let quiet = wait_quiet(options.quiet_wait)?;
-            let nginx_before = nginx.cpu()?;
+            let nginx_before = nginx.usage()?;
             let mut run = match config {
                 Config::None => OverheadRun {
                     round,
                     config,
                     wrk: probe::run_wrk(net, &load(options.duration), &log)?,
                     nginx_cpu: CpuTime::default(),
+                    nginx_run_delay_ns: 0,
+                    nginx_timeslices: 0,
                     busy_before: 0.0,
                     sensor: None,
                     tcpdump: None,
@@ -429,6 +435,8 @@ fn overhead_phase(options: &Options, net: &Net, work: &Path) -> Result<OverheadO
                         config,
                         wrk,
                         nginx_cpu: CpuTime::default(),
+                        nginx_run_delay_ns: 0,
+                        nginx_timeslices: 0,
                         busy_before: 0.0,
                         sensor: Some(sensor),
                         tcpdump: None,
@@ -443,13 +451,18 @@ fn overhead_phase(options: &Options, net: &Net, work: &Path) -> Result<OverheadO
                         config,
                         wrk,
                         nginx_cpu: CpuTime::default(),
+                        nginx_run_delay_ns: 0,
+                        nginx_timeslices: 0,
                         busy_before: 0.0,
                         sensor: None,
                         tcpdump: Some(tcpdump),
                     }
                 }
             };
-            run.nginx_cpu = nginx.cpu()?.since(nginx_before);
+            let nginx_usage = nginx.usage()?.since(nginx_before);
+            run.nginx_cpu = nginx_usage.cpu;
+            run.nginx_run_delay_ns = nginx_usage.run_delay_ns;
+            run.nginx_timeslices = nginx_usage.timeslices;
             run.busy_before = quiet;
             print_overhead_run(&run);
             runs.push(run);
@@ -524,8 +537,8 @@ fn profile_sensor(net: &Net, work: &Path, load: &WrkLoad<'_>) -> Result<Vec<(f64
 
 fn print_overhead_run(run: &OverheadRun) {
     let mut line = format!(
-        "  round {} {:<12} {:>9.0} req/s  p99 {:>8.0} µs  errors {}  nginx {:.2} µs/request  \
-         others {:.2} CPUs (before: {:.2})",
+        "  round {} {:<12} {:>9.0} req/s  p99 {:>8.0} µs  errors {}  nginx {:.2} µs/request, \
+         waits {:.0} ns/request  others {:.2} CPUs (before: {:.2})",
         run.round + 1,
         run.config.name(),
         run.wrk.rate(),
@@ -534,6 +547,7 @@ fn print_overhead_run(run: &OverheadRun) {
         (run.nginx_cpu.user_ns + run.nginx_cpu.sys_ns) as f64
             / run.wrk.requests.max(1) as f64
             / 1e3,
+        run.nginx_run_delay_ns as f64 / run.wrk.requests.max(1) as f64,
         run.background_cpus(),
         run.busy_before
     );

@@ -200,6 +200,9 @@ struct OverheadSummary {
     p99_us: BTreeMap<&'static str, Spread>,
     /// nginx's own CPU (user + sys) per request, µs.
     nginx_us: BTreeMap<&'static str, Spread>,
+    /// nginx's run-queue wait per request, ns, and its timeslices per 1000 requests.
+    nginx_wait_ns: BTreeMap<&'static str, Spread>,
+    nginx_slices: BTreeMap<&'static str, Spread>,
     /// Other processes' CPUs busy during the runs.
     background: BTreeMap<&'static str, Spread>,
     /// Same-round ratios against no capture.
@@ -233,12 +236,27 @@ fn summarize_overhead(runs: &[OverheadRun]) -> OverheadSummary {
     let mut p99_us = BTreeMap::new();
     let mut nginx_us = BTreeMap::new();
     let mut background = BTreeMap::new();
+    let mut nginx_wait_ns = BTreeMap::new();
+    let mut nginx_slices = BTreeMap::new();
     let mut rate_ratio = BTreeMap::new();
     let mut p99_ratio = BTreeMap::new();
     let mut quiet_ratio = BTreeMap::new();
     for config in Config::ALL {
         rate.insert(config.name(), Spread::of(of(config).map(|r| r.wrk.rate())));
         p99_us.insert(config.name(), Spread::of(of(config).map(|r| r.wrk.p99_us)));
+        nginx_wait_ns.insert(
+            config.name(),
+            Spread::of(
+                of(config).map(|r| r.nginx_run_delay_ns as f64 / r.wrk.requests.max(1) as f64),
+            ),
+        );
+        nginx_slices.insert(
+            config.name(),
+            Spread::of(
+                of(config)
+                    .map(|r| r.nginx_timeslices as f64 * 1000.0 / r.wrk.requests.max(1) as f64),
+            ),
+        );
         background.insert(
             config.name(),
             Spread::of(of(config).map(OverheadRun::background_cpus)),
@@ -321,6 +339,8 @@ fn summarize_overhead(runs: &[OverheadRun]) -> OverheadSummary {
         rate,
         p99_us,
         nginx_us,
+        nginx_wait_ns,
+        nginx_slices,
         background,
         rate_ratio,
         p99_ratio,
@@ -721,9 +741,10 @@ impl Report {
         writeln!(
             md,
             "| configuration | requests/s | p99 latency (µs) | throughput vs none | p99 vs none | \
-             nginx CPU per request (µs) | other processes (CPUs busy) |"
+             nginx CPU per request (µs) | nginx waiting for a CPU per request (ns) | nginx \
+             timeslices per 1000 requests | other processes (CPUs busy) |"
         )?;
-        writeln!(md, "|---|---|---|---|---|---|---|")?;
+        writeln!(md, "|---|---|---|---|---|---|---|---|---|")?;
         for config in Config::ALL {
             let name = config.name();
             let ratio = |map: &BTreeMap<&str, Spread>| {
@@ -731,12 +752,14 @@ impl Report {
             };
             writeln!(
                 md,
-                "| {name} | {} | {} | {} | {} | {} | {} |",
+                "| {name} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 overhead.rate[name].show(0),
                 overhead.p99_us[name].show(0),
                 ratio(&overhead.rate_ratio),
                 ratio(&overhead.p99_ratio),
                 overhead.nginx_us[name].show(2),
+                overhead.nginx_wait_ns[name].show(0),
+                overhead.nginx_slices[name].show(0),
                 overhead.background[name].show(2)
             )?;
         }
@@ -1011,6 +1034,8 @@ impl Report {
                 "summary": {
                     "requests_per_s": overhead.rate.iter().map(|(k, v)| (k.to_string(), v.json())).collect::<serde_json::Map<_, _>>(),
                     "p99_us": overhead.p99_us.iter().map(|(k, v)| (k.to_string(), v.json())).collect::<serde_json::Map<_, _>>(),
+                    "nginx_run_queue_wait_ns_per_request": overhead.nginx_wait_ns.iter().map(|(k, v)| (k.to_string(), v.json())).collect::<serde_json::Map<_, _>>(),
+                    "nginx_timeslices_per_1000_requests": overhead.nginx_slices.iter().map(|(k, v)| (k.to_string(), v.json())).collect::<serde_json::Map<_, _>>(),
                     "background_cpus": overhead.background.iter().map(|(k, v)| (k.to_string(), v.json())).collect::<serde_json::Map<_, _>>(),
                     "nginx_us_per_request": overhead.nginx_us.iter().map(|(k, v)| (k.to_string(), v.json())).collect::<serde_json::Map<_, _>>(),
                     "throughput_ratio_quiet_rounds": overhead.quiet_ratio.iter().map(|(k, v)| (k.to_string(), v.json())).collect::<serde_json::Map<_, _>>(),
@@ -1262,6 +1287,7 @@ fn overhead_run_json(run: &OverheadRun) -> Value {
         "config": run.config.name(),
         "wrk": wrk_json(&run.wrk),
         "nginx_user_ns": run.nginx_cpu.user_ns, "nginx_sys_ns": run.nginx_cpu.sys_ns,
+        "nginx_run_delay_ns": run.nginx_run_delay_ns, "nginx_timeslices": run.nginx_timeslices,
         "background_cpus": run.background_cpus(),
         "busy_before_cpus": run.busy_before,
         "sensor": run.sensor.as_ref().map(|s| json!({
