@@ -208,6 +208,8 @@ struct OverheadSummary {
     /// Same-round ratios against no capture.
     rate_ratio: BTreeMap<&'static str, Spread>,
     p99_ratio: BTreeMap<&'static str, Spread>,
+    /// Same-round throughput of the sensor over tcpdump's.
+    sensor_vs_tcpdump: Spread,
     /// Same-round throughput ratios of the rounds where other processes stayed quiet in both
     /// runs (n = 0: there was none).
     quiet_ratio: BTreeMap<&'static str, Spread>,
@@ -300,6 +302,11 @@ fn summarize_overhead(runs: &[OverheadRun]) -> OverheadSummary {
             ),
         );
     }
+    let sensor_vs_tcpdump = Spread::of(of(Config::Sensor).filter_map(|r| {
+        of(Config::Tcpdump)
+            .find(|t| t.round == r.round)
+            .map(|t| r.wrk.rate() / t.wrk.rate())
+    }));
     let sensors: Vec<(&OverheadRun, &super::SensorRun)> = of(Config::Sensor)
         .filter_map(|r| r.sensor.as_ref().map(|s| (r, s)))
         .collect();
@@ -345,6 +352,7 @@ fn summarize_overhead(runs: &[OverheadRun]) -> OverheadSummary {
         rate_ratio,
         p99_ratio,
         quiet_ratio,
+        sensor_vs_tcpdump,
         sensor_us,
         sensor_rss_mib: Spread::of(sensors.iter().map(|(_, s)| s.peak_rss_kib as f64 / 1024.0)),
         sensor_vs_nginx: Spread::of(sensors.iter().map(|(r, s)| {
@@ -490,9 +498,9 @@ struct Target {
     note: String,
 }
 
-/// The widest min–max range of a same-round throughput ratio that still allows a verdict on a
-/// 5 % target: beyond it, drift between rounds (other work on the machine) is as large as the
-/// effect being measured.
+/// The widest min–max range of a same-round throughput ratio that still allows a verdict from
+/// the median when the rounds fall on both sides of a 5 % target: beyond it, drift between
+/// rounds (other work on the machine) is as large as the effect being measured.
 const RATIO_RANGE_LIMIT: f64 = 0.05;
 
 fn targets(
@@ -540,7 +548,17 @@ fn targets(
         }
         note
     };
-    let sensor_conclusive = sensor_range <= RATIO_RANGE_LIMIT;
+    // A verdict stands when every round falls on the same side of the goal, or when the rounds
+    // agree closely enough for their median to decide.
+    let (best_loss, worst_loss) = overhead
+        .rate_ratio
+        .get("apisessions")
+        .map_or((f64::NAN, f64::NAN), |s| {
+            ((1.0 - s.max) * 100.0, (1.0 - s.min) * 100.0)
+        });
+    let sensor_conclusive =
+        best_loss > 5.0 || worst_loss <= 5.0 || sensor_range <= RATIO_RANGE_LIMIT;
+    let rounds_note = format!("rounds: {best_loss:.1} to {worst_loss:.1} %");
     list.push(Target {
         name: "throughput loss at saturation",
         target: "≤ 5 % (stretch ≤ 2 %)".into(),
@@ -550,30 +568,46 @@ fn targets(
         note: if !sensor_conclusive {
             noise_note(sensor_range, "apisessions")
         } else if sensor_loss <= 2.0 {
-            "stretch goal met".into()
+            format!("stretch goal met; {rounds_note}")
         } else if sensor_loss <= 5.0 {
-            format!("stretch goal missed by {:.1} points", sensor_loss - 2.0)
+            format!(
+                "stretch goal missed by {:.1} points; {rounds_note}",
+                sensor_loss - 2.0
+            )
         } else {
-            format!("missed by {:.1} points", sensor_loss - 5.0)
+            format!("missed by {:.1} points; {rounds_note}", sensor_loss - 5.0)
         },
     });
-    let both_conclusive = sensor_conclusive && range("tcpdump") <= RATIO_RANGE_LIMIT;
+    // Against tcpdump: the same-round ratio of the two captures' throughput.
+    let versus = overhead.sensor_vs_tcpdump;
+    let versus_conclusive = versus.n > 0
+        && (versus.max < 1.0
+            || versus.min > 1.0
+            || (sensor_range <= RATIO_RANGE_LIMIT && range("tcpdump") <= RATIO_RANGE_LIMIT));
     list.push(Target {
         name: "throughput loss below tcpdump's",
         target: format!("< {tcpdump_loss:.1} % (tcpdump -w)"),
         measured: format!("{sensor_loss:.1} %"),
         met: Some(sensor_loss < tcpdump_loss),
-        conclusive: both_conclusive,
-        note: if !both_conclusive {
+        conclusive: versus_conclusive,
+        note: if !versus_conclusive {
             let mut note = noise_note(sensor_range.max(range("tcpdump")), "apisessions");
             if let Some((_, loss)) = quiet("tcpdump") {
                 let _ = write!(note, " against tcpdump's {loss:.1} %");
             }
             note
         } else if sensor_loss < tcpdump_loss {
-            format!("{:.1} points less", tcpdump_loss - sensor_loss)
+            format!(
+                "{:.1} points less; apisessions / tcpdump throughput per round {}",
+                tcpdump_loss - sensor_loss,
+                versus.show(3)
+            )
         } else {
-            format!("{:.1} points more", sensor_loss - tcpdump_loss)
+            format!(
+                "{:.1} points more; apisessions / tcpdump throughput per round {}",
+                sensor_loss - tcpdump_loss,
+                versus.show(3)
+            )
         },
     });
     let cpu = overhead.sensor_us[3].median;
@@ -1038,6 +1072,7 @@ impl Report {
                     "nginx_timeslices_per_1000_requests": overhead.nginx_slices.iter().map(|(k, v)| (k.to_string(), v.json())).collect::<serde_json::Map<_, _>>(),
                     "background_cpus": overhead.background.iter().map(|(k, v)| (k.to_string(), v.json())).collect::<serde_json::Map<_, _>>(),
                     "nginx_us_per_request": overhead.nginx_us.iter().map(|(k, v)| (k.to_string(), v.json())).collect::<serde_json::Map<_, _>>(),
+                    "sensor_over_tcpdump_throughput": overhead.sensor_vs_tcpdump.json(),
                     "throughput_ratio_quiet_rounds": overhead.quiet_ratio.iter().map(|(k, v)| (k.to_string(), v.json())).collect::<serde_json::Map<_, _>>(),
                     "throughput_ratio": overhead.rate_ratio.iter().map(|(k, v)| (k.to_string(), v.json())).collect::<serde_json::Map<_, _>>(),
                     "p99_ratio": overhead.p99_ratio.iter().map(|(k, v)| (k.to_string(), v.json())).collect::<serde_json::Map<_, _>>(),
@@ -1230,13 +1265,35 @@ impl Report {
     }
 }
 
-const BENCHMARKS_HEADER: &str = "# Benchmarks\n\n\
-Results of `cargo xtask bench` (xtask/src/bench/), newest last; earlier results stay. Each \
-figure is the median (min–max) over alternating rounds of the same run. The full report of a \
-run is in `target/bench/report.md` and `report.json`. Targets (from the bench issue): \
-throughput loss at saturation ≤ 5 % (stretch 2 %) and below tcpdump's; sensor CPU ≤ 5 µs per \
-exchange, kernel and user space together; completeness 100 % with zero unexplained loss; import \
-≥ 10× tshark.\n";
+const BENCHMARKS_HEADER: &str = concat!(
+    "# Benchmarks\n",
+    "\n",
+    "Results of `cargo xtask bench` (xtask/src/bench/), newest last; earlier results stay beside new\n",
+    "ones. A run measures, side by side and in alternating rounds (none, apisessions, tcpdump, none,\n",
+    "…; at least five):\n",
+    "\n",
+    "1. **Overhead**: nginx (Debian's package, one worker) serving a 512-byte JSON file to wrk at\n",
+    "   saturation, without capture, with `apisessions run`, and with `tcpdump -w` on the same port;\n",
+    "   throughput and p99 latency against the uncaptured run of the same round; the sensor's CPU\n",
+    "   (user + sys of the daemon, plus its BPF programs' run time from the kernel's statistics) per\n",
+    "   exchange; its peak RSS.\n",
+    "2. **Completeness**: a mix of methods, URIs and statuses at rising request rates up to\n",
+    "   saturation; every line nginx logged matched to an exchange the daemon decoded (`--dump`) by\n",
+    "   method, URI and status; any difference set against the loss counters.\n",
+    "3. **Offline throughput**: `apisessions import` against tshark's HTTP dissection of the same\n",
+    "   generated capture of a million exchanges.\n",
+    "\n",
+    "Each figure is the median (min–max) over the rounds. The full report of a run (every round, the\n",
+    "counters, a perf profile of the daemon with `--profile`) is in `target/bench/report.md` and\n",
+    "`report.json`. Targets (from the bench issue): throughput loss at saturation ≤ 5 % (stretch 2 %)\n",
+    "and below tcpdump's; sensor CPU ≤ 5 µs per exchange, kernel and user space together;\n",
+    "completeness 100 % with zero unexplained loss; import ≥ 10× tshark.\n",
+    "\n",
+    "The machine these ran on is shared with other work. The bench waits for a quiet moment before\n",
+    "each overhead run and records how many CPUs other processes used during it; a throughput verdict\n",
+    "is *inconclusive* when the rounds' ratios range over more than 5 points, and the rows \"without\n",
+    "other load\" then use only the rounds in which other processes stayed under a quarter of a CPU.\n",
+);
 
 /// glibc's allocator entry points and internals, as perf names them.
 fn is_allocator(symbol: &str) -> bool {
