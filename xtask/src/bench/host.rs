@@ -190,6 +190,8 @@ pub struct Net {
     pub iface: String,
     pub server_ip: String,
     pub loopback: bool,
+    /// CPUs the server side (nginx, the capture) and the client (wrk) are pinned to, if pinned.
+    pub pinning: Option<(String, String)>,
 }
 
 /// Fixed names, so a run killed with SIGKILL leaves nothing the next run cannot remove.
@@ -214,6 +216,7 @@ impl Net {
             iface: "lo".to_owned(),
             server_ip: "127.0.0.1".to_owned(),
             loopback,
+            pinning: None,
         };
         status(Command::new("ip").args(["-n", SERVER_NS, "link", "set", "lo", "up"]))?;
         if loopback {
@@ -246,15 +249,52 @@ impl Net {
         Ok(net)
     }
 
-    /// A command run inside `ns` (`ip netns exec` execs it: the child's pid is the program's).
-    pub fn exec(ns: &str, program: impl AsRef<OsStr>) -> Command {
-        let mut cmd = Command::new("ip");
+    /// A command run inside `ns` (`ip netns exec` execs it: the child's pid is the program's),
+    /// on `cpus` if given (taskset execs too; the affinity is inherited by threads and forks).
+    fn exec(ns: &str, cpus: Option<&str>, program: impl AsRef<OsStr>) -> Command {
+        let mut cmd = match cpus {
+            Some(cpus) => {
+                let mut cmd = Command::new("taskset");
+                cmd.args(["-c", cpus, "ip"]);
+                cmd
+            }
+            None => Command::new("ip"),
+        };
         cmd.args(["netns", "exec", ns]).arg(program);
         cmd
     }
 
+    /// A program on the server's side: nginx, the sensor, tcpdump.
+    pub fn server(&self, program: impl AsRef<OsStr>) -> Command {
+        let cpus = self.pinning.as_ref().map(|(server, _)| server.as_str());
+        Self::exec(&self.server_ns, cpus, program)
+    }
+
+    /// A program on the client's side: wrk, curl.
+    pub fn client(&self, program: impl AsRef<OsStr>) -> Command {
+        let cpus = self.pinning.as_ref().map(|(_, client)| client.as_str());
+        Self::exec(&self.client_ns, cpus, program)
+    }
+
+    /// Pins the server's side to every CPU but the last and the client to the last: a server
+    /// host whose client is elsewhere. Unpinned, wrk and nginx share the machine's CPUs with the
+    /// capture, and the scheduler's placement of the three becomes part of what is measured.
+    pub fn pin(&mut self) -> Result<()> {
+        let cpus = thread::available_parallelism().map_or(1, |n| n.get());
+        if cpus < 2 {
+            bail!("--pin needs at least two CPUs");
+        }
+        let server = if cpus == 2 {
+            "0".to_owned()
+        } else {
+            format!("0-{}", cpus - 2)
+        };
+        self.pinning = Some((server, (cpus - 1).to_string()));
+        Ok(())
+    }
+
     pub fn describe(&self) -> String {
-        if self.loopback {
+        let mut text = if self.loopback {
             format!(
                 "one network namespace, client and server on its loopback ({})",
                 self.iface
@@ -265,7 +305,13 @@ impl Net {
                  capture on the server's end ({})",
                 self.iface
             )
+        };
+        if let Some((server, client)) = &self.pinning {
+            text.push_str(&format!(
+                "; server side on CPU {server}, wrk on CPU {client}"
+            ));
         }
+        text
     }
 }
 
@@ -394,7 +440,7 @@ impl Nginx {
         fs::write(&conf_path, conf).with_context(|| format!("writing {}", conf_path.display()))?;
         let proc = Proc::spawn(
             "nginx",
-            Net::exec(&net.server_ns, "/usr/sbin/nginx")
+            net.server("/usr/sbin/nginx")
                 .arg("-c")
                 .arg(&conf_path)
                 .arg("-p")
@@ -405,7 +451,8 @@ impl Nginx {
         let probe = format!("http://{}:{port}{OVERHEAD_PATH}", net.server_ip);
         wait_for("nginx to answer", Duration::from_secs(15), || {
             nginx.proc.running()
-                && Net::exec(&net.client_ns, "curl")
+                && net
+                    .client("curl")
                     .args(["-sf", "-o", "/dev/null", "--max-time", "1", &probe])
                     .stderr(Stdio::null())
                     .status()

@@ -831,16 +831,18 @@ impl Report {
         )?;
         writeln!(
             md,
-            "| user | sys | BPF programs | total | CPUs busy | peak RSS (MiB) |"
+            "| user | sys | BPF programs | total | total / nginx's CPU per request | CPUs busy | \
+             peak RSS (MiB) |"
         )?;
-        writeln!(md, "|---|---|---|---|---|---|")?;
+        writeln!(md, "|---|---|---|---|---|---|---|")?;
         writeln!(
             md,
-            "| {} | {} | {} | {} | {} of {} | {} |",
+            "| {} | {} | {} | {} | {} | {} of {} | {} |",
             user.show(2),
             sys.show(2),
             bpf.show(2),
             total.show(2),
+            overhead.sensor_vs_nginx.show(2),
             overhead.sensor_cores.show(2),
             m.cpus,
             overhead.sensor_rss_mib.show(1)
