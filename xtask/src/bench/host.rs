@@ -190,6 +190,8 @@ pub struct Net {
     pub iface: String,
     pub server_ip: String,
     pub loopback: bool,
+    /// CPUs the server side (nginx, the capture) and the client (wrk) are pinned to, if pinned.
+    pub pinning: Option<(String, String)>,
 }
 
 /// Fixed names, so a run killed with SIGKILL leaves nothing the next run cannot remove.
@@ -214,6 +216,7 @@ impl Net {
             iface: "lo".to_owned(),
             server_ip: "127.0.0.1".to_owned(),
             loopback,
+            pinning: None,
         };
         status(Command::new("ip").args(["-n", SERVER_NS, "link", "set", "lo", "up"]))?;
         if loopback {
@@ -246,15 +249,52 @@ impl Net {
         Ok(net)
     }
 
-    /// A command run inside `ns` (`ip netns exec` execs it: the child's pid is the program's).
-    pub fn exec(ns: &str, program: impl AsRef<OsStr>) -> Command {
-        let mut cmd = Command::new("ip");
+    /// A command run inside `ns` (`ip netns exec` execs it: the child's pid is the program's),
+    /// on `cpus` if given (taskset execs too; the affinity is inherited by threads and forks).
+    fn exec(ns: &str, cpus: Option<&str>, program: impl AsRef<OsStr>) -> Command {
+        let mut cmd = match cpus {
+            Some(cpus) => {
+                let mut cmd = Command::new("taskset");
+                cmd.args(["-c", cpus, "ip"]);
+                cmd
+            }
+            None => Command::new("ip"),
+        };
         cmd.args(["netns", "exec", ns]).arg(program);
         cmd
     }
 
+    /// A program on the server's side: nginx, the sensor, tcpdump.
+    pub fn server(&self, program: impl AsRef<OsStr>) -> Command {
+        let cpus = self.pinning.as_ref().map(|(server, _)| server.as_str());
+        Self::exec(&self.server_ns, cpus, program)
+    }
+
+    /// A program on the client's side: wrk, curl.
+    pub fn client(&self, program: impl AsRef<OsStr>) -> Command {
+        let cpus = self.pinning.as_ref().map(|(_, client)| client.as_str());
+        Self::exec(&self.client_ns, cpus, program)
+    }
+
+    /// Pins the server's side to every CPU but the last and the client to the last: a server
+    /// host whose client is elsewhere. Unpinned, wrk and nginx share the machine's CPUs with the
+    /// capture, and the scheduler's placement of the three becomes part of what is measured.
+    pub fn pin(&mut self) -> Result<()> {
+        let cpus = thread::available_parallelism().map_or(1, |n| n.get());
+        if cpus < 2 {
+            bail!("--pin needs at least two CPUs");
+        }
+        let server = if cpus == 2 {
+            "0".to_owned()
+        } else {
+            format!("0-{}", cpus - 2)
+        };
+        self.pinning = Some((server, (cpus - 1).to_string()));
+        Ok(())
+    }
+
     pub fn describe(&self) -> String {
-        if self.loopback {
+        let mut text = if self.loopback {
             format!(
                 "one network namespace, client and server on its loopback ({})",
                 self.iface
@@ -265,7 +305,13 @@ impl Net {
                  capture on the server's end ({})",
                 self.iface
             )
+        };
+        if let Some((server, client)) = &self.pinning {
+            text.push_str(&format!(
+                "; server side on CPU {server}, wrk on CPU {client}"
+            ));
         }
+        text
     }
 }
 
@@ -315,6 +361,26 @@ impl BpfStats {
         Ok(Self {
             _fd: unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) },
         })
+    }
+}
+
+/// nginx's processes' CPU time and scheduling, summed.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NginxUsage {
+    pub cpu: CpuTime,
+    /// Time runnable but waiting for a CPU.
+    pub run_delay_ns: u64,
+    /// Times a process was put on a CPU.
+    pub timeslices: u64,
+}
+
+impl NginxUsage {
+    pub fn since(self, earlier: Self) -> Self {
+        Self {
+            cpu: self.cpu.since(earlier.cpu),
+            run_delay_ns: self.run_delay_ns.saturating_sub(earlier.run_delay_ns),
+            timeslices: self.timeslices.saturating_sub(earlier.timeslices),
+        }
     }
 }
 
@@ -374,7 +440,7 @@ impl Nginx {
         fs::write(&conf_path, conf).with_context(|| format!("writing {}", conf_path.display()))?;
         let proc = Proc::spawn(
             "nginx",
-            Net::exec(&net.server_ns, "/usr/sbin/nginx")
+            net.server("/usr/sbin/nginx")
                 .arg("-c")
                 .arg(&conf_path)
                 .arg("-p")
@@ -385,7 +451,8 @@ impl Nginx {
         let probe = format!("http://{}:{port}{OVERHEAD_PATH}", net.server_ip);
         wait_for("nginx to answer", Duration::from_secs(15), || {
             nginx.proc.running()
-                && Net::exec(&net.client_ns, "curl")
+                && net
+                    .client("curl")
                     .args(["-sf", "-o", "/dev/null", "--max-time", "1", &probe])
                     .stderr(Stdio::null())
                     .status()
@@ -398,12 +465,30 @@ impl Nginx {
         Ok(nginx)
     }
 
-    /// CPU time of the master and its workers so far. The kernel's network processing for
-    /// nginx's sockets (and the TC programs on its egress) runs partly in the workers' system
-    /// time, so a capture's kernel-side cost shows up here too.
-    pub fn cpu(&self) -> Result<CpuTime> {
+    /// CPU time of the master and its workers so far, and how long they waited for a CPU.
+    /// The kernel's network processing for nginx's sockets (and the TC programs on its egress)
+    /// runs partly in the workers' system time, so a capture's kernel-side cost shows up here
+    /// too; the wait shows a capture that takes nginx's CPU away from it.
+    pub fn usage(&self) -> Result<NginxUsage> {
         let master = self.proc.pid();
-        let mut total = CpuTime::of(master)?;
+        let mut usage = NginxUsage::default();
+        let mut add = |pid: u32| -> Result<()> {
+            let cpu = CpuTime::of(pid)?;
+            usage.cpu.user_ns += cpu.user_ns;
+            usage.cpu.sys_ns += cpu.sys_ns;
+            // nginx's processes are single-threaded: the process's schedstat is all of it.
+            // "time on CPU, time waiting on a run queue, timeslices", in ns, ns, count.
+            let path = format!("/proc/{pid}/schedstat");
+            let text = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+            let fields: Vec<u64> = text
+                .split_whitespace()
+                .map(|v| v.parse().unwrap_or(0))
+                .collect();
+            usage.run_delay_ns += fields.get(1).copied().unwrap_or(0);
+            usage.timeslices += fields.get(2).copied().unwrap_or(0);
+            Ok(())
+        };
+        add(master)?;
         for entry in fs::read_dir("/proc").context("listing /proc")? {
             let Ok(entry) = entry else { continue };
             let Some(pid) = entry
@@ -421,14 +506,12 @@ impl Nginx {
                 .rsplit_once(')')
                 .and_then(|(_, rest)| rest.split_whitespace().nth(1))
                 .and_then(|p| p.parse::<u32>().ok());
-            if parent == Some(master)
-                && let Ok(cpu) = CpuTime::of(pid)
-            {
-                total.user_ns += cpu.user_ns;
-                total.sys_ns += cpu.sys_ns;
+            if parent == Some(master) {
+                // A worker that exits between the listing and the reading is not nginx's load.
+                let _ = add(pid);
             }
         }
-        Ok(total)
+        Ok(usage)
     }
 
     /// Bytes in the access log now: lines after this offset belong to the next run.

@@ -26,6 +26,7 @@ mod report;
 
 use std::{
     collections::{BTreeMap, HashMap},
+    fmt::Write as _,
     fs,
     path::{Path, PathBuf},
     process::Stdio,
@@ -56,6 +57,7 @@ pub struct Options {
     pub duration: Duration,
     pub quick: bool,
     pub loopback: bool,
+    pub pin: bool,
     pub workers: u32,
     pub connections: u32,
     /// Profile the daemon with perf in one extra, unreported saturation run.
@@ -85,6 +87,10 @@ pub struct BenchArgs {
     /// Client and server on one namespace's loopback instead of a veth pair.
     #[arg(long)]
     loopback: bool,
+    /// Pin nginx and the capture to all CPUs but the last, wrk to the last (a server whose
+    /// client is elsewhere); default: the scheduler places them.
+    #[arg(long)]
+    pin: bool,
     /// nginx worker processes.
     #[arg(long, default_value_t = 1)]
     workers: u32,
@@ -118,6 +124,7 @@ impl Options {
             duration: Duration::from_secs(duration),
             quick,
             loopback: args.loopback,
+            pin: args.pin,
             workers: args.workers,
             connections: args.connections,
             profile: args.profile,
@@ -144,6 +151,10 @@ pub struct OverheadRun {
     pub wrk: WrkResult,
     /// nginx's CPU over the run (master and workers).
     pub nginx_cpu: CpuTime,
+    /// Time nginx's processes were runnable but waited for a CPU, and how often they were
+    /// scheduled: a capture that preempts the server shows here.
+    pub nginx_run_delay_ns: u64,
+    pub nginx_timeslices: u64,
     /// CPUs busy in the last second before the run (after waiting for quiet).
     pub busy_before: f64,
     pub sensor: Option<SensorRun>,
@@ -295,7 +306,10 @@ pub fn run(options: &Options) -> Result<()> {
 
     let started = Instant::now();
     let machine = report::Machine::read();
-    let net = Net::create(options.loopback)?;
+    let mut net = Net::create(options.loopback)?;
+    if options.pin {
+        net.pin()?;
+    }
     println!("xtask: bench on {}", net.describe());
     println!(
         "xtask: {} rounds of {} s per run; overhead: none / apisessions / tcpdump; then \
@@ -307,6 +321,7 @@ pub fn run(options: &Options) -> Result<()> {
 
     let overhead = overhead_phase(options, &net, &work)?;
     let completeness = completeness_phase(options, &net, &work)?;
+    let topology = describe_topology(options, &net);
     drop(net);
     let offline = if options.offline_exchanges > 0 {
         println!(
@@ -327,7 +342,7 @@ pub fn run(options: &Options) -> Result<()> {
         options: options.clone(),
         machine,
         command: command_line(),
-        topology: describe_topology(options),
+        topology,
         overhead,
         completeness,
         offline,
@@ -360,7 +375,21 @@ fn command_line() -> String {
     format!("cargo xtask {}", args.join(" "))
 }
 
-fn describe_topology(options: &Options) -> String {
+fn describe_topology(options: &Options, net: &Net) -> String {
+    let mut text = describe_placement(options);
+    match &net.pinning {
+        Some((server, client)) => {
+            let _ = write!(
+                text,
+                "; nginx and the capture pinned to CPU {server}, wrk to CPU {client}"
+            );
+        }
+        None => text.push_str("; no CPU pinning (the scheduler places nginx, wrk and the capture)"),
+    }
+    text
+}
+
+fn describe_placement(options: &Options) -> String {
     if options.loopback {
         "one network namespace; wrk and nginx on its loopback; the sensor hooks lo (one direction \
          only, as every segment passes both) and tcpdump listens on lo"
@@ -409,48 +438,38 @@ fn overhead_phase(options: &Options, net: &Net, work: &Path) -> Result<OverheadO
             check_interrupt()?;
             let log = work.join(format!("wrk-overhead-{round}-{}.txt", config.name()));
             let quiet = wait_quiet(options.quiet_wait)?;
-            let nginx_before = nginx.cpu()?;
-            let mut run = match config {
-                Config::None => OverheadRun {
-                    round,
-                    config,
-                    wrk: probe::run_wrk(net, &load(options.duration), &log)?,
-                    nginx_cpu: CpuTime::default(),
-                    busy_before: 0.0,
-                    sensor: None,
-                    tcpdump: None,
-                },
+            let nginx_before = nginx.usage()?;
+            let (wrk, sensor, tcpdump) = match config {
+                Config::None => (
+                    probe::run_wrk(net, &load(options.duration), &log)?,
+                    None,
+                    None,
+                ),
                 Config::Sensor => {
                     let (wrk, sensor) = with_sensor(net, work, false, |_| {
                         probe::run_wrk(net, &load(options.duration), &log)
                     })?;
-                    OverheadRun {
-                        round,
-                        config,
-                        wrk,
-                        nginx_cpu: CpuTime::default(),
-                        busy_before: 0.0,
-                        sensor: Some(sensor),
-                        tcpdump: None,
-                    }
+                    (wrk, Some(sensor), None)
                 }
                 Config::Tcpdump => {
                     let (wrk, tcpdump) = with_tcpdump(net, work, || {
                         probe::run_wrk(net, &load(options.duration), &log)
                     })?;
-                    OverheadRun {
-                        round,
-                        config,
-                        wrk,
-                        nginx_cpu: CpuTime::default(),
-                        busy_before: 0.0,
-                        sensor: None,
-                        tcpdump: Some(tcpdump),
-                    }
+                    (wrk, None, Some(tcpdump))
                 }
             };
-            run.nginx_cpu = nginx.cpu()?.since(nginx_before);
-            run.busy_before = quiet;
+            let nginx_usage = nginx.usage()?.since(nginx_before);
+            let run = OverheadRun {
+                round,
+                config,
+                wrk,
+                nginx_cpu: nginx_usage.cpu,
+                nginx_run_delay_ns: nginx_usage.run_delay_ns,
+                nginx_timeslices: nginx_usage.timeslices,
+                busy_before: quiet,
+                sensor,
+                tcpdump,
+            };
             print_overhead_run(&run);
             runs.push(run);
         }
@@ -524,8 +543,8 @@ fn profile_sensor(net: &Net, work: &Path, load: &WrkLoad<'_>) -> Result<Vec<(f64
 
 fn print_overhead_run(run: &OverheadRun) {
     let mut line = format!(
-        "  round {} {:<12} {:>9.0} req/s  p99 {:>8.0} µs  errors {}  nginx {:.2} µs/request  \
-         others {:.2} CPUs (before: {:.2})",
+        "  round {} {:<12} {:>9.0} req/s  p99 {:>8.0} µs  errors {}  nginx {:.2} µs/request, \
+         waits {:.0} ns/request  others {:.2} CPUs (before: {:.2})",
         run.round + 1,
         run.config.name(),
         run.wrk.rate(),
@@ -534,6 +553,7 @@ fn print_overhead_run(run: &OverheadRun) {
         (run.nginx_cpu.user_ns + run.nginx_cpu.sys_ns) as f64
             / run.wrk.requests.max(1) as f64
             / 1e3,
+        run.nginx_run_delay_ns as f64 / run.wrk.requests.max(1) as f64,
         run.background_cpus(),
         run.busy_before
     );
@@ -599,7 +619,7 @@ fn with_sensor<T>(
     let stats = BpfStats::enable()?;
     let mut sensor = Proc::spawn(
         "apisessions",
-        Net::exec(&net.server_ns, binary(true))
+        net.server(binary(true))
             .args(["run", "--iface", &net.iface, "--port", &PORT.to_string()])
             .args(["--summary-interval", "0"])
             .args(dump.then_some("--dump"))
@@ -672,7 +692,7 @@ fn with_tcpdump<T>(
     // -Z root: Debian's tcpdump otherwise drops to its own user, which may not write here.
     let mut tcpdump = Proc::spawn(
         "tcpdump",
-        Net::exec(&net.server_ns, "tcpdump")
+        net.server("tcpdump")
             .args(["-i", &net.iface, "-n", "-Z", "root", "-w"])
             .arg(&file)
             .args(["tcp", "port", &PORT.to_string()])

@@ -362,7 +362,7 @@ pub fn run_wrk(net: &Net, load: &WrkLoad<'_>, log: &Path) -> Result<WrkResult> {
     let system_before = SystemCpu::read()?;
     let mut proc = Proc::spawn(
         "wrk",
-        Net::exec(&net.client_ns, "wrk")
+        net.client("wrk")
             .arg(format!("--threads={}", load.threads))
             .arg(format!("--connections={}", load.connections))
             .arg(format!("--duration={}s", load.duration.as_secs().max(1)))

@@ -200,11 +200,16 @@ struct OverheadSummary {
     p99_us: BTreeMap<&'static str, Spread>,
     /// nginx's own CPU (user + sys) per request, µs.
     nginx_us: BTreeMap<&'static str, Spread>,
+    /// nginx's run-queue wait per request, ns, and its timeslices per 1000 requests.
+    nginx_wait_ns: BTreeMap<&'static str, Spread>,
+    nginx_slices: BTreeMap<&'static str, Spread>,
     /// Other processes' CPUs busy during the runs.
     background: BTreeMap<&'static str, Spread>,
     /// Same-round ratios against no capture.
     rate_ratio: BTreeMap<&'static str, Spread>,
     p99_ratio: BTreeMap<&'static str, Spread>,
+    /// Same-round throughput of the sensor over tcpdump's.
+    sensor_vs_tcpdump: Spread,
     /// Same-round throughput ratios of the rounds where other processes stayed quiet in both
     /// runs (n = 0: there was none).
     quiet_ratio: BTreeMap<&'static str, Spread>,
@@ -233,12 +238,27 @@ fn summarize_overhead(runs: &[OverheadRun]) -> OverheadSummary {
     let mut p99_us = BTreeMap::new();
     let mut nginx_us = BTreeMap::new();
     let mut background = BTreeMap::new();
+    let mut nginx_wait_ns = BTreeMap::new();
+    let mut nginx_slices = BTreeMap::new();
     let mut rate_ratio = BTreeMap::new();
     let mut p99_ratio = BTreeMap::new();
     let mut quiet_ratio = BTreeMap::new();
     for config in Config::ALL {
         rate.insert(config.name(), Spread::of(of(config).map(|r| r.wrk.rate())));
         p99_us.insert(config.name(), Spread::of(of(config).map(|r| r.wrk.p99_us)));
+        nginx_wait_ns.insert(
+            config.name(),
+            Spread::of(
+                of(config).map(|r| r.nginx_run_delay_ns as f64 / r.wrk.requests.max(1) as f64),
+            ),
+        );
+        nginx_slices.insert(
+            config.name(),
+            Spread::of(
+                of(config)
+                    .map(|r| r.nginx_timeslices as f64 * 1000.0 / r.wrk.requests.max(1) as f64),
+            ),
+        );
         background.insert(
             config.name(),
             Spread::of(of(config).map(OverheadRun::background_cpus)),
@@ -282,6 +302,11 @@ fn summarize_overhead(runs: &[OverheadRun]) -> OverheadSummary {
             ),
         );
     }
+    let sensor_vs_tcpdump = Spread::of(of(Config::Sensor).filter_map(|r| {
+        of(Config::Tcpdump)
+            .find(|t| t.round == r.round)
+            .map(|t| r.wrk.rate() / t.wrk.rate())
+    }));
     let sensors: Vec<(&OverheadRun, &super::SensorRun)> = of(Config::Sensor)
         .filter_map(|r| r.sensor.as_ref().map(|s| (r, s)))
         .collect();
@@ -321,10 +346,13 @@ fn summarize_overhead(runs: &[OverheadRun]) -> OverheadSummary {
         rate,
         p99_us,
         nginx_us,
+        nginx_wait_ns,
+        nginx_slices,
         background,
         rate_ratio,
         p99_ratio,
         quiet_ratio,
+        sensor_vs_tcpdump,
         sensor_us,
         sensor_rss_mib: Spread::of(sensors.iter().map(|(_, s)| s.peak_rss_kib as f64 / 1024.0)),
         sensor_vs_nginx: Spread::of(sensors.iter().map(|(r, s)| {
@@ -470,9 +498,9 @@ struct Target {
     note: String,
 }
 
-/// The widest min–max range of a same-round throughput ratio that still allows a verdict on a
-/// 5 % target: beyond it, drift between rounds (other work on the machine) is as large as the
-/// effect being measured.
+/// The widest min–max range of a same-round throughput ratio that still allows a verdict from
+/// the median when the rounds fall on both sides of a 5 % target: beyond it, drift between
+/// rounds (other work on the machine) is as large as the effect being measured.
 const RATIO_RANGE_LIMIT: f64 = 0.05;
 
 fn targets(
@@ -520,7 +548,17 @@ fn targets(
         }
         note
     };
-    let sensor_conclusive = sensor_range <= RATIO_RANGE_LIMIT;
+    // A verdict stands when every round falls on the same side of the goal, or when the rounds
+    // agree closely enough for their median to decide.
+    let (best_loss, worst_loss) = overhead
+        .rate_ratio
+        .get("apisessions")
+        .map_or((f64::NAN, f64::NAN), |s| {
+            ((1.0 - s.max) * 100.0, (1.0 - s.min) * 100.0)
+        });
+    let sensor_conclusive =
+        best_loss > 5.0 || worst_loss <= 5.0 || sensor_range <= RATIO_RANGE_LIMIT;
+    let rounds_note = format!("rounds: {best_loss:.1} to {worst_loss:.1} %");
     list.push(Target {
         name: "throughput loss at saturation",
         target: "≤ 5 % (stretch ≤ 2 %)".into(),
@@ -530,30 +568,46 @@ fn targets(
         note: if !sensor_conclusive {
             noise_note(sensor_range, "apisessions")
         } else if sensor_loss <= 2.0 {
-            "stretch goal met".into()
+            format!("stretch goal met; {rounds_note}")
         } else if sensor_loss <= 5.0 {
-            format!("stretch goal missed by {:.1} points", sensor_loss - 2.0)
+            format!(
+                "stretch goal missed by {:.1} points; {rounds_note}",
+                sensor_loss - 2.0
+            )
         } else {
-            format!("missed by {:.1} points", sensor_loss - 5.0)
+            format!("missed by {:.1} points; {rounds_note}", sensor_loss - 5.0)
         },
     });
-    let both_conclusive = sensor_conclusive && range("tcpdump") <= RATIO_RANGE_LIMIT;
+    // Against tcpdump: the same-round ratio of the two captures' throughput.
+    let versus = overhead.sensor_vs_tcpdump;
+    let versus_conclusive = versus.n > 0
+        && (versus.max < 1.0
+            || versus.min > 1.0
+            || (sensor_range <= RATIO_RANGE_LIMIT && range("tcpdump") <= RATIO_RANGE_LIMIT));
     list.push(Target {
         name: "throughput loss below tcpdump's",
         target: format!("< {tcpdump_loss:.1} % (tcpdump -w)"),
         measured: format!("{sensor_loss:.1} %"),
         met: Some(sensor_loss < tcpdump_loss),
-        conclusive: both_conclusive,
-        note: if !both_conclusive {
+        conclusive: versus_conclusive,
+        note: if !versus_conclusive {
             let mut note = noise_note(sensor_range.max(range("tcpdump")), "apisessions");
             if let Some((_, loss)) = quiet("tcpdump") {
                 let _ = write!(note, " against tcpdump's {loss:.1} %");
             }
             note
         } else if sensor_loss < tcpdump_loss {
-            format!("{:.1} points less", tcpdump_loss - sensor_loss)
+            format!(
+                "{:.1} points less; apisessions / tcpdump throughput per round {}",
+                tcpdump_loss - sensor_loss,
+                versus.show(3)
+            )
         } else {
-            format!("{:.1} points more", sensor_loss - tcpdump_loss)
+            format!(
+                "{:.1} points more; apisessions / tcpdump throughput per round {}",
+                sensor_loss - tcpdump_loss,
+                versus.show(3)
+            )
         },
     });
     let cpu = overhead.sensor_us[3].median;
@@ -721,9 +775,10 @@ impl Report {
         writeln!(
             md,
             "| configuration | requests/s | p99 latency (µs) | throughput vs none | p99 vs none | \
-             nginx CPU per request (µs) | other processes (CPUs busy) |"
+             nginx CPU per request (µs) | nginx waiting for a CPU per request (ns) | nginx \
+             timeslices per 1000 requests | other processes (CPUs busy) |"
         )?;
-        writeln!(md, "|---|---|---|---|---|---|---|")?;
+        writeln!(md, "|---|---|---|---|---|---|---|---|---|")?;
         for config in Config::ALL {
             let name = config.name();
             let ratio = |map: &BTreeMap<&str, Spread>| {
@@ -731,12 +786,14 @@ impl Report {
             };
             writeln!(
                 md,
-                "| {name} | {} | {} | {} | {} | {} | {} |",
+                "| {name} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 overhead.rate[name].show(0),
                 overhead.p99_us[name].show(0),
                 ratio(&overhead.rate_ratio),
                 ratio(&overhead.p99_ratio),
                 overhead.nginx_us[name].show(2),
+                overhead.nginx_wait_ns[name].show(0),
+                overhead.nginx_slices[name].show(0),
                 overhead.background[name].show(2)
             )?;
         }
@@ -774,16 +831,18 @@ impl Report {
         )?;
         writeln!(
             md,
-            "| user | sys | BPF programs | total | CPUs busy | peak RSS (MiB) |"
+            "| user | sys | BPF programs | total | total / nginx's CPU per request | CPUs busy | \
+             peak RSS (MiB) |"
         )?;
-        writeln!(md, "|---|---|---|---|---|---|")?;
+        writeln!(md, "|---|---|---|---|---|---|---|")?;
         writeln!(
             md,
-            "| {} | {} | {} | {} | {} of {} | {} |",
+            "| {} | {} | {} | {} | {} | {} of {} | {} |",
             user.show(2),
             sys.show(2),
             bpf.show(2),
             total.show(2),
+            overhead.sensor_vs_nginx.show(2),
             overhead.sensor_cores.show(2),
             m.cpus,
             overhead.sensor_rss_mib.show(1)
@@ -1011,8 +1070,11 @@ impl Report {
                 "summary": {
                     "requests_per_s": overhead.rate.iter().map(|(k, v)| (k.to_string(), v.json())).collect::<serde_json::Map<_, _>>(),
                     "p99_us": overhead.p99_us.iter().map(|(k, v)| (k.to_string(), v.json())).collect::<serde_json::Map<_, _>>(),
+                    "nginx_run_queue_wait_ns_per_request": overhead.nginx_wait_ns.iter().map(|(k, v)| (k.to_string(), v.json())).collect::<serde_json::Map<_, _>>(),
+                    "nginx_timeslices_per_1000_requests": overhead.nginx_slices.iter().map(|(k, v)| (k.to_string(), v.json())).collect::<serde_json::Map<_, _>>(),
                     "background_cpus": overhead.background.iter().map(|(k, v)| (k.to_string(), v.json())).collect::<serde_json::Map<_, _>>(),
                     "nginx_us_per_request": overhead.nginx_us.iter().map(|(k, v)| (k.to_string(), v.json())).collect::<serde_json::Map<_, _>>(),
+                    "sensor_over_tcpdump_throughput": overhead.sensor_vs_tcpdump.json(),
                     "throughput_ratio_quiet_rounds": overhead.quiet_ratio.iter().map(|(k, v)| (k.to_string(), v.json())).collect::<serde_json::Map<_, _>>(),
                     "throughput_ratio": overhead.rate_ratio.iter().map(|(k, v)| (k.to_string(), v.json())).collect::<serde_json::Map<_, _>>(),
                     "p99_ratio": overhead.p99_ratio.iter().map(|(k, v)| (k.to_string(), v.json())).collect::<serde_json::Map<_, _>>(),
@@ -1205,13 +1267,35 @@ impl Report {
     }
 }
 
-const BENCHMARKS_HEADER: &str = "# Benchmarks\n\n\
-Results of `cargo xtask bench` (xtask/src/bench/), newest last; earlier results stay. Each \
-figure is the median (min–max) over alternating rounds of the same run. The full report of a \
-run is in `target/bench/report.md` and `report.json`. Targets (from the bench issue): \
-throughput loss at saturation ≤ 5 % (stretch 2 %) and below tcpdump's; sensor CPU ≤ 5 µs per \
-exchange, kernel and user space together; completeness 100 % with zero unexplained loss; import \
-≥ 10× tshark.\n";
+const BENCHMARKS_HEADER: &str = concat!(
+    "# Benchmarks\n",
+    "\n",
+    "Results of `cargo xtask bench` (xtask/src/bench/), newest last; earlier results stay beside new\n",
+    "ones. A run measures, side by side and in alternating rounds (none, apisessions, tcpdump, none,\n",
+    "…; at least five):\n",
+    "\n",
+    "1. **Overhead**: nginx (Debian's package, one worker) serving a 512-byte JSON file to wrk at\n",
+    "   saturation, without capture, with `apisessions run`, and with `tcpdump -w` on the same port;\n",
+    "   throughput and p99 latency against the uncaptured run of the same round; the sensor's CPU\n",
+    "   (user + sys of the daemon, plus its BPF programs' run time from the kernel's statistics) per\n",
+    "   exchange; its peak RSS.\n",
+    "2. **Completeness**: a mix of methods, URIs and statuses at rising request rates up to\n",
+    "   saturation; every line nginx logged matched to an exchange the daemon decoded (`--dump`) by\n",
+    "   method, URI and status; any difference set against the loss counters.\n",
+    "3. **Offline throughput**: `apisessions import` against tshark's HTTP dissection of the same\n",
+    "   generated capture of a million exchanges.\n",
+    "\n",
+    "Each figure is the median (min–max) over the rounds. The full report of a run (every round, the\n",
+    "counters, a perf profile of the daemon with `--profile`) is in `target/bench/report.md` and\n",
+    "`report.json`. Targets (from the bench issue): throughput loss at saturation ≤ 5 % (stretch 2 %)\n",
+    "and below tcpdump's; sensor CPU ≤ 5 µs per exchange, kernel and user space together;\n",
+    "completeness 100 % with zero unexplained loss; import ≥ 10× tshark.\n",
+    "\n",
+    "The machine these ran on is shared with other work. The bench waits for a quiet moment before\n",
+    "each overhead run and records how many CPUs other processes used during it; a throughput verdict\n",
+    "is *inconclusive* when the rounds' ratios range over more than 5 points, and the rows \"without\n",
+    "other load\" then use only the rounds in which other processes stayed under a quarter of a CPU.\n",
+);
 
 /// glibc's allocator entry points and internals, as perf names them.
 fn is_allocator(symbol: &str) -> bool {
@@ -1262,6 +1346,7 @@ fn overhead_run_json(run: &OverheadRun) -> Value {
         "config": run.config.name(),
         "wrk": wrk_json(&run.wrk),
         "nginx_user_ns": run.nginx_cpu.user_ns, "nginx_sys_ns": run.nginx_cpu.sys_ns,
+        "nginx_run_delay_ns": run.nginx_run_delay_ns, "nginx_timeslices": run.nginx_timeslices,
         "background_cpus": run.background_cpus(),
         "busy_before_cpus": run.busy_before,
         "sensor": run.sensor.as_ref().map(|s| json!({
