@@ -37,12 +37,28 @@ impl Machine {
         };
         let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
         let meminfo = fs::read_to_string("/proc/meminfo").unwrap_or_default();
-        let commit = text(
-            Command::new("git")
-                .args(["-C"])
-                .arg(crate::workspace_root())
-                .args(["describe", "--always", "--dirty"]),
-        );
+        let root = crate::workspace_root();
+        let mut commit =
+            text(
+                Command::new("git")
+                    .arg("-C")
+                    .arg(&root)
+                    .args(["rev-parse", "--short", "HEAD"]),
+            );
+        // Uncommitted changes to anything but the results file itself make the figures those of
+        // a tree no commit has.
+        let changed = crate::output(Command::new("git").arg("-C").arg(&root).args([
+            "status",
+            "--porcelain",
+            "--untracked-files=no",
+            "--",
+            ".",
+            ":(exclude)docs/BENCHMARKS.md",
+        ]))
+        .is_ok_and(|out| !out.trim().is_empty());
+        if changed {
+            commit.push_str("-dirty");
+        }
         // nginx and tcpdump print their version on stderr, wrk on stdout with a non-zero exit.
         let version = |program: &str, arg: &str| {
             Command::new(program)
