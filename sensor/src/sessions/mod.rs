@@ -368,6 +368,15 @@ impl Sessionizer {
 
     /// Decides the session of `exchange`; call in the order exchanges complete.
     pub fn assign(&mut self, exchange: &Exchange) -> Assignment {
+        let parameters = self.parameters(exchange);
+        self.assign_with(exchange, &parameters)
+    }
+
+    fn assign_with(
+        &mut self,
+        exchange: &Exchange,
+        parameters: &[(String, Option<ParameterKind>, String)],
+    ) -> Assignment {
         let ts = exchange.start_ns();
         let candidates = self.candidates(exchange);
         // A value a response handed out earlier wins over precedence: it says which session
@@ -399,7 +408,13 @@ impl Sessionizer {
         self.counters.by_kind[decider.kind as usize] += 1;
         let (session, new_session) = self.session_for(actor, &decider, ts);
         self.register_links(exchange, actor);
-        let (mut user, role) = self.typed_parameters(exchange);
+        let typed = |kind| {
+            parameters
+                .iter()
+                .find(|(_, k, _)| *k == Some(kind))
+                .map(|(_, _, v)| v.clone())
+        };
+        let (mut user, role) = (typed(ParameterKind::User), typed(ParameterKind::Role));
         // Without a configured `user` parameter, the identity that Authorization names (a JWT's
         // subject, the Basic user) is the user.
         let user_configured = self
@@ -490,8 +505,9 @@ impl Sessionizer {
         }
     }
 
-    /// The configured context parameters present in `exchange`, hashed where configured so.
-    pub fn parameters(&self, exchange: &Exchange) -> Vec<(&Parameter, String)> {
+    /// The configured context parameters present in `exchange`, hashed where configured so:
+    /// (name, type, value).
+    pub fn parameters(&self, exchange: &Exchange) -> Vec<(String, Option<ParameterKind>, String)> {
         self.config
             .parameters
             .iter()
@@ -502,34 +518,24 @@ impl Sessionizer {
                 } else {
                     value
                 };
-                Some((parameter, value))
+                Some((parameter.name.clone(), parameter.kind, value))
             })
             .collect()
     }
 
-    fn typed_parameters(&self, exchange: &Exchange) -> (Option<String>, Option<String>) {
-        let parameters = self.parameters(exchange);
-        let typed = |kind| {
-            parameters
-                .iter()
-                .find(|(p, _)| p.kind == Some(kind))
-                .map(|(_, v)| v.clone())
-        };
-        (typed(ParameterKind::User), typed(ParameterKind::Role))
-    }
-
-    /// The exchange's session and its record as stored: stages 4 and 5 joined.
+    /// The exchange's session and its record as stored: stages 4 and 5 joined. The parameters
+    /// are read once, for the record and for the session's user and role.
     pub fn record(
         &mut self,
         exchange: &Exchange,
         redaction: &Redaction,
     ) -> (StoredExchange, Assignment) {
-        let assignment = self.assign(exchange);
+        let parameters = self.parameters(exchange);
+        let assignment = self.assign_with(exchange, &parameters);
         let mut record = StoredExchange::new(exchange, &self.secret, redaction);
-        record.params = self
-            .parameters(exchange)
+        record.params = parameters
             .into_iter()
-            .map(|(p, value)| (p.name.clone(), value))
+            .map(|(name, _, value)| (name, value))
             .collect();
         (record, assignment)
     }
