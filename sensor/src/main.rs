@@ -180,7 +180,7 @@ struct ImportArgs {
 }
 
 /// Exchanges stored per transaction by an import.
-const IMPORT_BATCH: usize = 10_000;
+const IMPORT_BATCH: usize = apisessions::store::writer::TRANSACTION_EXCHANGES;
 
 #[derive(Args)]
 struct DataDirArg {

@@ -108,6 +108,7 @@ pub fn session_page(s: &SessionSummary, exchanges: &[StoredExchange]) -> String 
     let _ = writeln!(out, "clients   {}", counts(s.client_ips.clone()));
     let _ = writeln!(out, "agents    {}", counts(s.user_agents.clone()));
     let _ = writeln!(out, "hosts     {}", counts(s.hosts.clone()));
+    let _ = writeln!(out, "servers   {}", counts(s.server_ips.clone()));
     let _ = writeln!(
         out,
         "requests  {} ({} incomplete)",

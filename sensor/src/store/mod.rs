@@ -2,7 +2,8 @@
 //!
 //! Databases (keys are big-endian so byte order is time order):
 //! - `sessions`: session id (16 bytes) -> [`SessionSummary`]
-//! - `exchanges`: session id + start ns + sequence -> [`StoredExchange`]
+//! - `exchanges`: session id + start ns + sequence -> [`StoredExchange`], laid out compactly
+//!   against its session's summary (see [`compact`])
 //! - `by_time`: session start ns + session id -> () — newest sessions, and pruning
 //! - `by_ip`, `by_host`, `by_endpoint`, `by_user`: value + 0 + start ns + session id -> ()
 //!
@@ -10,10 +11,12 @@
 //! batches many exchanges per transaction; readers (the CLI) run in other processes at the same
 //! time. LMDB commits are atomic, so a crash loses at most the batch in flight, never the store.
 
+mod compact;
 pub mod record;
 pub mod writer;
 
 use std::{
+    collections::{HashMap, hash_map::Entry},
     fs,
     ops::Bound,
     path::{Path, PathBuf},
@@ -29,9 +32,10 @@ use serde::{Serialize, de::DeserializeOwned};
 pub use writer::{StoreWriter, WriterCounters};
 
 use crate::sessions::Assignment;
+use compact::DiskExchange;
 
 /// First byte of every stored value; bump it when a stored type changes incompatibly.
-pub const FORMAT_VERSION: u8 = 1;
+pub const FORMAT_VERSION: u8 = 2;
 /// Default LMDB map size: address space, not disk (the file grows as data comes).
 pub const DEFAULT_MAP_SIZE: usize = 32 << 30;
 const STORE_DIR: &str = "store";
@@ -88,7 +92,9 @@ fn decode<T: DeserializeOwned>(bytes: &[u8], what: &'static str) -> Result<T, St
         }
         Some((version, _)) => Err(StoreError::Corrupt {
             what,
-            reason: format!("format version {version}"),
+            reason: format!(
+                "written in store format {version}, this build reads format {FORMAT_VERSION};                  move the store directory aside to start a new one"
+            ),
         }),
         None => Err(StoreError::Corrupt {
             what,
@@ -100,13 +106,14 @@ fn decode<T: DeserializeOwned>(bytes: &[u8], what: &'static str) -> Result<T, St
 /// A session id from its 32 hex digits.
 pub fn id_bytes(id: &str) -> Result<[u8; 16], StoreError> {
     let bad = || StoreError::BadId(id.to_owned());
-    if id.len() != 32 {
+    let nibble = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let digits = id.as_bytes();
+    if digits.len() != 32 {
         return Err(bad());
     }
     let mut out = [0u8; 16];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte =
-            u8::from_str_radix(id.get(2 * i..2 * i + 2).ok_or_else(bad)?, 16).map_err(|_| bad())?;
+    for (byte, pair) in out.iter_mut().zip(digits.chunks_exact(2)) {
+        *byte = (nibble(pair[0]).ok_or_else(bad)? << 4) | nibble(pair[1]).ok_or_else(bad)?;
     }
     Ok(out)
 }
@@ -302,70 +309,85 @@ impl Store {
     }
 
     /// Writes a batch of exchanges with their sessions in one transaction.
+    ///
+    /// Each session the batch touches is read and written once, however many of its exchanges
+    /// the batch holds, and the exchanges go in in key order, so a transaction's B-tree work
+    /// stays near the pages it already touched.
     pub fn write(&self, batch: &[(StoredExchange, Assignment)]) -> Result<(), StoreError> {
         let mut txn = self.env.write_txn().map_err(lmdb("write transaction"))?;
+        let mut sessions: HashMap<[u8; 16], StoredSession> = HashMap::new();
+        let mut exchanges = Vec::with_capacity(batch.len());
         for (exchange, assignment) in batch {
-            self.write_one(&mut txn, exchange, assignment)?;
+            let id = id_bytes(&assignment.session_id)?;
+            let stored = match sessions.entry(id) {
+                Entry::Occupied(entry) => entry.into_mut(),
+                Entry::Vacant(entry) => {
+                    let stored = match self.sessions.get(&txn, &id).map_err(lmdb("read"))? {
+                        Some(bytes) => decode::<StoredSession>(bytes, "session")?,
+                        None => {
+                            self.by_time
+                                .put(&mut txn, &time_key(exchange.ts_ns, &id), &())
+                                .map_err(lmdb("write"))?;
+                            StoredSession {
+                                indexed_ns: exchange.ts_ns,
+                                summary: SessionSummary::new(assignment, exchange.ts_ns),
+                            }
+                        }
+                    };
+                    entry.insert(stored)
+                }
+            };
+            let new = stored.summary.add(exchange, assignment);
+            self.index(&mut txn, &id, stored.indexed_ns, &new)?;
+            let mut key = [0u8; 28];
+            key[..16].copy_from_slice(&id);
+            key[16..24].copy_from_slice(&exchange.ts_ns.to_be_bytes());
+            key[24..].copy_from_slice(&self.sequence.fetch_add(1, Ordering::Relaxed).to_be_bytes());
+            exchanges.push((key, encode(&DiskExchange::new(exchange, &stored.summary))?));
+        }
+        exchanges.sort_unstable_by_key(|(key, _)| *key);
+        for (key, value) in &exchanges {
+            self.exchanges
+                .put(&mut txn, key, value)
+                .map_err(lmdb("write"))?;
+        }
+        for (id, stored) in &sessions {
+            self.sessions
+                .put(&mut txn, id, &encode(stored)?)
+                .map_err(lmdb("write"))?;
         }
         txn.commit().map_err(lmdb("commit"))
     }
 
-    fn write_one(
+    /// Adds what a session newly gained to the secondary indexes.
+    fn index(
         &self,
         txn: &mut RwTxn<'_>,
-        exchange: &StoredExchange,
-        assignment: &Assignment,
+        id: &[u8; 16],
+        at: u64,
+        new: &record::NewValues,
     ) -> Result<(), StoreError> {
-        let id = id_bytes(&assignment.session_id)?;
-        let existing = match self.sessions.get(txn, &id).map_err(lmdb("read"))? {
-            Some(bytes) => Some(decode::<StoredSession>(bytes, "session")?),
-            None => None,
-        };
-        let mut stored = match existing {
-            Some(stored) => stored,
-            None => {
-                let indexed_ns = exchange.ts_ns;
-                self.by_time
-                    .put(txn, &time_key(indexed_ns, &id), &())
-                    .map_err(lmdb("write"))?;
-                StoredSession {
-                    indexed_ns,
-                    summary: SessionSummary::new(assignment, exchange.ts_ns),
-                }
-            }
-        };
-        let new = stored.summary.add(exchange, assignment);
-        let at = stored.indexed_ns;
         for ip in &new.ips {
             self.by_ip
-                .put(txn, &index_key(ip, at, &id), &())
+                .put(txn, &index_key(ip, at, id), &())
                 .map_err(lmdb("write"))?;
         }
         for host in &new.hosts {
             self.by_host
-                .put(txn, &index_key(&host.to_ascii_lowercase(), at, &id), &())
+                .put(txn, &index_key(&host.to_ascii_lowercase(), at, id), &())
                 .map_err(lmdb("write"))?;
         }
         for endpoint in &new.endpoints {
             self.by_endpoint
-                .put(txn, &index_key(endpoint, at, &id), &())
+                .put(txn, &index_key(endpoint, at, id), &())
                 .map_err(lmdb("write"))?;
         }
         if let Some(user) = &new.user {
             self.by_user
-                .put(txn, &index_key(user, at, &id), &())
+                .put(txn, &index_key(user, at, id), &())
                 .map_err(lmdb("write"))?;
         }
-        self.sessions
-            .put(txn, &id, &encode(&stored)?)
-            .map_err(lmdb("write"))?;
-        let mut key = Vec::with_capacity(28);
-        key.extend_from_slice(&id);
-        key.extend_from_slice(&exchange.ts_ns.to_be_bytes());
-        key.extend_from_slice(&self.sequence.fetch_add(1, Ordering::Relaxed).to_be_bytes());
-        self.exchanges
-            .put(txn, &key, &encode(exchange)?)
-            .map_err(lmdb("write"))
+        Ok(())
     }
 
     /// Sessions matching `filter`, newest first, at most `filter.limit` (0: all).
@@ -446,13 +468,27 @@ impl Store {
         mut visit: impl FnMut(StoredExchange) -> bool,
     ) -> Result<(), StoreError> {
         let txn = self.read()?;
+        let id = id_bytes(id)?;
+        // Exchanges are stored against their session's summary (see `compact`).
+        let Some(session) = self.summary(&txn, &id)? else {
+            return Ok(());
+        };
         for entry in self
             .exchanges
-            .prefix_iter(&txn, &id_bytes(id)?)
+            .prefix_iter(&txn, &id)
             .map_err(lmdb("read"))?
         {
-            let (_, bytes) = entry.map_err(lmdb("read"))?;
-            if !visit(decode(bytes, "exchange")?) {
+            let (key, bytes) = entry.map_err(lmdb("read"))?;
+            let ts_ns = key
+                .get(16..24)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map(u64::from_be_bytes)
+                .ok_or_else(|| StoreError::Corrupt {
+                    what: "exchange key",
+                    reason: format!("{} bytes", key.len()),
+                })?;
+            let exchange = decode::<DiskExchange>(bytes, "exchange")?.expand(ts_ns, &session)?;
+            if !visit(exchange) {
                 break;
             }
         }

@@ -228,9 +228,12 @@ pub struct SessionSummary {
     pub key_name: String,
     pub user: Option<String>,
     pub role: Option<String>,
+    // The next four lists only grow, in arrival order: stored exchanges refer to their entries
+    // by position (see store::compact), so they must never be reordered or trimmed.
     pub client_ips: Vec<String>,
     pub user_agents: Vec<String>,
     pub hosts: Vec<String>,
+    pub server_ips: Vec<String>,
     /// (method endpoint, count), most frequent first after [`SessionSummary::sort`].
     pub endpoints: Vec<(String, u64)>,
     pub methods: Vec<(String, u64)>,
@@ -240,11 +243,18 @@ pub struct SessionSummary {
     pub incomplete: u64,
 }
 
-fn bump<K: PartialEq>(list: &mut Vec<(K, u64)>, key: K, bound: usize, other: impl FnOnce() -> K) {
-    if let Some(entry) = list.iter_mut().find(|(k, _)| *k == key) {
+/// Counts `key` in `list` (found with `is_key`, made with `key` only when new).
+fn bump<K: PartialEq>(
+    list: &mut Vec<(K, u64)>,
+    is_key: impl Fn(&K) -> bool,
+    key: impl FnOnce() -> K,
+    bound: usize,
+    other: impl FnOnce() -> K,
+) {
+    if let Some(entry) = list.iter_mut().find(|(k, _)| is_key(k)) {
         entry.1 += 1;
     } else if list.len() < bound {
-        list.push((key, 1));
+        list.push((key(), 1));
     } else {
         let other = other();
         match list.iter_mut().find(|(k, _)| *k == other) {
@@ -312,33 +322,43 @@ impl SessionSummary {
             new.ips.push(exchange.client_ip.clone());
         }
         add_small(&mut self.user_agents, exchange.user_agent.as_deref());
+        add_small(&mut self.server_ips, Some(&exchange.server_ip));
         if add_small(&mut self.hosts, exchange.host.as_deref()) {
             new.hosts.extend(exchange.host.clone());
         }
+        let method = exchange.method.as_deref().unwrap_or("-");
         if let Some(endpoint) = &exchange.endpoint {
-            let path_of = |key: &str| key.split_once(' ').map(|(_, path)| path.to_owned());
-            let known_path = self
-                .endpoints
-                .iter()
-                .any(|(k, _)| path_of(k).as_ref() == Some(endpoint));
-            let key = format!("{} {endpoint}", exchange.method.as_deref().unwrap_or("-"));
-            bump(&mut self.endpoints, key.clone(), MAX_ENDPOINTS, || {
-                "(other)".to_owned()
-            });
+            // Keys are "METHOD endpoint"; compared in parts so that counting allocates nothing.
+            let path_is = |key: &str| key.split_once(' ').is_some_and(|(_, p)| p == endpoint);
+            let is_key = |key: &String| {
+                key.split_once(' ')
+                    .is_some_and(|(m, p)| m == method && p == endpoint)
+            };
+            let known_path = self.endpoints.iter().any(|(k, _)| path_is(k));
+            bump(
+                &mut self.endpoints,
+                is_key,
+                || format!("{method} {endpoint}"),
+                MAX_ENDPOINTS,
+                || "(other)".to_owned(),
+            );
             // Indexed once per session, and only while the session still counts it by name.
-            if !known_path && self.endpoints.iter().any(|(k, _)| *k == key) {
+            if !known_path && self.endpoints.iter().any(|(k, _)| is_key(k)) {
                 new.endpoints.push(endpoint.clone());
             }
         }
         bump(
             &mut self.methods,
-            exchange.method.clone().unwrap_or_else(|| "-".into()),
+            |m| m == method,
+            || method.to_owned(),
             MAX_SMALL_SET,
             || "(other)".into(),
         );
+        let status = exchange.status_code.unwrap_or(0);
         bump(
             &mut self.statuses,
-            exchange.status_code.unwrap_or(0),
+            |s| *s == status,
+            || status,
             MAX_SMALL_SET,
             || 0,
         );
@@ -381,6 +401,7 @@ impl SessionSummary {
             "client_ips": summary.client_ips,
             "user_agents": summary.user_agents,
             "hosts": summary.hosts,
+            "server_ips": summary.server_ips,
             "endpoints": summary.endpoints.iter().map(|(e, n)| serde_json::json!({"endpoint": e, "count": n})).collect::<Vec<_>>(),
             "methods": summary.methods.iter().map(|(m, n)| serde_json::json!({"method": m, "count": n})).collect::<Vec<_>>(),
             "statuses": summary.statuses.iter().map(|(s, n)| serde_json::json!({"status": s, "count": n})).collect::<Vec<_>>(),

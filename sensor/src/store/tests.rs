@@ -1,4 +1,8 @@
-use std::path::PathBuf;
+use std::{
+    path::PathBuf,
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
 
 use super::*;
 use crate::{
@@ -337,4 +341,73 @@ fn a_full_map_is_a_clear_error_and_the_store_stays_usable() {
     assert_eq!(store.counts().unwrap(), (0, 0));
     store.write(&batch[..5]).unwrap();
     assert_eq!(store.counts().unwrap().1, 5);
+}
+
+#[test]
+fn exchanges_read_back_as_written_across_batches_and_past_the_session_lists() {
+    let dir = TempDir::new("roundtrip");
+    let store = Store::open(&dir.0, 1 << 30).unwrap();
+    let mut written = Vec::new();
+    for batch in 0..3u64 {
+        let mut items = Vec::new();
+        for i in 0..20u64 {
+            let n = batch * 20 + i;
+            let mut e = record(
+                &format!("192.0.2.{}", n % 7),
+                100 + n,
+                "GET",
+                &format!("/items/{n}?page=2"),
+                200,
+            );
+            // More agents than a session lists: the later ones are stored inline.
+            e.user_agent = Some(format!("agent-{}", n % 20));
+            e.status_msg = Some(if n % 5 == 0 { "Fine" } else { "OK" }.into());
+            items.push((e, assignment(1, None)));
+        }
+        store.write(&items).unwrap();
+        written.extend(items.into_iter().map(|(e, _)| e));
+    }
+    let mut read = Vec::new();
+    store
+        .exchanges(&id(1), |e| {
+            read.push(e);
+            true
+        })
+        .unwrap();
+    assert_eq!(read, written);
+    let summary = store.session(&id(1)).unwrap().unwrap();
+    assert_eq!(summary.requests, 60);
+    assert_eq!(summary.client_ips.len(), 7);
+    assert_eq!(summary.user_agents.len(), 16);
+}
+
+#[test]
+fn the_writer_stores_every_submitted_batch() {
+    let dir = TempDir::new("writer");
+    let store = Store::open(&dir.0, 1 << 30).unwrap();
+    // The records are from 1970: a century of retention keeps the first sweep off them.
+    let century = Duration::from_secs(100 * 365 * 24 * 3600);
+    let writer = StoreWriter::start(store, century, Duration::from_secs(3600));
+    for batch in 0..30u64 {
+        writer.submit(
+            (0..100u64)
+                .map(|i| {
+                    let n = batch * 100 + i;
+                    (
+                        record("192.0.2.1", 1000 + n, "GET", "/items", 200),
+                        assignment((n % 50) as u8, None),
+                    )
+                })
+                .collect(),
+        );
+    }
+    let counters = Arc::clone(&writer.counters);
+    writer.finish();
+    let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    assert_eq!(get(&counters.exchanges_dropped_queue_full), 0);
+    assert_eq!(get(&counters.exchanges_written), 3000);
+    // Batches that queue up are merged into fewer transactions, never split.
+    assert!((1..=30).contains(&get(&counters.batches_written)));
+    let store = Store::open_read_only(&dir.0).unwrap();
+    assert_eq!(store.counts().unwrap(), (50, 3000));
 }

@@ -23,6 +23,10 @@ pub type Batch = Vec<(StoredExchange, Assignment)>;
 
 /// Batches waiting for the writer at most.
 pub const QUEUE_BATCHES: usize = 64;
+/// Exchanges committed per transaction at most. Batches that queued up while the writer was
+/// busy are merged up to this size: under load each commit (page copies, fsync) is shared by
+/// more exchanges, so the writer speeds up as it falls behind instead of dropping.
+pub const TRANSACTION_EXCHANGES: usize = 10_000;
 /// Sessions deleted per pruning transaction: keeps each one short next to the writes.
 const PRUNE_STEP: usize = 1000;
 
@@ -100,7 +104,15 @@ impl StoreWriter {
                     next_prune.saturating_duration_since(Instant::now())
                 };
                 match rx.recv_timeout(wait) {
-                    Ok(batch) => write(&store, &batch, &shared),
+                    Ok(mut batch) => {
+                        while batch.len() < TRANSACTION_EXCHANGES {
+                            match rx.try_recv() {
+                                Ok(more) => batch.extend(more),
+                                Err(_) => break,
+                            }
+                        }
+                        write(&store, &batch, &shared);
+                    }
                     Err(RecvTimeoutError::Timeout) => {}
                     Err(RecvTimeoutError::Disconnected) => break,
                 }

@@ -15,6 +15,10 @@
 //! 3. Offline throughput: a generated capture of a million exchanges (cached under
 //!    target/bench/), `apisessions import` against tshark's HTTP dissection of the same file
 //!    (method, URI, status), alternating, as exchanges per second and their ratio.
+//! 4. Store and queries: generated sessions written into the store (exchanges committed per
+//!    second, bytes on disk per exchange), and the CLI's `sessions --limit 50`, `--ip`,
+//!    `--endpoint` and `show` of a 10,000-request session timed at a tenth of the size and at the
+//!    full size (default 1M and 10M exchanges).
 //!
 //! Results go to target/bench/report.{md,json}; a full run also appends its table to
 //! docs/BENCHMARKS.md. Nothing here is a test: the targets are reported against, never asserted.
@@ -23,6 +27,7 @@ mod host;
 mod offline;
 mod probe;
 mod report;
+mod store;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -64,6 +69,8 @@ pub struct Options {
     pub profile: bool,
     /// Exchanges in the generated capture of the offline phase; 0 skips the phase.
     pub offline_exchanges: u64,
+    /// Stored exchanges at the store phase's second size (the first is a tenth); 0 skips it.
+    pub store_exchanges: u64,
     /// Longest wait for a quiet machine before an overhead run.
     pub quiet_wait: Duration,
     /// Fractions of the mix's saturation rate for the completeness levels (1.0: no pacing).
@@ -104,6 +111,10 @@ pub struct BenchArgs {
     /// --quick); 0 skips the phase.
     #[arg(long, value_name = "N")]
     offline_exchanges: Option<u64>,
+    /// Stored exchanges at which the store phase times the queries last (default 10,000,000;
+    /// 300,000 with --quick); it also times them at a tenth of that. 0 skips the phase.
+    #[arg(long, value_name = "N")]
+    store_exchanges: Option<u64>,
     /// Before each overhead run, wait up to this long for the machine to be quiet (other
     /// processes using less than a quarter of a CPU), then run anyway (default 15; 2 with
     /// --quick).
@@ -132,6 +143,11 @@ impl Options {
                 100_000
             } else {
                 1_000_000
+            }),
+            store_exchanges: args.store_exchanges.unwrap_or(if quick {
+                300_000
+            } else {
+                10_000_000
             }),
             quiet_wait: Duration::from_secs(args.quiet_wait.unwrap_or(if quick { 2 } else { 15 })),
             levels: if quick {
@@ -299,6 +315,9 @@ pub fn run(options: &Options) -> Result<()> {
     host::install_interrupt_handler();
     println!("xtask: building the release binary for the measurements");
     crate::build(true)?;
+    if options.store_exchanges > 0 {
+        store::build()?;
+    }
     let out_dir = workspace_root().join("target").join("bench");
     let work = out_dir.join("work");
     let _ = fs::remove_dir_all(&work);
@@ -313,7 +332,7 @@ pub fn run(options: &Options) -> Result<()> {
     println!("xtask: bench on {}", net.describe());
     println!(
         "xtask: {} rounds of {} s per run; overhead: none / apisessions / tcpdump; then \
-         completeness at {} rate levels; then offline import against tshark",
+         completeness at {} rate levels; then offline import against tshark; then the store",
         options.rounds,
         options.duration.as_secs(),
         options.levels.len()
@@ -337,6 +356,16 @@ pub fn run(options: &Options) -> Result<()> {
     } else {
         None
     };
+    let store = if options.store_exchanges > 0 {
+        println!(
+            "xtask: store: ingest and queries at {} and {} stored exchanges",
+            (options.store_exchanges / 10).max(store::SHOW_REQUESTS),
+            options.store_exchanges
+        );
+        Some(store::run(&work, options.store_exchanges, options.rounds)?)
+    } else {
+        None
+    };
 
     let report = report::Report {
         options: options.clone(),
@@ -346,6 +375,7 @@ pub fn run(options: &Options) -> Result<()> {
         overhead,
         completeness,
         offline,
+        store,
         elapsed: started.elapsed(),
     };
     let (markdown, json) = report.render()?;

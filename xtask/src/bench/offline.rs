@@ -117,8 +117,11 @@ fn wait(proc: &mut Proc, budget: Duration) -> Result<std::process::ExitStatus> {
     }
 }
 
-/// `apisessions import FILE --port 8080`: wall time and the exchanges it reports.
+/// `apisessions import FILE --port 8080` into a new data directory (an import also stores
+/// what it decodes): wall time and the exchanges it reports.
 fn import(file: &Path, work: &Path) -> Result<(f64, u64)> {
+    let data_dir = work.join("import-data");
+    let _ = fs::remove_dir_all(&data_dir);
     let log = work.join("import.err");
     let err = fs::File::create(&log).context("creating the import log")?;
     let started = Instant::now();
@@ -128,11 +131,14 @@ fn import(file: &Path, work: &Path) -> Result<(f64, u64)> {
             .arg("import")
             .arg(file)
             .args(["--port", &SERVER_PORT.to_string()])
+            .arg("--data-dir")
+            .arg(&data_dir)
             .stdout(Stdio::null())
             .stderr(err),
     )?;
     let exit = wait(&mut proc, Duration::from_secs(600))?;
     let seconds = started.elapsed().as_secs_f64();
+    let _ = fs::remove_dir_all(&data_dir);
     let text = fs::read_to_string(&log).context("reading the import log")?;
     if !exit.success() {
         bail!("apisessions import failed ({exit}): {}", text.trim());

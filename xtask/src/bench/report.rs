@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use super::{
     CompletenessOutcome, CompletenessRun, Config, Options, OverheadOutcome, OverheadRun,
     offline::OfflineOutcome,
+    store::{StoreLevel, StoreOutcome},
 };
 
 /// Where and when the run happened.
@@ -184,7 +185,103 @@ pub struct Report {
     pub overhead: OverheadOutcome,
     pub completeness: CompletenessOutcome,
     pub offline: Option<OfflineOutcome>,
+    pub store: Option<StoreOutcome>,
     pub elapsed: Duration,
+}
+
+/// Query latency (ms) over the rounds, by query name.
+fn query_ms(level: &StoreLevel, name: &str) -> Option<Spread> {
+    level
+        .queries
+        .iter()
+        .find(|q| q.name.starts_with(name))
+        .map(|q| Spread::of(q.ms.iter().copied()))
+}
+
+fn bytes_per_exchange(level: &StoreLevel) -> f64 {
+    level.file_bytes as f64 / level.exchanges.max(1) as f64
+}
+
+/// "≤ goal" targets of the store phase, measured at its largest size.
+fn store_targets(store: Option<&StoreOutcome>, list: &mut Vec<Target>) {
+    let (Some(first), Some(last)) = (
+        store.and_then(|s| s.levels.first()),
+        store.and_then(|s| s.levels.last()),
+    ) else {
+        list.push(Target {
+            name: "store ingest, queries, bytes per exchange",
+            target: "see the issue".into(),
+            measured: "not measured".into(),
+            met: None,
+            conclusive: true,
+            note: "store phase skipped (--store-exchanges 0)".into(),
+        });
+        return;
+    };
+    let ingest = Spread::of(first.ingest.iter().copied());
+    let later = Spread::of(last.ingest.iter().copied());
+    list.push(Target {
+        name: "store ingest (exchanges committed per second)",
+        target: "≥ 200,000".into(),
+        measured: num(ingest.median, 0),
+        met: Some(ingest.median >= 200_000.0),
+        conclusive: true,
+        note: format!(
+            "{}; into an empty store, rounds {}; from {} to {} stored: {}",
+            if ingest.median >= 200_000.0 {
+                format!("{:.0} % of the goal", ingest.median / 2000.0)
+            } else {
+                format!("missed by {:.0} %", 100.0 - ingest.median / 2000.0)
+            },
+            ingest.show(0),
+            num(last.ingest_from as f64, 0),
+            num(last.exchanges as f64, 0),
+            later.show(0)
+        ),
+    });
+    let at = format!("at {} stored", num(last.exchanges as f64, 0));
+    let mut at_most = |name: &'static str, goal: f64, unit: &str, value: Option<Spread>| {
+        let Some(value) = value else { return };
+        let m = value.median;
+        list.push(Target {
+            name,
+            target: format!("≤ {} {unit}, {at}", num(goal, 0)),
+            measured: format!("{} {unit}", num(m, 1)),
+            met: Some(m <= goal),
+            conclusive: true,
+            note: if m <= goal {
+                format!(
+                    "{:.0} % of the budget; rounds {}",
+                    m / goal * 100.0,
+                    value.show(1)
+                )
+            } else {
+                format!(
+                    "missed by {:.0} %; rounds {}",
+                    (m / goal - 1.0) * 100.0,
+                    value.show(1)
+                )
+            },
+        });
+    };
+    at_most(
+        "`sessions --limit 50` latency",
+        50.0,
+        "ms",
+        query_ms(last, "sessions --limit 50"),
+    );
+    at_most(
+        "`show` of a 10,000-request session",
+        100.0,
+        "ms",
+        query_ms(last, "show"),
+    );
+    at_most(
+        "bytes on disk per stored exchange",
+        300.0,
+        "B",
+        Some(Spread::of([bytes_per_exchange(last)])),
+    );
 }
 
 /// The offline phase reduced to figures: exchanges per second of each tool, and their ratio.
@@ -523,6 +620,7 @@ fn targets(
     overhead: &OverheadSummary,
     levels: &[LevelSummary],
     offline: Option<&OfflineSummary>,
+    store: Option<&StoreOutcome>,
 ) -> Vec<Target> {
     let mut list = Vec::new();
     let loss = |name: &str| {
@@ -704,6 +802,7 @@ fn targets(
             note: "offline phase skipped (--offline-exchanges 0)".into(),
         },
     });
+    store_targets(store, &mut list);
     list
 }
 
@@ -721,7 +820,7 @@ impl Report {
         let overhead = summarize_overhead(&self.overhead.runs);
         let levels = summarize_levels(&self.options, &self.completeness.runs);
         let offline = self.offline.as_ref().map(summarize_offline);
-        let targets = targets(&overhead, &levels, offline.as_ref());
+        let targets = targets(&overhead, &levels, offline.as_ref(), self.store.as_ref());
         let o = &self.options;
         let m = &self.machine;
         let mut md = String::new();
@@ -1011,7 +1110,8 @@ impl Report {
                 "A generated capture (`{}`, {} MiB): {} exchanges, {} packets, 64 keep-alive \
                  connections interleaved at a time, 100 exchanges each, a mix of GET/POST/PUT/DELETE \
                  with 200/201/204/304/404/405 and one response in ten chunked. Alternating rounds of \
-                 `apisessions import FILE --port 8080` (release build, exchanges to nowhere) and \
+                 `apisessions import FILE --port 8080` (release build, storing into a new data directory \
+                 as every import does) and \
                  `tshark -n -r FILE -Y http -T fields -e http.request.method -e http.request.uri -e \
                  http.response.code` ({}); wall time, the file in the page cache.\n",
                 outcome.file.display(),
@@ -1059,6 +1159,58 @@ impl Report {
                     )
                 }
             )?;
+        }
+        if let Some(store) = &self.store {
+            writeln!(md, "\n## 4. Store and queries\n")?;
+            writeln!(
+                md,
+                "`store_fill` (sensor/examples/) writes generated sessions through the store, \
+                 10,000 exchanges per durable transaction (an import's, and the daemon writer's \
+                 under load): 2,000 sessions active at a time (browsers, API clients, logged-in \
+                 users; 1 to 400 requests), one session of {} requests, realistic user agents, \
+                 templated paths with ids and query strings, over the last six days. Ingest is \
+                 exchanges committed per second of writing; bytes per exchange are the LMDB \
+                 file's size over the exchanges stored (indexes, summaries and free pages \
+                 included). Queries are the CLI as a user runs it (a new process each, output \
+                 to /dev/null, wall time), alternating, the store in the page cache.\n",
+                num(store.show_requests as f64, 0)
+            )?;
+            writeln!(
+                md,
+                "| stored exchanges | sessions | bytes/exchange | ingest (exchanges/s) | {} |",
+                store
+                    .levels
+                    .first()
+                    .map(|l| l
+                        .queries
+                        .iter()
+                        .map(|q| format!("`{}` (ms)", q.name))
+                        .collect::<Vec<_>>()
+                        .join(" | "))
+                    .unwrap_or_default()
+            )?;
+            writeln!(
+                md,
+                "|---|---|---|---|{}",
+                "---|".repeat(store.levels.first().map_or(0, |l| l.queries.len()))
+            )?;
+            for level in &store.levels {
+                writeln!(
+                    md,
+                    "| {} | {} | {:.0} | {} (from {}) | {} |",
+                    num(level.exchanges as f64, 0),
+                    num(level.sessions as f64, 0),
+                    bytes_per_exchange(level),
+                    Spread::of(level.ingest.iter().copied()).show(0),
+                    num(level.ingest_from as f64, 0),
+                    level
+                        .queries
+                        .iter()
+                        .map(|q| Spread::of(q.ms.iter().copied()).show(1))
+                        .collect::<Vec<_>>()
+                        .join(" | ")
+                )?;
+            }
         }
         writeln!(md, "\n## Reproduce\n\n```sh\n{}\n```", self.command)?;
 
@@ -1128,6 +1280,19 @@ impl Report {
                     "tshark_responses": r.tshark_responses,
                 })).collect::<Vec<_>>(),
             })),
+            "store": self.store.as_ref().map(|store| json!({
+                "show_requests": store.show_requests,
+                "levels": store.levels.iter().map(|l| json!({
+                    "exchanges": l.exchanges, "sessions": l.sessions, "file_bytes": l.file_bytes,
+                    "bytes_per_exchange": bytes_per_exchange(l),
+                    "ingest_exchanges_per_s": Spread::of(l.ingest.iter().copied()).json(),
+                    "ingest_from": l.ingest_from,
+                    "queries": l.queries.iter().map(|q| json!({
+                        "name": q.name, "args": q.args, "lines": q.lines,
+                        "ms": Spread::of(q.ms.iter().copied()).json(), "runs_ms": q.ms,
+                    })).collect::<Vec<_>>(),
+                })).collect::<Vec<_>>(),
+            })),
             "completeness": {
                 "mix_saturation_per_s": self.completeness.saturation,
                 "pacing_ms": super::PACING_MS,
@@ -1158,7 +1323,7 @@ impl Report {
         let overhead = summarize_overhead(&self.overhead.runs);
         let levels = summarize_levels(&self.options, &self.completeness.runs);
         let offline = self.offline.as_ref().map(summarize_offline);
-        let targets = targets(&overhead, &levels, offline.as_ref());
+        let targets = targets(&overhead, &levels, offline.as_ref(), self.store.as_ref());
         let mut text = match fs::read_to_string(path) {
             Ok(text) => text,
             Err(_) => BENCHMARKS_HEADER.to_owned(),
@@ -1263,6 +1428,28 @@ impl Report {
             )?;
             writeln!(text, "| import / tshark | {}× |", summary.ratio.show(1))?;
         }
+        for level in self.store.iter().flat_map(|s| &s.levels) {
+            let at = num(level.exchanges as f64, 0);
+            writeln!(
+                text,
+                "| store ingest exchanges/s, {} to {at} stored | {} |",
+                num(level.ingest_from as f64, 0),
+                Spread::of(level.ingest.iter().copied()).show(0)
+            )?;
+            writeln!(
+                text,
+                "| bytes on disk per exchange, {at} stored | {:.0} |",
+                bytes_per_exchange(level)
+            )?;
+            for q in &level.queries {
+                writeln!(
+                    text,
+                    "| `{}` ms, {at} stored | {} |",
+                    q.name,
+                    Spread::of(q.ms.iter().copied()).show(1)
+                )?;
+            }
+        }
         writeln!(text, "\n| target | goal | measured | verdict |")?;
         writeln!(text, "|---|---|---|---|")?;
         for t in &targets {
@@ -1300,12 +1487,16 @@ const BENCHMARKS_HEADER: &str = concat!(
     "   method, URI and status; any difference set against the loss counters.\n",
     "3. **Offline throughput**: `apisessions import` against tshark's HTTP dissection of the same\n",
     "   generated capture of a million exchanges.\n",
+    "4. **Store and queries**: exchanges committed per second, bytes on disk per exchange, and the\n",
+    "   latency of `sessions --limit 50`, `--ip`, `--endpoint` and `show` of a 10,000-request\n",
+    "   session at 1M and 10M stored exchanges (generated).\n",
     "\n",
     "Each figure is the median (min–max) over the rounds. The full report of a run (every round, the\n",
     "counters, a perf profile of the daemon with `--profile`) is in `target/bench/report.md` and\n",
     "`report.json`. Targets (from the bench issue): throughput loss at saturation ≤ 5 % (stretch 2 %)\n",
     "and below tcpdump's; sensor CPU ≤ 5 µs per exchange, kernel and user space together;\n",
-    "completeness 100 % with zero unexplained loss; import ≥ 10× tshark.\n",
+    "completeness 100 % with zero unexplained loss; import ≥ 10× tshark; ingest ≥ 200k exchanges/s;\n",
+    "`sessions --limit 50` ≤ 50 ms and `show` ≤ 100 ms at 10M stored; ≤ 300 bytes per exchange.\n",
     "\n",
     "The machine these ran on is shared with other work. The bench waits for a quiet moment before\n",
     "each overhead run and records how many CPUs other processes used during it; a throughput verdict\n",

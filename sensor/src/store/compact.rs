@@ -1,0 +1,334 @@
+//! How an exchange is laid out on disk: [`StoredExchange`] without what the store already knows.
+//!
+//! A week of traffic is tens of millions of exchanges, so bytes per exchange decide the disk a
+//! sensor needs (target: at most 300 on disk, LMDB's own overhead included). Most fields of an
+//! exchange repeat: its client address, user agent and host are those of its session, and its
+//! method, version, content types and reason phrase come from a short list. Those are stored as
+//! one-byte references:
+//! - to the session's own lists (`client_ips`, `user_agents`, `hosts`, `server_ips` of
+//!   [`SessionSummary`]); the lists only grow, so an index stays valid for the session's life;
+//! - to the fixed tables below, or to the standard reason phrase of the status code.
+//!
+//! Left out entirely: the start time (it is in the key) and the endpoint (a pure function of the
+//! URI, [`endpoint::template`]). Values not found in a list are stored inline.
+
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
+
+use super::{SessionSummary, StoreError, StoredExchange};
+use crate::endpoint;
+
+/// Methods stored by number. Append only: the index is what is stored.
+const METHODS: &[&str] = &[
+    "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "CONNECT", "TRACE",
+];
+const VERSIONS: &[&str] = &["HTTP/1.1", "HTTP/1.0", "HTTP/0.9"];
+const CONTENT_TYPES: &[&str] = &[
+    "application/json",
+    "application/json; charset=utf-8",
+    "application/json;charset=utf-8",
+    "application/json; charset=UTF-8",
+    "application/json;charset=UTF-8",
+    "text/html",
+    "text/html; charset=utf-8",
+    "text/html; charset=UTF-8",
+    "text/plain",
+    "text/plain; charset=utf-8",
+    "text/plain; charset=UTF-8",
+    "application/x-www-form-urlencoded",
+    "application/javascript",
+    "text/javascript",
+    "text/css",
+    "application/xml",
+    "text/xml",
+    "application/octet-stream",
+    "image/png",
+    "image/jpeg",
+    "image/svg+xml",
+    "image/x-icon",
+    "application/problem+json",
+    "application/grpc",
+];
+
+/// A text field as stored: absent and listed values take one or two bytes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+enum Text<'a> {
+    Absent,
+    /// The n-th entry of the field's list (the session's, or a fixed table).
+    Listed(u8),
+    Inline(Cow<'a, str>),
+}
+
+impl<'a> Text<'a> {
+    fn of<S: AsRef<str>>(value: Option<&'a str>, list: &[S]) -> Self {
+        let Some(value) = value else {
+            return Self::Absent;
+        };
+        match list.iter().position(|v| v.as_ref() == value) {
+            Some(i) if i <= usize::from(u8::MAX) => Self::Listed(i as u8),
+            _ => Self::Inline(Cow::Borrowed(value)),
+        }
+    }
+
+    fn resolve<S: AsRef<str>>(self, list: &[S], field: &str) -> Result<Option<String>, StoreError> {
+        match self {
+            Self::Absent => Ok(None),
+            Self::Inline(value) => Ok(Some(value.into_owned())),
+            Self::Listed(i) => list
+                .get(usize::from(i))
+                .map(|v| Some(v.as_ref().to_owned()))
+                .ok_or_else(|| {
+                    corrupt(format!(
+                        "{field} refers to entry {i} of a list of {}",
+                        list.len()
+                    ))
+                }),
+        }
+    }
+
+    /// For fields every exchange has.
+    fn require<S: AsRef<str>>(self, list: &[S], field: &str) -> Result<String, StoreError> {
+        self.resolve(list, field)?
+            .ok_or_else(|| corrupt(format!("{field} is missing")))
+    }
+}
+
+fn corrupt(reason: String) -> StoreError {
+    StoreError::Corrupt {
+        what: "exchange",
+        reason,
+    }
+}
+
+/// The reason phrase: usually the standard one for the status code.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+enum Reason<'a> {
+    Absent,
+    Standard,
+    Other(Cow<'a, str>),
+}
+
+fn standard_reason(status: Option<u16>) -> Option<&'static str> {
+    http::StatusCode::from_u16(status?).ok()?.canonical_reason()
+}
+
+const REQUEST_TRUNCATED: u8 = 1;
+const RESPONSE_TRUNCATED: u8 = 2;
+const GAP: u8 = 4;
+
+/// One exchange as its value in the `exchanges` database (postcard). Borrows from the
+/// exchange when writing, so encoding copies each byte once.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct DiskExchange<'a> {
+    client_ip: Text<'a>,
+    client_port: u16,
+    server_ip: Text<'a>,
+    server_port: u16,
+    method: Text<'a>,
+    host: Text<'a>,
+    uri: Option<Cow<'a, str>>,
+    version: Text<'a>,
+    user_agent: Text<'a>,
+    referrer: Option<Cow<'a, str>>,
+    request_content_type: Text<'a>,
+    response_content_type: Text<'a>,
+    status_code: Option<u16>,
+    status_msg: Reason<'a>,
+    request_body_len: Option<u64>,
+    response_body_len: Option<u64>,
+    ttfb_us: Option<u64>,
+    duration_us: Option<u64>,
+    flags: u8,
+    params: Cow<'a, [(String, String)]>,
+}
+
+impl<'a> DiskExchange<'a> {
+    /// `e` for storage in `session`, which has already counted it in.
+    pub(super) fn new(e: &'a StoredExchange, session: &SessionSummary) -> Self {
+        let flag = |set: bool, bit: u8| if set { bit } else { 0 };
+        let flags = flag(e.request_truncated, REQUEST_TRUNCATED)
+            | flag(e.response_truncated, RESPONSE_TRUNCATED)
+            | flag(e.gap, GAP);
+        Self {
+            client_ip: Text::of(Some(&e.client_ip), &session.client_ips),
+            client_port: e.client_port,
+            server_ip: Text::of(Some(&e.server_ip), &session.server_ips),
+            server_port: e.server_port,
+            method: Text::of(e.method.as_deref(), METHODS),
+            host: Text::of(e.host.as_deref(), &session.hosts),
+            uri: e.uri.as_deref().map(Cow::Borrowed),
+            version: Text::of(e.version.as_deref(), VERSIONS),
+            user_agent: Text::of(e.user_agent.as_deref(), &session.user_agents),
+            referrer: e.referrer.as_deref().map(Cow::Borrowed),
+            request_content_type: Text::of(e.request_content_type.as_deref(), CONTENT_TYPES),
+            response_content_type: Text::of(e.response_content_type.as_deref(), CONTENT_TYPES),
+            status_code: e.status_code,
+            status_msg: match e.status_msg.as_deref() {
+                None => Reason::Absent,
+                Some(msg) if standard_reason(e.status_code) == Some(msg) => Reason::Standard,
+                Some(msg) => Reason::Other(Cow::Borrowed(msg)),
+            },
+            request_body_len: e.request_body_len,
+            response_body_len: e.response_body_len,
+            ttfb_us: e.ttfb_us,
+            duration_us: e.duration_us,
+            flags,
+            params: Cow::Borrowed(&e.params),
+        }
+    }
+
+    /// The exchange again, from its start time (the key's) and its session.
+    pub(super) fn expand(
+        self,
+        ts_ns: u64,
+        session: &SessionSummary,
+    ) -> Result<StoredExchange, StoreError> {
+        let status_msg = match self.status_msg {
+            Reason::Absent => None,
+            Reason::Standard => Some(
+                standard_reason(self.status_code)
+                    .ok_or_else(|| {
+                        corrupt(format!(
+                            "no standard reason for status {:?}",
+                            self.status_code
+                        ))
+                    })?
+                    .to_owned(),
+            ),
+            Reason::Other(msg) => Some(msg.into_owned()),
+        };
+        let uri = self.uri.map(Cow::into_owned);
+        Ok(StoredExchange {
+            ts_ns,
+            client_ip: self.client_ip.require(&session.client_ips, "client_ip")?,
+            client_port: self.client_port,
+            server_ip: self.server_ip.require(&session.server_ips, "server_ip")?,
+            server_port: self.server_port,
+            method: self.method.resolve(METHODS, "method")?,
+            host: self.host.resolve(&session.hosts, "host")?,
+            endpoint: uri.as_deref().map(endpoint::template),
+            uri,
+            version: self.version.resolve(VERSIONS, "version")?,
+            user_agent: self
+                .user_agent
+                .resolve(&session.user_agents, "user_agent")?,
+            referrer: self.referrer.map(Cow::into_owned),
+            request_content_type: self
+                .request_content_type
+                .resolve(CONTENT_TYPES, "request_content_type")?,
+            response_content_type: self
+                .response_content_type
+                .resolve(CONTENT_TYPES, "response_content_type")?,
+            status_code: self.status_code,
+            status_msg,
+            request_body_len: self.request_body_len,
+            response_body_len: self.response_body_len,
+            ttfb_us: self.ttfb_us,
+            duration_us: self.duration_us,
+            request_truncated: self.flags & REQUEST_TRUNCATED != 0,
+            response_truncated: self.flags & RESPONSE_TRUNCATED != 0,
+            gap: self.flags & GAP != 0,
+            params: self.params.into_owned(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session() -> SessionSummary {
+        SessionSummary {
+            client_ips: vec!["10.0.0.9".into(), "10.0.0.7".into()],
+            server_ips: vec!["10.0.0.1".into()],
+            user_agents: vec!["curl/8.11.0".into()],
+            hosts: vec!["api.example".into()],
+            ..SessionSummary::default()
+        }
+    }
+
+    fn exchange() -> StoredExchange {
+        StoredExchange {
+            ts_ns: 1_795_000_000_123_456_789,
+            client_ip: "10.0.0.7".into(),
+            client_port: 50_123,
+            server_ip: "10.0.0.1".into(),
+            server_port: 8080,
+            method: Some("GET".into()),
+            host: Some("api.example".into()),
+            uri: Some("/users/42?page=2".into()),
+            endpoint: Some("/users/{id}".into()),
+            version: Some("HTTP/1.1".into()),
+            user_agent: Some("curl/8.11.0".into()),
+            referrer: None,
+            request_content_type: None,
+            response_content_type: Some("application/json".into()),
+            status_code: Some(404),
+            status_msg: Some("Not Found".into()),
+            request_body_len: Some(0),
+            response_body_len: Some(153),
+            ttfb_us: Some(1250),
+            duration_us: Some(1300),
+            request_truncated: false,
+            response_truncated: true,
+            gap: true,
+            params: vec![("tenant".into(), "acme".into())],
+        }
+    }
+
+    fn round_trip(e: &StoredExchange, s: &SessionSummary) -> StoredExchange {
+        let bytes = postcard::to_allocvec(&DiskExchange::new(e, s)).unwrap();
+        let disk: DiskExchange = postcard::from_bytes(&bytes).unwrap();
+        disk.expand(e.ts_ns, s).unwrap()
+    }
+
+    #[test]
+    fn listed_values_round_trip_and_shrink() {
+        let e = exchange();
+        let s = session();
+        assert_eq!(round_trip(&e, &s), e);
+        let compact = postcard::to_allocvec(&DiskExchange::new(&e, &s)).unwrap();
+        let full = postcard::to_allocvec(&e).unwrap();
+        assert!(
+            compact.len() * 2 < full.len(),
+            "{} vs {}",
+            compact.len(),
+            full.len()
+        );
+    }
+
+    #[test]
+    fn values_outside_the_lists_are_kept_inline() {
+        let mut e = exchange();
+        e.client_ip = "192.0.2.1".into();
+        e.server_ip = "192.0.2.2".into();
+        e.method = Some("PROPFIND".into());
+        e.version = Some("HTTP/2.0".into());
+        e.host = Some("other.example".into());
+        e.user_agent = Some("wget/1.25".into());
+        e.request_content_type = Some("application/x-custom".into());
+        e.status_code = Some(404);
+        e.status_msg = Some("Gone Fishing".into());
+        assert_eq!(round_trip(&e, &session()), e);
+        e.status_code = Some(799);
+        e.status_msg = Some(String::new());
+        assert_eq!(round_trip(&e, &session()), e);
+        e.status_code = None;
+        e.status_msg = None;
+        e.method = None;
+        e.uri = None;
+        e.endpoint = None;
+        assert_eq!(round_trip(&e, &session()), e);
+    }
+
+    #[test]
+    fn a_reference_past_the_session_list_is_an_error() {
+        let e = exchange();
+        let disk = DiskExchange::new(&e, &session());
+        let err = disk
+            .expand(e.ts_ns, &SessionSummary::default())
+            .unwrap_err();
+        assert!(err.to_string().contains("client_ip"), "{err}");
+    }
+}
