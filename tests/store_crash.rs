@@ -10,6 +10,7 @@ use std::{
     time::Duration,
 };
 
+use apisessions::store::writer::TRANSACTION_EXCHANGES;
 use common::{wait_until, write_generated_pcap};
 
 fn bin() -> Command {
@@ -39,7 +40,7 @@ fn sigkill_during_a_write_burst_keeps_every_committed_batch() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let pcap = dir.join("burst.pcap");
-    // Far more than one batch (10,000 exchanges per transaction) so the kill lands mid-burst.
+    // Several batches (TRANSACTION_EXCHANGES per transaction) so the kill lands mid-burst.
     write_generated_pcap(&pcap, 150_000, 1_764_000_000);
     let data_dir = dir.join("data");
     let mut import = bin()
@@ -69,7 +70,7 @@ fn sigkill_during_a_write_burst_keeps_every_committed_batch() {
     let records = stored_exchanges(&data_dir).expect("the store opens after a SIGKILL");
     assert!(!records.is_empty());
     assert_eq!(
-        records.len() % 10_000,
+        records.len() % TRANSACTION_EXCHANGES,
         0,
         "only whole batches: {} records",
         records.len()
@@ -90,11 +91,14 @@ fn sigkill_during_a_write_burst_keeps_every_committed_batch() {
         .status()
         .unwrap();
     assert!(status.success());
-    let uris: std::collections::HashSet<String> = stored_exchanges(&data_dir)
-        .unwrap()
-        .iter()
-        .map(|r| r["uri"].as_str().unwrap().to_owned())
-        .collect();
+    let records = stored_exchanges(&data_dir).unwrap();
+    let uris: std::collections::HashSet<&str> =
+        records.iter().map(|r| r["uri"].as_str().unwrap()).collect();
     assert_eq!(uris.len(), 150_000);
+    assert_eq!(
+        records.len(),
+        150_000,
+        "the rewritten batches are not doubled"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }

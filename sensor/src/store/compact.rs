@@ -9,8 +9,9 @@
 //!   [`SessionSummary`]); the lists only grow, so an index stays valid for the session's life;
 //! - to the fixed tables below, or to the standard reason phrase of the status code.
 //!
-//! Left out entirely: the start time (it is in the key) and the endpoint (a pure function of the
-//! URI, [`endpoint::template`]). Values not found in a list are stored inline.
+//! Left out entirely: the endpoint (a pure function of the URI, [`endpoint::template`]); the start
+//! time is kept as nanoseconds after the block's first (in the key). Values not found in a list
+//! are stored inline.
 
 use std::borrow::Cow;
 
@@ -234,6 +235,44 @@ impl<'a> DiskExchange<'a> {
     }
 }
 
+/// Exchanges of one session from one transaction, in time order: the value under one key, whose
+/// start time is the first exchange's.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct Block<'a> {
+    /// (nanoseconds after the first exchange's start, exchange)
+    exchanges: Vec<(u64, DiskExchange<'a>)>,
+}
+
+impl<'a> Block<'a> {
+    /// The block of `exchanges` (in time order) and the first one's start time, for the key.
+    pub(super) fn new(exchanges: &[&'a StoredExchange], session: &SessionSummary) -> (Self, u64) {
+        let first_ns = exchanges.first().map_or(0, |e| e.ts_ns);
+        let block = Self {
+            exchanges: exchanges
+                .iter()
+                .map(|e| {
+                    (
+                        e.ts_ns.saturating_sub(first_ns),
+                        DiskExchange::new(e, session),
+                    )
+                })
+                .collect(),
+        };
+        (block, first_ns)
+    }
+
+    /// The exchanges again, from the key's start time and their session.
+    pub(super) fn expand(
+        self,
+        first_ns: u64,
+        session: &SessionSummary,
+    ) -> impl Iterator<Item = Result<StoredExchange, StoreError>> {
+        self.exchanges
+            .into_iter()
+            .map(move |(after, e)| e.expand(first_ns.saturating_add(after), session))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -281,6 +320,24 @@ mod tests {
         let bytes = postcard::to_allocvec(&DiskExchange::new(e, s)).unwrap();
         let disk: DiskExchange = postcard::from_bytes(&bytes).unwrap();
         disk.expand(e.ts_ns, s).unwrap()
+    }
+
+    #[test]
+    fn a_block_keeps_each_start_time() {
+        let mut later = exchange();
+        later.ts_ns += 1_500_000_123;
+        later.uri = Some("/users/43".into());
+        later.endpoint = Some("/users/{id}".into());
+        let first = exchange();
+        let (block, first_ns) = Block::new(&[&first, &later], &session());
+        assert_eq!(first_ns, first.ts_ns);
+        let bytes = postcard::to_allocvec(&block).unwrap();
+        let block: Block = postcard::from_bytes(&bytes).unwrap();
+        let back: Vec<_> = block
+            .expand(first_ns, &session())
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(back, vec![exchange(), later]);
     }
 
     #[test]

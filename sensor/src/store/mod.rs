@@ -2,8 +2,9 @@
 //!
 //! Databases (keys are big-endian so byte order is time order):
 //! - `sessions`: session id (16 bytes) -> [`SessionSummary`]
-//! - `exchanges`: session id + start ns + sequence -> [`StoredExchange`], laid out compactly
-//!   against its session's summary (see [`compact`])
+//! - `exchanges`: session id + start ns + sequence -> a block of up to [`BLOCK_EXCHANGES`] of
+//!   the session's exchanges from one transaction, in time order, each laid out compactly
+//!   against the session's summary (see [`compact`])
 //! - `by_time`: session start ns + session id -> () — newest sessions, and pruning
 //! - `by_ip`, `by_host`, `by_endpoint`, `by_user`: value + 0 + start ns + session id -> ()
 //!
@@ -32,13 +33,18 @@ use serde::{Serialize, de::DeserializeOwned};
 pub use writer::{StoreWriter, WriterCounters};
 
 use crate::sessions::Assignment;
-use compact::DiskExchange;
+use compact::Block;
 
 /// First byte of every stored value; bump it when a stored type changes incompatibly.
 pub const FORMAT_VERSION: u8 = 2;
 /// Default LMDB map size: address space, not disk (the file grows as data comes).
 pub const DEFAULT_MAP_SIZE: usize = 32 << 30;
 const STORE_DIR: &str = "store";
+/// Exchanges of one session packed into one value at most. A value per exchange would pay a key
+/// and LMDB's node overhead (38 bytes) for every ~90 bytes of exchange, in half-filled pages;
+/// packed, a busy session's exchanges share them. Small enough that a block (~90 bytes each)
+/// stays inside a leaf page rather than spilling to overflow pages.
+pub const BLOCK_EXCHANGES: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -311,15 +317,15 @@ impl Store {
     /// Writes a batch of exchanges with their sessions in one transaction.
     ///
     /// Each session the batch touches is read and written once, however many of its exchanges
-    /// the batch holds, and the exchanges go in in key order, so a transaction's B-tree work
-    /// stays near the pages it already touched.
+    /// the batch holds, and its exchanges go in as blocks in key order, so a transaction's
+    /// B-tree work is per session rather than per exchange.
     pub fn write(&self, batch: &[(StoredExchange, Assignment)]) -> Result<(), StoreError> {
         let mut txn = self.env.write_txn().map_err(lmdb("write transaction"))?;
-        let mut sessions: HashMap<[u8; 16], StoredSession> = HashMap::new();
-        let mut exchanges = Vec::with_capacity(batch.len());
+        // Per session: its summary and the batch's exchanges of it.
+        let mut sessions: HashMap<[u8; 16], (StoredSession, Vec<&StoredExchange>)> = HashMap::new();
         for (exchange, assignment) in batch {
             let id = id_bytes(&assignment.session_id)?;
-            let stored = match sessions.entry(id) {
+            let (stored, exchanges) = match sessions.entry(id) {
                 Entry::Occupied(entry) => entry.into_mut(),
                 Entry::Vacant(entry) => {
                     let stored = match self.sessions.get(&txn, &id).map_err(lmdb("read"))? {
@@ -334,24 +340,37 @@ impl Store {
                             }
                         }
                     };
-                    entry.insert(stored)
+                    entry.insert((stored, Vec::new()))
                 }
             };
             let new = stored.summary.add(exchange, assignment);
             self.index(&mut txn, &id, stored.indexed_ns, &new)?;
-            let mut key = [0u8; 28];
-            key[..16].copy_from_slice(&id);
-            key[16..24].copy_from_slice(&exchange.ts_ns.to_be_bytes());
-            key[24..].copy_from_slice(&self.sequence.fetch_add(1, Ordering::Relaxed).to_be_bytes());
-            exchanges.push((key, encode(&DiskExchange::new(exchange, &stored.summary))?));
+            exchanges.push(exchange);
         }
-        exchanges.sort_unstable_by_key(|(key, _)| *key);
-        for (key, value) in &exchanges {
+        let mut blocks = Vec::new();
+        for (id, (stored, exchanges)) in &mut sessions {
+            exchanges.sort_by_key(|e| e.ts_ns);
+            for chunk in exchanges.chunks(BLOCK_EXCHANGES) {
+                // The summary is final for this transaction; its lists only grow, so references
+                // into them stay valid.
+                let (block, first_ns) = Block::new(chunk, &stored.summary);
+                blocks.push((*id, first_ns, encode(&block)?));
+            }
+        }
+        // Key order: B-tree work stays near the pages already touched, and sequence numbers
+        // follow the batch, so writing the same batch again (a repeated import) rewrites the
+        // same keys.
+        blocks.sort_by_key(|(id, first_ns, _)| (*id, *first_ns));
+        for (id, first_ns, value) in &blocks {
+            let mut key = [0u8; 28];
+            key[..16].copy_from_slice(id);
+            key[16..24].copy_from_slice(&first_ns.to_be_bytes());
+            key[24..].copy_from_slice(&self.sequence.fetch_add(1, Ordering::Relaxed).to_be_bytes());
             self.exchanges
-                .put(&mut txn, key, value)
+                .put(&mut txn, &key, value)
                 .map_err(lmdb("write"))?;
         }
-        for (id, stored) in &sessions {
+        for (id, (stored, _)) in &sessions {
             self.sessions
                 .put(&mut txn, id, &encode(stored)?)
                 .map_err(lmdb("write"))?;
@@ -461,7 +480,9 @@ impl Store {
         Ok(summary)
     }
 
-    /// The exchanges of one session in time order; `visit` returns false to stop.
+    /// The exchanges of one session, in time order within each transaction that wrote them (an
+    /// exchange that ran long can come after one that started later); `visit` returns false to
+    /// stop.
     pub fn exchanges(
         &self,
         id: &str,
@@ -487,21 +508,25 @@ impl Store {
                     what: "exchange key",
                     reason: format!("{} bytes", key.len()),
                 })?;
-            let exchange = decode::<DiskExchange>(bytes, "exchange")?.expand(ts_ns, &session)?;
-            if !visit(exchange) {
-                break;
+            for exchange in decode::<Block>(bytes, "exchanges")?.expand(ts_ns, &session) {
+                if !visit(exchange?) {
+                    return Ok(());
+                }
             }
         }
         Ok(())
     }
 
-    /// Number of sessions and exchanges stored.
+    /// Number of sessions and exchanges stored (the second from the summaries: it reads every
+    /// session).
     pub fn counts(&self) -> Result<(u64, u64), StoreError> {
         let txn = self.read()?;
-        Ok((
-            self.sessions.len(&txn).map_err(lmdb("read"))?,
-            self.exchanges.len(&txn).map_err(lmdb("read"))?,
-        ))
+        let mut exchanges = 0;
+        for entry in self.sessions.iter(&txn).map_err(lmdb("read"))? {
+            let (_, bytes) = entry.map_err(lmdb("read"))?;
+            exchanges += decode::<StoredSession>(bytes, "session")?.summary.requests;
+        }
+        Ok((self.sessions.len(&txn).map_err(lmdb("read"))?, exchanges))
     }
 
     /// Deletes sessions that ended before `cutoff_ns`, at most `max_sessions` per call (one
@@ -541,10 +566,10 @@ impl Store {
             let s = &stored.summary;
             let last = last_exchange_key(&id);
             let range = (Bound::Included(&id[..]), Bound::Included(&last[..]));
-            report.exchanges += self
-                .exchanges
+            self.exchanges
                 .delete_range(&mut txn, &range)
-                .map_err(lmdb("delete"))? as u64;
+                .map_err(lmdb("delete"))?;
+            report.exchanges += s.requests;
             self.by_time
                 .delete(&mut txn, &time_key(at, &id))
                 .map_err(lmdb("delete"))?;

@@ -26,7 +26,7 @@ pub const QUEUE_BATCHES: usize = 64;
 /// Exchanges committed per transaction at most. Batches that queued up while the writer was
 /// busy are merged up to this size: under load each commit (page copies, fsync) is shared by
 /// more exchanges, so the writer speeds up as it falls behind instead of dropping.
-pub const TRANSACTION_EXCHANGES: usize = 10_000;
+pub const TRANSACTION_EXCHANGES: usize = 32_768;
 /// Sessions deleted per pruning transaction: keeps each one short next to the writes.
 const PRUNE_STEP: usize = 1000;
 
