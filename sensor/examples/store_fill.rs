@@ -337,6 +337,7 @@ fn main() -> Result<()> {
         .len();
     let line = serde_json::json!({
         "written": written,
+        "transaction_exchanges": BATCH,
         "write_seconds": writing.as_secs_f64(),
         "wall_seconds": started.elapsed().as_secs_f64(),
         "sessions": sessions,

@@ -7,7 +7,8 @@ use std::{
     os::unix::fs::DirBuilderExt as _,
     path::{Path, PathBuf},
     process::ExitCode,
-    sync::Arc,
+    sync::{Arc, mpsc},
+    thread,
     time::{Duration, SystemTime},
 };
 
@@ -25,8 +26,8 @@ use apisessions::{
     source::{PcapFormat, PcapSource},
     stats::{StatsReport, rfc3339},
     store::{
-        DEFAULT_MAP_SIZE, Redaction, SessionFilter, SessionSummary, Store, StoreWriter,
-        StoredExchange,
+        DEFAULT_MAP_SIZE, Redaction, SessionFilter, SessionSummary, Store, StoreError, StoreWriter,
+        StoredExchange, writer::Batch,
     },
 };
 use clap::{Args, Parser, Subcommand};
@@ -363,38 +364,52 @@ fn import(args: ImportArgs) -> Result<()> {
         Secret::load_or_create(&data_dir)?,
     );
     let redaction = Redaction::from_config(&settings);
-    let mut batch = Vec::new();
-    let mut store_error = None;
+    let mut batch = Vec::with_capacity(IMPORT_BATCH);
     let mut out = io::BufWriter::new(io::stdout().lock());
-    let summary = apisessions::import::run(
-        &mut source,
-        config,
-        |exchange| {
-            let (record, assignment) = sessionizer.record(&exchange, &redaction);
-            if args.ndjson {
-                serde_json::to_writer(&mut out, &record.to_json(&assignment.session_id))?;
-                out.write_all(b"\n")?;
+    // Decoding and storing overlap: a writer thread commits one batch while the next fills.
+    // The hand-over holds one batch, so at most three are in memory; a store error stops the
+    // writer, which the decoding side notices at its next hand-over.
+    let (tx, rx) = mpsc::sync_channel::<Batch>(1);
+    let (summary, stored) = thread::scope(|scope| {
+        let writer = scope.spawn(|| {
+            for batch in rx {
+                store.write(&batch)?;
             }
-            batch.push((record, assignment));
-            if batch.len() >= IMPORT_BATCH {
-                if let Err(e) = store.write(&batch) {
-                    store_error = Some(e);
-                    return Err(io::Error::other("the store refused a batch"));
+            Ok::<_, StoreError>(())
+        });
+        let summary = apisessions::import::run(
+            &mut source,
+            config,
+            |exchange| {
+                let (record, assignment) = sessionizer.record(&exchange, &redaction);
+                if args.ndjson {
+                    serde_json::to_writer(&mut out, &record.to_json(&assignment.session_id))?;
+                    out.write_all(b"\n")?;
                 }
-                batch.clear();
-            }
-            Ok(())
-        },
-        |read, _| progress.set_position(read),
-    );
+                batch.push((record, assignment));
+                if batch.len() >= IMPORT_BATCH {
+                    let full = std::mem::replace(&mut batch, Vec::with_capacity(IMPORT_BATCH));
+                    tx.send(full)
+                        .map_err(|_| io::Error::other("the store refused a batch"))?;
+                }
+                Ok(())
+            },
+            |read, _| progress.set_position(read),
+        );
+        if summary.is_ok() && !batch.is_empty() {
+            // A refusal shows as the writer's error below.
+            let _ = tx.send(std::mem::take(&mut batch));
+        }
+        drop(tx);
+        let stored = match writer.join() {
+            Ok(written) => written.map_err(anyhow::Error::from),
+            Err(_) => Err(anyhow::anyhow!("the store writer thread panicked")),
+        };
+        (summary, stored)
+    });
     progress.finish_and_clear();
-    if let Some(e) = store_error {
-        return Err(e).context(format!("storing into {}", data_dir.display()));
-    }
+    stored.with_context(|| format!("storing into {}", data_dir.display()))?;
     let summary = summary?;
-    store
-        .write(&batch)
-        .with_context(|| format!("storing into {}", data_dir.display()))?;
     out.flush().context("writing to stdout")?;
     let mut err = io::stderr().lock();
     writeln!(

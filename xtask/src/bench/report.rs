@@ -1165,14 +1165,15 @@ impl Report {
             writeln!(
                 md,
                 "`store_fill` (sensor/examples/) writes generated sessions through the store, \
-                 10,000 exchanges per durable transaction (an import's, and the daemon writer's \
-                 under load): 2,000 sessions active at a time (browsers, API clients, logged-in \
+                 {} exchanges per durable transaction (an import's, and the daemon writer's \
+                 largest when it catches up): 2,000 sessions active at a time (browsers, API clients, logged-in \
                  users; 1 to 400 requests), one session of {} requests, realistic user agents, \
                  templated paths with ids and query strings, over the last six days. Ingest is \
                  exchanges committed per second of writing; bytes per exchange are the LMDB \
                  file's size over the exchanges stored (indexes, summaries and free pages \
                  included). Queries are the CLI as a user runs it (a new process each, output \
                  to /dev/null, wall time), alternating, the store in the page cache.\n",
+                num(store.transaction_exchanges as f64, 0),
                 num(store.show_requests as f64, 0)
             )?;
             writeln!(
@@ -1282,6 +1283,7 @@ impl Report {
             })),
             "store": self.store.as_ref().map(|store| json!({
                 "show_requests": store.show_requests,
+                "transaction_exchanges": store.transaction_exchanges,
                 "levels": store.levels.iter().map(|l| json!({
                     "exchanges": l.exchanges, "sessions": l.sessions, "file_bytes": l.file_bytes,
                     "bytes_per_exchange": bytes_per_exchange(l),

@@ -27,6 +27,7 @@ use crate::{binary, status, workspace_root};
 #[derive(Clone, Debug)]
 struct Fill {
     written: u64,
+    transaction_exchanges: u64,
     write_seconds: f64,
     sessions: u64,
     exchanges: u64,
@@ -53,6 +54,7 @@ impl Fill {
         };
         Ok(Self {
             written: number("written")? as u64,
+            transaction_exchanges: number("transaction_exchanges")? as u64,
             write_seconds: number("write_seconds")?,
             sessions: number("sessions")? as u64,
             exchanges: number("exchanges")? as u64,
@@ -95,6 +97,8 @@ pub struct StoreOutcome {
     pub levels: Vec<StoreLevel>,
     /// Requests of the session `show` displays.
     pub show_requests: u64,
+    /// Exchanges per transaction of the fills.
+    pub transaction_exchanges: u64,
 }
 
 pub const SHOW_REQUESTS: u64 = 10_000;
@@ -266,5 +270,6 @@ pub fn run(work: &Path, exchanges: u64, rounds: u32) -> Result<StoreOutcome> {
     Ok(StoreOutcome {
         levels,
         show_requests: SHOW_REQUESTS,
+        transaction_exchanges: first.transaction_exchanges,
     })
 }
