@@ -348,8 +348,11 @@ fn tcp(
     Ok(())
 }
 
-/// Copies header + `len` payload bytes into the ring. Wakes the reader only once enough data
-/// waits: a wakeup per event costs more CPU than the copy itself at high rates.
+/// Copies header + `len` payload bytes into the ring. Wakes the reader only when this event
+/// brings the unread data up to the threshold: a wakeup per event costs more CPU than the copy
+/// itself at high rates, and it is paid on the CPU that sent the packet (the server's). Past the
+/// threshold a reader that has not caught up is already awake or about to be, and the reader's
+/// timer drains the ring regardless, so nothing waits longer than one timer period.
 #[inline(always)]
 fn submit(buf: &EventBuf, len: usize, wakeup_bytes: u32) {
     count(counter::EVENTS_TRIED, 1);
@@ -357,7 +360,9 @@ fn submit(buf: &EventBuf, len: usize, wakeup_bytes: u32) {
     if size > HEADER_LEN + MAX_CHUNK {
         return;
     }
-    let wakeup = if EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= u64::from(wakeup_bytes) {
+    let waiting = EVENTS.query(u64::from(BPF_RB_AVAIL_DATA));
+    let threshold = u64::from(wakeup_bytes);
+    let wakeup = if threshold == 0 || (waiting < threshold && waiting + size as u64 >= threshold) {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
