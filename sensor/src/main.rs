@@ -627,6 +627,9 @@ fn run(args: RunArgs) -> Result<()> {
     runtime.block_on(daemon(args, config, data_dir, options, interfaces))
 }
 
+/// Segments the daemon takes off the capture channel per wakeup at most.
+const SEGMENTS_PER_WAKEUP: usize = 1024;
+
 /// How often the daemon deletes sessions older than the retention period.
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
@@ -780,11 +783,18 @@ async fn daemon(
     let mut summary_tick =
         tokio::time::interval_at(tokio::time::Instant::now() + summary_every, summary_every);
     let mut summary = Summary::default();
+    // Segments are taken off the channel in runs: one wakeup of this task serves all that waited
+    // (at high rates hundreds), instead of a park and a cross-thread wakeup per segment.
+    let mut arrived = Vec::with_capacity(SEGMENTS_PER_WAKEUP);
     loop {
         tokio::select! {
-            segment = segments.recv() => {
-                let Some(segment) = segment else { break };
-                consumer.segment(segment);
+            n = segments.recv_many(&mut arrived, SEGMENTS_PER_WAKEUP) => {
+                if n == 0 {
+                    break;
+                }
+                for segment in arrived.drain(..) {
+                    consumer.segment(segment);
+                }
             }
             _ = stats_tick.tick() => {
                 consumer.tick();
