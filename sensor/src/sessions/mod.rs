@@ -20,12 +20,15 @@ use std::{
     time::Duration,
 };
 
-use extract::{API_KEY_HEADERS, Credential, SESSION_COOKIES, request_cookie, set_cookie, value_at};
+use extract::{
+    API_KEY_HEADERS, Credential, SESSION_COOKIES, json_at, json_body, request_cookie, set_cookie,
+    value_at,
+};
 use lru::LruCache;
 use serde::Serialize;
 
 use crate::{
-    config::{Config, KeyPath, Location, MessageSide, Parameter, ParameterKind},
+    config::{Config, KeyPath, MessageSide, Parameter, ParameterKind},
     exchange::Exchange,
     store::{Redaction, StoredExchange},
 };
@@ -487,13 +490,11 @@ impl Sessionizer {
         for name in SESSION_COOKIES {
             values.extend(set_cookie(&response.meta, name));
         }
-        for property in HANDED_OUT_JSON {
-            let path = KeyPath {
-                message: MessageSide::Response,
-                location: Location::Json(vec![(*property).to_owned()]),
-                jwt_claim: None,
-            };
-            values.extend(value_at(exchange, &path));
+        // One parse of the body for all the properties.
+        if let Some(root) = json_body(&response.meta) {
+            for property in HANDED_OUT_JSON {
+                values.extend(json_at(&root, &[property]));
+            }
         }
         for value in values {
             let hash = self.secret.hash(&[b"link", value.as_bytes()]);
