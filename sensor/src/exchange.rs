@@ -15,9 +15,15 @@ pub struct MessageMeta {
     pub start_ns: u64,
     /// Wall-clock ns of the last byte (0 while incomplete).
     pub end_ns: u64,
-    /// "1.0", "1.1" or "0.9".
-    pub version: String,
-    /// Headers in order, values decoded lossily as UTF-8. At most the configured number.
+    /// "1.0", "1.1" or "0.9" (empty until known).
+    pub version: &'static str,
+    /// The headers the decoder parsed, in order, values decoded lossily as UTF-8. With
+    /// `headers`, at most the configured number. Read both through [`Self::all_headers`] or
+    /// [`Self::header`].
+    pub header_block: HeaderBlock,
+    /// Headers given as owned pairs, after those of `header_block`: how exchanges built by hand
+    /// (tests, tools) carry theirs. The decoder leaves this empty: one string per name and value
+    /// costs two allocations per header, the block one per message.
     pub headers: Vec<(String, String)>,
     /// Body bytes after removing chunked framing, before content decoding. Includes bytes lost in
     /// gaps inside a body of known length.
@@ -33,12 +39,71 @@ pub struct MessageMeta {
 }
 
 impl MessageMeta {
+    /// Every header in order: the parsed ones, then those given as pairs.
+    pub fn all_headers(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.header_block
+            .iter()
+            .chain(self.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())))
+    }
+
+    /// How many headers the message has.
+    pub fn header_count(&self) -> usize {
+        self.header_block.len() + self.headers.len()
+    }
+
     /// The first header with this name (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
+        self.all_headers()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+            .map(|(_, v)| v)
+    }
+}
+
+/// A message's header names and values in one string, with where each ends: the decoder's
+/// representation, one allocation for the text and one for the ends however many headers come.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HeaderBlock {
+    /// Name, value, name, value, ... back to back.
+    text: String,
+    /// Per header: where its name ends (its value starts) and where its value ends in `text`.
+    ends: Vec<(usize, usize)>,
+}
+
+impl HeaderBlock {
+    /// Room for `headers` headers of `bytes` bytes of text in all.
+    pub fn with_capacity(headers: usize, bytes: usize) -> Self {
+        Self {
+            text: String::with_capacity(bytes),
+            ends: Vec::with_capacity(headers),
+        }
+    }
+
+    pub fn push(&mut self, name: &str, value: &str) {
+        self.text.push_str(name);
+        let name_end = self.text.len();
+        self.text.push_str(value);
+        self.ends.push((name_end, self.text.len()));
+    }
+
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// (name, value) in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        let mut start = 0;
+        self.ends.iter().map(move |&(name_end, value_end)| {
+            // The ends were taken at pushes of whole strs, so they are char boundaries; `get`
+            // keeps even a broken invariant from panicking.
+            let name = self.text.get(start..name_end).unwrap_or_default();
+            let value = self.text.get(name_end..value_end).unwrap_or_default();
+            start = value_end;
+            (name, value)
+        })
     }
 }
 
@@ -112,8 +177,8 @@ impl Exchange {
             uri: request.map(|r| r.uri.as_str()),
             endpoint: None,
             version: request
-                .map(|r| r.meta.version.as_str())
-                .or_else(|| response.map(|r| r.meta.version.as_str())),
+                .map(|r| r.meta.version)
+                .or_else(|| response.map(|r| r.meta.version)),
             user_agent: request.and_then(|r| r.meta.header("user-agent")),
             referrer: request.and_then(|r| r.meta.header("referer")),
             status_code: response.and_then(|r| r.status),

@@ -66,8 +66,7 @@ pub fn value_at(exchange: &Exchange, path: &KeyPath) -> Option<String> {
 
 /// A cookie sent by the client (all `Cookie` headers).
 pub fn request_cookie(meta: &MessageMeta, name: &str) -> Option<String> {
-    meta.headers
-        .iter()
+    meta.all_headers()
         .filter(|(n, _)| n.eq_ignore_ascii_case("cookie"))
         .flat_map(|(_, value)| value.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
@@ -78,8 +77,7 @@ pub fn request_cookie(meta: &MessageMeta, name: &str) -> Option<String> {
 
 /// A cookie set by the server (`Set-Cookie: name=value; attributes`).
 pub fn set_cookie(meta: &MessageMeta, name: &str) -> Option<String> {
-    meta.headers
-        .iter()
+    meta.all_headers()
         .filter(|(n, _)| n.eq_ignore_ascii_case("set-cookie"))
         .filter_map(|(_, value)| value.split(';').next()?.trim().split_once('='))
         .find(|(n, _)| *n == name)
