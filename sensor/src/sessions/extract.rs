@@ -117,7 +117,19 @@ fn decoded_body(meta: &MessageMeta) -> Option<Cow<'_, [u8]>> {
 /// The message's body parsed as JSON, if it is JSON. Parse once and read several properties
 /// with [`json_at`]: parsing costs far more than a lookup.
 pub fn json_body(meta: &MessageMeta) -> Option<serde_json::Value> {
+    json_body_if(meta, |_| true)
+}
+
+/// [`json_body`], parsed only if `worth_parsing` says so of the decoded bytes (a cheap scan
+/// that rules out what is looked for saves the parse).
+pub fn json_body_if(
+    meta: &MessageMeta,
+    worth_parsing: impl FnOnce(&[u8]) -> bool,
+) -> Option<serde_json::Value> {
     let body = decoded_body(meta)?;
+    if !worth_parsing(&body) {
+        return None;
+    }
     serde_json::from_slice(&body).ok()
 }
 

@@ -21,8 +21,8 @@ use std::{
 };
 
 use extract::{
-    API_KEY_HEADERS, Credential, SESSION_COOKIES, json_at, json_body, request_cookie, set_cookie,
-    value_at,
+    API_KEY_HEADERS, Credential, SESSION_COOKIES, json_at, json_body_if, request_cookie,
+    set_cookie, value_at,
 };
 use lru::LruCache;
 use serde::Serialize;
@@ -280,7 +280,8 @@ pub struct Sessionizer {
 }
 
 /// Values that responses commonly hand out and requests then carry, besides configured
-/// `response.*` keys and the session cookies.
+/// `response.*` keys and the session cookies. Each contains "token" or "session" (see
+/// `register_links`, which skips bodies without either).
 const HANDED_OUT_JSON: &[&str] = &[
     "token",
     "access_token",
@@ -325,7 +326,13 @@ impl Sessionizer {
                 });
             }
         }
-        for name in SESSION_COOKIES {
+        // Most requests carry no cookie: one scan for that instead of one per cookie name.
+        let cookie_names = if request.meta.header("cookie").is_some() {
+            SESSION_COOKIES
+        } else {
+            &[]
+        };
+        for name in cookie_names {
             if let Some(value) = request_cookie(&request.meta, name) {
                 found.push(Candidate {
                     kind: KeyKind::Cookie,
@@ -487,11 +494,20 @@ impl Sessionizer {
         {
             values.extend(value_at(exchange, path));
         }
-        for name in SESSION_COOKIES {
-            values.extend(set_cookie(&response.meta, name));
+        if response.meta.header("set-cookie").is_some() {
+            for name in SESSION_COOKIES {
+                values.extend(set_cookie(&response.meta, name));
+            }
         }
-        // One parse of the body for all the properties.
-        if let Some(root) = json_body(&response.meta) {
+        // One parse of the body for all the properties, and none for a body that cannot hold
+        // them: each name contains "token" or "session", and a key can only be spelled without
+        // those bytes by escaping a character.
+        let may_hold = |body: &[u8]| {
+            memchr::memmem::find(body, b"token").is_some()
+                || memchr::memmem::find(body, b"session").is_some()
+                || memchr::memchr(b'\\', body).is_some()
+        };
+        if let Some(root) = json_body_if(&response.meta, may_hold) {
             for property in HANDED_OUT_JSON {
                 values.extend(json_at(&root, &[property]));
             }
