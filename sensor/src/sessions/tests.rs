@@ -339,3 +339,10 @@ fn handed_out_json_values_link_however_their_key_is_spelled() {
     ));
     assert_eq!(s.counters.links_registered, 0);
 }
+
+#[test]
+fn cookie_key_names_follow_the_cookie_list() {
+    for (name, key_name) in SESSION_COOKIES.iter().zip(COOKIE_KEY_NAMES) {
+        assert_eq!(key_name, format!("cookie {name}"));
+    }
+}
