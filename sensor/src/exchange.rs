@@ -99,9 +99,21 @@ impl HeaderBlock {
 
     /// The first value of the header with this name (case-insensitive).
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v)
+        let mut start = 0;
+        for &(name_end, value_end) in &self.ends {
+            // Looked up a dozen times per exchange: most names differ in length, which is
+            // cheaper to see than the text.
+            if name_end.checked_sub(start) == Some(name.len())
+                && self
+                    .text
+                    .get(start..name_end)
+                    .is_some_and(|n| n.eq_ignore_ascii_case(name))
+            {
+                return Some(self.text.get(name_end..value_end).unwrap_or_default());
+            }
+            start = value_end;
+        }
+        None
     }
 
     /// (name, value) in order.

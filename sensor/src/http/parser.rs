@@ -788,19 +788,15 @@ fn split_header_line(line: &[u8]) -> Option<(String, String)> {
 
 /// End of the head (after the blank line), searching from `from`.
 fn find_head_end(buf: &[u8], from: usize) -> Option<usize> {
-    let mut i = from;
-    while i < buf.len() {
-        if buf[i] == b'\n' {
-            if buf.get(i + 1) == Some(&b'\n') {
-                return Some(i + 2);
-            }
-            if buf.get(i + 1) == Some(&b'\r') && buf.get(i + 2) == Some(&b'\n') {
-                return Some(i + 3);
-            }
+    let tail = buf.get(from..)?;
+    memchr::memchr_iter(b'\n', tail).find_map(|at| {
+        let i = from + at;
+        match (buf.get(i + 1), buf.get(i + 2)) {
+            (Some(b'\n'), _) => Some(i + 2),
+            (Some(b'\r'), Some(b'\n')) => Some(i + 3),
+            _ => None,
         }
-        i += 1;
-    }
-    None
+    })
 }
 
 /// `GET <uri>\r\n` with no version: an HTTP/0.9 simple request. Returns the line's end.
