@@ -22,6 +22,10 @@ use apisessions::{
     store::{DEFAULT_MAP_SIZE, Store, StoredExchange},
 };
 
+// The daemon's and import's allocator (see src/main.rs), so that the figures are theirs.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The largest transaction of the daemon's writer and of an import (see store::writer).
 const BATCH: usize = apisessions::store::writer::TRANSACTION_EXCHANGES;
 const ACTIVE: usize = 2000;

@@ -2,7 +2,8 @@
 //! and its NDJSON rendering in the vocabulary of the design brief (Zeek http.log names).
 
 use std::{
-    net::SocketAddr,
+    fmt::Write as _,
+    net::{IpAddr, SocketAddr},
     time::{Duration, UNIX_EPOCH},
 };
 
@@ -15,9 +16,15 @@ pub struct MessageMeta {
     pub start_ns: u64,
     /// Wall-clock ns of the last byte (0 while incomplete).
     pub end_ns: u64,
-    /// "1.0", "1.1" or "0.9".
-    pub version: String,
-    /// Headers in order, values decoded lossily as UTF-8. At most the configured number.
+    /// "1.0", "1.1" or "0.9" (empty until known).
+    pub version: &'static str,
+    /// The headers the decoder parsed, in order, values decoded lossily as UTF-8. With
+    /// `headers`, at most the configured number. Read both through [`Self::all_headers`] or
+    /// [`Self::header`].
+    pub header_block: HeaderBlock,
+    /// Headers given as owned pairs, after those of `header_block`: how exchanges built by hand
+    /// (tests, tools) carry theirs. The decoder leaves this empty: one string per name and value
+    /// costs two allocations per header, the block one per message.
     pub headers: Vec<(String, String)>,
     /// Body bytes after removing chunked framing, before content decoding. Includes bytes lost in
     /// gaps inside a body of known length.
@@ -33,12 +40,93 @@ pub struct MessageMeta {
 }
 
 impl MessageMeta {
+    /// Every header in order: the parsed ones, then those given as pairs.
+    pub fn all_headers(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.header_block
+            .iter()
+            .chain(self.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())))
+    }
+
+    /// How many headers the message has.
+    pub fn header_count(&self) -> usize {
+        self.header_block.len() + self.headers.len()
+    }
+
     /// The first header with this name (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.header_block.get(name).or_else(|| {
+            self.headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_str())
+        })
+    }
+}
+
+/// A message's header names and values in one string, with where each ends: the decoder's
+/// representation, one allocation for the text and one for the ends however many headers come.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HeaderBlock {
+    /// Name, value, name, value, ... back to back.
+    text: String,
+    /// Per header: where its name ends (its value starts) and where its value ends in `text`.
+    ends: Vec<(usize, usize)>,
+}
+
+impl HeaderBlock {
+    /// Room for `headers` headers of `bytes` bytes of text in all.
+    pub fn with_capacity(headers: usize, bytes: usize) -> Self {
+        Self {
+            text: String::with_capacity(bytes),
+            ends: Vec::with_capacity(headers),
+        }
+    }
+
+    pub fn push(&mut self, name: &str, value: &str) {
+        self.text.push_str(name);
+        let name_end = self.text.len();
+        self.text.push_str(value);
+        self.ends.push((name_end, self.text.len()));
+    }
+
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// The first value of the header with this name (case-insensitive).
+    pub fn get(&self, name: &str) -> Option<&str> {
+        let mut start = 0;
+        for &(name_end, value_end) in &self.ends {
+            // Looked up a dozen times per exchange: most names differ in length, which is
+            // cheaper to see than the text.
+            if name_end.checked_sub(start) == Some(name.len())
+                && self
+                    .text
+                    .get(start..name_end)
+                    .is_some_and(|n| n.eq_ignore_ascii_case(name))
+            {
+                return Some(self.text.get(name_end..value_end).unwrap_or_default());
+            }
+            start = value_end;
+        }
+        None
+    }
+
+    /// (name, value) in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        let mut start = 0;
+        self.ends.iter().map(move |&(name_end, value_end)| {
+            // The ends were taken at pushes of whole strs, so they are char boundaries; `get`
+            // keeps even a broken invariant from panicking.
+            let name = self.text.get(start..name_end).unwrap_or_default();
+            let value = self.text.get(name_end..value_end).unwrap_or_default();
+            start = value_end;
+            (name, value)
+        })
     }
 }
 
@@ -103,17 +191,17 @@ impl Exchange {
         ExchangeRecord {
             ts: rfc3339_ns(self.start_ns()),
             session_id: None,
-            client_ip: self.client.ip().to_string(),
+            client_ip: ip_text(self.client.ip()),
             client_port: self.client.port(),
-            server_ip: self.server.ip().to_string(),
+            server_ip: ip_text(self.server.ip()),
             server_port: self.server.port(),
             method: request.map(|r| r.method.as_str()),
             host: request.and_then(|r| r.meta.header("host")),
             uri: request.map(|r| r.uri.as_str()),
             endpoint: None,
             version: request
-                .map(|r| r.meta.version.as_str())
-                .or_else(|| response.map(|r| r.meta.version.as_str())),
+                .map(|r| r.meta.version)
+                .or_else(|| response.map(|r| r.meta.version)),
             user_agent: request.and_then(|r| r.meta.header("user-agent")),
             referrer: request.and_then(|r| r.meta.header("referer")),
             status_code: response.and_then(|r| r.status),
@@ -128,6 +216,37 @@ impl Exchange {
             response_truncated: response.is_some_and(|r| r.meta.truncated),
             gap: self.gap(),
             params: serde_json::Map::new(),
+        }
+    }
+}
+
+/// `ip.to_string()`. Addresses are written several times per exchange, and IPv4's `Display`
+/// (which supports padding) costs several times the plain digits.
+pub fn ip_text(ip: IpAddr) -> String {
+    let mut text = String::with_capacity(15);
+    push_ip(&mut text, ip);
+    text
+}
+
+/// Appends `ip` as `Display` writes it.
+pub fn push_ip(out: &mut String, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                if octet >= 100 {
+                    out.push(char::from(b'0' + octet / 100));
+                }
+                if octet >= 10 {
+                    out.push(char::from(b'0' + octet / 10 % 10));
+                }
+                out.push(char::from(b'0' + octet % 10));
+            }
+        }
+        IpAddr::V6(_) => {
+            let _ = write!(out, "{ip}");
         }
     }
 }
@@ -173,4 +292,26 @@ pub struct ExchangeRecord<'a> {
     pub response_truncated: bool,
     pub gap: bool,
     pub params: serde_json::Map<String, serde_json::Value>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ip_text_is_display() {
+        for ip in [
+            "0.0.0.0",
+            "255.255.255.255",
+            "10.0.0.1",
+            "192.168.100.9",
+            "1.20.199.250",
+            "::1",
+            "2001:db8::8a2e:370:7334",
+            "::ffff:10.0.0.1",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(ip_text(ip), ip.to_string());
+        }
+    }
 }

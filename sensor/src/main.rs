@@ -34,6 +34,12 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::signal::unix::{SignalKind, signal};
 
+/// The decoder allocates and frees small objects at a high rate (each exchange's strings and
+/// buffers, freed on another thread once stored), where glibc's malloc spent about a third of
+/// the daemon's time; mimalloc does the same work for about 15 % less CPU per exchange.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "apisessions",

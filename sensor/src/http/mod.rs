@@ -11,7 +11,7 @@ pub mod parser;
 
 use std::{collections::VecDeque, net::SocketAddr};
 
-use parser::{Framing, Head, Kind, MessageParser, Progress};
+use parser::{Framing, Head, Kind, MessageParser, MethodKind, Progress};
 
 use crate::{
     exchange::{Exchange, Request, Response},
@@ -106,7 +106,7 @@ impl HttpCounters {
 /// A request (from its head on) and its response as they come together.
 #[derive(Debug, Default)]
 struct Slot {
-    method: String,
+    method: MethodKind,
     http09: bool,
     request: Option<Request>,
     request_done: bool,
@@ -266,7 +266,7 @@ impl HttpConnection {
                 }
                 let slot = &mut self.slots[index];
                 response.interim = std::mem::take(&mut slot.interim);
-                let connect_ok = slot.method.eq_ignore_ascii_case("CONNECT")
+                let connect_ok = slot.method == MethodKind::Connect
                     && status.is_some_and(|s| (200..300).contains(&s));
                 slot.response = Some(response);
                 slot.response_done = true;
@@ -296,7 +296,7 @@ impl HttpConnection {
             self.emit(oldest, counters, out);
         }
         self.slots.push_back(Slot {
-            method: head.method.clone(),
+            method: head.method,
             http09: head.version == "0.9",
             ..Slot::default()
         });
@@ -318,14 +318,13 @@ impl HttpConnection {
             .slots
             .iter()
             .find(|s| !s.response_done)
-            .map(|s| s.method.as_str())
-            .unwrap_or("");
+            .map_or(MethodKind::Other, |s| s.method);
         let status = head.status.unwrap_or(0);
-        if method.eq_ignore_ascii_case("HEAD")
+        if method == MethodKind::Head
             || (100..200).contains(&status)
             || status == 204
             || status == 304
-            || (method.eq_ignore_ascii_case("CONNECT") && (200..300).contains(&status))
+            || (method == MethodKind::Connect && (200..300).contains(&status))
         {
             return Framing::None;
         }

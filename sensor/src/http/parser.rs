@@ -6,7 +6,7 @@
 //! bytes it used. "Need more bytes" is a value, not an error. The connection decides a message's
 //! framing ([`Framing`]) because a response's framing depends on its request.
 
-use crate::exchange::{MessageMeta, Request, Response};
+use crate::exchange::{HeaderBlock, MessageMeta, Request, Response};
 
 use super::{HttpConfig, HttpCounters};
 
@@ -25,13 +25,36 @@ pub enum Framing {
     UntilClose,
 }
 
-/// A parsed head, handed to the connection so it can pair and frame the message.
+/// What pairing needs to know of a request's method: whether the response has a body
+/// (HEAD) and whether a success turns the connection into a tunnel (CONNECT).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MethodKind {
+    Head,
+    Connect,
+    #[default]
+    Other,
+}
+
+impl MethodKind {
+    pub fn of(method: &str) -> Self {
+        if method.eq_ignore_ascii_case("HEAD") {
+            Self::Head
+        } else if method.eq_ignore_ascii_case("CONNECT") {
+            Self::Connect
+        } else {
+            Self::Other
+        }
+    }
+}
+
+/// A parsed head, handed to the connection so it can pair and frame the message. The message's
+/// own fields (method, URI, headers) stay with the parser until the message is complete.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Head {
-    pub method: String,
-    pub uri: String,
+    /// Of a request; `Other` for a response.
+    pub method: MethodKind,
     pub status: Option<u16>,
-    pub version: String,
+    pub version: &'static str,
     pub content_length: Option<Result<u64, ()>>,
     pub chunked: bool,
 }
@@ -197,7 +220,7 @@ impl MessageParser {
     /// Starts an HTTP/0.9 response: no head, the body runs until the connection closes.
     pub fn begin_raw_response(&mut self, ts_ns: u64) {
         self.response = Response::default();
-        self.response.meta.version = "0.9".into();
+        self.response.meta.version = "0.9";
         self.response.meta.start_ns = ts_ns;
         self.in_message = true;
         self.state = State::UntilClose;
@@ -357,14 +380,13 @@ impl MessageParser {
         self.buf.clear();
         self.request.method = "GET".into();
         self.request.uri = line.get(4..).unwrap_or_default().to_owned();
-        self.request.meta.version = "0.9".into();
+        self.request.meta.version = "0.9";
         self.request.meta.start_ns = ts_ns;
         self.state = State::AwaitFraming;
         Progress::Head(Head {
-            method: "GET".into(),
-            uri: self.request.uri.clone(),
+            method: MethodKind::Other,
             status: None,
-            version: "0.9".into(),
+            version: "0.9",
             content_length: None,
             chunked: false,
         })
@@ -396,10 +418,10 @@ impl MessageParser {
         else {
             return Err(());
         };
-        let version = if version == 0 { "1.0" } else { "1.1" }.to_owned();
+        let version = if version == 0 { "1.0" } else { "1.1" };
         let mut content_length = None;
         let mut chunked = false;
-        for (name, value) in &headers {
+        for (name, value) in headers.iter() {
             if name.eq_ignore_ascii_case("content-length") {
                 let parsed = value.trim().parse::<u64>().map_err(|_| ());
                 // Differing repeated lengths are a framing error (RFC 9112 6.3).
@@ -416,24 +438,26 @@ impl MessageParser {
             }
         }
         let meta = self.meta();
-        meta.version = version.clone();
-        meta.headers = headers;
+        meta.version = version;
+        meta.header_block = headers;
         meta.headers_truncated = truncated;
-        match self.kind {
+        let method_kind = match self.kind {
             Kind::Request => {
                 counters.requests += 1;
-                self.request.method = method.clone();
-                self.request.uri = uri.clone();
+                let kind = MethodKind::of(&method);
+                self.request.method = method;
+                self.request.uri = uri;
+                kind
             }
             Kind::Response => {
                 counters.responses += 1;
                 self.response.status = status;
                 self.response.reason = reason;
+                MethodKind::Other
             }
-        }
+        };
         Ok(Head {
-            method,
-            uri,
+            method: method_kind,
             status,
             version,
             content_length,
@@ -501,8 +525,8 @@ impl MessageParser {
                         if let Some((name, value)) = split_header_line(&line) {
                             let max = config.max_headers;
                             let meta = self.meta();
-                            if meta.headers.len() < max {
-                                meta.headers.push((name, value));
+                            if meta.header_count() < max {
+                                meta.header_block.push(&name, &value);
                             } else {
                                 meta.headers_truncated = true;
                             }
@@ -690,8 +714,12 @@ struct OwnedHead {
     reason: String,
     /// httparse's minor version: 0 or 1.
     version: u8,
-    headers: Vec<(String, String)>,
+    headers: HeaderBlock,
 }
+
+/// Header slots on the stack: enough for nearly every message. Only a head with more headers
+/// (and a configured maximum above this) is parsed again with `max_headers` slots on the heap.
+const INLINE_HEADERS: usize = 32;
 
 /// Parses a complete head; `Ok(None)` if httparse still wants more bytes.
 fn parse_owned(
@@ -699,44 +727,54 @@ fn parse_owned(
     head: &[u8],
     max_headers: usize,
 ) -> Result<Option<OwnedHead>, httparse::Error> {
-    let mut headers = vec![httparse::EMPTY_HEADER; max_headers];
+    let mut inline = [httparse::EMPTY_HEADER; INLINE_HEADERS];
+    match parse_with(kind, head, &mut inline[..max_headers.min(INLINE_HEADERS)]) {
+        Err(httparse::Error::TooManyHeaders) if max_headers > INLINE_HEADERS => {
+            parse_with(kind, head, &mut vec![httparse::EMPTY_HEADER; max_headers])
+        }
+        other => other,
+    }
+}
+
+fn parse_with<'b>(
+    kind: Kind,
+    head: &'b [u8],
+    headers: &mut [httparse::Header<'b>],
+) -> Result<Option<OwnedHead>, httparse::Error> {
     match kind {
         Kind::Request => {
-            let mut req = httparse::Request::new(&mut headers);
+            let mut req = httparse::Request::new(headers);
             Ok(req.parse(head)?.is_complete().then(|| OwnedHead {
                 method: req.method.unwrap_or_default().to_owned(),
                 uri: req.path.unwrap_or_default().to_owned(),
                 status: None,
                 reason: String::new(),
                 version: req.version.unwrap_or(1),
-                headers: collect_headers(req.headers),
+                headers: collect_headers(req.headers, head.len()),
             }))
         }
         Kind::Response => {
-            let mut res = httparse::Response::new(&mut headers);
+            let mut res = httparse::Response::new(headers);
             Ok(res.parse(head)?.is_complete().then(|| OwnedHead {
                 method: String::new(),
                 uri: String::new(),
                 status: res.code,
                 reason: res.reason.unwrap_or_default().to_owned(),
                 version: res.version.unwrap_or(1),
-                headers: collect_headers(res.headers),
+                headers: collect_headers(res.headers, head.len()),
             }))
         }
     }
 }
 
-fn collect_headers(headers: &[httparse::Header<'_>]) -> Vec<(String, String)> {
-    headers
-        .iter()
-        .take_while(|h| !h.name.is_empty())
-        .map(|h| {
-            (
-                h.name.to_owned(),
-                String::from_utf8_lossy(h.value).into_owned(),
-            )
-        })
-        .collect()
+/// The headers in one block; `head_len` bounds their text (unless lossy decoding grows it).
+fn collect_headers(headers: &[httparse::Header<'_>], head_len: usize) -> HeaderBlock {
+    let count = headers.iter().take_while(|h| !h.name.is_empty()).count();
+    let mut block = HeaderBlock::with_capacity(count, head_len);
+    for h in &headers[..count] {
+        block.push(h.name, &String::from_utf8_lossy(h.value));
+    }
+    block
 }
 
 fn split_header_line(line: &[u8]) -> Option<(String, String)> {
@@ -750,19 +788,15 @@ fn split_header_line(line: &[u8]) -> Option<(String, String)> {
 
 /// End of the head (after the blank line), searching from `from`.
 fn find_head_end(buf: &[u8], from: usize) -> Option<usize> {
-    let mut i = from;
-    while i < buf.len() {
-        if buf[i] == b'\n' {
-            if buf.get(i + 1) == Some(&b'\n') {
-                return Some(i + 2);
-            }
-            if buf.get(i + 1) == Some(&b'\r') && buf.get(i + 2) == Some(&b'\n') {
-                return Some(i + 3);
-            }
+    let tail = buf.get(from..)?;
+    memchr::memchr_iter(b'\n', tail).find_map(|at| {
+        let i = from + at;
+        match (buf.get(i + 1), buf.get(i + 2)) {
+            (Some(b'\n'), _) => Some(i + 2),
+            (Some(b'\r'), Some(b'\n')) => Some(i + 3),
+            _ => None,
         }
-        i += 1;
-    }
-    None
+    })
 }
 
 /// `GET <uri>\r\n` with no version: an HTTP/0.9 simple request. Returns the line's end.

@@ -502,3 +502,41 @@ fn random_input_never_panics() {
         run_events(events);
     }
 }
+
+#[test]
+fn headers_are_kept_in_order_with_lossy_values_and_trailers() {
+    // More headers than fit in the parser's inline slots, one value not UTF-8.
+    let mut request = b"GET /h HTTP/1.1\r\nHost: example.test\r\nX-Bin: a\xffb\r\n".to_vec();
+    for i in 0..40 {
+        request.extend_from_slice(format!("X-H{i}: v{i}\r\n").as_bytes());
+    }
+    request.extend_from_slice(b"\r\n");
+    let response: &[u8] = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
+        2\r\nok\r\n0\r\nX-Trailer:  yes \r\n\r\n";
+    let config = HttpConfig::default();
+    let mut connection = HttpConnection::new(addr("10.0.0.2:40000"), addr("10.0.0.1:80"));
+    let mut counters = HttpCounters::default();
+    let mut out = Vec::new();
+    for (side, bytes) in [(C, &request[..]), (S, response)] {
+        let event = StreamEvent::Data {
+            ts_ns: 1,
+            bytes: bytes.to_vec(),
+        };
+        connection.on_event(side, event, &config, &mut counters, &mut out);
+    }
+    assert_eq!(out.len(), 1);
+    let request = out[0].request.as_ref().unwrap();
+    let headers: Vec<(&str, &str)> = request.meta.all_headers().collect();
+    assert_eq!(headers.len(), 42);
+    assert_eq!(headers[0], ("Host", "example.test"));
+    assert_eq!(headers[1], ("X-Bin", "a\u{fffd}b"));
+    assert_eq!(headers[41], ("X-H39", "v39"));
+    assert_eq!(request.meta.header("x-h7"), Some("v7"));
+    assert!(!request.meta.headers_truncated);
+    let response = out[0].response.as_ref().unwrap();
+    assert_eq!(
+        response.meta.all_headers().collect::<Vec<_>>(),
+        [("Transfer-Encoding", "chunked"), ("X-Trailer", "yes")]
+    );
+    assert_eq!(response.meta.version, "1.1");
+}

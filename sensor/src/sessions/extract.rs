@@ -3,6 +3,8 @@
 //! Everything here reads untrusted traffic: malformed cookies, JSON, base64 or JWTs give `None`,
 //! never a panic. Bodies are content-decoded (bounded) before JSON or form parsing.
 
+use std::borrow::Cow;
+
 use base64::Engine as _;
 
 use crate::{
@@ -64,8 +66,7 @@ pub fn value_at(exchange: &Exchange, path: &KeyPath) -> Option<String> {
 
 /// A cookie sent by the client (all `Cookie` headers).
 pub fn request_cookie(meta: &MessageMeta, name: &str) -> Option<String> {
-    meta.headers
-        .iter()
+    meta.all_headers()
         .filter(|(n, _)| n.eq_ignore_ascii_case("cookie"))
         .flat_map(|(_, value)| value.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
@@ -76,8 +77,7 @@ pub fn request_cookie(meta: &MessageMeta, name: &str) -> Option<String> {
 
 /// A cookie set by the server (`Set-Cookie: name=value; attributes`).
 pub fn set_cookie(meta: &MessageMeta, name: &str) -> Option<String> {
-    meta.headers
-        .iter()
+    meta.all_headers()
         .filter(|(n, _)| n.eq_ignore_ascii_case("set-cookie"))
         .filter_map(|(_, value)| value.split(';').next()?.trim().split_once('='))
         .find(|(n, _)| *n == name)
@@ -93,22 +93,51 @@ pub fn query_param(uri: &str, name: &str) -> Option<String> {
         .map(|(_, v)| v.into_owned())
 }
 
-/// The body as the application sees it: content-decoded, bounded.
-fn decoded_body(meta: &MessageMeta) -> Option<Vec<u8>> {
+/// The body as the application sees it: content-decoded, bounded. Borrowed when there is
+/// nothing to decode (the common case), so reading a key does not copy the body.
+fn decoded_body(meta: &MessageMeta) -> Option<Cow<'_, [u8]>> {
     if meta.body.is_empty() {
         return None;
     }
     let encoding = meta.header("content-encoding").unwrap_or("");
+    let identity = encoding
+        .split(',')
+        .map(str::trim)
+        .all(|c| c.is_empty() || c.eq_ignore_ascii_case("identity"));
+    if identity {
+        // What `content::decode` returns for identity, without its copy.
+        let len = meta.body.len().min(BODY_DECODE_LIMIT);
+        return Some(Cow::Borrowed(&meta.body[..len]));
+    }
     content::decode(&meta.body, encoding, BODY_DECODE_LIMIT)
         .ok()
-        .map(|d| d.bytes)
+        .map(|d| Cow::Owned(d.bytes))
 }
 
-fn json_value(meta: &MessageMeta, property: &[String]) -> Option<String> {
+/// The message's body parsed as JSON, if it is JSON. Parse once and read several properties
+/// with [`json_at`]: parsing costs far more than a lookup.
+pub fn json_body(meta: &MessageMeta) -> Option<serde_json::Value> {
+    json_body_if(meta, |_| true)
+}
+
+/// [`json_body`], parsed only if `worth_parsing` says so of the decoded bytes (a cheap scan
+/// that rules out what is looked for saves the parse).
+pub fn json_body_if(
+    meta: &MessageMeta,
+    worth_parsing: impl FnOnce(&[u8]) -> bool,
+) -> Option<serde_json::Value> {
     let body = decoded_body(meta)?;
-    let root: serde_json::Value = serde_json::from_slice(&body).ok()?;
-    let mut value = &root;
+    if !worth_parsing(&body) {
+        return None;
+    }
+    serde_json::from_slice(&body).ok()
+}
+
+/// The scalar at `property` (object keys, or array indexes) below `root`, as text.
+pub fn json_at<S: AsRef<str>>(root: &serde_json::Value, property: &[S]) -> Option<String> {
+    let mut value = root;
     for step in property {
+        let step = step.as_ref();
         value = match value {
             serde_json::Value::Object(map) => map.get(step)?,
             serde_json::Value::Array(items) => items.get(step.parse::<usize>().ok()?)?,
@@ -116,6 +145,10 @@ fn json_value(meta: &MessageMeta, property: &[String]) -> Option<String> {
         };
     }
     scalar_text(value)
+}
+
+fn json_value(meta: &MessageMeta, property: &[String]) -> Option<String> {
+    json_at(&json_body(meta)?, property)
 }
 
 fn scalar_text(value: &serde_json::Value) -> Option<String> {

@@ -13,6 +13,7 @@
 pub mod extract;
 
 use std::{
+    borrow::Cow,
     fs,
     io::{self, Write as _},
     os::unix::fs::OpenOptionsExt as _,
@@ -20,13 +21,16 @@ use std::{
     time::Duration,
 };
 
-use extract::{API_KEY_HEADERS, Credential, SESSION_COOKIES, request_cookie, set_cookie, value_at};
+use extract::{
+    API_KEY_HEADERS, Credential, SESSION_COOKIES, json_at, json_body_if, request_cookie,
+    set_cookie, value_at,
+};
 use lru::LruCache;
 use serde::Serialize;
 
 use crate::{
-    config::{Config, KeyPath, Location, MessageSide, Parameter, ParameterKind},
-    exchange::Exchange,
+    config::{Config, KeyPath, MessageSide, Parameter, ParameterKind},
+    exchange::{Exchange, ip_text, push_ip},
     store::{Redaction, StoredExchange},
 };
 
@@ -156,18 +160,40 @@ impl KeyKind {
     }
 }
 
-/// A grouping key found in a request.
+/// A grouping key found in a request. Borrowed from the exchange where it can be: every
+/// request yields at least one, and only one of them decides.
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct Candidate {
+struct Candidate<'a> {
     kind: KeyKind,
     /// Which key, e.g. "request.cookie.sid" or "cookie PHPSESSID".
-    name: String,
+    name: Cow<'static, str>,
     /// What identifies the actor (a JWT's subject, a cookie's value, ip|user-agent).
-    value: String,
-    /// The value as it travels (the whole JWT, the cookie value): what a response may have
-    /// handed out earlier.
-    raw: String,
+    value: Cow<'a, str>,
+    /// The value as it travels (the whole JWT), when it differs from `value`: what a response
+    /// may have handed out earlier.
+    travels_as: Option<&'a str>,
 }
+
+impl Candidate<'_> {
+    /// The value as it travels: see `travels_as`.
+    fn raw(&self) -> &str {
+        self.travels_as.unwrap_or(&self.value)
+    }
+}
+
+/// "cookie NAME" for each of [`SESSION_COOKIES`], the name of a session-cookie key.
+const COOKIE_KEY_NAMES: [&str; SESSION_COOKIES.len()] = [
+    "cookie PHPSESSID",
+    "cookie JSESSIONID",
+    "cookie ASP.NET_SessionId",
+    "cookie connect.sid",
+    "cookie laravel_session",
+    "cookie sessionid",
+    "cookie session",
+    "cookie sid",
+    "cookie _session_id",
+    "cookie session_id",
+];
 
 /// The session decision for one exchange.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -277,7 +303,8 @@ pub struct Sessionizer {
 }
 
 /// Values that responses commonly hand out and requests then carry, besides configured
-/// `response.*` keys and the session cookies.
+/// `response.*` keys and the session cookies. Each contains "token" or "session" (see
+/// `register_links`, which skips bodies without either).
 const HANDED_OUT_JSON: &[&str] = &[
     "token",
     "access_token",
@@ -302,7 +329,7 @@ impl Sessionizer {
     }
 
     /// The grouping keys present in the request, in precedence order (the fallback last).
-    fn candidates(&self, exchange: &Exchange) -> Vec<Candidate> {
+    fn candidates<'a>(&self, exchange: &'a Exchange) -> Vec<Candidate<'a>> {
         let mut found = Vec::new();
         let Some(request) = exchange.request.as_ref() else {
             return vec![ip_candidate(exchange, None)];
@@ -316,27 +343,30 @@ impl Sessionizer {
             if let Some(value) = value_at(exchange, path) {
                 found.push(Candidate {
                     kind: KeyKind::Custom,
-                    name: path.to_string(),
-                    raw: value.clone(),
-                    value,
+                    name: path.to_string().into(),
+                    value: value.into(),
+                    travels_as: None,
                 });
             }
         }
-        for name in SESSION_COOKIES {
+        // Most requests carry no cookie: one scan for that instead of one per cookie name.
+        let cookie_names = if request.meta.header("cookie").is_some() {
+            SESSION_COOKIES
+        } else {
+            &[]
+        };
+        for (name, key_name) in cookie_names.iter().zip(COOKIE_KEY_NAMES) {
             if let Some(value) = request_cookie(&request.meta, name) {
                 found.push(Candidate {
                     kind: KeyKind::Cookie,
-                    name: format!("cookie {name}"),
-                    raw: value.clone(),
-                    value,
+                    name: key_name.into(),
+                    value: value.into(),
+                    travels_as: None,
                 });
             }
         }
         if let Some(authorization) = request.meta.header("authorization") {
-            let token = authorization
-                .split_once(' ')
-                .map_or("", |(_, t)| t.trim())
-                .to_owned();
+            let token = authorization.split_once(' ').map_or("", |(_, t)| t.trim());
             let (kind, value) = match Credential::from_authorization(authorization) {
                 Some(Credential::Jwt(subject)) => (KeyKind::Jwt, Some(subject)),
                 Some(Credential::Bearer(token)) => (KeyKind::Bearer, Some(token)),
@@ -347,8 +377,8 @@ impl Sessionizer {
                 found.push(Candidate {
                     kind,
                     name: "Authorization".into(),
-                    value,
-                    raw: token,
+                    value: value.into(),
+                    travels_as: Some(token),
                 });
             }
         }
@@ -356,9 +386,9 @@ impl Sessionizer {
             if let Some(value) = request.meta.header(name).filter(|v| !v.is_empty()) {
                 found.push(Candidate {
                     kind: KeyKind::ApiKey,
-                    name: (*name).to_owned(),
-                    raw: value.to_owned(),
-                    value: value.to_owned(),
+                    name: (*name).into(),
+                    value: value.into(),
+                    travels_as: None,
                 });
             }
         }
@@ -381,8 +411,10 @@ impl Sessionizer {
         let candidates = self.candidates(exchange);
         // A value a response handed out earlier wins over precedence: it says which session
         // the caller was in when it got the value (e.g. before logging in).
-        let linked = candidates.iter().find_map(|c| {
-            let hash = self.secret.hash(&[b"link", c.raw.as_bytes()]);
+        // Without any link nothing can match: spare the hashing.
+        let any_links = !self.links.is_empty();
+        let linked = candidates.iter().filter(|_| any_links).find_map(|c| {
+            let hash = self.secret.hash(&[b"link", c.raw().as_bytes()]);
             self.links.get(&hash).map(|actor| (c, *actor))
         });
         let (decider, actor) = match linked {
@@ -426,7 +458,7 @@ impl Sessionizer {
             && !user_configured
             && matches!(decider.kind, KeyKind::Jwt | KeyKind::Basic)
         {
-            user = Some(decider.value.clone());
+            user = Some(decider.value.into_owned());
         }
         Assignment {
             session_id: session.id,
@@ -460,7 +492,7 @@ impl Sessionizer {
             start_ns: ts,
             last_ns: ts,
             key_kind: decider.kind,
-            key_name: decider.name.clone(),
+            key_name: decider.name.to_string(),
         };
         if self.active.len() >= self.config.max_active && !self.active.contains(&actor) {
             self.active.pop_lru();
@@ -484,16 +516,23 @@ impl Sessionizer {
         {
             values.extend(value_at(exchange, path));
         }
-        for name in SESSION_COOKIES {
-            values.extend(set_cookie(&response.meta, name));
+        if response.meta.header("set-cookie").is_some() {
+            for name in SESSION_COOKIES {
+                values.extend(set_cookie(&response.meta, name));
+            }
         }
-        for property in HANDED_OUT_JSON {
-            let path = KeyPath {
-                message: MessageSide::Response,
-                location: Location::Json(vec![(*property).to_owned()]),
-                jwt_claim: None,
-            };
-            values.extend(value_at(exchange, &path));
+        // One parse of the body for all the properties, and none for a body that cannot hold
+        // them: each name contains "token" or "session", and a key can only be spelled without
+        // those bytes by escaping a character.
+        let may_hold = |body: &[u8]| {
+            memchr::memmem::find(body, b"token").is_some()
+                || memchr::memmem::find(body, b"session").is_some()
+                || memchr::memchr(b'\\', body).is_some()
+        };
+        if let Some(root) = json_body_if(&response.meta, may_hold) {
+            for property in HANDED_OUT_JSON {
+                values.extend(json_at(&root, &[property]));
+            }
         }
         for value in values {
             let hash = self.secret.hash(&[b"link", value.as_bytes()]);
@@ -541,23 +580,27 @@ impl Sessionizer {
     }
 }
 
-fn ip_candidate(exchange: &Exchange, user_agent: Option<&str>) -> Candidate {
-    let ip = exchange.client.ip().to_string();
+fn ip_candidate<'a>(exchange: &Exchange, user_agent: Option<&str>) -> Candidate<'a> {
+    let ip = exchange.client.ip();
     match user_agent.filter(|ua| !ua.is_empty()) {
         Some(ua) => {
-            let value = format!("{ip}|{ua}");
+            // "ip|user-agent", built in one allocation.
+            let mut value = String::with_capacity(40 + ua.len());
+            push_ip(&mut value, ip);
+            value.push('|');
+            value.push_str(ua);
             Candidate {
                 kind: KeyKind::IpUserAgent,
                 name: "client ip + user-agent".into(),
-                raw: value.clone(),
-                value,
+                value: value.into(),
+                travels_as: None,
             }
         }
         None => Candidate {
             kind: KeyKind::Ip,
             name: "client ip".into(),
-            raw: ip.clone(),
-            value: ip,
+            value: ip_text(ip).into(),
+            travels_as: None,
         },
     }
 }

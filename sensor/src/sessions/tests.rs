@@ -312,3 +312,37 @@ fn the_secret_is_created_once_private_and_reused() {
     ));
     fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn handed_out_json_values_link_however_their_key_is_spelled() {
+    // The scan that spares parsing bodies without such keys must still see escaped ones.
+    for body in [
+        r#"{"access_token":"tok-a"}"#,
+        r#"{"tok\u0065n":"tok-a"}"#,
+        r#"{"sessionId":"tok-a"}"#,
+    ] {
+        let mut s = sessionizer(SessionConfig::default());
+        let first = s.assign(&with_response(
+            exchange("192.0.2.4", 0, &[("User-Agent", "app")]),
+            &[],
+            body,
+        ));
+        let next = s.assign(&exchange("192.0.2.4", 1, &[("X-Auth-Token", "tok-a")]));
+        assert_eq!(next.session_id, first.session_id, "{body}");
+        assert_eq!(s.counters.links_registered, 1, "{body}");
+    }
+    let mut s = sessionizer(SessionConfig::default());
+    s.assign(&with_response(
+        exchange("192.0.2.4", 0, &[]),
+        &[],
+        r#"{"id":7,"name":"widget"}"#,
+    ));
+    assert_eq!(s.counters.links_registered, 0);
+}
+
+#[test]
+fn cookie_key_names_follow_the_cookie_list() {
+    for (name, key_name) in SESSION_COOKIES.iter().zip(COOKIE_KEY_NAMES) {
+        assert_eq!(key_name, format!("cookie {name}"));
+    }
+}
