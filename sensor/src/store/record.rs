@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     endpoint,
-    exchange::{Exchange, ExchangeRecord, rfc3339_ns},
+    exchange::{Exchange, ExchangeRecord, ip_text, rfc3339_ns},
     sessions::{Assignment, Secret},
 };
 
@@ -69,40 +69,52 @@ pub struct StoredExchange {
 }
 
 impl StoredExchange {
-    /// The record of `exchange`, secrets hashed with `secret` unless `store_raw`.
+    /// The record of `exchange`, secrets hashed with `secret` unless `store_raw`. Built from the
+    /// exchange's fields directly (the same values as [`Exchange::record`], without its
+    /// formatted timestamp): this runs once per exchange on the daemon's hot path.
     pub fn new(exchange: &Exchange, secret: &Secret, redaction: &Redaction) -> Self {
-        let record = exchange.record();
         let request = exchange.request.as_ref();
         let response = exchange.response.as_ref();
-        let us = |ms: Option<f64>| ms.map(|ms| (ms * 1000.0).round() as u64);
+        let header = |name| request.and_then(|r| r.meta.header(name)).map(str::to_owned);
+        let start_ns = exchange.start_ns();
+        // Microseconds from the request's first byte, rounded to the nearest.
+        let us_after = |ns: u64| (ns.saturating_sub(start_ns) + 500) / 1000;
+        let both = request.zip(response);
         Self {
-            ts_ns: exchange.start_ns(),
-            client_ip: record.client_ip.clone(),
-            client_port: record.client_port,
-            server_ip: record.server_ip.clone(),
-            server_port: record.server_port,
-            method: record.method.map(str::to_owned),
-            host: record.host.map(str::to_owned),
-            uri: record.uri.map(|uri| redaction.uri(uri, secret)),
-            endpoint: record.uri.map(endpoint::template),
-            version: record.version.map(str::to_owned),
-            user_agent: record.user_agent.map(str::to_owned),
-            referrer: record.referrer.map(|r| redaction.uri(r, secret)),
-            request_content_type: request
-                .and_then(|r| r.meta.header("content-type"))
+            ts_ns: start_ns,
+            client_ip: ip_text(exchange.client.ip()),
+            client_port: exchange.client.port(),
+            server_ip: ip_text(exchange.server.ip()),
+            server_port: exchange.server.port(),
+            method: request.map(|r| r.method.clone()),
+            host: header("host"),
+            uri: request.map(|r| redaction.uri(&r.uri, secret)),
+            endpoint: request.map(|r| endpoint::template(&r.uri)),
+            version: request
+                .map(|r| r.meta.version)
+                .or_else(|| response.map(|r| r.meta.version))
                 .map(str::to_owned),
+            user_agent: header("user-agent"),
+            referrer: request
+                .and_then(|r| r.meta.header("referer"))
+                .map(|r| redaction.uri(r, secret)),
+            request_content_type: header("content-type"),
             response_content_type: response
                 .and_then(|r| r.meta.header("content-type"))
                 .map(str::to_owned),
-            status_code: record.status_code,
-            status_msg: record.status_msg.map(str::to_owned),
-            request_body_len: record.request_body_len,
-            response_body_len: record.response_body_len,
-            ttfb_us: us(record.ttfb_ms),
-            duration_us: us(record.duration_ms),
-            request_truncated: record.request_truncated,
-            response_truncated: record.response_truncated,
-            gap: record.gap,
+            status_code: response.and_then(|r| r.status),
+            status_msg: response
+                .filter(|r| r.status.is_some())
+                .map(|r| r.reason.clone()),
+            request_body_len: request.map(|r| r.meta.body_len),
+            response_body_len: response.map(|r| r.meta.body_len),
+            ttfb_us: both.map(|(_, r)| us_after(r.meta.start_ns)),
+            duration_us: both
+                .filter(|(_, r)| r.meta.end_ns != 0)
+                .map(|(_, r)| us_after(r.meta.end_ns)),
+            request_truncated: request.is_some_and(|r| r.meta.truncated),
+            response_truncated: response.is_some_and(|r| r.meta.truncated),
+            gap: exchange.gap(),
             params: Vec::new(),
         }
     }
