@@ -1506,7 +1506,7 @@ const BENCHMARKS_HEADER: &str = concat!(
     "other load\" then use only the rounds in which other processes stayed under a quarter of a CPU.\n",
 );
 
-/// glibc's allocator entry points and internals, as perf names them.
+/// glibc's and mimalloc's allocator entry points and internals, as perf names them.
 fn is_allocator(symbol: &str) -> bool {
     let name = symbol.trim_start_matches("[.]").trim();
     [
@@ -1523,6 +1523,9 @@ fn is_allocator(symbol: &str) -> bool {
         "__libc_free",
         "__libc_realloc",
         "tcache",
+        // mimalloc, the daemon's allocator since 2026-11-29.
+        "mi_",
+        "_mi_",
     ]
     .iter()
     .any(|prefix| name.starts_with(prefix))
