@@ -183,41 +183,6 @@ impl Exchange {
         self.request.as_ref().is_some_and(|r| r.meta.gap)
             || self.response.as_ref().is_some_and(|r| r.meta.gap)
     }
-
-    /// The NDJSON record (one line of `export --format ndjson` / `import --ndjson`).
-    pub fn record(&self) -> ExchangeRecord<'_> {
-        let request = self.request.as_ref();
-        let response = self.response.as_ref();
-        ExchangeRecord {
-            ts: rfc3339_ns(self.start_ns()),
-            session_id: None,
-            client_ip: ip_text(self.client.ip()),
-            client_port: self.client.port(),
-            server_ip: ip_text(self.server.ip()),
-            server_port: self.server.port(),
-            method: request.map(|r| r.method.as_str()),
-            host: request.and_then(|r| r.meta.header("host")),
-            uri: request.map(|r| r.uri.as_str()),
-            endpoint: None,
-            version: request
-                .map(|r| r.meta.version)
-                .or_else(|| response.map(|r| r.meta.version)),
-            user_agent: request.and_then(|r| r.meta.header("user-agent")),
-            referrer: request.and_then(|r| r.meta.header("referer")),
-            status_code: response.and_then(|r| r.status),
-            status_msg: response
-                .filter(|r| r.status.is_some())
-                .map(|r| r.reason.as_str()),
-            request_body_len: request.map(|r| r.meta.body_len),
-            response_body_len: response.map(|r| r.meta.body_len),
-            ttfb_ms: self.ttfb_ms().map(round_us),
-            duration_ms: self.duration_ms().map(round_us),
-            request_truncated: request.is_some_and(|r| r.meta.truncated),
-            response_truncated: response.is_some_and(|r| r.meta.truncated),
-            gap: self.gap(),
-            params: serde_json::Map::new(),
-        }
-    }
 }
 
 /// `ip.to_string()`. Addresses are written several times per exchange, and IPv4's `Display`
@@ -253,11 +218,6 @@ pub fn push_ip(out: &mut String, ip: IpAddr) {
 
 fn ms_between(from_ns: u64, to_ns: u64) -> f64 {
     to_ns.saturating_sub(from_ns) as f64 / 1e6
-}
-
-/// Milliseconds to microsecond precision, so records do not carry float noise.
-fn round_us(ms: f64) -> f64 {
-    (ms * 1000.0).round() / 1000.0
 }
 
 /// RFC 3339, microseconds, UTC.

@@ -69,9 +69,8 @@ pub struct StoredExchange {
 }
 
 impl StoredExchange {
-    /// The record of `exchange`, secrets hashed with `secret` unless `store_raw`. Built from the
-    /// exchange's fields directly (the same values as [`Exchange::record`], without its
-    /// formatted timestamp): this runs once per exchange on the daemon's hot path.
+    /// The record of `exchange`, secrets hashed with `secret` unless `store_raw`. Runs once per
+    /// exchange on the daemon's hot path; its NDJSON form is [`StoredExchange::to_json`].
     pub fn new(exchange: &Exchange, secret: &Secret, redaction: &Redaction) -> Self {
         let request = exchange.request.as_ref();
         let response = exchange.response.as_ref();
