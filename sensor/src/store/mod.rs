@@ -4,7 +4,7 @@
 //! - `sessions`: session id (16 bytes) -> [`SessionSummary`]
 //! - `exchanges`: session id + start ns + sequence -> a block of up to [`BLOCK_EXCHANGES`] of
 //!   the session's exchanges from one transaction, in time order, each laid out compactly
-//!   against the session's summary (see [`compact`])
+//!   against the session's summary (see `store::compact`)
 //! - `by_time`: session start ns + session id -> () — newest sessions, and pruning
 //! - `by_ip`, `by_host`, `by_endpoint`, `by_user`: value + 0 + start ns + session id -> ()
 //!
