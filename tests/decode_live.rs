@@ -315,18 +315,23 @@ fn every_exchange_is_decoded_once_with_its_status_and_lengths() {
 struct Tcpdump {
     child: std::process::Child,
     file: std::path::PathBuf,
+    log: std::path::PathBuf,
 }
 
 impl Tcpdump {
     fn start(net: &TestNet) -> Self {
         let file = std::env::temp_dir().join(format!("apis-{}.pcap", net.server_ns));
+        let log = file.with_extension("log");
         let _ = std::fs::remove_file(&file);
+        // A 64 MiB kernel buffer: the 1 MiB bodies cross the veth in bursts faster than a
+        // descheduled tcpdump drains its default 2 MiB, and a dropped tail of a response looks
+        // like a message cut short.
         let child = TestNet::command(&net.server_ns, "tcpdump")
-            .args(["-i", &net.server_if, "-U", "-s", "0", "-w"])
+            .args(["-i", &net.server_if, "-U", "-B", "65536", "-s", "0", "-w"])
             .arg(&file)
             .args(["tcp", "port", &PORT.to_string()])
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("tcpdump (install it: `cargo xtask setup` does, as root)");
         assert!(
@@ -335,12 +340,20 @@ impl Tcpdump {
         );
         // The file appears before the capture is armed on the interface; give it a moment.
         thread::sleep(Duration::from_millis(500));
-        Self { child, file }
+        Self { child, file, log }
     }
 
+    /// Stops tcpdump; the file, once tcpdump says it dropped nothing (a drop would show as a
+    /// difference between the file and the live path that is no fault of either).
     fn stop(mut self) -> std::path::PathBuf {
         common::sh("kill", &["-INT", &self.child.id().to_string()]);
         self.child.wait().unwrap();
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let dropped = log
+            .lines()
+            .find_map(|l| l.strip_suffix(" packets dropped by kernel"))
+            .and_then(|n| n.trim().parse::<u64>().ok());
+        assert_eq!(dropped, Some(0), "tcpdump's report: {log}");
         self.file.clone()
     }
 }
@@ -391,11 +404,15 @@ fn import_of_a_capture_reports_what_the_live_path_reports() {
         |_, _| {},
     )
     .unwrap();
-    // A clean capture decodes cleanly; only the body cap cuts (the two 1 MiB bodies).
-    assert_eq!(
-        summary.anomalies(),
-        [("http.bodies_truncated".to_owned(), 2)]
-    );
+    // A clean capture decodes cleanly; only the body cap cuts (the two 1 MiB bodies). A
+    // retransmitted segment is TCP at work on a loaded machine (tail loss probes fire when ACKs
+    // are late), not a decoding anomaly: both paths keep its first copy.
+    let anomalies: Vec<(String, u64)> = summary
+        .anomalies()
+        .into_iter()
+        .filter(|(name, _)| name != "reassembly.duplicate_segments")
+        .collect();
+    assert_eq!(anomalies, [("http.bodies_truncated".to_owned(), 2)]);
 
     let mut live: Vec<Seen> = live.iter().map(as_seen).collect();
     let mut imported: Vec<Seen> = imported.iter().map(as_seen).collect();
