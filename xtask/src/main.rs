@@ -71,6 +71,8 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("python3", "/usr/bin/python3"),
     ("tcpdump", "/usr/bin/tcpdump"),
     ("tshark", "/usr/bin/tshark"),
+    // Real browsers in the sessions tests (headless, one profile per user).
+    ("chromium", "/usr/bin/chromium"),
 ];
 
 /// The nightly that is known to work, for machines without any nightly.

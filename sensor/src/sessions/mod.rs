@@ -6,6 +6,13 @@
 //! one). A value that a response hands out (a session cookie, a login token) is linked to the
 //! session that received it, so the requests that later carry it stay in that session.
 //!
+//! A fallback actor (an IP, or an IP + User-Agent) can be many users: an office behind NAT on one
+//! browser build. A value handed out to a fallback session continues that session only while it
+//! is the only one of its key handed out there; from a second, different value on, the session is
+//! *shared* and each further value (with the exchange that received it) is a session of its own.
+//! Only the session's first value of each key is remembered, so the state per fallback session is
+//! small and bounded.
+//!
 //! A session ends after an inactivity timeout and is cut into parts of at most a day. Its id is
 //! a keyed BLAKE3 hash with the installation's secret: the same user yields the same ids on every
 //! host that shares the secret, and no raw key value is ever part of the output.
@@ -146,6 +153,11 @@ pub enum KeyKind {
 }
 
 impl KeyKind {
+    /// Kinds that stand for wherever the traffic comes from rather than for a user.
+    pub fn is_fallback(self) -> bool {
+        matches!(self, Self::IpUserAgent | Self::Ip)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Custom => "custom",
@@ -249,6 +261,15 @@ pub struct SessionCounters {
     pub evicted: u64,
     pub links_registered: u64,
     pub links_used: u64,
+    /// Values handed out to a fallback session that already had another value of the same key
+    /// (several users behind one address and browser): each became a session of its own.
+    pub links_ambiguous: u64,
+    /// Links dropped because the fallback session they continued has ended (a later holder of
+    /// the value is grouped by its own key instead of joining whoever uses the fallback now).
+    pub links_expired: u64,
+    /// Keys handed out to a fallback session beyond [`MAX_FIRST_HAND_OUTS`]: not remembered, so
+    /// a second value of them is not recognised as ambiguous.
+    pub hand_outs_untracked: u64,
     pub by_kind: [u64; 8],
 }
 
@@ -261,6 +282,9 @@ impl SessionCounters {
             ("evicted", self.evicted),
             ("links_registered", self.links_registered),
             ("links_used", self.links_used),
+            ("links_ambiguous", self.links_ambiguous),
+            ("links_expired", self.links_expired),
+            ("hand_outs_untracked", self.hand_outs_untracked),
         ];
         let kinds = [
             ("key_custom", KeyKind::Custom),
@@ -281,36 +305,88 @@ impl SessionCounters {
     }
 }
 
+/// An actor's current session (part).
 #[derive(Clone, Debug)]
 struct Active {
     id: String,
     start_ns: u64,
+    /// Start of the session's first part: day parts of one session share it, a session after
+    /// inactivity does not. Links made by a fallback hand-out name the session by it.
+    began_ns: u64,
     last_ns: u64,
     key_kind: KeyKind,
     key_name: String,
+    /// What responses handed out to this session, when it is a fallback actor's.
+    hand_outs: Option<FallbackHandOuts>,
 }
 
+/// The values handed out to one fallback session, as far as the ambiguity rule needs them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct FallbackHandOuts {
+    /// The first value of each key (key name, link hash): these continue the session. At most
+    /// [`MAX_FIRST_HAND_OUTS`].
+    first: Vec<(String, [u8; 32])>,
+    /// A second, different value of a key was handed out: the session is several users', and
+    /// every value handed out to it from now on is a session of its own.
+    shared: bool,
+}
+
+/// Keys remembered per fallback session: more than the built-in handed-out keys (10 cookies, 5
+/// JSON properties), so only a configuration with many `response.*` keys can reach it.
+pub const MAX_FIRST_HAND_OUTS: usize = 16;
+
 type Actor = [u8; 32];
+
+/// Where a handed-out value leads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Link {
+    actor: Actor,
+    /// Set when the value was handed out to a fallback actor: the `began_ns` of the fallback
+    /// session it continues. The fallback actor's later sessions may be other users', so the
+    /// link holds only while that session does.
+    fallback_session: Option<u64>,
+}
+
+/// A value a response hands out, which later requests may carry.
+#[derive(Clone, Debug)]
+struct HandOut {
+    /// Which key handed it out: "cookie sid", "response.body.json.token", a configured path.
+    key: Cow<'static, str>,
+    /// The kind of a session this value opens on its own.
+    kind: KeyKind,
+    /// `Secret::hash(["link", value])`: how links know it; the raw value is not kept.
+    link: [u8; 32],
+}
+
+/// The key that decided an exchange's session.
+struct Decider<'a> {
+    actor: Actor,
+    kind: KeyKind,
+    name: Cow<'static, str>,
+    /// The identity a request's key names (a JWT's subject, the Basic user): the user when no
+    /// `user` parameter is configured.
+    identity: Option<Cow<'a, str>>,
+}
 
 /// Assigns exchanges to sessions, in the order they complete.
 pub struct Sessionizer {
     config: SessionConfig,
     secret: Secret,
     active: LruCache<Actor, Active>,
-    /// Hash of a handed-out value -> the actor whose session received it.
-    links: LruCache<[u8; 32], Actor>,
+    /// Hash of a handed-out value -> where requests that carry it belong.
+    links: LruCache<[u8; 32], Link>,
     pub counters: SessionCounters,
 }
 
 /// Values that responses commonly hand out and requests then carry, besides configured
-/// `response.*` keys and the session cookies. Each contains "token" or "session" (see
-/// `register_links`, which skips bodies without either).
-const HANDED_OUT_JSON: &[&str] = &[
-    "token",
-    "access_token",
-    "id_token",
-    "session_id",
-    "sessionId",
+/// `response.*` keys and the session cookies: (JSON property, key name). Each property contains
+/// "token" or "session" (see `hand_outs`, which skips bodies without either).
+const HANDED_OUT_JSON: &[(&str, &str)] = &[
+    ("token", "response.body.json.token"),
+    ("access_token", "response.body.json.access_token"),
+    ("id_token", "response.body.json.id_token"),
+    ("session_id", "response.body.json.session_id"),
+    ("sessionId", "response.body.json.sessionId"),
 ];
 
 impl Sessionizer {
@@ -408,38 +484,11 @@ impl Sessionizer {
         parameters: &[(String, Option<ParameterKind>, String)],
     ) -> Assignment {
         let ts = exchange.start_ns();
-        let candidates = self.candidates(exchange);
-        // A value a response handed out earlier wins over precedence: it says which session
-        // the caller was in when it got the value (e.g. before logging in).
-        // Without any link nothing can match: spare the hashing.
-        let any_links = !self.links.is_empty();
-        let linked = candidates.iter().filter(|_| any_links).find_map(|c| {
-            let hash = self.secret.hash(&[b"link", c.raw().as_bytes()]);
-            self.links.get(&hash).map(|actor| (c, *actor))
-        });
-        let (decider, actor) = match linked {
-            Some((candidate, actor)) => {
-                self.counters.links_used += 1;
-                (candidate.clone(), actor)
-            }
-            None => {
-                // The fallback is always there, so the list is never empty.
-                let first = candidates
-                    .into_iter()
-                    .next()
-                    .unwrap_or_else(|| ip_candidate(exchange, None));
-                let actor = self.secret.hash(&[
-                    b"actor",
-                    first.kind.as_str().as_bytes(),
-                    first.name.as_bytes(),
-                    first.value.as_bytes(),
-                ]);
-                (first, actor)
-            }
-        };
+        let hand_outs = self.hand_outs(exchange);
+        let decider = self.decide(exchange, &hand_outs, ts);
         self.counters.by_kind[decider.kind as usize] += 1;
-        let (session, new_session) = self.session_for(actor, &decider, ts);
-        self.register_links(exchange, actor);
+        let (session, new_session) = self.session_for(&decider, ts);
+        self.link(&hand_outs, decider.actor, decider.kind.is_fallback());
         let typed = |kind| {
             parameters
                 .iter()
@@ -454,11 +503,8 @@ impl Sessionizer {
             .parameters
             .iter()
             .any(|p| p.kind == Some(ParameterKind::User));
-        if user.is_none()
-            && !user_configured
-            && matches!(decider.kind, KeyKind::Jwt | KeyKind::Basic)
-        {
-            user = Some(decider.value.into_owned());
+        if user.is_none() && !user_configured {
+            user = decider.identity.map(Cow::into_owned);
         }
         Assignment {
             session_id: session.id,
@@ -470,16 +516,138 @@ impl Sessionizer {
         }
     }
 
+    /// Which actor's session `exchange` belongs to, and by which key.
+    fn decide<'a>(
+        &mut self,
+        exchange: &'a Exchange,
+        hand_outs: &[HandOut],
+        ts: u64,
+    ) -> Decider<'a> {
+        let candidates = self.candidates(exchange);
+        // A value a response handed out earlier wins over precedence: it says which session
+        // the caller was in when it got the value (e.g. before logging in).
+        // Without any link nothing can match: spare the hashing.
+        let linked = if self.links.is_empty() {
+            None
+        } else {
+            candidates.iter().find_map(|c| {
+                let hash = self.secret.hash(&[b"link", c.raw().as_bytes()]);
+                self.live_link(&hash, ts).map(|actor| (c, actor))
+            })
+        };
+        if let Some((candidate, actor)) = linked {
+            self.counters.links_used += 1;
+            return Decider {
+                actor,
+                kind: candidate.kind,
+                name: candidate.name.clone(),
+                identity: identity(candidate),
+            };
+        }
+        // The fallback is always there, so the list is never empty.
+        let first = candidates
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| ip_candidate(exchange, None));
+        let actor = self.secret.hash(&[
+            b"actor",
+            first.kind.as_str().as_bytes(),
+            first.name.as_bytes(),
+            first.value.as_bytes(),
+        ]);
+        if first.kind.is_fallback()
+            && let Some(own) = self.own_session_of_hand_out(actor, hand_outs, ts)
+        {
+            return own;
+        }
+        Decider {
+            actor,
+            kind: first.kind,
+            identity: identity(&first),
+            name: first.name,
+        }
+    }
+
+    /// The actor a link leads to, if it still holds: a link made by a fallback hand-out holds
+    /// only while the fallback session it continues does (is neither over nor replaced).
+    fn live_link(&mut self, hash: &[u8; 32], ts: u64) -> Option<Actor> {
+        let link = *self.links.get(hash)?;
+        let Some(began) = link.fallback_session else {
+            return Some(link.actor);
+        };
+        let inactivity = self.config.inactivity_timeout.as_nanos() as u64;
+        let holds = self.active.peek(&link.actor).is_some_and(|active| {
+            active.began_ns == began && ts.saturating_sub(active.last_ns) <= inactivity
+        });
+        if holds {
+            return Some(link.actor);
+        }
+        self.links.pop(hash);
+        self.counters.links_expired += 1;
+        None
+    }
+
+    /// For an exchange of the fallback actor whose response hands out values: the session of
+    /// those values when they are not (or no longer) the fallback session's. `None` keeps the
+    /// exchange in the fallback session, where the values then link.
+    fn own_session_of_hand_out(
+        &mut self,
+        fallback: Actor,
+        hand_outs: &[HandOut],
+        ts: u64,
+    ) -> Option<Decider<'static>> {
+        let first = hand_outs.first()?;
+        let own = |actor: Actor| Decider {
+            actor,
+            kind: first.kind,
+            name: first.key.clone(),
+            identity: None,
+        };
+        // Handed out before (a second time): wherever it went then.
+        if let Some(actor) = hand_outs.iter().find_map(|h| self.live_link(&h.link, ts)) {
+            return (actor != fallback).then(|| own(actor));
+        }
+        let inactivity = self.config.inactivity_timeout.as_nanos() as u64;
+        let state = self
+            .active
+            .peek_mut(&fallback)
+            .filter(|active| ts.saturating_sub(active.last_ns) <= inactivity)?
+            .hand_outs
+            .as_mut()?;
+        let conflict = |h: &HandOut| state.first.iter().any(|(k, l)| *k == h.key && *l != h.link);
+        if !state.shared && !hand_outs.iter().any(conflict) {
+            return None;
+        }
+        state.shared = true;
+        self.counters.links_ambiguous += 1;
+        // Keyed by the value's hash: the same value always opens the same actor's session.
+        Some(own(self.secret.hash(&[
+            b"actor",
+            b"handed out",
+            &first.link,
+        ])))
+    }
+
     /// The actor's current session, or a new one (after inactivity, past a day, or first seen).
-    fn session_for(&mut self, actor: Actor, decider: &Candidate, ts: u64) -> (Active, bool) {
+    fn session_for(&mut self, decider: &Decider, ts: u64) -> (Active, bool) {
         let inactivity = self.config.inactivity_timeout.as_nanos() as u64;
         let max_part = self.config.max_part.as_nanos() as u64;
+        let actor = decider.actor;
+        // What a day part inherits from the part before it.
+        let mut continued = None;
         if let Some(active) = self.active.get_mut(&actor) {
             let idle = ts.saturating_sub(active.last_ns);
             if idle > inactivity {
                 self.counters.split_inactivity += 1;
             } else if ts.saturating_sub(active.start_ns) >= max_part {
                 self.counters.split_day += 1;
+                // The same session under a new id: its kind and its hand-outs carry over.
+                continued = Some((
+                    active.began_ns,
+                    active.key_kind,
+                    std::mem::take(&mut active.key_name),
+                    active.hand_outs.take(),
+                ));
             } else {
                 active.last_ns = active.last_ns.max(ts);
                 return (active.clone(), false);
@@ -487,12 +655,16 @@ impl Sessionizer {
         }
         self.counters.sessions_started += 1;
         let id = hex(&self.secret.hash(&[b"session", &actor, &ts.to_le_bytes()])[..16]);
+        let (began_ns, key_kind, key_name, hand_outs) =
+            continued.unwrap_or_else(|| (ts, decider.kind, decider.name.to_string(), None));
         let active = Active {
             id,
             start_ns: ts,
+            began_ns,
             last_ns: ts,
-            key_kind: decider.kind,
-            key_name: decider.name.to_string(),
+            key_kind,
+            key_name,
+            hand_outs,
         };
         if self.active.len() >= self.config.max_active && !self.active.contains(&actor) {
             self.active.pop_lru();
@@ -502,23 +674,28 @@ impl Sessionizer {
         (active, true)
     }
 
-    /// Remembers the values this exchange's response handed out, for the actor's session.
-    fn register_links(&mut self, exchange: &Exchange, actor: Actor) {
+    /// The values this exchange's response hands out, in precedence order: configured
+    /// `response.*` keys, session cookies, JSON tokens.
+    fn hand_outs(&self, exchange: &Exchange) -> Vec<HandOut> {
         let Some(response) = exchange.response.as_ref() else {
-            return;
+            return Vec::new();
         };
-        let mut values = Vec::new();
+        let mut values: Vec<(Cow<'static, str>, KeyKind, String)> = Vec::new();
         for path in self
             .config
             .custom_keys
             .iter()
             .filter(|p| p.message == MessageSide::Response)
         {
-            values.extend(value_at(exchange, path));
+            if let Some(value) = value_at(exchange, path) {
+                values.push((path.to_string().into(), KeyKind::Custom, value));
+            }
         }
         if response.meta.header("set-cookie").is_some() {
-            for name in SESSION_COOKIES {
-                values.extend(set_cookie(&response.meta, name));
+            for (name, key_name) in SESSION_COOKIES.iter().zip(COOKIE_KEY_NAMES) {
+                if let Some(value) = set_cookie(&response.meta, name) {
+                    values.push((key_name.into(), KeyKind::Cookie, value));
+                }
             }
         }
         // One parse of the body for all the properties, and none for a body that cannot hold
@@ -530,16 +707,63 @@ impl Sessionizer {
                 || memchr::memchr(b'\\', body).is_some()
         };
         if let Some(root) = json_body_if(&response.meta, may_hold) {
-            for property in HANDED_OUT_JSON {
-                values.extend(json_at(&root, &[property]));
+            for (property, key_name) in HANDED_OUT_JSON {
+                if let Some(value) = json_at(&root, &[property]) {
+                    // Tokens travel back as bearer tokens, mostly.
+                    values.push(((*key_name).into(), KeyKind::Bearer, value));
+                }
             }
         }
-        for value in values {
-            let hash = self.secret.hash(&[b"link", value.as_bytes()]);
-            if self.links.len() >= self.config.max_links && !self.links.contains(&hash) {
+        values
+            .into_iter()
+            .map(|(key, kind, value)| HandOut {
+                key,
+                kind,
+                link: self.secret.hash(&[b"link", value.as_bytes()]),
+            })
+            .collect()
+    }
+
+    /// Links the values handed out to `actor`'s session. Into a fallback session they link
+    /// only while it lasts. Those handed out to the fallback actor itself (rather than to a
+    /// request that carried a value of its own, as in a cookie refresh) are remembered there,
+    /// the first of each key.
+    fn link(&mut self, hand_outs: &[HandOut], actor: Actor, fallback_hand_out: bool) {
+        if hand_outs.is_empty() {
+            return;
+        }
+        let mut fallback_session = None;
+        if let Some(active) = self
+            .active
+            .peek_mut(&actor)
+            .filter(|active| active.key_kind.is_fallback())
+        {
+            fallback_session = Some(active.began_ns);
+            if fallback_hand_out {
+                let state = active.hand_outs.get_or_insert_default();
+                for h in hand_outs {
+                    if state.first.iter().any(|(key, _)| *key == h.key) {
+                        continue;
+                    }
+                    if state.first.len() < MAX_FIRST_HAND_OUTS {
+                        state.first.push((h.key.to_string(), h.link));
+                    } else {
+                        self.counters.hand_outs_untracked += 1;
+                    }
+                }
+            }
+        }
+        for h in hand_outs {
+            if self.links.len() >= self.config.max_links && !self.links.contains(&h.link) {
                 self.links.pop_lru();
             }
-            self.links.put(hash, actor);
+            self.links.put(
+                h.link,
+                Link {
+                    actor,
+                    fallback_session,
+                },
+            );
             self.counters.links_registered += 1;
         }
     }
@@ -578,6 +802,11 @@ impl Sessionizer {
             .collect();
         (record, assignment)
     }
+}
+
+/// The identity a request key names, for the session's user.
+fn identity<'a>(candidate: &Candidate<'a>) -> Option<Cow<'a, str>> {
+    matches!(candidate.kind, KeyKind::Jwt | KeyKind::Basic).then(|| candidate.value.clone())
 }
 
 fn ip_candidate<'a>(exchange: &Exchange, user_agent: Option<&str>) -> Candidate<'a> {

@@ -346,3 +346,268 @@ fn cookie_key_names_follow_the_cookie_list() {
         assert_eq!(key_name, format!("cookie {name}"));
     }
 }
+
+/// A browser behind a shared address: the office's one IP and User-Agent.
+const OFFICE: &str = "198.51.100.20";
+const OFFICE_UA: [(&str, &str); 1] = [("User-Agent", "Chrome/142")];
+
+/// A login from the office whose response sets `sid` and returns `token`.
+fn office_login(at: u64, sid: &str, token: &str) -> Exchange {
+    with_response(
+        exchange(OFFICE, at, &OFFICE_UA),
+        &[("Set-Cookie", &format!("sid={sid}; HttpOnly"))],
+        &format!(r#"{{"token":"{token}"}}"#),
+    )
+}
+
+fn office_request(at: u64, header: (&str, &str)) -> Exchange {
+    exchange(OFFICE, at, &[OFFICE_UA[0], header])
+}
+
+#[test]
+fn six_users_behind_one_address_and_browser_get_six_sessions_when_they_log_in() {
+    let mut s = sessionizer(SessionConfig::default());
+    let users: Vec<(String, String)> = (0..6)
+        .map(|i| (format!("sid-{i}"), format!("tok-{i}")))
+        .collect();
+    let mut anonymous = HashSet::new();
+    for _ in 0..2 {
+        for _ in &users {
+            anonymous.insert(s.assign(&exchange(OFFICE, 0, &OFFICE_UA)).session_id);
+        }
+    }
+    assert_eq!(
+        anonymous.len(),
+        1,
+        "anonymous requests cannot be told apart"
+    );
+    let logins: Vec<String> = users
+        .iter()
+        .map(|(sid, token)| s.assign(&office_login(1, sid, token)).session_id)
+        .collect();
+    let mut sessions = HashSet::new();
+    for (i, (sid, token)) in users.iter().enumerate() {
+        let cookie = format!("sid={sid}");
+        let bearer = format!("Bearer {token}");
+        for at in 2..7 {
+            let with_cookie = s.assign(&office_request(at, ("Cookie", &cookie)));
+            let with_token = s.assign(&office_request(at, ("Authorization", &bearer)));
+            assert_eq!(
+                with_cookie.session_id, logins[i],
+                "user {i}: cookie with its login"
+            );
+            assert_eq!(
+                with_token.session_id, logins[i],
+                "user {i}: token with its login"
+            );
+        }
+        sessions.insert(logins[i].clone());
+    }
+    assert_eq!(sessions.len(), 6, "{logins:?}");
+    // The first login continues the anonymous session (it cannot know of the others yet); the
+    // later ones are sessions of their own, named by the cookie they handed out.
+    assert!(anonymous.contains(&logins[0]));
+    let own = s.assign(&office_request(8, ("Cookie", "sid=sid-3")));
+    assert_eq!(
+        (own.key_kind, own.key_name.as_str()),
+        (KeyKind::Cookie, "cookie sid")
+    );
+    assert_eq!(s.counters.links_ambiguous, 5);
+    assert_eq!(s.counters.links_expired, 0);
+}
+
+#[test]
+fn a_lone_users_requests_before_login_stay_in_the_session_its_cookie_continues() {
+    let mut s = sessionizer(SessionConfig::default());
+    let before = s.assign(&exchange(OFFICE, 0, &OFFICE_UA)).session_id;
+    assert_eq!(
+        s.assign(&office_login(1, "solo", "tok-solo")).session_id,
+        before
+    );
+    for header in [("Cookie", "sid=solo"), ("Authorization", "Bearer tok-solo")] {
+        assert_eq!(s.assign(&office_request(2, header)).session_id, before);
+    }
+    // Its own anonymous requests (an asset fetched without the cookie) stay there too.
+    assert_eq!(
+        s.assign(&exchange(OFFICE, 3, &OFFICE_UA)).session_id,
+        before
+    );
+    assert_eq!(s.counters.links_ambiguous, 0);
+}
+
+#[test]
+fn a_second_credential_after_the_first_expired_is_the_next_users_and_not_ambiguous() {
+    let mut s = sessionizer(SessionConfig::default());
+    let first = s.assign(&office_login(0, "one", "tok-one")).session_id;
+    assert_eq!(
+        s.assign(&office_request(1, ("Cookie", "sid=one")))
+            .session_id,
+        first
+    );
+    // 40 minutes of silence: the fallback's next session may be someone else's.
+    let before = s.assign(&exchange(OFFICE, 41, &OFFICE_UA)).session_id;
+    assert_ne!(before, first);
+    assert_eq!(
+        s.assign(&office_login(42, "two", "tok-two")).session_id,
+        before
+    );
+    assert_eq!(
+        s.assign(&office_request(43, ("Cookie", "sid=two")))
+            .session_id,
+        before
+    );
+    assert_eq!(
+        s.counters.links_ambiguous, 0,
+        "one user per fallback session"
+    );
+    // The first user comes back: not into the second user's session.
+    let back = s.assign(&office_request(44, ("Cookie", "sid=one")));
+    assert_ne!(back.session_id, before);
+    assert_ne!(back.session_id, first, "after 40 minutes: a new session");
+    assert_eq!(back.key_kind, KeyKind::Cookie);
+    assert_eq!(
+        s.assign(&office_request(45, ("Cookie", "sid=one")))
+            .session_id,
+        back.session_id
+    );
+    assert_eq!(s.counters.links_expired, 1);
+}
+
+#[test]
+fn the_same_credential_handed_out_twice_is_one_session() {
+    let mut s = sessionizer(SessionConfig::default());
+    let a = s.assign(&office_login(0, "a", "tok-a")).session_id;
+    assert_eq!(s.assign(&office_login(1, "a", "tok-a")).session_id, a);
+    assert_eq!(s.counters.links_ambiguous, 0);
+    let b = s.assign(&office_login(2, "b", "tok-b")).session_id;
+    assert_ne!(b, a);
+    assert_eq!(
+        s.assign(&office_login(3, "b", "tok-b")).session_id,
+        b,
+        "b's again"
+    );
+    assert_eq!(
+        s.assign(&office_login(4, "a", "tok-a")).session_id,
+        a,
+        "a's again"
+    );
+    assert_eq!(s.counters.links_ambiguous, 1);
+    // A third, new credential: its own, since the fallback session is known to be shared.
+    let c = s.assign(&office_login(5, "c", "tok-c")).session_id;
+    assert!(c != a && c != b);
+    assert_eq!(s.counters.links_ambiguous, 2);
+    assert_eq!(s.counters.sessions_started, 3);
+}
+
+#[test]
+fn a_json_token_and_a_cookie_from_one_login_are_one_session() {
+    let mut s = sessionizer(SessionConfig::default());
+    s.assign(&office_login(0, "first", "tok-first"));
+    let jwt_token = jwt(r#"{"sub":"zoe"}"#);
+    let login = s.assign(&office_login(1, "zoe-sid", &jwt_token)).session_id;
+    let bearer = format!("Bearer {jwt_token}");
+    let with_token = s.assign(&office_request(2, ("Authorization", &bearer)));
+    let with_cookie = s.assign(&office_request(3, ("Cookie", "sid=zoe-sid")));
+    assert_eq!(with_token.session_id, login);
+    assert_eq!(with_cookie.session_id, login);
+    assert_eq!(with_token.user.as_deref(), Some("zoe"));
+    assert_eq!(s.counters.links_ambiguous, 1, "one hand-out, counted once");
+    // A JSON token alone, as the first hand-out's second value of that key, is split off too.
+    let token_only = with_response(
+        exchange(OFFICE, 4, &OFFICE_UA),
+        &[],
+        r#"{"access_token":"at-9"}"#,
+    );
+    let own = s.assign(&token_only);
+    assert!(
+        own.session_id != login && own.key_kind == KeyKind::Bearer,
+        "{own:?}"
+    );
+    let later = s.assign(&office_request(5, ("Authorization", "Bearer at-9")));
+    assert_eq!(later.session_id, own.session_id);
+}
+
+#[test]
+fn a_cookie_refreshed_by_its_user_keeps_the_session() {
+    let mut s = sessionizer(SessionConfig::default());
+    let one = s.assign(&office_login(0, "one", "tok-one")).session_id;
+    let two = s.assign(&office_login(1, "two", "tok-two")).session_id;
+    assert_ne!(one, two);
+    // Each user's next request carries its cookie, and the response replaces it.
+    for (old, new, session) in [("one", "one-b", &one), ("two", "two-b", &two)] {
+        let refresh = with_response(
+            office_request(2, ("Cookie", &format!("sid={old}"))),
+            &[("Set-Cookie", &format!("sid={new}; HttpOnly"))],
+            "",
+        );
+        assert_eq!(&s.assign(&refresh).session_id, session);
+        let next = s.assign(&office_request(3, ("Cookie", &format!("sid={new}"))));
+        assert_eq!(&next.session_id, session, "{new}");
+    }
+    assert_eq!(
+        s.counters.links_ambiguous, 1,
+        "a refresh is not a second user"
+    );
+}
+
+#[test]
+fn a_fallback_session_split_at_a_day_keeps_its_links() {
+    let mut s = sessionizer(SessionConfig::default());
+    s.assign(&office_login(0, "long", "tok-long"));
+    let parts: HashSet<String> = (1..=75)
+        .map(|i| {
+            s.assign(&office_request(i * 20, ("Cookie", "sid=long")))
+                .session_id
+        })
+        .collect();
+    assert_eq!(parts.len(), 2, "cut once, at a day");
+    assert_eq!(s.counters.links_expired, 0);
+    // The second part still knows its first cookie: another one is a second user.
+    let other = s
+        .assign(&office_login(75 * 20 + 1, "other", "tok-other"))
+        .session_id;
+    assert!(!parts.contains(&other));
+    assert_eq!(s.counters.links_ambiguous, 1);
+}
+
+#[test]
+fn the_hand_outs_remembered_per_fallback_session_are_bounded_and_counted() {
+    let keys: Vec<String> = (0..MAX_FIRST_HAND_OUTS + 2)
+        .map(|i| format!("\"response.header.X-K{i}\""))
+        .collect();
+    let mut s = sessionizer(config_with(&format!(
+        "[sessions]\nkeys = [{}]\n",
+        keys.join(", ")
+    )));
+    let headers: Vec<(String, String)> = (0..MAX_FIRST_HAND_OUTS + 2)
+        .map(|i| (format!("X-K{i}"), format!("v{i}")))
+        .collect();
+    let headers: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect();
+    s.assign(&with_response(
+        exchange(OFFICE, 0, &OFFICE_UA),
+        &headers,
+        "",
+    ));
+    assert_eq!(s.counters.hand_outs_untracked, 2);
+    let state = s
+        .active
+        .iter()
+        .find_map(|(_, a)| a.hand_outs.as_ref())
+        .unwrap();
+    assert_eq!(state.first.len(), MAX_FIRST_HAND_OUTS);
+}
+
+#[test]
+fn session_counters_name_the_ambiguity_counters() {
+    let names: Vec<&str> = SessionCounters::default()
+        .snapshot()
+        .iter()
+        .map(|(n, _)| *n)
+        .collect();
+    for name in ["links_ambiguous", "links_expired", "hand_outs_untracked"] {
+        assert!(names.contains(&name), "{names:?}");
+    }
+}
