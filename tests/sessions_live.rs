@@ -1,16 +1,20 @@
 //! Sessions end to end: the `apisessions run` daemon on a real veth next to nginx, five clients
 //! on one IP told apart only by their keys, a reader in another process while the daemon
-//! writes, and no raw secret anywhere in the data directory afterwards.
+//! writes, and no raw secret anywhere in the data directory afterwards. Then users behind one
+//! address and browser against a real app that hands out session cookies (`data/session_app.py`):
+//! six clients logging in, a lone user, cookie refreshes, and two headless Chromium profiles.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
 use std::{
+    collections::{BTreeMap, BTreeSet},
     fs,
-    io::{Read as _, Write as _},
-    net::TcpStream,
-    path::Path,
-    process::{Command, Stdio},
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{SocketAddr, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread,
     time::Duration,
 };
 
@@ -246,4 +250,376 @@ fn five_clients_on_one_ip_five_sessions_and_no_secret_on_disk() {
         );
     }
     let _ = fs::remove_dir_all(&data_dir);
+}
+
+/// The cookie-setting app in the server namespace, and the daemon capturing it.
+struct AppUnderCapture {
+    daemon: Option<Child>,
+    app: Child,
+    data_dir: PathBuf,
+    server: SocketAddr,
+    net: TestNet,
+}
+
+impl AppUnderCapture {
+    fn start() -> Self {
+        let net = TestNet::new();
+        let server = net.server_addr(false, PORT);
+        let data_dir = std::env::temp_dir().join(format!("apis-shared-{}", net.server_ns));
+        let _ = fs::remove_dir_all(&data_dir);
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data/session_app.py");
+        let app = TestNet::command(&net.server_ns, "python3")
+            .arg(&script)
+            .arg(net.server_v4.to_string())
+            .arg(PORT.to_string())
+            .spawn()
+            .expect("starting python3 (`cargo xtask setup` installs it)");
+        let daemon = TestNet::command(&net.server_ns, env!("CARGO_BIN_EXE_apisessions"))
+            .args([
+                "run",
+                "--iface",
+                &net.server_if,
+                "--port",
+                &PORT.to_string(),
+            ])
+            .args(["--summary-interval", "0", "--data-dir"])
+            .arg(&data_dir)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let under = Self {
+            daemon: Some(daemon),
+            app,
+            data_dir,
+            server,
+            net,
+        };
+        let stats = under.data_dir.join("stats.json");
+        assert!(
+            wait_until(Duration::from_secs(20), || stats.exists()),
+            "daemon up"
+        );
+        let up = in_namespace(&under.net.client_ns, || {
+            wait_until(Duration::from_secs(10), || {
+                TcpStream::connect(server).is_ok()
+            })
+        });
+        assert!(up, "the app listens on {server}");
+        under
+    }
+
+    /// Stops the daemon (it drains everything first) and returns the stored exchanges.
+    fn stop_and_export(&mut self) -> Vec<serde_json::Value> {
+        let mut daemon = self.daemon.take().unwrap();
+        sh("kill", &["-TERM", &daemon.id().to_string()]);
+        assert!(daemon.wait().unwrap().success());
+        let out = bin()
+            .args(["export", "--format", "ndjson", "--data-dir"])
+            .arg(&self.data_dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect()
+    }
+
+    /// A counter of the sessions stage, from `apisessions stats --json`.
+    fn sessions_counter(&self, name: &str) -> u64 {
+        let out = bin()
+            .args(["stats", "--json", "--data-dir"])
+            .arg(&self.data_dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        stats["stages"]["sessions"][name]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no sessions counter {name}: {stats}"))
+    }
+}
+
+impl Drop for AppUnderCapture {
+    fn drop(&mut self) {
+        if let Some(mut daemon) = self.daemon.take() {
+            let _ = daemon.kill();
+            let _ = daemon.wait();
+        }
+        let _ = self.app.kill();
+        let _ = self.app.wait();
+        let _ = fs::remove_dir_all(&self.data_dir);
+    }
+}
+
+/// A client on a keep-alive connection that keeps the `sid` cookie it is given, as a browser
+/// or an HTTP library with a cookie jar does.
+struct CookieClient {
+    name: String,
+    user_agent: &'static str,
+    cookie: Option<String>,
+    reader: BufReader<TcpStream>,
+}
+
+impl CookieClient {
+    fn connect(server: SocketAddr, name: &str, user_agent: &'static str) -> Self {
+        let stream = TcpStream::connect(server).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        Self {
+            name: name.to_owned(),
+            user_agent,
+            cookie: None,
+            reader: BufReader::new(stream),
+        }
+    }
+
+    /// Sends one request and reads its response whole; takes the cookie it sets.
+    fn send(&mut self, method: &str, path: &str) {
+        let body = if method == "POST" { "{}" } else { "" };
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: app\r\nUser-Agent: {}\r\nContent-Length: {}\r\n",
+            self.user_agent,
+            body.len()
+        );
+        if let Some(cookie) = &self.cookie {
+            head.push_str(&format!("Cookie: {cookie}\r\n"));
+        }
+        head.push_str("\r\n");
+        let stream = self.reader.get_mut();
+        stream.write_all(head.as_bytes()).unwrap();
+        stream.write_all(body.as_bytes()).unwrap();
+        let mut line = String::new();
+        self.reader.read_line(&mut line).unwrap();
+        assert!(
+            line.starts_with("HTTP/1.1 200"),
+            "{} {path}: {line}",
+            self.name
+        );
+        let mut length = 0;
+        loop {
+            line.clear();
+            self.reader.read_line(&mut line).unwrap();
+            let header = line.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            let (name, value) = header.split_once(':').unwrap();
+            let value = value.trim();
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value.parse().unwrap();
+            } else if name.eq_ignore_ascii_case("set-cookie") {
+                self.cookie = Some(value.split(';').next().unwrap().to_owned());
+            }
+        }
+        let mut body = vec![0; length];
+        self.reader.read_exact(&mut body).unwrap();
+    }
+}
+
+const OFFICE_UA: &str = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/142.0.0.0 Safari/537.36";
+const SOLO_UA: &str = "Mozilla/5.0 (X11; Linux x86_64; rv:145.0) Gecko/20100101 Firefox/145.0";
+
+/// Which traced client and step an exported exchange is: its uri names them
+/// (`/items/o3-after-2`, `/login?who=o3`, `/refresh?who=o3`).
+fn trace(record: &serde_json::Value) -> Option<(String, String)> {
+    let uri = record["uri"].as_str()?;
+    if let Some(rest) = uri.strip_prefix("/items/") {
+        let (client, step) = rest.split_once('-')?;
+        return Some((client.to_owned(), step.split('-').next()?.to_owned()));
+    }
+    let (path, who) = uri.split_once("?who=")?;
+    Some((who.to_owned(), path.trim_start_matches('/').to_owned()))
+}
+
+#[test]
+fn users_behind_one_address_and_browser_get_a_session_each_when_they_log_in() {
+    let mut under = AppUnderCapture::start();
+    let server = under.server;
+    in_namespace(&under.net.client_ns, || {
+        // The office: six clients with one IP and one browser build, taking turns request by
+        // request: two anonymous requests each, the logins, then five requests with the cookie
+        // (o2 has its cookie replaced halfway).
+        let mut office: Vec<CookieClient> = (0..6)
+            .map(|i| CookieClient::connect(server, &format!("o{i}"), OFFICE_UA))
+            .collect();
+        let steps = |name: &str| {
+            let mut steps: Vec<(&str, String)> = (0..2)
+                .map(|i| ("GET", format!("/items/{name}-before-{i}")))
+                .collect();
+            steps.push(("POST", format!("/login?who={name}")));
+            for i in 0..5 {
+                if name == "o2" && i == 2 {
+                    steps.push(("GET", format!("/refresh?who={name}")));
+                }
+                steps.push(("GET", format!("/items/{name}-after-{i}")));
+            }
+            steps
+        };
+        let plans: Vec<_> = office.iter().map(|c| steps(&c.name)).collect();
+        for round in 0..plans.iter().map(Vec::len).max().unwrap() {
+            for (client, plan) in office.iter_mut().zip(&plans) {
+                if let Some((method, path)) = plan.get(round) {
+                    client.send(method, path);
+                }
+            }
+        }
+        // A lone user with its own browser, whose cookie is replaced after the login.
+        let mut solo = CookieClient::connect(server, "solo", SOLO_UA);
+        for (method, path) in steps("solo") {
+            solo.send(method, &path);
+        }
+        solo.send("GET", "/refresh?who=solo");
+        for i in 5..8 {
+            solo.send("GET", &format!("/items/solo-after-{i}"));
+        }
+    });
+    let records = under.stop_and_export();
+
+    // client -> sessions of its login, refresh and logged-in requests; session -> such clients.
+    let mut by_client: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut by_session: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut solo_before = BTreeSet::new();
+    let mut traced = 0;
+    for record in &records {
+        let Some((client, step)) = trace(record) else {
+            continue;
+        };
+        traced += 1;
+        let session = record["session_id"].as_str().unwrap().to_owned();
+        if step == "before" {
+            if client == "solo" {
+                solo_before.insert(session);
+            }
+            continue;
+        }
+        by_client
+            .entry(client.clone())
+            .or_default()
+            .insert(session.clone());
+        by_session.entry(session).or_default().insert(client);
+    }
+    assert_eq!(
+        traced,
+        6 * 8 + 1 + 8 + 3 + 1,
+        "every request captured and stored"
+    );
+    for (client, sessions) in &by_client {
+        assert_eq!(
+            sessions.len(),
+            1,
+            "{client}'s logged-in requests in one session: {by_client:?}"
+        );
+    }
+    let office_sessions: BTreeSet<_> = (0..6)
+        .map(|i| by_client[&format!("o{i}")].first().unwrap().clone())
+        .collect();
+    assert_eq!(
+        office_sessions.len(),
+        6,
+        "six office sessions: {by_client:?}"
+    );
+    for (session, clients) in &by_session {
+        assert_eq!(clients.len(), 1, "session {session} mixes {clients:?}");
+    }
+    assert_eq!(
+        solo_before, by_client["solo"],
+        "the lone user's requests before its login are in its session"
+    );
+    // o1..o5's logins, each after o0's in the same fallback session.
+    assert_eq!(under.sessions_counter("links_ambiguous"), 5);
+}
+
+#[test]
+fn two_chromium_profiles_on_one_machine_are_two_sessions() {
+    let chromium = Path::new("/usr/bin/chromium");
+    assert!(
+        chromium.exists(),
+        "this test needs Debian's chromium: `cargo xtask setup` (as root) installs it"
+    );
+    let mut under = AppUnderCapture::start();
+    let profiles = std::env::temp_dir().join(format!("apis-chromium-{}", under.net.client_ns));
+    // One after the other, each a fresh profile: the app's first response gives each its own
+    // cookie, which the page's stylesheet and image requests carry back.
+    for profile in ["p1", "p2"] {
+        let out = TestNet::command(&under.net.client_ns, chromium)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ])
+            .arg(format!(
+                "--user-data-dir={}",
+                profiles.join(profile).display()
+            ))
+            .arg("--dump-dom")
+            .arg(format!("http://{}/page/{profile}", under.server))
+            .stderr(Stdio::null())
+            .output()
+            .unwrap();
+        let dom = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && dom.contains(&format!(r#"<h1 id="who">{profile}</h1>"#)),
+            "chromium loaded the page of {profile}: {:?} {dom}",
+            out.status
+        );
+    }
+    let _ = fs::remove_dir_all(&profiles);
+    // Let the last connections close so every exchange is complete before the daemon stops.
+    thread::sleep(Duration::from_millis(300));
+    let records = under.stop_and_export();
+
+    let mut by_profile: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for record in &records {
+        let uri = record["uri"].as_str().unwrap();
+        let profile = ["p1", "p2"]
+            .into_iter()
+            .find(|p| uri == format!("/page/{p}") || uri.starts_with(&format!("/asset/{p}/")));
+        if let Some(profile) = profile {
+            by_profile
+                .entry(profile)
+                .or_default()
+                .insert(record["session_id"].as_str().unwrap());
+        }
+    }
+    let uris: Vec<&str> = records.iter().filter_map(|r| r["uri"].as_str()).collect();
+    assert_eq!(
+        by_profile.len(),
+        2,
+        "both profiles' requests were captured: {uris:?}"
+    );
+    for (profile, sessions) in &by_profile {
+        assert_eq!(
+            sessions.len(),
+            1,
+            "{profile} in one session: {by_profile:?}"
+        );
+    }
+    assert_ne!(
+        by_profile["p1"], by_profile["p2"],
+        "two profiles, two sessions"
+    );
+    // The page and both of its resources, per profile.
+    for profile in ["p1", "p2"] {
+        let count = uris
+            .iter()
+            .filter(|u| u.contains(&format!("/{profile}")))
+            .count();
+        assert!(count >= 3, "{profile}: {uris:?}");
+    }
+    assert_eq!(under.sessions_counter("links_ambiguous"), 1);
 }
