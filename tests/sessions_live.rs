@@ -44,7 +44,7 @@ fn jwt(sub: &str) -> String {
 }
 
 /// One request on its own connection, read to the end.
-fn request(server: std::net::SocketAddr, head: &str, body: &str) {
+fn request(server: SocketAddr, head: &str, body: &str) {
     let mut stream = TcpStream::connect(server).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))

@@ -306,7 +306,7 @@ impl SessionCounters {
 }
 
 /// An actor's current session (part).
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 struct Active {
     id: String,
     start_ns: u64,
@@ -487,7 +487,7 @@ impl Sessionizer {
         let hand_outs = self.hand_outs(exchange);
         let decider = self.decide(exchange, &hand_outs, ts);
         self.counters.by_kind[decider.kind as usize] += 1;
-        let (session, new_session) = self.session_for(&decider, ts);
+        let (session_id, key_kind, key_name, new_session) = self.session_for(&decider, ts);
         self.link(&hand_outs, decider.actor, decider.kind.is_fallback());
         let typed = |kind| {
             parameters
@@ -507,9 +507,9 @@ impl Sessionizer {
             user = decider.identity.map(Cow::into_owned);
         }
         Assignment {
-            session_id: session.id,
-            key_kind: session.key_kind,
-            key_name: session.key_name,
+            session_id,
+            key_kind,
+            key_name,
             user,
             role,
             new_session,
@@ -629,7 +629,8 @@ impl Sessionizer {
     }
 
     /// The actor's current session, or a new one (after inactivity, past a day, or first seen).
-    fn session_for(&mut self, decider: &Decider, ts: u64) -> (Active, bool) {
+    /// Returns (id, key kind, key name, whether it is new).
+    fn session_for(&mut self, decider: &Decider, ts: u64) -> (String, KeyKind, String, bool) {
         let inactivity = self.config.inactivity_timeout.as_nanos() as u64;
         let max_part = self.config.max_part.as_nanos() as u64;
         let actor = decider.actor;
@@ -650,7 +651,8 @@ impl Sessionizer {
                 ));
             } else {
                 active.last_ns = active.last_ns.max(ts);
-                return (active.clone(), false);
+                let (id, name) = (active.id.clone(), active.key_name.clone());
+                return (id, active.key_kind, name, false);
             }
         }
         self.counters.sessions_started += 1;
@@ -670,8 +672,9 @@ impl Sessionizer {
             self.active.pop_lru();
             self.counters.evicted += 1;
         }
-        self.active.put(actor, active.clone());
-        (active, true)
+        let (id, name) = (active.id.clone(), active.key_name.clone());
+        self.active.put(actor, active);
+        (id, key_kind, name, true)
     }
 
     /// The values this exchange's response hands out, in precedence order: configured
