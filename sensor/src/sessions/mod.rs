@@ -10,8 +10,10 @@
 //! browser build. A value handed out to a fallback session continues that session only while it
 //! is the only one of its key handed out there; from a second, different value on, the session is
 //! *shared* and each further value (with the exchange that received it) is a session of its own.
-//! Only the session's first value of each key is remembered, so the state per fallback session is
-//! small and bounded.
+//! A client that never sends back what it is given (a crawler, a health check) would get a
+//! session per response that way: once [`MAX_UNRETURNED_SPLITS`] split-off values have not come
+//! back, further ones stay in the fallback session. Only the session's first value of each key
+//! and that count are remembered, so the state per fallback session is small and bounded.
 //!
 //! A session ends after an inactivity timeout and is cut into parts of at most a day. Its id is
 //! a keyed BLAKE3 hash with the installation's secret: the same user yields the same ids on every
@@ -270,6 +272,10 @@ pub struct SessionCounters {
     /// Keys handed out to a fallback session beyond [`MAX_FIRST_HAND_OUTS`]: not remembered, so
     /// a second value of them is not recognised as ambiguous.
     pub hand_outs_untracked: u64,
+    /// Values handed out to a shared fallback session but kept in it, because
+    /// [`MAX_UNRETURNED_SPLITS`] values split off before never came back (a client that ignores
+    /// cookies, against an app that sets one on every response).
+    pub links_kept_unreturned: u64,
     pub by_kind: [u64; 8],
 }
 
@@ -285,6 +291,7 @@ impl SessionCounters {
             ("links_ambiguous", self.links_ambiguous),
             ("links_expired", self.links_expired),
             ("hand_outs_untracked", self.hand_outs_untracked),
+            ("links_kept_unreturned", self.links_kept_unreturned),
         ];
         let kinds = [
             ("key_custom", KeyKind::Custom),
@@ -329,7 +336,14 @@ struct FallbackHandOuts {
     /// A second, different value of a key was handed out: the session is several users', and
     /// every value handed out to it from now on is a session of its own.
     shared: bool,
+    /// Values split off into sessions of their own that no request has carried back yet.
+    unreturned: u32,
 }
+
+/// Split-off values per fallback session that may wait for their first return before further
+/// values stay in the fallback session: users log in and use their cookie within seconds, so
+/// more than a handful outstanding means a client that drops what it is given.
+pub const MAX_UNRETURNED_SPLITS: u32 = 8;
 
 /// Keys remembered per fallback session: more than the built-in handed-out keys (10 cookies, 5
 /// JSON properties), so only a configuration with many `response.*` keys can reach it.
@@ -345,6 +359,9 @@ struct Link {
     /// session it continues. The fallback actor's later sessions may be other users', so the
     /// link holds only while that session does.
     fallback_session: Option<u64>,
+    /// For a value split off a shared fallback session, until a request first carries it: that
+    /// fallback actor and its session's `began_ns`, whose count of unreturned values it is in.
+    split_from: Option<(Actor, u64)>,
 }
 
 /// A value a response hands out, which later requests may carry.
@@ -366,6 +383,8 @@ struct Decider<'a> {
     /// The identity a request's key names (a JWT's subject, the Basic user): the user when no
     /// `user` parameter is configured.
     identity: Option<Cow<'a, str>>,
+    /// The exchange's values were just split off this fallback session: see [`Link::split_from`].
+    split_from: Option<(Actor, u64)>,
 }
 
 /// Assigns exchanges to sessions, in the order they complete.
@@ -488,7 +507,7 @@ impl Sessionizer {
         let decider = self.decide(exchange, &hand_outs, ts);
         self.counters.by_kind[decider.kind as usize] += 1;
         let (session_id, key_kind, key_name, new_session) = self.session_for(&decider, ts);
-        self.link(&hand_outs, decider.actor, decider.kind.is_fallback());
+        self.link(&hand_outs, &decider);
         let typed = |kind| {
             parameters
                 .iter()
@@ -532,16 +551,20 @@ impl Sessionizer {
         } else {
             candidates.iter().find_map(|c| {
                 let hash = self.secret.hash(&[b"link", c.raw().as_bytes()]);
-                self.live_link(&hash, ts).map(|actor| (c, actor))
+                self.live_link(&hash, ts).map(|link| (c, hash, link))
             })
         };
-        if let Some((candidate, actor)) = linked {
+        if let Some((candidate, hash, link)) = linked {
             self.counters.links_used += 1;
+            if let Some(from) = link.split_from {
+                self.returned(hash, from);
+            }
             return Decider {
-                actor,
+                actor: link.actor,
                 kind: candidate.kind,
                 name: candidate.name.clone(),
                 identity: identity(candidate),
+                split_from: None,
             };
         }
         // The fallback is always there, so the list is never empty.
@@ -565,22 +588,23 @@ impl Sessionizer {
             kind: first.kind,
             identity: identity(&first),
             name: first.name,
+            split_from: None,
         }
     }
 
     /// The actor a link leads to, if it still holds: a link made by a fallback hand-out holds
     /// only while the fallback session it continues does (is neither over nor replaced).
-    fn live_link(&mut self, hash: &[u8; 32], ts: u64) -> Option<Actor> {
+    fn live_link(&mut self, hash: &[u8; 32], ts: u64) -> Option<Link> {
         let link = *self.links.get(hash)?;
         let Some(began) = link.fallback_session else {
-            return Some(link.actor);
+            return Some(link);
         };
         let inactivity = self.config.inactivity_timeout.as_nanos() as u64;
         let holds = self.active.peek(&link.actor).is_some_and(|active| {
             active.began_ns == began && ts.saturating_sub(active.last_ns) <= inactivity
         });
         if holds {
-            return Some(link.actor);
+            return Some(link);
         }
         self.links.pop(hash);
         self.counters.links_expired += 1;
@@ -597,35 +621,53 @@ impl Sessionizer {
         ts: u64,
     ) -> Option<Decider<'static>> {
         let first = hand_outs.first()?;
-        let own = |actor: Actor| Decider {
+        let own = |actor: Actor, split_from| Decider {
             actor,
             kind: first.kind,
             name: first.key.clone(),
             identity: None,
+            split_from,
         };
         // Handed out before (a second time): wherever it went then.
-        if let Some(actor) = hand_outs.iter().find_map(|h| self.live_link(&h.link, ts)) {
-            return (actor != fallback).then(|| own(actor));
+        if let Some(link) = hand_outs.iter().find_map(|h| self.live_link(&h.link, ts)) {
+            return (link.actor != fallback).then(|| own(link.actor, None));
         }
         let inactivity = self.config.inactivity_timeout.as_nanos() as u64;
-        let state = self
+        let active = self
             .active
             .peek_mut(&fallback)
-            .filter(|active| ts.saturating_sub(active.last_ns) <= inactivity)?
-            .hand_outs
-            .as_mut()?;
+            .filter(|active| ts.saturating_sub(active.last_ns) <= inactivity)?;
+        let began = active.began_ns;
+        let state = active.hand_outs.as_mut()?;
         let conflict = |h: &HandOut| state.first.iter().any(|(k, l)| *k == h.key && *l != h.link);
         if !state.shared && !hand_outs.iter().any(conflict) {
             return None;
         }
         state.shared = true;
+        if state.unreturned >= MAX_UNRETURNED_SPLITS {
+            self.counters.links_kept_unreturned += 1;
+            return None;
+        }
+        state.unreturned += 1;
         self.counters.links_ambiguous += 1;
         // Keyed by the value's hash: the same value always opens the same actor's session.
-        Some(own(self.secret.hash(&[
-            b"actor",
-            b"handed out",
-            &first.link,
-        ])))
+        let actor = self.secret.hash(&[b"actor", b"handed out", &first.link]);
+        Some(own(actor, Some((fallback, began))))
+    }
+
+    /// A value split off the fallback session `from` came back in a request: one less waiting.
+    fn returned(&mut self, hash: [u8; 32], (fallback, began): (Actor, u64)) {
+        if let Some(link) = self.links.peek_mut(&hash) {
+            link.split_from = None;
+        }
+        if let Some(state) = self
+            .active
+            .peek_mut(&fallback)
+            .filter(|active| active.began_ns == began)
+            .and_then(|active| active.hand_outs.as_mut())
+        {
+            state.unreturned = state.unreturned.saturating_sub(1);
+        }
     }
 
     /// The actor's current session, or a new one (after inactivity, past a day, or first seen).
@@ -731,10 +773,12 @@ impl Sessionizer {
     /// only while it lasts. Those handed out to the fallback actor itself (rather than to a
     /// request that carried a value of its own, as in a cookie refresh) are remembered there,
     /// the first of each key.
-    fn link(&mut self, hand_outs: &[HandOut], actor: Actor, fallback_hand_out: bool) {
+    fn link(&mut self, hand_outs: &[HandOut], decider: &Decider) {
         if hand_outs.is_empty() {
             return;
         }
+        let actor = decider.actor;
+        let fallback_hand_out = decider.kind.is_fallback();
         let mut fallback_session = None;
         if let Some(active) = self
             .active
@@ -765,6 +809,7 @@ impl Sessionizer {
                 Link {
                     actor,
                     fallback_session,
+                    split_from: decider.split_from,
                 },
             );
             self.counters.links_registered += 1;

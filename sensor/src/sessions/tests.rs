@@ -607,7 +607,62 @@ fn session_counters_name_the_ambiguity_counters() {
         .iter()
         .map(|(n, _)| *n)
         .collect();
-    for name in ["links_ambiguous", "links_expired", "hand_outs_untracked"] {
+    for name in [
+        "links_ambiguous",
+        "links_expired",
+        "hand_outs_untracked",
+        "links_kept_unreturned",
+    ] {
         assert!(names.contains(&name), "{names:?}");
     }
+}
+
+/// An exchange of the office's fallback actor whose response sets `sid` (and nothing else).
+fn cookie_hand_out(at: u64, sid: &str) -> Exchange {
+    with_response(
+        exchange(OFFICE, at, &OFFICE_UA),
+        &[("Set-Cookie", &format!("sid={sid}; Path=/"))],
+        "",
+    )
+}
+
+#[test]
+fn a_client_that_ignores_its_cookies_gets_a_bounded_number_of_split_off_sessions() {
+    // A health check or crawler without a cookie jar, against an app that gives every
+    // cookieless request a new session cookie.
+    let mut s = sessionizer(SessionConfig::default());
+    let ids: Vec<String> = (0..30)
+        .map(|i| s.assign(&cookie_hand_out(0, &format!("c{i}"))).session_id)
+        .collect();
+    let max = MAX_UNRETURNED_SPLITS as usize;
+    assert_eq!(ids.iter().collect::<HashSet<_>>().len(), 1 + max);
+    assert!(
+        ids[max + 1..].iter().all(|id| *id == ids[0]),
+        "kept in the fallback session"
+    );
+    assert_eq!(s.counters.links_ambiguous, max as u64);
+    assert_eq!(s.counters.links_kept_unreturned, (30 - 1 - max) as u64);
+}
+
+#[test]
+fn a_split_off_value_that_comes_back_makes_room_for_the_next() {
+    let mut s = sessionizer(SessionConfig::default());
+    let max = MAX_UNRETURNED_SPLITS as usize;
+    let mut split = Vec::new();
+    for i in 0..=max {
+        split.push(s.assign(&cookie_hand_out(0, &format!("u{i}"))).session_id);
+    }
+    let kept = s.assign(&cookie_hand_out(1, "full")).session_id;
+    assert_eq!(kept, split[0], "no room: kept in the fallback session");
+    // User 3 uses its cookie, twice: it counts once.
+    for at in [2, 3] {
+        let back = s.assign(&office_request(at, ("Cookie", "sid=u3")));
+        assert_eq!(back.session_id, split[3]);
+    }
+    let next = s.assign(&cookie_hand_out(4, "next")).session_id;
+    assert!(!split.contains(&next), "a slot again");
+    let after = s.assign(&cookie_hand_out(5, "after")).session_id;
+    assert_eq!(after, split[0], "and full again");
+    assert_eq!(s.counters.links_ambiguous, max as u64 + 1);
+    assert_eq!(s.counters.links_kept_unreturned, 2);
 }
