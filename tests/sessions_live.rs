@@ -551,34 +551,27 @@ fn two_chromium_profiles_on_one_machine_are_two_sessions() {
     let profiles = std::env::temp_dir().join(format!("apis-chromium-{}", under.net.client_ns));
     // One after the other, each a fresh profile: the app's first response gives each its own
     // cookie, which the page's stylesheet and image requests carry back.
-    for profile in ["p1", "p2"] {
-        let out = TestNet::command(&under.net.client_ns, chromium)
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-            ])
-            .arg(format!(
-                "--user-data-dir={}",
-                profiles.join(profile).display()
-            ))
-            .arg("--dump-dom")
-            .arg(format!("http://{}/page/{profile}", under.server))
-            .stderr(Stdio::null())
-            .output()
-            .unwrap();
-        let dom = String::from_utf8_lossy(&out.stdout);
+    let doms: Vec<(&str, Result<String, String>)> = ["p1", "p2"]
+        .into_iter()
+        .map(|profile| {
+            let url = format!("http://{}/page/{profile}", under.server);
+            let dom = chromium_dump_dom(
+                chromium,
+                &under.net.client_ns,
+                &profiles.join(profile),
+                &url,
+            );
+            (profile, dom)
+        })
+        .collect();
+    let _ = fs::remove_dir_all(&profiles);
+    for (profile, dom) in doms {
+        let dom = dom.unwrap_or_else(|e| panic!("chromium with profile {profile}: {e}"));
         assert!(
-            out.status.success() && dom.contains(&format!(r#"<h1 id="who">{profile}</h1>"#)),
-            "chromium loaded the page of {profile}: {:?} {dom}",
-            out.status
+            dom.contains(&format!(r#"<h1 id="who">{profile}</h1>"#)),
+            "chromium loaded the page of {profile}: {dom}"
         );
     }
-    let _ = fs::remove_dir_all(&profiles);
     // Let the last connections close so every exchange is complete before the daemon stops.
     thread::sleep(Duration::from_millis(300));
     let records = under.stop_and_export();
@@ -622,4 +615,55 @@ fn two_chromium_profiles_on_one_machine_are_two_sessions() {
         assert!(count >= 3, "{profile}: {uris:?}");
     }
     assert_eq!(under.sessions_counter("links_ambiguous"), 1);
+}
+
+/// The DOM of `url` after it loaded (with its stylesheet and image), from headless Chromium
+/// with the profile in `profile_dir`, run in the namespace `ns`. Gives up after 60 seconds.
+fn chromium_dump_dom(
+    chromium: &Path,
+    ns: &str,
+    profile_dir: &Path,
+    url: &str,
+) -> Result<String, String> {
+    let mut child = TestNet::command(ns, chromium)
+        .args([
+            "--headless",
+            // Root cannot use Chromium's sandbox.
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            // Nothing but the page: no update checks, no sync, no other traffic.
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+        ])
+        .arg(format!("--user-data-dir={}", profile_dir.display()))
+        .arg("--dump-dom")
+        .arg(url)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let mut stdout = child.stdout.take().unwrap();
+    // Read while it runs, so a full pipe cannot stall it.
+    let reader = thread::spawn(move || {
+        let mut dom = String::new();
+        let _ = stdout.read_to_string(&mut dom);
+        dom
+    });
+    let mut status = None;
+    let exited = wait_until(Duration::from_secs(60), || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    });
+    if !exited {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err("no answer within 60 s (killed)".into());
+    }
+    let dom = reader.join().unwrap();
+    match status {
+        Some(status) if status.success() => Ok(dom),
+        status => Err(format!("{status:?}: {dom}")),
+    }
 }
