@@ -7,7 +7,7 @@ use std::{
     os::unix::fs::DirBuilderExt as _,
     path::{Path, PathBuf},
     process::ExitCode,
-    sync::{Arc, mpsc},
+    sync::{Arc, atomic::Ordering, mpsc},
     thread,
     time::{Duration, SystemTime},
 };
@@ -27,7 +27,8 @@ use apisessions::{
     stats::{StatsReport, rfc3339},
     store::{
         DEFAULT_MAP_SIZE, Redaction, SessionFilter, SessionSummary, Store, StoreError, StoreWriter,
-        StoredExchange, writer::Batch,
+        StoredExchange, WriterCounters,
+        writer::{Batch, log_rejected},
     },
 };
 use clap::{Args, Parser, Subcommand};
@@ -376,10 +377,20 @@ fn import(args: ImportArgs) -> Result<()> {
     // The hand-over holds one batch, so at most three are in memory; a store error stops the
     // writer, which the decoding side notices at its next hand-over.
     let (tx, rx) = mpsc::sync_channel::<Batch>(1);
+    let store_counters = WriterCounters::default();
     let (summary, stored) = thread::scope(|scope| {
         let writer = scope.spawn(|| {
+            // A record that cannot be stored is rejected alone (logged, counted by reason);
+            // only a failure of the store itself stops the import.
             for batch in rx {
-                store.write(&batch)?;
+                let report = store.write_isolating(&batch)?;
+                store_counters
+                    .exchanges_written
+                    .fetch_add(report.written as u64, Ordering::Relaxed);
+                for (position, reason) in &report.rejected {
+                    store_counters.count_rejected(reason);
+                    log_rejected(batch.get(*position), reason);
+                }
             }
             Ok::<_, StoreError>(())
         });
@@ -452,9 +463,22 @@ fn import(args: ImportArgs) -> Result<()> {
     writeln!(
         err,
         "stored {} exchanges in {sessions} sessions in {}",
-        summary.exchanges,
+        store_counters.exchanges_written.load(Ordering::Relaxed),
         data_dir.display()
     )?;
+    let rejected: Vec<String> = store_counters
+        .snapshot()
+        .into_iter()
+        .filter(|(name, n)| name.starts_with("exchanges_rejected") && *n > 0)
+        .map(|(name, n)| format!("{name}={n}"))
+        .collect();
+    if !rejected.is_empty() {
+        writeln!(
+            err,
+            "not stored (see the errors above): {}",
+            rejected.join(" ")
+        )?;
+    }
     Ok(())
 }
 

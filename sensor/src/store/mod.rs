@@ -6,13 +6,16 @@
 //!   the session's exchanges from one transaction, in time order, each laid out compactly
 //!   against the session's summary (see `store::compact`)
 //! - `by_time`: session start ns + session id -> () — newest sessions, and pruning
-//! - `by_ip`, `by_host`, `by_endpoint`, `by_user`: value + 0 + start ns + session id -> ()
+//! - `by_ip`, `by_host`, `by_endpoint`, `by_user`: value + 0 + start ns + session id -> (), a
+//!   value too long for an LMDB key cut and completed by its hash (see [`keys`])
 //!
 //! Values are postcard behind a format-version byte. One writer (the daemon or an import)
 //! batches many exchanges per transaction; readers (the CLI) run in other processes at the same
-//! time. LMDB commits are atomic, so a crash loses at most the batch in flight, never the store.
+//! time. LMDB commits are atomic, so a crash loses at most the batch in flight, never the store;
+//! a record that cannot be stored costs only itself ([`Store::write_isolating`]).
 
 mod compact;
+pub mod keys;
 pub mod record;
 pub mod writer;
 
@@ -34,6 +37,7 @@ pub use writer::{StoreWriter, WriterCounters};
 
 use crate::sessions::Assignment;
 use compact::Block;
+use keys::{LMDB_MAX_KEY, exchange_key, index_key, index_prefix, last_exchange_key, time_key};
 
 /// First byte of every stored value; bump it when a stored type changes incompatibly.
 pub const FORMAT_VERSION: u8 = 2;
@@ -62,6 +66,12 @@ pub enum StoreError {
     MapFull,
     #[error("store {0}")]
     Lmdb(&'static str, #[source] heed::Error),
+    #[error("{what}: a key of {len} bytes is over LMDB's limit of {limit}")]
+    KeyTooLong {
+        what: &'static str,
+        len: usize,
+        limit: usize,
+    },
     #[error("a stored {what} is corrupt or from another version: {reason}")]
     Corrupt { what: &'static str, reason: String },
     #[error("'{0}' is not a session id (32 hex digits)")]
@@ -72,6 +82,53 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl StoreError {
+    /// The error comes from what the records being written contain (a key or value one of them
+    /// made, a corrupt summary of their session), not from the store: the batch's other records
+    /// can still be written without them. A full map or disk, a failed commit or I/O is the
+    /// store's own failure and concerns every record alike.
+    pub fn is_record_specific(&self) -> bool {
+        match self {
+            Self::KeyTooLong { .. } | Self::Corrupt { .. } | Self::BadId(_) => true,
+            Self::Lmdb(_, heed::Error::Mdb(heed::MdbError::BadValSize)) => true,
+            Self::Lmdb(_, heed::Error::Encoding(_) | heed::Error::Decoding(_)) => true,
+            _ => false,
+        }
+    }
+}
+
+/// Puts `key` in `db`, checking it against LMDB's key limit first (the one place keys are
+/// checked; `keys` builds them to fit), so that a key that does not fit is an error naming the
+/// database rather than LMDB's bare `MDB_BAD_VALSIZE`.
+fn put<'a, DC>(
+    db: Database<'static, Bytes, DC>,
+    txn: &mut RwTxn<'_>,
+    key: &'a [u8],
+    value: &'a <DC as heed::BytesEncode<'a>>::EItem,
+    what: &'static str,
+) -> Result<(), StoreError>
+where
+    DC: heed::BytesEncode<'a> + 'static,
+{
+    if key.len() > LMDB_MAX_KEY {
+        return Err(StoreError::KeyTooLong {
+            what,
+            len: key.len(),
+            limit: LMDB_MAX_KEY,
+        });
+    }
+    db.put(txn, key, value).map_err(lmdb(what))
+}
+
+/// What [`Store::write_isolating`] did with a batch.
+#[derive(Debug, Default)]
+pub struct WriteReport {
+    pub written: usize,
+    /// Records that could not be stored, by their position in the batch, with the reason. The
+    /// rest of the batch was stored without them.
+    pub rejected: Vec<(usize, StoreError)>,
 }
 
 fn lmdb(what: &'static str) -> impl Fn(heed::Error) -> StoreError {
@@ -122,22 +179,6 @@ pub fn id_bytes(id: &str) -> Result<[u8; 16], StoreError> {
         *byte = (nibble(pair[0]).ok_or_else(bad)? << 4) | nibble(pair[1]).ok_or_else(bad)?;
     }
     Ok(out)
-}
-
-fn index_key(value: &str, start_ns: u64, id: &[u8; 16]) -> Vec<u8> {
-    let mut key = Vec::with_capacity(value.len() + 25);
-    key.extend_from_slice(value.as_bytes());
-    key.push(0);
-    key.extend_from_slice(&start_ns.to_be_bytes());
-    key.extend_from_slice(id);
-    key
-}
-
-fn time_key(start_ns: u64, id: &[u8; 16]) -> [u8; 24] {
-    let mut key = [0u8; 24];
-    key[..8].copy_from_slice(&start_ns.to_be_bytes());
-    key[8..].copy_from_slice(id);
-    key
 }
 
 /// Which sessions `apisessions sessions` wants.
@@ -255,6 +296,13 @@ impl Store {
         // SAFETY: the store directory belongs to apisessions; nothing else maps it with other
         // options, and in-process the environment is opened once per store handle.
         let env = unsafe { options.open(dir) }.map_err(open_error)?;
+        if env.max_key_size() < LMDB_MAX_KEY {
+            return Err(StoreError::KeyTooLong {
+                what: "this LMDB build",
+                len: LMDB_MAX_KEY,
+                limit: env.max_key_size(),
+            });
+        }
         let dbs: [Database<'static, Bytes, Bytes>; 7] = if read_only {
             let rtxn = env.read_txn().map_err(open_error)?;
             env.open_databases_and_commit(rtxn, |opener, rtxn| {
@@ -314,7 +362,7 @@ impl Store {
         }
     }
 
-    /// Writes a batch of exchanges with their sessions in one transaction.
+    /// Writes a batch of exchanges with their sessions in one transaction, all or nothing.
     ///
     /// Each session the batch touches is read and written once, however many of its exchanges
     /// the batch holds, and its exchanges go in as blocks in key order, so a transaction's
@@ -328,12 +376,15 @@ impl Store {
             let (stored, exchanges) = match sessions.entry(id) {
                 Entry::Occupied(entry) => entry.into_mut(),
                 Entry::Vacant(entry) => {
-                    let stored = match self.sessions.get(&txn, &id).map_err(lmdb("read"))? {
+                    let stored = match self
+                        .sessions
+                        .get(&txn, &id)
+                        .map_err(lmdb("reading a session summary"))?
+                    {
                         Some(bytes) => decode::<StoredSession>(bytes, "session")?,
                         None => {
-                            self.by_time
-                                .put(&mut txn, &time_key(exchange.ts_ns, &id), &())
-                                .map_err(lmdb("write"))?;
+                            let key = time_key(exchange.ts_ns, &id);
+                            put(self.by_time, &mut txn, &key, &(), "the by_time index")?;
                             StoredSession {
                                 indexed_ns: exchange.ts_ns,
                                 summary: SessionSummary::new(assignment, exchange.ts_ns),
@@ -362,20 +413,62 @@ impl Store {
         // same keys.
         blocks.sort_by_key(|(id, first_ns, _)| (*id, *first_ns));
         for (id, first_ns, value) in &blocks {
-            let mut key = [0u8; 28];
-            key[..16].copy_from_slice(id);
-            key[16..24].copy_from_slice(&first_ns.to_be_bytes());
-            key[24..].copy_from_slice(&self.sequence.fetch_add(1, Ordering::Relaxed).to_be_bytes());
-            self.exchanges
-                .put(&mut txn, &key, value)
-                .map_err(lmdb("write"))?;
+            let sequence = self.sequence.fetch_add(1, Ordering::Relaxed);
+            let key = exchange_key(id, *first_ns, sequence);
+            put(self.exchanges, &mut txn, &key, value, "an exchange block")?;
         }
         for (id, (stored, _)) in &sessions {
-            self.sessions
-                .put(&mut txn, id, &encode(stored)?)
-                .map_err(lmdb("write"))?;
+            put(
+                self.sessions,
+                &mut txn,
+                id,
+                &encode(stored)?,
+                "a session summary",
+            )?;
         }
         txn.commit().map_err(lmdb("commit"))
+    }
+
+    /// Writes a batch so that no record costs the others: if the transaction fails because of
+    /// what some records contain ([`StoreError::is_record_specific`]), the batch is halved and
+    /// each half written on its own, down to single records, which are then reported as
+    /// rejected. A batch with one bad record among n costs about 2·log2(n) extra transactions,
+    /// over ever smaller halves. A failure of the store itself (full map or disk, I/O) is
+    /// returned as it is: then nothing of the batch was written.
+    pub fn write_isolating(
+        &self,
+        batch: &[(StoredExchange, Assignment)],
+    ) -> Result<WriteReport, StoreError> {
+        let mut report = WriteReport::default();
+        self.write_part(batch, 0, &mut report)?;
+        Ok(report)
+    }
+
+    fn write_part(
+        &self,
+        part: &[(StoredExchange, Assignment)],
+        offset: usize,
+        report: &mut WriteReport,
+    ) -> Result<(), StoreError> {
+        if part.is_empty() {
+            return Ok(());
+        }
+        match self.write(part) {
+            Ok(()) => {
+                report.written += part.len();
+                Ok(())
+            }
+            Err(e) if !e.is_record_specific() => Err(e),
+            Err(e) if part.len() == 1 => {
+                report.rejected.push((offset, e));
+                Ok(())
+            }
+            Err(_) => {
+                let half = part.len() / 2;
+                self.write_part(&part[..half], offset, report)?;
+                self.write_part(&part[half..], offset + half, report)
+            }
+        }
     }
 
     /// Adds what a session newly gained to the secondary indexes.
@@ -387,24 +480,25 @@ impl Store {
         new: &record::NewValues,
     ) -> Result<(), StoreError> {
         for ip in &new.ips {
-            self.by_ip
-                .put(txn, &index_key(ip, at, id), &())
-                .map_err(lmdb("write"))?;
+            put(
+                self.by_ip,
+                txn,
+                &index_key(ip, at, id),
+                &(),
+                "the by_ip index",
+            )?;
         }
         for host in &new.hosts {
-            self.by_host
-                .put(txn, &index_key(&host.to_ascii_lowercase(), at, id), &())
-                .map_err(lmdb("write"))?;
+            let key = index_key(&host.to_ascii_lowercase(), at, id);
+            put(self.by_host, txn, &key, &(), "the by_host index")?;
         }
         for endpoint in &new.endpoints {
-            self.by_endpoint
-                .put(txn, &index_key(endpoint, at, id), &())
-                .map_err(lmdb("write"))?;
+            let key = index_key(endpoint, at, id);
+            put(self.by_endpoint, txn, &key, &(), "the by_endpoint index")?;
         }
         if let Some(user) = &new.user {
-            self.by_user
-                .put(txn, &index_key(user, at, id), &())
-                .map_err(lmdb("write"))?;
+            let key = index_key(user, at, id);
+            put(self.by_user, txn, &key, &(), "the by_user index")?;
         }
         Ok(())
     }
@@ -444,8 +538,7 @@ impl Store {
         };
         match index {
             Some((value, db)) => {
-                let mut prefix = value.into_bytes();
-                prefix.push(0);
+                let prefix = index_prefix(&value);
                 for entry in db.rev_prefix_iter(&txn, &prefix).map_err(lmdb("read"))? {
                     let (key, ()) = entry.map_err(lmdb("read"))?;
                     if !visit(&key[key.len() - 16..])? {
@@ -603,13 +696,6 @@ impl Store {
         txn.commit().map_err(lmdb("commit"))?;
         Ok(report)
     }
-}
-
-/// The greatest exchange key of a session (id, then all-ones time and sequence).
-fn last_exchange_key(id: &[u8; 16]) -> [u8; 28] {
-    let mut key = [0xff; 28];
-    key[..16].copy_from_slice(id);
-    key
 }
 
 /// A summary as stored, with the start time its index keys were made with.

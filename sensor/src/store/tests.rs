@@ -411,3 +411,208 @@ fn the_writer_stores_every_submitted_batch() {
     let store = Store::open_read_only(&dir.0).unwrap();
     assert_eq!(store.counts().unwrap(), (50, 3000));
 }
+
+/// A small deterministic generator (xorshift64*): the randomised tests repeat exactly.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+
+    /// Text of a random length up to the decoder's head bound, mostly short, now and then long,
+    /// with multi-byte characters so that cuts meet character boundaries.
+    fn text(&mut self, tag: u64) -> String {
+        let head_bound = crate::http::HttpConfig::default().max_head_bytes as u64;
+        let len = match self.below(4) {
+            0 => self.below(32),
+            1 => self.below(600),
+            2 => 400 + self.below(200),
+            _ => self.below(head_bound),
+        } as usize;
+        let mut text = format!("{tag}-");
+        while text.len() < len {
+            text.push(if self.below(16) == 0 { 'é' } else { 'a' });
+        }
+        text
+    }
+}
+
+#[test]
+fn records_with_text_fields_of_any_length_are_each_stored() {
+    let dir = TempDir::new("hostile");
+    let store = Store::open(&dir.0, 4 << 30).unwrap();
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut total = 0;
+    let mut probes = Vec::new();
+    for batch in 0..8u64 {
+        let mut items = Vec::new();
+        for i in 0..40u64 {
+            let n = batch * 40 + i;
+            let mut e = record("192.0.2.1", 100 + n, "GET", "/", 200);
+            e.host = Some(rng.text(n));
+            e.uri = Some(rng.text(n));
+            e.endpoint = Some(rng.text(n));
+            e.user_agent = Some(rng.text(n));
+            e.referrer = Some(rng.text(n));
+            e.method = Some(rng.text(n));
+            e.status_msg = Some(rng.text(n));
+            e.request_content_type = Some(rng.text(n));
+            e.params = vec![(rng.text(n), rng.text(n))];
+            let session = (rng.below(20) + 1) as u8;
+            let mut a = assignment(session, None);
+            a.user = Some(rng.text(n));
+            a.key_name = rng.text(n);
+            probes.push((
+                e.host.clone(),
+                e.endpoint.clone(),
+                a.user.clone(),
+                a.session_id.clone(),
+            ));
+            items.push((e, a));
+        }
+        let report = store.write_isolating(&items).unwrap();
+        assert!(report.rejected.is_empty(), "{:?}", report.rejected);
+        assert_eq!(report.written, items.len());
+        total += items.len() as u64;
+    }
+    assert_eq!(store.counts().unwrap().1, total);
+    // Every session is found again through the indexes by the hosts, endpoints and user its
+    // summary lists, however long they are (a summary lists a bounded number of each).
+    let mut found = 0;
+    for (host, endpoint, user, session) in &probes {
+        let by = |filter: SessionFilter| ids(&store.list(&filter).unwrap()).contains(session);
+        let summary = store.session(session).unwrap().unwrap();
+        if host.as_ref().is_some_and(|h| summary.hosts.contains(h)) {
+            assert!(by(SessionFilter {
+                host: host.clone(),
+                ..SessionFilter::default()
+            }));
+            found += 1;
+        }
+        if summary.user == *user {
+            assert!(by(SessionFilter {
+                user: user.clone(),
+                ..SessionFilter::default()
+            }));
+            found += 1;
+        }
+        if summary.endpoints.iter().any(|(k, _)| {
+            k.split_once(' ')
+                .is_some_and(|(_, p)| Some(p) == endpoint.as_deref())
+        }) {
+            assert!(by(SessionFilter {
+                endpoint: endpoint.clone(),
+                ..SessionFilter::default()
+            }));
+            found += 1;
+        }
+    }
+    assert!(found >= 40, "only {found} index lookups exercised");
+    // Pruning finds and removes every index entry it made, long values included.
+    let report = store.prune(u64::MAX, usize::MAX).unwrap();
+    assert_eq!(report.exchanges, total);
+    let txn = store.read().unwrap();
+    for db in [store.by_ip, store.by_host, store.by_endpoint, store.by_user] {
+        assert_eq!(db.len(&txn).unwrap(), 0);
+    }
+}
+
+#[test]
+fn a_record_that_cannot_be_stored_costs_only_itself() {
+    let dir = TempDir::new("isolate");
+    let store = Store::open(&dir.0, 1 << 30).unwrap();
+    // Session 9's stored summary is unreadable: its records cannot be added, the others can.
+    {
+        let mut txn = store.env.write_txn().unwrap();
+        store
+            .sessions
+            .put(&mut txn, &[9; 16], &[FORMAT_VERSION, 0xff, 0xff])
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let bad = format!("{:02x}", 9).repeat(16);
+    let batch: Vec<_> = (0..100u64)
+        .map(|i| {
+            let mut a = assignment((i % 7) as u8 + 1, None);
+            if matches!(i, 3 | 50 | 99) {
+                a.session_id.clone_from(&bad);
+            }
+            (record("192.0.2.1", 1000 + i, "GET", "/items", 200), a)
+        })
+        .collect();
+    assert!(store.write(&batch).unwrap_err().is_record_specific());
+
+    let report = store.write_isolating(&batch).unwrap();
+    assert_eq!(report.written, 97);
+    let positions: Vec<usize> = report.rejected.iter().map(|(p, _)| *p).collect();
+    assert_eq!(positions, [3, 50, 99]);
+    assert!(matches!(report.rejected[0].1, StoreError::Corrupt { .. }));
+    let (sessions, exchanges) = {
+        let txn = store.read().unwrap();
+        let mut n = 0;
+        for s in 1..=7u8 {
+            n += store.summary(&txn, &[s; 16]).unwrap().unwrap().requests;
+        }
+        (store.sessions.len(&txn).unwrap(), n)
+    };
+    assert_eq!((sessions, exchanges), (8, 97));
+
+    // Through the daemon's writer: counted by reason, nothing else lost.
+    let dir = TempDir::new("isolate-writer");
+    let fresh = Store::open(&dir.0, 1 << 30).unwrap();
+    {
+        let mut txn = fresh.env.write_txn().unwrap();
+        fresh
+            .sessions
+            .put(&mut txn, &[9; 16], &[FORMAT_VERSION, 0xff, 0xff])
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let century = Duration::from_secs(100 * 365 * 24 * 3600);
+    let writer = StoreWriter::start(fresh, century, Duration::from_secs(3600));
+    writer.submit(batch);
+    let counters = Arc::clone(&writer.counters);
+    writer.finish();
+    let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    assert_eq!(get(&counters.exchanges_written), 97);
+    assert_eq!(get(&counters.exchanges_rejected_corrupt), 3);
+    assert_eq!(get(&counters.exchanges_lost_write_error), 0);
+    assert_eq!(get(&counters.write_errors), 0);
+}
+
+#[test]
+fn a_key_over_the_limit_is_an_error_naming_its_database() {
+    let dir = TempDir::new("keysize");
+    let store = Store::open(&dir.0, 1 << 20).unwrap();
+    let mut txn = store.env.write_txn().unwrap();
+    put(
+        store.by_ip,
+        &mut txn,
+        &[b'a'; LMDB_MAX_KEY],
+        &(),
+        "the by_ip index",
+    )
+    .unwrap();
+    let error = put(
+        store.by_endpoint,
+        &mut txn,
+        &[b'a'; LMDB_MAX_KEY + 1],
+        &(),
+        "the by_endpoint index",
+    )
+    .unwrap_err();
+    assert!(error.is_record_specific());
+    let message = error.to_string();
+    assert!(
+        message.contains("by_endpoint") && message.contains("512") && message.contains("511"),
+        "{message}"
+    );
+}
