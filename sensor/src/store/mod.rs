@@ -90,12 +90,18 @@ impl StoreError {
     /// can still be written without them. A full map or disk, a failed commit or I/O is the
     /// store's own failure and concerns every record alike.
     pub fn is_record_specific(&self) -> bool {
-        match self {
-            Self::KeyTooLong { .. } | Self::Corrupt { .. } | Self::BadId(_) => true,
-            Self::Lmdb(_, heed::Error::Mdb(heed::MdbError::BadValSize)) => true,
-            Self::Lmdb(_, heed::Error::Encoding(_) | heed::Error::Decoding(_)) => true,
-            _ => false,
-        }
+        matches!(
+            self,
+            Self::KeyTooLong { .. }
+                | Self::Corrupt { .. }
+                | Self::BadId(_)
+                | Self::Lmdb(
+                    _,
+                    heed::Error::Mdb(heed::MdbError::BadValSize)
+                        | heed::Error::Encoding(_)
+                        | heed::Error::Decoding(_)
+                )
+        )
     }
 }
 
