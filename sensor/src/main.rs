@@ -564,14 +564,25 @@ fn export(args: ExportArgs) -> Result<()> {
     };
     let mut exporter = Exporter::new(io::BufWriter::new(io::stdout().lock()), args.format);
     let mut result = Ok(());
+    // A session whose stored records cannot be read is reported and skipped: the export goes
+    // on with the others, and fails at the end so that a script notices.
+    let mut unreadable = 0;
     for id in &ids {
-        store.exchanges(id, |exchange| {
+        let read = store.exchanges(id, |exchange| {
             if exchange.ts_ns < since || exchange.ts_ns > until {
                 return true;
             }
             result = exporter.write(id, &exchange);
             result.is_ok()
-        })?;
+        });
+        match read {
+            Ok(()) => {}
+            Err(e @ StoreError::Corrupt { .. }) => {
+                unreadable += 1;
+                log::error!("session {id} is not exported completely: {e}");
+            }
+            Err(e) => return Err(e.into()),
+        }
         if result.is_err() {
             break;
         }
@@ -579,7 +590,12 @@ fn export(args: ExportArgs) -> Result<()> {
     match result.and_then(|()| exporter.finish()) {
         // A reader that stopped early (`| head`) is not an error.
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
-        other => other.context("writing the export"),
+        Err(e) => Err(e).context("writing the export"),
+        Ok(()) if unreadable > 0 => Err(anyhow::anyhow!(
+            "{unreadable} of {} sessions could not be read completely (see the errors above)",
+            ids.len()
+        )),
+        Ok(()) => Ok(()),
     }
 }
 

@@ -172,6 +172,11 @@ fn decode<T: DeserializeOwned>(bytes: &[u8], what: &'static str) -> Result<T, St
     }
 }
 
+/// The 32 hex digits of a session id.
+fn hex_id(id: &[u8; 16]) -> String {
+    id.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// A session id from its 32 hex digits.
 pub fn id_bytes(id: &str) -> Result<[u8; 16], StoreError> {
     let bad = || StoreError::BadId(id.to_owned());
@@ -530,15 +535,24 @@ impl Store {
         ]
         .into_iter()
         .find_map(|(value, db)| value.as_ref().map(|v| (v.clone(), db)));
+        // One unreadable summary must not hide every other session: it is skipped and
+        // reported once, unless nothing was readable (a store of another format, say).
+        let (mut unreadable, mut readable) = (Vec::new(), 0usize);
         let mut visit = |id: &[u8]| -> Result<bool, StoreError> {
             let Ok(id) = <[u8; 16]>::try_from(id) else {
                 return Ok(true);
             };
-            if let Some(mut summary) = self.summary(&txn, &id)?
-                && filter.matches(&summary)
-            {
-                summary.sort();
-                out.push(summary);
+            match self.summary(&txn, &id) {
+                Ok(Some(mut summary)) => {
+                    readable += 1;
+                    if filter.matches(&summary) {
+                        summary.sort();
+                        out.push(summary);
+                    }
+                }
+                Ok(None) => {}
+                Err(e @ StoreError::Corrupt { .. }) => unreadable.push((id, e)),
+                Err(e) => return Err(e),
             }
             Ok(out.len() < limit)
         };
@@ -564,6 +578,16 @@ impl Store {
                     }
                 }
             }
+        }
+        if let Some((id, first)) = unreadable.first() {
+            if readable == 0 {
+                return Err(unreadable.swap_remove(0).1);
+            }
+            log::warn!(
+                "skipped {} unreadable session summaries (the first, {}: {first})",
+                unreadable.len(),
+                hex_id(id)
+            );
         }
         // Index order is by first-indexed start; present newest activity first.
         out.sort_by_key(|s| std::cmp::Reverse(s.start_ns));

@@ -616,3 +616,28 @@ fn a_key_over_the_limit_is_an_error_naming_its_database() {
         "{message}"
     );
 }
+
+#[test]
+fn an_unreadable_summary_hides_no_other_session() {
+    let dir = TempDir::new("unreadable");
+    let store = populated(&dir);
+    {
+        let mut txn = store.env.write_txn().unwrap();
+        store
+            .sessions
+            .put(&mut txn, &[2; 16], &[FORMAT_VERSION, 0xff, 0xff])
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let all = store.list(&SessionFilter::default()).unwrap();
+    assert_eq!(ids(&all), [id(1), id(3)]);
+    let by_ip = SessionFilter {
+        ip: Some("198.51.100.5".into()),
+        ..SessionFilter::default()
+    };
+    // Nothing readable at all: the error itself, not an empty list.
+    assert!(matches!(
+        store.list(&by_ip),
+        Err(StoreError::Corrupt { .. })
+    ));
+}
