@@ -81,6 +81,12 @@ pub fn exchange_key(id: &[u8; 16], first_ns: u64, sequence: u32) -> [u8; EXCHANG
     key
 }
 
+/// A key of the `imported` database: the exchange's start, then its id (byte order is time
+/// order, so pruning deletes a prefix).
+pub fn imported_key(ts_ns: u64, id: &[u8; 16]) -> [u8; 24] {
+    time_key(ts_ns, id)
+}
+
 /// The greatest exchange key of a session (id, then all-ones time and sequence).
 pub fn last_exchange_key(id: &[u8; 16]) -> [u8; EXCHANGE_KEY] {
     let mut key = [0xff; EXCHANGE_KEY];

@@ -8,6 +8,8 @@
 //! - `by_time`: session start ns + session id -> () — newest sessions, and pruning
 //! - `by_ip`, `by_host`, `by_endpoint`, `by_user`: value + 0 + start ns + session id -> (), a
 //!   value too long for an LMDB key cut and completed by its hash (see [`keys`])
+//! - `imported`: start ns + exchange id -> () for every exchange an import stored, so that the
+//!   same capture imported again adds nothing (only the writer opens it)
 //!
 //! Values are postcard behind a format-version byte. One writer (the daemon or an import)
 //! batches many exchanges per transaction; readers (the CLI) run in other processes at the same
@@ -37,7 +39,9 @@ pub use writer::{StoreWriter, WriterCounters};
 
 use crate::sessions::Assignment;
 use compact::Block;
-use keys::{LMDB_MAX_KEY, exchange_key, index_key, index_prefix, last_exchange_key, time_key};
+use keys::{
+    LMDB_MAX_KEY, exchange_key, imported_key, index_key, index_prefix, last_exchange_key, time_key,
+};
 
 /// First byte of every stored value; bump it when a stored type changes incompatibly.
 pub const FORMAT_VERSION: u8 = 2;
@@ -49,6 +53,9 @@ const STORE_DIR: &str = "store";
 /// packed, a busy session's exchanges share them. Small enough that a block (~90 bytes each)
 /// stays inside a leaf page rather than spilling to overflow pages.
 pub const BLOCK_EXCHANGES: usize = 16;
+/// Import markers deleted per pruned session at most, so that one pruning transaction stays
+/// short however much was imported.
+const IMPORTED_PER_SESSION: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -132,6 +139,8 @@ where
 #[derive(Debug, Default)]
 pub struct WriteReport {
     pub written: usize,
+    /// Records skipped because an earlier import stored them.
+    pub duplicates: usize,
     /// Records that could not be stored, by their position in the batch, with the reason. The
     /// rest of the batch was stored without them.
     pub rejected: Vec<(usize, StoreError)>,
@@ -255,10 +264,14 @@ pub struct Store {
     by_host: Database<'static, Bytes, Unit>,
     by_endpoint: Database<'static, Bytes, Unit>,
     by_user: Database<'static, Bytes, Unit>,
+    /// Exchanges stored by an import (see the module doc); `None` in a reader.
+    imported: Option<Database<'static, Bytes, Unit>>,
     /// Disambiguates exchanges of one session that start in the same nanosecond.
     sequence: AtomicU32,
 }
 
+/// The databases readers open (a store written before a writer-only database was added still
+/// opens for reading).
 const DB_NAMES: [&str; 7] = [
     "sessions",
     "exchanges",
@@ -268,6 +281,8 @@ const DB_NAMES: [&str; 7] = [
     "by_endpoint",
     "by_user",
 ];
+/// The databases only the writer uses, created by it when missing.
+const WRITER_DB_NAMES: [&str; 1] = ["imported"];
 
 impl Store {
     pub fn dir(data_dir: &Path) -> PathBuf {
@@ -299,7 +314,9 @@ impl Store {
             source,
         };
         let mut options = EnvOpenOptions::new().read_txn_without_tls();
-        options.map_size(map_size).max_dbs(DB_NAMES.len() as u32);
+        options
+            .map_size(map_size)
+            .max_dbs((DB_NAMES.len() + WRITER_DB_NAMES.len()) as u32);
         if read_only {
             // SAFETY: READ_ONLY only restricts what this handle may do.
             unsafe { options.flags(EnvFlags::READ_ONLY) };
@@ -314,7 +331,7 @@ impl Store {
                 limit: env.max_key_size(),
             });
         }
-        let dbs: [Database<'static, Bytes, Bytes>; 7] = if read_only {
+        let dbs: Vec<Database<'static, Bytes, Bytes>> = if read_only {
             let rtxn = env.read_txn().map_err(open_error)?;
             env.open_databases_and_commit(rtxn, |opener, rtxn| {
                 let mut dbs = Vec::new();
@@ -329,19 +346,21 @@ impl Store {
             .map_err(open_error)?
             .commit()
             .flatten()
+            .map(Vec::from)
             .ok_or_else(|| StoreError::Missing(dir.to_path_buf()))?
         } else {
             let wtxn = env.write_txn().map_err(open_error)?;
             env.create_databases_and_commit(wtxn, |opener, wtxn| {
                 let mut dbs = Vec::new();
-                for name in DB_NAMES {
+                for name in DB_NAMES.iter().chain(&WRITER_DB_NAMES) {
                     dbs.push(opener.create_database(wtxn, Some(name))?);
                 }
-                Ok::<_, heed::Error>(CommitOrAbort::<_, ()>::Commit(<[_; 7]>::try_from(dbs).ok()))
+                Ok::<_, heed::Error>(CommitOrAbort::<_, ()>::Commit(<[_; 8]>::try_from(dbs).ok()))
             })
             .map_err(open_error)?
             .commit()
             .flatten()
+            .map(Vec::from)
             .ok_or_else(|| StoreError::Missing(dir.to_path_buf()))?
         };
         let unit = |db: Database<'static, Bytes, Bytes>| db.remap_data_type::<Unit>();
@@ -353,6 +372,7 @@ impl Store {
             by_host: unit(dbs[4]),
             by_endpoint: unit(dbs[5]),
             by_user: unit(dbs[6]),
+            imported: dbs.get(7).copied().map(unit),
             env,
             sequence: AtomicU32::new(0),
         })
@@ -373,16 +393,30 @@ impl Store {
         }
     }
 
-    /// Writes a batch of exchanges with their sessions in one transaction, all or nothing.
+    /// Writes a batch of exchanges with their sessions in one transaction, all or nothing;
+    /// returns how many of them were skipped as already stored (an exchange with an
+    /// `exchange_id` that an earlier import stored).
     ///
     /// Each session the batch touches is read and written once, however many of its exchanges
     /// the batch holds, and its exchanges go in as blocks in key order, so a transaction's
     /// B-tree work is per session rather than per exchange.
-    pub fn write(&self, batch: &[(StoredExchange, Assignment)]) -> Result<(), StoreError> {
+    pub fn write(&self, batch: &[(StoredExchange, Assignment)]) -> Result<usize, StoreError> {
         let mut txn = self.env.write_txn().map_err(lmdb("write transaction"))?;
+        let mut duplicates = 0;
         // Per session: its summary and the batch's exchanges of it.
         let mut sessions: HashMap<[u8; 16], (StoredSession, Vec<&StoredExchange>)> = HashMap::new();
         for (exchange, assignment) in batch {
+            if let (Some(exchange_id), Some(imported)) = (exchange.exchange_id, self.imported) {
+                let key = imported_key(exchange.ts_ns, &exchange_id);
+                let seen = imported
+                    .get(&txn, &key)
+                    .map_err(lmdb("reading the imported index"))?;
+                if seen.is_some() {
+                    duplicates += 1;
+                    continue;
+                }
+                put(imported, &mut txn, &key, &(), "the imported index")?;
+            }
             let id = id_bytes(&assignment.session_id)?;
             let (stored, exchanges) = match sessions.entry(id) {
                 Entry::Occupied(entry) => entry.into_mut(),
@@ -437,7 +471,8 @@ impl Store {
                 "a session summary",
             )?;
         }
-        txn.commit().map_err(lmdb("commit"))
+        txn.commit().map_err(lmdb("commit"))?;
+        Ok(duplicates)
     }
 
     /// Writes a batch so that no record costs the others: if the transaction fails because of
@@ -465,8 +500,9 @@ impl Store {
             return Ok(());
         }
         match self.write(part) {
-            Ok(()) => {
-                report.written += part.len();
+            Ok(duplicates) => {
+                report.written += part.len() - duplicates;
+                report.duplicates += duplicates;
                 Ok(())
             }
             Err(e) if !e.is_record_specific() => Err(e),
@@ -722,6 +758,25 @@ impl Store {
                 .delete(&mut txn, &id)
                 .map_err(lmdb("delete"))?;
             report.sessions += 1;
+        }
+        // Import markers of exchanges whose sessions are gone: a session lasts at most a day,
+        // so every exchange that started a day before the cutoff belonged to one that ended
+        // before it.
+        if let Some(imported) = self.imported {
+            let horizon = cutoff_ns.saturating_sub(24 * 3600 * 1_000_000_000);
+            let upper = horizon.to_be_bytes();
+            let range = (Bound::Unbounded, Bound::Excluded(&upper[..]));
+            let mut old = Vec::new();
+            for entry in imported.range(&txn, &range).map_err(lmdb("read"))? {
+                if old.len() == max_sessions.saturating_mul(IMPORTED_PER_SESSION) {
+                    report.more = true;
+                    break;
+                }
+                old.push(entry.map_err(lmdb("read"))?.0.to_vec());
+            }
+            for key in old {
+                imported.delete(&mut txn, &key).map_err(lmdb("delete"))?;
+            }
         }
         txn.commit().map_err(lmdb("commit"))?;
         Ok(report)

@@ -641,3 +641,34 @@ fn an_unreadable_summary_hides_no_other_session() {
         Err(StoreError::Corrupt { .. })
     ));
 }
+
+#[test]
+fn an_exchange_imported_before_is_not_stored_again() {
+    let dir = TempDir::new("imported");
+    let store = Store::open(&dir.0, 1 << 30).unwrap();
+    let batch: Vec<_> = (0..50u64)
+        .map(|i| {
+            let mut e = record("192.0.2.1", 100 + i, "GET", "/items", 200);
+            e.exchange_id = Some([i as u8; 16]);
+            (e, assignment((i % 5) as u8 + 1, None))
+        })
+        .collect();
+    let first = store.write_isolating(&batch).unwrap();
+    assert_eq!((first.written, first.duplicates), (50, 0));
+    let before = store.list(&SessionFilter::default()).unwrap();
+    // The same batch again, and once more split differently: nothing changes.
+    let again = store.write_isolating(&batch).unwrap();
+    assert_eq!((again.written, again.duplicates), (0, 50));
+    store.write_isolating(&batch[..7]).unwrap();
+    assert_eq!(store.list(&SessionFilter::default()).unwrap(), before);
+    assert_eq!(store.counts().unwrap(), (5, 50));
+    // Without an id (the daemon's records) nothing is recognised.
+    let mut live = batch[0].clone();
+    live.0.exchange_id = None;
+    store.write(&[live]).unwrap();
+    assert_eq!(store.counts().unwrap().1, 51);
+    // Markers go with the retention: pruned along with their sessions.
+    store.prune(u64::MAX, usize::MAX).unwrap();
+    let txn = store.read().unwrap();
+    assert_eq!(store.imported.unwrap().len(&txn).unwrap(), 0);
+}
