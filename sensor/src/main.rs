@@ -382,7 +382,7 @@ fn import(args: ImportArgs) -> Result<()> {
     let redaction = Redaction::from_config(&settings);
     // Exchanges an earlier import of the same capture stored are recognised by their ids.
     let mut exchange_ids = ExchangeIds::new(sessionizer.secret().clone());
-    let mut batch = Vec::with_capacity(IMPORT_BATCH);
+    let mut batch = Batch::default();
     let mut out = io::BufWriter::new(io::stdout().lock());
     // Decoding and storing overlap: a writer thread commits one batch while the next fills.
     // The hand-over holds one batch, so at most three are in memory; a store error stops the
@@ -395,14 +395,14 @@ fn import(args: ImportArgs) -> Result<()> {
             // A record that cannot be stored is rejected alone (logged, counted by reason);
             // only a failure of the store itself stops the import.
             for batch in rx {
-                let report = store.write_isolating(&batch)?;
+                let report = store.write_isolating(&batch.exchanges, &batch.state)?;
                 store_counters
                     .exchanges_written
                     .fetch_add(report.written as u64, Ordering::Relaxed);
                 duplicates.fetch_add(report.duplicates as u64, Ordering::Relaxed);
                 for (position, reason) in &report.rejected {
                     store_counters.count_rejected(reason);
-                    log_rejected(batch.get(*position), reason);
+                    log_rejected(batch.exchanges.get(*position), reason);
                 }
             }
             Ok::<_, StoreError>(())
@@ -417,9 +417,9 @@ fn import(args: ImportArgs) -> Result<()> {
                     serde_json::to_writer(&mut out, &record.to_json(&assignment.session_id))?;
                     out.write_all(b"\n")?;
                 }
-                batch.push((record, assignment));
-                if batch.len() >= IMPORT_BATCH {
-                    let full = std::mem::replace(&mut batch, Vec::with_capacity(IMPORT_BATCH));
+                batch.exchanges.push((record, assignment));
+                if batch.exchanges.len() >= IMPORT_BATCH {
+                    let full = std::mem::take(&mut batch);
                     tx.send(full)
                         .map_err(|_| io::Error::other("the store refused a batch"))?;
                 }
@@ -781,7 +781,7 @@ impl Consumer {
     }
 
     fn flush_store(&mut self) {
-        self.writer.submit(std::mem::take(&mut self.pending));
+        self.writer.submit(std::mem::take(&mut self.pending).into());
     }
 
     fn report(&self, report: &mut StatsReport) {

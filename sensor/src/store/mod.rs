@@ -19,6 +19,7 @@
 mod compact;
 pub mod keys;
 pub mod record;
+mod state;
 pub mod writer;
 
 use std::{
@@ -35,13 +36,15 @@ use heed::{
 };
 pub use record::{Redaction, SessionSummary, StoredExchange};
 use serde::{Serialize, de::DeserializeOwned};
+pub use state::LoadedState;
 pub use writer::{StoreWriter, WriterCounters};
 
-use crate::sessions::Assignment;
+use crate::sessions::{Assignment, state::SessionState};
 use compact::Block;
 use keys::{
     LMDB_MAX_KEY, exchange_key, imported_key, index_key, index_prefix, last_exchange_key, time_key,
 };
+use state::StateDbs;
 
 /// First byte of every stored value; bump it when a stored type changes incompatibly.
 pub const FORMAT_VERSION: u8 = 2;
@@ -266,6 +269,8 @@ pub struct Store {
     by_user: Database<'static, Bytes, Unit>,
     /// Exchanges stored by an import (see the module doc); `None` in a reader.
     imported: Option<Database<'static, Bytes, Unit>>,
+    /// The sessionizer's state (see `state`); `None` in a reader.
+    state: Option<StateDbs>,
     /// Disambiguates exchanges of one session that start in the same nanosecond.
     sequence: AtomicU32,
 }
@@ -282,7 +287,7 @@ const DB_NAMES: [&str; 7] = [
     "by_user",
 ];
 /// The databases only the writer uses, created by it when missing.
-const WRITER_DB_NAMES: [&str; 1] = ["imported"];
+const WRITER_DB_NAMES: [&str; 3] = ["imported", "state", "state_by_time"];
 
 impl Store {
     pub fn dir(data_dir: &Path) -> PathBuf {
@@ -355,7 +360,9 @@ impl Store {
                 for name in DB_NAMES.iter().chain(&WRITER_DB_NAMES) {
                     dbs.push(opener.create_database(wtxn, Some(name))?);
                 }
-                Ok::<_, heed::Error>(CommitOrAbort::<_, ()>::Commit(<[_; 8]>::try_from(dbs).ok()))
+                Ok::<_, heed::Error>(CommitOrAbort::<_, ()>::Commit(
+                    <[_; 10]>::try_from(dbs).ok(),
+                ))
             })
             .map_err(open_error)?
             .commit()
@@ -373,6 +380,13 @@ impl Store {
             by_endpoint: unit(dbs[5]),
             by_user: unit(dbs[6]),
             imported: dbs.get(7).copied().map(unit),
+            state: dbs
+                .get(8)
+                .zip(dbs.get(9))
+                .map(|(entries, by_time)| StateDbs {
+                    entries: *entries,
+                    by_time: unit(*by_time),
+                }),
             env,
             sequence: AtomicU32::new(0),
         })
@@ -401,6 +415,16 @@ impl Store {
     /// the batch holds, and its exchanges go in as blocks in key order, so a transaction's
     /// B-tree work is per session rather than per exchange.
     pub fn write(&self, batch: &[(StoredExchange, Assignment)]) -> Result<usize, StoreError> {
+        self.write_with_state(batch, &SessionState::default())
+    }
+
+    /// [`Store::write`], with the changes to the sessionizer's state that the batch's exchanges
+    /// made, in the same transaction: the state on disk always matches the exchanges on disk.
+    pub fn write_with_state(
+        &self,
+        batch: &[(StoredExchange, Assignment)],
+        state: &SessionState,
+    ) -> Result<usize, StoreError> {
         let mut txn = self.env.write_txn().map_err(lmdb("write transaction"))?;
         let mut duplicates = 0;
         // Per session: its summary and the batch's exchanges of it.
@@ -471,6 +495,9 @@ impl Store {
                 "a session summary",
             )?;
         }
+        if let Some(dbs) = self.state {
+            dbs.write(&mut txn, state)?;
+        }
         txn.commit().map_err(lmdb("commit"))?;
         Ok(duplicates)
     }
@@ -481,39 +508,48 @@ impl Store {
     /// rejected. A batch with one bad record among n costs about 2·log2(n) extra transactions,
     /// over ever smaller halves. A failure of the store itself (full map or disk, I/O) is
     /// returned as it is: then nothing of the batch was written.
+    ///
+    /// `state` goes in the batch's transaction; when the batch had to be halved, in a
+    /// transaction of its own after the halves.
     pub fn write_isolating(
         &self,
         batch: &[(StoredExchange, Assignment)],
+        state: &SessionState,
     ) -> Result<WriteReport, StoreError> {
         let mut report = WriteReport::default();
-        self.write_part(batch, 0, &mut report)?;
+        if !self.write_part(batch, 0, state, &mut report)? {
+            self.write_with_state(&[], state)?;
+        }
         Ok(report)
     }
 
+    /// Writes `part` with `state` in one transaction, or else in halves without it, down to the
+    /// single records at fault; true if it went in whole (with the state).
     fn write_part(
         &self,
         part: &[(StoredExchange, Assignment)],
         offset: usize,
+        state: &SessionState,
         report: &mut WriteReport,
-    ) -> Result<(), StoreError> {
-        if part.is_empty() {
-            return Ok(());
-        }
-        match self.write(part) {
+    ) -> Result<bool, StoreError> {
+        match self.write_with_state(part, state) {
             Ok(duplicates) => {
                 report.written += part.len() - duplicates;
                 report.duplicates += duplicates;
-                Ok(())
+                Ok(true)
             }
             Err(e) if !e.is_record_specific() => Err(e),
-            Err(e) if part.len() == 1 => {
-                report.rejected.push((offset, e));
-                Ok(())
+            Err(e) if part.len() <= 1 => {
+                if !part.is_empty() {
+                    report.rejected.push((offset, e));
+                }
+                Ok(false)
             }
             Err(_) => {
-                let half = part.len() / 2;
-                self.write_part(&part[..half], offset, report)?;
-                self.write_part(&part[half..], offset + half, report)
+                let (none, half) = (SessionState::default(), part.len() / 2);
+                self.write_part(&part[..half], offset, &none, report)?;
+                self.write_part(&part[half..], offset + half, &none, report)?;
+                Ok(false)
             }
         }
     }
@@ -758,6 +794,10 @@ impl Store {
                 .delete(&mut txn, &id)
                 .map_err(lmdb("delete"))?;
             report.sessions += 1;
+        }
+        if let Some(dbs) = self.state {
+            let step = max_sessions.saturating_mul(IMPORTED_PER_SESSION);
+            report.more |= dbs.prune(&mut txn, cutoff_ns, step)?;
         }
         // Import markers of exchanges whose sessions are gone: a session lasts at most a day,
         // so every exchange that started a day before the cutoff belonged to one that ended

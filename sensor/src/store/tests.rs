@@ -5,6 +5,7 @@ use std::{
 };
 
 use super::*;
+use crate::sessions::state::SessionState;
 use crate::{
     exchange::{Exchange, MessageMeta, Request, Response},
     sessions::{Assignment, KeyKind, Secret},
@@ -398,7 +399,8 @@ fn the_writer_stores_every_submitted_batch() {
                         assignment((n % 50) as u8, None),
                     )
                 })
-                .collect(),
+                .collect::<Vec<_>>()
+                .into(),
         );
     }
     let counters = Arc::clone(&writer.counters);
@@ -478,7 +480,9 @@ fn records_with_text_fields_of_any_length_are_each_stored() {
             ));
             items.push((e, a));
         }
-        let report = store.write_isolating(&items).unwrap();
+        let report = store
+            .write_isolating(&items, &SessionState::default())
+            .unwrap();
         assert!(report.rejected.is_empty(), "{:?}", report.rejected);
         assert_eq!(report.written, items.len());
         total += items.len() as u64;
@@ -550,7 +554,9 @@ fn a_record_that_cannot_be_stored_costs_only_itself() {
         .collect();
     assert!(store.write(&batch).unwrap_err().is_record_specific());
 
-    let report = store.write_isolating(&batch).unwrap();
+    let report = store
+        .write_isolating(&batch, &SessionState::default())
+        .unwrap();
     assert_eq!(report.written, 97);
     let positions: Vec<usize> = report.rejected.iter().map(|(p, _)| *p).collect();
     assert_eq!(positions, [3, 50, 99]);
@@ -578,7 +584,7 @@ fn a_record_that_cannot_be_stored_costs_only_itself() {
     }
     let century = Duration::from_secs(100 * 365 * 24 * 3600);
     let writer = StoreWriter::start(fresh, century, Duration::from_secs(3600));
-    writer.submit(batch);
+    writer.submit(batch.into());
     let counters = Arc::clone(&writer.counters);
     writer.finish();
     let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
@@ -653,13 +659,19 @@ fn an_exchange_imported_before_is_not_stored_again() {
             (e, assignment((i % 5) as u8 + 1, None))
         })
         .collect();
-    let first = store.write_isolating(&batch).unwrap();
+    let first = store
+        .write_isolating(&batch, &SessionState::default())
+        .unwrap();
     assert_eq!((first.written, first.duplicates), (50, 0));
     let before = store.list(&SessionFilter::default()).unwrap();
     // The same batch again, and once more split differently: nothing changes.
-    let again = store.write_isolating(&batch).unwrap();
+    let again = store
+        .write_isolating(&batch, &SessionState::default())
+        .unwrap();
     assert_eq!((again.written, again.duplicates), (0, 50));
-    store.write_isolating(&batch[..7]).unwrap();
+    store
+        .write_isolating(&batch[..7], &SessionState::default())
+        .unwrap();
     assert_eq!(store.list(&SessionFilter::default()).unwrap(), before);
     assert_eq!(store.counts().unwrap(), (5, 50));
     // Without an id (the daemon's records) nothing is recognised.
@@ -671,4 +683,89 @@ fn an_exchange_imported_before_is_not_stored_again() {
     store.prune(u64::MAX, usize::MAX).unwrap();
     let txn = store.read().unwrap();
     assert_eq!(store.imported.unwrap().len(&txn).unwrap(), 0);
+}
+
+fn actor_state(last_ns: u64) -> crate::sessions::state::ActorState {
+    crate::sessions::state::ActorState {
+        session_id: id(1),
+        start_ns: last_ns,
+        began_ns: last_ns,
+        last_ns,
+        key_kind: KeyKind::Cookie,
+        key_name: "cookie sid".into(),
+        first_hand_outs: Vec::new(),
+        shared: false,
+        tracks_hand_outs: false,
+    }
+}
+
+#[test]
+fn the_session_state_goes_with_its_exchanges_and_loads_newest_first() {
+    use crate::sessions::state::LinkState;
+    let dir = TempDir::new("state");
+    let store = Store::open(&dir.0, 1 << 30).unwrap();
+    let state = SessionState {
+        actors: (0..10u8)
+            .map(|n| ([n; 32], Some(actor_state(u64::from(n) * MINUTE))))
+            .collect(),
+        links: vec![(
+            [9; 32],
+            Some(LinkState {
+                actor: [1; 32],
+                fallback_session: Some(5),
+                at_ns: 3 * MINUTE,
+            }),
+        )],
+    };
+    store
+        .write_with_state(
+            &[(record("192.0.2.1", 1, "GET", "/", 200), assignment(1, None))],
+            &state,
+        )
+        .unwrap();
+    // Updates move an entry in time; removals take it out.
+    let later = SessionState {
+        actors: vec![([0; 32], Some(actor_state(60 * MINUTE))), ([1; 32], None)],
+        links: Vec::new(),
+    };
+    store.write_with_state(&[], &later).unwrap();
+
+    let loaded = store.load_state(3, 10, 0).unwrap();
+    let hashes: Vec<u8> = loaded.state.actors.iter().map(|(h, _)| h[0]).collect();
+    assert_eq!(hashes, [0, 9, 8], "newest first, within the bound");
+    assert_eq!(loaded.actors_cut, 6, "the rest of the 9 left");
+    assert_eq!(
+        loaded.state.actors[0].1.as_ref().unwrap().last_ns,
+        60 * MINUTE
+    );
+    assert_eq!(loaded.state.links, state.links);
+    // Only what is recent enough.
+    let recent = store.load_state(100, 100, 7 * MINUTE).unwrap();
+    assert_eq!(recent.state.actors.len(), 4, "0 (moved to 60 min), 7, 8, 9");
+    assert_eq!((recent.actors_cut, recent.state.links.len()), (0, 0));
+
+    // A corrupt entry costs only itself.
+    {
+        let dbs = store.state.unwrap();
+        let mut txn = store.env.write_txn().unwrap();
+        let mut key = vec![b'a'];
+        key.extend_from_slice(&[9; 32]);
+        let mut value = (9 * MINUTE).to_be_bytes().to_vec();
+        value.extend_from_slice(&[FORMAT_VERSION, 0xff, 0xff, 0xff]);
+        dbs.entries.put(&mut txn, &key, &value).unwrap();
+        txn.commit().unwrap();
+    }
+    let loaded = store.load_state(100, 100, 0).unwrap();
+    assert_eq!((loaded.state.actors.len(), loaded.unreadable), (8, 1));
+
+    // Pruned with the retention.
+    store.prune(8 * MINUTE + 1, 1000).unwrap();
+    let left = store.load_state(100, 100, 0).unwrap();
+    let hashes: Vec<u8> = left.state.actors.iter().map(|(h, _)| h[0]).collect();
+    assert_eq!(
+        (hashes, left.unreadable),
+        (vec![0], 1),
+        "0 and the corrupt 9 are newer"
+    );
+    assert!(left.state.links.is_empty());
 }

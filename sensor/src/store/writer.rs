@@ -19,9 +19,36 @@ use std::{
 };
 
 use super::{Store, StoreError, StoredExchange};
-use crate::sessions::Assignment;
+use crate::sessions::{Assignment, state::SessionState};
 
-pub type Batch = Vec<(StoredExchange, Assignment)>;
+/// Exchanges for the store, with the changes they made to the sessionizer's state (written in
+/// the same transaction).
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub exchanges: Vec<(StoredExchange, Assignment)>,
+    pub state: SessionState,
+}
+
+impl Batch {
+    pub fn is_empty(&self) -> bool {
+        self.exchanges.is_empty() && self.state.is_empty()
+    }
+
+    /// Appends a later batch.
+    pub fn extend(&mut self, later: Self) {
+        self.exchanges.extend(later.exchanges);
+        self.state.extend(later.state);
+    }
+}
+
+impl From<Vec<(StoredExchange, Assignment)>> for Batch {
+    fn from(exchanges: Vec<(StoredExchange, Assignment)>) -> Self {
+        Self {
+            exchanges,
+            state: SessionState::default(),
+        }
+    }
+}
 
 /// Batches waiting for the writer at most.
 pub const QUEUE_BATCHES: usize = 64;
@@ -141,7 +168,7 @@ impl StoreWriter {
                 };
                 match rx.recv_timeout(wait) {
                     Ok(mut batch) => {
-                        while batch.len() < TRANSACTION_EXCHANGES {
+                        while batch.exchanges.len() < TRANSACTION_EXCHANGES {
                             match rx.try_recv() {
                                 Ok(more) => batch.extend(more),
                                 Err(_) => break,
@@ -167,7 +194,7 @@ impl StoreWriter {
             return;
         }
         let Some(tx) = &self.tx else { return };
-        let len = batch.len() as u64;
+        let len = batch.exchanges.len() as u64;
         match tx.try_send(batch) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
@@ -197,7 +224,7 @@ impl StoreWriter {
 }
 
 fn write(store: &Store, batch: &Batch, counters: &WriterCounters) {
-    match store.write_isolating(batch) {
+    match store.write_isolating(&batch.exchanges, &batch.state) {
         Ok(report) => {
             counters.batches_written.fetch_add(1, Ordering::Relaxed);
             counters
@@ -205,18 +232,18 @@ fn write(store: &Store, batch: &Batch, counters: &WriterCounters) {
                 .fetch_add(report.written as u64, Ordering::Relaxed);
             for (position, reason) in &report.rejected {
                 counters.count_rejected(reason);
-                log_rejected(batch.get(*position), reason);
+                log_rejected(batch.exchanges.get(*position), reason);
             }
         }
         Err(e) => {
             counters.write_errors.fetch_add(1, Ordering::Relaxed);
             counters
                 .exchanges_lost_write_error
-                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                .fetch_add(batch.exchanges.len() as u64, Ordering::Relaxed);
             if matches!(e, StoreError::MapFull) {
                 counters.map_full_errors.fetch_add(1, Ordering::Relaxed);
             }
-            log::error!("store: lost {} exchanges: {e}", batch.len());
+            log::error!("store: lost {} exchanges: {e}", batch.exchanges.len());
         }
     }
 }
