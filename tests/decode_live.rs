@@ -19,7 +19,7 @@ use apisessions::{
     reassembly::{FlowConfig, FlowTable},
     segment::TcpSegment,
 };
-use common::{LiveSensor, MIB_LEN, Nginx, TestNet, in_namespace};
+use common::{LiveSensor, MIB_LEN, Nginx, Tcpdump, TestNet, in_namespace};
 
 const PORT: u16 = 8080;
 
@@ -311,67 +311,13 @@ fn every_exchange_is_decoded_once_with_its_status_and_lengths() {
     assert_eq!(table.stream_counters.gaps, 0);
 }
 
-/// tcpdump writing a pcap on the server's veth while the test runs.
-struct Tcpdump {
-    child: std::process::Child,
-    file: std::path::PathBuf,
-    log: std::path::PathBuf,
-}
-
-impl Tcpdump {
-    fn start(net: &TestNet) -> Self {
-        let file = std::env::temp_dir().join(format!("apis-{}.pcap", net.server_ns));
-        let log = file.with_extension("log");
-        let _ = std::fs::remove_file(&file);
-        // A 64 MiB kernel buffer: the 1 MiB bodies cross the veth in bursts faster than a
-        // descheduled tcpdump drains its default 2 MiB, and a dropped tail of a response looks
-        // like a message cut short.
-        let child = TestNet::command(&net.server_ns, "tcpdump")
-            .args(["-i", &net.server_if, "-U", "-B", "65536", "-s", "0", "-w"])
-            .arg(&file)
-            .args(["tcp", "port", &PORT.to_string()])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("tcpdump (install it: `cargo xtask setup` does, as root)");
-        assert!(
-            common::wait_until(Duration::from_secs(10), || file.exists()),
-            "tcpdump did not start"
-        );
-        // The file appears before the capture is armed on the interface; give it a moment.
-        thread::sleep(Duration::from_millis(500));
-        Self { child, file, log }
-    }
-
-    /// Stops tcpdump; the file, once tcpdump says it dropped nothing (a drop would show as a
-    /// difference between the file and the live path that is no fault of either).
-    fn stop(mut self) -> std::path::PathBuf {
-        common::sh("kill", &["-INT", &self.child.id().to_string()]);
-        self.child.wait().unwrap();
-        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let dropped = log
-            .lines()
-            .find_map(|l| l.strip_suffix(" packets dropped by kernel"))
-            .and_then(|n| n.trim().parse::<u64>().ok());
-        assert_eq!(dropped, Some(0), "tcpdump's report: {log}");
-        self.file.clone()
-    }
-}
-
-impl Drop for Tcpdump {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// The same traffic, captured live by the sensor and by tcpdump into a file: `import` of the
 /// file and the live path report the same exchanges.
 #[test]
 fn import_of_a_capture_reports_what_the_live_path_reports() {
     let net = TestNet::new();
     let _nginx = Nginx::start(&net, PORT);
-    let tcpdump = Tcpdump::start(&net);
+    let tcpdump = Tcpdump::start(&net, PORT);
     let sensor = LiveSensor::start(&net, AttachMode::Tcx, vec![PORT]);
     let made = in_namespace(&net.client_ns, || scenario(&net));
     let captured = sensor.stop();

@@ -19,7 +19,7 @@ use std::{
 };
 
 use base64::Engine as _;
-use common::{Nginx, TestNet, in_namespace, sh, wait_until};
+use common::{Nginx, TestNet, in_namespace, request, sh, wait_until};
 
 const PORT: u16 = 8080;
 
@@ -41,24 +41,6 @@ fn jwt(sub: &str) -> String {
         b64(r#"{"alg":"HS256","typ":"JWT"}"#),
         b64(&format!(r#"{{"sub":"{sub}"}}"#))
     )
-}
-
-/// One request on its own connection, read to the end.
-fn request(server: SocketAddr, head: &str, body: &str) {
-    let mut stream = TcpStream::connect(server).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let mut bytes = head.as_bytes().to_vec();
-    if !body.is_empty() {
-        bytes.extend_from_slice(format!("Content-Length: {}\r\n", body.len()).as_bytes());
-    }
-    bytes.extend_from_slice(b"Connection: close\r\n\r\n");
-    bytes.extend_from_slice(body.as_bytes());
-    stream.write_all(&bytes).unwrap();
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).unwrap();
-    assert!(response.starts_with(b"HTTP/1.1 "));
 }
 
 fn sessions_json(data_dir: &Path) -> Vec<serde_json::Value> {

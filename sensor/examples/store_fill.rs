@@ -264,6 +264,7 @@ fn exchange(rng: &mut Rng, session: &Session, ts_ns: u64) -> StoredExchange {
         response_truncated: false,
         gap: false,
         params: Vec::new(),
+        exchange_id: None,
     }
 }
 

@@ -1,15 +1,76 @@
-//! `apisessions import`: a capture file through the same stages as live traffic.
+//! `apisessions import`: capture files through the same stages as live traffic.
 //!
-//! The file's own timestamps drive the flow table's clock, so idle timeouts and timings come out
-//! as they would have live.
+//! The files' own timestamps drive the flow table's clock, so idle timeouts and timings come out
+//! as they would have live. Several files of one capture (rotated by `tcpdump -C` or `-G`) go
+//! through one flow table, in the order given: a connection, or an exchange, that crosses from
+//! one file into the next is decoded whole.
 
-use std::{io, time::Instant};
+use std::{io, num::NonZeroUsize, path::PathBuf, time::Instant};
+
+use lru::LruCache;
 
 use crate::{
     exchange::Exchange,
     reassembly::{FlowConfig, FlowTable},
+    sessions::Secret,
     source::{PcapSource, SourceError},
 };
+
+/// Deterministic ids of imported exchanges: the same capture imported again yields the same
+/// ids, in the same order, so the store recognises what it already holds
+/// (`StoredExchange::exchange_id`).
+///
+/// An id is a keyed hash of what identifies an exchange in a capture: its connection's
+/// addresses, when its request and response started, its method and target. Exchanges that
+/// agree on all of that (identical pipelined requests that arrived in one segment, answered in
+/// one) are told apart by how many came before them, counted among the last
+/// [`ExchangeIds::RECENT`] ids, which such twins always are.
+pub struct ExchangeIds {
+    secret: Secret,
+    recent: LruCache<[u8; 16], u32>,
+}
+
+impl ExchangeIds {
+    pub const RECENT: usize = 4096;
+
+    pub fn new(secret: Secret) -> Self {
+        Self {
+            secret,
+            recent: LruCache::new(NonZeroUsize::new(Self::RECENT).unwrap_or(NonZeroUsize::MIN)),
+        }
+    }
+
+    pub fn next(&mut self, exchange: &Exchange) -> [u8; 16] {
+        let request = exchange.request.as_ref();
+        let response = exchange.response.as_ref();
+        let addresses = format!("{}|{}", exchange.client, exchange.server);
+        let base = self.secret.hash(&[
+            b"exchange",
+            addresses.as_bytes(),
+            &request.map_or(0, |r| r.meta.start_ns).to_le_bytes(),
+            &response.map_or(0, |r| r.meta.start_ns).to_le_bytes(),
+            request.map_or("", |r| r.method.as_str()).as_bytes(),
+            request.map_or("", |r| r.uri.as_str()).as_bytes(),
+        ]);
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&base[..16]);
+        let twin = match self.recent.get_mut(&id) {
+            Some(count) => {
+                *count += 1;
+                *count
+            }
+            None => {
+                self.recent.put(id, 0);
+                0
+            }
+        };
+        if twin > 0 {
+            let again = self.secret.hash(&[b"twin", &id, &twin.to_le_bytes()]);
+            id.copy_from_slice(&again[..16]);
+        }
+        id
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
@@ -25,8 +86,8 @@ pub struct ImportSummary {
     pub source: Vec<(&'static str, u64)>,
     pub stages: Vec<(&'static str, Vec<(&'static str, u64)>)>,
     pub exchanges: u64,
-    /// Where the file ends inside a record, if it does.
-    pub truncated_at: Option<u64>,
+    /// The files that end inside a record, and where that record starts.
+    pub truncated: Vec<(PathBuf, u64)>,
     pub seconds: f64,
 }
 
@@ -89,6 +150,22 @@ impl ImportSummary {
 pub fn run(
     source: &mut PcapSource,
     config: FlowConfig,
+    on_exchange: impl FnMut(Exchange) -> io::Result<()>,
+    on_progress: impl FnMut(u64, u64),
+) -> Result<ImportSummary, ImportError> {
+    run_all(
+        std::slice::from_mut(source),
+        config,
+        on_exchange,
+        on_progress,
+    )
+}
+
+/// [`run`] over several files of one capture, one after the other through one flow table;
+/// progress counts the bytes of all of them.
+pub fn run_all(
+    sources: &mut [PcapSource],
+    config: FlowConfig,
     mut on_exchange: impl FnMut(Exchange) -> io::Result<()>,
     mut on_progress: impl FnMut(u64, u64),
 ) -> Result<ImportSummary, ImportError> {
@@ -105,30 +182,88 @@ pub fn run(
         }
         Ok(())
     };
-    while let Some(segment) = source.next_segment()? {
-        let second = segment.ts_ns / 1_000_000_000;
-        flows.push(segment, &mut out);
-        if second > last_expiry_s {
-            // Once per second of capture time is often enough for a timeout of minutes.
-            last_expiry_s = second;
-            flows.expire(0, &mut out);
+    let total: u64 = sources.iter().map(|s| s.progress().1).sum();
+    let mut done_before = 0;
+    for source in sources.iter_mut() {
+        while let Some(segment) = source.next_segment()? {
+            let second = segment.ts_ns / 1_000_000_000;
+            flows.push(segment, &mut out);
+            if second > last_expiry_s {
+                // Once per second of capture time is often enough for a timeout of minutes.
+                last_expiry_s = second;
+                flows.expire(0, &mut out);
+            }
+            deliver(&mut out, &mut exchanges)?;
+            segments += 1;
+            if segments.is_multiple_of(4096) {
+                on_progress(done_before + source.progress().0, total);
+            }
         }
-        deliver(&mut out, &mut exchanges)?;
-        segments += 1;
-        if segments.is_multiple_of(4096) {
-            let (read, total) = source.progress();
-            on_progress(read, total);
-        }
+        done_before += source.progress().0;
     }
     flows.finish(&mut out);
     deliver(&mut out, &mut exchanges)?;
-    let (read, total) = source.progress();
-    on_progress(read, total);
+    on_progress(done_before, total);
+    // The sources' counters, summed by name (every source names the same counters).
+    let mut counters: Vec<(&'static str, u64)> = Vec::new();
+    for source in sources.iter() {
+        for (name, value) in source.counters() {
+            match counters.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, sum)) => *sum += value,
+                None => counters.push((name, value)),
+            }
+        }
+    }
     Ok(ImportSummary {
-        source: source.counters(),
+        source: counters,
         stages: flows.snapshot(),
         exchanges,
-        truncated_at: source.truncated_at(),
+        truncated: sources
+            .iter()
+            .filter_map(|s| Some((s.path().to_path_buf(), s.truncated_at()?)))
+            .collect(),
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exchange::{MessageMeta, Request};
+
+    fn exchange(start_ns: u64, uri: &str) -> Exchange {
+        Exchange {
+            client: "192.0.2.1:40000".parse().unwrap(),
+            server: "192.0.2.2:80".parse().unwrap(),
+            request: Some(Request {
+                method: "GET".into(),
+                uri: uri.into(),
+                meta: MessageMeta {
+                    start_ns,
+                    ..MessageMeta::default()
+                },
+            }),
+            response: None,
+        }
+    }
+
+    #[test]
+    fn ids_repeat_for_the_same_capture_and_tell_twins_apart() {
+        let capture = [
+            exchange(1, "/a"),
+            exchange(1, "/a"),
+            exchange(1, "/a"),
+            exchange(2, "/a"),
+            exchange(1, "/b"),
+        ];
+        let ids = |secret: [u8; 32]| {
+            let mut ids = ExchangeIds::new(Secret::from_bytes(secret));
+            capture.iter().map(|e| ids.next(e)).collect::<Vec<_>>()
+        };
+        let first = ids([1; 32]);
+        assert_eq!(first, ids([1; 32]), "deterministic");
+        let unique: std::collections::HashSet<_> = first.iter().collect();
+        assert_eq!(unique.len(), capture.len(), "twins get ids of their own");
+        assert_ne!(first, ids([2; 32]), "keyed by the installation's secret");
+    }
 }

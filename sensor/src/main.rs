@@ -7,7 +7,7 @@ use std::{
     os::unix::fs::DirBuilderExt as _,
     path::{Path, PathBuf},
     process::ExitCode,
-    sync::{Arc, mpsc},
+    sync::{Arc, atomic::Ordering, mpsc},
     thread,
     time::{Duration, SystemTime},
 };
@@ -19,6 +19,7 @@ use apisessions::{
     dump,
     exchange::Exchange,
     http::HttpConfig,
+    import::ExchangeIds,
     reassembly::{FlowConfig, FlowTable},
     report::{self, Exporter, Format},
     segment::TcpSegment,
@@ -27,7 +28,8 @@ use apisessions::{
     stats::{StatsReport, rfc3339},
     store::{
         DEFAULT_MAP_SIZE, Redaction, SessionFilter, SessionSummary, Store, StoreError, StoreWriter,
-        StoredExchange, writer::Batch,
+        StoredExchange, WriterCounters,
+        writer::{Batch, log_rejected},
     },
 };
 use clap::{Args, Parser, Subcommand};
@@ -168,8 +170,12 @@ struct PruneArgs {
 
 #[derive(Args)]
 struct ImportArgs {
-    /// The capture file (pcap or pcapng; Ethernet, Linux cooked SLL/SLL2, raw IP, VLAN tags).
-    file: PathBuf,
+    /// The capture file (pcap or pcapng; Ethernet, Linux cooked SLL/SLL2, raw IP, VLAN tags), or
+    /// several files of one capture in the order they were written (`tcpdump -C`/`-G` rotation:
+    /// trace, trace1, trace2, ...): connections that cross from one file into the next are
+    /// decoded whole.
+    #[arg(required = true, value_name = "FILE")]
+    files: Vec<PathBuf>,
     /// Decode only connections on this TCP port (repeatable). Default: HTTP is recognised by
     /// content on any port.
     #[arg(long = "port", value_name = "P")]
@@ -334,7 +340,11 @@ fn stats(args: StatsArgs) -> Result<()> {
 
 fn import(args: ImportArgs) -> Result<()> {
     let settings = args.config.load()?;
-    let mut source = PcapSource::open(&args.file)?;
+    let mut sources = args
+        .files
+        .iter()
+        .map(PcapSource::open)
+        .collect::<Result<Vec<_>, _>>()?;
     // Without --port, HTTP is found by content on any port; the configured ports still help to
     // tell client from server where the handshake was not captured.
     let config = FlowConfig {
@@ -351,7 +361,7 @@ fn import(args: ImportArgs) -> Result<()> {
         ..FlowConfig::default()
     };
     let progress = if io::stderr().is_terminal() {
-        let bar = ProgressBar::new(source.progress().1);
+        let bar = ProgressBar::new(sources.iter().map(|s| s.progress().1).sum());
         bar.set_style(
             ProgressStyle::with_template(
                 "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
@@ -370,31 +380,46 @@ fn import(args: ImportArgs) -> Result<()> {
         Secret::load_or_create(&data_dir)?,
     );
     let redaction = Redaction::from_config(&settings);
-    let mut batch = Vec::with_capacity(IMPORT_BATCH);
+    // Exchanges an earlier import of the same capture stored are recognised by their ids.
+    let mut exchange_ids = ExchangeIds::new(sessionizer.secret().clone());
+    let mut batch = Batch::default();
     let mut out = io::BufWriter::new(io::stdout().lock());
     // Decoding and storing overlap: a writer thread commits one batch while the next fills.
     // The hand-over holds one batch, so at most three are in memory; a store error stops the
     // writer, which the decoding side notices at its next hand-over.
     let (tx, rx) = mpsc::sync_channel::<Batch>(1);
+    let store_counters = WriterCounters::default();
+    let duplicates = std::sync::atomic::AtomicU64::new(0);
     let (summary, stored) = thread::scope(|scope| {
         let writer = scope.spawn(|| {
+            // A record that cannot be stored is rejected alone (logged, counted by reason);
+            // only a failure of the store itself stops the import.
             for batch in rx {
-                store.write(&batch)?;
+                let report = store.write_isolating(&batch.exchanges, &batch.state)?;
+                store_counters
+                    .exchanges_written
+                    .fetch_add(report.written as u64, Ordering::Relaxed);
+                duplicates.fetch_add(report.duplicates as u64, Ordering::Relaxed);
+                for (position, reason) in &report.rejected {
+                    store_counters.count_rejected(reason);
+                    log_rejected(batch.exchanges.get(*position), reason);
+                }
             }
             Ok::<_, StoreError>(())
         });
-        let summary = apisessions::import::run(
-            &mut source,
+        let summary = apisessions::import::run_all(
+            &mut sources,
             config,
             |exchange| {
-                let (record, assignment) = sessionizer.record(&exchange, &redaction);
+                let (mut record, assignment) = sessionizer.record(&exchange, &redaction);
+                record.exchange_id = Some(exchange_ids.next(&exchange));
                 if args.ndjson {
                     serde_json::to_writer(&mut out, &record.to_json(&assignment.session_id))?;
                     out.write_all(b"\n")?;
                 }
-                batch.push((record, assignment));
-                if batch.len() >= IMPORT_BATCH {
-                    let full = std::mem::replace(&mut batch, Vec::with_capacity(IMPORT_BATCH));
+                batch.exchanges.push((record, assignment));
+                if batch.exchanges.len() >= IMPORT_BATCH {
+                    let full = std::mem::take(&mut batch);
                     tx.send(full)
                         .map_err(|_| io::Error::other("the store refused a batch"))?;
                 }
@@ -420,12 +445,19 @@ fn import(args: ImportArgs) -> Result<()> {
     let mut err = io::stderr().lock();
     writeln!(
         err,
-        "imported {} ({}) in {:.2} s: {} packets, {} TCP segments, {} flows, {} exchanges",
-        args.file.display(),
-        match source.format() {
-            PcapFormat::Pcap { .. } => "pcap",
-            PcapFormat::PcapNg => "pcapng",
-        },
+        "imported {} in {:.2} s: {} packets, {} TCP segments, {} flows, {} exchanges",
+        sources
+            .iter()
+            .map(|s| format!(
+                "{} ({})",
+                s.path().display(),
+                match s.format() {
+                    PcapFormat::Pcap { .. } => "pcap",
+                    PcapFormat::PcapNg => "pcapng",
+                }
+            ))
+            .collect::<Vec<_>>()
+            .join(", "),
         summary.seconds,
         summary.get("source", "packets"),
         summary.get("source", "tcp_segments"),
@@ -442,19 +474,41 @@ fn import(args: ImportArgs) -> Result<()> {
             .collect();
         writeln!(err, "anomalies: {}", list.join(" "))?;
     }
-    if let Some(offset) = summary.truncated_at {
+    for (path, offset) in &summary.truncated {
         writeln!(
             err,
-            "note: the file ends inside the record at byte {offset} (cut-off capture)"
+            "note: {} ends inside the record at byte {offset} (cut-off capture)",
+            path.display()
         )?;
     }
     let sessions = sessionizer.counters.sessions_started;
     writeln!(
         err,
         "stored {} exchanges in {sessions} sessions in {}",
-        summary.exchanges,
+        store_counters.exchanges_written.load(Ordering::Relaxed),
         data_dir.display()
     )?;
+    let duplicates = duplicates.into_inner();
+    if duplicates > 0 {
+        writeln!(
+            err,
+            "{duplicates} exchanges were stored by an earlier import of this capture and are not \
+             stored again"
+        )?;
+    }
+    let rejected: Vec<String> = store_counters
+        .snapshot()
+        .into_iter()
+        .filter(|(name, n)| name.starts_with("exchanges_rejected") && *n > 0)
+        .map(|(name, n)| format!("{name}={n}"))
+        .collect();
+    if !rejected.is_empty() {
+        writeln!(
+            err,
+            "not stored (see the errors above): {}",
+            rejected.join(" ")
+        )?;
+    }
     Ok(())
 }
 
@@ -540,14 +594,25 @@ fn export(args: ExportArgs) -> Result<()> {
     };
     let mut exporter = Exporter::new(io::BufWriter::new(io::stdout().lock()), args.format);
     let mut result = Ok(());
+    // A session whose stored records cannot be read is reported and skipped: the export goes
+    // on with the others, and fails at the end so that a script notices.
+    let mut unreadable = 0;
     for id in &ids {
-        store.exchanges(id, |exchange| {
+        let read = store.exchanges(id, |exchange| {
             if exchange.ts_ns < since || exchange.ts_ns > until {
                 return true;
             }
             result = exporter.write(id, &exchange);
             result.is_ok()
-        })?;
+        });
+        match read {
+            Ok(()) => {}
+            Err(e @ StoreError::Corrupt { .. }) => {
+                unreadable += 1;
+                log::error!("session {id} is not exported completely: {e}");
+            }
+            Err(e) => return Err(e.into()),
+        }
         if result.is_err() {
             break;
         }
@@ -555,7 +620,12 @@ fn export(args: ExportArgs) -> Result<()> {
     match result.and_then(|()| exporter.finish()) {
         // A reader that stopped early (`| head`) is not an error.
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
-        other => other.context("writing the export"),
+        Err(e) => Err(e).context("writing the export"),
+        Ok(()) if unreadable > 0 => Err(anyhow::anyhow!(
+            "{unreadable} of {} sessions could not be read completely (see the errors above)",
+            ids.len()
+        )),
+        Ok(()) => Ok(()),
     }
 }
 
@@ -711,7 +781,7 @@ impl Consumer {
     }
 
     fn flush_store(&mut self) {
-        self.writer.submit(std::mem::take(&mut self.pending));
+        self.writer.submit(std::mem::take(&mut self.pending).into());
     }
 
     fn report(&self, report: &mut StatsReport) {

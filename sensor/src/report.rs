@@ -395,6 +395,7 @@ mod tests {
             response_truncated: false,
             gap: false,
             params: vec![],
+            exchange_id: None,
         }
     }
 

@@ -6,6 +6,7 @@
 
 use std::{
     fs,
+    io::{Read as _, Write as _},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream},
     os::fd::AsRawFd as _,
     path::{Path, PathBuf},
@@ -431,4 +432,77 @@ pub fn write_generated_pcap(path: &Path, exchanges: u32, start_s: u32) {
         }
     }
     fs::write(path, out).unwrap();
+}
+
+/// One request on its own connection (`head` without its blank line; a Content-Length is added
+/// for a body), read to the end; the response must be HTTP/1.1.
+pub fn request(server: SocketAddr, head: &str, body: &str) {
+    let mut stream = TcpStream::connect(server).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut bytes = head.as_bytes().to_vec();
+    if !body.is_empty() {
+        bytes.extend_from_slice(format!("Content-Length: {}\r\n", body.len()).as_bytes());
+    }
+    bytes.extend_from_slice(b"Connection: close\r\n\r\n");
+    bytes.extend_from_slice(body.as_bytes());
+    stream.write_all(&bytes).unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).unwrap();
+    assert!(response.starts_with(b"HTTP/1.1 "));
+}
+
+/// tcpdump writing a pcap on the server's veth while the test runs.
+pub struct Tcpdump {
+    child: Child,
+    file: PathBuf,
+    log: PathBuf,
+}
+
+impl Tcpdump {
+    pub fn start(net: &TestNet, port: u16) -> Self {
+        let file = std::env::temp_dir().join(format!("apis-{}.pcap", net.server_ns));
+        let log = file.with_extension("log");
+        let _ = fs::remove_file(&file);
+        // A 64 MiB kernel buffer: the 1 MiB bodies cross the veth in bursts faster than a
+        // descheduled tcpdump drains its default 2 MiB, and a dropped tail of a response looks
+        // like a message cut short.
+        let child = TestNet::command(&net.server_ns, "tcpdump")
+            .args(["-i", &net.server_if, "-U", "-B", "65536", "-s", "0", "-w"])
+            .arg(&file)
+            .args(["tcp", "port", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("tcpdump (install it: `cargo xtask setup` does, as root)");
+        assert!(
+            wait_until(Duration::from_secs(10), || file.exists()),
+            "tcpdump did not start"
+        );
+        // The file appears before the capture is armed on the interface; give it a moment.
+        thread::sleep(Duration::from_millis(500));
+        Self { child, file, log }
+    }
+
+    /// Stops tcpdump; the file, once tcpdump says it dropped nothing (a drop would show as a
+    /// difference between the file and the live path that is no fault of either).
+    pub fn stop(mut self) -> PathBuf {
+        sh("kill", &["-INT", &self.child.id().to_string()]);
+        self.child.wait().unwrap();
+        let log = fs::read_to_string(&self.log).unwrap_or_default();
+        let dropped = log
+            .lines()
+            .find_map(|l| l.strip_suffix(" packets dropped by kernel"))
+            .and_then(|n| n.trim().parse::<u64>().ok());
+        assert_eq!(dropped, Some(0), "tcpdump's report: {log}");
+        self.file.clone()
+    }
+}
+
+impl Drop for Tcpdump {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -20,6 +20,7 @@
 //! host that shares the secret, and no raw key value is ever part of the output.
 
 pub mod extract;
+pub mod state;
 
 use std::{
     borrow::Cow,
@@ -141,7 +142,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// What kind of key put an exchange in its session.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum KeyKind {
     Custom,

@@ -227,6 +227,7 @@ impl<'a> DiskExchange<'a> {
             response_body_len: self.response_body_len,
             ttfb_us: self.ttfb_us,
             duration_us: self.duration_us,
+            exchange_id: None,
             request_truncated: self.flags & REQUEST_TRUNCATED != 0,
             response_truncated: self.flags & RESPONSE_TRUNCATED != 0,
             gap: self.flags & GAP != 0,
@@ -313,6 +314,7 @@ mod tests {
             response_truncated: true,
             gap: true,
             params: vec![("tenant".into(), "acme".into())],
+            exchange_id: None,
         }
     }
 

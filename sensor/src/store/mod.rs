@@ -6,14 +6,20 @@
 //!   the session's exchanges from one transaction, in time order, each laid out compactly
 //!   against the session's summary (see `store::compact`)
 //! - `by_time`: session start ns + session id -> () — newest sessions, and pruning
-//! - `by_ip`, `by_host`, `by_endpoint`, `by_user`: value + 0 + start ns + session id -> ()
+//! - `by_ip`, `by_host`, `by_endpoint`, `by_user`: value + 0 + start ns + session id -> (), a
+//!   value too long for an LMDB key cut and completed by its hash (see [`keys`])
+//! - `imported`: start ns + exchange id -> () for every exchange an import stored, so that the
+//!   same capture imported again adds nothing (only the writer opens it)
 //!
 //! Values are postcard behind a format-version byte. One writer (the daemon or an import)
 //! batches many exchanges per transaction; readers (the CLI) run in other processes at the same
-//! time. LMDB commits are atomic, so a crash loses at most the batch in flight, never the store.
+//! time. LMDB commits are atomic, so a crash loses at most the batch in flight, never the store;
+//! a record that cannot be stored costs only itself ([`Store::write_isolating`]).
 
 mod compact;
+pub mod keys;
 pub mod record;
+mod state;
 pub mod writer;
 
 use std::{
@@ -30,10 +36,15 @@ use heed::{
 };
 pub use record::{Redaction, SessionSummary, StoredExchange};
 use serde::{Serialize, de::DeserializeOwned};
+pub use state::LoadedState;
 pub use writer::{StoreWriter, WriterCounters};
 
-use crate::sessions::Assignment;
+use crate::sessions::{Assignment, state::SessionState};
 use compact::Block;
+use keys::{
+    LMDB_MAX_KEY, exchange_key, imported_key, index_key, index_prefix, last_exchange_key, time_key,
+};
+use state::StateDbs;
 
 /// First byte of every stored value; bump it when a stored type changes incompatibly.
 pub const FORMAT_VERSION: u8 = 2;
@@ -45,6 +56,9 @@ const STORE_DIR: &str = "store";
 /// packed, a busy session's exchanges share them. Small enough that a block (~90 bytes each)
 /// stays inside a leaf page rather than spilling to overflow pages.
 pub const BLOCK_EXCHANGES: usize = 16;
+/// Import markers deleted per pruned session at most, so that one pruning transaction stays
+/// short however much was imported.
+const IMPORTED_PER_SESSION: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -62,6 +76,12 @@ pub enum StoreError {
     MapFull,
     #[error("store {0}")]
     Lmdb(&'static str, #[source] heed::Error),
+    #[error("{what}: a key of {len} bytes is over LMDB's limit of {limit}")]
+    KeyTooLong {
+        what: &'static str,
+        len: usize,
+        limit: usize,
+    },
     #[error("a stored {what} is corrupt or from another version: {reason}")]
     Corrupt { what: &'static str, reason: String },
     #[error("'{0}' is not a session id (32 hex digits)")]
@@ -72,6 +92,61 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl StoreError {
+    /// The error comes from what the records being written contain (a key or value one of them
+    /// made, a corrupt summary of their session), not from the store: the batch's other records
+    /// can still be written without them. A full map or disk, a failed commit or I/O is the
+    /// store's own failure and concerns every record alike.
+    pub fn is_record_specific(&self) -> bool {
+        matches!(
+            self,
+            Self::KeyTooLong { .. }
+                | Self::Corrupt { .. }
+                | Self::BadId(_)
+                | Self::Lmdb(
+                    _,
+                    heed::Error::Mdb(heed::MdbError::BadValSize)
+                        | heed::Error::Encoding(_)
+                        | heed::Error::Decoding(_)
+                )
+        )
+    }
+}
+
+/// Puts `key` in `db`, checking it against LMDB's key limit first (the one place keys are
+/// checked; `keys` builds them to fit), so that a key that does not fit is an error naming the
+/// database rather than LMDB's bare `MDB_BAD_VALSIZE`.
+fn put<'a, DC>(
+    db: Database<'static, Bytes, DC>,
+    txn: &mut RwTxn<'_>,
+    key: &'a [u8],
+    value: &'a <DC as heed::BytesEncode<'a>>::EItem,
+    what: &'static str,
+) -> Result<(), StoreError>
+where
+    DC: heed::BytesEncode<'a> + 'static,
+{
+    if key.len() > LMDB_MAX_KEY {
+        return Err(StoreError::KeyTooLong {
+            what,
+            len: key.len(),
+            limit: LMDB_MAX_KEY,
+        });
+    }
+    db.put(txn, key, value).map_err(lmdb(what))
+}
+
+/// What [`Store::write_isolating`] did with a batch.
+#[derive(Debug, Default)]
+pub struct WriteReport {
+    pub written: usize,
+    /// Records skipped because an earlier import stored them.
+    pub duplicates: usize,
+    /// Records that could not be stored, by their position in the batch, with the reason. The
+    /// rest of the batch was stored without them.
+    pub rejected: Vec<(usize, StoreError)>,
 }
 
 fn lmdb(what: &'static str) -> impl Fn(heed::Error) -> StoreError {
@@ -109,6 +184,11 @@ fn decode<T: DeserializeOwned>(bytes: &[u8], what: &'static str) -> Result<T, St
     }
 }
 
+/// The 32 hex digits of a session id.
+fn hex_id(id: &[u8; 16]) -> String {
+    id.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// A session id from its 32 hex digits.
 pub fn id_bytes(id: &str) -> Result<[u8; 16], StoreError> {
     let bad = || StoreError::BadId(id.to_owned());
@@ -122,22 +202,6 @@ pub fn id_bytes(id: &str) -> Result<[u8; 16], StoreError> {
         *byte = (nibble(pair[0]).ok_or_else(bad)? << 4) | nibble(pair[1]).ok_or_else(bad)?;
     }
     Ok(out)
-}
-
-fn index_key(value: &str, start_ns: u64, id: &[u8; 16]) -> Vec<u8> {
-    let mut key = Vec::with_capacity(value.len() + 25);
-    key.extend_from_slice(value.as_bytes());
-    key.push(0);
-    key.extend_from_slice(&start_ns.to_be_bytes());
-    key.extend_from_slice(id);
-    key
-}
-
-fn time_key(start_ns: u64, id: &[u8; 16]) -> [u8; 24] {
-    let mut key = [0u8; 24];
-    key[..8].copy_from_slice(&start_ns.to_be_bytes());
-    key[8..].copy_from_slice(id);
-    key
 }
 
 /// Which sessions `apisessions sessions` wants.
@@ -203,10 +267,16 @@ pub struct Store {
     by_host: Database<'static, Bytes, Unit>,
     by_endpoint: Database<'static, Bytes, Unit>,
     by_user: Database<'static, Bytes, Unit>,
+    /// Exchanges stored by an import (see the module doc); `None` in a reader.
+    imported: Option<Database<'static, Bytes, Unit>>,
+    /// The sessionizer's state (see `state`); `None` in a reader.
+    state: Option<StateDbs>,
     /// Disambiguates exchanges of one session that start in the same nanosecond.
     sequence: AtomicU32,
 }
 
+/// The databases readers open (a store written before a writer-only database was added still
+/// opens for reading).
 const DB_NAMES: [&str; 7] = [
     "sessions",
     "exchanges",
@@ -216,6 +286,8 @@ const DB_NAMES: [&str; 7] = [
     "by_endpoint",
     "by_user",
 ];
+/// The databases only the writer uses, created by it when missing.
+const WRITER_DB_NAMES: [&str; 3] = ["imported", "state", "state_by_time"];
 
 impl Store {
     pub fn dir(data_dir: &Path) -> PathBuf {
@@ -247,7 +319,9 @@ impl Store {
             source,
         };
         let mut options = EnvOpenOptions::new().read_txn_without_tls();
-        options.map_size(map_size).max_dbs(DB_NAMES.len() as u32);
+        options
+            .map_size(map_size)
+            .max_dbs((DB_NAMES.len() + WRITER_DB_NAMES.len()) as u32);
         if read_only {
             // SAFETY: READ_ONLY only restricts what this handle may do.
             unsafe { options.flags(EnvFlags::READ_ONLY) };
@@ -255,7 +329,14 @@ impl Store {
         // SAFETY: the store directory belongs to apisessions; nothing else maps it with other
         // options, and in-process the environment is opened once per store handle.
         let env = unsafe { options.open(dir) }.map_err(open_error)?;
-        let dbs: [Database<'static, Bytes, Bytes>; 7] = if read_only {
+        if env.max_key_size() < LMDB_MAX_KEY {
+            return Err(StoreError::KeyTooLong {
+                what: "this LMDB build",
+                len: LMDB_MAX_KEY,
+                limit: env.max_key_size(),
+            });
+        }
+        let dbs: Vec<Database<'static, Bytes, Bytes>> = if read_only {
             let rtxn = env.read_txn().map_err(open_error)?;
             env.open_databases_and_commit(rtxn, |opener, rtxn| {
                 let mut dbs = Vec::new();
@@ -270,19 +351,23 @@ impl Store {
             .map_err(open_error)?
             .commit()
             .flatten()
+            .map(Vec::from)
             .ok_or_else(|| StoreError::Missing(dir.to_path_buf()))?
         } else {
             let wtxn = env.write_txn().map_err(open_error)?;
             env.create_databases_and_commit(wtxn, |opener, wtxn| {
                 let mut dbs = Vec::new();
-                for name in DB_NAMES {
+                for name in DB_NAMES.iter().chain(&WRITER_DB_NAMES) {
                     dbs.push(opener.create_database(wtxn, Some(name))?);
                 }
-                Ok::<_, heed::Error>(CommitOrAbort::<_, ()>::Commit(<[_; 7]>::try_from(dbs).ok()))
+                Ok::<_, heed::Error>(CommitOrAbort::<_, ()>::Commit(
+                    <[_; 10]>::try_from(dbs).ok(),
+                ))
             })
             .map_err(open_error)?
             .commit()
             .flatten()
+            .map(Vec::from)
             .ok_or_else(|| StoreError::Missing(dir.to_path_buf()))?
         };
         let unit = |db: Database<'static, Bytes, Bytes>| db.remap_data_type::<Unit>();
@@ -294,6 +379,14 @@ impl Store {
             by_host: unit(dbs[4]),
             by_endpoint: unit(dbs[5]),
             by_user: unit(dbs[6]),
+            imported: dbs.get(7).copied().map(unit),
+            state: dbs
+                .get(8)
+                .zip(dbs.get(9))
+                .map(|(entries, by_time)| StateDbs {
+                    entries: *entries,
+                    by_time: unit(*by_time),
+                }),
             env,
             sequence: AtomicU32::new(0),
         })
@@ -314,26 +407,53 @@ impl Store {
         }
     }
 
-    /// Writes a batch of exchanges with their sessions in one transaction.
+    /// Writes a batch of exchanges with their sessions in one transaction, all or nothing;
+    /// returns how many of them were skipped as already stored (an exchange with an
+    /// `exchange_id` that an earlier import stored).
     ///
     /// Each session the batch touches is read and written once, however many of its exchanges
     /// the batch holds, and its exchanges go in as blocks in key order, so a transaction's
     /// B-tree work is per session rather than per exchange.
-    pub fn write(&self, batch: &[(StoredExchange, Assignment)]) -> Result<(), StoreError> {
+    pub fn write(&self, batch: &[(StoredExchange, Assignment)]) -> Result<usize, StoreError> {
+        self.write_with_state(batch, &SessionState::default())
+    }
+
+    /// [`Store::write`], with the changes to the sessionizer's state that the batch's exchanges
+    /// made, in the same transaction: the state on disk always matches the exchanges on disk.
+    pub fn write_with_state(
+        &self,
+        batch: &[(StoredExchange, Assignment)],
+        state: &SessionState,
+    ) -> Result<usize, StoreError> {
         let mut txn = self.env.write_txn().map_err(lmdb("write transaction"))?;
+        let mut duplicates = 0;
         // Per session: its summary and the batch's exchanges of it.
         let mut sessions: HashMap<[u8; 16], (StoredSession, Vec<&StoredExchange>)> = HashMap::new();
         for (exchange, assignment) in batch {
+            if let (Some(exchange_id), Some(imported)) = (exchange.exchange_id, self.imported) {
+                let key = imported_key(exchange.ts_ns, &exchange_id);
+                let seen = imported
+                    .get(&txn, &key)
+                    .map_err(lmdb("reading the imported index"))?;
+                if seen.is_some() {
+                    duplicates += 1;
+                    continue;
+                }
+                put(imported, &mut txn, &key, &(), "the imported index")?;
+            }
             let id = id_bytes(&assignment.session_id)?;
             let (stored, exchanges) = match sessions.entry(id) {
                 Entry::Occupied(entry) => entry.into_mut(),
                 Entry::Vacant(entry) => {
-                    let stored = match self.sessions.get(&txn, &id).map_err(lmdb("read"))? {
+                    let stored = match self
+                        .sessions
+                        .get(&txn, &id)
+                        .map_err(lmdb("reading a session summary"))?
+                    {
                         Some(bytes) => decode::<StoredSession>(bytes, "session")?,
                         None => {
-                            self.by_time
-                                .put(&mut txn, &time_key(exchange.ts_ns, &id), &())
-                                .map_err(lmdb("write"))?;
+                            let key = time_key(exchange.ts_ns, &id);
+                            put(self.by_time, &mut txn, &key, &(), "the by_time index")?;
                             StoredSession {
                                 indexed_ns: exchange.ts_ns,
                                 summary: SessionSummary::new(assignment, exchange.ts_ns),
@@ -362,20 +482,76 @@ impl Store {
         // same keys.
         blocks.sort_by_key(|(id, first_ns, _)| (*id, *first_ns));
         for (id, first_ns, value) in &blocks {
-            let mut key = [0u8; 28];
-            key[..16].copy_from_slice(id);
-            key[16..24].copy_from_slice(&first_ns.to_be_bytes());
-            key[24..].copy_from_slice(&self.sequence.fetch_add(1, Ordering::Relaxed).to_be_bytes());
-            self.exchanges
-                .put(&mut txn, &key, value)
-                .map_err(lmdb("write"))?;
+            let sequence = self.sequence.fetch_add(1, Ordering::Relaxed);
+            let key = exchange_key(id, *first_ns, sequence);
+            put(self.exchanges, &mut txn, &key, value, "an exchange block")?;
         }
         for (id, (stored, _)) in &sessions {
-            self.sessions
-                .put(&mut txn, id, &encode(stored)?)
-                .map_err(lmdb("write"))?;
+            put(
+                self.sessions,
+                &mut txn,
+                id,
+                &encode(stored)?,
+                "a session summary",
+            )?;
         }
-        txn.commit().map_err(lmdb("commit"))
+        if let Some(dbs) = self.state {
+            dbs.write(&mut txn, state)?;
+        }
+        txn.commit().map_err(lmdb("commit"))?;
+        Ok(duplicates)
+    }
+
+    /// Writes a batch so that no record costs the others: if the transaction fails because of
+    /// what some records contain ([`StoreError::is_record_specific`]), the batch is halved and
+    /// each half written on its own, down to single records, which are then reported as
+    /// rejected. A batch with one bad record among n costs about 2·log2(n) extra transactions,
+    /// over ever smaller halves. A failure of the store itself (full map or disk, I/O) is
+    /// returned as it is: then nothing of the batch was written.
+    ///
+    /// `state` goes in the batch's transaction; when the batch had to be halved, in a
+    /// transaction of its own after the halves.
+    pub fn write_isolating(
+        &self,
+        batch: &[(StoredExchange, Assignment)],
+        state: &SessionState,
+    ) -> Result<WriteReport, StoreError> {
+        let mut report = WriteReport::default();
+        if !self.write_part(batch, 0, state, &mut report)? {
+            self.write_with_state(&[], state)?;
+        }
+        Ok(report)
+    }
+
+    /// Writes `part` with `state` in one transaction, or else in halves without it, down to the
+    /// single records at fault; true if it went in whole (with the state).
+    fn write_part(
+        &self,
+        part: &[(StoredExchange, Assignment)],
+        offset: usize,
+        state: &SessionState,
+        report: &mut WriteReport,
+    ) -> Result<bool, StoreError> {
+        match self.write_with_state(part, state) {
+            Ok(duplicates) => {
+                report.written += part.len() - duplicates;
+                report.duplicates += duplicates;
+                Ok(true)
+            }
+            Err(e) if !e.is_record_specific() => Err(e),
+            Err(e) if part.len() <= 1 => {
+                if !part.is_empty() {
+                    report.rejected.push((offset, e));
+                }
+                Ok(false)
+            }
+            Err(_) => {
+                let (none, half) = (SessionState::default(), part.len() / 2);
+                self.write_part(&part[..half], offset, &none, report)?;
+                self.write_part(&part[half..], offset + half, &none, report)?;
+                Ok(false)
+            }
+        }
     }
 
     /// Adds what a session newly gained to the secondary indexes.
@@ -387,24 +563,25 @@ impl Store {
         new: &record::NewValues,
     ) -> Result<(), StoreError> {
         for ip in &new.ips {
-            self.by_ip
-                .put(txn, &index_key(ip, at, id), &())
-                .map_err(lmdb("write"))?;
+            put(
+                self.by_ip,
+                txn,
+                &index_key(ip, at, id),
+                &(),
+                "the by_ip index",
+            )?;
         }
         for host in &new.hosts {
-            self.by_host
-                .put(txn, &index_key(&host.to_ascii_lowercase(), at, id), &())
-                .map_err(lmdb("write"))?;
+            let key = index_key(&host.to_ascii_lowercase(), at, id);
+            put(self.by_host, txn, &key, &(), "the by_host index")?;
         }
         for endpoint in &new.endpoints {
-            self.by_endpoint
-                .put(txn, &index_key(endpoint, at, id), &())
-                .map_err(lmdb("write"))?;
+            let key = index_key(endpoint, at, id);
+            put(self.by_endpoint, txn, &key, &(), "the by_endpoint index")?;
         }
         if let Some(user) = &new.user {
-            self.by_user
-                .put(txn, &index_key(user, at, id), &())
-                .map_err(lmdb("write"))?;
+            let key = index_key(user, at, id);
+            put(self.by_user, txn, &key, &(), "the by_user index")?;
         }
         Ok(())
     }
@@ -430,22 +607,30 @@ impl Store {
         ]
         .into_iter()
         .find_map(|(value, db)| value.as_ref().map(|v| (v.clone(), db)));
+        // One unreadable summary must not hide every other session: it is skipped and
+        // reported once, unless nothing was readable (a store of another format, say).
+        let (mut unreadable, mut readable) = (Vec::new(), 0usize);
         let mut visit = |id: &[u8]| -> Result<bool, StoreError> {
             let Ok(id) = <[u8; 16]>::try_from(id) else {
                 return Ok(true);
             };
-            if let Some(mut summary) = self.summary(&txn, &id)?
-                && filter.matches(&summary)
-            {
-                summary.sort();
-                out.push(summary);
+            match self.summary(&txn, &id) {
+                Ok(Some(mut summary)) => {
+                    readable += 1;
+                    if filter.matches(&summary) {
+                        summary.sort();
+                        out.push(summary);
+                    }
+                }
+                Ok(None) => {}
+                Err(e @ StoreError::Corrupt { .. }) => unreadable.push((id, e)),
+                Err(e) => return Err(e),
             }
             Ok(out.len() < limit)
         };
         match index {
             Some((value, db)) => {
-                let mut prefix = value.into_bytes();
-                prefix.push(0);
+                let prefix = index_prefix(&value);
                 for entry in db.rev_prefix_iter(&txn, &prefix).map_err(lmdb("read"))? {
                     let (key, ()) = entry.map_err(lmdb("read"))?;
                     if !visit(&key[key.len() - 16..])? {
@@ -465,6 +650,16 @@ impl Store {
                     }
                 }
             }
+        }
+        if let Some((id, first)) = unreadable.first() {
+            if readable == 0 {
+                return Err(unreadable.swap_remove(0).1);
+            }
+            log::warn!(
+                "skipped {} unreadable session summaries (the first, {}: {first})",
+                unreadable.len(),
+                hex_id(id)
+            );
         }
         // Index order is by first-indexed start; present newest activity first.
         out.sort_by_key(|s| std::cmp::Reverse(s.start_ns));
@@ -600,16 +795,32 @@ impl Store {
                 .map_err(lmdb("delete"))?;
             report.sessions += 1;
         }
+        if let Some(dbs) = self.state {
+            let step = max_sessions.saturating_mul(IMPORTED_PER_SESSION);
+            report.more |= dbs.prune(&mut txn, cutoff_ns, step)?;
+        }
+        // Import markers of exchanges whose sessions are gone: a session lasts at most a day,
+        // so every exchange that started a day before the cutoff belonged to one that ended
+        // before it.
+        if let Some(imported) = self.imported {
+            let horizon = cutoff_ns.saturating_sub(24 * 3600 * 1_000_000_000);
+            let upper = horizon.to_be_bytes();
+            let range = (Bound::Unbounded, Bound::Excluded(&upper[..]));
+            let mut old = Vec::new();
+            for entry in imported.range(&txn, &range).map_err(lmdb("read"))? {
+                if old.len() == max_sessions.saturating_mul(IMPORTED_PER_SESSION) {
+                    report.more = true;
+                    break;
+                }
+                old.push(entry.map_err(lmdb("read"))?.0.to_vec());
+            }
+            for key in old {
+                imported.delete(&mut txn, &key).map_err(lmdb("delete"))?;
+            }
+        }
         txn.commit().map_err(lmdb("commit"))?;
         Ok(report)
     }
-}
-
-/// The greatest exchange key of a session (id, then all-ones time and sequence).
-fn last_exchange_key(id: &[u8; 16]) -> [u8; 28] {
-    let mut key = [0xff; 28];
-    key[..16].copy_from_slice(id);
-    key
 }
 
 /// A summary as stored, with the start time its index keys were made with.

@@ -66,6 +66,11 @@ pub struct StoredExchange {
     pub gap: bool,
     /// Context parameters (configured ones; hashed values start with `h:`).
     pub params: Vec<(String, String)>,
+    /// Set by `import`: a deterministic id (see `import::ExchangeIds`) by which the store
+    /// recognises an exchange it already holds when the same capture is imported again. Not
+    /// part of the stored record.
+    #[serde(skip)]
+    pub exchange_id: Option<[u8; 16]>,
 }
 
 impl StoredExchange {
@@ -115,6 +120,7 @@ impl StoredExchange {
             response_truncated: response.is_some_and(|r| r.meta.truncated),
             gap: exchange.gap(),
             params: Vec::new(),
+            exchange_id: None,
         }
     }
 

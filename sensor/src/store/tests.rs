@@ -5,6 +5,7 @@ use std::{
 };
 
 use super::*;
+use crate::sessions::state::SessionState;
 use crate::{
     exchange::{Exchange, MessageMeta, Request, Response},
     sessions::{Assignment, KeyKind, Secret},
@@ -398,7 +399,8 @@ fn the_writer_stores_every_submitted_batch() {
                         assignment((n % 50) as u8, None),
                     )
                 })
-                .collect(),
+                .collect::<Vec<_>>()
+                .into(),
         );
     }
     let counters = Arc::clone(&writer.counters);
@@ -410,4 +412,360 @@ fn the_writer_stores_every_submitted_batch() {
     assert!((1..=30).contains(&get(&counters.batches_written)));
     let store = Store::open_read_only(&dir.0).unwrap();
     assert_eq!(store.counts().unwrap(), (50, 3000));
+}
+
+/// A small deterministic generator (xorshift64*): the randomised tests repeat exactly.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+
+    /// Text of a random length up to the decoder's head bound, mostly short, now and then long,
+    /// with multi-byte characters so that cuts meet character boundaries.
+    fn text(&mut self, tag: u64) -> String {
+        let head_bound = crate::http::HttpConfig::default().max_head_bytes as u64;
+        let len = match self.below(4) {
+            0 => self.below(32),
+            1 => self.below(600),
+            2 => 400 + self.below(200),
+            _ => self.below(head_bound),
+        } as usize;
+        let mut text = format!("{tag}-");
+        while text.len() < len {
+            text.push(if self.below(16) == 0 { 'é' } else { 'a' });
+        }
+        text
+    }
+}
+
+#[test]
+fn records_with_text_fields_of_any_length_are_each_stored() {
+    let dir = TempDir::new("hostile");
+    let store = Store::open(&dir.0, 4 << 30).unwrap();
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut total = 0;
+    let mut probes = Vec::new();
+    for batch in 0..8u64 {
+        let mut items = Vec::new();
+        for i in 0..40u64 {
+            let n = batch * 40 + i;
+            let mut e = record("192.0.2.1", 100 + n, "GET", "/", 200);
+            e.host = Some(rng.text(n));
+            e.uri = Some(rng.text(n));
+            e.endpoint = Some(rng.text(n));
+            e.user_agent = Some(rng.text(n));
+            e.referrer = Some(rng.text(n));
+            e.method = Some(rng.text(n));
+            e.status_msg = Some(rng.text(n));
+            e.request_content_type = Some(rng.text(n));
+            e.params = vec![(rng.text(n), rng.text(n))];
+            let session = (rng.below(20) + 1) as u8;
+            let mut a = assignment(session, None);
+            a.user = Some(rng.text(n));
+            a.key_name = rng.text(n);
+            probes.push((
+                e.host.clone(),
+                e.endpoint.clone(),
+                a.user.clone(),
+                a.session_id.clone(),
+            ));
+            items.push((e, a));
+        }
+        let report = store
+            .write_isolating(&items, &SessionState::default())
+            .unwrap();
+        assert!(report.rejected.is_empty(), "{:?}", report.rejected);
+        assert_eq!(report.written, items.len());
+        total += items.len() as u64;
+    }
+    assert_eq!(store.counts().unwrap().1, total);
+    // Every session is found again through the indexes by the hosts, endpoints and user its
+    // summary lists, however long they are (a summary lists a bounded number of each).
+    let mut found = 0;
+    for (host, endpoint, user, session) in &probes {
+        let by = |filter: SessionFilter| ids(&store.list(&filter).unwrap()).contains(session);
+        let summary = store.session(session).unwrap().unwrap();
+        if host.as_ref().is_some_and(|h| summary.hosts.contains(h)) {
+            assert!(by(SessionFilter {
+                host: host.clone(),
+                ..SessionFilter::default()
+            }));
+            found += 1;
+        }
+        if summary.user == *user {
+            assert!(by(SessionFilter {
+                user: user.clone(),
+                ..SessionFilter::default()
+            }));
+            found += 1;
+        }
+        if summary.endpoints.iter().any(|(k, _)| {
+            k.split_once(' ')
+                .is_some_and(|(_, p)| Some(p) == endpoint.as_deref())
+        }) {
+            assert!(by(SessionFilter {
+                endpoint: endpoint.clone(),
+                ..SessionFilter::default()
+            }));
+            found += 1;
+        }
+    }
+    assert!(found >= 40, "only {found} index lookups exercised");
+    // Pruning finds and removes every index entry it made, long values included.
+    let report = store.prune(u64::MAX, usize::MAX).unwrap();
+    assert_eq!(report.exchanges, total);
+    let txn = store.read().unwrap();
+    for db in [store.by_ip, store.by_host, store.by_endpoint, store.by_user] {
+        assert_eq!(db.len(&txn).unwrap(), 0);
+    }
+}
+
+#[test]
+fn a_record_that_cannot_be_stored_costs_only_itself() {
+    let dir = TempDir::new("isolate");
+    let store = Store::open(&dir.0, 1 << 30).unwrap();
+    // Session 9's stored summary is unreadable: its records cannot be added, the others can.
+    {
+        let mut txn = store.env.write_txn().unwrap();
+        store
+            .sessions
+            .put(&mut txn, &[9; 16], &[FORMAT_VERSION, 0xff, 0xff])
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let bad = format!("{:02x}", 9).repeat(16);
+    let batch: Vec<_> = (0..100u64)
+        .map(|i| {
+            let mut a = assignment((i % 7) as u8 + 1, None);
+            if matches!(i, 3 | 50 | 99) {
+                a.session_id.clone_from(&bad);
+            }
+            (record("192.0.2.1", 1000 + i, "GET", "/items", 200), a)
+        })
+        .collect();
+    assert!(store.write(&batch).unwrap_err().is_record_specific());
+
+    let report = store
+        .write_isolating(&batch, &SessionState::default())
+        .unwrap();
+    assert_eq!(report.written, 97);
+    let positions: Vec<usize> = report.rejected.iter().map(|(p, _)| *p).collect();
+    assert_eq!(positions, [3, 50, 99]);
+    assert!(matches!(report.rejected[0].1, StoreError::Corrupt { .. }));
+    let (sessions, exchanges) = {
+        let txn = store.read().unwrap();
+        let mut n = 0;
+        for s in 1..=7u8 {
+            n += store.summary(&txn, &[s; 16]).unwrap().unwrap().requests;
+        }
+        (store.sessions.len(&txn).unwrap(), n)
+    };
+    assert_eq!((sessions, exchanges), (8, 97));
+
+    // Through the daemon's writer: counted by reason, nothing else lost.
+    let dir = TempDir::new("isolate-writer");
+    let fresh = Store::open(&dir.0, 1 << 30).unwrap();
+    {
+        let mut txn = fresh.env.write_txn().unwrap();
+        fresh
+            .sessions
+            .put(&mut txn, &[9; 16], &[FORMAT_VERSION, 0xff, 0xff])
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let century = Duration::from_secs(100 * 365 * 24 * 3600);
+    let writer = StoreWriter::start(fresh, century, Duration::from_secs(3600));
+    writer.submit(batch.into());
+    let counters = Arc::clone(&writer.counters);
+    writer.finish();
+    let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    assert_eq!(get(&counters.exchanges_written), 97);
+    assert_eq!(get(&counters.exchanges_rejected_corrupt), 3);
+    assert_eq!(get(&counters.exchanges_lost_write_error), 0);
+    assert_eq!(get(&counters.write_errors), 0);
+}
+
+#[test]
+fn a_key_over_the_limit_is_an_error_naming_its_database() {
+    let dir = TempDir::new("keysize");
+    let store = Store::open(&dir.0, 1 << 20).unwrap();
+    let mut txn = store.env.write_txn().unwrap();
+    put(
+        store.by_ip,
+        &mut txn,
+        &[b'a'; LMDB_MAX_KEY],
+        &(),
+        "the by_ip index",
+    )
+    .unwrap();
+    let error = put(
+        store.by_endpoint,
+        &mut txn,
+        &[b'a'; LMDB_MAX_KEY + 1],
+        &(),
+        "the by_endpoint index",
+    )
+    .unwrap_err();
+    assert!(error.is_record_specific());
+    let message = error.to_string();
+    assert!(
+        message.contains("by_endpoint") && message.contains("512") && message.contains("511"),
+        "{message}"
+    );
+}
+
+#[test]
+fn an_unreadable_summary_hides_no_other_session() {
+    let dir = TempDir::new("unreadable");
+    let store = populated(&dir);
+    {
+        let mut txn = store.env.write_txn().unwrap();
+        store
+            .sessions
+            .put(&mut txn, &[2; 16], &[FORMAT_VERSION, 0xff, 0xff])
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let all = store.list(&SessionFilter::default()).unwrap();
+    assert_eq!(ids(&all), [id(1), id(3)]);
+    let by_ip = SessionFilter {
+        ip: Some("198.51.100.5".into()),
+        ..SessionFilter::default()
+    };
+    // Nothing readable at all: the error itself, not an empty list.
+    assert!(matches!(
+        store.list(&by_ip),
+        Err(StoreError::Corrupt { .. })
+    ));
+}
+
+#[test]
+fn an_exchange_imported_before_is_not_stored_again() {
+    let dir = TempDir::new("imported");
+    let store = Store::open(&dir.0, 1 << 30).unwrap();
+    let batch: Vec<_> = (0..50u64)
+        .map(|i| {
+            let mut e = record("192.0.2.1", 100 + i, "GET", "/items", 200);
+            e.exchange_id = Some([i as u8; 16]);
+            (e, assignment((i % 5) as u8 + 1, None))
+        })
+        .collect();
+    let first = store
+        .write_isolating(&batch, &SessionState::default())
+        .unwrap();
+    assert_eq!((first.written, first.duplicates), (50, 0));
+    let before = store.list(&SessionFilter::default()).unwrap();
+    // The same batch again, and once more split differently: nothing changes.
+    let again = store
+        .write_isolating(&batch, &SessionState::default())
+        .unwrap();
+    assert_eq!((again.written, again.duplicates), (0, 50));
+    store
+        .write_isolating(&batch[..7], &SessionState::default())
+        .unwrap();
+    assert_eq!(store.list(&SessionFilter::default()).unwrap(), before);
+    assert_eq!(store.counts().unwrap(), (5, 50));
+    // Without an id (the daemon's records) nothing is recognised.
+    let mut live = batch[0].clone();
+    live.0.exchange_id = None;
+    store.write(&[live]).unwrap();
+    assert_eq!(store.counts().unwrap().1, 51);
+    // Markers go with the retention: pruned along with their sessions.
+    store.prune(u64::MAX, usize::MAX).unwrap();
+    let txn = store.read().unwrap();
+    assert_eq!(store.imported.unwrap().len(&txn).unwrap(), 0);
+}
+
+fn actor_state(last_ns: u64) -> crate::sessions::state::ActorState {
+    crate::sessions::state::ActorState {
+        session_id: id(1),
+        start_ns: last_ns,
+        began_ns: last_ns,
+        last_ns,
+        key_kind: KeyKind::Cookie,
+        key_name: "cookie sid".into(),
+        first_hand_outs: Vec::new(),
+        shared: false,
+        tracks_hand_outs: false,
+    }
+}
+
+#[test]
+fn the_session_state_goes_with_its_exchanges_and_loads_newest_first() {
+    use crate::sessions::state::LinkState;
+    let dir = TempDir::new("state");
+    let store = Store::open(&dir.0, 1 << 30).unwrap();
+    let state = SessionState {
+        actors: (0..10u8)
+            .map(|n| ([n; 32], Some(actor_state(u64::from(n) * MINUTE))))
+            .collect(),
+        links: vec![(
+            [9; 32],
+            Some(LinkState {
+                actor: [1; 32],
+                fallback_session: Some(5),
+                at_ns: 3 * MINUTE,
+            }),
+        )],
+    };
+    store
+        .write_with_state(
+            &[(record("192.0.2.1", 1, "GET", "/", 200), assignment(1, None))],
+            &state,
+        )
+        .unwrap();
+    // Updates move an entry in time; removals take it out.
+    let later = SessionState {
+        actors: vec![([0; 32], Some(actor_state(60 * MINUTE))), ([1; 32], None)],
+        links: Vec::new(),
+    };
+    store.write_with_state(&[], &later).unwrap();
+
+    let loaded = store.load_state(3, 10, 0).unwrap();
+    let hashes: Vec<u8> = loaded.state.actors.iter().map(|(h, _)| h[0]).collect();
+    assert_eq!(hashes, [0, 9, 8], "newest first, within the bound");
+    assert_eq!(loaded.actors_cut, 6, "the rest of the 9 left");
+    assert_eq!(
+        loaded.state.actors[0].1.as_ref().unwrap().last_ns,
+        60 * MINUTE
+    );
+    assert_eq!(loaded.state.links, state.links);
+    // Only what is recent enough.
+    let recent = store.load_state(100, 100, 7 * MINUTE).unwrap();
+    assert_eq!(recent.state.actors.len(), 4, "0 (moved to 60 min), 7, 8, 9");
+    assert_eq!((recent.actors_cut, recent.state.links.len()), (0, 0));
+
+    // A corrupt entry costs only itself.
+    {
+        let dbs = store.state.unwrap();
+        let mut txn = store.env.write_txn().unwrap();
+        let mut key = vec![b'a'];
+        key.extend_from_slice(&[9; 32]);
+        let mut value = (9 * MINUTE).to_be_bytes().to_vec();
+        value.extend_from_slice(&[FORMAT_VERSION, 0xff, 0xff, 0xff]);
+        dbs.entries.put(&mut txn, &key, &value).unwrap();
+        txn.commit().unwrap();
+    }
+    let loaded = store.load_state(100, 100, 0).unwrap();
+    assert_eq!((loaded.state.actors.len(), loaded.unreadable), (8, 1));
+
+    // Pruned with the retention.
+    store.prune(8 * MINUTE + 1, 1000).unwrap();
+    let left = store.load_state(100, 100, 0).unwrap();
+    let hashes: Vec<u8> = left.state.actors.iter().map(|(h, _)| h[0]).collect();
+    assert_eq!(
+        (hashes, left.unreadable),
+        (vec![0], 1),
+        "0 and the corrupt 9 are newer"
+    );
+    assert!(left.state.links.is_empty());
 }

@@ -4,7 +4,9 @@
 //! The hand-over channel is bounded. When the writer falls behind (a slow or full disk), new
 //! batches are dropped and counted rather than held without limit; a failed commit (full map,
 //! full disk) is logged at ERROR level with its batch counted as lost, and the next batch is
-//! tried normally, so writing resumes by itself when space returns.
+//! tried normally, so writing resumes by itself when space returns. A record that cannot be
+//! stored because of what it holds is rejected alone and counted by reason; the rest of its
+//! batch is stored ([`Store::write_isolating`]).
 
 use std::{
     sync::{
@@ -17,9 +19,36 @@ use std::{
 };
 
 use super::{Store, StoreError, StoredExchange};
-use crate::sessions::Assignment;
+use crate::sessions::{Assignment, state::SessionState};
 
-pub type Batch = Vec<(StoredExchange, Assignment)>;
+/// Exchanges for the store, with the changes they made to the sessionizer's state (written in
+/// the same transaction).
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub exchanges: Vec<(StoredExchange, Assignment)>,
+    pub state: SessionState,
+}
+
+impl Batch {
+    pub fn is_empty(&self) -> bool {
+        self.exchanges.is_empty() && self.state.is_empty()
+    }
+
+    /// Appends a later batch.
+    pub fn extend(&mut self, later: Self) {
+        self.exchanges.extend(later.exchanges);
+        self.state.extend(later.state);
+    }
+}
+
+impl From<Vec<(StoredExchange, Assignment)>> for Batch {
+    fn from(exchanges: Vec<(StoredExchange, Assignment)>) -> Self {
+        Self {
+            exchanges,
+            state: SessionState::default(),
+        }
+    }
+}
 
 /// Batches waiting for the writer at most.
 pub const QUEUE_BATCHES: usize = 64;
@@ -41,6 +70,12 @@ pub struct WriterCounters {
     pub exchanges_dropped_queue_full: AtomicU64,
     /// Exchanges lost with a batch whose commit failed.
     pub exchanges_lost_write_error: AtomicU64,
+    /// Exchanges rejected alone (their batch stored without them): a key over LMDB's limit.
+    pub exchanges_rejected_key_size: AtomicU64,
+    /// ... a stored value of their session that cannot be read (corrupt or another version).
+    pub exchanges_rejected_corrupt: AtomicU64,
+    /// ... any other reason tied to the record (an encoding error, a malformed session id).
+    pub exchanges_rejected_other: AtomicU64,
     pub write_errors: AtomicU64,
     pub map_full_errors: AtomicU64,
     pub pruned_sessions: AtomicU64,
@@ -49,6 +84,19 @@ pub struct WriterCounters {
 }
 
 impl WriterCounters {
+    /// Counts one record rejected for `reason` under the counter of its kind.
+    pub fn count_rejected(&self, reason: &StoreError) {
+        let counter = match reason {
+            StoreError::KeyTooLong { .. } => &self.exchanges_rejected_key_size,
+            StoreError::Lmdb(_, heed::Error::Mdb(heed::MdbError::BadValSize)) => {
+                &self.exchanges_rejected_key_size
+            }
+            StoreError::Corrupt { .. } => &self.exchanges_rejected_corrupt,
+            _ => &self.exchanges_rejected_other,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         vec![
@@ -61,6 +109,18 @@ impl WriterCounters {
             (
                 "exchanges_lost_write_error",
                 get(&self.exchanges_lost_write_error),
+            ),
+            (
+                "exchanges_rejected_key_size",
+                get(&self.exchanges_rejected_key_size),
+            ),
+            (
+                "exchanges_rejected_corrupt",
+                get(&self.exchanges_rejected_corrupt),
+            ),
+            (
+                "exchanges_rejected_other",
+                get(&self.exchanges_rejected_other),
             ),
             ("write_errors", get(&self.write_errors)),
             ("map_full_errors", get(&self.map_full_errors)),
@@ -108,7 +168,7 @@ impl StoreWriter {
                 };
                 match rx.recv_timeout(wait) {
                     Ok(mut batch) => {
-                        while batch.len() < TRANSACTION_EXCHANGES {
+                        while batch.exchanges.len() < TRANSACTION_EXCHANGES {
                             match rx.try_recv() {
                                 Ok(more) => batch.extend(more),
                                 Err(_) => break,
@@ -134,7 +194,7 @@ impl StoreWriter {
             return;
         }
         let Some(tx) = &self.tx else { return };
-        let len = batch.len() as u64;
+        let len = batch.exchanges.len() as u64;
         match tx.try_send(batch) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
@@ -164,24 +224,50 @@ impl StoreWriter {
 }
 
 fn write(store: &Store, batch: &Batch, counters: &WriterCounters) {
-    match store.write(batch) {
-        Ok(()) => {
+    match store.write_isolating(&batch.exchanges, &batch.state) {
+        Ok(report) => {
             counters.batches_written.fetch_add(1, Ordering::Relaxed);
             counters
                 .exchanges_written
-                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                .fetch_add(report.written as u64, Ordering::Relaxed);
+            for (position, reason) in &report.rejected {
+                counters.count_rejected(reason);
+                log_rejected(batch.exchanges.get(*position), reason);
+            }
         }
         Err(e) => {
             counters.write_errors.fetch_add(1, Ordering::Relaxed);
             counters
                 .exchanges_lost_write_error
-                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                .fetch_add(batch.exchanges.len() as u64, Ordering::Relaxed);
             if matches!(e, StoreError::MapFull) {
                 counters.map_full_errors.fetch_add(1, Ordering::Relaxed);
             }
-            log::error!("store: lost {} exchanges: {e}", batch.len());
+            log::error!("store: lost {} exchanges: {e}", batch.exchanges.len());
         }
     }
+}
+
+/// The ERROR line of a rejected record: which exchange (session, time, method, endpoint cut
+/// short) and why, so that the loss can be traced to its request.
+pub fn log_rejected(item: Option<&(StoredExchange, Assignment)>, reason: &StoreError) {
+    let Some((exchange, assignment)) = item else {
+        log::error!("store: rejected an exchange: {reason}");
+        return;
+    };
+    let endpoint = exchange.endpoint.as_deref().unwrap_or("-");
+    let shown: String = endpoint.chars().take(80).collect();
+    let more = if shown.len() < endpoint.len() {
+        "…"
+    } else {
+        ""
+    };
+    log::error!(
+        "store: rejected the exchange {} {shown}{more} at {} of session {} (the rest of its batch is stored): {reason}",
+        exchange.method.as_deref().unwrap_or("-"),
+        crate::exchange::rfc3339_ns(exchange.ts_ns),
+        assignment.session_id,
+    );
 }
 
 /// One bounded pruning transaction; true while more old sessions remain.
