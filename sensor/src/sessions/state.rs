@@ -27,6 +27,9 @@ pub struct ActorState {
     pub shared: bool,
     /// Whether the session tracks hand-outs at all (a fallback session that received some).
     pub tracks_hand_outs: bool,
+    /// Values split off this shared fallback session that no request has carried back yet
+    /// (bounded by `sessions::MAX_UNRETURNED_SPLITS`).
+    pub unreturned_splits: u32,
 }
 
 /// Where a handed-out value leads, as stored.
@@ -36,6 +39,9 @@ pub struct LinkState {
     /// Set for a value handed out to a fallback actor: the `began_ns` of the session it
     /// continues (it holds only while that session does).
     pub fallback_session: Option<u64>,
+    /// For a value split off a shared fallback session, until a request first carries it: that
+    /// fallback actor and its session's `began_ns` (whose count of unreturned values it is in).
+    pub split_from: Option<([u8; 32], u64)>,
     /// When the link was made or last used: the newest are loaded first.
     pub at_ns: u64,
 }

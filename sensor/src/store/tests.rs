@@ -696,6 +696,7 @@ fn actor_state(last_ns: u64) -> crate::sessions::state::ActorState {
         first_hand_outs: Vec::new(),
         shared: false,
         tracks_hand_outs: false,
+        unreturned_splits: 0,
     }
 }
 
@@ -713,6 +714,7 @@ fn the_session_state_goes_with_its_exchanges_and_loads_newest_first() {
             Some(LinkState {
                 actor: [1; 32],
                 fallback_session: Some(5),
+                split_from: Some(([2; 32], 4)),
                 at_ns: 3 * MINUTE,
             }),
         )],
