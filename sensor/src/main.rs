@@ -375,10 +375,9 @@ fn import(args: ImportArgs) -> Result<()> {
     let data_dir = args.data.resolve(&settings);
     create_data_dir(&data_dir)?;
     let store = Store::open(&data_dir, DEFAULT_MAP_SIZE)?;
-    let mut sessionizer = Sessionizer::new(
-        SessionConfig::from(&settings),
-        Secret::load_or_create(&data_dir)?,
-    );
+    // Continue the sessions an earlier import (or the daemon) left, however old: the capture's
+    // own times decide what is still active.
+    let mut sessionizer = restored_sessionizer(&settings, &data_dir, &store, 0)?;
     let redaction = Redaction::from_config(&settings);
     // Exchanges an earlier import of the same capture stored are recognised by their ids.
     let mut exchange_ids = ExchangeIds::new(sessionizer.secret().clone());
@@ -419,6 +418,7 @@ fn import(args: ImportArgs) -> Result<()> {
                 }
                 batch.exchanges.push((record, assignment));
                 if batch.exchanges.len() >= IMPORT_BATCH {
+                    batch.state = sessionizer.take_changes();
                     let full = std::mem::take(&mut batch);
                     tx.send(full)
                         .map_err(|_| io::Error::other("the store refused a batch"))?;
@@ -427,6 +427,7 @@ fn import(args: ImportArgs) -> Result<()> {
             },
             |read, _| progress.set_position(read),
         );
+        batch.state = sessionizer.take_changes();
         if summary.is_ok() && !batch.is_empty() {
             // A refusal shows as the writer's error below.
             let _ = tx.send(std::mem::take(&mut batch));
@@ -629,6 +630,34 @@ fn export(args: ExportArgs) -> Result<()> {
     }
 }
 
+/// A sessionizer that continues the sessions `store` holds: the actors active since
+/// `since_ns` and their links, within the in-memory bounds.
+fn restored_sessionizer(
+    settings: &Config,
+    data_dir: &Path,
+    store: &Store,
+    since_ns: u64,
+) -> Result<Sessionizer> {
+    let config = SessionConfig::from(settings);
+    let sessionizer_bound = config.max_active;
+    let loaded = store
+        .load_state(config.max_active, config.max_links, since_ns)
+        .context("loading the sessions' state")?;
+    let (actors, cut) = (loaded.state.actors.len(), loaded.actors_cut);
+    let mut sessionizer = Sessionizer::new(config, Secret::load_or_create(data_dir)?);
+    sessionizer.restore(loaded);
+    if actors > 0 {
+        log::info!("continuing {actors} active sessions from the store");
+    }
+    if cut > 0 {
+        log::warn!(
+            "{cut} more active sessions are past the {} held in memory and start anew",
+            sessionizer_bound
+        );
+    }
+    Ok(sessionizer)
+}
+
 fn prune(args: PruneArgs) -> Result<()> {
     let config = args.config.load()?;
     let older_than = args.older_than.unwrap_or(config.storage.retention);
@@ -781,7 +810,10 @@ impl Consumer {
     }
 
     fn flush_store(&mut self) {
-        self.writer.submit(std::mem::take(&mut self.pending).into());
+        self.writer.submit(Batch {
+            exchanges: std::mem::take(&mut self.pending),
+            state: self.sessionizer.take_changes(),
+        });
     }
 
     fn report(&self, report: &mut StatsReport) {
@@ -802,6 +834,14 @@ async fn daemon(
 ) -> Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    // Sessions that were active when the daemon last stopped go on (a restart, an upgrade, a
+    // crash): what is still within the inactivity timeout is loaded back.
+    let store = Store::open(&data_dir, DEFAULT_MAP_SIZE)?;
+    let since = SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+        .saturating_sub(config.sessions.inactivity_timeout.as_nanos() as u64);
+    let sessionizer = restored_sessionizer(&config, &data_dir, &store, since)?;
     let (sensor, mut segments) =
         Sensor::start(&options, interfaces, config.capture.attach, Some(&data_dir))?;
     let mut consumer = Consumer {
@@ -821,17 +861,10 @@ async fn daemon(
         dump_segments: args.dump_segments,
         out: io::BufWriter::new(io::stdout().lock()),
         output_open: true,
-        sessionizer: Sessionizer::new(
-            SessionConfig::from(&config),
-            Secret::load_or_create(&data_dir)?,
-        ),
+        sessionizer,
         redaction: Redaction::from_config(&config),
         pending: Vec::new(),
-        writer: StoreWriter::start(
-            Store::open(&data_dir, DEFAULT_MAP_SIZE)?,
-            config.storage.retention,
-            PRUNE_EVERY,
-        ),
+        writer: StoreWriter::start(store, config.storage.retention, PRUNE_EVERY),
     };
     let mut report = StatsReport {
         pid: std::process::id(),

@@ -22,8 +22,11 @@
 pub mod extract;
 pub mod state;
 
+use state::{Active, Actor, Link, SessionState};
+
 use std::{
     borrow::Cow,
+    collections::HashSet,
     fs,
     io::{self, Write as _},
     os::unix::fs::OpenOptionsExt as _,
@@ -277,6 +280,13 @@ pub struct SessionCounters {
     /// [`MAX_UNRETURNED_SPLITS`] values split off before never came back (a client that ignores
     /// cookies, against an app that sets one on every response).
     pub links_kept_unreturned: u64,
+    /// Actors' sessions and links loaded from the store at start (a restart, an import that
+    /// continues an earlier one), and those left out: past the in-memory bounds, or unreadable.
+    pub state_actors_loaded: u64,
+    pub state_links_loaded: u64,
+    pub state_actors_cut: u64,
+    pub state_links_cut: u64,
+    pub state_unreadable: u64,
     pub by_kind: [u64; 8],
 }
 
@@ -293,6 +303,11 @@ impl SessionCounters {
             ("links_expired", self.links_expired),
             ("hand_outs_untracked", self.hand_outs_untracked),
             ("links_kept_unreturned", self.links_kept_unreturned),
+            ("state_actors_loaded", self.state_actors_loaded),
+            ("state_links_loaded", self.state_links_loaded),
+            ("state_actors_cut", self.state_actors_cut),
+            ("state_links_cut", self.state_links_cut),
+            ("state_unreadable", self.state_unreadable),
         ];
         let kinds = [
             ("key_custom", KeyKind::Custom),
@@ -313,34 +328,6 @@ impl SessionCounters {
     }
 }
 
-/// An actor's current session (part).
-#[derive(Debug)]
-struct Active {
-    id: String,
-    start_ns: u64,
-    /// Start of the session's first part: day parts of one session share it, a session after
-    /// inactivity does not. Links made by a fallback hand-out name the session by it.
-    began_ns: u64,
-    last_ns: u64,
-    key_kind: KeyKind,
-    key_name: String,
-    /// What responses handed out to this session, when it is a fallback actor's.
-    hand_outs: Option<FallbackHandOuts>,
-}
-
-/// The values handed out to one fallback session, as far as the ambiguity rule needs them.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-struct FallbackHandOuts {
-    /// The first value of each key (key name, link hash): these continue the session. At most
-    /// [`MAX_FIRST_HAND_OUTS`].
-    first: Vec<(String, [u8; 32])>,
-    /// A second, different value of a key was handed out: the session is several users', and
-    /// every value handed out to it from now on is a session of its own.
-    shared: bool,
-    /// Values split off into sessions of their own that no request has carried back yet.
-    unreturned: u32,
-}
-
 /// Split-off values per fallback session that may wait for their first return before further
 /// values stay in the fallback session: users log in and use their cookie within seconds, so
 /// more than a handful outstanding means a client that drops what it is given.
@@ -349,21 +336,6 @@ pub const MAX_UNRETURNED_SPLITS: u32 = 8;
 /// Keys remembered per fallback session: more than the built-in handed-out keys (10 cookies, 5
 /// JSON properties), so only a configuration with many `response.*` keys can reach it.
 pub const MAX_FIRST_HAND_OUTS: usize = 16;
-
-type Actor = [u8; 32];
-
-/// Where a handed-out value leads.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Link {
-    actor: Actor,
-    /// Set when the value was handed out to a fallback actor: the `began_ns` of the fallback
-    /// session it continues. The fallback actor's later sessions may be other users', so the
-    /// link holds only while that session does.
-    fallback_session: Option<u64>,
-    /// For a value split off a shared fallback session, until a request first carries it: that
-    /// fallback actor and its session's `began_ns`, whose count of unreturned values it is in.
-    split_from: Option<(Actor, u64)>,
-}
 
 /// A value a response hands out, which later requests may carry.
 #[derive(Clone, Debug)]
@@ -395,7 +367,18 @@ pub struct Sessionizer {
     active: LruCache<Actor, Active>,
     /// Hash of a handed-out value -> where requests that carry it belong.
     links: LruCache<[u8; 32], Link>,
+    /// What changed since the last [`Sessionizer::take_changes`], when the caller keeps the
+    /// state in a store (`None` otherwise: nothing to remember then). Bounded by the exchanges
+    /// of one batch.
+    changed: Option<Changed>,
     pub counters: SessionCounters,
+}
+
+/// The actors and links that exchanges changed, to be written with them.
+#[derive(Debug, Default)]
+struct Changed {
+    actors: HashSet<Actor>,
+    links: HashSet<[u8; 32]>,
 }
 
 /// Values that responses commonly hand out and requests then carry, besides configured
@@ -414,9 +397,76 @@ impl Sessionizer {
         Self {
             active: LruCache::unbounded(),
             links: LruCache::unbounded(),
+            changed: None,
             config,
             secret,
             counters: SessionCounters::default(),
+        }
+    }
+
+    /// Continues from `loaded` (a store's state, newest first) and from now on notes what
+    /// changes, for [`Sessionizer::take_changes`]: sessions go on across restarts and imports.
+    pub fn restore(&mut self, loaded: crate::store::LoadedState) {
+        let crate::store::LoadedState {
+            state,
+            actors_cut,
+            links_cut,
+            unreadable,
+        } = loaded;
+        self.counters.state_actors_cut += actors_cut;
+        self.counters.state_links_cut += links_cut;
+        self.counters.state_unreadable += unreadable;
+        // Oldest first, so that the newest end up the most recently used.
+        for (actor, active) in state.actors.into_iter().rev() {
+            if let Some(active) = active
+                && self.active.len() < self.config.max_active
+            {
+                self.active.put(actor, active);
+                self.counters.state_actors_loaded += 1;
+            }
+        }
+        for (hash, link) in state.links.into_iter().rev() {
+            if let Some(link) = link
+                && self.links.len() < self.config.max_links
+            {
+                self.links.put(hash, link);
+                self.counters.state_links_loaded += 1;
+            }
+        }
+        self.changed = Some(Changed::default());
+    }
+
+    /// The state of the actors and links changed since the last call, as it now is in memory
+    /// (`None` for one no longer there), for the store to write with the exchanges that changed
+    /// it. Empty unless [`Sessionizer::restore`] was called.
+    pub fn take_changes(&mut self) -> SessionState {
+        let Some(changed) = self.changed.as_mut() else {
+            return SessionState::default();
+        };
+        let changed = std::mem::take(changed);
+        SessionState {
+            actors: changed
+                .actors
+                .into_iter()
+                .map(|actor| (actor, self.active.peek(&actor).cloned()))
+                .collect(),
+            links: changed
+                .links
+                .into_iter()
+                .map(|hash| (hash, self.links.peek(&hash).copied()))
+                .collect(),
+        }
+    }
+
+    fn actor_changed(&mut self, actor: Actor) {
+        if let Some(changed) = self.changed.as_mut() {
+            changed.actors.insert(actor);
+        }
+    }
+
+    fn link_changed(&mut self, hash: [u8; 32]) {
+        if let Some(changed) = self.changed.as_mut() {
+            changed.links.insert(hash);
         }
     }
 
@@ -508,7 +558,8 @@ impl Sessionizer {
         let decider = self.decide(exchange, &hand_outs, ts);
         self.counters.by_kind[decider.kind as usize] += 1;
         let (session_id, key_kind, key_name, new_session) = self.session_for(&decider, ts);
-        self.link(&hand_outs, &decider);
+        self.actor_changed(decider.actor);
+        self.link(&hand_outs, &decider, ts);
         let typed = |kind| {
             parameters
                 .iter()
@@ -597,14 +648,17 @@ impl Sessionizer {
     /// only while the fallback session it continues does (is neither over nor replaced).
     fn live_link(&mut self, hash: &[u8; 32], ts: u64) -> Option<Link> {
         let link = *self.links.get(hash)?;
-        let Some(began) = link.fallback_session else {
-            return Some(link);
-        };
         let inactivity = self.config.inactivity_timeout.as_nanos() as u64;
-        let holds = self.active.peek(&link.actor).is_some_and(|active| {
-            active.began_ns == began && ts.saturating_sub(active.last_ns) <= inactivity
+        let holds = link.fallback_session.is_none_or(|began| {
+            self.active.peek(&link.actor).is_some_and(|active| {
+                active.began_ns == began && ts.saturating_sub(active.last_ns) <= inactivity
+            })
         });
+        self.link_changed(*hash);
         if holds {
+            if let Some(held) = self.links.peek_mut(hash) {
+                held.at_ns = held.at_ns.max(ts);
+            }
             return Some(link);
         }
         self.links.pop(hash);
@@ -634,6 +688,7 @@ impl Sessionizer {
             return (link.actor != fallback).then(|| own(link.actor, None));
         }
         let inactivity = self.config.inactivity_timeout.as_nanos() as u64;
+        self.actor_changed(fallback);
         let active = self
             .active
             .peek_mut(&fallback)
@@ -658,6 +713,8 @@ impl Sessionizer {
 
     /// A value split off the fallback session `from` came back in a request: one less waiting.
     fn returned(&mut self, hash: [u8; 32], (fallback, began): (Actor, u64)) {
+        self.link_changed(hash);
+        self.actor_changed(fallback);
         if let Some(link) = self.links.peek_mut(&hash) {
             link.split_from = None;
         }
@@ -774,7 +831,7 @@ impl Sessionizer {
     /// only while it lasts. Those handed out to the fallback actor itself (rather than to a
     /// request that carried a value of its own, as in a cookie refresh) are remembered there,
     /// the first of each key.
-    fn link(&mut self, hand_outs: &[HandOut], decider: &Decider) {
+    fn link(&mut self, hand_outs: &[HandOut], decider: &Decider, ts: u64) {
         if hand_outs.is_empty() {
             return;
         }
@@ -811,8 +868,10 @@ impl Sessionizer {
                     actor,
                     fallback_session,
                     split_from: decider.split_from,
+                    at_ns: ts,
                 },
             );
+            self.link_changed(h.link);
             self.counters.links_registered += 1;
         }
     }

@@ -666,3 +666,95 @@ fn a_split_off_value_that_comes_back_makes_room_for_the_next() {
     assert_eq!(s.counters.links_ambiguous, max as u64 + 1);
     assert_eq!(s.counters.links_kept_unreturned, 2);
 }
+
+/// What a store would hold after the changes `s` made: the later change of a key wins.
+fn persisted(changes: &[SessionState]) -> crate::store::LoadedState {
+    let mut actors = std::collections::HashMap::new();
+    let mut links = std::collections::HashMap::new();
+    for change in changes {
+        actors.extend(change.actors.iter().cloned());
+        links.extend(change.links.iter().cloned());
+    }
+    let mut actors: Vec<_> = actors.into_iter().filter(|(_, a)| a.is_some()).collect();
+    actors.sort_by_key(|(_, a)| std::cmp::Reverse(a.as_ref().map(|a| a.last_ns)));
+    let state = SessionState {
+        actors,
+        links: links.into_iter().filter(|(_, l)| l.is_some()).collect(),
+    };
+    crate::store::LoadedState {
+        state,
+        ..crate::store::LoadedState::default()
+    }
+}
+
+#[test]
+fn a_restored_sessionizer_continues_the_sessions_and_links_it_was_given() {
+    let mut before = sessionizer(SessionConfig::default());
+    before.restore(crate::store::LoadedState::default());
+    let ua = ("User-Agent", "lone/1");
+    let anonymous = before.assign(&exchange("192.0.2.9", 0, &[ua]));
+    let login = with_response(
+        exchange("192.0.2.9", 1, &[ua]),
+        &[("Set-Cookie", "sid=s3cr3t; HttpOnly")],
+        "",
+    );
+    assert_eq!(before.assign(&login).session_id, anonymous.session_id);
+    let mut changes = vec![before.take_changes()];
+    assert!(!changes[0].actors.is_empty() && !changes[0].links.is_empty());
+    let cookie = [ua, ("Cookie", "sid=s3cr3t")];
+    assert_eq!(
+        before.assign(&exchange("192.0.2.9", 2, &cookie)).session_id,
+        anonymous.session_id
+    );
+    changes.push(before.take_changes());
+    assert!(before.take_changes().is_empty(), "nothing changed since");
+
+    // A new process, from what the store holds.
+    let mut after = sessionizer(SessionConfig::default());
+    after.restore(persisted(&changes));
+    assert_eq!(after.counters.state_actors_loaded, 1);
+    assert_eq!(after.counters.state_links_loaded, 1);
+    let next = after.assign(&exchange("192.0.2.9", 5, &cookie));
+    assert_eq!(next.session_id, anonymous.session_id);
+    assert!(!next.new_session);
+    // Past the inactivity timeout it is a new session, as without a restart.
+    let later = after.assign(&exchange("192.0.2.9", 50, &cookie));
+    assert_ne!(later.session_id, anonymous.session_id);
+
+    // Without restore nothing is noted (no store to write it to).
+    let mut plain = sessionizer(SessionConfig::default());
+    plain.assign(&exchange("192.0.2.9", 0, &[ua]));
+    assert!(plain.take_changes().is_empty());
+}
+
+#[test]
+fn a_restore_past_the_bound_keeps_the_newest_and_counts_the_rest() {
+    let config = SessionConfig {
+        max_active: 3,
+        ..SessionConfig::default()
+    };
+    let mut before = sessionizer(config.clone());
+    before.restore(crate::store::LoadedState::default());
+    let ids: Vec<String> = (0..5u64)
+        .map(|n| {
+            let ua = format!("agent-{n}");
+            before
+                .assign(&exchange("192.0.2.1", n, &[("User-Agent", &ua)]))
+                .session_id
+        })
+        .collect();
+    // The bound held in memory: the two oldest were evicted and are gone from the changes too.
+    let mut loaded = persisted(&[before.take_changes()]);
+    assert_eq!(loaded.state.actors.len(), 3);
+    loaded.actors_cut = 2;
+    let mut after = sessionizer(config);
+    after.restore(loaded);
+    assert_eq!(after.counters.state_actors_loaded, 3);
+    assert_eq!(after.counters.state_actors_cut, 2);
+    // Newest first: the two that start anew then evict the oldest loaded ones.
+    for (n, id) in ids.iter().enumerate().rev() {
+        let ua = format!("agent-{n}");
+        let again = after.assign(&exchange("192.0.2.1", 6, &[("User-Agent", &ua)]));
+        assert_eq!(&again.session_id == id, n >= 2, "session {n}");
+    }
+}

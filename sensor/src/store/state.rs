@@ -14,7 +14,7 @@ use heed::{
 use serde::{Serialize, de::DeserializeOwned};
 
 use super::{Store, StoreError, decode, encode, lmdb, put};
-use crate::sessions::state::{ActorState, LinkState, SessionState};
+use crate::sessions::state::{Active, Link, SessionState};
 
 const ACTOR: u8 = b'a';
 /// An entry's hash and its encoded value, before decoding.
@@ -215,8 +215,8 @@ impl Store {
         };
         let (actors, actors_cut) = load(ACTOR, max_actors)?;
         let (links, links_cut) = load(LINK, max_links)?;
-        loaded.state.actors = readable::<ActorState>(actors, &mut loaded.unreadable);
-        loaded.state.links = readable::<LinkState>(links, &mut loaded.unreadable);
+        loaded.state.actors = readable::<Active>(actors, &mut loaded.unreadable);
+        loaded.state.links = readable::<Link>(links, &mut loaded.unreadable);
         loaded.actors_cut = actors_cut;
         loaded.links_cut = links_cut;
         Ok(loaded)

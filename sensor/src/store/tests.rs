@@ -685,24 +685,21 @@ fn an_exchange_imported_before_is_not_stored_again() {
     assert_eq!(store.imported.unwrap().len(&txn).unwrap(), 0);
 }
 
-fn actor_state(last_ns: u64) -> crate::sessions::state::ActorState {
-    crate::sessions::state::ActorState {
-        session_id: id(1),
+fn actor_state(last_ns: u64) -> crate::sessions::state::Active {
+    crate::sessions::state::Active {
+        id: id(1),
         start_ns: last_ns,
         began_ns: last_ns,
         last_ns,
         key_kind: KeyKind::Cookie,
         key_name: "cookie sid".into(),
-        first_hand_outs: Vec::new(),
-        shared: false,
-        tracks_hand_outs: false,
-        unreturned_splits: 0,
+        hand_outs: None,
     }
 }
 
 #[test]
 fn the_session_state_goes_with_its_exchanges_and_loads_newest_first() {
-    use crate::sessions::state::LinkState;
+    use crate::sessions::state::Link;
     let dir = TempDir::new("state");
     let store = Store::open(&dir.0, 1 << 30).unwrap();
     let state = SessionState {
@@ -711,7 +708,7 @@ fn the_session_state_goes_with_its_exchanges_and_loads_newest_first() {
             .collect(),
         links: vec![(
             [9; 32],
-            Some(LinkState {
+            Some(Link {
                 actor: [1; 32],
                 fallback_session: Some(5),
                 split_from: Some(([2; 32], 4)),
