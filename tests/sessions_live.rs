@@ -256,31 +256,14 @@ impl AppUnderCapture {
             .arg(PORT.to_string())
             .spawn()
             .expect("starting python3 (`cargo xtask setup` installs it)");
-        let daemon = TestNet::command(&net.server_ns, env!("CARGO_BIN_EXE_apisessions"))
-            .args([
-                "run",
-                "--iface",
-                &net.server_if,
-                "--port",
-                &PORT.to_string(),
-            ])
-            .args(["--summary-interval", "0", "--data-dir"])
-            .arg(&data_dir)
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let under = Self {
-            daemon: Some(daemon),
+        let mut under = Self {
+            daemon: None,
             app,
             data_dir,
             server,
             net,
         };
-        let stats = under.data_dir.join("stats.json");
-        assert!(
-            wait_until(Duration::from_secs(20), || stats.exists()),
-            "daemon up"
-        );
+        under.start_daemon();
         let up = in_namespace(&under.net.client_ns, || {
             wait_until(Duration::from_secs(10), || {
                 TcpStream::connect(server).is_ok()
@@ -290,11 +273,38 @@ impl AppUnderCapture {
         under
     }
 
-    /// Stops the daemon (it drains everything first) and returns the stored exchanges.
-    fn stop_and_export(&mut self) -> Vec<serde_json::Value> {
+    /// Starts the daemon and waits until it says it runs.
+    fn start_daemon(&mut self) {
+        let daemon = TestNet::command(&self.net.server_ns, env!("CARGO_BIN_EXE_apisessions"))
+            .args(["run", "--iface", &self.net.server_if])
+            .args(["--port", &PORT.to_string(), "--summary-interval", "0"])
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = u64::from(daemon.id());
+        self.daemon = Some(daemon);
+        let stats = self.data_dir.join("stats.json");
+        let running = || {
+            let stats: serde_json::Value =
+                serde_json::from_slice(&fs::read(&stats).unwrap_or_default()).unwrap_or_default();
+            stats["pid"] == pid && stats["running"] == true
+        };
+        assert!(wait_until(Duration::from_secs(20), running), "daemon up");
+    }
+
+    /// Stops the daemon with `signal` (`TERM`: it drains everything first; `KILL`: what it had
+    /// committed stays) and starts it again.
+    fn restart(&mut self, signal: &str) {
         let mut daemon = self.daemon.take().unwrap();
-        sh("kill", &["-TERM", &daemon.id().to_string()]);
-        assert!(daemon.wait().unwrap().success());
+        sh("kill", &[&format!("-{signal}"), &daemon.id().to_string()]);
+        daemon.wait().unwrap();
+        self.start_daemon();
+    }
+
+    /// The stored exchanges, read next to the daemon.
+    fn export(&self) -> Vec<serde_json::Value> {
         let out = bin()
             .args(["export", "--format", "ndjson", "--data-dir"])
             .arg(&self.data_dir)
@@ -310,6 +320,14 @@ impl AppUnderCapture {
             .lines()
             .map(|line| serde_json::from_str(line).unwrap())
             .collect()
+    }
+
+    /// Stops the daemon (it drains everything first) and returns the stored exchanges.
+    fn stop_and_export(&mut self) -> Vec<serde_json::Value> {
+        let mut daemon = self.daemon.take().unwrap();
+        sh("kill", &["-TERM", &daemon.id().to_string()]);
+        assert!(daemon.wait().unwrap().success());
+        self.export()
     }
 
     /// A counter of the sessions stage, from `apisessions stats --json`.
@@ -647,5 +665,237 @@ fn chromium_dump_dom(
     match status {
         Some(status) if status.success() => Ok(dom),
         status => Err(format!("{status:?}: {dom}")),
+    }
+}
+
+/// A client with its own browser: one connection per phase, as a browser that comes back later
+/// opens a new one, with the cookie it kept.
+fn lone_user(
+    server: SocketAddr,
+    cookie: Option<String>,
+    steps: &[(&str, String)],
+) -> Option<String> {
+    let mut client = CookieClient::connect(server, "lone", SOLO_UA);
+    client.cookie = cookie;
+    for (method, path) in steps {
+        client.send(method, path);
+    }
+    client.cookie
+}
+
+fn gets(prefix: &str, n: usize) -> Vec<(&'static str, String)> {
+    (0..n)
+        .map(|i| ("GET", format!("/items/{prefix}-{i}")))
+        .collect()
+}
+
+/// Sessions as `sessions --json` prints them, by id: (requests, key kind).
+fn session_list(data_dir: &Path) -> BTreeMap<String, (u64, String)> {
+    sessions_json(data_dir)
+        .into_iter()
+        .map(|s| {
+            (
+                s["session_id"].as_str().unwrap().to_owned(),
+                (
+                    s["requests"].as_u64().unwrap(),
+                    s["key_kind"].as_str().unwrap().to_owned(),
+                ),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_session_continues_through_sigterm_and_sigkill_restarts() {
+    let mut under = AppUnderCapture::start();
+    let (server, ns) = (under.server, under.net.client_ns.clone());
+    let mut steps = gets("anon", 3);
+    steps.push(("POST", "/login?who=lone".into()));
+    steps.extend(gets("first", 3));
+    let cookie = in_namespace(&ns, || lone_user(server, None, &steps));
+    assert!(cookie.is_some(), "the login set a cookie");
+
+    under.restart("TERM");
+    in_namespace(&ns, || {
+        lone_user(server, cookie.clone(), &gets("second", 3))
+    });
+    // Everything sent so far committed (the writer commits every second), then a crash.
+    assert!(
+        wait_until(Duration::from_secs(10), || under.export().len() == 10),
+        "10 exchanges committed before the SIGKILL: {}",
+        under.export().len()
+    );
+    under.restart("KILL");
+    assert_eq!(under.sessions_counter("state_actors_loaded"), 1);
+    in_namespace(&ns, || lone_user(server, cookie.clone(), &gets("third", 3)));
+    let records = under.stop_and_export();
+
+    assert_eq!(records.len(), 13);
+    let sessions: BTreeSet<&str> = records
+        .iter()
+        .map(|r| r["session_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(sessions.len(), 1, "one session of 13: {sessions:?}");
+    let listed = session_list(&under.data_dir);
+    assert_eq!(
+        listed.values().collect::<Vec<_>>(),
+        [&(13, "ip_user_agent".to_owned())]
+    );
+}
+
+/// Traffic in three phases a second apart: the lone user logs in and comes back twice, a second
+/// user (another browser) logs in during the second phase. Returns the capture and the two
+/// quiet moments between the phases (epoch seconds).
+fn phased_capture(under: &AppUnderCapture) -> (PathBuf, [f64; 2]) {
+    let tcpdump = common::Tcpdump::start(&under.net, PORT);
+    let (server, ns) = (under.server, under.net.client_ns.clone());
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64()
+    };
+    let mut quiet = [0.0; 2];
+    in_namespace(&ns, || {
+        let mut steps = gets("anon", 3);
+        steps.push(("POST", "/login?who=lone".into()));
+        steps.extend(gets("first", 3));
+        let cookie = lone_user(server, None, &steps);
+        thread::sleep(Duration::from_millis(400));
+        quiet[0] = now();
+        thread::sleep(Duration::from_millis(400));
+        lone_user(server, cookie.clone(), &gets("second", 3));
+        let mut other = CookieClient::connect(server, "other", OFFICE_UA);
+        other.send("GET", "/items/other-anon-0");
+        other.send("POST", "/login?who=other");
+        other.send("GET", "/items/other-after-0");
+        thread::sleep(Duration::from_millis(400));
+        quiet[1] = now();
+        thread::sleep(Duration::from_millis(400));
+        lone_user(server, cookie, &gets("third", 3));
+        other.send("GET", "/items/other-after-1");
+    });
+    thread::sleep(Duration::from_millis(300));
+    (tcpdump.stop(), quiet)
+}
+
+fn import(files: &[&Path], data_dir: &Path) -> String {
+    let out = bin()
+        .arg("import")
+        .args(files)
+        .args(["--port", &PORT.to_string(), "--data-dir"])
+        .arg(data_dir)
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{report}");
+    report
+}
+
+#[test]
+fn imports_of_a_split_capture_repeated_or_in_parts_give_the_sessions_of_the_whole() {
+    let mut under = AppUnderCapture::start();
+    let (pcap, quiet) = phased_capture(&under);
+    assert_eq!(under.stop_and_export().len(), 13 + 4, "captured live too");
+    // Every store gets the same installation secret, so that the same sessions have the same
+    // ids in each (as on hosts that share it).
+    let secret = [7u8; 32];
+    let dir = |tag: &str| {
+        let d = pcap.with_extension(tag);
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(&d).unwrap();
+        fs::write(d.join("secret"), secret).unwrap();
+        d
+    };
+
+    // The whole capture, and the same again: nothing changes the second time.
+    let whole = dir("whole");
+    import(&[&pcap], &whole);
+    let expected = session_list(&whole);
+    let requests: u64 = expected.values().map(|(n, _)| n).sum();
+    assert_eq!(requests, 13 + 4, "{expected:?}");
+    assert_eq!(
+        expected.len(),
+        2,
+        "the lone user's session and the other's: {expected:?}"
+    );
+    let report = import(&[&pcap], &whole);
+    assert!(
+        report.contains("17 exchanges were stored by an earlier import"),
+        "{report}"
+    );
+    assert_eq!(session_list(&whole), expected);
+
+    // Cut in the quiet moments, imported file by file: the sessions continue.
+    let part = |n: usize, args: &[String]| {
+        let file = pcap.with_extension(format!("part{n}.pcap"));
+        let mut cmd = Command::new("editcap");
+        cmd.args(args).arg(&pcap).arg(&file);
+        let out = cmd
+            .output()
+            .expect("editcap (tshark's package; `cargo xtask setup`)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        file
+    };
+    let files = [
+        part(0, &["-B".into(), format!("{:.6}", quiet[0])]),
+        part(
+            1,
+            &[
+                "-A".into(),
+                format!("{:.6}", quiet[0]),
+                "-B".into(),
+                format!("{:.6}", quiet[1]),
+            ],
+        ),
+        part(2, &["-A".into(), format!("{:.6}", quiet[1])]),
+    ];
+    let by_file = dir("by-file");
+    for file in &files {
+        import(&[file], &by_file);
+    }
+    assert_eq!(session_list(&by_file), expected);
+
+    // Cut anywhere (every 7 packets, through exchanges and connections), imported in one
+    // command: the same exchanges as the whole.
+    let chunks = pcap.with_extension("chunk.pcap");
+    let out = Command::new("editcap")
+        .args(["-c", "7"])
+        .arg(&pcap)
+        .arg(&chunks)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stem = chunks.file_stem().unwrap().to_string_lossy().into_owned();
+    let mut pieces: Vec<PathBuf> = fs::read_dir(chunks.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(&format!("{stem}_"))
+        })
+        .collect();
+    pieces.sort();
+    assert!(pieces.len() > 10, "{} pieces", pieces.len());
+    let in_one = dir("in-one");
+    let refs: Vec<&Path> = pieces.iter().map(PathBuf::as_path).collect();
+    import(&refs, &in_one);
+    assert_eq!(session_list(&in_one), expected);
+
+    for d in [whole, by_file, in_one] {
+        let _ = fs::remove_dir_all(d);
+    }
+    for f in files.iter().chain(&pieces).chain([&pcap]) {
+        let _ = fs::remove_file(f);
     }
 }
