@@ -71,6 +71,8 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("python3", "/usr/bin/python3"),
     ("tcpdump", "/usr/bin/tcpdump"),
     ("tshark", "/usr/bin/tshark"),
+    // editcap: the import tests cut captures into parts.
+    ("wireshark-common", "/usr/bin/editcap"),
     // Real browsers in the sessions tests (headless, one profile per user).
     ("chromium", "/usr/bin/chromium"),
 ];
