@@ -19,7 +19,7 @@ use std::{
 };
 
 use base64::Engine as _;
-use common::{Nginx, TestNet, in_namespace, request, sh, wait_until};
+use common::{Nginx, TestNet, in_namespace, request, sh, start_daemon, wait_until};
 
 const PORT: u16 = 8080;
 
@@ -81,27 +81,7 @@ fn five_clients_on_one_ip_five_sessions_and_no_secret_on_disk() {
     let _nginx = Nginx::start(&net, PORT);
     let data_dir = std::env::temp_dir().join(format!("apis-sessions-{}", net.server_ns));
     let _ = fs::remove_dir_all(&data_dir);
-    let mut daemon = TestNet::command(&net.server_ns, env!("CARGO_BIN_EXE_apisessions"))
-        .args([
-            "run",
-            "--iface",
-            &net.server_if,
-            "--port",
-            &PORT.to_string(),
-            "--summary-interval",
-            "0",
-        ])
-        .arg("--data-dir")
-        .arg(&data_dir)
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    assert!(
-        wait_until(Duration::from_secs(20), || data_dir
-            .join("stats.json")
-            .exists()),
-        "daemon up"
-    );
+    let mut daemon = start_daemon(&net, env!("CARGO_BIN_EXE_apisessions"), PORT, &data_dir);
 
     let server = net.server_addr(false, PORT);
     let bearer_jwt = jwt("alice");
@@ -275,23 +255,8 @@ impl AppUnderCapture {
 
     /// Starts the daemon and waits until it says it runs.
     fn start_daemon(&mut self) {
-        let daemon = TestNet::command(&self.net.server_ns, env!("CARGO_BIN_EXE_apisessions"))
-            .args(["run", "--iface", &self.net.server_if])
-            .args(["--port", &PORT.to_string(), "--summary-interval", "0"])
-            .arg("--data-dir")
-            .arg(&self.data_dir)
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let pid = u64::from(daemon.id());
-        self.daemon = Some(daemon);
-        let stats = self.data_dir.join("stats.json");
-        let running = || {
-            let stats: serde_json::Value =
-                serde_json::from_slice(&fs::read(&stats).unwrap_or_default()).unwrap_or_default();
-            stats["pid"] == pid && stats["running"] == true
-        };
-        assert!(wait_until(Duration::from_secs(20), running), "daemon up");
+        let bin = env!("CARGO_BIN_EXE_apisessions");
+        self.daemon = Some(start_daemon(&self.net, bin, PORT, &self.data_dir));
     }
 
     /// Stops the daemon with `signal` (`TERM`: it drains everything first; `KILL`: what it had

@@ -7,16 +7,10 @@
 
 mod common;
 
-use std::{
-    collections::BTreeSet,
-    fs,
-    path::Path,
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::{collections::BTreeSet, fs, path::Path, process::Command, time::Duration};
 
 use base64::Engine as _;
-use common::{Nginx, Tcpdump, TestNet, in_namespace, request, sh, wait_until};
+use common::{Nginx, Tcpdump, TestNet, in_namespace, request, sh, start_daemon, wait_until};
 
 const PORT: u16 = 8080;
 
@@ -84,25 +78,7 @@ fn hostile_requests_never_cost_other_exchanges_live_or_imported() {
     let data_dir = std::env::temp_dir().join(format!("apis-store-live-{}", net.server_ns));
     let _ = fs::remove_dir_all(&data_dir);
     let tcpdump = Tcpdump::start(&net, PORT);
-    let mut daemon = TestNet::command(&net.server_ns, env!("CARGO_BIN_EXE_apisessions"))
-        .args([
-            "run",
-            "--iface",
-            &net.server_if,
-            "--port",
-            &PORT.to_string(),
-        ])
-        .args(["--summary-interval", "0", "--data-dir"])
-        .arg(&data_dir)
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    assert!(
-        wait_until(Duration::from_secs(20), || data_dir
-            .join("stats.json")
-            .exists()),
-        "daemon up"
-    );
+    let mut daemon = start_daemon(&net, env!("CARGO_BIN_EXE_apisessions"), PORT, &data_dir);
 
     // Long, but within nginx's 8 KiB header lines, so that every request gets an answer.
     let long_path = format!("/{}", "a".repeat(600));

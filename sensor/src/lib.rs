@@ -38,3 +38,5 @@ pub mod sessions;
 pub mod source;
 pub mod stats;
 pub mod store;
+#[cfg(test)]
+mod test_rng;

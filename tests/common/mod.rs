@@ -506,3 +506,25 @@ impl Drop for Tcpdump {
         let _ = self.child.wait();
     }
 }
+
+/// `apisessions run` (the test binary `bin`) capturing `port` on the server's veth into
+/// `data_dir`; returns once its statistics say it runs.
+pub fn start_daemon(net: &TestNet, bin: &str, port: u16, data_dir: &Path) -> Child {
+    let daemon = TestNet::command(&net.server_ns, bin)
+        .args(["run", "--iface", &net.server_if])
+        .args(["--port", &port.to_string(), "--summary-interval", "0"])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = u64::from(daemon.id());
+    let stats = data_dir.join("stats.json");
+    let running = || {
+        let stats: serde_json::Value =
+            serde_json::from_slice(&fs::read(&stats).unwrap_or_default()).unwrap_or_default();
+        stats["pid"] == pid && stats["running"] == true
+    };
+    assert!(wait_until(Duration::from_secs(20), running), "daemon up");
+    daemon
+}

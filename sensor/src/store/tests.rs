@@ -5,11 +5,11 @@ use std::{
 };
 
 use super::*;
-use crate::sessions::state::SessionState;
 use crate::{
     exchange::{Exchange, MessageMeta, Request, Response},
     sessions::{Assignment, KeyKind, Secret},
 };
+use crate::{sessions::state::SessionState, test_rng::Rng};
 
 const MINUTE: u64 = 60 * 1_000_000_000;
 
@@ -414,37 +414,21 @@ fn the_writer_stores_every_submitted_batch() {
     assert_eq!(store.counts().unwrap(), (50, 3000));
 }
 
-/// A small deterministic generator (xorshift64*): the randomised tests repeat exactly.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+/// Text of a random length up to the decoder's head bound, mostly short, now and then long,
+/// with multi-byte characters so that cuts meet character boundaries.
+fn random_text(rng: &mut Rng, tag: u64) -> String {
+    let head_bound = crate::http::HttpConfig::default().max_head_bytes;
+    let len = match rng.below(4) {
+        0 => rng.below(32),
+        1 => rng.below(600),
+        2 => 400 + rng.below(200),
+        _ => rng.below(head_bound),
+    };
+    let mut text = format!("{tag}-");
+    while text.len() < len {
+        text.push(if rng.below(16) == 0 { 'é' } else { 'a' });
     }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-
-    /// Text of a random length up to the decoder's head bound, mostly short, now and then long,
-    /// with multi-byte characters so that cuts meet character boundaries.
-    fn text(&mut self, tag: u64) -> String {
-        let head_bound = crate::http::HttpConfig::default().max_head_bytes as u64;
-        let len = match self.below(4) {
-            0 => self.below(32),
-            1 => self.below(600),
-            2 => 400 + self.below(200),
-            _ => self.below(head_bound),
-        } as usize;
-        let mut text = format!("{tag}-");
-        while text.len() < len {
-            text.push(if self.below(16) == 0 { 'é' } else { 'a' });
-        }
-        text
-    }
+    text
 }
 
 #[test]
@@ -459,19 +443,19 @@ fn records_with_text_fields_of_any_length_are_each_stored() {
         for i in 0..40u64 {
             let n = batch * 40 + i;
             let mut e = record("192.0.2.1", 100 + n, "GET", "/", 200);
-            e.host = Some(rng.text(n));
-            e.uri = Some(rng.text(n));
-            e.endpoint = Some(rng.text(n));
-            e.user_agent = Some(rng.text(n));
-            e.referrer = Some(rng.text(n));
-            e.method = Some(rng.text(n));
-            e.status_msg = Some(rng.text(n));
-            e.request_content_type = Some(rng.text(n));
-            e.params = vec![(rng.text(n), rng.text(n))];
+            e.host = Some(random_text(&mut rng, n));
+            e.uri = Some(random_text(&mut rng, n));
+            e.endpoint = Some(random_text(&mut rng, n));
+            e.user_agent = Some(random_text(&mut rng, n));
+            e.referrer = Some(random_text(&mut rng, n));
+            e.method = Some(random_text(&mut rng, n));
+            e.status_msg = Some(random_text(&mut rng, n));
+            e.request_content_type = Some(random_text(&mut rng, n));
+            e.params = vec![(random_text(&mut rng, n), random_text(&mut rng, n))];
             let session = (rng.below(20) + 1) as u8;
             let mut a = assignment(session, None);
-            a.user = Some(rng.text(n));
-            a.key_name = rng.text(n);
+            a.user = Some(random_text(&mut rng, n));
+            a.key_name = random_text(&mut rng, n);
             probes.push((
                 e.host.clone(),
                 e.endpoint.clone(),

@@ -10,6 +10,7 @@ use etherparse::PacketBuilder;
 use sensor_ebpf::tcp_flags;
 
 use super::*;
+use crate::test_rng::Rng;
 
 const CLIENT_V4: [u8; 4] = [10, 0, 0, 2];
 const SERVER_V4: [u8; 4] = [10, 0, 0, 1];
@@ -1044,26 +1045,6 @@ fn timestamps_do_not_overflow() {
 
 // ---------------------------------------------------------------------------------------------
 // Robustness: prefixes, mutations, random bytes
-
-/// xorshift64*: deterministic, no dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
-    }
-}
 
 /// Reads whatever `bytes` is, to the end or the first error; checks only that it does not
 /// panic or loop and that the counters balance.
