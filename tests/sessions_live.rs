@@ -19,7 +19,9 @@ use std::{
 };
 
 use base64::Engine as _;
-use common::{Nginx, TestNet, in_namespace, request, sh, start_daemon, wait_until};
+use common::{
+    Nginx, TestNet, cli, counter, exported, in_namespace, request, sh, start_daemon, wait_until,
+};
 
 const PORT: u16 = 8080;
 
@@ -30,8 +32,10 @@ const API_KEY_SECRET: &str = "SECRETAPIKEY2e6f40";
 const QUERY_SECRET: &str = "SECRETQUERYa81d3c";
 const PASSWORD_SECRET: &str = "SECRETPASSWORD93b7";
 
+const BIN: &str = env!("CARGO_BIN_EXE_apisessions");
+
 fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_apisessions"))
+    Command::new(BIN)
 }
 
 fn jwt(sub: &str) -> String {
@@ -44,17 +48,7 @@ fn jwt(sub: &str) -> String {
 }
 
 fn sessions_json(data_dir: &Path) -> Vec<serde_json::Value> {
-    let out = bin()
-        .args(["sessions", "--json", "--limit", "0", "--data-dir"])
-        .arg(data_dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    serde_json::from_str(&cli(BIN, &["sessions", "--json", "--limit", "0"], data_dir)).unwrap()
 }
 
 /// Every file below `dir`, searched byte for byte for `needle`.
@@ -81,7 +75,7 @@ fn five_clients_on_one_ip_five_sessions_and_no_secret_on_disk() {
     let _nginx = Nginx::start(&net, PORT);
     let data_dir = std::env::temp_dir().join(format!("apis-sessions-{}", net.server_ns));
     let _ = fs::remove_dir_all(&data_dir);
-    let mut daemon = start_daemon(&net, env!("CARGO_BIN_EXE_apisessions"), PORT, &data_dir);
+    let mut daemon = start_daemon(&net, BIN, PORT, &data_dir);
 
     let server = net.server_addr(false, PORT);
     let bearer_jwt = jwt("alice");
@@ -255,8 +249,7 @@ impl AppUnderCapture {
 
     /// Starts the daemon and waits until it says it runs.
     fn start_daemon(&mut self) {
-        let bin = env!("CARGO_BIN_EXE_apisessions");
-        self.daemon = Some(start_daemon(&self.net, bin, PORT, &self.data_dir));
+        self.daemon = Some(start_daemon(&self.net, BIN, PORT, &self.data_dir));
     }
 
     /// Stops the daemon with `signal` (`TERM`: it drains everything first; `KILL`: what it had
@@ -270,21 +263,7 @@ impl AppUnderCapture {
 
     /// The stored exchanges, read next to the daemon.
     fn export(&self) -> Vec<serde_json::Value> {
-        let out = bin()
-            .args(["export", "--format", "ndjson", "--data-dir"])
-            .arg(&self.data_dir)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout)
-            .unwrap()
-            .lines()
-            .map(|line| serde_json::from_str(line).unwrap())
-            .collect()
+        exported(BIN, &self.data_dir)
     }
 
     /// Stops the daemon (it drains everything first) and returns the stored exchanges.
@@ -297,20 +276,7 @@ impl AppUnderCapture {
 
     /// A counter of the sessions stage, from `apisessions stats --json`.
     fn sessions_counter(&self, name: &str) -> u64 {
-        let out = bin()
-            .args(["stats", "--json", "--data-dir"])
-            .arg(&self.data_dir)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        stats["stages"]["sessions"][name]
-            .as_u64()
-            .unwrap_or_else(|| panic!("no sessions counter {name}: {stats}"))
+        counter(BIN, &self.data_dir, "sessions", name)
     }
 }
 

@@ -10,36 +10,14 @@ mod common;
 use std::{collections::BTreeSet, fs, path::Path, process::Command, time::Duration};
 
 use base64::Engine as _;
-use common::{Nginx, Tcpdump, TestNet, in_namespace, request, sh, start_daemon, wait_until};
+use common::{
+    Nginx, Tcpdump, TestNet, cli, counter, exported, in_namespace, request, sh, start_daemon,
+    wait_until,
+};
 
 const PORT: u16 = 8080;
 
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_apisessions"))
-}
-
-/// Runs the CLI on `data_dir`; its stdout.
-fn cli(args: &[&str], data_dir: &Path) -> String {
-    let out = bin()
-        .args(args)
-        .arg("--data-dir")
-        .arg(data_dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn exported(data_dir: &Path) -> Vec<serde_json::Value> {
-    cli(&["export", "--format", "ndjson"], data_dir)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
+const BIN: &str = env!("CARGO_BIN_EXE_apisessions");
 
 /// (method, uri, status) of every exported exchange.
 fn seen(records: &[serde_json::Value]) -> BTreeSet<(String, String, u64)> {
@@ -57,18 +35,13 @@ fn seen(records: &[serde_json::Value]) -> BTreeSet<(String, String, u64)> {
 
 fn sessions_matching(data_dir: &Path, flag: &str, value: &str) -> usize {
     let out = cli(
+        BIN,
         &["sessions", "--json", "--limit", "0", flag, value],
         data_dir,
     );
     serde_json::from_str::<Vec<serde_json::Value>>(&out)
         .unwrap()
         .len()
-}
-
-fn store_counter(data_dir: &Path, name: &str) -> u64 {
-    let stats: serde_json::Value =
-        serde_json::from_str(&cli(&["stats", "--json"], data_dir)).unwrap();
-    stats["stages"]["store"][name].as_u64().unwrap()
 }
 
 #[test]
@@ -78,7 +51,7 @@ fn hostile_requests_never_cost_other_exchanges_live_or_imported() {
     let data_dir = std::env::temp_dir().join(format!("apis-store-live-{}", net.server_ns));
     let _ = fs::remove_dir_all(&data_dir);
     let tcpdump = Tcpdump::start(&net, PORT);
-    let mut daemon = start_daemon(&net, env!("CARGO_BIN_EXE_apisessions"), PORT, &data_dir);
+    let mut daemon = start_daemon(&net, BIN, PORT, &data_dir);
 
     // Long, but within nginx's 8 KiB header lines, so that every request gets an answer.
     let long_path = format!("/{}", "a".repeat(600));
@@ -154,17 +127,17 @@ fn hostile_requests_never_cost_other_exchanges_live_or_imported() {
 
     // Every request is exported, the hostile ones included, while the daemon still runs.
     assert!(
-        wait_until(Duration::from_secs(15), || exported(&data_dir).len()
+        wait_until(Duration::from_secs(15), || exported(BIN, &data_dir).len()
             == sent.len()),
         "{} of {} exported",
-        exported(&data_dir).len(),
+        exported(BIN, &data_dir).len(),
         sent.len()
     );
     sh("kill", &["-TERM", &daemon.id().to_string()]);
     assert!(daemon.wait().unwrap().success());
     let pcap = tcpdump.stop();
 
-    let live = exported(&data_dir);
+    let live = exported(BIN, &data_dir);
     let uris: BTreeSet<String> = live
         .iter()
         .map(|r| r["uri"].as_str().unwrap().to_owned())
@@ -201,7 +174,7 @@ fn hostile_requests_never_cost_other_exchanges_live_or_imported() {
         "exchanges_rejected_other",
         "write_errors",
     ] {
-        assert_eq!(store_counter(&data_dir, name), 0, "{name}");
+        assert_eq!(counter(BIN, &data_dir, "store", name), 0, "{name}");
     }
     // Found again by their long values, through the indexes.
     assert_eq!(sessions_matching(&data_dir, "--host", &long_host), 1);
@@ -212,7 +185,7 @@ fn hostile_requests_never_cost_other_exchanges_live_or_imported() {
     // The same traffic imported from tcpdump's file: the same exchanges, each stored.
     let imported_dir = data_dir.with_extension("imported");
     let _ = fs::remove_dir_all(&imported_dir);
-    let out = bin()
+    let out = Command::new(BIN)
         .arg("import")
         .arg(&pcap)
         .args(["--port", &PORT.to_string(), "--data-dir"])
@@ -227,7 +200,7 @@ fn hostile_requests_never_cost_other_exchanges_live_or_imported() {
     );
     assert!(!report.contains("not stored"), "{report}");
     assert!(
-        seen(&exported(&imported_dir)) == seen(&live),
+        seen(&exported(BIN, &imported_dir)) == seen(&live),
         "import and live path differ"
     );
 

@@ -528,3 +528,36 @@ pub fn start_daemon(net: &TestNet, bin: &str, port: u16, data_dir: &Path) -> Chi
     assert!(wait_until(Duration::from_secs(20), running), "daemon up");
     daemon
 }
+
+/// Runs the CLI (the test binary `bin`) on `data_dir`; its stdout, which must be a success.
+pub fn cli(bin: &str, args: &[&str], data_dir: &Path) -> String {
+    let out = Command::new(bin)
+        .args(args)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The stored exchanges, from `export --format ndjson`.
+pub fn exported(bin: &str, data_dir: &Path) -> Vec<serde_json::Value> {
+    cli(bin, &["export", "--format", "ndjson"], data_dir)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// A counter from `stats --json`.
+pub fn counter(bin: &str, data_dir: &Path, stage: &str, name: &str) -> u64 {
+    let stats: serde_json::Value =
+        serde_json::from_str(&cli(bin, &["stats", "--json"], data_dir)).unwrap();
+    stats["stages"][stage][name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no counter {stage}.{name}: {stats}"))
+}
