@@ -1,0 +1,167 @@
+use std::net::SocketAddr;
+
+use super::*;
+use crate::exchange::{MessageMeta, Request, Response};
+
+const MS: u64 = 1_000_000;
+
+fn exchange(peer: &str, server: &str, headers: &[(&str, &str)], start: u64, end: u64) -> Exchange {
+    Exchange {
+        client: peer.parse().unwrap(),
+        server: server.parse().unwrap(),
+        request: Some(Request {
+            method: "GET".into(),
+            uri: "/items/1".into(),
+            meta: MessageMeta {
+                start_ns: start * MS,
+                headers: headers
+                    .iter()
+                    .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+                    .collect(),
+                ..MessageMeta::default()
+            },
+        }),
+        response: Some(Response {
+            status: Some(200),
+            meta: MessageMeta {
+                start_ns: end * MS,
+                end_ns: end * MS,
+                ..MessageMeta::default()
+            },
+            ..Response::default()
+        }),
+        forwarding: Default::default(),
+    }
+}
+
+fn push_all(stage: &mut ProxyStage, exchanges: Vec<Exchange>) -> Vec<Exchange> {
+    let mut ready = Vec::new();
+    for e in exchanges {
+        stage.push(e, &mut ready);
+    }
+    stage.finish(&mut ready);
+    ready
+}
+
+fn addr(text: &str) -> SocketAddr {
+    text.parse().unwrap()
+}
+
+#[test]
+fn a_trusted_peer_names_the_client_and_an_untrusted_one_does_not() {
+    let mut stage = ProxyStage::new(ProxyConfig::default());
+    let xff = [("X-Forwarded-For", "6.6.6.6, 203.0.113.9")];
+    let out = push_all(
+        &mut stage,
+        vec![
+            exchange("127.0.0.1:40000", "127.0.0.1:5000", &xff, 1, 2),
+            exchange("203.0.113.7:40000", "10.0.0.1:80", &xff, 3, 4),
+        ],
+    );
+    assert_eq!(out[0].client_addr(), addr("203.0.113.9:0"));
+    assert_eq!(out[0].client, addr("127.0.0.1:40000"), "the peer stays");
+    assert_eq!(out[1].client_addr(), addr("203.0.113.7:40000"), "spoofing ignored");
+    assert_eq!(stage.counters.forwarded_clients, 1);
+    assert_eq!(stage.counters.forwarded_untrusted, 1);
+    assert_eq!(stage.snapshot().len(), 10);
+}
+
+#[test]
+fn headers_are_tried_in_the_configured_order() {
+    let headers = [
+        ("X-Real-IP", "198.51.100.1"),
+        ("Forwarded", "for=\"[2001:db8::7]:4711\""),
+        ("X-Forwarded-For", "203.0.113.9"),
+    ];
+    let client = |order: &[&str]| {
+        let mut stage = ProxyStage::new(ProxyConfig {
+            headers: order.iter().map(|h| (*h).to_owned()).collect(),
+            ..ProxyConfig::default()
+        });
+        let e = exchange("[::1]:40000", "[::1]:5000", &headers, 1, 2);
+        push_all(&mut stage, vec![e])[0].client_addr()
+    };
+    assert_eq!(client(&["x-forwarded-for", "forwarded"]), addr("203.0.113.9:0"));
+    assert_eq!(client(&["forwarded", "x-real-ip"]), addr("[2001:db8::7]:4711"));
+    assert_eq!(client(&["x-real-ip"]), addr("198.51.100.1:0"));
+    assert_eq!(client(&["x-client-ip"]), addr("[::1]:40000"));
+    assert_eq!(client(&[]), addr("[::1]:40000"));
+}
+
+#[test]
+fn host_addresses_are_trusted_only_if_configured() {
+    let xff = [("X-Forwarded-For", "203.0.113.9")];
+    for trust in [true, false] {
+        let mut stage = ProxyStage::new(ProxyConfig {
+            trust_host_addresses: trust,
+            ..ProxyConfig::default()
+        });
+        stage.set_host_addresses(vec!["10.200.0.1".parse().unwrap()]);
+        assert_eq!(stage.is_trusted("::ffff:10.200.0.1".parse().unwrap()), trust);
+        let out = push_all(
+            &mut stage,
+            vec![exchange("10.200.0.1:40000", "10.200.0.1:8080", &xff, 1, 2)],
+        );
+        let want = if trust { "203.0.113.9:0" } else { "10.200.0.1:40000" };
+        assert_eq!(out[0].client_addr(), addr(want));
+    }
+}
+
+#[test]
+fn an_unusable_header_keeps_the_peer() {
+    let mut stage = ProxyStage::new(ProxyConfig::default());
+    let out = push_all(
+        &mut stage,
+        vec![exchange(
+            "127.0.0.1:40000",
+            "127.0.0.1:5000",
+            &[("X-Forwarded-For", "203.0.113.9, unknown")],
+            1,
+            2,
+        )],
+    );
+    assert_eq!(out[0].client_addr(), addr("127.0.0.1:40000"));
+    assert_eq!(stage.counters.forwarded_unusable, 1);
+}
+
+#[test]
+fn both_hops_give_one_exchange_unless_joining_is_off() {
+    let hops = || {
+        vec![
+            exchange(
+                "127.0.0.1:40000",
+                "127.0.0.1:5000",
+                &[("X-Forwarded-For", "10.200.0.2")],
+                11,
+                15,
+            ),
+            exchange("10.200.0.2:50000", "10.200.0.1:80", &[], 10, 16),
+            // Unrelated traffic passes straight through.
+            exchange("10.200.0.3:50000", "10.200.0.1:80", &[], 20, 21),
+        ]
+    };
+    let mut stage = ProxyStage::new(ProxyConfig::default());
+    let mut ready = Vec::new();
+    let mut input = hops().into_iter();
+    stage.push(input.next().unwrap(), &mut ready);
+    assert!(ready.is_empty(), "the upstream hop waits");
+    for e in input {
+        stage.push(e, &mut ready);
+    }
+    assert_eq!(ready.len(), 2);
+    assert_eq!(ready[0].client_addr(), addr("10.200.0.2:50000"));
+    assert!(ready[0].forwarding.joined);
+    assert_eq!(ready[0].forwarding.upstream_ns, Some(4 * MS));
+    assert!(!ready[1].forwarding.joined);
+    let snapshot = stage.snapshot();
+    assert!(snapshot.contains(&("joined", 1)), "{snapshot:?}");
+
+    let mut off = ProxyStage::new(ProxyConfig {
+        join: None,
+        ..ProxyConfig::default()
+    });
+    let out = push_all(&mut off, hops());
+    assert_eq!(out.len(), 3);
+    assert!(out.iter().all(|e| !e.forwarding.joined));
+    assert_eq!(out[0].client_addr(), addr("10.200.0.2:0"));
+}
