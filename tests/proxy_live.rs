@@ -265,7 +265,11 @@ fn read_response(stream: &mut TcpStream) -> String {
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     let length: usize = head
         .lines()
-        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length: ").map(str::to_owned))
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length: ")
+                .map(str::to_owned)
+        })
         .unwrap()
         .trim()
         .parse()
@@ -316,7 +320,10 @@ fn assert_clients_records(records: &[serde_json::Value], net: &TestNet, tag: &st
             assert!(r["upstream_ms"].is_null(), "{r:#}");
         }
     }
-    let sessions: BTreeSet<_> = records.iter().map(|r| r["session_id"].clone()).collect();
+    let sessions: BTreeSet<_> = records
+        .iter()
+        .map(|r| r["session_id"].to_string())
+        .collect();
     assert_eq!(sessions.len(), 1, "one session: {records:#?}");
 }
 
@@ -331,7 +338,18 @@ impl Tcpdump {
         let file = std::env::temp_dir().join(format!("apis-proxy-{}.pcap", net.server_ns));
         let _ = fs::remove_file(&file);
         let child = TestNet::command(&net.server_ns, "tcpdump")
-            .args(["-i", "any", "-U", "-B", "16384", "-s", "0", "-w"])
+            // On "any", libpcap's buffered mode loses what its last block held at SIGINT.
+            .args([
+                "-i",
+                "any",
+                "--immediate-mode",
+                "-U",
+                "-B",
+                "16384",
+                "-s",
+                "0",
+                "-w",
+            ])
             .arg(&file)
             .args(["tcp", "port", &PROXY_PORT.to_string(), "or", "tcp", "port"])
             .arg(APP_PORT.to_string())
@@ -417,9 +435,19 @@ fn a_reverse_proxy_on_the_host() {
         .arg(&import_dir)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let imported = export(&import_dir);
-    assert_eq!(comparable(&imported), comparable(&both));
+    assert_eq!(
+        comparable(&imported),
+        comparable(&both),
+        "import of {}: {}",
+        pcap.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
     let _ = fs::remove_dir_all(&import_dir);
     let _ = fs::remove_file(&pcap);
 

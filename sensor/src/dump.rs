@@ -54,7 +54,11 @@ pub fn segment_line(segment: &Segment, clock: &crate::capture::Clock) -> String 
 pub fn exchange_line(exchange: &Exchange) -> String {
     let request = exchange.request.as_ref();
     let response = exchange.response.as_ref();
-    let mut line = format!("{} {}", rfc3339_ns(exchange.start_ns()), exchange.client_addr());
+    let mut line = format!(
+        "{} {}",
+        rfc3339_ns(exchange.start_ns()),
+        exchange.client_addr()
+    );
     if exchange.forwarding.client.is_some() {
         // Named by a proxy's forwarding header: say which connection brought it.
         let _ = write!(line, " via {}", exchange.client);

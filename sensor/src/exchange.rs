@@ -204,7 +204,8 @@ impl Exchange {
     /// Request start to the response's last byte, in nanoseconds.
     pub fn duration_ns(&self) -> Option<u64> {
         let (request, response) = (self.request.as_ref()?, self.response.as_ref()?);
-        (response.meta.end_ns != 0).then(|| response.meta.end_ns.saturating_sub(request.meta.start_ns))
+        (response.meta.end_ns != 0)
+            .then(|| response.meta.end_ns.saturating_sub(request.meta.start_ns))
     }
 
     /// When the exchange ended: the response's last byte, else the latest byte seen.

@@ -325,14 +325,23 @@ mod tests {
         let at = |text: &str| Resolution::Client(text.parse().unwrap());
         // A client's own entries left of the one the trusted proxies appended are ignored.
         assert_eq!(client("6.6.6.6, 203.0.113.9"), at("203.0.113.9:0"));
-        assert_eq!(client("6.6.6.6, 203.0.113.9, 10.0.0.5"), at("203.0.113.9:0"));
-        assert_eq!(client("203.0.113.9,127.0.0.1,10.0.0.5"), at("203.0.113.9:0"));
+        assert_eq!(
+            client("6.6.6.6, 203.0.113.9, 10.0.0.5"),
+            at("203.0.113.9:0")
+        );
+        assert_eq!(
+            client("203.0.113.9,127.0.0.1,10.0.0.5"),
+            at("203.0.113.9:0")
+        );
         // Every hop trusted: the first one.
         assert_eq!(client("127.0.0.2, 10.0.0.5"), at("127.0.0.2:0"));
         assert_eq!(client("2001:db8::1"), at("[2001:db8::1]:0"));
         // The chain breaks at garbage or an unknown hop before any untrusted address.
         assert_eq!(client("203.0.113.9, unknown"), Resolution::Unusable);
-        assert_eq!(client("203.0.113.9, not-an-ip, 10.0.0.5"), Resolution::Unusable);
+        assert_eq!(
+            client("203.0.113.9, not-an-ip, 10.0.0.5"),
+            Resolution::Unusable
+        );
         // Garbage left of the client does not matter.
         assert_eq!(client("x, y, 203.0.113.9"), at("203.0.113.9:0"));
         assert_eq!(client(""), Resolution::Unusable);
@@ -341,7 +350,9 @@ mod tests {
 
     #[test]
     fn long_lists_are_cut_to_their_right_end() {
-        let long: Vec<String> = (0..100_000).map(|i| format!("10.1.{}.{}", i / 256 % 256, i % 256)).collect();
+        let long: Vec<String> = (0..100_000)
+            .map(|i| format!("10.1.{}.{}", i / 256 % 256, i % 256))
+            .collect();
         let nodes = list(&long.join(", "));
         assert_eq!(nodes.list.len(), MAX_ENTRIES);
         assert!(nodes.cut);
@@ -372,7 +383,11 @@ mod tests {
         let nodes = nodes(&meta, "X-Forwarded-For").unwrap();
         assert_eq!(
             Vec::from(nodes.list),
-            [addr("6.6.6.6:0"), addr("203.0.113.9:0"), addr("127.0.0.1:0")]
+            [
+                addr("6.6.6.6:0"),
+                addr("203.0.113.9:0"),
+                addr("127.0.0.1:0")
+            ]
         );
         assert_eq!(super::nodes(&meta, "forwarded"), None);
     }

@@ -160,7 +160,8 @@ impl Joiner {
         self.held_bytes -= inner.bytes;
         self.counters.joined += 1;
         self.counters.waiting = self.held as u64;
-        self.upstreams.put(inner.exchange.server, Pairing::default());
+        self.upstreams
+            .put(inner.exchange.server, Pairing::default());
         outer.forwarding.joined = true;
         // Across a chain of proxies the innermost hop's time is kept: the application's.
         outer.forwarding.upstream_ns = inner
@@ -308,7 +309,10 @@ fn fits(inner: &Exchange, outer: &Exchange, slack: u64) -> bool {
 fn similarity(inner: &Exchange, outer: &Exchange) -> (bool, bool) {
     let status = |e: &Exchange| e.response.as_ref().map(|r| r.status);
     let length = |e: &Exchange| e.response.as_ref().map(|r| r.meta.body_len);
-    (status(inner) == status(outer), length(inner) == length(outer))
+    (
+        status(inner) == status(outer),
+        length(inner) == length(outer),
+    )
 }
 
 /// About what holding `exchange` costs in memory.
@@ -404,10 +408,10 @@ mod tests {
         let mut out = Vec::new();
         j.hold(inner("/a", 1000, 1004), client, &mut out);
         let mut misses = vec![
-            outer("/b", 999, 1005),                                        // another target
-            outer("/a", 1001, 1005),                                       // starts after
-            outer("/a", 999, 1003),                                        // ends before
-            exchange("10.200.0.3:1", "10.200.0.1:80", "/a", 999, 1005),    // another client
+            outer("/b", 999, 1005),                                     // another target
+            outer("/a", 1002, 1005), // starts after (by more than the slack)
+            outer("/a", 999, 1002),  // ends before
+            exchange("10.200.0.3:1", "10.200.0.1:80", "/a", 999, 1005), // another client
             exchange("127.0.0.1:40000", "127.0.0.1:5000", "/a", 999, 1005), // the same peer
         ];
         let mut post = outer("/a", 999, 1005);
@@ -463,7 +467,11 @@ mod tests {
         let mut out = Vec::new();
         let client: IpAddr = CLIENT.parse().unwrap();
         for i in 0..10 {
-            j.hold(inner(&format!("/{i}"), 1000 + i, 1004 + i), client, &mut out);
+            j.hold(
+                inner(&format!("/{i}"), 1000 + i, 1004 + i),
+                client,
+                &mut out,
+            );
             assert!(j.counters.waiting <= 3);
         }
         assert_eq!(out.len(), 7);
@@ -472,7 +480,11 @@ mod tests {
             .iter()
             .map(|e| e.request.as_ref().unwrap().uri.clone())
             .collect();
-        assert_eq!(uris, ["/0", "/1", "/2", "/3", "/4", "/5", "/6"], "oldest first");
+        assert_eq!(
+            uris,
+            ["/0", "/1", "/2", "/3", "/4", "/5", "/6"],
+            "oldest first"
+        );
         // The newest are still joinable.
         let mut o = outer("/9", 1000, 1020);
         assert!(j.join_into(&mut o));
@@ -499,7 +511,11 @@ mod tests {
         });
         let mut out = Vec::new();
         for i in 0..1000 {
-            j.hold(inner("/a", 1000 + i, 1004 + i), CLIENT.parse().unwrap(), &mut out);
+            j.hold(
+                inner("/a", 1000 + i, 1004 + i),
+                CLIENT.parse().unwrap(),
+                &mut out,
+            );
             let mut o = outer("/a", 999 + i, 1005 + i);
             assert!(j.join_into(&mut o));
             assert!(j.order.len() <= 9);
@@ -519,7 +535,10 @@ mod tests {
             t += 4000;
             j.expire(t * MS, &mut out);
         }
-        assert_eq!(j.counters.unjoined_timeout, u64::from(config.unpaired_after));
+        assert_eq!(
+            j.counters.unjoined_timeout,
+            u64::from(config.unpaired_after)
+        );
         out.clear();
         j.hold(inner("/a", t, t + 1), client, &mut out);
         assert_eq!(out.len(), 1, "passed on at once");

@@ -49,7 +49,10 @@ fn addr(text: &str) -> SocketAddr {
 
 #[test]
 fn a_trusted_peer_names_the_client_and_an_untrusted_one_does_not() {
-    let mut stage = ProxyStage::new(ProxyConfig::default());
+    let mut stage = ProxyStage::new(ProxyConfig {
+        join: None,
+        ..ProxyConfig::default()
+    });
     let xff = [("X-Forwarded-For", "6.6.6.6, 203.0.113.9")];
     let out = push_all(
         &mut stage,
@@ -60,7 +63,11 @@ fn a_trusted_peer_names_the_client_and_an_untrusted_one_does_not() {
     );
     assert_eq!(out[0].client_addr(), addr("203.0.113.9:0"));
     assert_eq!(out[0].client, addr("127.0.0.1:40000"), "the peer stays");
-    assert_eq!(out[1].client_addr(), addr("203.0.113.7:40000"), "spoofing ignored");
+    assert_eq!(
+        out[1].client_addr(),
+        addr("203.0.113.7:40000"),
+        "spoofing ignored"
+    );
     assert_eq!(stage.counters.forwarded_clients, 1);
     assert_eq!(stage.counters.forwarded_untrusted, 1);
     assert_eq!(stage.snapshot().len(), 10);
@@ -81,8 +88,14 @@ fn headers_are_tried_in_the_configured_order() {
         let e = exchange("[::1]:40000", "[::1]:5000", &headers, 1, 2);
         push_all(&mut stage, vec![e])[0].client_addr()
     };
-    assert_eq!(client(&["x-forwarded-for", "forwarded"]), addr("203.0.113.9:0"));
-    assert_eq!(client(&["forwarded", "x-real-ip"]), addr("[2001:db8::7]:4711"));
+    assert_eq!(
+        client(&["x-forwarded-for", "forwarded"]),
+        addr("203.0.113.9:0")
+    );
+    assert_eq!(
+        client(&["forwarded", "x-real-ip"]),
+        addr("[2001:db8::7]:4711")
+    );
     assert_eq!(client(&["x-real-ip"]), addr("198.51.100.1:0"));
     assert_eq!(client(&["x-client-ip"]), addr("[::1]:40000"));
     assert_eq!(client(&[]), addr("[::1]:40000"));
@@ -97,12 +110,19 @@ fn host_addresses_are_trusted_only_if_configured() {
             ..ProxyConfig::default()
         });
         stage.set_host_addresses(vec!["10.200.0.1".parse().unwrap()]);
-        assert_eq!(stage.is_trusted("::ffff:10.200.0.1".parse().unwrap()), trust);
+        assert_eq!(
+            stage.is_trusted("::ffff:10.200.0.1".parse().unwrap()),
+            trust
+        );
         let out = push_all(
             &mut stage,
             vec![exchange("10.200.0.1:40000", "10.200.0.1:8080", &xff, 1, 2)],
         );
-        let want = if trust { "203.0.113.9:0" } else { "10.200.0.1:40000" };
+        let want = if trust {
+            "203.0.113.9:0"
+        } else {
+            "10.200.0.1:40000"
+        };
         assert_eq!(out[0].client_addr(), addr(want));
     }
 }
