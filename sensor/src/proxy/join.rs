@@ -3,9 +3,9 @@
 //! With both hops of a reverse proxy captured, each client request shows twice: client ->
 //! proxy (the outer exchange) and proxy -> application (the inner one). The inner one completes
 //! first (the proxy relays the application's last byte before it sends its own), so it is held
-//! here until an outer exchange arrives that it fits: same method and target, the client it was
-//! forwarded for is the outer's client, the same request body length, and its timing inside the
-//! outer's. The outer one goes on carrying the inner's duration (`upstream_ns`); the inner one is
+//! here until an outer exchange arrives that it fits: same method and target, the outer's
+//! client is one the proxy forwarded it for, the same request body length, and its timing inside
+//! the outer's. The outer one goes on carrying the inner's duration (`upstream_ns`); the inner one is
 //! dropped. An inner exchange whose outer does not come within the window (the proxy's client
 //! side is not captured, e.g. TLS, or the outer took longer) goes on unchanged and is counted.
 //!
@@ -70,8 +70,8 @@ pub struct JoinCounters {
 struct Held {
     seq: u64,
     exchange: Exchange,
-    /// The client the forwarding header named.
-    client: IpAddr,
+    /// The addresses the proxy forwarded it for (see [`Joiner::hold`]).
+    clients: Vec<IpAddr>,
     bytes: usize,
 }
 
@@ -142,7 +142,9 @@ impl Joiner {
         let best = list
             .iter()
             .enumerate()
-            .filter(|(_, held)| held.client == client && fits(&held.exchange, outer, slack))
+            .filter(|(_, held)| {
+                held.clients.contains(&client) && fits(&held.exchange, outer, slack)
+            })
             .max_by_key(|(_, held)| {
                 let (status, response_len) = similarity(&held.exchange, outer);
                 // The same status and response size first, then the latest start.
@@ -172,9 +174,10 @@ impl Joiner {
         true
     }
 
-    /// Holds `inner` (a trusted proxy's exchange, forwarded for `client`) until its outer
-    /// exchange arrives or the window passes; hands it back if it is not to be held.
-    pub fn hold(&mut self, inner: Exchange, client: IpAddr, out: &mut Vec<Exchange>) {
+    /// Holds `inner`, a trusted proxy's exchange forwarded for `clients` (the client its header
+    /// names, and the hop the proxy itself appended to each forwarding header), until its outer
+    /// exchange arrives or the window passes; hands it on at once if it is not to be held.
+    pub fn hold(&mut self, inner: Exchange, clients: Vec<IpAddr>, out: &mut Vec<Exchange>) {
         let now = inner.end_ns();
         let Some(key) = self.key(&inner) else {
             out.push(inner);
@@ -205,7 +208,7 @@ impl Joiner {
         self.waiting.entry(key).or_default().push(Held {
             seq: self.seq,
             exchange: inner,
-            client,
+            clients,
             bytes,
         });
         self.held += 1;
@@ -388,7 +391,11 @@ mod tests {
     fn an_outer_exchange_takes_in_its_inner_one() {
         let mut j = joiner();
         let mut out = Vec::new();
-        j.hold(inner("/a", 1000, 1004), CLIENT.parse().unwrap(), &mut out);
+        j.hold(
+            inner("/a", 1000, 1004),
+            vec![CLIENT.parse().unwrap()],
+            &mut out,
+        );
         assert!(out.is_empty());
         assert_eq!(j.counters.waiting, 1);
         let mut o = outer("/a", 999, 1005);
@@ -406,7 +413,7 @@ mod tests {
         let client: IpAddr = CLIENT.parse().unwrap();
         let mut j = joiner();
         let mut out = Vec::new();
-        j.hold(inner("/a", 1000, 1004), client, &mut out);
+        j.hold(inner("/a", 1000, 1004), vec![client], &mut out);
         let mut misses = vec![
             outer("/b", 999, 1005),                                     // another target
             outer("/a", 1002, 1005), // starts after (by more than the slack)
@@ -434,7 +441,7 @@ mod tests {
         if let Some(r) = failed.response.as_mut() {
             r.status = Some(502);
         }
-        j.hold(failed, client, &mut out);
+        j.hold(failed, vec![client], &mut out);
         let mut o = outer("/a", 999, 1005);
         assert!(j.join_into(&mut o));
         assert_eq!(o.forwarding.upstream_ns, Some(4 * MS));
@@ -444,7 +451,11 @@ mod tests {
     fn an_inner_exchange_without_its_outer_goes_on_after_the_window() {
         let mut j = joiner();
         let mut out = Vec::new();
-        j.hold(inner("/a", 1000, 1004), CLIENT.parse().unwrap(), &mut out);
+        j.hold(
+            inner("/a", 1000, 1004),
+            vec![CLIENT.parse().unwrap()],
+            &mut out,
+        );
         j.expire(1004 * MS + 3000 * MS, &mut out);
         assert!(out.is_empty(), "not before the window ends");
         j.expire(1004 * MS + 3000 * MS + 1, &mut out);
@@ -469,7 +480,7 @@ mod tests {
         for i in 0..10 {
             j.hold(
                 inner(&format!("/{i}"), 1000 + i, 1004 + i),
-                client,
+                vec![client],
                 &mut out,
             );
             assert!(j.counters.waiting <= 3);
@@ -491,13 +502,13 @@ mod tests {
         // Bytes: a large exchange pushes the others out.
         let mut j = Joiner::new(config);
         let mut out = Vec::new();
-        j.hold(inner("/small", 1000, 1004), client, &mut out);
+        j.hold(inner("/small", 1000, 1004), vec![client], &mut out);
         let mut big = inner("/big", 1000, 1004);
         if let Some(r) = big.response.as_mut() {
             r.meta.body = vec![b'x'; 1 << 19];
         }
-        j.hold(big.clone(), client, &mut out);
-        j.hold(big, client, &mut out);
+        j.hold(big.clone(), vec![client], &mut out);
+        j.hold(big, vec![client], &mut out);
         assert_eq!(out.len(), 2, "the small one and the first big one");
         assert_eq!(j.counters.unjoined_capacity, 2);
         assert_eq!(j.counters.waiting, 1);
@@ -513,7 +524,7 @@ mod tests {
         for i in 0..1000 {
             j.hold(
                 inner("/a", 1000 + i, 1004 + i),
-                CLIENT.parse().unwrap(),
+                vec![CLIENT.parse().unwrap()],
                 &mut out,
             );
             let mut o = outer("/a", 999 + i, 1005 + i);
@@ -531,7 +542,7 @@ mod tests {
         let client: IpAddr = CLIENT.parse().unwrap();
         let mut t = 1000;
         for _ in 0..config.unpaired_after {
-            j.hold(inner("/a", t, t + 1), client, &mut out);
+            j.hold(inner("/a", t, t + 1), vec![client], &mut out);
             t += 4000;
             j.expire(t * MS, &mut out);
         }
@@ -540,13 +551,13 @@ mod tests {
             u64::from(config.unpaired_after)
         );
         out.clear();
-        j.hold(inner("/a", t, t + 1), client, &mut out);
+        j.hold(inner("/a", t, t + 1), vec![client], &mut out);
         assert_eq!(out.len(), 1, "passed on at once");
         assert_eq!(j.counters.passed_unpaired, 1);
         // After the pause it is tried again, and a join makes it normal again.
         t += config.unpaired_for_ns / MS + 1;
         out.clear();
-        j.hold(inner("/a", t, t + 1), client, &mut out);
+        j.hold(inner("/a", t, t + 1), vec![client], &mut out);
         assert!(out.is_empty());
         let mut o = outer("/a", t - 1, t + 2);
         assert!(j.join_into(&mut o));
@@ -558,12 +569,12 @@ mod tests {
         let mut j = joiner();
         let mut out = Vec::new();
         // app hop (2 ms) -> second proxy's hop (6 ms) -> client's (10 ms)
-        j.hold(inner("/a", 1002, 1004), client, &mut out);
+        j.hold(inner("/a", 1002, 1004), vec![client], &mut out);
         let mut middle = exchange("127.0.0.1:40001", "127.0.0.1:8080", "/a", 1001, 1007);
         // The proxy stage has named its client from the header.
         middle.forwarding.client = Some(SocketAddr::new(client, 0));
         assert!(j.join_into(&mut middle));
-        j.hold(middle, client, &mut out);
+        j.hold(middle, vec![client], &mut out);
         let mut o = outer("/a", 1000, 1010);
         assert!(j.join_into(&mut o));
         assert_eq!(o.forwarding.upstream_ns, Some(2 * MS));

@@ -22,7 +22,7 @@ use crate::{
     config::Config,
     exchange::Exchange,
     proxy::{
-        forwarded::Resolution,
+        forwarded::{Node, Resolution},
         join::{JoinConfig, Joiner},
     },
 };
@@ -113,10 +113,11 @@ impl ProxyStage {
         };
         joiner.expire(exchange.end_ns(), ready);
         joiner.join_into(&mut exchange);
-        match forwarded_for {
+        if forwarded_for.is_empty() {
+            ready.push(exchange);
+        } else {
             // A trusted proxy's upstream hop: wait for the client's exchange with the proxy.
-            Some(client) => joiner.hold(exchange, client, ready),
-            None => ready.push(exchange),
+            joiner.hold(exchange, forwarded_for, ready);
         }
     }
 
@@ -134,35 +135,47 @@ impl ProxyStage {
         }
     }
 
-    /// Sets the exchange's client from a trusted peer's forwarding header; returns it if so.
-    fn resolve_client(&mut self, exchange: &mut Exchange) -> Option<IpAddr> {
-        let request = exchange.request.as_ref()?;
-        let peer = exchange.client.ip();
-        let trusted = self.is_trusted(peer);
+    /// Sets the exchange's client from a trusted peer's forwarding header (the first of the
+    /// configured ones present). Returns whom the peer forwarded the request for: that client,
+    /// and the hop the peer appended to each configured header (the right-most entry), which
+    /// is its own client even where the header the client is taken from was set by someone else;
+    /// empty if the peer is no trusted proxy or names nobody.
+    fn resolve_client(&mut self, exchange: &mut Exchange) -> Vec<IpAddr> {
+        let mut forwarded_for = Vec::new();
+        let Some(request) = exchange.request.as_ref() else {
+            return forwarded_for;
+        };
+        let trusted = self.is_trusted(exchange.client.ip());
+        let mut decided = false;
         for name in &self.config.headers {
             let Some(nodes) = forwarded::nodes(&request.meta, name) else {
                 continue;
             };
             if !trusted {
                 self.counters.forwarded_untrusted += 1;
-                return None;
+                return forwarded_for;
             }
-            if nodes.cut {
-                self.counters.forwarded_lists_cut += 1;
+            if !decided {
+                decided = true;
+                if nodes.cut {
+                    self.counters.forwarded_lists_cut += 1;
+                }
+                match forwarded::resolve(&nodes, |ip| self.is_trusted(ip)) {
+                    Resolution::Client(client) => {
+                        self.counters.forwarded_clients += 1;
+                        exchange.forwarding.client = Some(client);
+                        forwarded_for.push(client.ip());
+                    }
+                    Resolution::Unusable => self.counters.forwarded_unusable += 1,
+                }
             }
-            return match forwarded::resolve(&nodes, |ip| self.is_trusted(ip)) {
-                Resolution::Client(client) => {
-                    self.counters.forwarded_clients += 1;
-                    exchange.forwarding.client = Some(client);
-                    Some(client.ip())
-                }
-                Resolution::Unusable => {
-                    self.counters.forwarded_unusable += 1;
-                    None
-                }
-            };
+            if let Some(Node::Addr(nearest)) = nodes.list.back()
+                && !forwarded_for.contains(&nearest.ip())
+            {
+                forwarded_for.push(nearest.ip());
+            }
         }
-        None
+        forwarded_for
     }
 
     /// Counters by name, for `apisessions stats`.

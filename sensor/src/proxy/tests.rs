@@ -185,3 +185,33 @@ fn both_hops_give_one_exchange_unless_joining_is_off() {
     assert!(out.iter().all(|e| !e.forwarding.joined));
     assert_eq!(out[0].client_addr(), addr("10.200.0.2:0"));
 }
+
+#[test]
+fn with_both_hops_the_proxy_own_entry_joins_even_if_the_client_header_was_spoofed() {
+    // A proxy that sets only X-Real-IP passes a client's own X-Forwarded-For through: read
+    // first, it names the client's choice. The upstream hop still joins its client's exchange
+    // through the entry the proxy set, and the record is the client's.
+    let mut stage = ProxyStage::new(ProxyConfig::default());
+    let out = push_all(
+        &mut stage,
+        vec![
+            exchange(
+                "127.0.0.1:40000",
+                "127.0.0.1:5000",
+                &[("X-Forwarded-For", "6.6.6.6"), ("X-Real-IP", "10.200.0.2")],
+                11,
+                15,
+            ),
+            exchange(
+                "10.200.0.2:50000",
+                "10.200.0.1:80",
+                &[("X-Forwarded-For", "6.6.6.6")],
+                10,
+                16,
+            ),
+        ],
+    );
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].client_addr(), addr("10.200.0.2:50000"));
+    assert!(out[0].forwarding.joined);
+}
