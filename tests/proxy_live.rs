@@ -5,7 +5,7 @@
 //! - both hops watched: one exchange per client request, with the client's address, joined,
 //!   `upstream_ms` below the outer duration, in one session;
 //! - only the application's port watched (as when the proxy terminates TLS): the client's
-//!   address comes from the proxy's forwarding header;
+//!   address (IPv4 and IPv6) comes from the proxy's forwarding header;
 //! - a client that sends its own `X-Forwarded-For` keeps its own address, directly and through
 //!   the proxy;
 //! - a chain of two proxies (the second on the host's own address, trusted as such);
@@ -95,7 +95,7 @@ impl Host {
                  proxy_set_header X-Real-IP $remote_addr; }}"
             )
         };
-        let v4 = net.server_v4;
+        let (v4, v6) = (net.server_v4, net.server_v6);
         let conf = format!(
             "daemon off;\nmaster_process off;\nuser root;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
              events {{ worker_connections 256; }}\n\
@@ -104,7 +104,7 @@ impl Host {
              scgi_temp_path {d}/scgi;\n\
              upstream app {{ server 127.0.0.1:{APP_PORT}; keepalive 8; }}\n\
              upstream chain {{ server {v4}:{CHAIN_INNER_PORT}; keepalive 8; }}\n\
-             server {{ listen {v4}:{PROXY_PORT}; {app} }}\n\
+             server {{ listen {v4}:{PROXY_PORT}; listen [{v6}]:{PROXY_PORT}; {app} }}\n\
              server {{ listen {v4}:{CHAIN_PORT}; {chain} }}\n\
              server {{ listen {v4}:{CHAIN_INNER_PORT}; {app} }}\n}}\n",
             d = dir.display(),
@@ -452,17 +452,29 @@ fn a_reverse_proxy_on_the_host() {
     let _ = fs::remove_file(&pcap);
 
     // Only the application's port watched, as when the proxy terminates TLS: the client's
-    // address from the proxy's header, the proxy as the peer.
+    // address from the proxy's header, the proxy as the peer; an IPv6 client too.
     let daemon = Daemon::start(&net, "inner", &[APP_PORT]);
-    in_namespace(&net.client_ns, || user_session(proxy, "inner", ""));
-    let (inner, stats) = daemon.stop();
+    in_namespace(&net.client_ns, || {
+        user_session(proxy, "inner", "");
+        user_session(net.server_addr(true, PROXY_PORT), "inner6", "");
+    });
+    let (records, stats) = daemon.stop();
+    let (inner6, inner): (Vec<_>, Vec<_>) = records
+        .into_iter()
+        .partition(|r| r["uri"].as_str().unwrap().contains("inner6"));
     assert_clients_records(&inner, &net, "inner", false);
-    for r in &inner {
+    assert_eq!(requests(&inner6), expected("inner6"), "{inner6:#?}");
+    for r in inner.iter().chain(&inner6) {
         assert_eq!(r["peer_ip"], "127.0.0.1", "{r:#}");
         assert_eq!(r["server_port"], APP_PORT, "{r:#}");
         assert_eq!(r["client_port"], 0, "the header names no port: {r:#}");
     }
-    assert_eq!(stat(&stats, "proxy", "forwarded_clients"), 6);
+    let client6 = net.client_v6.to_string();
+    assert!(
+        inner6.iter().all(|r| r["client_ip"] == client6.as_str()),
+        "{inner6:#?}"
+    );
+    assert_eq!(stat(&stats, "proxy", "forwarded_clients"), 12);
 
     // A client naming another address itself: directly (an untrusted peer, the header is
     // ignored) and through the proxy (which appends the real one).

@@ -484,6 +484,11 @@ mod tests {
             config.sessions.inactivity_timeout,
             Duration::from_secs(1800)
         );
+        let proxy = &config.proxy;
+        let trusted: Vec<String> = proxy.trusted.iter().map(ToString::to_string).collect();
+        assert_eq!(trusted, ["127.0.0.0/8", "::1/128"]);
+        assert!(proxy.trust_host_addresses && proxy.join);
+        assert_eq!(proxy.headers, ["x-forwarded-for", "forwarded", "x-real-ip"]);
     }
 
     #[test]
