@@ -196,7 +196,7 @@ impl Default for ProxySection {
     fn default() -> Self {
         Self {
             trusted: vec![
-                IpNet::V4(Ipv4Net::new_assert(Ipv4Addr::LOCALHOST, 8)),
+                IpNet::V4(Ipv4Net::new_assert(Ipv4Addr::new(127, 0, 0, 0), 8)),
                 IpNet::V6(Ipv6Net::new_assert(Ipv6Addr::LOCALHOST, 128)),
             ],
             trust_host_addresses: true,
