@@ -215,3 +215,83 @@ fn with_both_hops_the_proxy_own_entry_joins_even_if_the_client_header_was_spoofe
     assert_eq!(out[0].client_addr(), addr("10.200.0.2:50000"));
     assert!(out[0].forwarding.joined);
 }
+
+#[test]
+fn sessions_and_records_use_the_real_client() {
+    use crate::{
+        sessions::{Secret, SessionConfig, Sessionizer},
+        store::{Redaction, StoredExchange},
+    };
+    let mut stage = ProxyStage::new(ProxyConfig {
+        join: None,
+        ..ProxyConfig::default()
+    });
+    let mut via = |peer: &str, client: &str| {
+        let e = exchange(
+            peer,
+            "127.0.0.1:5000",
+            &[("X-Forwarded-For", client), ("User-Agent", "browser/1")],
+            1,
+            2,
+        );
+        let mut ready = Vec::new();
+        stage.push(e, &mut ready);
+        ready.pop().unwrap()
+    };
+    // Two users behind one proxy, and one user through two proxy connections.
+    let alice = via("127.0.0.1:40000", "203.0.113.1");
+    let bob = via("127.0.0.1:40000", "203.0.113.2");
+    let alice_again = via("127.0.0.1:40001", "203.0.113.1");
+    let mut sessions = Sessionizer::new(SessionConfig::default(), Secret::from_bytes([7; 32]));
+    let ids: Vec<String> = [&alice, &bob, &alice_again]
+        .iter()
+        .map(|e| sessions.assign(e).session_id)
+        .collect();
+    assert_ne!(ids[0], ids[1], "the proxy's address does not merge users");
+    assert_eq!(ids[0], ids[2]);
+
+    let mut joined = alice;
+    joined.forwarding.joined = true;
+    joined.forwarding.upstream_ns = Some(1_234_567);
+    let record = StoredExchange::new(&joined, &Secret::from_bytes([7; 32]), &Redaction::default());
+    assert_eq!(
+        (record.client_ip.as_str(), record.client_port),
+        ("203.0.113.1", 0)
+    );
+    assert_eq!(
+        (record.peer_ip.as_str(), record.peer_port),
+        ("127.0.0.1", 40000)
+    );
+    assert_eq!(record.upstream_us, Some(1235));
+    let json = record.to_json("s");
+    assert_eq!(json["upstream_ms"], 1.235);
+    assert_eq!(json["joined"], true);
+    assert_eq!(json["peer_ip"], "127.0.0.1");
+}
+
+#[test]
+fn the_dump_line_names_the_proxy_and_the_upstream_time() {
+    let mut e = exchange(
+        "127.0.0.1:40000",
+        "127.0.0.1:5000",
+        &[("X-Forwarded-For", "203.0.113.1")],
+        1,
+        5,
+    );
+    let mut stage = ProxyStage::new(ProxyConfig {
+        join: None,
+        ..ProxyConfig::default()
+    });
+    let mut ready = Vec::new();
+    stage.push(e.clone(), &mut ready);
+    e = ready.pop().unwrap();
+    e.forwarding.joined = true;
+    e.forwarding.upstream_ns = Some(2 * MS);
+    let line = crate::dump::exchange_line(&e);
+    assert!(
+        line.contains(" 203.0.113.1:0 via 127.0.0.1:40000 GET /items/1 "),
+        "{line}"
+    );
+    assert!(line.contains(" upstream=2.000ms "), "{line}");
+    assert!(line.ends_with("[joined]"), "{line}");
+}
