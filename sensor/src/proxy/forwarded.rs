@@ -56,6 +56,9 @@ fn is_rfc7239(name: &str) -> bool {
 /// The hops named by every instance of header `name` in `meta` (instances concatenate, as
 /// RFC 9110 says for list headers); None if the message has no such header.
 pub fn nodes(meta: &MessageMeta, name: &str) -> Option<Nodes> {
+    // Most messages carry no forwarding header: a lookup that compares lengths first says so
+    // without the walk over every header below.
+    meta.header(name)?;
     let mut nodes: Option<Nodes> = None;
     for (_, value) in meta
         .all_headers()
