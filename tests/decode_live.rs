@@ -343,6 +343,7 @@ fn import_of_a_capture_reports_what_the_live_path_reports() {
             server_ports: vec![PORT],
             ..FlowConfig::default()
         },
+        apisessions::proxy::ProxyConfig::default(),
         |exchange| {
             imported.push(exchange);
             Ok(())

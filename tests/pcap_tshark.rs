@@ -45,6 +45,7 @@ fn ours(file: &Path) -> (Vec<Exchange>, import::ImportSummary) {
     let summary = import::run(
         &mut source,
         FlowConfig::default(),
+        apisessions::proxy::ProxyConfig::default(),
         |exchange| {
             exchanges.push(exchange);
             Ok(())

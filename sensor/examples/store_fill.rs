@@ -230,12 +230,15 @@ fn exchange(rng: &mut Rng, session: &Session, ts_ns: u64) -> StoredExchange {
         404 => "Not Found",
         _ => "Internal Server Error",
     };
+    let client_port = 30_000 + rng.below(30_000) as u16;
     StoredExchange {
         ts_ns,
         client_ip: session.client_ip.clone(),
-        client_port: 30_000 + rng.below(30_000) as u16,
+        client_port,
         server_ip: "10.0.0.1".to_owned(),
         server_port: 443,
+        peer_ip: session.client_ip.clone(),
+        peer_port: client_port,
         method: Some(method.to_owned()),
         host: Some(session.host.to_owned()),
         uri: Some(uri),
@@ -263,6 +266,8 @@ fn exchange(rng: &mut Rng, session: &Session, ts_ns: u64) -> StoredExchange {
         request_truncated: false,
         response_truncated: false,
         gap: false,
+        joined: false,
+        upstream_us: None,
         params: Vec::new(),
         exchange_id: None,
     }

@@ -30,15 +30,24 @@
 //! [secrets]
 //! store_raw = false              # true keeps raw secrets on disk: only for lab use
 //! names = ["x-internal-token"]   # more header/field names to treat as secrets
+//!
+//! [proxy]
+//! trusted = ["127.0.0.0/8", "::1", "10.0.0.0/8"]   # peers whose forwarding headers are believed
+//! trust_host_addresses = true    # and this host's own addresses
+//! headers = ["x-forwarded-for", "forwarded", "x-real-ip"]   # read in order, the first present decides
+//! join = true                    # one exchange per client request when both hops are captured
+//! join_window = "3s"             # how long a proxy's upstream exchange waits for its client's
 //! ```
 
 use std::{
     fmt, fs,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
     str::FromStr,
     time::Duration,
 };
 
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Deserializer, de};
 
 use crate::capture::AttachMode;
@@ -69,6 +78,7 @@ pub struct Config {
     pub sessions: SessionsSection,
     pub parameters: Vec<Parameter>,
     pub secrets: SecretsSection,
+    pub proxy: ProxySection,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
@@ -160,6 +170,74 @@ pub struct SecretsSection {
     pub store_raw: bool,
     /// More header, cookie, query and body field names to treat as secrets.
     pub names: Vec<String>,
+}
+
+/// Reverse proxies in front of the captured applications (see [`crate::proxy`]).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxySection {
+    /// Peers whose forwarding headers are believed: addresses or CIDR ranges.
+    #[serde(deserialize_with = "networks")]
+    pub trusted: Vec<IpNet>,
+    /// Also trust the addresses of this host's own interfaces (a proxy on the same host).
+    pub trust_host_addresses: bool,
+    /// Forwarding headers read, in order; the first one present decides. `forwarded` is read
+    /// as RFC 7239, any other as a comma-separated address list like `x-forwarded-for`.
+    #[serde(deserialize_with = "header_names")]
+    pub headers: Vec<String>,
+    /// Join a proxy's upstream exchange to its client's exchange when both are captured.
+    pub join: bool,
+    /// How long an upstream exchange waits for its client's exchange to complete.
+    #[serde(deserialize_with = "duration")]
+    pub join_window: Duration,
+}
+
+impl Default for ProxySection {
+    fn default() -> Self {
+        Self {
+            trusted: vec![
+                IpNet::V4(Ipv4Net::new_assert(Ipv4Addr::new(127, 0, 0, 0), 8)),
+                IpNet::V6(Ipv6Net::new_assert(Ipv6Addr::LOCALHOST, 128)),
+            ],
+            trust_host_addresses: true,
+            headers: ["x-forwarded-for", "forwarded", "x-real-ip"]
+                .map(str::to_owned)
+                .to_vec(),
+            join: true,
+            join_window: Duration::from_secs(3),
+        }
+    }
+}
+
+/// Addresses or CIDR ranges (`10.0.0.0/8`, `::1`, `192.0.2.7`).
+fn networks<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<IpNet>, D::Error> {
+    Vec::<String>::deserialize(deserializer)?
+        .iter()
+        .map(|text| {
+            text.parse::<IpNet>()
+                .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+                .map(|net| net.trunc())
+                .map_err(|_| {
+                    de::Error::custom(format!(
+                        "'{text}' is neither an address nor a CIDR range (e.g. 10.0.0.0/8)"
+                    ))
+                })
+        })
+        .collect()
+}
+
+/// Header names (RFC 9110 tokens), kept lower-case.
+fn header_names<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    Vec::<String>::deserialize(deserializer)?
+        .into_iter()
+        .map(|name| {
+            let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+            if name.is_empty() || !name.bytes().all(token) {
+                return Err(de::Error::custom(format!("'{name}' is not a header name")));
+            }
+            Ok(name.to_ascii_lowercase())
+        })
+        .collect()
 }
 
 /// Where a value sits in an exchange, e.g. `request.header.Authorization.jwt.sub`.
@@ -406,6 +484,11 @@ mod tests {
             config.sessions.inactivity_timeout,
             Duration::from_secs(1800)
         );
+        let proxy = &config.proxy;
+        let trusted: Vec<String> = proxy.trusted.iter().map(ToString::to_string).collect();
+        assert_eq!(trusted, ["127.0.0.0/8", "::1/128"]);
+        assert!(proxy.trust_host_addresses && proxy.join);
+        assert_eq!(proxy.headers, ["x-forwarded-for", "forwarded", "x-real-ip"]);
     }
 
     #[test]
@@ -438,6 +521,13 @@ hashed = true
 
 [secrets]
 names = ["x-internal"]
+
+[proxy]
+trusted = ["10.1.2.3", "192.168.0.0/16", "fd00::/8"]
+trust_host_addresses = false
+headers = ["Forwarded", "X-Real-IP"]
+join = false
+join_window = "10s"
 "#,
         )
         .unwrap();
@@ -455,6 +545,12 @@ names = ["x-internal"]
             config.parameters[0].path.to_string(),
             "request.header.Authorization.jwt.sub"
         );
+        let proxy = &config.proxy;
+        let nets: Vec<String> = proxy.trusted.iter().map(ToString::to_string).collect();
+        assert_eq!(nets, ["10.1.2.3/32", "192.168.0.0/16", "fd00::/8"]);
+        assert_eq!(proxy.headers, ["forwarded", "x-real-ip"]);
+        assert!(!proxy.join && !proxy.trust_host_addresses);
+        assert_eq!(proxy.join_window, Duration::from_secs(10));
     }
 
     #[test]
@@ -506,6 +602,22 @@ names = ["x-internal"]
                 "test.toml:5:8:",
                 "defined twice",
             ),
+            (
+                "[proxy]\ntrusted = [\"10.0.0.0/33\"]\n",
+                "test.toml:2:11:",
+                "neither an address nor a CIDR range",
+            ),
+            (
+                "[proxy]\nheaders = [\"x-forwarded-for\", \"bad header\"]\n",
+                "test.toml:2:11:",
+                "not a header name",
+            ),
+            (
+                "[proxy]\njoin_window = \"0s\"\n",
+                "test.toml:2:15:",
+                "longer than zero",
+            ),
+            ("[proxy]\njoin = 1\n", "test.toml:2:8:", "invalid type"),
             ("[capture\n", "test.toml:1:", ""),
         ];
         let wrong: Vec<String> = cases

@@ -50,14 +50,22 @@ pub fn segment_line(segment: &Segment, clock: &crate::capture::Clock) -> String 
     line
 }
 
-/// `time client method uri -> status ttfb dur req=… resp=… [flags]`
+/// `time client [via peer] method uri -> status ttfb dur [upstream] req=… resp=… [flags]`
 pub fn exchange_line(exchange: &Exchange) -> String {
     let request = exchange.request.as_ref();
     let response = exchange.response.as_ref();
     let mut line = format!(
-        "{} {} {} {}",
+        "{} {}",
         rfc3339_ns(exchange.start_ns()),
-        exchange.client,
+        exchange.client_addr()
+    );
+    if exchange.forwarding.client.is_some() {
+        // Named by a proxy's forwarding header: say which connection brought it.
+        let _ = write!(line, " via {}", exchange.client);
+    }
+    let _ = write!(
+        line,
+        " {} {}",
         request.map_or("-", |r| r.method.as_str()),
         request.map_or("-", |r| r.uri.as_str()).escape_debug(),
     );
@@ -73,6 +81,9 @@ pub fn exchange_line(exchange: &Exchange) -> String {
     }
     if let Some(duration) = exchange.duration_ms() {
         let _ = write!(line, " dur={duration:.3}ms");
+    }
+    if let Some(upstream) = exchange.forwarding.upstream_ns {
+        let _ = write!(line, " upstream={:.3}ms", upstream as f64 / 1e6);
     }
     let _ = write!(
         line,
@@ -91,6 +102,7 @@ pub fn exchange_line(exchange: &Exchange) -> String {
             "response-truncated",
         ),
         (exchange.gap(), "gap"),
+        (exchange.forwarding.joined, "joined"),
     ]
     .into_iter()
     .filter_map(|(set, name)| set.then_some(name))

@@ -151,13 +151,36 @@ pub struct Response {
 /// A request and its response, either of which may be missing.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Exchange {
+    /// The connection's peer: the client end of the TCP connection. Behind a reverse proxy this
+    /// is the proxy; [`Exchange::client_addr`] is the real client.
     pub client: SocketAddr,
     pub server: SocketAddr,
     pub request: Option<Request>,
     pub response: Option<Response>,
+    /// What the proxy stage found out (see [`crate::proxy`]); empty as decoded.
+    pub forwarding: Forwarding,
+}
+
+/// What the proxy stage learned about an exchange: the client a trusted proxy named, and the
+/// proxy's own upstream exchange if it was joined into this one.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Forwarding {
+    /// The client named in a forwarding header sent by a trusted peer (port 0 where the header
+    /// gives none). None: the connection's peer is the client.
+    pub client: Option<SocketAddr>,
+    /// The exchange a proxy made upstream for this request was joined into it.
+    pub joined: bool,
+    /// The joined upstream hop's duration, request start to response end (across a chain of
+    /// proxies, the innermost: the application's own time). None if not joined or incomplete.
+    pub upstream_ns: Option<u64>,
 }
 
 impl Exchange {
+    /// The real client: the one a trusted proxy named, else the connection's peer.
+    pub fn client_addr(&self) -> SocketAddr {
+        self.forwarding.client.unwrap_or(self.client)
+    }
+
     /// When the exchange started: the request's first byte, else the response's.
     pub fn start_ns(&self) -> u64 {
         self.request
@@ -175,8 +198,21 @@ impl Exchange {
 
     /// Request start to the response's last byte.
     pub fn duration_ms(&self) -> Option<f64> {
+        self.duration_ns().map(|ns| ns as f64 / 1e6)
+    }
+
+    /// Request start to the response's last byte, in nanoseconds.
+    pub fn duration_ns(&self) -> Option<u64> {
         let (request, response) = (self.request.as_ref()?, self.response.as_ref()?);
-        (response.meta.end_ns != 0).then(|| ms_between(request.meta.start_ns, response.meta.end_ns))
+        (response.meta.end_ns != 0)
+            .then(|| response.meta.end_ns.saturating_sub(request.meta.start_ns))
+    }
+
+    /// When the exchange ended: the response's last byte, else the latest byte seen.
+    pub fn end_ns(&self) -> u64 {
+        let request_end = self.request.as_ref().map_or(0, |r| r.meta.end_ns);
+        let response_end = self.response.as_ref().map_or(0, |r| r.meta.end_ns);
+        request_end.max(response_end).max(self.start_ns())
     }
 
     pub fn gap(&self) -> bool {
@@ -230,10 +266,15 @@ pub fn rfc3339_ns(ns: u64) -> String {
 pub struct ExchangeRecord<'a> {
     pub ts: String,
     pub session_id: Option<&'a str>,
+    /// The real client (from a trusted proxy's forwarding header, else the peer).
     pub client_ip: String,
+    /// The real client's port; 0 when a forwarding header named the client without one.
     pub client_port: u16,
     pub server_ip: String,
     pub server_port: u16,
+    /// The connection's peer (the proxy, behind one; else the client).
+    pub peer_ip: String,
+    pub peer_port: u16,
     pub method: Option<&'a str>,
     pub host: Option<&'a str>,
     pub uri: Option<&'a str>,
@@ -251,6 +292,10 @@ pub struct ExchangeRecord<'a> {
     pub request_truncated: bool,
     pub response_truncated: bool,
     pub gap: bool,
+    /// A proxy's upstream exchange for this request was joined into this record.
+    pub joined: bool,
+    /// The joined upstream hop's duration (the application's time behind the proxy).
+    pub upstream_ms: Option<f64>,
     pub params: serde_json::Map<String, serde_json::Value>,
 }
 

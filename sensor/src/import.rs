@@ -11,6 +11,7 @@ use lru::LruCache;
 
 use crate::{
     exchange::Exchange,
+    proxy::{ProxyConfig, ProxyStage},
     reassembly::{FlowConfig, FlowTable},
     sessions::Secret,
     source::{PcapSource, SourceError},
@@ -110,6 +111,10 @@ const VOLUME: &[&str] = &[
     "tunnel_bytes",
     "http09_requests",
     "control_without_flow",
+    "forwarded_clients",
+    "join_held",
+    "joined",
+    "join_waiting",
 ];
 
 impl ImportSummary {
@@ -145,17 +150,20 @@ impl ImportSummary {
     }
 }
 
-/// Reads every segment of `source` into a flow table built from `config`; each finished exchange
-/// goes to `on_exchange`, progress (bytes read, total) to `on_progress` now and then.
+/// Reads every segment of `source` into a flow table built from `config`, and the exchanges
+/// through the proxy stage built from `proxy`; each finished exchange goes to `on_exchange`,
+/// progress (bytes read, total) to `on_progress` now and then.
 pub fn run(
     source: &mut PcapSource,
     config: FlowConfig,
+    proxy: ProxyConfig,
     on_exchange: impl FnMut(Exchange) -> io::Result<()>,
     on_progress: impl FnMut(u64, u64),
 ) -> Result<ImportSummary, ImportError> {
     run_all(
         std::slice::from_mut(source),
         config,
+        proxy,
         on_exchange,
         on_progress,
     )
@@ -166,17 +174,21 @@ pub fn run(
 pub fn run_all(
     sources: &mut [PcapSource],
     config: FlowConfig,
+    proxy: ProxyConfig,
     mut on_exchange: impl FnMut(Exchange) -> io::Result<()>,
     mut on_progress: impl FnMut(u64, u64),
 ) -> Result<ImportSummary, ImportError> {
     let started = Instant::now();
     let mut flows = FlowTable::new(config);
-    let mut out = Vec::new();
+    // The capture's own host is not this one: only configured proxies are trusted.
+    let mut proxy = ProxyStage::new(proxy);
+    let mut decoded = Vec::new();
+    let mut ready = Vec::new();
     let mut exchanges = 0u64;
     let mut last_expiry_s = 0u64;
     let mut segments = 0u64;
-    let mut deliver = |out: &mut Vec<Exchange>, exchanges: &mut u64| -> Result<(), ImportError> {
-        for exchange in out.drain(..) {
+    let mut deliver = |ready: &mut Vec<Exchange>, exchanges: &mut u64| -> Result<(), ImportError> {
+        for exchange in ready.drain(..) {
             *exchanges += 1;
             on_exchange(exchange).map_err(ImportError::Output)?;
         }
@@ -186,14 +198,19 @@ pub fn run_all(
     let mut done_before = 0;
     for source in sources.iter_mut() {
         while let Some(segment) = source.next_segment()? {
-            let second = segment.ts_ns / 1_000_000_000;
-            flows.push(segment, &mut out);
+            let ts_ns = segment.ts_ns;
+            let second = ts_ns / 1_000_000_000;
+            flows.push(segment, &mut decoded);
             if second > last_expiry_s {
                 // Once per second of capture time is often enough for a timeout of minutes.
                 last_expiry_s = second;
-                flows.expire(0, &mut out);
+                flows.expire(0, &mut decoded);
+                proxy.expire(ts_ns, &mut ready);
             }
-            deliver(&mut out, &mut exchanges)?;
+            for exchange in decoded.drain(..) {
+                proxy.push(exchange, &mut ready);
+            }
+            deliver(&mut ready, &mut exchanges)?;
             segments += 1;
             if segments.is_multiple_of(4096) {
                 on_progress(done_before + source.progress().0, total);
@@ -201,8 +218,12 @@ pub fn run_all(
         }
         done_before += source.progress().0;
     }
-    flows.finish(&mut out);
-    deliver(&mut out, &mut exchanges)?;
+    flows.finish(&mut decoded);
+    for exchange in decoded.drain(..) {
+        proxy.push(exchange, &mut ready);
+    }
+    proxy.finish(&mut ready);
+    deliver(&mut ready, &mut exchanges)?;
     on_progress(done_before, total);
     // The sources' counters, summed by name (every source names the same counters).
     let mut counters: Vec<(&'static str, u64)> = Vec::new();
@@ -214,9 +235,11 @@ pub fn run_all(
             }
         }
     }
+    let mut stages = flows.snapshot();
+    stages.push(("proxy", proxy.snapshot()));
     Ok(ImportSummary {
         source: counters,
-        stages: flows.snapshot(),
+        stages,
         exchanges,
         truncated: sources
             .iter()
@@ -244,6 +267,7 @@ mod tests {
                 },
             }),
             response: None,
+            forwarding: Default::default(),
         }
     }
 

@@ -14,6 +14,8 @@
 //!   order with gaps made explicit ([`segment::TcpSegment`] in, stream events out).
 //! - [`http`]: the HTTP/1.x decoder (httparse heads, body framing, pipelining, 1xx, upgrades,
 //!   resynchronisation) pairing requests with responses into [`exchange::Exchange`]s.
+//! - [`proxy`]: reverse proxies on the host: the real client from a trusted proxy's forwarding
+//!   headers, and a proxy's upstream exchange joined into its client's (one per request).
 //! - [`sessions`]: grouping keys, response-to-request linking, inactivity and day parts, keyed
 //!   session ids; [`endpoint`] templates paths (`/users/{id}`).
 //! - [`store`]: LMDB (heed) with time and secondary indexes, the daemon's writer thread and the
@@ -31,6 +33,7 @@ pub mod endpoint;
 pub mod exchange;
 pub mod http;
 pub mod import;
+pub mod proxy;
 pub mod reassembly;
 pub mod report;
 pub mod segment;

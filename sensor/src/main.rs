@@ -20,6 +20,7 @@ use apisessions::{
     exchange::Exchange,
     http::HttpConfig,
     import::ExchangeIds,
+    proxy::{self, ProxyConfig, ProxyStage},
     reassembly::{FlowConfig, FlowTable},
     report::{self, Exporter, Format},
     segment::TcpSegment,
@@ -409,6 +410,7 @@ fn import(args: ImportArgs) -> Result<()> {
         let summary = apisessions::import::run_all(
             &mut sources,
             config,
+            ProxyConfig::from(&settings),
             |exchange| {
                 let (mut record, assignment) = sessionizer.record(&exchange, &redaction);
                 record.exchange_id = Some(exchange_ids.next(&exchange));
@@ -743,7 +745,13 @@ const PRUNE_EVERY: Duration = Duration::from_secs(600);
 struct Consumer {
     clock: Clock,
     flows: FlowTable,
+    /// Decoded exchanges, on their way through the proxy stage.
     exchanges: Vec<Exchange>,
+    proxy: ProxyStage,
+    /// Exchanges the proxy stage passed on, for sessions and the store.
+    ready: Vec<Exchange>,
+    /// Seconds until the host's own addresses (trusted as proxies) are read again.
+    host_refresh_in: u32,
     dump_exchanges: bool,
     dump_segments: bool,
     out: io::BufWriter<io::StdoutLock<'static>>,
@@ -758,6 +766,9 @@ struct Consumer {
 
 /// Records handed to the store writer per batch at most (also flushed every second).
 const BATCH: usize = 1024;
+
+/// Seconds between readings of the host's own addresses.
+const HOST_REFRESH_SECS: u32 = 10;
 
 impl Consumer {
     fn segment(&mut self, segment: Segment) {
@@ -778,6 +789,8 @@ impl Consumer {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
         self.flows.expire(now_ns, &mut self.exchanges);
+        self.proxy.expire(now_ns, &mut self.ready);
+        self.refresh_host_addresses();
         self.print_exchanges();
         self.flush_store();
         if self.output_open {
@@ -787,14 +800,34 @@ impl Consumer {
 
     fn finish(&mut self) {
         self.flows.finish(&mut self.exchanges);
+        for exchange in self.exchanges.drain(..) {
+            self.proxy.push(exchange, &mut self.ready);
+        }
+        self.proxy.finish(&mut self.ready);
         self.print_exchanges();
         self.flush_store();
         let _ = self.out.flush();
     }
 
+    /// Reads the host's addresses again now and then: interfaces and addresses come and go.
+    fn refresh_host_addresses(&mut self) {
+        if self.host_refresh_in > 0 {
+            self.host_refresh_in -= 1;
+            return;
+        }
+        self.host_refresh_in = HOST_REFRESH_SECS;
+        match proxy::host_addresses() {
+            Ok(addresses) => self.proxy.set_host_addresses(addresses),
+            Err(e) => log::warn!("reading this host's addresses (trusted as proxies): {e}"),
+        }
+    }
+
     /// Sessions, dump lines and store batches for the exchanges decoded so far.
     fn print_exchanges(&mut self) {
         for exchange in self.exchanges.drain(..) {
+            self.proxy.push(exchange, &mut self.ready);
+        }
+        for exchange in self.ready.drain(..) {
             let (record, assignment) = self.sessionizer.record(&exchange, &self.redaction);
             if self.dump_exchanges && self.output_open {
                 let line = dump::exchange_line(&exchange);
@@ -820,6 +853,7 @@ impl Consumer {
         for (stage, counters) in self.flows.snapshot() {
             report.set_stage(stage, counters);
         }
+        report.set_stage("proxy", self.proxy.snapshot());
         report.set_stage("sessions", self.sessionizer.counters.snapshot());
         report.set_stage("store", self.writer.counters.snapshot());
     }
@@ -857,6 +891,9 @@ async fn daemon(
             ..FlowConfig::default()
         }),
         exchanges: Vec::new(),
+        proxy: ProxyStage::new(ProxyConfig::from(&config)),
+        ready: Vec::new(),
+        host_refresh_in: 0,
         dump_exchanges: args.dump,
         dump_segments: args.dump_segments,
         out: io::BufWriter::new(io::stdout().lock()),
@@ -866,6 +903,7 @@ async fn daemon(
         pending: Vec::new(),
         writer: StoreWriter::start(store, config.storage.retention, PRUNE_EVERY),
     };
+    consumer.refresh_host_addresses();
     let mut report = StatsReport {
         pid: std::process::id(),
         running: true,

@@ -206,6 +206,11 @@ const CSV_COLUMNS: &[&str] = &[
     "request_truncated",
     "response_truncated",
     "gap",
+    // Later additions go last, so that columns keep their positions.
+    "peer_ip",
+    "peer_port",
+    "joined",
+    "upstream_ms",
 ];
 
 /// Writes exchanges one at a time in the chosen format.
@@ -357,9 +362,11 @@ fn har_entry(session_id: &str, e: &StoredExchange) -> serde_json::Value {
             "receive": if duration >= 0.0 && ttfb >= 0.0 { duration - ttfb } else { -1.0 },
         },
         "serverIPAddress": e.server_ip,
-        "connection": e.client_port.to_string(),
+        "connection": e.peer_port.to_string(),
         "_session_id": session_id,
         "_client_ip": e.client_ip,
+        "_peer_ip": e.peer_ip,
+        "_upstream_ms": e.upstream_us.map(|us| us as f64 / 1000.0),
         "_truncated": e.request_truncated || e.response_truncated,
         "_gap": e.gap,
     })
@@ -376,6 +383,8 @@ mod tests {
             client_port: 40000,
             server_ip: "10.0.0.1".into(),
             server_port: 8080,
+            peer_ip: "192.0.2.1".into(),
+            peer_port: 40000,
             method: Some("GET".into()),
             host: Some("api.test".into()),
             uri: Some(uri.into()),
@@ -394,6 +403,8 @@ mod tests {
             request_truncated: false,
             response_truncated: false,
             gap: false,
+            joined: false,
+            upstream_us: None,
             params: vec![],
             exchange_id: None,
         }
@@ -436,6 +447,10 @@ mod tests {
             "request_truncated",
             "response_truncated",
             "params",
+            "peer_ip",
+            "peer_port",
+            "joined",
+            "upstream_ms",
         ] {
             assert!(value.get(field).is_some(), "missing {field}");
         }

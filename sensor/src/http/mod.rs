@@ -357,6 +357,7 @@ impl HttpConnection {
             server: self.server,
             request: slot.request,
             response: slot.response,
+            forwarding: Default::default(),
         });
     }
 

@@ -918,7 +918,8 @@ fn identity<'a>(candidate: &Candidate<'a>) -> Option<Cow<'a, str>> {
 }
 
 fn ip_candidate<'a>(exchange: &Exchange, user_agent: Option<&str>) -> Candidate<'a> {
-    let ip = exchange.client.ip();
+    // The real client, which behind a trusted proxy is not the connection's peer.
+    let ip = exchange.client_addr().ip();
     match user_agent.filter(|ua| !ua.is_empty()) {
         Some(ua) => {
             // "ip|user-agent", built in one allocation.

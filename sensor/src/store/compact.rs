@@ -117,6 +117,15 @@ fn standard_reason(status: Option<u16>) -> Option<&'static str> {
 const REQUEST_TRUNCATED: u8 = 1;
 const RESPONSE_TRUNCATED: u8 = 2;
 const GAP: u8 = 4;
+const JOINED: u8 = 8;
+
+/// The connection's peer: nearly always the client itself, else (behind a proxy) mostly an
+/// address of the host, which is in the session's `server_ips`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+enum Peer<'a> {
+    Client,
+    Other(Text<'a>, u16),
+}
 
 /// One exchange as its value in the `exchanges` database (postcard). Borrows from the
 /// exchange when writing, so encoding copies each byte once.
@@ -126,6 +135,7 @@ pub(super) struct DiskExchange<'a> {
     client_port: u16,
     server_ip: Text<'a>,
     server_port: u16,
+    peer: Peer<'a>,
     method: Text<'a>,
     host: Text<'a>,
     uri: Option<Cow<'a, str>>,
@@ -141,6 +151,7 @@ pub(super) struct DiskExchange<'a> {
     ttfb_us: Option<u64>,
     duration_us: Option<u64>,
     flags: u8,
+    upstream_us: Option<u64>,
     params: Cow<'a, [(String, String)]>,
 }
 
@@ -150,12 +161,19 @@ impl<'a> DiskExchange<'a> {
         let flag = |set: bool, bit: u8| if set { bit } else { 0 };
         let flags = flag(e.request_truncated, REQUEST_TRUNCATED)
             | flag(e.response_truncated, RESPONSE_TRUNCATED)
-            | flag(e.gap, GAP);
+            | flag(e.gap, GAP)
+            | flag(e.joined, JOINED);
+        let peer = if e.peer_ip == e.client_ip && e.peer_port == e.client_port {
+            Peer::Client
+        } else {
+            Peer::Other(Text::of(Some(&e.peer_ip), &session.server_ips), e.peer_port)
+        };
         Self {
             client_ip: Text::of(Some(&e.client_ip), &session.client_ips),
             client_port: e.client_port,
             server_ip: Text::of(Some(&e.server_ip), &session.server_ips),
             server_port: e.server_port,
+            peer,
             method: Text::of(e.method.as_deref(), METHODS),
             host: Text::of(e.host.as_deref(), &session.hosts),
             uri: e.uri.as_deref().map(Cow::Borrowed),
@@ -175,6 +193,7 @@ impl<'a> DiskExchange<'a> {
             ttfb_us: e.ttfb_us,
             duration_us: e.duration_us,
             flags,
+            upstream_us: e.upstream_us,
             params: Cow::Borrowed(&e.params),
         }
     }
@@ -200,12 +219,19 @@ impl<'a> DiskExchange<'a> {
             Reason::Other(msg) => Some(msg.into_owned()),
         };
         let uri = self.uri.map(Cow::into_owned);
+        let client_ip = self.client_ip.require(&session.client_ips, "client_ip")?;
+        let (peer_ip, peer_port) = match self.peer {
+            Peer::Client => (client_ip.clone(), self.client_port),
+            Peer::Other(ip, port) => (ip.require(&session.server_ips, "peer_ip")?, port),
+        };
         Ok(StoredExchange {
             ts_ns,
-            client_ip: self.client_ip.require(&session.client_ips, "client_ip")?,
+            client_ip,
             client_port: self.client_port,
             server_ip: self.server_ip.require(&session.server_ips, "server_ip")?,
             server_port: self.server_port,
+            peer_ip,
+            peer_port,
             method: self.method.resolve(METHODS, "method")?,
             host: self.host.resolve(&session.hosts, "host")?,
             endpoint: uri.as_deref().map(endpoint::template),
@@ -231,6 +257,8 @@ impl<'a> DiskExchange<'a> {
             request_truncated: self.flags & REQUEST_TRUNCATED != 0,
             response_truncated: self.flags & RESPONSE_TRUNCATED != 0,
             gap: self.flags & GAP != 0,
+            joined: self.flags & JOINED != 0,
+            upstream_us: self.upstream_us,
             params: self.params.into_owned(),
         })
     }
@@ -295,6 +323,8 @@ mod tests {
             client_port: 50_123,
             server_ip: "10.0.0.1".into(),
             server_port: 8080,
+            peer_ip: "10.0.0.7".into(),
+            peer_port: 50_123,
             method: Some("GET".into()),
             host: Some("api.example".into()),
             uri: Some("/users/42?page=2".into()),
@@ -313,6 +343,8 @@ mod tests {
             request_truncated: false,
             response_truncated: true,
             gap: true,
+            joined: false,
+            upstream_us: None,
             params: vec![("tenant".into(), "acme".into())],
             exchange_id: None,
         }
@@ -379,6 +411,25 @@ mod tests {
         e.uri = None;
         e.endpoint = None;
         assert_eq!(round_trip(&e, &session()), e);
+    }
+
+    #[test]
+    fn a_proxied_exchange_keeps_its_peer_and_upstream_time() {
+        let mut e = exchange();
+        // Behind a proxy on the host: the peer is a host address, the client named by it.
+        e.client_ip = "203.0.113.9".into();
+        e.client_port = 0;
+        e.peer_ip = "10.0.0.1".into();
+        e.peer_port = 41_000;
+        e.joined = true;
+        e.upstream_us = Some(830);
+        assert_eq!(round_trip(&e, &session()), e);
+        let listed = postcard::to_allocvec(&DiskExchange::new(&e, &session())).unwrap();
+        // A peer outside the session's lists is kept inline.
+        e.peer_ip = "2001:db8::99".into();
+        assert_eq!(round_trip(&e, &session()), e);
+        let inline = postcard::to_allocvec(&DiskExchange::new(&e, &session())).unwrap();
+        assert!(listed.len() + 10 < inline.len());
     }
 
     #[test]

@@ -41,10 +41,15 @@ pub const SECRET_NAMES: &[&str] = &[
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StoredExchange {
     pub ts_ns: u64,
+    /// The real client: named by a trusted proxy's forwarding header, else the peer.
     pub client_ip: String,
+    /// 0 when a forwarding header named the client without a port.
     pub client_port: u16,
     pub server_ip: String,
     pub server_port: u16,
+    /// The connection's peer (behind a reverse proxy, the proxy).
+    pub peer_ip: String,
+    pub peer_port: u16,
     pub method: Option<String>,
     pub host: Option<String>,
     /// As sent, with secret query values hashed.
@@ -64,6 +69,10 @@ pub struct StoredExchange {
     pub request_truncated: bool,
     pub response_truncated: bool,
     pub gap: bool,
+    /// A proxy's upstream exchange for this request was joined into this one.
+    pub joined: bool,
+    /// The joined upstream hop's duration (the application's time behind the proxy).
+    pub upstream_us: Option<u64>,
     /// Context parameters (configured ones; hashed values start with `h:`).
     pub params: Vec<(String, String)>,
     /// Set by `import`: a deterministic id (see `import::ExchangeIds`) by which the store
@@ -84,12 +93,15 @@ impl StoredExchange {
         // Microseconds from the request's first byte, rounded to the nearest.
         let us_after = |ns: u64| (ns.saturating_sub(start_ns) + 500) / 1000;
         let both = request.zip(response);
+        let client = exchange.client_addr();
         Self {
             ts_ns: start_ns,
-            client_ip: ip_text(exchange.client.ip()),
-            client_port: exchange.client.port(),
+            client_ip: ip_text(client.ip()),
+            client_port: client.port(),
             server_ip: ip_text(exchange.server.ip()),
             server_port: exchange.server.port(),
+            peer_ip: ip_text(exchange.client.ip()),
+            peer_port: exchange.client.port(),
             method: request.map(|r| r.method.clone()),
             host: header("host"),
             uri: request.map(|r| redaction.uri(&r.uri, secret)),
@@ -119,6 +131,8 @@ impl StoredExchange {
             request_truncated: request.is_some_and(|r| r.meta.truncated),
             response_truncated: response.is_some_and(|r| r.meta.truncated),
             gap: exchange.gap(),
+            joined: exchange.forwarding.joined,
+            upstream_us: exchange.forwarding.upstream_ns.map(|ns| (ns + 500) / 1000),
             params: Vec::new(),
             exchange_id: None,
         }
@@ -134,6 +148,8 @@ impl StoredExchange {
             client_port: self.client_port,
             server_ip: self.server_ip.clone(),
             server_port: self.server_port,
+            peer_ip: self.peer_ip.clone(),
+            peer_port: self.peer_port,
             method: self.method.as_deref(),
             host: self.host.as_deref(),
             uri: self.uri.as_deref(),
@@ -150,6 +166,8 @@ impl StoredExchange {
             request_truncated: self.request_truncated,
             response_truncated: self.response_truncated,
             gap: self.gap,
+            joined: self.joined,
+            upstream_ms: ms(self.upstream_us),
             params: self
                 .params
                 .iter()
