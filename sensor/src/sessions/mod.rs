@@ -737,7 +737,12 @@ impl Sessionizer {
         // What a day part inherits from the part before it.
         let mut continued = None;
         if let Some(active) = self.active.get_mut(&actor) {
-            let idle = ts.saturating_sub(active.last_ns);
+            // Idle after the session's last request, or before its first: an exchange from
+            // long before (an older capture imported into a store whose sessions are newer)
+            // does not join it.
+            let idle = ts
+                .saturating_sub(active.last_ns)
+                .max(active.start_ns.saturating_sub(ts));
             if idle > inactivity {
                 self.counters.split_inactivity += 1;
             } else if ts.saturating_sub(active.start_ns) >= max_part {

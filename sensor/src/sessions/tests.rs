@@ -759,3 +759,17 @@ fn a_restore_past_the_bound_keeps_the_newest_and_counts_the_rest() {
         assert_eq!(&again.session_id == id, n >= 2, "session {n}");
     }
 }
+
+#[test]
+fn an_exchange_from_long_before_a_session_does_not_join_it() {
+    let mut s = sessionizer(SessionConfig::default());
+    let ua = [("User-Agent", "ua/1")];
+    let today = s.assign(&exchange("192.0.2.3", 600, &ua)).session_id;
+    // An older capture of the same client, imported afterwards.
+    let yesterday = s.assign(&exchange("192.0.2.3", 10, &ua)).session_id;
+    assert_ne!(today, yesterday);
+    // Out of order by less than the timeout: the same session.
+    let mut s = sessionizer(SessionConfig::default());
+    let first = s.assign(&exchange("192.0.2.3", 600, &ua)).session_id;
+    assert_eq!(s.assign(&exchange("192.0.2.3", 590, &ua)).session_id, first);
+}
