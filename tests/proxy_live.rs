@@ -25,7 +25,7 @@ use std::{
     time::Duration,
 };
 
-use common::{TestNet, in_namespace, sh, wait_until};
+use common::{Tcpdump, TestNet, in_namespace, sh, wait_until};
 
 const APP_PORT: u16 = 5000;
 /// nginx in front of the application.
@@ -327,59 +327,6 @@ fn assert_clients_records(records: &[serde_json::Value], net: &TestNet, tag: &st
     assert_eq!(sessions.len(), 1, "one session: {records:#?}");
 }
 
-/// tcpdump on every interface of the server's namespace.
-struct Tcpdump {
-    child: Child,
-    file: PathBuf,
-}
-
-impl Tcpdump {
-    fn start(net: &TestNet) -> Self {
-        let file = std::env::temp_dir().join(format!("apis-proxy-{}.pcap", net.server_ns));
-        let _ = fs::remove_file(&file);
-        let child = TestNet::command(&net.server_ns, "tcpdump")
-            // On "any", libpcap's buffered mode loses what its last block held at SIGINT.
-            .args([
-                "-i",
-                "any",
-                "--immediate-mode",
-                "-U",
-                "-B",
-                "16384",
-                "-s",
-                "0",
-                "-w",
-            ])
-            .arg(&file)
-            .args(["tcp", "port", &PROXY_PORT.to_string(), "or", "tcp", "port"])
-            .arg(APP_PORT.to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("tcpdump (install it: `cargo xtask setup` does, as root)");
-        assert!(
-            wait_until(Duration::from_secs(10), || file.exists()),
-            "tcpdump did not start"
-        );
-        // The file appears before the capture is armed; give it a moment.
-        thread::sleep(Duration::from_millis(500));
-        Self { child, file }
-    }
-
-    fn stop(mut self) -> PathBuf {
-        sh("kill", &["-INT", &self.child.id().to_string()]);
-        self.child.wait().unwrap();
-        self.file.clone()
-    }
-}
-
-impl Drop for Tcpdump {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// What must be the same between the live records and those of an import of a capture.
 fn comparable(records: &[serde_json::Value]) -> Vec<String> {
     let mut list: Vec<String> = records
@@ -412,7 +359,9 @@ fn a_reverse_proxy_on_the_host() {
 
     // Both hops watched: one exchange per request, the client's, joined; and the same from an
     // import of a capture of that traffic.
-    let tcpdump = Tcpdump::start(&net);
+    let (proxy_port, app_port) = (PROXY_PORT.to_string(), APP_PORT.to_string());
+    let filter = ["tcp", "port", &proxy_port, "or", "tcp", "port", &app_port];
+    let tcpdump = Tcpdump::start_on(&net, "any", &filter);
     let daemon = Daemon::start(&net, "both", &[PROXY_PORT, APP_PORT]);
     in_namespace(&net.client_ns, || user_session(proxy, "both", ""));
     let (both, stats) = daemon.stop();

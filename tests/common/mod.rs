@@ -461,17 +461,34 @@ pub struct Tcpdump {
 }
 
 impl Tcpdump {
+    /// tcpdump on the server's veth, for one TCP port.
     pub fn start(net: &TestNet, port: u16) -> Self {
-        let file = std::env::temp_dir().join(format!("apis-{}.pcap", net.server_ns));
+        Self::start_on(net, &net.server_if, &["tcp", "port", &port.to_string()])
+    }
+
+    /// tcpdump on `iface` of the server's namespace (`any` for all), with a filter.
+    pub fn start_on(net: &TestNet, iface: &str, filter: &[&str]) -> Self {
+        let file = std::env::temp_dir().join(format!("apis-{}-{iface}.pcap", net.server_ns));
         let log = file.with_extension("log");
         let _ = fs::remove_file(&file);
         // A 64 MiB kernel buffer: the 1 MiB bodies cross the veth in bursts faster than a
         // descheduled tcpdump drains its default 2 MiB, and a dropped tail of a response looks
-        // like a message cut short.
+        // like a message cut short. Immediate mode: on "any", libpcap's buffered mode loses
+        // what its last block held at SIGINT.
         let child = TestNet::command(&net.server_ns, "tcpdump")
-            .args(["-i", &net.server_if, "-U", "-B", "65536", "-s", "0", "-w"])
+            .args([
+                "-i",
+                iface,
+                "--immediate-mode",
+                "-U",
+                "-B",
+                "65536",
+                "-s",
+                "0",
+                "-w",
+            ])
             .arg(&file)
-            .args(["tcp", "port", &port.to_string()])
+            .args(filter)
             .stdout(Stdio::null())
             .stderr(fs::File::create(&log).unwrap())
             .spawn()
@@ -488,6 +505,20 @@ impl Tcpdump {
     /// Stops tcpdump; the file, once tcpdump says it dropped nothing (a drop would show as a
     /// difference between the file and the live path that is no fault of either).
     pub fn stop(mut self) -> PathBuf {
+        // tcpdump writes what it has read; what still waits in its kernel buffer when it is
+        // interrupted is neither written nor counted as dropped. On a loaded machine it lags, so
+        // let it catch up first: until the file stops growing for half a second.
+        let size = || fs::metadata(&self.file).map_or(0, |m| m.len());
+        let mut last = size();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(500));
+            let now = size();
+            if now == last {
+                break;
+            }
+            last = now;
+        }
         sh("kill", &["-INT", &self.child.id().to_string()]);
         self.child.wait().unwrap();
         let log = fs::read_to_string(&self.log).unwrap_or_default();
