@@ -1,9 +1,10 @@
 //! Stage 4, sessions: which user session each exchange belongs to.
 //!
 //! Grouping keys are tried in order and the first one present decides: configured keys, then
-//! well-known session cookies, `Authorization` (a JWT's `sub`/`sid`, an opaque bearer token, the
-//! Basic user name), API-key headers, and finally client IP + User-Agent (the IP alone without
-//! one). A value that a response hands out (a session cookie, a login token) is linked to the
+//! the built-in table of [`keys`] (session cookies of the major frameworks by name and pattern,
+//! a JWT's subject in `Authorization` or a cookie, other `Authorization` schemes, token
+//! headers, remember-me cookies, query-string tokens; see [`keys::Tier`]), and finally client
+//! IP + User-Agent (the IP alone without one). A value that a response hands out (a session cookie, a login token) is linked to the
 //! session that received it, so the requests that later carry it stay in that session.
 //!
 //! A fallback actor (an IP, or an IP + User-Agent) can be many users: an office behind NAT on one
@@ -39,7 +40,7 @@ use extract::{
     Credential, json_at, json_body_if, jwt_subject, query_pairs, request_cookies, set_cookies,
     value_at,
 };
-use keys::{CookieMatch, KeyTable, QUERY_TOKENS, Tier, cookie_tier, looks_like_jwt};
+use keys::{CookieClass, CookieMatch, KeyTable, QUERY_TOKENS, Tier, cookie_tier, looks_like_jwt};
 use lru::LruCache;
 use serde::Serialize;
 
@@ -793,7 +794,8 @@ impl Sessionizer {
     }
 
     /// The values this exchange's response hands out, in precedence order: configured
-    /// `response.*` keys, session cookies, JSON tokens.
+    /// `response.*` keys, cookies the key table recognises (by the request side's order), JSON
+    /// tokens.
     fn hand_outs(&self, exchange: &Exchange) -> Vec<HandOut> {
         let Some(response) = exchange.response.as_ref() else {
             return Vec::new();
@@ -815,12 +817,10 @@ impl Sessionizer {
                 .filter_map(|(name, value)| cookie_candidate(&self.config.keys, name, value))
                 .collect();
             cookies.sort_by_key(|c| c.order);
-            values.extend(
-                cookies
-                    .into_iter()
-                    .map(|c| (c.raw().to_owned(), c))
-                    .map(|(raw, c)| (c.name, KeyKind::Cookie, raw)),
-            );
+            for cookie in cookies {
+                let raw = cookie.raw().to_owned();
+                values.push((cookie.name, KeyKind::Cookie, raw));
+            }
         }
         // One parse of the body for all the properties, and none for a body that cannot hold
         // them: each name contains "token" or "session", and a key can only be spelled without
@@ -937,19 +937,17 @@ impl Sessionizer {
 /// remember-me cookie by its name, or any cookie that is not excluded and holds a JWT with a
 /// subject. A JWT's subject is the key (and the user); the whole JWT is what links.
 fn cookie_candidate<'a>(keys: &KeyTable, name: &str, value: &'a str) -> Option<Candidate<'a>> {
-    let (class, rank) = match keys.cookie(name) {
-        CookieMatch::Key { class, rank } => (Some(class), rank),
-        CookieMatch::Unknown if looks_like_jwt(value) => (None, u16::MAX),
-        CookieMatch::Unknown | CookieMatch::Excluded => return None,
-    };
+    let matched = keys.cookie(name);
+    if matched == CookieMatch::Excluded {
+        return None;
+    }
     let subject = looks_like_jwt(value).then(|| jwt_subject(value)).flatten();
-    let class = match class {
-        Some(class) => class,
-        // An unknown name is a key only for its JWT's subject.
-        None if subject.is_some() => keys::CookieClass::Token,
-        None => return None,
+    let (class, rank) = match (matched, &subject) {
+        (CookieMatch::Key { class, rank }, _) => (class, rank),
+        (_, Some(_)) => (CookieClass::Token, u16::MAX),
+        _ => return None,
     };
-    let tier = cookie_tier(class, subject.is_some());
+    let order = (cookie_tier(class, subject.is_some()), rank);
     let name = format!("cookie {name}").into();
     Some(match subject {
         Some(subject) => Candidate {
@@ -957,14 +955,14 @@ fn cookie_candidate<'a>(keys: &KeyTable, name: &str, value: &'a str) -> Option<C
             name,
             value: subject.into(),
             travels_as: Some(value),
-            order: (tier, rank),
+            order,
         },
         None => Candidate {
             kind: KeyKind::Cookie,
             name,
             value: value.into(),
             travels_as: None,
-            order: (tier, rank),
+            order,
         },
     })
 }

@@ -1088,3 +1088,47 @@ fn the_readme_lists_every_built_in_name_and_pattern() {
         );
     }
 }
+
+/// Not a check but a measurement of the grouping keys' cost per exchange (the daemon's hot
+/// path): `cargo test --release -p apisessions --lib per_exchange_cost -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement, run by hand in release mode"]
+fn per_exchange_cost_of_finding_the_keys() {
+    const BROWSER: &str = "_ga=GA1.1.123456789.1700000000; _gid=GA1.1.987654321.1700000000; \
+        _fbp=fb.1.1700000000000.1234567890; AWSALB=q8Xv2dZ7mJ0bW4kH5nC3rT6yU1iO9pA; \
+        AWSALBCORS=q8Xv2dZ7mJ0bW4kH5nC3rT6yU1iO9pA; csrftoken=0123456789abcdef0123456789abcdef; \
+        OptanonConsent=isGpcEnabled=0&datestamp=Mon+Nov+30+2026; theme=dark; lang=en; \
+        sessionid=vr6dwhis1a2qvqxjek34xwl5aaqc03uh";
+    let token = jwt(r#"{"sub":"alice","iat":1700000000}"#);
+    let bearer = format!("Bearer {token}");
+    let jwt_cookie = format!("_ga=GA1.1.1.1; access_token={token}");
+    let ua = (
+        "User-Agent",
+        "Mozilla/5.0 (X11; Linux x86_64) Chrome/142.0.0.0",
+    );
+    let cases: [(&str, Vec<(&str, &str)>); 5] = [
+        ("no key (IP + User-Agent)", vec![ua]),
+        (
+            "browser: 10 cookies, Django's last",
+            vec![ua, ("Cookie", BROWSER)],
+        ),
+        ("bearer JWT", vec![ua, ("Authorization", &bearer)]),
+        ("JWT in a cookie", vec![ua, ("Cookie", &jwt_cookie)]),
+        ("API key", vec![ua, ("X-API-Key", "k-0123456789")]),
+    ];
+    let s = sessionizer(SessionConfig::default());
+    for (name, headers) in cases {
+        let e = exchange("192.0.2.200", 0, &headers);
+        let rounds: u32 = 200_000;
+        let started = std::time::Instant::now();
+        let mut found = 0;
+        for _ in 0..rounds {
+            found += std::hint::black_box(s.candidates(std::hint::black_box(&e))).len();
+        }
+        let per = started.elapsed().as_nanos() as f64 / f64::from(rounds);
+        println!(
+            "{name}: {per:.0} ns per exchange ({} keys)",
+            found / rounds as usize
+        );
+    }
+}
