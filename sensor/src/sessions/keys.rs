@@ -184,11 +184,25 @@ pub enum Tier {
     Fallback,
 }
 
+/// Shortest value of a cookie that only a built-in *pattern* names: session ids are long random
+/// strings, while short values under session-like names are settings shared by every client
+/// (`sessionTimeout=1800`, `session_pref=dark`) that would merge users.
+pub const MIN_PATTERN_VALUE: usize = 16;
+
+/// One cookie rule: a name or pattern, what it makes of a cookie (`None`: excluded), and
+/// whether the value must look like an id ([`MIN_PATTERN_VALUE`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct CookieRule {
+    pattern: NamePattern,
+    class: Option<CookieClass>,
+    id_shaped: bool,
+}
+
 /// The cookie rules in the order they are tried: configured exclusions, configured cookies,
 /// built-in exclusions, built-in cookies. The first that matches says what a cookie is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeyTable {
-    cookie_rules: Vec<(NamePattern, Option<CookieClass>)>,
+    cookie_rules: Vec<CookieRule>,
     /// Configured token headers, then [`TOKEN_HEADERS`].
     headers: Vec<String>,
 }
@@ -202,22 +216,30 @@ impl Default for KeyTable {
 impl From<&Config> for KeyTable {
     fn from(config: &Config) -> Self {
         let sessions = &config.sessions;
-        let builtin = |text: &str| {
-            text.parse::<NamePattern>()
-                .unwrap_or_else(|_| NamePattern::Exact(text.to_owned()))
+        let configured = |pattern: &NamePattern, class| CookieRule {
+            pattern: pattern.clone(),
+            class,
+            id_shaped: false,
         };
-        let cookie_rules = (sessions.exclude_cookies.iter().map(|p| (p.clone(), None)))
-            .chain(
-                sessions
-                    .cookies
-                    .iter()
-                    .map(|p| (p.clone(), Some(CookieClass::Session))),
-            )
-            .chain(EXCLUDED_COOKIES.iter().map(|(p, _)| (builtin(p), None)))
+        let builtin = |text: &str, class: Option<CookieClass>| {
+            let pattern = text
+                .parse::<NamePattern>()
+                .unwrap_or_else(|_| NamePattern::Exact(text.to_owned()));
+            let id_shaped = class.is_some() && !matches!(pattern, NamePattern::Exact(_));
+            CookieRule {
+                pattern,
+                class,
+                id_shaped,
+            }
+        };
+        let cookie_rules = (sessions.exclude_cookies.iter())
+            .map(|p| configured(p, None))
+            .chain((sessions.cookies.iter()).map(|p| configured(p, Some(CookieClass::Session))))
+            .chain(EXCLUDED_COOKIES.iter().map(|(p, _)| builtin(p, None)))
             .chain(
                 BUILTIN_COOKIES
                     .iter()
-                    .map(|(p, class, _)| (builtin(p), Some(*class))),
+                    .map(|(p, class, _)| builtin(p, Some(*class))),
             )
             .collect();
         let headers = (sessions.headers.iter().cloned())
@@ -237,29 +259,30 @@ pub enum CookieMatch {
     Key { class: CookieClass, rank: u16 },
     /// Never a key, not even with a JWT in it.
     Excluded,
-    /// No rule names it: a key only if its value is a JWT with a subject.
+    /// No rule names it (or only a pattern, and the value is too short for an id): a key only
+    /// if its value is a JWT with a subject.
     Unknown,
 }
 
 impl KeyTable {
-    pub fn cookie(&self, name: &str) -> CookieMatch {
+    /// What the cookie `name=value` is.
+    pub fn cookie(&self, name: &str, value: &str) -> CookieMatch {
         // `__Host-` and `__Secure-` only restrict where a browser accepts the cookie.
         let bare = strip_prefix_ignore_case(name, "__Host-")
             .or_else(|| strip_prefix_ignore_case(name, "__Secure-"))
             .unwrap_or(name);
-        let Some(rank) = self
-            .cookie_rules
-            .iter()
-            .position(|(pattern, _)| pattern.matches(bare))
+        let Some((rank, rule)) =
+            (self.cookie_rules.iter().enumerate()).find(|(_, rule)| rule.pattern.matches(bare))
         else {
             return CookieMatch::Unknown;
         };
-        match self.cookie_rules[rank].1 {
+        match rule.class {
+            None => CookieMatch::Excluded,
+            Some(_) if rule.id_shaped && value.len() < MIN_PATTERN_VALUE => CookieMatch::Unknown,
             Some(class) => CookieMatch::Key {
                 class,
                 rank: u16::try_from(rank).unwrap_or(u16::MAX),
             },
-            None => CookieMatch::Excluded,
         }
     }
 

@@ -937,7 +937,7 @@ impl Sessionizer {
 /// remember-me cookie by its name, or any cookie that is not excluded and holds a JWT with a
 /// subject. A JWT's subject is the key (and the user); the whole JWT is what links.
 fn cookie_candidate<'a>(keys: &KeyTable, name: &str, value: &'a str) -> Option<Candidate<'a>> {
-    let matched = keys.cookie(name);
+    let matched = keys.cookie(name, value);
     if matched == CookieMatch::Excluded {
         return None;
     }

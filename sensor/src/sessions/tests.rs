@@ -782,13 +782,27 @@ fn framework_session_cookies_are_recognised_by_name_and_pattern() {
         "connect.sid",
         "session",
     ] {
-        let cookie = format!("{name}=v-1");
+        let cookie = format!("{name}=v-0123456789abcdef");
         assert_eq!(
             decided_by(SessionConfig::default(), "/", &[("Cookie", &cookie)]),
             (KeyKind::Cookie, format!("cookie {name}")),
             "{name}"
         );
     }
+    // A short value under a name only a pattern matches is a setting, not an id: it would
+    // merge everyone who has it.
+    for cookie in ["sessionTimeout=1800", "x_session=on", "app.sid=1"] {
+        assert_eq!(
+            decided_by(SessionConfig::default(), "/", &[("Cookie", cookie)]).0,
+            KeyKind::Ip,
+            "{cookie}"
+        );
+    }
+    assert_eq!(
+        decided_by(SessionConfig::default(), "/", &[("Cookie", "sid=c1")]).0,
+        KeyKind::Cookie,
+        "exact names take any value"
+    );
 }
 
 #[test]
@@ -819,7 +833,7 @@ fn excluded_cookies_neither_split_nor_merge_sessions() {
         "session.sig",
     ];
     for name in excluded {
-        let cookie = format!("{name}=v-1");
+        let cookie = format!("{name}=v-0123456789abcdef");
         assert_eq!(
             decided_by(
                 SessionConfig::default(),
@@ -909,7 +923,10 @@ fn precedence_among_several_recognised_keys_follows_the_documented_tiers() {
     let cookie_jwt = format!("access_token={subject_jwt}");
     // Most specific first; dropping the front one at a time shows each tier deciding.
     let all: Vec<(&str, &str)> = vec![
-        ("Cookie", "remember_token=r1; _shop_session=s1"),
+        (
+            "Cookie",
+            "remember_token=r1; _shop_session=s-0123456789abcdef",
+        ),
         ("Authorization", &bearer_jwt),
         ("Cookie", &cookie_jwt),
         ("Authorization", "Token t1"),
@@ -1032,14 +1049,20 @@ fn pattern_and_remember_me_cookies_handed_out_at_login_link() {
         exchange("192.0.2.80", 1, &ua),
         &[
             ("Set-Cookie", "__Host-csrf=c; Path=/"),
-            ("Set-Cookie", "_shop_session=s-1; Path=/; HttpOnly"),
+            (
+                "Set-Cookie",
+                "_shop_session=s-0123456789abcdef; Path=/; HttpOnly",
+            ),
             ("Set-Cookie", "remember_token=r-1; Max-Age=31536000"),
         ],
         "",
     );
     assert_eq!(s.assign(&login).session_id, before);
     assert_eq!(s.counters.links_registered, 2);
-    for (at, cookie) in [(2, "_shop_session=s-1"), (3, "remember_token=r-1")] {
+    for (at, cookie) in [
+        (2, "_shop_session=s-0123456789abcdef"),
+        (3, "remember_token=r-1"),
+    ] {
         assert_eq!(
             s.assign(&exchange("192.0.2.99", at, &[("Cookie", cookie)]))
                 .session_id,
