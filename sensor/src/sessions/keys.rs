@@ -3,8 +3,11 @@
 //! they decide when a request carries several. The README's table lists the same entries (a
 //! test keeps the two in step).
 //!
-//! Recognising a cookie costs a walk over a few dozen short name patterns and no allocation:
-//! this runs for every exchange.
+//! Recognising a cookie costs a walk over a few dozen short name patterns and no allocation
+//! (only a recognised cookie's key name is built): this runs for every exchange. Measured in
+//! release mode (`per_exchange_cost_of_finding_the_keys` in the tests): a browser request with
+//! ten cookies, the session cookie last, about 2.4 µs for all its keys, against 5.1 µs for the
+//! ten fixed names this table replaced (which scanned the cookies once per name).
 
 use crate::config::{Config, NamePattern};
 
@@ -19,8 +22,8 @@ pub enum CookieClass {
     Remember,
 }
 
-/// Session cookies of the major frameworks, exact names first (more specific), then patterns.
-/// (pattern, class, where it comes from).
+/// Cookies that are keys: the major frameworks' session cookies, exact names first (more
+/// specific), then patterns; token cookies; remember-me cookies. (pattern, class, from where).
 pub const BUILTIN_COOKIES: &[(&str, CookieClass, &str)] = &[
     ("PHPSESSID", CookieClass::Session, "PHP native sessions"),
     (
@@ -168,7 +171,11 @@ pub const TOKEN_HEADERS: &[&str] = &[
 pub const QUERY_TOKENS: &[&str] = &["access_token", "api_key", "apikey", "token"];
 
 /// Where a key stands when a request carries several: the lowest decides, and within one tier
-/// the earlier rule (then the earlier in the request).
+/// the earlier rule (then the earlier in the request). The most specific and stable key first:
+/// the application's own session id before a JWT's subject (a subject spans a user's devices
+/// and tabs, a session cookie is one of them), a subject before opaque tokens (a refreshed token
+/// keeps its subject), credentials a client sends on purpose before cookies that merely carry a
+/// token, and remember-me cookies and query strings, which outlive or leak out of sessions, last.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Tier {
     Configured,
