@@ -74,7 +74,6 @@ impl App {
                 app_file(script).display().to_string(),
                 "{addr}".into(),
                 "{port}".into(),
-                "{work}".into(),
             ],
         )
     }
@@ -394,6 +393,8 @@ fn files_containing(dir: &Path, needle: &str) -> Vec<String> {
 #[test]
 fn django_admin_login() {
     let mut app = App::python("django", "django_site.py");
+    // Its SQLite database.
+    app.command.push("{work}".into());
     app.login_form = "/admin/login/";
     app.login_post = "/admin/login/?next=/admin/";
     app.csrf_field = Some("csrfmiddlewaretoken");
