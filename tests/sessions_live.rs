@@ -1,4 +1,4 @@
-//! Sessions end to end: the `apisessions run` daemon on a real veth next to nginx, five clients
+//! Sessions end to end: the `apisessions run` daemon on a real veth next to nginx, six clients
 //! on one IP told apart only by their keys, a reader in another process while the daemon
 //! writes, and no raw secret anywhere in the data directory afterwards. Then users behind one
 //! address and browser against a real app that hands out session cookies (`data/session_app.py`):
@@ -70,7 +70,7 @@ fn files_containing(dir: &Path, needle: &str) -> Vec<String> {
 }
 
 #[test]
-fn five_clients_on_one_ip_five_sessions_and_no_secret_on_disk() {
+fn six_clients_on_one_ip_six_sessions_and_no_secret_on_disk() {
     let net = TestNet::new();
     let _nginx = Nginx::start(&net, PORT);
     let data_dir = std::env::temp_dir().join(format!("apis-sessions-{}", net.server_ns));
@@ -111,7 +111,8 @@ fn five_clients_on_one_ip_five_sessions_and_no_secret_on_disk() {
                 );
             }
         }
-        // Secrets in a query string and a form body, from the User-Agent-only client.
+        // Secrets in a query string and a form body, from the User-Agent-only client; the
+        // query's `token` is a grouping key of its own.
         request(
             server,
             &format!(
@@ -129,7 +130,7 @@ fn five_clients_on_one_ip_five_sessions_and_no_secret_on_disk() {
     // A reader in another process while the daemon writes (the writer flushes every second).
     assert!(
         wait_until(Duration::from_secs(10), || sessions_json(&data_dir).len()
-            == 5),
+            == 6),
         "the running daemon's sessions are readable: {:?}",
         sessions_json(&data_dir)
     );
@@ -144,14 +145,21 @@ fn five_clients_on_one_ip_five_sessions_and_no_secret_on_disk() {
     kinds.sort_unstable();
     assert_eq!(
         kinds,
-        ["api_key", "bearer", "cookie", "ip_user_agent", "jwt"],
+        [
+            "api_key",
+            "bearer",
+            "bearer",
+            "cookie",
+            "ip_user_agent",
+            "jwt"
+        ],
         "{sessions:#?}"
     );
     for session in &sessions {
-        let expected = if session["key_kind"] == "ip_user_agent" {
-            5
-        } else {
-            3
+        let expected = match session["key_name"].as_str().unwrap() {
+            "client ip + user-agent" => 4,
+            "query token" => 1,
+            _ => 3,
         };
         assert_eq!(session["requests"], expected, "{session}");
         assert_eq!(
@@ -163,14 +171,14 @@ fn five_clients_on_one_ip_five_sessions_and_no_secret_on_disk() {
     assert_eq!(jwt_session["user"], "alice");
 
     // The query secret was captured and hashed, not dropped.
-    let anonymous = sessions
+    let by_query_token = sessions
         .iter()
-        .find(|s| s["key_kind"] == "ip_user_agent")
+        .find(|s| s["key_name"] == "query token")
         .unwrap();
     let out = bin()
         .args([
             "show",
-            anonymous["session_id"].as_str().unwrap(),
+            by_query_token["session_id"].as_str().unwrap(),
             "--json",
             "--data-dir",
         ])

@@ -20,6 +20,9 @@
 //! [sessions]
 //! inactivity_timeout = "30m"
 //! keys = ["request.cookie.sid", "request.header.X-User-Id"]   # tried before the built-in keys
+//! cookies = ["myapp_auth", "*_login"]  # session cookies besides the built-in ones (names, patterns)
+//! exclude_cookies = ["tracking_*"]     # cookies that are never a key
+//! headers = ["X-Tenant-Token"]         # token headers besides the built-in ones
 //!
 //! [[parameters]]
 //! name = "user"
@@ -132,6 +135,14 @@ pub struct SessionsSection {
     pub inactivity_timeout: Duration,
     /// Custom grouping keys, tried in order before the built-in ones.
     pub keys: Vec<KeyPath>,
+    /// More session cookies (names or patterns), tried before the built-in ones; they win over
+    /// the built-in exclusions.
+    pub cookies: Vec<NamePattern>,
+    /// Cookies that are never a key (names or patterns), whatever else matches them.
+    pub exclude_cookies: Vec<NamePattern>,
+    /// More token headers, tried before the built-in ones.
+    #[serde(deserialize_with = "header_names")]
+    pub headers: Vec<String>,
 }
 
 impl Default for SessionsSection {
@@ -139,7 +150,86 @@ impl Default for SessionsSection {
         Self {
             inactivity_timeout: Duration::from_secs(30 * 60),
             keys: Vec::new(),
+            cookies: Vec::new(),
+            exclude_cookies: Vec::new(),
+            headers: Vec::new(),
         }
+    }
+}
+
+/// A cookie name or a pattern of names, matched ignoring ASCII case: `name`, `prefix*`,
+/// `*suffix` or `*part*`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NamePattern {
+    Exact(String),
+    Prefix(String),
+    Suffix(String),
+    Contains(String),
+}
+
+impl NamePattern {
+    pub fn matches(&self, name: &str) -> bool {
+        let name = name.as_bytes();
+        match self {
+            Self::Exact(n) => name.eq_ignore_ascii_case(n.as_bytes()),
+            Self::Prefix(p) => name
+                .get(..p.len())
+                .is_some_and(|start| start.eq_ignore_ascii_case(p.as_bytes())),
+            Self::Suffix(s) => name
+                .len()
+                .checked_sub(s.len())
+                .is_some_and(|at| name[at..].eq_ignore_ascii_case(s.as_bytes())),
+            Self::Contains(part) => {
+                let part = part.as_bytes();
+                name.len() >= part.len()
+                    && name
+                        .windows(part.len())
+                        .any(|w| w.eq_ignore_ascii_case(part))
+            }
+        }
+    }
+}
+
+impl fmt::Display for NamePattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Exact(n) => write!(f, "{n}"),
+            Self::Prefix(p) => write!(f, "{p}*"),
+            Self::Suffix(s) => write!(f, "*{s}"),
+            Self::Contains(part) => write!(f, "*{part}*"),
+        }
+    }
+}
+
+impl FromStr for NamePattern {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let (lead, body, trail) = (
+            text.starts_with('*'),
+            text.trim_matches('*'),
+            text.len() > 1 && text.ends_with('*'),
+        );
+        // Cookie names are RFC 9110 tokens.
+        let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'+-.^_`|~".contains(&b);
+        if body.is_empty() || !body.bytes().all(token) {
+            return Err(format!(
+                "'{text}' is not a cookie name or pattern (NAME, PREFIX*, *SUFFIX or *PART*)"
+            ));
+        }
+        let body = body.to_owned();
+        Ok(match (lead, trail) {
+            (false, false) => Self::Exact(body),
+            (false, true) => Self::Prefix(body),
+            (true, false) => Self::Suffix(body),
+            (true, true) => Self::Contains(body),
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for NamePattern {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        from_text(deserializer)
     }
 }
 
@@ -508,6 +598,9 @@ retention = "2d"
 [sessions]
 inactivity_timeout = "15m"
 keys = ["request.cookie.sid", "request.body.json.user.id", "response.body.json.token"]
+cookies = ["app_auth", "*_login", "tok*", "*sso*"]
+exclude_cookies = ["session_pref"]
+headers = ["X-Tenant-Token"]
 
 [[parameters]]
 name = "user"
@@ -538,6 +631,22 @@ join_window = "10s"
             Location::Json(vec!["user".into(), "id".into()])
         );
         assert_eq!(config.sessions.keys[2].message, MessageSide::Response);
+        let cookies: Vec<String> = config
+            .sessions
+            .cookies
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        assert_eq!(cookies, ["app_auth", "*_login", "tok*", "*sso*"]);
+        assert_eq!(
+            config.sessions.cookies[3],
+            NamePattern::Contains("sso".into())
+        );
+        assert_eq!(
+            config.sessions.exclude_cookies,
+            [NamePattern::Exact("session_pref".into())]
+        );
+        assert_eq!(config.sessions.headers, ["x-tenant-token"]);
         assert_eq!(config.parameters[0].path.jwt_claim.as_deref(), Some("sub"));
         assert_eq!(config.parameters[0].kind, Some(ParameterKind::User));
         assert!(config.parameters[1].hashed);
@@ -618,6 +727,21 @@ join_window = "10s"
                 "longer than zero",
             ),
             ("[proxy]\njoin = 1\n", "test.toml:2:8:", "invalid type"),
+            (
+                "[sessions]\ncookies = [\"ok\", \"a*b\"]\n",
+                "test.toml:2:11:",
+                "not a cookie name or pattern",
+            ),
+            (
+                "[sessions]\nexclude_cookies = [\"*\"]\n",
+                "test.toml:2:19:",
+                "not a cookie name or pattern",
+            ),
+            (
+                "[sessions]\nheaders = [\"x token\"]\n",
+                "test.toml:2:11:",
+                "not a header name",
+            ),
             ("[capture\n", "test.toml:1:", ""),
         ];
         let wrong: Vec<String> = cases

@@ -75,7 +75,21 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("wireshark-common", "/usr/bin/editcap"),
     // Real browsers in the sessions tests (headless, one profile per user).
     ("chromium", "/usr/bin/chromium"),
+    // The frameworks of tests/frameworks_live.rs: PHP's built-in server, Rails on WEBrick, a
+    // venv for the PyPI frameworks and npm for the Express ones (packages without a binary are
+    // checked by their documentation directory).
+    ("php-cli", "/usr/bin/php"),
+    ("ruby-rails", "/usr/bin/rails"),
+    ("ruby-webrick", "/usr/share/doc/ruby-webrick"),
+    ("python3-venv", "/usr/share/doc/python3-venv"),
+    ("nodejs", "/usr/bin/node"),
+    ("npm", "/usr/bin/npm"),
 ];
+
+/// PyPI and npm packages of tests/frameworks_live.rs, installed into [`frameworks_dir`] once and
+/// reused for as long as these lists stay the same.
+const PYPI_PACKAGES: &[&str] = &["Django~=5.2.0", "Flask~=3.1.0", "Flask-Login~=0.6.3"];
+const NPM_PACKAGES: &[&str] = &["express@4", "express-session@1", "cookie-session@2"];
 
 /// The nightly that is known to work, for machines without any nightly.
 const KNOWN_GOOD_NIGHTLY: &str = "nightly-2026-05-19";
@@ -143,6 +157,66 @@ fn setup() -> Result<()> {
     ensure_bpf_linker(&toolchain)?;
     ensure_bpffs()?;
     ensure_packages(TEST_PACKAGES)?;
+    ensure_framework_packages()?;
+    Ok(())
+}
+
+/// Where the framework tests find their PyPI venv (`venv/`) and npm modules (`node/`).
+fn frameworks_dir() -> PathBuf {
+    workspace_root().join("target/frameworks")
+}
+
+/// Installs [`PYPI_PACKAGES`] into a venv and [`NPM_PACKAGES`] with npm, unless a stamp file says
+/// that these very lists are installed already.
+fn ensure_framework_packages() -> Result<()> {
+    let dir = frameworks_dir();
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let installed = |stamp: &Path, want: &str| fs::read_to_string(stamp).is_ok_and(|s| s == want);
+
+    let (venv, stamp, want) = (
+        dir.join("venv"),
+        dir.join("pypi.installed"),
+        PYPI_PACKAGES.join("\n"),
+    );
+    if !installed(&stamp, &want) {
+        println!(
+            "xtask: installing {} into {}",
+            PYPI_PACKAGES.join(" "),
+            venv.display()
+        );
+        // Debian's python3 (the one the tests' other scripts use), not whatever is first on PATH.
+        status(
+            Command::new("/usr/bin/python3")
+                .args(["-m", "venv", "--clear"])
+                .arg(&venv),
+        )?;
+        status(
+            Command::new(venv.join("bin/pip"))
+                .args(["install", "--quiet", "--disable-pip-version-check"])
+                .args(PYPI_PACKAGES),
+        )?;
+        fs::write(&stamp, &want).with_context(|| format!("writing {}", stamp.display()))?;
+    }
+
+    let (node, stamp, want) = (
+        dir.join("node"),
+        dir.join("npm.installed"),
+        NPM_PACKAGES.join("\n"),
+    );
+    if !installed(&stamp, &want) {
+        println!(
+            "xtask: installing {} into {}",
+            NPM_PACKAGES.join(" "),
+            node.display()
+        );
+        status(
+            Command::new("npm")
+                .args(["install", "--silent", "--no-audit", "--no-fund", "--prefix"])
+                .arg(&node)
+                .args(NPM_PACKAGES),
+        )?;
+        fs::write(&stamp, &want).with_context(|| format!("writing {}", stamp.display()))?;
+    }
     Ok(())
 }
 

@@ -16,29 +16,6 @@ use crate::{
 /// Decoded body bytes read for JSON or form keys at most (decompression-bomb bound).
 const BODY_DECODE_LIMIT: usize = 1 << 20;
 
-/// Cookies that frameworks use for their sessions, tried in this order.
-pub const SESSION_COOKIES: &[&str] = &[
-    "PHPSESSID",
-    "JSESSIONID",
-    "ASP.NET_SessionId",
-    "connect.sid",
-    "laravel_session",
-    "sessionid",
-    "session",
-    "sid",
-    "_session_id",
-    "session_id",
-];
-
-/// Headers that carry API keys or session tokens.
-pub const API_KEY_HEADERS: &[&str] = &[
-    "X-API-Key",
-    "Api-Key",
-    "X-Auth-Token",
-    "X-Session-Id",
-    "X-Access-Token",
-];
-
 /// The value at `path` in `exchange`, as text.
 pub fn value_at(exchange: &Exchange, path: &KeyPath) -> Option<String> {
     let (meta, uri) = match path.message {
@@ -64,33 +41,64 @@ pub fn value_at(exchange: &Exchange, path: &KeyPath) -> Option<String> {
     }
 }
 
-/// A cookie sent by the client (all `Cookie` headers).
-pub fn request_cookie(meta: &MessageMeta, name: &str) -> Option<String> {
+/// The cookies a client sent (all `Cookie` headers): (name, value), values unquoted, empty
+/// ones left out. Borrowed from the message.
+pub fn request_cookies(meta: &MessageMeta) -> impl Iterator<Item = (&str, &str)> {
     meta.all_headers()
         .filter(|(n, _)| n.eq_ignore_ascii_case("cookie"))
         .flat_map(|(_, value)| value.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(n, _)| *n == name)
-        .map(|(_, v)| v.trim_matches('"').to_owned())
-        .filter(|v| !v.is_empty())
+        .map(|(n, v)| (n.trim(), v.trim().trim_matches('"')))
+        .filter(|(_, v)| !v.is_empty())
 }
 
-/// A cookie set by the server (`Set-Cookie: name=value; attributes`).
-pub fn set_cookie(meta: &MessageMeta, name: &str) -> Option<String> {
+/// The cookies a server sets (`Set-Cookie: name=value; attributes`): (name, value), values
+/// unquoted. Left out: empty values and deletions (`Max-Age=0` or less, an `Expires` in 1970,
+/// PHP's `deleted`), which hand nothing out.
+pub fn set_cookies(meta: &MessageMeta) -> impl Iterator<Item = (&str, &str)> {
     meta.all_headers()
         .filter(|(n, _)| n.eq_ignore_ascii_case("set-cookie"))
-        .filter_map(|(_, value)| value.split(';').next()?.trim().split_once('='))
+        .filter_map(|(_, value)| {
+            let mut parts = value.split(';');
+            let (name, value) = parts.next()?.trim().split_once('=')?;
+            let value = value.trim().trim_matches('"');
+            let deletion = value == "deleted"
+                || parts.any(|attribute| {
+                    let (key, v) = attribute.trim().split_once('=').unwrap_or((attribute, ""));
+                    let key = key.trim();
+                    (key.eq_ignore_ascii_case("max-age")
+                        && v.trim().parse::<i64>().is_ok_and(|a| a <= 0))
+                        || (key.eq_ignore_ascii_case("expires") && v.contains("1970"))
+                });
+            (!value.is_empty() && !deletion).then(|| (name.trim(), value))
+        })
+}
+
+/// A cookie sent by the client.
+pub fn request_cookie(meta: &MessageMeta, name: &str) -> Option<String> {
+    request_cookies(meta)
         .find(|(n, _)| *n == name)
-        .map(|(_, v)| v.trim_matches('"').to_owned())
-        .filter(|v| !v.is_empty())
+        .map(|(_, v)| v.to_owned())
+}
+
+/// A cookie set by the server.
+pub fn set_cookie(meta: &MessageMeta, name: &str) -> Option<String> {
+    set_cookies(meta)
+        .find(|(n, _)| *n == name)
+        .map(|(_, v)| v.to_owned())
 }
 
 pub fn query_param(uri: &str, name: &str) -> Option<String> {
-    let query = uri.split_once('?')?.1;
-    let query = query.split('#').next().unwrap_or(query);
-    form_urlencoded::parse(query.as_bytes())
+    query_pairs(uri)
         .find(|(n, _)| n == name)
         .map(|(_, v)| v.into_owned())
+}
+
+/// The query string's parameters, decoded (borrowed where nothing was escaped).
+pub fn query_pairs(uri: &str) -> form_urlencoded::Parse<'_> {
+    let query = uri.split_once('?').map_or("", |(_, q)| q);
+    let query = query.split('#').next().unwrap_or(query);
+    form_urlencoded::parse(query.as_bytes())
 }
 
 /// The body as the application sees it: content-decoded, bounded. Borrowed when there is
@@ -189,6 +197,14 @@ pub fn jwt_claim(token: &str, claim: &str) -> Option<String> {
     scalar_text(jwt_claims(token)?.get(claim)?)
 }
 
+/// Who a JWT names: its `sub` claim, else its `sid` (a session's id).
+pub fn jwt_subject(token: &str) -> Option<String> {
+    let claims = jwt_claims(token)?;
+    ["sub", "sid"]
+        .iter()
+        .find_map(|c| claims.get(*c).and_then(scalar_text))
+}
+
 /// What the `Authorization` header says about who is calling.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Credential {
@@ -198,6 +214,8 @@ pub enum Credential {
     Bearer(String),
     /// The user name of Basic authentication.
     Basic(String),
+    /// An API key: the `ApiKey` and `Key` schemes.
+    ApiKey(String),
 }
 
 impl Credential {
@@ -207,13 +225,17 @@ impl Credential {
         if rest.is_empty() {
             return None;
         }
-        if scheme.eq_ignore_ascii_case("bearer") {
-            let subject = jwt_claims(rest).and_then(|claims| {
-                ["sub", "sid"]
-                    .iter()
-                    .find_map(|c| claims.get(*c).and_then(scalar_text))
-            });
+        // `Token` (Django REST framework, Rails) and `JWT` (older JWT libraries) are bearer
+        // tokens by another name.
+        if ["bearer", "token", "jwt"]
+            .iter()
+            .any(|s| scheme.eq_ignore_ascii_case(s))
+        {
+            let subject = jwt_subject(rest);
             return Some(subject.map_or_else(|| Self::Bearer(rest.to_owned()), Self::Jwt));
+        }
+        if scheme.eq_ignore_ascii_case("apikey") || scheme.eq_ignore_ascii_case("key") {
+            return Some(Self::ApiKey(rest.to_owned()));
         }
         if scheme.eq_ignore_ascii_case("basic") {
             let decoded = base64::engine::general_purpose::STANDARD
@@ -361,6 +383,20 @@ mod tests {
             Credential::from_authorization("Basic Ym9iOnNlY3JldA=="),
             Some(Credential::Basic("bob".into()))
         );
+        assert_eq!(
+            Credential::from_authorization("Token 9944b09199c62bcf"),
+            Some(Credential::Bearer("9944b09199c62bcf".into()))
+        );
+        assert_eq!(
+            Credential::from_authorization(&format!("JWT {}", jwt(r#"{"sub":"amy"}"#))),
+            Some(Credential::Jwt("amy".into()))
+        );
+        for scheme in ["ApiKey", "Key", "apikey"] {
+            assert_eq!(
+                Credential::from_authorization(&format!("{scheme} k-1")),
+                Some(Credential::ApiKey("k-1".into()))
+            );
+        }
         for bad in ["Bearer", "Basic !!!", "Digest x", "", "Bearer a.b.c.d"] {
             assert!(
                 !matches!(

@@ -1,9 +1,10 @@
 //! Stage 4, sessions: which user session each exchange belongs to.
 //!
 //! Grouping keys are tried in order and the first one present decides: configured keys, then
-//! well-known session cookies, `Authorization` (a JWT's `sub`/`sid`, an opaque bearer token, the
-//! Basic user name), API-key headers, and finally client IP + User-Agent (the IP alone without
-//! one). A value that a response hands out (a session cookie, a login token) is linked to the
+//! the built-in table of [`keys`] (session cookies of the major frameworks by name and pattern,
+//! a JWT's subject in `Authorization` or a cookie, other `Authorization` schemes, token
+//! headers, remember-me cookies, query-string tokens; see [`keys::Tier`]), and finally client
+//! IP + User-Agent (the IP alone without one). A value that a response hands out (a session cookie, a login token) is linked to the
 //! session that received it, so the requests that later carry it stay in that session.
 //!
 //! A fallback actor (an IP, or an IP + User-Agent) can be many users: an office behind NAT on one
@@ -20,6 +21,7 @@
 //! host that shares the secret, and no raw key value is ever part of the output.
 
 pub mod extract;
+pub mod keys;
 pub mod state;
 
 use state::{Active, Actor, Link, SessionState};
@@ -35,9 +37,10 @@ use std::{
 };
 
 use extract::{
-    API_KEY_HEADERS, Credential, SESSION_COOKIES, json_at, json_body_if, request_cookie,
-    set_cookie, value_at,
+    Credential, json_at, json_body_if, jwt_subject, query_pairs, request_cookies, set_cookies,
+    value_at,
 };
+use keys::{CookieClass, CookieMatch, KeyTable, QUERY_TOKENS, Tier, cookie_tier, looks_like_jwt};
 use lru::LruCache;
 use serde::Serialize;
 
@@ -190,6 +193,8 @@ struct Candidate<'a> {
     /// The value as it travels (the whole JWT), when it differs from `value`: what a response
     /// may have handed out earlier.
     travels_as: Option<&'a str>,
+    /// Its place in the precedence order (see [`Tier`]); the lowest decides.
+    order: (Tier, u16),
 }
 
 impl Candidate<'_> {
@@ -198,20 +203,6 @@ impl Candidate<'_> {
         self.travels_as.unwrap_or(&self.value)
     }
 }
-
-/// "cookie NAME" for each of [`SESSION_COOKIES`], the name of a session-cookie key.
-const COOKIE_KEY_NAMES: [&str; SESSION_COOKIES.len()] = [
-    "cookie PHPSESSID",
-    "cookie JSESSIONID",
-    "cookie ASP.NET_SessionId",
-    "cookie connect.sid",
-    "cookie laravel_session",
-    "cookie sessionid",
-    "cookie session",
-    "cookie sid",
-    "cookie _session_id",
-    "cookie session_id",
-];
 
 /// The session decision for one exchange.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -237,6 +228,8 @@ pub struct SessionConfig {
     pub max_active: usize,
     /// Handed-out values remembered for linking.
     pub max_links: usize,
+    /// The built-in keys, extended and narrowed by the configuration.
+    pub keys: KeyTable,
 }
 
 impl Default for SessionConfig {
@@ -254,6 +247,7 @@ impl From<&Config> for SessionConfig {
             parameters: config.parameters.clone(),
             max_active: 200_000,
             max_links: 200_000,
+            keys: KeyTable::from(config),
         }
     }
 }
@@ -333,8 +327,9 @@ impl SessionCounters {
 /// more than a handful outstanding means a client that drops what it is given.
 pub const MAX_UNRETURNED_SPLITS: u32 = 8;
 
-/// Keys remembered per fallback session: more than the built-in handed-out keys (10 cookies, 5
-/// JSON properties), so only a configuration with many `response.*` keys can reach it.
+/// Keys remembered per fallback session: more than one login hands out (a session cookie, a
+/// remember-me cookie, a token or two), so only an app that sets many session-like cookies or a
+/// configuration with many `response.*` keys reaches it.
 pub const MAX_FIRST_HAND_OUTS: usize = 16;
 
 /// A value a response hands out, which later requests may carry.
@@ -474,17 +469,19 @@ impl Sessionizer {
         &self.secret
     }
 
-    /// The grouping keys present in the request, in precedence order (the fallback last).
+    /// The grouping keys present in the request, in precedence order (the fallback last):
+    /// see [`Tier`] and the README's table.
     fn candidates<'a>(&self, exchange: &'a Exchange) -> Vec<Candidate<'a>> {
         let mut found = Vec::new();
         let Some(request) = exchange.request.as_ref() else {
             return vec![ip_candidate(exchange, None)];
         };
-        for path in self
+        for (i, path) in self
             .config
             .custom_keys
             .iter()
             .filter(|p| p.message == MessageSide::Request)
+            .enumerate()
         {
             if let Some(value) = value_at(exchange, path) {
                 found.push(Candidate {
@@ -492,32 +489,26 @@ impl Sessionizer {
                     name: path.to_string().into(),
                     value: value.into(),
                     travels_as: None,
+                    order: (Tier::Configured, rank(i)),
                 });
             }
         }
-        // Most requests carry no cookie: one scan for that instead of one per cookie name.
-        let cookie_names = if request.meta.header("cookie").is_some() {
-            SESSION_COOKIES
-        } else {
-            &[]
-        };
-        for (name, key_name) in cookie_names.iter().zip(COOKIE_KEY_NAMES) {
-            if let Some(value) = request_cookie(&request.meta, name) {
-                found.push(Candidate {
-                    kind: KeyKind::Cookie,
-                    name: key_name.into(),
-                    value: value.into(),
-                    travels_as: None,
-                });
+        let keys = &self.config.keys;
+        for (name, value) in request_cookies(&request.meta) {
+            if let Some(candidate) = cookie_candidate(keys, name, value) {
+                found.push(candidate);
             }
         }
         if let Some(authorization) = request.meta.header("authorization") {
             let token = authorization.split_once(' ').map_or("", |(_, t)| t.trim());
-            let (kind, value) = match Credential::from_authorization(authorization) {
-                Some(Credential::Jwt(subject)) => (KeyKind::Jwt, Some(subject)),
-                Some(Credential::Bearer(token)) => (KeyKind::Bearer, Some(token)),
-                Some(Credential::Basic(user)) => (KeyKind::Basic, Some(user)),
-                None => (KeyKind::Bearer, None),
+            let (kind, tier, value) = match Credential::from_authorization(authorization) {
+                Some(Credential::Jwt(subject)) => (KeyKind::Jwt, Tier::JwtSubject, Some(subject)),
+                Some(Credential::Bearer(token)) => {
+                    (KeyKind::Bearer, Tier::Authorization, Some(token))
+                }
+                Some(Credential::Basic(user)) => (KeyKind::Basic, Tier::Authorization, Some(user)),
+                Some(Credential::ApiKey(key)) => (KeyKind::ApiKey, Tier::Authorization, Some(key)),
+                None => (KeyKind::Bearer, Tier::Authorization, None),
             };
             if let Some(value) = value {
                 found.push(Candidate {
@@ -525,19 +516,44 @@ impl Sessionizer {
                     name: "Authorization".into(),
                     value: value.into(),
                     travels_as: Some(token),
+                    order: (tier, 0),
                 });
             }
         }
-        for name in API_KEY_HEADERS {
+        for (i, name) in keys.token_headers().enumerate() {
             if let Some(value) = request.meta.header(name).filter(|v| !v.is_empty()) {
                 found.push(Candidate {
                     kind: KeyKind::ApiKey,
-                    name: (*name).into(),
+                    name: name.to_owned().into(),
                     value: value.into(),
                     travels_as: None,
+                    order: (Tier::TokenHeader, rank(i)),
                 });
             }
         }
+        if request.uri.contains('?') {
+            for (name, value) in query_pairs(&request.uri) {
+                let Some(i) = QUERY_TOKENS.iter().position(|q| *q == name) else {
+                    continue;
+                };
+                if value.is_empty() {
+                    continue;
+                }
+                found.push(Candidate {
+                    kind: if name.contains("key") {
+                        KeyKind::ApiKey
+                    } else {
+                        KeyKind::Bearer
+                    },
+                    name: format!("query {name}").into(),
+                    value,
+                    travels_as: None,
+                    order: (Tier::QueryToken, rank(i)),
+                });
+            }
+        }
+        // Stable: within a rule, the earlier in the request decides.
+        found.sort_by_key(|c| c.order);
         found.push(ip_candidate(exchange, request.meta.header("user-agent")));
         found
     }
@@ -783,7 +799,8 @@ impl Sessionizer {
     }
 
     /// The values this exchange's response hands out, in precedence order: configured
-    /// `response.*` keys, session cookies, JSON tokens.
+    /// `response.*` keys, cookies the key table recognises (by the request side's order), JSON
+    /// tokens.
     fn hand_outs(&self, exchange: &Exchange) -> Vec<HandOut> {
         let Some(response) = exchange.response.as_ref() else {
             return Vec::new();
@@ -800,10 +817,14 @@ impl Sessionizer {
             }
         }
         if response.meta.header("set-cookie").is_some() {
-            for (name, key_name) in SESSION_COOKIES.iter().zip(COOKIE_KEY_NAMES) {
-                if let Some(value) = set_cookie(&response.meta, name) {
-                    values.push((key_name.into(), KeyKind::Cookie, value));
-                }
+            // Recognised as the requests' cookies are, so that what is handed out links.
+            let mut cookies: Vec<Candidate> = set_cookies(&response.meta)
+                .filter_map(|(name, value)| cookie_candidate(&self.config.keys, name, value))
+                .collect();
+            cookies.sort_by_key(|c| c.order);
+            for cookie in cookies {
+                let raw = cookie.raw().to_owned();
+                values.push((cookie.name, KeyKind::Cookie, raw));
             }
         }
         // One parse of the body for all the properties, and none for a body that cannot hold
@@ -917,6 +938,45 @@ impl Sessionizer {
     }
 }
 
+/// A cookie as a grouping key, if the key table recognises it: a session, token or
+/// remember-me cookie by its name, or any cookie that is not excluded and holds a JWT with a
+/// subject. A JWT's subject is the key (and the user); the whole JWT is what links.
+fn cookie_candidate<'a>(keys: &KeyTable, name: &str, value: &'a str) -> Option<Candidate<'a>> {
+    let matched = keys.cookie(name, value);
+    if matched == CookieMatch::Excluded {
+        return None;
+    }
+    let subject = looks_like_jwt(value).then(|| jwt_subject(value)).flatten();
+    let (class, rank) = match (matched, &subject) {
+        (CookieMatch::Key { class, rank }, _) => (class, rank),
+        (_, Some(_)) => (CookieClass::Token, u16::MAX),
+        _ => return None,
+    };
+    let order = (cookie_tier(class, subject.is_some()), rank);
+    let name = format!("cookie {name}").into();
+    Some(match subject {
+        Some(subject) => Candidate {
+            kind: KeyKind::Jwt,
+            name,
+            value: subject.into(),
+            travels_as: Some(value),
+            order,
+        },
+        None => Candidate {
+            kind: KeyKind::Cookie,
+            name,
+            value: value.into(),
+            travels_as: None,
+            order,
+        },
+    })
+}
+
+/// A rule's place in a list, for [`Candidate::order`].
+fn rank(index: usize) -> u16 {
+    u16::try_from(index).unwrap_or(u16::MAX)
+}
+
 /// The identity a request key names, for the session's user.
 fn identity<'a>(candidate: &Candidate<'a>) -> Option<Cow<'a, str>> {
     matches!(candidate.kind, KeyKind::Jwt | KeyKind::Basic).then(|| candidate.value.clone())
@@ -937,6 +997,7 @@ fn ip_candidate<'a>(exchange: &Exchange, user_agent: Option<&str>) -> Candidate<
                 name: "client ip + user-agent".into(),
                 value: value.into(),
                 travels_as: None,
+                order: (Tier::Fallback, 0),
             }
         }
         None => Candidate {
@@ -944,6 +1005,7 @@ fn ip_candidate<'a>(exchange: &Exchange, user_agent: Option<&str>) -> Candidate<
             name: "client ip".into(),
             value: ip_text(ip).into(),
             travels_as: None,
+            order: (Tier::Fallback, 0),
         },
     }
 }
