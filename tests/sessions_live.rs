@@ -75,7 +75,7 @@ fn six_clients_on_one_ip_six_sessions_and_no_secret_on_disk() {
     let _nginx = Nginx::start(&net, PORT);
     let data_dir = std::env::temp_dir().join(format!("apis-sessions-{}", net.server_ns));
     let _ = fs::remove_dir_all(&data_dir);
-    let mut daemon = start_daemon(&net, BIN, PORT, &data_dir);
+    let mut daemon = start_daemon(&net, BIN, &[PORT], &data_dir);
 
     let server = net.server_addr(false, PORT);
     let bearer_jwt = jwt("alice");
@@ -257,7 +257,7 @@ impl AppUnderCapture {
 
     /// Starts the daemon and waits until it says it runs.
     fn start_daemon(&mut self) {
-        self.daemon = Some(start_daemon(&self.net, BIN, PORT, &self.data_dir));
+        self.daemon = Some(start_daemon(&self.net, BIN, &[PORT], &self.data_dir));
     }
 
     /// Stops the daemon with `signal` (`TERM`: it drains everything first; `KILL`: what it had

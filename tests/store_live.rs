@@ -51,7 +51,7 @@ fn hostile_requests_never_cost_other_exchanges_live_or_imported() {
     let data_dir = std::env::temp_dir().join(format!("apis-store-live-{}", net.server_ns));
     let _ = fs::remove_dir_all(&data_dir);
     let tcpdump = Tcpdump::start(&net, PORT);
-    let mut daemon = start_daemon(&net, BIN, PORT, &data_dir);
+    let mut daemon = start_daemon(&net, BIN, &[PORT], &data_dir);
 
     // Long, but within nginx's 8 KiB header lines, so that every request gets an answer.
     let long_path = format!("/{}", "a".repeat(600));

@@ -32,6 +32,17 @@ pub const DEFAULT_WAKEUP_BYTES: u32 = 256 * 1024;
 /// Number of ports the watched-ports array covers (all of them: index = port).
 pub const PORT_SLOTS: u32 = 65536;
 
+/// Values of a `PORTS` slot.
+pub mod port {
+    /// Not watched.
+    pub const OFF: u8 = 0;
+    /// Watched: its segments go to the ring.
+    pub const WATCHED: u8 = 1;
+    /// Found to carry something other than HTTP: its segments are counted
+    /// (`muted_segments`, `muted_bytes`) but not sent to user space.
+    pub const MUTED: u8 = 2;
+}
+
 /// Names of the maps and programs in the object, used by user space to find them.
 pub mod names {
     pub const EVENTS: &str = "EVENTS";
@@ -181,7 +192,11 @@ pub mod counter {
     pub const IPV6_EXT_UNSUPPORTED: u32 = 10;
     /// Pure ACKs and other segments of watched flows without payload or SYN/FIN/RST.
     pub const PURE_ACKS: u32 = 11;
-    pub const COUNT: u32 = 12;
+    /// Segments of muted ports (not HTTP), counted and not sent to user space.
+    pub const MUTED_SEGMENTS: u32 = 12;
+    /// Their TCP payload bytes.
+    pub const MUTED_BYTES: u32 = 13;
+    pub const COUNT: u32 = 14;
 
     /// Stable names, in index order, as `apisessions stats` shows them.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -197,6 +212,8 @@ pub mod counter {
         "ip_fragments",
         "ipv6_ext_unsupported",
         "pure_acks",
+        "muted_segments",
+        "muted_bytes",
     ];
 }
 

@@ -19,7 +19,7 @@ use aya_ebpf::{
 };
 use sensor_ebpf::{
     CONFIG_ALL_PORTS, CONFIG_ENABLED, CaptureConfig, DEFAULT_RING_BYTES, Direction, EventBuf,
-    HEADER_LEN, MAX_CHUNK, MAX_CHUNKS_PER_SEGMENT, PORT_SLOTS, counter, event_flags, iface,
+    HEADER_LEN, MAX_CHUNK, MAX_CHUNKS_PER_SEGMENT, PORT_SLOTS, counter, event_flags, iface, port,
     tcp_flags,
 };
 
@@ -243,11 +243,10 @@ fn ipv6(skb: &SkBuff, offset: usize) -> Result<Network, ()> {
     })
 }
 
+/// What the `PORTS` map says of a port (`sensor_ebpf::port`).
 #[inline(always)]
-fn port_watched(port: u16) -> bool {
-    PORTS
-        .get(u32::from(port))
-        .is_some_and(|watched| *watched != 0)
+fn port_state(port: u16) -> u8 {
+    PORTS.get(u32::from(port)).copied().unwrap_or(port::OFF)
 }
 
 #[inline(always)]
@@ -261,18 +260,25 @@ fn tcp(
     let header = load::<[u8; 20]>(skb, net.l4)?;
     let sport = u16::from_be_bytes([header[0], header[1]]);
     let dport = u16::from_be_bytes([header[2], header[3]]);
-    if config.flags & CONFIG_ALL_PORTS == 0 && !port_watched(sport) && !port_watched(dport) {
-        return Ok(());
-    }
-    count(counter::TCP_SEGMENTS, 1);
-    let seq = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
-    let ack = u32::from_be_bytes([header[8], header[9], header[10], header[11]]);
     let data_offset = usize::from(header[12] >> 4) * 4;
-    let flags = header[13];
     let payload_start = net.l4 + data_offset;
     // Ethernet pads short frames: the IP length, not the skb length, says where payload ends.
     let end = net.end.min(skb.len() as usize);
     let segment_len = end.saturating_sub(payload_start) as u32;
+    if config.flags & CONFIG_ALL_PORTS == 0 {
+        let (source, destination) = (port_state(sport), port_state(dport));
+        if source != port::WATCHED && destination != port::WATCHED {
+            if source == port::MUTED || destination == port::MUTED {
+                count(counter::MUTED_SEGMENTS, 1);
+                count(counter::MUTED_BYTES, u64::from(segment_len));
+            }
+            return Ok(());
+        }
+    }
+    count(counter::TCP_SEGMENTS, 1);
+    let seq = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
+    let ack = u32::from_be_bytes([header[8], header[9], header[10], header[11]]);
+    let flags = header[13];
     if segment_len == 0 && flags & (tcp_flags::SYN | tcp_flags::FIN | tcp_flags::RST) == 0 {
         count(counter::PURE_ACKS, 1);
         return Ok(());

@@ -6,7 +6,8 @@
 //! ```toml
 //! [capture]
 //! interfaces = ["eth0"]          # default: every interface that is up
-//! ports = [80, 8080]             # default: 80, 8000, 8080, 3000, 5000
+//! ports = [80, 8080]             # default: "auto" (the host's listeners that speak HTTP)
+//! exclude_ports = [9100]         # never watched
 //! all_ports = false
 //! attach = "auto"                # auto | tcx | clsact | socket
 //! snaplen = 65536                # payload bytes per TCP segment
@@ -84,11 +85,53 @@ pub struct Config {
     pub proxy: ProxySection,
 }
 
+/// Which ports `capture.ports` watches.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ports {
+    /// The host's own listening ports, kept while they speak HTTP (`"auto"`, the default).
+    Auto,
+    /// Exactly these.
+    List(Vec<u16>),
+}
+
+impl Ports {
+    /// The ports listed explicitly (none for `Auto`).
+    pub fn listed(&self) -> &[u16] {
+        match self {
+            Self::Auto => &[],
+            Self::List(ports) => ports,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Ports {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Text(String),
+            List(Vec<u16>),
+        }
+        match Raw::deserialize(deserializer) {
+            Ok(Raw::Text(text)) if text == "auto" => Ok(Self::Auto),
+            Ok(Raw::List(ports)) => Ok(Self::List(ports)),
+            Ok(Raw::Text(text)) => Err(de::Error::custom(format!(
+                "ports is \"auto\" or a list of ports (0-65535), not \"{text}\""
+            ))),
+            Err(_) => Err(de::Error::custom(
+                "ports is \"auto\" or a list of ports (0-65535)",
+            )),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CaptureSection {
     pub interfaces: Vec<String>,
-    pub ports: Vec<u16>,
+    pub ports: Ports,
+    /// Ports never watched, whatever listens there.
+    pub exclude_ports: Vec<u16>,
     pub all_ports: bool,
     #[serde(deserialize_with = "from_text")]
     pub attach: AttachMode,
@@ -101,7 +144,8 @@ impl Default for CaptureSection {
     fn default() -> Self {
         Self {
             interfaces: Vec::new(),
-            ports: crate::capture::DEFAULT_PORTS.to_vec(),
+            ports: Ports::Auto,
+            exclude_ports: Vec::new(),
             all_ports: false,
             attach: AttachMode::Auto,
             snaplen: sensor_ebpf::DEFAULT_SNAPLEN,
@@ -517,7 +561,7 @@ impl Config {
             );
             return Err(invalid(find(text, "snaplen", 1), reason));
         }
-        if !capture.all_ports && capture.ports.is_empty() {
+        if !capture.all_ports && capture.ports == Ports::List(Vec::new()) {
             let reason = "no ports to capture (set all_ports = true to take every port)".into();
             return Err(invalid(find(text, "ports", 1), reason));
         }
@@ -568,7 +612,7 @@ mod tests {
     fn no_file_content_gives_working_defaults() {
         let config = parse("").unwrap();
         assert_eq!(config, Config::default());
-        assert_eq!(config.capture.ports, [80, 8000, 8080, 3000, 5000]);
+        assert_eq!(config.capture.ports, Ports::Auto);
         assert_eq!(config.storage.retention, Duration::from_secs(7 * 86400));
         assert_eq!(
             config.sessions.inactivity_timeout,
@@ -670,7 +714,16 @@ join_window = "10s"
                 "test.toml:2:1:",
                 "unknown field `portz`",
             ),
-            ("[capture]\nports = [70000]\n", "test.toml:2:10:", ""),
+            (
+                "[capture]\nports = [70000]\n",
+                "test.toml:2:9:",
+                "\"auto\" or a list of ports",
+            ),
+            (
+                "[capture]\nports = \"all\"\n",
+                "test.toml:2:9:",
+                "not \"all\"",
+            ),
             (
                 "[storage]\nretention = \"soon\"\n",
                 "test.toml:2:13:",

@@ -14,8 +14,11 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use apisessions::{
-    capture::{AttachMode, CaptureOptions, Clock, Interface, Segment, Sensor},
-    config::Config,
+    capture::{
+        AttachMode, CaptureOptions, Clock, Interface, Segment, Sensor,
+        ports::{PortPolicy, listening_ports},
+    },
+    config::{Config, Ports},
     dump,
     exchange::Exchange,
     http::HttpConfig,
@@ -283,7 +286,7 @@ impl RunArgs {
             capture.interfaces = self.interfaces.clone();
         }
         if !self.ports.is_empty() {
-            capture.ports = self.ports.clone();
+            capture.ports = Ports::List(self.ports.clone());
             capture.all_ports = false;
         }
         capture.all_ports |= self.all_ports;
@@ -349,10 +352,11 @@ fn import(args: ImportArgs) -> Result<()> {
     // Without --port, HTTP is found by content on any port; the configured ports still help to
     // tell client from server where the handshake was not captured.
     let config = FlowConfig {
-        server_ports: if args.ports.is_empty() {
-            settings.capture.ports.clone()
-        } else {
-            args.ports.clone()
+        server_ports: match (&settings.capture.ports, args.ports.is_empty()) {
+            (_, false) => args.ports.clone(),
+            (Ports::List(ports), true) => ports.clone(),
+            // Hints only: which side is the server where the handshake was not captured.
+            (Ports::Auto, true) => apisessions::capture::DEFAULT_PORTS.to_vec(),
         },
         only_server_ports: !args.ports.is_empty(),
         http: HttpConfig {
@@ -710,8 +714,24 @@ fn run(args: RunArgs) -> Result<()> {
     let data_dir = args.data.resolve(&config);
     create_data_dir(&data_dir)?;
     let capture = &config.capture;
+    // With `ports = "auto"` the host's listeners are watched from the start; the daemon keeps
+    // the set in step as servers come and go (`PortPolicy`).
+    let mut ports = PortPolicy::new(
+        capture.ports.listed(),
+        &capture.exclude_ports,
+        capture.ports == Ports::Auto && !capture.all_ports,
+    );
+    if capture.ports == Ports::Auto {
+        let (listening, past) = listening_ports().context("reading the listening TCP sockets")?;
+        ports.listeners(&listening, past);
+    }
     let options = CaptureOptions {
-        ports: capture.ports.clone(),
+        ports: ports
+            .changes()
+            .into_iter()
+            .filter(|(_, slot)| *slot == sensor_ebpf::port::WATCHED)
+            .map(|(port, _)| port)
+            .collect(),
         all_ports: capture.all_ports,
         snaplen: capture.snaplen,
         ring_bytes: capture.ring_size,
@@ -731,7 +751,7 @@ fn run(args: RunArgs) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(daemon(args, config, data_dir, options, interfaces))
+    runtime.block_on(daemon(args, config, data_dir, options, ports, interfaces))
 }
 
 /// Segments the daemon takes off the capture channel per wakeup at most.
@@ -864,6 +884,7 @@ async fn daemon(
     config: Config,
     data_dir: PathBuf,
     options: CaptureOptions,
+    mut ports: PortPolicy,
     interfaces: Vec<Interface>,
 ) -> Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
@@ -876,7 +897,7 @@ async fn daemon(
         .map_or(0, |d| d.as_nanos() as u64)
         .saturating_sub(config.sessions.inactivity_timeout.as_nanos() as u64);
     let sessionizer = restored_sessionizer(&config, &data_dir, &store, since)?;
-    let (sensor, mut segments) =
+    let (mut sensor, mut segments) =
         Sensor::start(&options, interfaces, config.capture.attach, Some(&data_dir))?;
     let mut consumer = Consumer {
         clock: Clock::new(),
@@ -933,6 +954,7 @@ async fn daemon(
     // Segments are taken off the channel in runs: one wakeup of this task serves all that waited
     // (at high rates hundreds), instead of a park and a cross-thread wakeup per segment.
     let mut arrived = Vec::with_capacity(SEGMENTS_PER_WAKEUP);
+    let mut ticks = 0u64;
     loop {
         tokio::select! {
             n = segments.recv_many(&mut arrived, SEGMENTS_PER_WAKEUP) => {
@@ -945,8 +967,13 @@ async fn daemon(
             }
             _ = stats_tick.tick() => {
                 consumer.tick();
+                ticks += 1;
+                let auto = config.capture.ports == Ports::Auto;
+                follow_ports(&mut ports, &mut sensor, &mut consumer.flows, auto && ticks.is_multiple_of(2));
                 refresh_report(&mut report, &sensor)?;
                 consumer.report(&mut report);
+                report.ports = ports.status();
+                report.set_stage("ports", ports.counters.snapshot());
                 report.write(&data_dir)?;
             }
             _ = summary_tick.tick(), if args.summary_interval > 0 => {
@@ -985,6 +1012,43 @@ async fn daemon(
     report.write(&data_dir)?;
     log::info!("stopped");
     Ok(())
+}
+
+/// Keeps the watched ports in step: the decoder's verdicts on the ports' connections, the
+/// host's listeners (when `refresh_listeners`), muted ports due for another look.
+fn follow_ports(
+    ports: &mut PortPolicy,
+    sensor: &mut Sensor,
+    flows: &mut FlowTable,
+    refresh_listeners: bool,
+) {
+    let now = SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    for (port, http) in flows.take_port_verdicts() {
+        ports.verdict(port, http, now);
+    }
+    ports.recheck(now);
+    if refresh_listeners {
+        match listening_ports() {
+            Ok((listening, past)) => ports.listeners(&listening, past),
+            Err(e) => {
+                ports.counters.refresh_errors += 1;
+                log::warn!("reading the listening TCP sockets: {e}");
+            }
+        }
+    }
+    for (port, slot) in ports.changes() {
+        let what = match slot {
+            sensor_ebpf::port::WATCHED => "watching",
+            sensor_ebpf::port::MUTED => "muting (not HTTP)",
+            _ => "no longer watching",
+        };
+        log::info!("{what} port {port}");
+        if let Err(e) = sensor.set_port(port, slot) {
+            log::error!("could not update port {port} in the kernel: {e}");
+        }
+    }
 }
 
 /// Takes the sensor down, keeping a last copy of the kernel counters in the report.

@@ -53,6 +53,10 @@ pub struct StatsReport {
     pub interfaces: Vec<String>,
     /// Counters by stage ("kernel", "reader", later "decode", "sessions", "store"), then by name.
     pub stages: BTreeMap<String, BTreeMap<String, u64>>,
+    /// The ports the kernel watches or mutes, and why (`configured`, `listening`, `http`,
+    /// `muted`); empty with `--all-ports`.
+    #[serde(default)]
+    pub ports: BTreeMap<u16, crate::capture::ports::PortReason>,
 }
 
 impl StatsReport {
@@ -127,6 +131,14 @@ impl StatsReport {
             self.attach_mode,
             self.interfaces.join(", ")
         ));
+        if !self.ports.is_empty() {
+            let list: Vec<String> = self
+                .ports
+                .iter()
+                .map(|(port, why)| format!("{port} ({})", why.as_str()))
+                .collect();
+            out.push_str(&format!("ports:      {}\n", list.join(", ")));
+        }
         for (stage, counters) in &self.stages {
             out.push_str(&format!("\n[{stage}]\n"));
             let width = counters.keys().map(String::len).max().unwrap_or(0);

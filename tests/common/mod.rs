@@ -538,12 +538,16 @@ impl Drop for Tcpdump {
     }
 }
 
-/// `apisessions run` (the test binary `bin`) capturing `port` on the server's veth into
-/// `data_dir`; returns once its statistics say it runs.
-pub fn start_daemon(net: &TestNet, bin: &str, port: u16, data_dir: &Path) -> Child {
-    let daemon = TestNet::command(&net.server_ns, bin)
-        .args(["run", "--iface", &net.server_if])
-        .args(["--port", &port.to_string(), "--summary-interval", "0"])
+/// `apisessions run` (the test binary `bin`) capturing `ports` (none: its default, the
+/// host's listeners) on the server's veth into `data_dir`; returns once its statistics say it
+/// runs.
+pub fn start_daemon(net: &TestNet, bin: &str, ports: &[u16], data_dir: &Path) -> Child {
+    let mut command = TestNet::command(&net.server_ns, bin);
+    command.args(["run", "--iface", &net.server_if, "--summary-interval", "0"]);
+    for port in ports {
+        command.args(["--port", &port.to_string()]);
+    }
+    let daemon = command
         .arg("--data-dir")
         .arg(data_dir)
         .stdout(Stdio::null())

@@ -6,6 +6,7 @@
 pub mod attach;
 pub mod event;
 pub mod interface;
+pub mod ports;
 pub mod program;
 pub mod reader;
 
@@ -166,6 +167,11 @@ impl Sensor {
 
     pub fn kernel_counters(&self) -> Result<KernelCounters, CaptureError> {
         self.program.counters()
+    }
+
+    /// Watches, mutes or stops watching a port while capturing (`sensor_ebpf::port`).
+    pub fn set_port(&mut self, port: u16, state: u8) -> Result<(), CaptureError> {
+        self.program.set_port(port, state)
     }
 
     /// Detaches everything, lets the reader drain what the ring still holds, and waits for it.

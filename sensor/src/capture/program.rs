@@ -61,9 +61,7 @@ impl CaptureOptions {
                 self.snaplen
             )));
         }
-        if !self.all_ports && self.ports.is_empty() {
-            return Err(CaptureError::Config("no ports to capture".into()));
-        }
+        // No ports is fine: the daemon may add them while capturing (listeners found later).
         Ok(())
     }
 }
@@ -113,16 +111,6 @@ impl CaptureProgram {
             .load()
             .map_err(|e| CaptureError::load(names::SOCKET, e))?;
 
-        let mut ports: Array<_, u8> = Array::try_from(
-            ebpf.map_mut(names::PORTS)
-                .ok_or(CaptureError::Missing(names::PORTS))?,
-        )
-        .map_err(|e| CaptureError::load(names::PORTS, e))?;
-        for &port in &options.ports {
-            ports
-                .set(u32::from(port), 1, 0)
-                .map_err(|e| CaptureError::load(names::PORTS, e))?;
-        }
         let counters = PerCpuArray::try_from(
             ebpf.take_map(names::COUNTERS)
                 .ok_or(CaptureError::Missing(names::COUNTERS))?,
@@ -144,6 +132,9 @@ impl CaptureProgram {
             config,
         };
         program.write_config()?;
+        for &port in &options.ports {
+            program.set_port(port, sensor_ebpf::port::WATCHED)?;
+        }
         Ok(program)
     }
 
@@ -156,6 +147,20 @@ impl CaptureProgram {
         .map_err(|e| CaptureError::load(names::CONFIG, e))?;
         map.set(0, self.config, 0)
             .map_err(|e| CaptureError::load(names::CONFIG, e))
+    }
+
+    /// Sets what the programs do with segments of `port` (`sensor_ebpf::port`: off, watched,
+    /// muted). Takes effect for the next packet.
+    pub fn set_port(&mut self, port: u16, state: u8) -> Result<(), CaptureError> {
+        let mut ports: Array<_, u8> = Array::try_from(
+            self.ebpf
+                .map_mut(names::PORTS)
+                .ok_or(CaptureError::Missing(names::PORTS))?,
+        )
+        .map_err(|e| CaptureError::load(names::PORTS, e))?;
+        ports
+            .set(u32::from(port), state, 0)
+            .map_err(|e| CaptureError::load(names::PORTS, e))
     }
 
     /// Tells the programs how to parse packets of one interface (`sensor_ebpf::iface` bits).

@@ -115,6 +115,53 @@ struct Slot {
     interim: Vec<u16>,
 }
 
+/// Whether the first bytes a side of a connection sent are HTTP/1.x (or HTTP/2's preface):
+/// `Some(true)`, `Some(false)` for anything else, `None` while too few bytes tell. Only for
+/// connections seen from their start: it says which protocol a port speaks. A client starts
+/// with a request line (`METHOD target HTTP/x.y`); a server never speaks first, except with a
+/// status line to a request that was not captured.
+pub fn speaks_http(side: Side, first: &[u8]) -> Option<bool> {
+    const LONGEST_METHOD: usize = 16;
+    match side {
+        Side::Client => {
+            let token = |b: &u8| b.is_ascii_uppercase() || matches!(b, b'-' | b'_');
+            match first.iter().position(|b| *b == b' ') {
+                None if first.len() <= LONGEST_METHOD && first.iter().all(token) => None,
+                None => Some(false),
+                Some(end)
+                    if end == 0 || end > LONGEST_METHOD || !first[..end].iter().all(token) =>
+                {
+                    Some(false)
+                }
+                Some(_) => match first.iter().position(|b| *b == b'\n') {
+                    // The whole request line: it ends in the version (`SELECT 1 FROM t` does not).
+                    Some(eol) => {
+                        let line = &first[..eol];
+                        let line = line.strip_suffix(b"\r").unwrap_or(line);
+                        let version = line.len().checked_sub(8).map(|at| &line[at..]);
+                        Some(version.is_some_and(|v| {
+                            v.starts_with(b"HTTP/")
+                                && v[5].is_ascii_digit()
+                                && v[6] == b'.'
+                                && v[7].is_ascii_digit()
+                        }))
+                    }
+                    // A long target that the first segment cut: the method has to do.
+                    None => Some(true),
+                },
+            }
+        }
+        Side::Server => {
+            let prefix = &b"HTTP/"[..first.len().min(5)];
+            if first.starts_with(prefix) {
+                (first.len() >= 5).then_some(true)
+            } else {
+                Some(false)
+            }
+        }
+    }
+}
+
 /// Which side of the connection a stream event belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Side {

@@ -540,3 +540,54 @@ fn headers_are_kept_in_order_with_lossy_values_and_trailers() {
     );
     assert_eq!(response.meta.version, "1.1");
 }
+
+#[test]
+fn first_bytes_tell_whether_a_port_speaks_http() {
+    use super::{Side, speaks_http};
+    let cases: &[(Side, &[u8], Option<bool>)] = &[
+        (
+            Side::Client,
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+            Some(true),
+        ),
+        (
+            Side::Client,
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            Some(true),
+        ),
+        (Side::Client, b"M-SEARCH * HTTP/1.1\r\n", Some(true)),
+        (
+            Side::Client,
+            b"POST /a-very-long-target-cut-by-the-segment",
+            Some(true),
+        ),
+        (Side::Client, b"SELECT 0 FROM t WHERE x = 1\n", Some(false)),
+        (Side::Client, b"PING\r\n", Some(false)),
+        (Side::Client, b"\x16\x03\x01\x02\x00\x01", Some(false)),
+        (
+            Side::Client,
+            b"\x00\x00\x00\x08\x04\xd2\x16\x2f",
+            Some(false),
+        ),
+        (Side::Client, b"GE", None),
+        (Side::Client, b" GET / HTTP/1.1\r\n", Some(false)),
+        (Side::Server, b"SSH-2.0-OpenSSH_9.2\r\n", Some(false)),
+        (Side::Server, b"HTTP/1.1 200 OK\r\n", Some(true)),
+        (Side::Server, b"HTT", None),
+        (Side::Server, b"", None),
+    ];
+    for (side, bytes, expected) in cases {
+        assert_eq!(
+            speaks_http(*side, bytes),
+            *expected,
+            "{side:?} {}",
+            String::from_utf8_lossy(bytes)
+        );
+    }
+    // No input makes it panic: every prefix of every case.
+    for (side, bytes, _) in cases {
+        for end in 0..=bytes.len() {
+            let _ = speaks_http(*side, &bytes[..end]);
+        }
+    }
+}

@@ -71,6 +71,8 @@ pub struct FlowCounters {
     pub segments_filtered: u64,
     /// Connections whose client side was guessed (no SYN, no known port, no request seen).
     pub direction_guessed: u64,
+    /// Port verdicts not kept because the daemon had not taken the last ones yet.
+    pub port_verdicts_dropped: u64,
 }
 
 /// Both addresses, in a canonical order so both directions find the same flow.
@@ -97,7 +99,13 @@ struct Flow {
     http: HttpConnection,
     last_ns: u64,
     buffered: usize,
+    /// Seen from its SYN and not yet classified: its first bytes will say whether its server
+    /// port speaks HTTP (see [`FlowTable::take_port_verdicts`]).
+    classify: bool,
 }
+
+/// Port verdicts held for the daemon at most between two takes (the rest are counted).
+const MAX_PORT_VERDICTS: usize = 4096;
 
 /// All connections being decoded.
 pub struct FlowTable {
@@ -108,6 +116,8 @@ pub struct FlowTable {
     /// files are decoded exactly as live traffic would be).
     now_ns: u64,
     events: Vec<StreamEvent>,
+    /// (server port, speaks HTTP) of connections classified since the last take.
+    port_verdicts: Vec<(u16, bool)>,
     pub counters: FlowCounters,
     pub stream_counters: StreamCounters,
     pub http_counters: HttpCounters,
@@ -121,10 +131,18 @@ impl FlowTable {
             buffered: 0,
             now_ns: 0,
             events: Vec::new(),
+            port_verdicts: Vec::new(),
             counters: FlowCounters::default(),
             stream_counters: StreamCounters::default(),
             http_counters: HttpCounters::default(),
         }
+    }
+
+    /// (server port, whether it speaks HTTP) for each connection seen from its start and
+    /// classified by its first bytes since the last call: how the daemon tells which listening
+    /// ports to keep watching.
+    pub fn take_port_verdicts(&mut self) -> Vec<(u16, bool)> {
+        std::mem::take(&mut self.port_verdicts)
     }
 
     pub fn active_flows(&self) -> usize {
@@ -148,6 +166,7 @@ impl FlowTable {
                     ("control_without_flow", c.control_without_flow),
                     ("segments_filtered", c.segments_filtered),
                     ("direction_guessed", c.direction_guessed),
+                    ("port_verdicts_dropped", c.port_verdicts_dropped),
                 ],
             ),
             ("reassembly", self.stream_counters.snapshot()),
@@ -226,6 +245,7 @@ impl FlowTable {
                     http: HttpConnection::new(client, server),
                     last_ns: segment.ts_ns,
                     buffered: 0,
+                    classify: segment.has(tcp_flags::SYN),
                 },
             );
         }
@@ -239,6 +259,7 @@ impl FlowTable {
             Side::Server
         };
         let rst = segment.has(tcp_flags::RST);
+        let (segment_src_port, segment_dst_port) = (segment.src.port(), segment.dst.port());
         let piece = Piece {
             ts_ns: segment.ts_ns,
             seq: segment.seq,
@@ -256,6 +277,22 @@ impl FlowTable {
             &mut self.stream_counters,
             &mut events,
         );
+        if flow.classify
+            && let Some(StreamEvent::Data { bytes, .. }) = events.first()
+            && let Some(http) = crate::http::speaks_http(side, bytes)
+        {
+            flow.classify = false;
+            let server_port = if side == Side::Client {
+                segment_dst_port
+            } else {
+                segment_src_port
+            };
+            if self.port_verdicts.len() < MAX_PORT_VERDICTS {
+                self.port_verdicts.push((server_port, http));
+            } else {
+                self.counters.port_verdicts_dropped += 1;
+            }
+        }
         for event in events.drain(..) {
             flow.http
                 .on_event(side, event, &self.config.http, &mut self.http_counters, out);

@@ -1,0 +1,326 @@
+//! Which ports the kernel programs watch when none are configured: the host's own listeners,
+//! kept only while their connections carry HTTP.
+//!
+//! Every few seconds the daemon reads the listening TCP sockets of its network namespace
+//! (`/proc/thread-self/net/tcp` and `tcp6`, loopback-bound ones included: a proxied app
+//! listens there) and watches their ports. The decoder then tells, per connection, whether a
+//! port spoke HTTP; a listener whose first connections carry something else (a database, a
+//! cache, SSH) is muted in the kernel, where its segments are only counted, and tried again
+//! after [`RECHECK`]. Configured ports are always watched and never muted; excluded ones never.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs, io,
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+
+/// Non-HTTP connections, with no HTTP one, after which a listener is muted.
+pub const MUTE_AFTER: u32 = 2;
+/// How long a muted port stays muted before its connections are looked at again.
+pub const RECHECK: Duration = Duration::from_secs(600);
+/// Listening ports followed at most (a host with more is unusual; the rest are counted).
+pub const MAX_LISTENERS: usize = 4096;
+
+/// The TCP ports with a listening socket in this thread's network namespace, from
+/// `/proc/thread-self/net/tcp{,6}`; the number of ports past [`MAX_LISTENERS`] is returned too.
+pub fn listening_ports() -> io::Result<(BTreeSet<u16>, u64)> {
+    let mut ports = BTreeSet::new();
+    for file in ["/proc/thread-self/net/tcp", "/proc/thread-self/net/tcp6"] {
+        match fs::read_to_string(file) {
+            Ok(text) => ports.extend(parse_listeners(&text)),
+            // A kernel without IPv6 has no tcp6.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let past = ports.len().saturating_sub(MAX_LISTENERS) as u64;
+    while ports.len() > MAX_LISTENERS {
+        ports.pop_last();
+    }
+    Ok((ports, past))
+}
+
+/// The local ports of the sockets in state LISTEN (`0A`) in a `/proc/net/tcp` table:
+/// `sl local_address rem_address st ...`, addresses as `HEXIP:HEXPORT`.
+pub fn parse_listeners(table: &str) -> impl Iterator<Item = u16> + '_ {
+    table.lines().skip(1).filter_map(|line| {
+        let mut fields = line.split_whitespace();
+        let local = fields.nth(1)?;
+        let state = fields.nth(1)?;
+        if state != "0A" {
+            return None;
+        }
+        let (_, port) = local.rsplit_once(':')?;
+        u16::from_str_radix(port, 16).ok()
+    })
+}
+
+/// Why a port is watched, or why not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PortReason {
+    /// Listed in the configuration or with `--port`.
+    Configured,
+    /// A listener here, not yet classified.
+    Listening,
+    /// A listener whose connections carried HTTP.
+    Http,
+    /// A listener whose connections carried something else: counted in the kernel only.
+    Muted,
+}
+
+impl PortReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Configured => "configured",
+            Self::Listening => "listening",
+            Self::Http => "http",
+            Self::Muted => "muted",
+        }
+    }
+
+    /// The value of its `PORTS` slot (`sensor_ebpf::port`).
+    pub fn slot(self) -> u8 {
+        match self {
+            Self::Muted => sensor_ebpf::port::MUTED,
+            _ => sensor_ebpf::port::WATCHED,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Listener {
+    http: bool,
+    not_http: u32,
+    /// When it was muted (ns), if it is.
+    muted_at: Option<u64>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PortCounters {
+    pub listeners_found: u64,
+    pub listeners_gone: u64,
+    pub listeners_past_bound: u64,
+    pub verdicts_http: u64,
+    pub verdicts_not_http: u64,
+    pub ports_muted: u64,
+    pub ports_rechecked: u64,
+    pub refresh_errors: u64,
+}
+
+impl PortCounters {
+    pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            ("listeners_found", self.listeners_found),
+            ("listeners_gone", self.listeners_gone),
+            ("listeners_past_bound", self.listeners_past_bound),
+            ("verdicts_http", self.verdicts_http),
+            ("verdicts_not_http", self.verdicts_not_http),
+            ("ports_muted", self.ports_muted),
+            ("ports_rechecked", self.ports_rechecked),
+            ("refresh_errors", self.refresh_errors),
+        ]
+    }
+}
+
+/// The ports to watch, kept in step with the host's listeners and the decoder's verdicts.
+#[derive(Debug)]
+pub struct PortPolicy {
+    configured: BTreeSet<u16>,
+    excluded: BTreeSet<u16>,
+    /// Follow the host's listeners (`capture.ports = "auto"`).
+    auto: bool,
+    listeners: BTreeMap<u16, Listener>,
+    /// What the kernel was last told, by port.
+    applied: BTreeMap<u16, PortReason>,
+    pub counters: PortCounters,
+}
+
+impl PortPolicy {
+    pub fn new(configured: &[u16], excluded: &[u16], auto: bool) -> Self {
+        Self {
+            configured: configured.iter().copied().collect(),
+            excluded: excluded.iter().copied().collect(),
+            auto,
+            listeners: BTreeMap::new(),
+            applied: BTreeMap::new(),
+            counters: PortCounters::default(),
+        }
+    }
+
+    /// Takes the current listeners (with `auto`; ignored otherwise).
+    pub fn listeners(&mut self, ports: &BTreeSet<u16>, past_bound: u64) {
+        if !self.auto {
+            return;
+        }
+        self.counters.listeners_past_bound = past_bound;
+        let before = self.listeners.len();
+        self.listeners.retain(|port, _| ports.contains(port));
+        self.counters.listeners_gone += (before - self.listeners.len()) as u64;
+        for port in ports {
+            if !self.listeners.contains_key(port) {
+                self.listeners.insert(*port, Listener::default());
+                self.counters.listeners_found += 1;
+            }
+        }
+    }
+
+    /// Whether a connection of `port` carried HTTP (the decoder's verdict), at `now_ns`.
+    pub fn verdict(&mut self, port: u16, http: bool, now_ns: u64) {
+        if http {
+            self.counters.verdicts_http += 1;
+        } else {
+            self.counters.verdicts_not_http += 1;
+        }
+        let Some(listener) = self.listeners.get_mut(&port) else {
+            return;
+        };
+        if http {
+            listener.http = true;
+        } else {
+            listener.not_http += 1;
+        }
+        if !listener.http && listener.not_http >= MUTE_AFTER && listener.muted_at.is_none() {
+            listener.muted_at = Some(now_ns);
+            self.counters.ports_muted += 1;
+        }
+    }
+
+    /// Unmutes the ports muted longer than [`RECHECK`] ago, to look at them again.
+    pub fn recheck(&mut self, now_ns: u64) {
+        let recheck = RECHECK.as_nanos() as u64;
+        for listener in self.listeners.values_mut() {
+            if listener
+                .muted_at
+                .is_some_and(|at| now_ns.saturating_sub(at) >= recheck)
+            {
+                *listener = Listener::default();
+                self.counters.ports_rechecked += 1;
+            }
+        }
+    }
+
+    /// Every port to watch or mute now, with why.
+    pub fn wanted(&self) -> BTreeMap<u16, PortReason> {
+        let mut wanted: BTreeMap<u16, PortReason> = self
+            .listeners
+            .iter()
+            .map(|(port, l)| {
+                let reason = if l.muted_at.is_some() {
+                    PortReason::Muted
+                } else if l.http {
+                    PortReason::Http
+                } else {
+                    PortReason::Listening
+                };
+                (*port, reason)
+            })
+            .collect();
+        for port in &self.configured {
+            wanted.insert(*port, PortReason::Configured);
+        }
+        wanted.retain(|port, _| !self.excluded.contains(port));
+        wanted
+    }
+
+    /// The slot changes that bring the kernel to [`PortPolicy::wanted`]: (port, slot value);
+    /// remembered as applied.
+    pub fn changes(&mut self) -> Vec<(u16, u8)> {
+        let wanted = self.wanted();
+        let mut changes = Vec::new();
+        for (port, reason) in &wanted {
+            if self.applied.get(port).map(|r| r.slot()) != Some(reason.slot()) {
+                changes.push((*port, reason.slot()));
+            }
+        }
+        for port in self.applied.keys() {
+            if !wanted.contains_key(port) {
+                changes.push((*port, sensor_ebpf::port::OFF));
+            }
+        }
+        self.applied = wanted;
+        changes
+    }
+
+    /// What is watched or muted, and why (for `stats`).
+    pub fn status(&self) -> BTreeMap<u16, PortReason> {
+        self.applied.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sensor_ebpf::port::{MUTED, OFF, WATCHED};
+
+    const TABLE: &str = "\
+  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1
+   1: 00000000:0FA0 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 2 1
+   2: 0100007F:1F90 0100007F:C350 01 00000000:00000000 00:00000000 00000000     0        0 3 1
+   3: garbage
+";
+
+    #[test]
+    fn listeners_are_the_sockets_in_state_listen() {
+        let ports: Vec<u16> = parse_listeners(TABLE).collect();
+        assert_eq!(ports, [8080, 4000]);
+        let v6 = "sl local rem st\n 0: 00000000000000000000000001000000:2328 00000000000000000000000000000000:0000 0A x\n";
+        assert_eq!(parse_listeners(v6).collect::<Vec<_>>(), [9000]);
+        assert_eq!(parse_listeners("").count(), 0);
+    }
+
+    #[test]
+    fn this_namespaces_listeners_are_found() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (ports, _) = listening_ports().unwrap();
+        assert!(ports.contains(&port), "{port} in {ports:?}");
+    }
+
+    #[test]
+    fn listeners_are_watched_muted_when_not_http_and_dropped_when_gone() {
+        let mut policy = PortPolicy::new(&[80], &[22], true);
+        policy.listeners(&BTreeSet::from([22, 4000, 5432, 8080]), 0);
+        let mut changes = policy.changes();
+        changes.sort_unstable();
+        assert_eq!(
+            changes,
+            [
+                (80, WATCHED),
+                (4000, WATCHED),
+                (5432, WATCHED),
+                (8080, WATCHED)
+            ]
+        );
+        policy.verdict(8080, true, 1);
+        policy.verdict(5432, false, 1);
+        assert!(policy.changes().is_empty(), "one connection is not enough");
+        policy.verdict(5432, false, 2);
+        assert_eq!(policy.changes(), [(5432, MUTED)]);
+        assert_eq!(policy.status()[&8080], PortReason::Http);
+        // A port that once spoke HTTP is not muted by later other traffic.
+        for _ in 0..5 {
+            policy.verdict(8080, false, 3);
+        }
+        assert!(policy.changes().is_empty());
+        // Rechecked after a while; gone when its listener is.
+        policy.recheck(2 + RECHECK.as_nanos() as u64);
+        assert_eq!(policy.changes(), [(5432, WATCHED)]);
+        policy.listeners(&BTreeSet::from([8080]), 0);
+        let mut changes = policy.changes();
+        changes.sort_unstable();
+        assert_eq!(changes, [(4000, OFF), (5432, OFF)]);
+        // Configured ports stay, whatever listens.
+        assert_eq!(policy.status()[&80], PortReason::Configured);
+    }
+
+    #[test]
+    fn without_auto_only_the_configured_ports() {
+        let mut policy = PortPolicy::new(&[8080], &[], false);
+        policy.listeners(&BTreeSet::from([4000]), 0);
+        assert_eq!(policy.changes(), [(8080, WATCHED)]);
+    }
+}
