@@ -132,7 +132,7 @@ impl Run {
         let _ = fs::remove_dir_all(&data_dir);
         let _ = fs::remove_dir_all(&work);
         fs::create_dir_all(&work).unwrap();
-        let daemon = start_daemon(&net, BIN, PORT, &data_dir);
+        let daemon = start_daemon(&net, BIN, &[PORT], &data_dir);
         let args: Vec<String> = app
             .command
             .iter()
