@@ -20,6 +20,7 @@ use apisessions::{
     exchange::Exchange,
     http::HttpConfig,
     import::ExchangeIds,
+    nat::{Conntrack, NatConfig, NatTable},
     proxy::{self, ProxyConfig, ProxyStage},
     reassembly::{FlowConfig, FlowTable},
     report::{self, Exporter, Format},
@@ -744,6 +745,7 @@ const PRUNE_EVERY: Duration = Duration::from_secs(600);
 /// or `--dump-segments` asked for.
 struct Consumer {
     clock: Clock,
+    nat: NatTable,
     flows: FlowTable,
     /// Decoded exchanges, on their way through the proxy stage.
     exchanges: Vec<Exchange>,
@@ -776,10 +778,9 @@ impl Consumer {
             let line = dump::segment_line(&segment, &self.clock);
             self.output_open = writeln!(self.out, "{line}").is_ok();
         }
-        self.flows.push(
-            TcpSegment::from_capture(segment, &self.clock),
-            &mut self.exchanges,
-        );
+        let mut segment = TcpSegment::from_capture(segment, &self.clock);
+        self.nat.resolve(&mut segment);
+        self.flows.push(segment, &mut self.exchanges);
         self.print_exchanges();
     }
 
@@ -853,6 +854,7 @@ impl Consumer {
         for (stage, counters) in self.flows.snapshot() {
             report.set_stage(stage, counters);
         }
+        report.set_stage("nat", self.nat.snapshot());
         report.set_stage("proxy", self.proxy.snapshot());
         report.set_stage("sessions", self.sessionizer.counters.snapshot());
         report.set_stage("store", self.writer.counters.snapshot());
@@ -876,10 +878,20 @@ async fn daemon(
         .map_or(0, |d| d.as_nanos() as u64)
         .saturating_sub(config.sessions.inactivity_timeout.as_nanos() as u64);
     let sessionizer = restored_sessionizer(&config, &data_dir, &store, since)?;
-    let (sensor, mut segments) =
+    // With no interface named, the sensor follows the interfaces that come and go (containers).
+    let follow_interfaces = config.capture.interfaces.is_empty();
+    let (mut sensor, mut segments) =
         Sensor::start(&options, interfaces, config.capture.attach, Some(&data_dir))?;
+    let conntrack = match Conntrack::open() {
+        Ok(conntrack) => Some(conntrack),
+        Err(e) => {
+            log::warn!("{e}: connections through NAT will be seen before and after translation");
+            None
+        }
+    };
     let mut consumer = Consumer {
         clock: Clock::new(),
+        nat: NatTable::new(conntrack, NatConfig::default()),
         flows: FlowTable::new(FlowConfig {
             server_ports: options.ports.clone(),
             // The kernel already keeps to the watched ports; with --all-ports every port counts.
@@ -944,6 +956,12 @@ async fn daemon(
                 }
             }
             _ = stats_tick.tick() => {
+                if follow_interfaces {
+                    if let Err(e) = sensor.rescan() {
+                        log::warn!("following interfaces: {e}");
+                    }
+                    report.interfaces = sensor.interfaces.iter().map(|i| i.name.clone()).collect();
+                }
                 consumer.tick();
                 refresh_report(&mut report, &sensor)?;
                 consumer.report(&mut report);
@@ -1000,6 +1018,14 @@ fn refresh_report(report: &mut StatsReport, sensor: &Sensor) -> Result<()> {
     let kernel = sensor.kernel_counters()?;
     report.set_stage("kernel", kernel.iter().map(|(name, value)| (*name, *value)));
     report.set_stage("reader", sensor.counters.snapshot());
+    report.set_stage(
+        "interfaces",
+        [
+            ("captured", sensor.interfaces.len() as u64),
+            ("attached_later", sensor.interfaces_attached),
+            ("detached", sensor.interfaces_detached),
+        ],
+    );
     report.updated = rfc3339(SystemTime::now());
     Ok(())
 }

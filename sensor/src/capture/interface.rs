@@ -10,8 +10,6 @@ use std::{
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
 };
 
-use sensor_ebpf::iface;
-
 use super::CaptureError;
 
 const ARPHRD_ETHER: u16 = 1;
@@ -86,16 +84,6 @@ impl Interface {
         }
         Ok(found)
     }
-
-    /// The `IFACES` map value for this interface; `capture_egress` is false where only ingress
-    /// is to be kept (loopback in socket mode).
-    pub fn map_bits(&self, capture_egress: bool) -> u32 {
-        let mut bits = self.l2_len & iface::L2_LEN_MASK;
-        if !capture_egress {
-            bits |= iface::IGNORE_EGRESS;
-        }
-        bits
-    }
 }
 
 /// Interface names of the calling thread's network namespace, sorted.
@@ -157,7 +145,6 @@ mod tests {
         let lo = Interface::by_name("lo").unwrap();
         assert!(lo.is_loopback);
         assert_eq!(lo.l2_len, 14);
-        assert_eq!(lo.map_bits(false), 14 | iface::IGNORE_EGRESS);
         assert!(Interface::all_up().unwrap().iter().any(|i| i.name == "lo"));
     }
 

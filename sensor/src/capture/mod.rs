@@ -8,6 +8,7 @@ pub mod event;
 pub mod interface;
 pub mod program;
 pub mod reader;
+pub mod topology;
 
 use std::{error::Error as StdError, io, path::Path, sync::Arc};
 
@@ -127,6 +128,9 @@ pub struct Sensor {
     pub counters: Arc<ReaderCounters>,
     pub interfaces: Vec<Interface>,
     pub mode: AttachMode,
+    /// Interfaces attached by [`Sensor::rescan`] after the start, and ones that went away.
+    pub interfaces_attached: u64,
+    pub interfaces_detached: u64,
 }
 
 impl Sensor {
@@ -159,9 +163,65 @@ impl Sensor {
                 counters,
                 interfaces,
                 mode,
+                interfaces_attached: 0,
+                interfaces_detached: 0,
             },
             rx,
         ))
+    }
+
+    /// Follows the interfaces that are up: attaches to new ones, forgets vanished ones, and
+    /// recomputes which hooks repeat another's packets (a new container's veth joins a bridge).
+    /// For "all interfaces"; a failure on one new interface is logged and it is tried again at
+    /// the next rescan.
+    pub fn rescan(&mut self) -> Result<(), CaptureError> {
+        let up = Interface::all_up().unwrap_or_default();
+        let gone: Vec<Interface> = self
+            .interfaces
+            .iter()
+            .filter(|old| {
+                !up.iter()
+                    .any(|i| i.ifindex == old.ifindex && i.name == old.name)
+            })
+            .cloned()
+            .collect();
+        let new: Vec<Interface> = up
+            .iter()
+            .filter(|i| {
+                !self
+                    .interfaces
+                    .iter()
+                    .any(|old| old.ifindex == i.ifindex && old.name == i.name)
+            })
+            .cloned()
+            .collect();
+        if gone.is_empty() && new.is_empty() {
+            return Ok(());
+        }
+        for interface in &gone {
+            log::info!("interface {} went away", interface.name);
+            self.attachments
+                .forget(&mut self.program, interface.ifindex);
+            self.interfaces.retain(|i| i.ifindex != interface.ifindex);
+            self.interfaces_detached += 1;
+        }
+        let mut candidates = self.interfaces.clone();
+        candidates.extend(new.iter().cloned());
+        // Bits first: a new port's copies must already be skipped where the bridge sees them.
+        attach::set_interface_bits(&mut self.program, &candidates, self.mode)?;
+        for interface in new {
+            match self
+                .attachments
+                .attach_one(&mut self.program, &interface, self.mode)
+            {
+                Ok(()) => {
+                    self.interfaces.push(interface);
+                    self.interfaces_attached += 1;
+                }
+                Err(e) => log::warn!("capturing on new interface {}: {e}", interface.name),
+            }
+        }
+        attach::set_interface_bits(&mut self.program, &self.interfaces, self.mode)
     }
 
     pub fn kernel_counters(&self) -> Result<KernelCounters, CaptureError> {

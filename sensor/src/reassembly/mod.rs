@@ -233,6 +233,9 @@ impl FlowTable {
             return;
         };
         flow.last_ns = segment.ts_ns;
+        if let Some(upstream) = segment.upstream {
+            flow.http.set_upstream(upstream);
+        }
         let side = if segment.src == flow.client {
             Side::Client
         } else {
@@ -367,6 +370,7 @@ mod tests {
             flags,
             payload: payload.to_vec(),
             missing: 0,
+            upstream: None,
         }
     }
 

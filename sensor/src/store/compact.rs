@@ -152,6 +152,8 @@ pub(super) struct DiskExchange<'a> {
     duration_us: Option<u64>,
     flags: u8,
     upstream_us: Option<u64>,
+    /// The NAT's translated destination; usually an address the session's lists do not hold.
+    upstream: Option<(Text<'a>, u16)>,
     params: Cow<'a, [(String, String)]>,
 }
 
@@ -194,6 +196,12 @@ impl<'a> DiskExchange<'a> {
             duration_us: e.duration_us,
             flags,
             upstream_us: e.upstream_us,
+            upstream: e.upstream_ip.as_deref().map(|ip| {
+                (
+                    Text::of(Some(ip), &session.server_ips),
+                    e.upstream_port.unwrap_or(0),
+                )
+            }),
             params: Cow::Borrowed(&e.params),
         }
     }
@@ -223,6 +231,13 @@ impl<'a> DiskExchange<'a> {
         let (peer_ip, peer_port) = match self.peer {
             Peer::Client => (client_ip.clone(), self.client_port),
             Peer::Other(ip, port) => (ip.require(&session.server_ips, "peer_ip")?, port),
+        };
+        let (upstream_ip, upstream_port) = match self.upstream {
+            Some((ip, port)) => (
+                Some(ip.require(&session.server_ips, "upstream_ip")?),
+                Some(port),
+            ),
+            None => (None, None),
         };
         Ok(StoredExchange {
             ts_ns,
@@ -259,6 +274,8 @@ impl<'a> DiskExchange<'a> {
             gap: self.flags & GAP != 0,
             joined: self.flags & JOINED != 0,
             upstream_us: self.upstream_us,
+            upstream_ip,
+            upstream_port,
             params: self.params.into_owned(),
         })
     }
@@ -345,6 +362,8 @@ mod tests {
             gap: true,
             joined: false,
             upstream_us: None,
+            upstream_ip: Some("172.30.0.2".into()),
+            upstream_port: Some(80),
             params: vec![("tenant".into(), "acme".into())],
             exchange_id: None,
         }

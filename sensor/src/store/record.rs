@@ -73,6 +73,10 @@ pub struct StoredExchange {
     pub joined: bool,
     /// The joined upstream hop's duration (the application's time behind the proxy).
     pub upstream_us: Option<u64>,
+    /// Where NAT sent the connection (the container behind a published port); `server_ip` and
+    /// `server_port` stay what the client called. None without NAT.
+    pub upstream_ip: Option<String>,
+    pub upstream_port: Option<u16>,
     /// Context parameters (configured ones; hashed values start with `h:`).
     pub params: Vec<(String, String)>,
     /// Set by `import`: a deterministic id (see `import::ExchangeIds`) by which the store
@@ -133,6 +137,8 @@ impl StoredExchange {
             gap: exchange.gap(),
             joined: exchange.forwarding.joined,
             upstream_us: exchange.forwarding.upstream_ns.map(|ns| (ns + 500) / 1000),
+            upstream_ip: exchange.upstream.map(|a| ip_text(a.ip())),
+            upstream_port: exchange.upstream.map(|a| a.port()),
             params: Vec::new(),
             exchange_id: None,
         }
@@ -168,6 +174,8 @@ impl StoredExchange {
             gap: self.gap,
             joined: self.joined,
             upstream_ms: ms(self.upstream_us),
+            upstream_ip: self.upstream_ip.clone(),
+            upstream_port: self.upstream_port,
             params: self
                 .params
                 .iter()
