@@ -64,12 +64,12 @@ impl ContainerHost {
             host.veth(ns, port);
             sh("ip", &["-n", h, "link", "set", port, "master", "br0"]);
             host.addr(ns, "eth0", &host.v4(31, last), &host.v6(31, last));
-            host.default_routes(ns, 31);
+            host.default_routes(ns, &host.v4(31, 1), &host.v6(31, 1));
         }
         host.veth(&host.client, "vx0");
         host.addr(h, "vx0", &host.v4(214, 1), &host.v6(32, 1));
         host.addr(&host.client, "eth0", &host.v4(214, 2), &host.v6(32, 2));
-        host.default_routes(&host.client, 32);
+        host.default_routes(&host.client, &host.v4(214, 1), &host.v6(32, 1));
         for sysctl in ["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"] {
             sh("ip", &["netns", "exec", h, "sysctl", "-qw", sysctl]);
         }
@@ -118,24 +118,9 @@ impl ContainerHost {
         );
     }
 
-    fn default_routes(&self, ns: &str, net: u8) {
-        sh(
-            "ip",
-            &["-n", ns, "route", "add", "default", "via", &self.v4(net, 1)],
-        );
-        sh(
-            "ip",
-            &[
-                "-n",
-                ns,
-                "-6",
-                "route",
-                "add",
-                "default",
-                "via",
-                &self.v6(net, 1),
-            ],
-        );
+    fn default_routes(&self, ns: &str, v4: &str, v6: &str) {
+        sh("ip", &["-n", ns, "route", "add", "default", "via", v4]);
+        sh("ip", &["-n", ns, "-6", "route", "add", "default", "via", v6]);
     }
 
     /// Publishes c1's port 80 on the host's port 8080 (IPv4, and IPv6 if `v6`).
