@@ -120,7 +120,10 @@ impl ContainerHost {
 
     fn default_routes(&self, ns: &str, v4: &str, v6: &str) {
         sh("ip", &["-n", ns, "route", "add", "default", "via", v4]);
-        sh("ip", &["-n", ns, "-6", "route", "add", "default", "via", v6]);
+        sh(
+            "ip",
+            &["-n", ns, "-6", "route", "add", "default", "via", v6],
+        );
     }
 
     /// Publishes c1's port 80 on the host's port 8080 (IPv4, and IPv6 if `v6`).
@@ -415,4 +418,87 @@ fn a_veth_created_after_the_start_is_captured() {
     let uris: Vec<_> = exchanges.iter().map(|e| field(e, "uri").clone()).collect();
     assert_eq!(uris, vec!["/items/1", "/items/2"], "{exchanges:#?}");
     let _ = fs::remove_dir_all(&dir);
+}
+
+/// The conntrack client against the kernel: a connection through the DNAT rule is found from
+/// any of its four tuples (either direction, before or after translation), and what a lookup
+/// costs is printed (one per new connection on the daemon's pipeline thread).
+#[test]
+fn conntrack_finds_a_translated_connection_from_every_copy() {
+    use std::{
+        io::{Read as _, Write as _},
+        net::{SocketAddr, TcpStream},
+    };
+
+    use apisessions::nat::{Conntrack, CtEntry, Translation};
+
+    let dir = temp_dir("conntrack");
+    let mut host = ContainerHost::new();
+    host.publish(false);
+    let c1 = host.c1.clone();
+    host.serve(&c1, &dir.join("www"));
+    let published: SocketAddr = format!("{}:8080", host.v4(214, 1)).parse().unwrap();
+    let container: SocketAddr = format!("{}:80", host.v4(31, 2)).parse().unwrap();
+    // An open connection from the client namespace, kept open while the host is asked.
+    let client_ns = host.client.clone();
+    let (stream, client) = common::in_namespace(&client_ns, || {
+        let mut stream = TcpStream::connect(published).unwrap();
+        stream
+            .write_all(b"GET /items/1 HTTP/1.1\r\nHost: h\r\n\r\n")
+            .unwrap();
+        let mut first = [0u8; 12];
+        stream.read_exact(&mut first).unwrap();
+        assert_eq!(&first, b"HTTP/1.0 200");
+        let client = stream.local_addr().unwrap();
+        (stream, client)
+    });
+    let host_ns = host.host.clone();
+    let (entries, per_lookup) = common::in_namespace(&host_ns, || {
+        let mut conntrack = Conntrack::open().unwrap();
+        let copies = [
+            (client, published),
+            (published, client),
+            (client, container),
+            (container, client),
+        ];
+        let entries: Vec<Option<CtEntry>> = copies
+            .iter()
+            .map(|&(src, dst)| conntrack.lookup(src, dst).unwrap())
+            .collect();
+        let unknown: SocketAddr = format!("{}:9", host.v4(214, 2)).parse().unwrap();
+        assert_eq!(conntrack.lookup(unknown, published).unwrap(), None);
+        // The daemon asks in the server-to-client orientation first: one request (see nat.rs).
+        // CPU time of this thread (user + the kernel's answer, given inside send()), not wall
+        // time: other work on the machine does not count.
+        let rounds = 10_000;
+        let start = thread_cpu();
+        for _ in 0..rounds {
+            conntrack.lookup(container, client).unwrap();
+        }
+        (entries, (thread_cpu() - start) / rounds)
+    });
+    drop(stream);
+    for entry in &entries {
+        let translation = Translation::of(entry.expect("tracked")).expect("translated");
+        assert_eq!(
+            (translation.client, translation.server, translation.upstream),
+            (client, published, container)
+        );
+    }
+    println!("conntrack lookup: {per_lookup:?} per connection");
+    assert!(per_lookup < Duration::from_millis(1), "{per_lookup:?}");
+    let _ = fs::remove_dir_all(&dir);
+}
+
+/// CPU time the calling thread has used.
+fn thread_cpu() -> Duration {
+    // SAFETY: rusage is plain data, filled by the call.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointer to a rusage that outlives the call.
+    assert_eq!(
+        unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut usage) },
+        0
+    );
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
 }

@@ -818,7 +818,10 @@ impl Consumer {
         }
         self.host_refresh_in = HOST_REFRESH_SECS;
         match proxy::host_addresses() {
-            Ok(addresses) => self.proxy.set_host_addresses(addresses),
+            Ok(addresses) => {
+                self.nat.set_host_addresses(addresses.clone());
+                self.proxy.set_host_addresses(addresses);
+            }
             Err(e) => log::warn!("reading this host's addresses (trusted as proxies): {e}"),
         }
     }
@@ -891,7 +894,14 @@ async fn daemon(
     };
     let mut consumer = Consumer {
         clock: Clock::new(),
-        nat: NatTable::new(conntrack, NatConfig::default()),
+        nat: NatTable::new(
+            conntrack,
+            NatConfig {
+                server_ports: options.ports.clone(),
+                all_ports: options.all_ports,
+                ..NatConfig::default()
+            },
+        ),
         flows: FlowTable::new(FlowConfig {
             server_ports: options.ports.clone(),
             // The kernel already keeps to the watched ports; with --all-ports every port counts.

@@ -81,13 +81,24 @@ impl Conntrack {
     }
 
     /// The conntrack entry a TCP packet from `src` to `dst` belongs to, in either direction and
-    /// before or after translation (the kernel's lookup searches both tuples of every entry).
-    /// None: conntrack does not track it.
+    /// before or after translation. None: conntrack does not track it.
+    ///
+    /// The kernel's table holds each entry under its original tuple and its reply tuple, so a
+    /// packet's own tuple finds it for the client's packets before NAT and the server's after;
+    /// the reversed tuple finds it for the other two copies.
     pub fn lookup(
         &mut self,
         src: SocketAddr,
         dst: SocketAddr,
     ) -> Result<Option<CtEntry>, NatError> {
+        match self.get(src, dst)? {
+            Some(entry) => Ok(Some(entry)),
+            None => self.get(dst, src),
+        }
+    }
+
+    /// One IPCTNL_MSG_CT_GET for the tuple `src` -> `dst`.
+    fn get(&mut self, src: SocketAddr, dst: SocketAddr) -> Result<Option<CtEntry>, NatError> {
         if src.is_ipv4() != dst.is_ipv4() {
             return Ok(None);
         }
@@ -318,16 +329,23 @@ pub struct NatCounters {
 }
 
 /// Settings of the NAT stage.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NatConfig {
     /// Address pairs remembered at most.
     pub cache_entries: usize,
+    /// The watched ports: a connection to one of them on an address of this host is served
+    /// here, and its segments are not looked up (see [`NatTable::resolve`]).
+    pub server_ports: Vec<u16>,
+    /// Every port is watched (`--all-ports`): every port of this host's addresses counts.
+    pub all_ports: bool,
 }
 
 impl Default for NatConfig {
     fn default() -> Self {
         Self {
             cache_entries: 65_536,
+            server_ports: crate::capture::DEFAULT_PORTS.to_vec(),
+            all_ports: false,
         }
     }
 }
@@ -343,6 +361,9 @@ const RECHECK_UNTRACKED_NS: u64 = 100_000_000;
 /// The NAT stage: conntrack lookups with a bounded cache in front.
 pub struct NatTable {
     conntrack: Option<Conntrack>,
+    config: NatConfig,
+    /// This network namespace's addresses, sorted.
+    host_addresses: Vec<IpAddr>,
     cache: LruCache<Pair, Cached>,
     pub counters: NatCounters,
 }
@@ -353,6 +374,8 @@ impl NatTable {
         let capacity = NonZeroUsize::new(config.cache_entries).unwrap_or(NonZeroUsize::MIN);
         Self {
             conntrack,
+            config,
+            host_addresses: Vec::new(),
             cache: LruCache::new(capacity),
             counters: NatCounters::default(),
         }
@@ -362,9 +385,38 @@ impl NatTable {
         self.conntrack.is_some()
     }
 
+    /// Sets this network namespace's own addresses (the daemon reads them every few seconds).
+    pub fn set_host_addresses(&mut self, mut addresses: Vec<IpAddr>) {
+        addresses.sort_unstable();
+        addresses.dedup();
+        self.host_addresses = addresses;
+    }
+
+    fn is_server_port(&self, port: u16) -> bool {
+        self.config.all_ports || self.config.server_ports.contains(&port)
+    }
+
+    /// A watched port on one of this host's addresses: a server of this host.
+    fn served_here(&self, end: SocketAddr) -> bool {
+        self.is_server_port(end.port())
+            && self
+                .host_addresses
+                .binary_search(&end.ip().to_canonical())
+                .is_ok()
+    }
+
     /// Renames `segment` to its connection's original tuple if conntrack says it was translated.
+    ///
+    /// Segments of a connection to a server of this host (a watched port on one of its
+    /// addresses) are not looked up: they already carry the tuple the client addressed (a
+    /// published port's requests before DNAT), and a host serving its own API pays nothing.
+    /// What is looked up is traffic the host forwards (to and from containers, after DNAT) and
+    /// connections it opens (whose copies after source NAT leave from its address).
     pub fn resolve(&mut self, segment: &mut TcpSegment) {
-        if self.conntrack.is_none() {
+        if self.conntrack.is_none()
+            || self.served_here(segment.dst)
+            || self.served_here(segment.src)
+        {
             return;
         }
         let pair = Pair::of(segment.src, segment.dst);
@@ -384,9 +436,27 @@ impl NatTable {
     }
 
     fn look_up(&mut self, segment: &TcpSegment) -> Option<Translation> {
-        let conntrack = self.conntrack.as_mut()?;
         self.counters.lookups += 1;
-        let entry = match conntrack.lookup(segment.src, segment.dst) {
+        // Conntrack files an entry under its reply tuple (server -> client, as translated):
+        // asking with the server-to-client orientation first finds it in one request both for a
+        // translated connection's copies after NAT and for an untranslated connection.
+        let syn = segment.has(tcp_flags::SYN);
+        let ack = segment.has(tcp_flags::ACK);
+        let towards_server = if syn {
+            !ack
+        } else {
+            self.config.server_ports.contains(&segment.dst.port())
+                && !self.config.server_ports.contains(&segment.src.port())
+        };
+        let (src, dst) = if towards_server {
+            (segment.dst, segment.src)
+        } else {
+            (segment.src, segment.dst)
+        };
+        let Some(conntrack) = self.conntrack.as_mut() else {
+            return None;
+        };
+        let entry = match conntrack.lookup(src, dst) {
             Ok(entry) => entry,
             Err(e) => {
                 self.counters.lookup_errors += 1;
@@ -539,5 +609,20 @@ mod tests {
         table.resolve(&mut s);
         assert_eq!(s, before);
         assert_eq!(table.counters.lookups, 0);
+    }
+
+    #[test]
+    fn servers_of_this_host_are_not_looked_up() {
+        let mut table = NatTable::new(None, NatConfig::default());
+        table.set_host_addresses(vec![addr(PUBLISHED).ip()]);
+        assert!(table.served_here(addr(PUBLISHED)));
+        assert!(
+            !table.served_here(addr("192.0.2.1:40000")),
+            "not a watched port"
+        );
+        assert!(
+            !table.served_here(addr(CONTAINER)),
+            "not an address of this host"
+        );
     }
 }
