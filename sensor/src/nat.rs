@@ -453,9 +453,7 @@ impl NatTable {
         } else {
             (segment.src, segment.dst)
         };
-        let Some(conntrack) = self.conntrack.as_mut() else {
-            return None;
-        };
+        let conntrack = self.conntrack.as_mut()?;
         let entry = match conntrack.lookup(src, dst) {
             Ok(entry) => entry,
             Err(e) => {
