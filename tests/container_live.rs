@@ -76,6 +76,12 @@ impl ContainerHost {
         host
     }
 
+    /// The inode of a namespace's network namespace, as the sensor reports it.
+    fn netns(&self, ns: &str) -> u64 {
+        use std::os::unix::fs::MetadataExt as _;
+        fs::metadata(format!("/var/run/netns/{ns}")).unwrap().ino()
+    }
+
     fn v4(&self, net: u8, last: u8) -> String {
         let net = if net == 31 { (172, 31) } else { (10, net) };
         Ipv4Addr::new(net.0, net.1, self.id as u8, last).to_string()
@@ -337,6 +343,11 @@ fn published_port_is_one_exchange_per_request(v6: bool) {
         assert_eq!(field(e, "server_port"), 8080);
         assert_eq!(field(e, "upstream_ip"), container_ip.as_str());
         assert_eq!(field(e, "upstream_port"), 80);
+        // The container's namespace served it (its server process runs there).
+        assert_eq!(
+            field(e, "server_netns"),
+            &serde_json::json!(host.netns(&host.c1))
+        );
     }
     assert!(counter(BIN, &data, "nat", "translated") >= 5);
     // The bridge's copies of the container's packets were skipped in the kernel.
@@ -374,6 +385,10 @@ fn container_to_container_on_one_bridge_is_seen_once() {
         assert_eq!(field(e, "client_ip"), host.v4(31, 3).as_str());
         assert_eq!(field(e, "server_ip"), host.v4(31, 2).as_str());
         assert_eq!(field(e, "upstream_ip"), &serde_json::Value::Null);
+        assert_eq!(
+            field(e, "server_netns"),
+            &serde_json::json!(host.netns(&host.c1))
+        );
     }
     assert_eq!(
         counter(BIN, &data, "reassembly", "duplicate_segments"),

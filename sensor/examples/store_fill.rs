@@ -270,6 +270,8 @@ fn exchange(rng: &mut Rng, session: &Session, ts_ns: u64) -> StoredExchange {
         upstream_us: None,
         upstream_ip: None,
         upstream_port: None,
+        server_netns: None,
+        server_cgroup: None,
         params: Vec::new(),
         exchange_id: None,
     }

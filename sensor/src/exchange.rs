@@ -304,6 +304,11 @@ pub struct ExchangeRecord<'a> {
     /// "Upstream" as in `upstream_ms`: what served the request behind the address called.
     pub upstream_ip: Option<String>,
     pub upstream_port: Option<u16>,
+    /// Which container served it: the inode of the network namespace owning the address that
+    /// served (`upstream_ip`, else `server_ip`), when not the sensor's own; null otherwise.
+    pub server_netns: Option<u64>,
+    /// That namespace's cgroup v2 path (a Docker container's scope, a pod's slice), if any.
+    pub server_cgroup: Option<String>,
     pub params: serde_json::Map<String, serde_json::Value>,
 }
 

@@ -25,12 +25,14 @@
 //!   pruning sweep; records hold no raw secrets.
 //! - Readers: [`report`] (the `sessions` table, the `show` page, NDJSON/CSV/HAR export).
 //!
-//! Around the pipeline: [`config`] (the TOML file), [`import`] (capture files through the same
+//! Around the pipeline: [`container`] (which container's network namespace and cgroup served an
+//! exchange, from /proc; live only), [`config`] (the TOML file), [`import`] (capture files through the same
 //! stages), [`stats`] (every stage's counters, shown by `apisessions stats`) and [`dump`] (the
 //! one-line renderings of `apisessions run --dump`).
 
 pub mod capture;
 pub mod config;
+pub mod container;
 pub mod dump;
 pub mod endpoint;
 pub mod exchange;

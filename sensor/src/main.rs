@@ -16,6 +16,7 @@ use anyhow::{Context as _, Result};
 use apisessions::{
     capture::{AttachMode, CaptureOptions, Clock, Interface, Segment, Sensor},
     config::Config,
+    container::ContainerIndex,
     dump,
     exchange::Exchange,
     http::HttpConfig,
@@ -746,6 +747,7 @@ const PRUNE_EVERY: Duration = Duration::from_secs(600);
 struct Consumer {
     clock: Clock,
     nat: NatTable,
+    containers: ContainerIndex,
     flows: FlowTable,
     /// Decoded exchanges, on their way through the proxy stage.
     exchanges: Vec<Exchange>,
@@ -820,6 +822,7 @@ impl Consumer {
         match proxy::host_addresses() {
             Ok(addresses) => {
                 self.nat.set_host_addresses(addresses.clone());
+                self.containers.set_host_addresses(addresses.clone());
                 self.proxy.set_host_addresses(addresses);
             }
             Err(e) => log::warn!("reading this host's addresses (trusted as proxies): {e}"),
@@ -832,7 +835,12 @@ impl Consumer {
             self.proxy.push(exchange, &mut self.ready);
         }
         for exchange in self.ready.drain(..) {
-            let (record, assignment) = self.sessionizer.record(&exchange, &self.redaction);
+            let (mut record, assignment) = self.sessionizer.record(&exchange, &self.redaction);
+            let served = exchange.upstream.unwrap_or(exchange.server).ip();
+            if let Some(by) = self.containers.served_by(served) {
+                record.server_netns = Some(by.netns);
+                record.server_cgroup = by.cgroup;
+            }
             if self.dump_exchanges && self.output_open {
                 let line = dump::exchange_line(&exchange);
                 let id = &assignment.session_id;
@@ -858,6 +866,7 @@ impl Consumer {
             report.set_stage(stage, counters);
         }
         report.set_stage("nat", self.nat.snapshot());
+        report.set_stage("containers", self.containers.snapshot());
         report.set_stage("proxy", self.proxy.snapshot());
         report.set_stage("sessions", self.sessionizer.counters.snapshot());
         report.set_stage("store", self.writer.counters.snapshot());
@@ -894,6 +903,7 @@ async fn daemon(
     };
     let mut consumer = Consumer {
         clock: Clock::new(),
+        containers: ContainerIndex::new(),
         nat: NatTable::new(
             conntrack,
             NatConfig {

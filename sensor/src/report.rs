@@ -213,6 +213,8 @@ const CSV_COLUMNS: &[&str] = &[
     "upstream_ms",
     "upstream_ip",
     "upstream_port",
+    "server_netns",
+    "server_cgroup",
 ];
 
 /// Writes exchanges one at a time in the chosen format.
@@ -371,6 +373,8 @@ fn har_entry(session_id: &str, e: &StoredExchange) -> serde_json::Value {
         "_upstream_ms": e.upstream_us.map(|us| us as f64 / 1000.0),
         "_upstream_ip": e.upstream_ip,
         "_upstream_port": e.upstream_port,
+        "_server_netns": e.server_netns,
+        "_server_cgroup": e.server_cgroup,
         "_truncated": e.request_truncated || e.response_truncated,
         "_gap": e.gap,
     })
@@ -411,6 +415,8 @@ mod tests {
             upstream_us: None,
             upstream_ip: None,
             upstream_port: None,
+            server_netns: None,
+            server_cgroup: None,
             params: vec![],
             exchange_id: None,
         }
@@ -459,6 +465,8 @@ mod tests {
             "upstream_ms",
             "upstream_ip",
             "upstream_port",
+            "server_netns",
+            "server_cgroup",
         ] {
             assert!(value.get(field).is_some(), "missing {field}");
         }

@@ -154,6 +154,8 @@ pub(super) struct DiskExchange<'a> {
     upstream_us: Option<u64>,
     /// The NAT's translated destination; usually an address the session's lists do not hold.
     upstream: Option<(Text<'a>, u16)>,
+    /// The serving container's network namespace and cgroup.
+    served_by: Option<(u64, Option<Cow<'a, str>>)>,
     params: Cow<'a, [(String, String)]>,
 }
 
@@ -202,6 +204,9 @@ impl<'a> DiskExchange<'a> {
                     e.upstream_port.unwrap_or(0),
                 )
             }),
+            served_by: e
+                .server_netns
+                .map(|netns| (netns, e.server_cgroup.as_deref().map(Cow::Borrowed))),
             params: Cow::Borrowed(&e.params),
         }
     }
@@ -237,6 +242,10 @@ impl<'a> DiskExchange<'a> {
                 Some(ip.require(&session.server_ips, "upstream_ip")?),
                 Some(port),
             ),
+            None => (None, None),
+        };
+        let (server_netns, server_cgroup) = match self.served_by {
+            Some((netns, cgroup)) => (Some(netns), cgroup.map(Cow::into_owned)),
             None => (None, None),
         };
         Ok(StoredExchange {
@@ -276,6 +285,8 @@ impl<'a> DiskExchange<'a> {
             upstream_us: self.upstream_us,
             upstream_ip,
             upstream_port,
+            server_netns,
+            server_cgroup,
             params: self.params.into_owned(),
         })
     }
@@ -364,6 +375,8 @@ mod tests {
             upstream_us: None,
             upstream_ip: Some("172.30.0.2".into()),
             upstream_port: Some(80),
+            server_netns: Some(4_026_532_281),
+            server_cgroup: Some("/system.slice/docker-0123abcd.scope".into()),
             params: vec![("tenant".into(), "acme".into())],
             exchange_id: None,
         }
