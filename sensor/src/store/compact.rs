@@ -373,10 +373,10 @@ mod tests {
             gap: true,
             joined: false,
             upstream_us: None,
-            upstream_ip: Some("172.30.0.2".into()),
-            upstream_port: Some(80),
-            server_netns: Some(4_026_532_281),
-            server_cgroup: Some("/system.slice/docker-0123abcd.scope".into()),
+            upstream_ip: None,
+            upstream_port: None,
+            server_netns: None,
+            server_cgroup: None,
             params: vec![("tenant".into(), "acme".into())],
             exchange_id: None,
         }
@@ -419,6 +419,22 @@ mod tests {
             compact.len(),
             full.len()
         );
+    }
+
+    #[test]
+    fn nat_upstream_and_serving_container_round_trip() {
+        let mut e = exchange();
+        e.upstream_ip = Some("172.30.0.2".into());
+        e.upstream_port = Some(80);
+        e.server_netns = Some(4_026_532_281);
+        e.server_cgroup = Some("/system.slice/docker-0123abcd.scope".into());
+        assert_eq!(round_trip(&e, &session()), e);
+        // Listed like the server's addresses when the session knows the upstream's.
+        let mut s = session();
+        s.server_ips.push("172.30.0.2".into());
+        assert_eq!(round_trip(&e, &s), e);
+        e.server_cgroup = None;
+        assert_eq!(round_trip(&e, &s), e);
     }
 
     #[test]
