@@ -237,9 +237,8 @@ fn common_cgroup(pids: &[String]) -> Option<String> {
         let Ok(text) = fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
             continue;
         };
-        let Some(path) = text.lines().find_map(|l| l.strip_prefix("0::")) else {
-            return None;
-        };
+        // No cgroup v2 line: a v1-only host, nothing comparable to report.
+        let path = text.lines().find_map(|l| l.strip_prefix("0::"))?;
         let parts: Vec<String> = path
             .split('/')
             .filter(|p| !p.is_empty())

@@ -252,8 +252,10 @@ impl Attachments {
         Ok(())
     }
 
-    /// Takes the programs off an interface that went away. Its links and filters went with the
-    /// device; what is left is our bookkeeping (and the link objects, released here).
+    /// Takes the programs off an interface that went away (deleted, or down). A deleted
+    /// device took its links and filters with it; what is left is our bookkeeping (and the link
+    /// objects, released here). A clsact qdisc of ours on a device that still exists stays on
+    /// the list, so shutdown removes it.
     pub fn forget(&mut self, program: &mut CaptureProgram, ifindex: u32) {
         let (gone, kept): (Vec<_>, Vec<_>) = self
             .links
@@ -269,7 +271,9 @@ impl Attachments {
         }
         self.sockets.retain(|(index, _)| *index != ifindex);
         let before = self.created_qdiscs.len();
-        self.created_qdiscs.retain(|(index, _)| *index != ifindex);
+        self.created_qdiscs.retain(|(index, name)| {
+            *index != ifindex || Interface::by_name(name).is_ok_and(|i| i.ifindex == ifindex)
+        });
         if self.created_qdiscs.len() != before {
             self.ledger.save(&self.created_qdiscs);
         }

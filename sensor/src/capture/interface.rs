@@ -66,6 +66,16 @@ impl Interface {
 
     /// Every interface that is up and whose framing the sensor understands.
     pub fn all_up() -> Result<Vec<Self>, CaptureError> {
+        let found = Self::up(true);
+        if found.is_empty() {
+            return Err(CaptureError::Config("no interface is up".into()));
+        }
+        Ok(found)
+    }
+
+    /// The interfaces that are up now; `warn`: log the ones skipped (once at start, not at
+    /// every rescan).
+    pub fn up(warn: bool) -> Vec<Self> {
         let mut found = Vec::new();
         for name in list_names() {
             let up = ioctl_ifreq(&name, libc::SIOCGIFFLAGS)
@@ -76,13 +86,11 @@ impl Interface {
             }
             match Self::by_name(&name) {
                 Ok(interface) => found.push(interface),
-                Err(e) => log::warn!("skipping interface {name}: {e}"),
+                Err(e) if warn => log::warn!("skipping interface {name}: {e}"),
+                Err(_) => {}
             }
         }
-        if found.is_empty() {
-            return Err(CaptureError::Config("no interface is up".into()));
-        }
-        Ok(found)
+        found
     }
 }
 

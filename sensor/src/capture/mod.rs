@@ -131,6 +131,8 @@ pub struct Sensor {
     /// Interfaces attached by [`Sensor::rescan`] after the start, and ones that went away.
     pub interfaces_attached: u64,
     pub interfaces_detached: u64,
+    /// New interfaces the programs could not be attached to (not tried again while they exist).
+    refused: Vec<Interface>,
 }
 
 impl Sensor {
@@ -165,6 +167,7 @@ impl Sensor {
                 mode,
                 interfaces_attached: 0,
                 interfaces_detached: 0,
+                refused: Vec::new(),
             },
             rx,
         ))
@@ -172,10 +175,10 @@ impl Sensor {
 
     /// Follows the interfaces that are up: attaches to new ones, forgets vanished ones, and
     /// recomputes which hooks repeat another's packets (a new container's veth joins a bridge).
-    /// For "all interfaces"; a failure on one new interface is logged and it is tried again at
-    /// the next rescan.
+    /// For "all interfaces"; a failure on one new interface is logged once and that interface
+    /// left alone while it exists.
     pub fn rescan(&mut self) -> Result<(), CaptureError> {
-        let up = Interface::all_up().unwrap_or_default();
+        let up = Interface::up(false);
         let gone: Vec<Interface> = self
             .interfaces
             .iter()
@@ -191,10 +194,16 @@ impl Sensor {
                 !self
                     .interfaces
                     .iter()
+                    .chain(&self.refused)
                     .any(|old| old.ifindex == i.ifindex && old.name == i.name)
             })
             .cloned()
             .collect();
+        // A refused interface that went away may come back as a new one.
+        self.refused.retain(|r| {
+            up.iter()
+                .any(|i| i.ifindex == r.ifindex && i.name == r.name)
+        });
         if gone.is_empty() && new.is_empty() {
             return Ok(());
         }
@@ -218,7 +227,10 @@ impl Sensor {
                     self.interfaces.push(interface);
                     self.interfaces_attached += 1;
                 }
-                Err(e) => log::warn!("capturing on new interface {}: {e}", interface.name),
+                Err(e) => {
+                    log::warn!("not capturing on new interface {}: {e}", interface.name);
+                    self.refused.push(interface);
+                }
             }
         }
         attach::set_interface_bits(&mut self.program, &self.interfaces, self.mode)
