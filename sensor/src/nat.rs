@@ -16,12 +16,12 @@
 //! left as they are; a host without conntrack (module not loaded) turns the stage off after the
 //! first failed request.
 //!
-//! Why user space and not `bpf_skb_ct_lookup` in the TC program: the kfunc needs kernel BTF
-//! relocations that aya 0.14 / aya-ebpf 0.2.1 do not emit for kfunc calls, and on the ingress
-//! hook of the outside interface the packet has not reached conntrack yet (TC ingress runs
-//! before PREROUTING), so the kernel could only translate the copies seen after the NAT. One
-//! netlink round trip per new connection (measured about 5-10 us, see README) is paid on the
-//! pipeline thread, not on the packet path.
+//! Why user space and not `bpf_skb_ct_lookup` in the TC program: aya 0.14 cannot load a kfunc
+//! call (aya-obj 0.3 has no relocation for `BPF_PSEUDO_KFUNC_CALL` and aya-ebpf 0.2.1 declares no
+//! kfuncs; checked in their sources), and even with it the lookup would run on every packet on
+//! the packet path, where this stage asks once per forwarded connection off it (a request costs
+//! about 10 us of CPU, see `tests/container_live.rs`). Connections to this host's own servers
+//! are never looked up (see [`NatTable::resolve`]).
 
 use std::{
     hash::{Hash, Hasher},
