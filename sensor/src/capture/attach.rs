@@ -162,7 +162,7 @@ pub fn attach(
         ours_before: ledger.load(),
         ledger,
     };
-    set_interface_bits(program, interfaces, mode)?;
+    set_interface_bits(program, interfaces, mode, &Topology::read_or_default())?;
     for interface in interfaces {
         attachments.attach_one(program, interface, mode)?;
     }
@@ -175,11 +175,8 @@ pub fn set_interface_bits(
     program: &mut CaptureProgram,
     interfaces: &[Interface],
     mode: AttachMode,
+    topology: &Topology,
 ) -> Result<(), CaptureError> {
-    let topology = Topology::read().unwrap_or_else(|e| {
-        log::warn!("reading bridges and their ports: {e}; bridged packets may be seen twice");
-        Topology::default()
-    });
     let captured: Vec<u32> = interfaces.iter().map(|i| i.ifindex).collect();
     for interface in interfaces {
         program.set_interface(

@@ -22,6 +22,7 @@ pub use event::{Clock, Segment};
 pub use interface::Interface;
 pub use program::{CaptureOptions, CaptureProgram, DEFAULT_PORTS, KernelCounters};
 pub use reader::ReaderCounters;
+use topology::Topology;
 
 /// Segments buffered between the ring reader and the next stage.
 pub const CHANNEL_CAPACITY: usize = 16 * 1024;
@@ -133,6 +134,8 @@ pub struct Sensor {
     pub interfaces_detached: u64,
     /// New interfaces the programs could not be attached to (not tried again while they exist).
     refused: Vec<Interface>,
+    /// Bridges and ports as of the last rescan.
+    topology: Topology,
 }
 
 impl Sensor {
@@ -168,6 +171,7 @@ impl Sensor {
                 interfaces_attached: 0,
                 interfaces_detached: 0,
                 refused: Vec::new(),
+                topology: Topology::read_or_default(),
             },
             rx,
         ))
@@ -204,7 +208,18 @@ impl Sensor {
             up.iter()
                 .any(|i| i.ifindex == r.ifindex && i.name == r.name)
         });
+        // Bridge membership changes on its own too (a veth that came up, then joined a bridge).
+        let topology = Topology::read_or_default();
         if gone.is_empty() && new.is_empty() {
+            if topology != self.topology {
+                attach::set_interface_bits(
+                    &mut self.program,
+                    &self.interfaces,
+                    self.mode,
+                    &topology,
+                )?;
+                self.topology = topology;
+            }
             return Ok(());
         }
         for interface in &gone {
@@ -217,7 +232,7 @@ impl Sensor {
         let mut candidates = self.interfaces.clone();
         candidates.extend(new.iter().cloned());
         // Bits first: a new port's copies must already be skipped where the bridge sees them.
-        attach::set_interface_bits(&mut self.program, &candidates, self.mode)?;
+        attach::set_interface_bits(&mut self.program, &candidates, self.mode, &topology)?;
         for interface in new {
             match self
                 .attachments
@@ -233,7 +248,9 @@ impl Sensor {
                 }
             }
         }
-        attach::set_interface_bits(&mut self.program, &self.interfaces, self.mode)
+        attach::set_interface_bits(&mut self.program, &self.interfaces, self.mode, &topology)?;
+        self.topology = topology;
+        Ok(())
     }
 
     pub fn kernel_counters(&self) -> Result<KernelCounters, CaptureError> {

@@ -44,6 +44,14 @@ impl Topology {
         Ok(Self::of(&links))
     }
 
+    /// [`Topology::read`], or no bridges (logged) if the links cannot be read.
+    pub fn read_or_default() -> Self {
+        Self::read().unwrap_or_else(|e| {
+            log::warn!("reading bridges and their ports: {e}; bridged packets may be seen twice");
+            Self::default()
+        })
+    }
+
     fn of(links: &[LinkMessage]) -> Self {
         let mut bridges = HashSet::new();
         let mut masters = Vec::new();
