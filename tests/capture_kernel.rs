@@ -426,6 +426,26 @@ fn loopback_egress_is_skipped_when_the_interface_says_so() {
 }
 
 #[test]
+fn bridge_ingress_is_skipped_and_counted_when_the_interface_says_so() {
+    let mut program = default_program();
+    program
+        .set_interface(
+            loopback_ifindex(),
+            iface::L2_ETHERNET | iface::IGNORE_INGRESS,
+        )
+        .unwrap();
+    let packet = ipv4_packet(&Tcp::request(b"bridge and port"));
+    run_tc(&mut program, names::TC_INGRESS, &packet);
+    run_tc(&mut program, names::TC_EGRESS, &packet);
+    let segments = drain(&mut program);
+    assert_eq!(segments.len(), 1);
+    assert_eq!(segments[0].direction, Direction::Egress);
+    let c = counters(&program);
+    assert_eq!(c["copies_skipped"], 1);
+    assert_eq!(c["events_submitted"], 1);
+}
+
+#[test]
 fn a_tiny_ring_drops_and_every_drop_is_counted() {
     let mut program = load(CaptureOptions {
         ring_bytes: 4096,

@@ -38,6 +38,7 @@ fuzz_target!(|data: &[u8]| {
                 flags: header[6],
                 payload: tail[..len].to_vec(),
                 missing: u32::from(header[1] >> 4),
+                upstream: None,
             },
             &mut out,
         );

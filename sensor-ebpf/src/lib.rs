@@ -79,6 +79,9 @@ pub mod iface {
     pub const L2_LEN_MASK: u32 = 0xff;
     /// Skip egress packets: on `lo` every segment passes both directions, keep one copy.
     pub const IGNORE_EGRESS: u32 = 0x100;
+    /// Skip ingress packets: on a bridge whose ports are captured too, a packet from a port
+    /// reaches the bridge's ingress after the port's; keep the port's copy.
+    pub const IGNORE_INGRESS: u32 = 0x200;
     /// What an interface missing from the map is taken to be.
     pub const L2_ETHERNET: u32 = 14;
 }
@@ -192,11 +195,14 @@ pub mod counter {
     pub const IPV6_EXT_UNSUPPORTED: u32 = 10;
     /// Pure ACKs and other segments of watched flows without payload or SYN/FIN/RST.
     pub const PURE_ACKS: u32 = 11;
+    /// Packets not captured on a hook because another captured hook sees the same packet (a
+    /// bridge and its ports, loopback egress in socket mode).
+    pub const COPIES_SKIPPED: u32 = 12;
     /// Segments of muted ports (not HTTP), counted and not sent to user space.
-    pub const MUTED_SEGMENTS: u32 = 12;
+    pub const MUTED_SEGMENTS: u32 = 13;
     /// Their TCP payload bytes.
-    pub const MUTED_BYTES: u32 = 13;
-    pub const COUNT: u32 = 14;
+    pub const MUTED_BYTES: u32 = 14;
+    pub const COUNT: u32 = 15;
 
     /// Stable names, in index order, as `apisessions stats` shows them.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -212,6 +218,7 @@ pub mod counter {
         "ip_fragments",
         "ipv6_ext_unsupported",
         "pure_acks",
+        "copies_skipped",
         "muted_segments",
         "muted_bytes",
     ];

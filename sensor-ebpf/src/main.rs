@@ -128,7 +128,12 @@ fn try_capture(skb: &SkBuff, direction: Direction) -> Result<(), ()> {
     let iface_bits = unsafe { IFACES.get(ifindex) }
         .copied()
         .unwrap_or(iface::L2_ETHERNET);
-    if direction == Direction::Egress && iface_bits & iface::IGNORE_EGRESS != 0 {
+    let ignored = match direction {
+        Direction::Egress => iface::IGNORE_EGRESS,
+        Direction::Ingress => iface::IGNORE_INGRESS,
+    };
+    if iface_bits & ignored != 0 {
+        count(counter::COPIES_SKIPPED, 1);
         return Ok(());
     }
     let mut offset = (iface_bits & iface::L2_LEN_MASK) as usize;

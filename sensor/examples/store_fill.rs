@@ -268,6 +268,10 @@ fn exchange(rng: &mut Rng, session: &Session, ts_ns: u64) -> StoredExchange {
         gap: false,
         joined: false,
         upstream_us: None,
+        upstream_ip: None,
+        upstream_port: None,
+        server_netns: None,
+        server_cgroup: None,
         params: Vec::new(),
         exchange_id: None,
     }

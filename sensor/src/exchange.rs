@@ -159,6 +159,9 @@ pub struct Exchange {
     pub response: Option<Response>,
     /// What the proxy stage found out (see [`crate::proxy`]); empty as decoded.
     pub forwarding: Forwarding,
+    /// Where NAT sent the connection (DNAT: a published container port, a Kubernetes Service):
+    /// the server that really answered. `server` stays the address the client called.
+    pub upstream: Option<SocketAddr>,
 }
 
 /// What the proxy stage learned about an exchange: the client a trusted proxy named, and the
@@ -296,6 +299,16 @@ pub struct ExchangeRecord<'a> {
     pub joined: bool,
     /// The joined upstream hop's duration (the application's time behind the proxy).
     pub upstream_ms: Option<f64>,
+    /// Where NAT sent the connection (DNAT: the container behind a published port, the pod
+    /// behind a Service); `server_ip`/`server_port` are what the client called. Null without NAT.
+    /// "Upstream" as in `upstream_ms`: what served the request behind the address called.
+    pub upstream_ip: Option<String>,
+    pub upstream_port: Option<u16>,
+    /// Which container served it: the inode of the network namespace owning the address that
+    /// served (`upstream_ip`, else `server_ip`), when not the sensor's own; null otherwise.
+    pub server_netns: Option<u64>,
+    /// That namespace's cgroup v2 path (a Docker container's scope, a pod's slice), if any.
+    pub server_cgroup: Option<String>,
     pub params: serde_json::Map<String, serde_json::Value>,
 }
 

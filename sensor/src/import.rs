@@ -268,6 +268,7 @@ mod tests {
             }),
             response: None,
             forwarding: Default::default(),
+            upstream: None,
         }
     }
 

@@ -10,6 +10,9 @@
 //!   and in user space (malformed events).
 //! - [`source`]: capture files (pcap and pcapng, see [`source::PcapSource`]) read into the
 //!   same [`segment::TcpSegment`]s as the live path, with every skipped packet counted.
+//! - [`nat`]: segments of connections through NAT (published container ports, Kubernetes
+//!   Services) renamed to the tuple the client sent, with the translated destination kept as
+//!   the exchange's upstream; conntrack asked over netlink, answers cached (live capture only).
 //! - [`reassembly`]: the flow table and, per connection, both directions put back in sequence
 //!   order with gaps made explicit ([`segment::TcpSegment`] in, stream events out).
 //! - [`http`]: the HTTP/1.x decoder (httparse heads, body framing, pipelining, 1xx, upgrades,
@@ -22,17 +25,20 @@
 //!   pruning sweep; records hold no raw secrets.
 //! - Readers: [`report`] (the `sessions` table, the `show` page, NDJSON/CSV/HAR export).
 //!
-//! Around the pipeline: [`config`] (the TOML file), [`import`] (capture files through the same
+//! Around the pipeline: [`container`] (which container's network namespace and cgroup served an
+//! exchange, from /proc; live only), [`config`] (the TOML file), [`import`] (capture files through the same
 //! stages), [`stats`] (every stage's counters, shown by `apisessions stats`) and [`dump`] (the
 //! one-line renderings of `apisessions run --dump`).
 
 pub mod capture;
 pub mod config;
+pub mod container;
 pub mod dump;
 pub mod endpoint;
 pub mod exchange;
 pub mod http;
 pub mod import;
+pub mod nat;
 pub mod proxy;
 pub mod reassembly;
 pub mod report;

@@ -19,10 +19,12 @@ use apisessions::{
         ports::{PortPolicy, listening_ports},
     },
     config::{Config, Ports},
+    container::ContainerIndex,
     dump,
     exchange::Exchange,
     http::HttpConfig,
     import::ExchangeIds,
+    nat::{Conntrack, NatConfig, NatTable},
     proxy::{self, ProxyConfig, ProxyStage},
     reassembly::{FlowConfig, FlowTable},
     report::{self, Exporter, Format},
@@ -764,6 +766,8 @@ const PRUNE_EVERY: Duration = Duration::from_secs(600);
 /// or `--dump-segments` asked for.
 struct Consumer {
     clock: Clock,
+    nat: NatTable,
+    containers: ContainerIndex,
     flows: FlowTable,
     /// Decoded exchanges, on their way through the proxy stage.
     exchanges: Vec<Exchange>,
@@ -796,10 +800,9 @@ impl Consumer {
             let line = dump::segment_line(&segment, &self.clock);
             self.output_open = writeln!(self.out, "{line}").is_ok();
         }
-        self.flows.push(
-            TcpSegment::from_capture(segment, &self.clock),
-            &mut self.exchanges,
-        );
+        let mut segment = TcpSegment::from_capture(segment, &self.clock);
+        self.nat.resolve(&mut segment);
+        self.flows.push(segment, &mut self.exchanges);
         self.print_exchanges();
     }
 
@@ -837,7 +840,11 @@ impl Consumer {
         }
         self.host_refresh_in = HOST_REFRESH_SECS;
         match proxy::host_addresses() {
-            Ok(addresses) => self.proxy.set_host_addresses(addresses),
+            Ok(addresses) => {
+                self.nat.set_host_addresses(addresses.clone());
+                self.containers.set_host_addresses(addresses.clone());
+                self.proxy.set_host_addresses(addresses);
+            }
             Err(e) => log::warn!("reading this host's addresses (trusted as proxies): {e}"),
         }
     }
@@ -848,7 +855,12 @@ impl Consumer {
             self.proxy.push(exchange, &mut self.ready);
         }
         for exchange in self.ready.drain(..) {
-            let (record, assignment) = self.sessionizer.record(&exchange, &self.redaction);
+            let (mut record, assignment) = self.sessionizer.record(&exchange, &self.redaction);
+            let served = exchange.upstream.unwrap_or(exchange.server).ip();
+            if let Some(by) = self.containers.served_by(served) {
+                record.server_netns = Some(by.netns);
+                record.server_cgroup = by.cgroup;
+            }
             if self.dump_exchanges && self.output_open {
                 let line = dump::exchange_line(&exchange);
                 let id = &assignment.session_id;
@@ -873,6 +885,8 @@ impl Consumer {
         for (stage, counters) in self.flows.snapshot() {
             report.set_stage(stage, counters);
         }
+        report.set_stage("nat", self.nat.snapshot());
+        report.set_stage("containers", self.containers.snapshot());
         report.set_stage("proxy", self.proxy.snapshot());
         report.set_stage("sessions", self.sessionizer.counters.snapshot());
         report.set_stage("store", self.writer.counters.snapshot());
@@ -897,10 +911,28 @@ async fn daemon(
         .map_or(0, |d| d.as_nanos() as u64)
         .saturating_sub(config.sessions.inactivity_timeout.as_nanos() as u64);
     let sessionizer = restored_sessionizer(&config, &data_dir, &store, since)?;
+    // With no interface named, the sensor follows the interfaces that come and go (containers).
+    let follow_interfaces = config.capture.interfaces.is_empty();
     let (mut sensor, mut segments) =
         Sensor::start(&options, interfaces, config.capture.attach, Some(&data_dir))?;
+    let conntrack = match Conntrack::open() {
+        Ok(conntrack) => Some(conntrack),
+        Err(e) => {
+            log::warn!("{e}: connections through NAT will be seen before and after translation");
+            None
+        }
+    };
     let mut consumer = Consumer {
         clock: Clock::new(),
+        containers: ContainerIndex::new(),
+        nat: NatTable::new(
+            conntrack,
+            NatConfig {
+                server_ports: options.ports.clone(),
+                all_ports: options.all_ports,
+                ..NatConfig::default()
+            },
+        ),
         flows: FlowTable::new(FlowConfig {
             server_ports: options.ports.clone(),
             // The kernel already keeps to the watched ports; with --all-ports every port counts.
@@ -966,6 +998,12 @@ async fn daemon(
                 }
             }
             _ = stats_tick.tick() => {
+                if follow_interfaces {
+                    if let Err(e) = sensor.rescan() {
+                        log::warn!("following interfaces: {e}");
+                    }
+                    report.interfaces = sensor.interfaces.iter().map(|i| i.name.clone()).collect();
+                }
                 consumer.tick();
                 ticks += 1;
                 let auto = config.capture.ports == Ports::Auto;
@@ -1064,6 +1102,14 @@ fn refresh_report(report: &mut StatsReport, sensor: &Sensor) -> Result<()> {
     let kernel = sensor.kernel_counters()?;
     report.set_stage("kernel", kernel.iter().map(|(name, value)| (*name, *value)));
     report.set_stage("reader", sensor.counters.snapshot());
+    report.set_stage(
+        "interfaces",
+        [
+            ("captured", sensor.interfaces.len() as u64),
+            ("attached_later", sensor.interfaces_attached),
+            ("detached", sensor.interfaces_detached),
+        ],
+    );
     report.updated = rfc3339(SystemTime::now());
     Ok(())
 }

@@ -211,6 +211,10 @@ const CSV_COLUMNS: &[&str] = &[
     "peer_port",
     "joined",
     "upstream_ms",
+    "upstream_ip",
+    "upstream_port",
+    "server_netns",
+    "server_cgroup",
 ];
 
 /// Writes exchanges one at a time in the chosen format.
@@ -367,6 +371,10 @@ fn har_entry(session_id: &str, e: &StoredExchange) -> serde_json::Value {
         "_client_ip": e.client_ip,
         "_peer_ip": e.peer_ip,
         "_upstream_ms": e.upstream_us.map(|us| us as f64 / 1000.0),
+        "_upstream_ip": e.upstream_ip,
+        "_upstream_port": e.upstream_port,
+        "_server_netns": e.server_netns,
+        "_server_cgroup": e.server_cgroup,
         "_truncated": e.request_truncated || e.response_truncated,
         "_gap": e.gap,
     })
@@ -405,6 +413,10 @@ mod tests {
             gap: false,
             joined: false,
             upstream_us: None,
+            upstream_ip: None,
+            upstream_port: None,
+            server_netns: None,
+            server_cgroup: None,
             params: vec![],
             exchange_id: None,
         }
@@ -451,6 +463,10 @@ mod tests {
             "peer_port",
             "joined",
             "upstream_ms",
+            "upstream_ip",
+            "upstream_port",
+            "server_netns",
+            "server_cgroup",
         ] {
             assert!(value.get(field).is_some(), "missing {field}");
         }

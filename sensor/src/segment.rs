@@ -23,6 +23,9 @@ pub struct TcpSegment {
     /// Payload bytes that followed `payload` in this segment on the wire but were not captured
     /// (eBPF snaplen, pcap snaplen). Reassembly turns them into a gap.
     pub missing: u32,
+    /// Where NAT sent the connection (the container behind a published port), when `src` and
+    /// `dst` were renamed to what the client addressed (see [`crate::nat`]).
+    pub upstream: Option<SocketAddr>,
 }
 
 impl TcpSegment {
@@ -66,6 +69,7 @@ impl TcpSegment {
             flags: segment.tcp_flags,
             payload: segment.payload,
             missing,
+            upstream: None,
         }
     }
 }

@@ -73,6 +73,8 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("tshark", "/usr/bin/tshark"),
     // editcap: the import tests cut captures into parts.
     ("wireshark-common", "/usr/bin/editcap"),
+    // DNAT rules of the container-host tests (iptables over nf_tables; ip6tables comes with it).
+    ("iptables", "/usr/sbin/iptables"),
     // Real browsers in the sessions tests (headless, one profile per user).
     ("chromium", "/usr/bin/chromium"),
     // The frameworks of tests/frameworks_live.rs: PHP's built-in server, Rails on WEBrick, a

@@ -21,7 +21,9 @@ use aya::{
 };
 use sensor_ebpf::names;
 
-use super::{BoxError, CaptureError, interface::Interface, program::CaptureProgram};
+use super::{
+    BoxError, CaptureError, interface::Interface, program::CaptureProgram, topology::Topology,
+};
 
 /// How the programs are attached.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -74,14 +76,17 @@ impl AttachMode {
     }
 }
 
-/// What was attached, so it can be taken off in order at shutdown.
+/// What was attached, so it can be taken off in order at shutdown (or when its interface goes).
 #[derive(Debug)]
 pub struct Attachments {
-    links: Vec<(&'static str, SchedClassifierLinkId)>,
-    sockets: Vec<OwnedFd>,
+    /// (ifindex, program name, link)
+    links: Vec<(u32, &'static str, SchedClassifierLinkId)>,
+    sockets: Vec<(u32, OwnedFd)>,
     /// Interfaces (ifindex, name) where we added the clsact qdisc and so must remove it.
     created_qdiscs: Vec<(u32, String)>,
     ledger: QdiscLedger,
+    /// Interfaces whose clsact qdisc a crashed earlier run of ours left behind.
+    ours_before: Vec<String>,
 }
 
 /// Directions to capture on an interface: on loopback every segment passes egress and then
@@ -150,16 +155,47 @@ pub fn attach(
     mode: AttachMode,
     ledger: QdiscLedger,
 ) -> Result<Attachments, CaptureError> {
-    let ours_before = ledger.load();
     let mut attachments = Attachments {
         links: Vec::new(),
         sockets: Vec::new(),
         created_qdiscs: Vec::new(),
+        ours_before: ledger.load(),
         ledger,
     };
+    set_interface_bits(program, interfaces, mode, &Topology::read_or_default())?;
     for interface in interfaces {
-        let capture_egress = !(mode == AttachMode::Socket && interface.is_loopback);
-        program.set_interface(interface.ifindex, interface.map_bits(capture_egress))?;
+        attachments.attach_one(program, interface, mode)?;
+    }
+    Ok(attachments)
+}
+
+/// Writes every interface's `IFACES` bits: framing, and which hooks only repeat another's
+/// packets (bridges and their ports, see [`super::topology`]).
+pub fn set_interface_bits(
+    program: &mut CaptureProgram,
+    interfaces: &[Interface],
+    mode: AttachMode,
+    topology: &Topology,
+) -> Result<(), CaptureError> {
+    let captured: Vec<u32> = interfaces.iter().map(|i| i.ifindex).collect();
+    for interface in interfaces {
+        program.set_interface(
+            interface.ifindex,
+            topology.map_bits(interface, &captured, mode),
+        )?;
+    }
+    Ok(())
+}
+
+impl Attachments {
+    /// Attaches the programs to one interface (its `IFACES` bits must be set already).
+    pub fn attach_one(
+        &mut self,
+        program: &mut CaptureProgram,
+        interface: &Interface,
+        mode: AttachMode,
+    ) -> Result<(), CaptureError> {
+        let index = interface.ifindex;
         match mode {
             AttachMode::Auto | AttachMode::Tcx => {
                 for &(name, direction) in directions(interface) {
@@ -171,20 +207,16 @@ pub fn attach(
                             TcAttachOptions::TcxOrder(Default::default()),
                         )
                         .map_err(|e| CaptureError::attach(&interface.name, "tcx", e))?;
-                    attachments.links.push((name, id));
+                    self.links.push((index, name, id));
                 }
             }
             AttachMode::Clsact => {
                 match tc::qdisc_add_clsact(&interface.name) {
-                    Ok(()) => attachments
-                        .created_qdiscs
-                        .push((interface.ifindex, interface.name.clone())),
+                    Ok(()) => self.created_qdiscs.push((index, interface.name.clone())),
                     Err(tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {
                         // Someone else's qdisc stays; one that a crashed run of ours added does not.
-                        if ours_before.contains(&interface.name) {
-                            attachments
-                                .created_qdiscs
-                                .push((interface.ifindex, interface.name.clone()));
+                        if self.ours_before.contains(&interface.name) {
+                            self.created_qdiscs.push((index, interface.name.clone()));
                         }
                     }
                     Err(e) => return Err(CaptureError::attach(&interface.name, "clsact", e)),
@@ -199,23 +231,51 @@ pub fn attach(
                             TcAttachOptions::Netlink(NlOptions::default()),
                         )
                         .map_err(|e| CaptureError::attach(&interface.name, "clsact", e))?;
-                    attachments.links.push((name, id));
+                    self.links.push((index, name, id));
                 }
             }
             AttachMode::Socket => {
-                let socket = packet_socket(interface.ifindex)
+                let socket = packet_socket(index)
                     .map_err(|e| CaptureError::attach(&interface.name, "AF_PACKET socket", e))?;
                 program
                     .socket_filter()?
                     .attach(&socket)
                     .map_err(|e| CaptureError::attach(&interface.name, "socket filter", e))?;
-                attachments.sockets.push(socket);
+                self.sockets.push((index, socket));
             }
         }
-        attachments.ledger.save(&attachments.created_qdiscs);
+        self.ledger.save(&self.created_qdiscs);
         log::info!("capturing on {} ({})", interface.name, mode.as_str());
+        Ok(())
     }
-    Ok(attachments)
+
+    /// Takes the programs off an interface that went away (deleted, or down). A deleted
+    /// device took its links and filters with it; what is left is our bookkeeping (and the link
+    /// objects, released here). A clsact qdisc of ours on a device that still exists stays on
+    /// the list, so shutdown removes it.
+    pub fn forget(&mut self, program: &mut CaptureProgram, ifindex: u32) {
+        let (gone, kept): (Vec<_>, Vec<_>) = self
+            .links
+            .drain(..)
+            .partition(|(index, _, _)| *index == ifindex);
+        self.links = kept;
+        for (_, name, id) in gone {
+            if let Ok(classifier) = program.classifier(name)
+                && let Err(e) = classifier.detach(id)
+            {
+                log::debug!("detaching {name} from a vanished interface: {e}");
+            }
+        }
+        self.sockets.retain(|(index, _)| *index != ifindex);
+        let before = self.created_qdiscs.len();
+        self.created_qdiscs.retain(|(index, name)| {
+            *index != ifindex || Interface::by_name(name).is_ok_and(|i| i.ifindex == ifindex)
+        });
+        if self.created_qdiscs.len() != before {
+            self.ledger.save(&self.created_qdiscs);
+        }
+        program.remove_interface(ifindex);
+    }
 }
 
 /// Filters of ours left by a run that crashed (clsact filters are not tied to a process).
@@ -269,7 +329,7 @@ impl Attachments {
     /// Takes everything off: links and filters first, then the sockets, then the clsact qdiscs
     /// this run created. Errors are logged, not returned: detaching continues past them.
     pub async fn detach(mut self, program: &mut CaptureProgram) {
-        for (name, id) in self.links.drain(..) {
+        for (_, name, id) in self.links.drain(..) {
             match program.classifier(name) {
                 Ok(classifier) => {
                     if let Err(e) = classifier.detach(id) {

@@ -10,8 +10,6 @@ use std::{
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
 };
 
-use sensor_ebpf::iface;
-
 use super::CaptureError;
 
 const ARPHRD_ETHER: u16 = 1;
@@ -68,6 +66,16 @@ impl Interface {
 
     /// Every interface that is up and whose framing the sensor understands.
     pub fn all_up() -> Result<Vec<Self>, CaptureError> {
+        let found = Self::up(true);
+        if found.is_empty() {
+            return Err(CaptureError::Config("no interface is up".into()));
+        }
+        Ok(found)
+    }
+
+    /// The interfaces that are up now; `warn`: log the ones skipped (once at start, not at
+    /// every rescan).
+    pub fn up(warn: bool) -> Vec<Self> {
         let mut found = Vec::new();
         for name in list_names() {
             let up = ioctl_ifreq(&name, libc::SIOCGIFFLAGS)
@@ -78,23 +86,11 @@ impl Interface {
             }
             match Self::by_name(&name) {
                 Ok(interface) => found.push(interface),
-                Err(e) => log::warn!("skipping interface {name}: {e}"),
+                Err(e) if warn => log::warn!("skipping interface {name}: {e}"),
+                Err(_) => {}
             }
         }
-        if found.is_empty() {
-            return Err(CaptureError::Config("no interface is up".into()));
-        }
-        Ok(found)
-    }
-
-    /// The `IFACES` map value for this interface; `capture_egress` is false where only ingress
-    /// is to be kept (loopback in socket mode).
-    pub fn map_bits(&self, capture_egress: bool) -> u32 {
-        let mut bits = self.l2_len & iface::L2_LEN_MASK;
-        if !capture_egress {
-            bits |= iface::IGNORE_EGRESS;
-        }
-        bits
+        found
     }
 }
 
@@ -157,7 +153,6 @@ mod tests {
         let lo = Interface::by_name("lo").unwrap();
         assert!(lo.is_loopback);
         assert_eq!(lo.l2_len, 14);
-        assert_eq!(lo.map_bits(false), 14 | iface::IGNORE_EGRESS);
         assert!(Interface::all_up().unwrap().iter().any(|i| i.name == "lo"));
     }
 

@@ -9,6 +9,7 @@ pub mod interface;
 pub mod ports;
 pub mod program;
 pub mod reader;
+pub mod topology;
 
 use std::{error::Error as StdError, io, path::Path, sync::Arc};
 
@@ -22,6 +23,7 @@ pub use event::{Clock, Segment};
 pub use interface::Interface;
 pub use program::{CaptureOptions, CaptureProgram, DEFAULT_PORTS, KernelCounters};
 pub use reader::ReaderCounters;
+use topology::Topology;
 
 /// Segments buffered between the ring reader and the next stage.
 pub const CHANNEL_CAPACITY: usize = 16 * 1024;
@@ -128,6 +130,13 @@ pub struct Sensor {
     pub counters: Arc<ReaderCounters>,
     pub interfaces: Vec<Interface>,
     pub mode: AttachMode,
+    /// Interfaces attached by [`Sensor::rescan`] after the start, and ones that went away.
+    pub interfaces_attached: u64,
+    pub interfaces_detached: u64,
+    /// New interfaces the programs could not be attached to (not tried again while they exist).
+    refused: Vec<Interface>,
+    /// Bridges and ports as of the last rescan.
+    topology: Topology,
 }
 
 impl Sensor {
@@ -160,9 +169,89 @@ impl Sensor {
                 counters,
                 interfaces,
                 mode,
+                interfaces_attached: 0,
+                interfaces_detached: 0,
+                refused: Vec::new(),
+                topology: Topology::read_or_default(),
             },
             rx,
         ))
+    }
+
+    /// Follows the interfaces that are up: attaches to new ones, forgets vanished ones, and
+    /// recomputes which hooks repeat another's packets (a new container's veth joins a bridge).
+    /// For "all interfaces"; a failure on one new interface is logged once and that interface
+    /// left alone while it exists.
+    pub fn rescan(&mut self) -> Result<(), CaptureError> {
+        let up = Interface::up(false);
+        let gone: Vec<Interface> = self
+            .interfaces
+            .iter()
+            .filter(|old| {
+                !up.iter()
+                    .any(|i| i.ifindex == old.ifindex && i.name == old.name)
+            })
+            .cloned()
+            .collect();
+        let new: Vec<Interface> = up
+            .iter()
+            .filter(|i| {
+                !self
+                    .interfaces
+                    .iter()
+                    .chain(&self.refused)
+                    .any(|old| old.ifindex == i.ifindex && old.name == i.name)
+            })
+            .cloned()
+            .collect();
+        // A refused interface that went away may come back as a new one.
+        self.refused.retain(|r| {
+            up.iter()
+                .any(|i| i.ifindex == r.ifindex && i.name == r.name)
+        });
+        // Bridge membership changes on its own too (a veth that came up, then joined a bridge).
+        let topology = Topology::read_or_default();
+        if gone.is_empty() && new.is_empty() {
+            if topology != self.topology {
+                attach::set_interface_bits(
+                    &mut self.program,
+                    &self.interfaces,
+                    self.mode,
+                    &topology,
+                )?;
+                self.topology = topology;
+            }
+            return Ok(());
+        }
+        for interface in &gone {
+            log::info!("interface {} went away", interface.name);
+            self.attachments
+                .forget(&mut self.program, interface.ifindex);
+            self.interfaces.retain(|i| i.ifindex != interface.ifindex);
+            self.interfaces_detached += 1;
+        }
+        let mut candidates = self.interfaces.clone();
+        candidates.extend(new.iter().cloned());
+        // Bits first: a new port's copies must already be skipped where the bridge sees them.
+        attach::set_interface_bits(&mut self.program, &candidates, self.mode, &topology)?;
+        for interface in new {
+            match self
+                .attachments
+                .attach_one(&mut self.program, &interface, self.mode)
+            {
+                Ok(()) => {
+                    self.interfaces.push(interface);
+                    self.interfaces_attached += 1;
+                }
+                Err(e) => {
+                    log::warn!("not capturing on new interface {}: {e}", interface.name);
+                    self.refused.push(interface);
+                }
+            }
+        }
+        attach::set_interface_bits(&mut self.program, &self.interfaces, self.mode, &topology)?;
+        self.topology = topology;
+        Ok(())
     }
 
     pub fn kernel_counters(&self) -> Result<KernelCounters, CaptureError> {

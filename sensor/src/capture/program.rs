@@ -175,6 +175,17 @@ impl CaptureProgram {
             .map_err(|e| CaptureError::load(names::IFACES, e))
     }
 
+    /// Drops an interface's settings (it went away; its ifindex may come back as another).
+    pub fn remove_interface(&mut self, ifindex: u32) {
+        let Some(map) = self.ebpf.map_mut(names::IFACES) else {
+            return;
+        };
+        if let Ok(mut ifaces) = HashMap::<_, u32, u32>::try_from(map) {
+            // Absent already is fine: nothing to forget.
+            let _ = ifaces.remove(&ifindex);
+        }
+    }
+
     /// Starts capturing: from now on the attached programs emit events.
     pub fn enable(&mut self) -> Result<(), CaptureError> {
         self.config.flags |= CONFIG_ENABLED;

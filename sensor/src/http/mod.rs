@@ -174,6 +174,8 @@ pub enum Side {
 pub struct HttpConnection {
     client: SocketAddr,
     server: SocketAddr,
+    /// Where NAT sent the connection, if it did.
+    upstream: Option<SocketAddr>,
     requests: MessageParser,
     responses: MessageParser,
     slots: VecDeque<Slot>,
@@ -184,10 +186,16 @@ impl HttpConnection {
         Self {
             client,
             server,
+            upstream: None,
             requests: MessageParser::new(Kind::Request),
             responses: MessageParser::new(Kind::Response),
             slots: VecDeque::new(),
         }
+    }
+
+    /// Records where NAT sent the connection (the translated destination).
+    pub fn set_upstream(&mut self, upstream: SocketAddr) {
+        self.upstream = Some(upstream);
     }
 
     /// Both directions stopped decoding (tunnel or not HTTP): no more exchanges can come.
@@ -405,6 +413,7 @@ impl HttpConnection {
             request: slot.request,
             response: slot.response,
             forwarding: Default::default(),
+            upstream: self.upstream,
         });
     }
 

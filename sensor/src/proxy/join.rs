@@ -370,6 +370,7 @@ mod tests {
                 ..Response::default()
             }),
             forwarding: Default::default(),
+            upstream: None,
         }
     }
 

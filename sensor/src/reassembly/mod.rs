@@ -253,6 +253,9 @@ impl FlowTable {
             return;
         };
         flow.last_ns = segment.ts_ns;
+        if let Some(upstream) = segment.upstream {
+            flow.http.set_upstream(upstream);
+        }
         let side = if segment.src == flow.client {
             Side::Client
         } else {
@@ -404,6 +407,7 @@ mod tests {
             flags,
             payload: payload.to_vec(),
             missing: 0,
+            upstream: None,
         }
     }
 

@@ -152,6 +152,10 @@ pub(super) struct DiskExchange<'a> {
     duration_us: Option<u64>,
     flags: u8,
     upstream_us: Option<u64>,
+    /// The NAT's translated destination; usually an address the session's lists do not hold.
+    upstream: Option<(Text<'a>, u16)>,
+    /// The serving container's network namespace and cgroup.
+    served_by: Option<(u64, Option<Cow<'a, str>>)>,
     params: Cow<'a, [(String, String)]>,
 }
 
@@ -194,6 +198,15 @@ impl<'a> DiskExchange<'a> {
             duration_us: e.duration_us,
             flags,
             upstream_us: e.upstream_us,
+            upstream: e.upstream_ip.as_deref().map(|ip| {
+                (
+                    Text::of(Some(ip), &session.server_ips),
+                    e.upstream_port.unwrap_or(0),
+                )
+            }),
+            served_by: e
+                .server_netns
+                .map(|netns| (netns, e.server_cgroup.as_deref().map(Cow::Borrowed))),
             params: Cow::Borrowed(&e.params),
         }
     }
@@ -223,6 +236,17 @@ impl<'a> DiskExchange<'a> {
         let (peer_ip, peer_port) = match self.peer {
             Peer::Client => (client_ip.clone(), self.client_port),
             Peer::Other(ip, port) => (ip.require(&session.server_ips, "peer_ip")?, port),
+        };
+        let (upstream_ip, upstream_port) = match self.upstream {
+            Some((ip, port)) => (
+                Some(ip.require(&session.server_ips, "upstream_ip")?),
+                Some(port),
+            ),
+            None => (None, None),
+        };
+        let (server_netns, server_cgroup) = match self.served_by {
+            Some((netns, cgroup)) => (Some(netns), cgroup.map(Cow::into_owned)),
+            None => (None, None),
         };
         Ok(StoredExchange {
             ts_ns,
@@ -259,6 +283,10 @@ impl<'a> DiskExchange<'a> {
             gap: self.flags & GAP != 0,
             joined: self.flags & JOINED != 0,
             upstream_us: self.upstream_us,
+            upstream_ip,
+            upstream_port,
+            server_netns,
+            server_cgroup,
             params: self.params.into_owned(),
         })
     }
@@ -345,6 +373,10 @@ mod tests {
             gap: true,
             joined: false,
             upstream_us: None,
+            upstream_ip: None,
+            upstream_port: None,
+            server_netns: None,
+            server_cgroup: None,
             params: vec![("tenant".into(), "acme".into())],
             exchange_id: None,
         }
@@ -387,6 +419,22 @@ mod tests {
             compact.len(),
             full.len()
         );
+    }
+
+    #[test]
+    fn nat_upstream_and_serving_container_round_trip() {
+        let mut e = exchange();
+        e.upstream_ip = Some("172.30.0.2".into());
+        e.upstream_port = Some(80);
+        e.server_netns = Some(4_026_532_281);
+        e.server_cgroup = Some("/system.slice/docker-0123abcd.scope".into());
+        assert_eq!(round_trip(&e, &session()), e);
+        // Listed like the server's addresses when the session knows the upstream's.
+        let mut s = session();
+        s.server_ips.push("172.30.0.2".into());
+        assert_eq!(round_trip(&e, &s), e);
+        e.server_cgroup = None;
+        assert_eq!(round_trip(&e, &s), e);
     }
 
     #[test]

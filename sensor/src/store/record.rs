@@ -73,6 +73,15 @@ pub struct StoredExchange {
     pub joined: bool,
     /// The joined upstream hop's duration (the application's time behind the proxy).
     pub upstream_us: Option<u64>,
+    /// Where NAT sent the connection (the container behind a published port); `server_ip` and
+    /// `server_port` stay what the client called. None without NAT.
+    pub upstream_ip: Option<String>,
+    pub upstream_port: Option<u16>,
+    /// The network namespace (inode) that owns the address that served the exchange (the
+    /// upstream, else the server), when it is not the sensor's own: which container served it.
+    pub server_netns: Option<u64>,
+    /// That namespace's cgroup (v2) where the host has one: the container's or the pod's.
+    pub server_cgroup: Option<String>,
     /// Context parameters (configured ones; hashed values start with `h:`).
     pub params: Vec<(String, String)>,
     /// Set by `import`: a deterministic id (see `import::ExchangeIds`) by which the store
@@ -133,6 +142,10 @@ impl StoredExchange {
             gap: exchange.gap(),
             joined: exchange.forwarding.joined,
             upstream_us: exchange.forwarding.upstream_ns.map(|ns| (ns + 500) / 1000),
+            upstream_ip: exchange.upstream.map(|a| ip_text(a.ip())),
+            upstream_port: exchange.upstream.map(|a| a.port()),
+            server_netns: None,
+            server_cgroup: None,
             params: Vec::new(),
             exchange_id: None,
         }
@@ -168,6 +181,10 @@ impl StoredExchange {
             gap: self.gap,
             joined: self.joined,
             upstream_ms: ms(self.upstream_us),
+            upstream_ip: self.upstream_ip.clone(),
+            upstream_port: self.upstream_port,
+            server_netns: self.server_netns,
+            server_cgroup: self.server_cgroup.clone(),
             params: self
                 .params
                 .iter()

@@ -190,6 +190,12 @@ pub struct Net {
     pub iface: String,
     pub server_ip: String,
     pub loopback: bool,
+    /// A container host: nginx in its own namespace behind a bridge, published on the server's
+    /// address by a DNAT rule; the sensor captures every interface (its default).
+    pub nat: bool,
+    /// Where nginx runs and the address it listens on (the server's, or the container's).
+    pub app_ns: String,
+    pub app_ip: String,
     /// CPUs the server side (nginx, the capture) and the client (wrk) are pinned to, if pinned.
     pub pinning: Option<(String, String)>,
 }
@@ -200,10 +206,13 @@ const CLIENT_NS: &str = "apis-bench-cli";
 /// Addresses exist only inside the two namespaces; neither has a route anywhere else.
 const SERVER_V4: &str = "10.214.0.1";
 const CLIENT_V4: &str = "10.214.0.2";
+const APP_NS: &str = "apis-bench-app";
+const BRIDGE_V4: &str = "10.215.0.1";
+const APP_V4: &str = "10.215.0.2";
 
 impl Net {
-    pub fn create(loopback: bool) -> Result<Self> {
-        for ns in [SERVER_NS, CLIENT_NS] {
+    pub fn create(loopback: bool, nat: bool) -> Result<Self> {
+        for ns in [SERVER_NS, CLIENT_NS, APP_NS] {
             let _ = Command::new("ip")
                 .args(["netns", "del", ns])
                 .stderr(Stdio::null())
@@ -216,6 +225,9 @@ impl Net {
             iface: "lo".to_owned(),
             server_ip: "127.0.0.1".to_owned(),
             loopback,
+            nat: false,
+            app_ns: SERVER_NS.to_owned(),
+            app_ip: "127.0.0.1".to_owned(),
             pinning: None,
         };
         status(Command::new("ip").args(["-n", SERVER_NS, "link", "set", "lo", "up"]))?;
@@ -226,6 +238,7 @@ impl Net {
         net.client_ns = CLIENT_NS.to_owned();
         net.iface = "vbs0".to_owned();
         net.server_ip = SERVER_V4.to_owned();
+        net.app_ip = SERVER_V4.to_owned();
         status(Command::new("ip").args([
             "-n", SERVER_NS, "link", "add", "vbs0", "type", "veth", "peer", "name", "vbc0",
             "netns", CLIENT_NS,
@@ -246,7 +259,78 @@ impl Net {
             status(Command::new("ip").args(["-n", ns, "link", "set", ifname, "up"]))?;
             status(Command::new("ip").args(["-n", ns, "link", "set", "lo", "up"]))?;
         }
+        if nat {
+            net.add_container()?;
+        }
         Ok(net)
+    }
+
+    /// nginx's own namespace behind bridge `brb0` of the server's, and the DNAT rule that
+    /// publishes its port 8080 on the server's address (Docker's `-p 8080:8080`).
+    fn add_container(&mut self) -> Result<()> {
+        let ip = |args: &[&str]| status(Command::new("ip").args(args));
+        ip(&["netns", "add", APP_NS])?;
+        self.nat = true;
+        self.app_ns = APP_NS.to_owned();
+        self.app_ip = APP_V4.to_owned();
+        ip(&["-n", APP_NS, "link", "set", "lo", "up"])?;
+        ip(&["-n", SERVER_NS, "link", "add", "brb0", "type", "bridge"])?;
+        ip(&[
+            "-n",
+            SERVER_NS,
+            "addr",
+            "add",
+            &format!("{BRIDGE_V4}/24"),
+            "dev",
+            "brb0",
+        ])?;
+        ip(&["-n", SERVER_NS, "link", "set", "brb0", "up"])?;
+        ip(&[
+            "-n", SERVER_NS, "link", "add", "vba0", "type", "veth", "peer", "name", "eth0",
+            "netns", APP_NS,
+        ])?;
+        ip(&["-n", SERVER_NS, "link", "set", "vba0", "master", "brb0"])?;
+        ip(&["-n", SERVER_NS, "link", "set", "vba0", "up"])?;
+        ip(&[
+            "-n",
+            APP_NS,
+            "addr",
+            "add",
+            &format!("{APP_V4}/24"),
+            "dev",
+            "eth0",
+        ])?;
+        ip(&["-n", APP_NS, "link", "set", "eth0", "up"])?;
+        ip(&["-n", APP_NS, "route", "add", "default", "via", BRIDGE_V4])?;
+        // The client must reach the server's address only; replies return through the NAT.
+        status(Command::new("ip").args([
+            "netns",
+            "exec",
+            SERVER_NS,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+        ]))?;
+        status(Command::new("ip").args([
+            "netns",
+            "exec",
+            SERVER_NS,
+            "iptables",
+            "-t",
+            "nat",
+            "-A",
+            "PREROUTING",
+            "-p",
+            "tcp",
+            "--dport",
+            "8080",
+            "-j",
+            "DNAT",
+            "--to-destination",
+            &format!("{APP_V4}:8080"),
+        ]))
+        .context("the DNAT rule of --nat (iptables with nf_tables)")?;
+        Ok(())
     }
 
     /// A command run inside `ns` (`ip netns exec` execs it: the child's pid is the program's),
@@ -268,6 +352,12 @@ impl Net {
     pub fn server(&self, program: impl AsRef<OsStr>) -> Command {
         let cpus = self.pinning.as_ref().map(|(server, _)| server.as_str());
         Self::exec(&self.server_ns, cpus, program)
+    }
+
+    /// The application: nginx (in the container's namespace with --nat), on the server's CPUs.
+    pub fn app(&self, program: impl AsRef<OsStr>) -> Command {
+        let cpus = self.pinning.as_ref().map(|(server, _)| server.as_str());
+        Self::exec(&self.app_ns, cpus, program)
     }
 
     /// A program on the client's side: wrk, curl.
@@ -294,7 +384,14 @@ impl Net {
     }
 
     pub fn describe(&self) -> String {
-        let mut text = if self.loopback {
+        let mut text = if self.nat {
+            format!(
+                "a container host: wrk in the client's namespace calls the server's address \
+                 ({}); a DNAT rule sends it over bridge brb0 and veth vba0 to nginx in its own \
+                 namespace ({}); the capture runs on every interface of the server's",
+                self.server_ip, self.app_ip
+            )
+        } else if self.loopback {
             format!(
                 "one network namespace, client and server on its loopback ({})",
                 self.iface
@@ -320,6 +417,9 @@ impl Drop for Net {
         let mut names = vec![&self.server_ns];
         if self.client_ns != self.server_ns {
             names.push(&self.client_ns);
+        }
+        if self.app_ns != self.server_ns {
+            names.push(&self.app_ns);
         }
         for ns in names {
             let _ = Command::new("ip")
@@ -433,14 +533,14 @@ impl Nginx {
                location /static/ {{ }}\n\
              }}\n}}\n",
             dir = dir.display(),
-            ip = net.server_ip,
+            ip = net.app_ip,
             root = root.display(),
         );
         let conf_path = dir.join("nginx.conf");
         fs::write(&conf_path, conf).with_context(|| format!("writing {}", conf_path.display()))?;
         let proc = Proc::spawn(
             "nginx",
-            net.server("/usr/sbin/nginx")
+            net.app("/usr/sbin/nginx")
                 .arg("-c")
                 .arg(&conf_path)
                 .arg("-p")

@@ -62,6 +62,7 @@ pub struct Options {
     pub duration: Duration,
     pub quick: bool,
     pub loopback: bool,
+    pub nat: bool,
     pub pin: bool,
     pub workers: u32,
     pub connections: u32,
@@ -92,8 +93,12 @@ pub struct BenchArgs {
     #[arg(long)]
     quick: bool,
     /// Client and server on one namespace's loopback instead of a veth pair.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "nat")]
     loopback: bool,
+    /// A container host: nginx behind a bridge and a DNAT rule (as Docker's `-p`), the sensor
+    /// on every interface; compare its CPU per exchange with a run without.
+    #[arg(long)]
+    nat: bool,
     /// Pin nginx and the capture to all CPUs but the last, wrk to the last (a server whose
     /// client is elsewhere); default: the scheduler places them.
     #[arg(long)]
@@ -135,6 +140,7 @@ impl Options {
             duration: Duration::from_secs(duration),
             quick,
             loopback: args.loopback,
+            nat: args.nat,
             pin: args.pin,
             workers: args.workers,
             connections: args.connections,
@@ -325,7 +331,7 @@ pub fn run(options: &Options) -> Result<()> {
 
     let started = Instant::now();
     let machine = report::Machine::read();
-    let mut net = Net::create(options.loopback)?;
+    let mut net = Net::create(options.loopback, options.nat)?;
     if options.pin {
         net.pin()?;
     }
@@ -420,7 +426,13 @@ fn describe_topology(options: &Options, net: &Net) -> String {
 }
 
 fn describe_placement(options: &Options) -> String {
-    if options.loopback {
+    if options.nat {
+        "a container host: wrk in the client namespace calls the server's address; a DNAT rule \
+         forwards it over a bridge and a veth to nginx in a third namespace; the sensor runs on \
+         every interface of the server namespace (its default: outside veth, bridge, container \
+         veth, lo) and joins the copies before and after NAT; tcpdump on the outside veth"
+            .to_owned()
+    } else if options.loopback {
         "one network namespace; wrk and nginx on its loopback; the sensor hooks lo (one direction \
          only, as every segment passes both) and tcpdump listens on lo"
             .to_owned()
@@ -650,7 +662,15 @@ fn with_sensor<T>(
     let mut sensor = Proc::spawn(
         "apisessions",
         net.server(binary(true))
-            .args(["run", "--iface", &net.iface, "--port", &PORT.to_string()])
+            .arg("run")
+            // On a container host the sensor runs as it does by default: every interface.
+            .args(
+                (!net.nat)
+                    .then_some(["--iface", &net.iface])
+                    .into_iter()
+                    .flatten(),
+            )
+            .args(["--port", &PORT.to_string()])
             .args(["--summary-interval", "0"])
             .args(dump.then_some("--dump"))
             .arg("--data-dir")

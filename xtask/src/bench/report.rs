@@ -1227,7 +1227,7 @@ impl Report {
             "tools": { "nginx": m.nginx, "wrk": m.wrk, "tcpdump": m.tcpdump },
             "options": {
                 "rounds": o.rounds, "duration_s": o.duration.as_secs(), "quick": o.quick,
-                "loopback": o.loopback, "nginx_workers": o.workers, "connections": o.connections,
+                "loopback": o.loopback, "nat": o.nat, "nginx_workers": o.workers, "connections": o.connections,
                 "levels": o.levels,
             },
             "elapsed_s": self.elapsed.as_secs_f64(),
