@@ -18,7 +18,7 @@ use std::{
     time::Duration,
 };
 
-use common::{TestNet, counter, exported, sh, wait_until};
+use common::{TestNet, counter, exported, sh, start_daemon_in, wait_until};
 
 const BIN: &str = env!("CARGO_BIN_EXE_apisessions");
 
@@ -219,30 +219,8 @@ impl ContainerHost {
 
     /// The daemon in the host namespace on all interfaces (no --iface), ports 8080 and 80.
     fn start_daemon(&mut self, data_dir: &Path) {
-        let daemon = TestNet::command(&self.host, BIN)
-            .args([
-                "run",
-                "--port",
-                "8080",
-                "--port",
-                "80",
-                "--summary-interval",
-                "0",
-            ])
-            .arg("--data-dir")
-            .arg(data_dir)
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let pid = u64::from(daemon.id());
-        let stats = data_dir.join("stats.json");
-        let running = || {
-            let stats: serde_json::Value =
-                serde_json::from_slice(&fs::read(&stats).unwrap_or_default()).unwrap_or_default();
-            stats["pid"] == pid && stats["running"] == true
-        };
-        self.daemon = Some(daemon);
-        assert!(wait_until(Duration::from_secs(20), running), "daemon up");
+        let args = ["--port", "8080", "--port", "80"];
+        self.daemon = Some(start_daemon_in(&self.host, BIN, &args, data_dir));
     }
 
     /// Stops the daemon (SIGTERM) and waits until it has written everything.

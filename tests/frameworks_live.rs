@@ -22,7 +22,9 @@ use std::{
     time::Duration,
 };
 
-use common::{TestNet, cli, exported, in_namespace, sh, start_daemon, wait_until};
+use common::{
+    TestNet, cli, exported, files_containing, in_namespace, sh, start_daemon, wait_until,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_apisessions");
 const PORT: u16 = 8080;
@@ -370,24 +372,6 @@ fn two_users_behind_one_address_get_a_session_each(app: &App) {
             app.name
         );
     }
-}
-
-/// Every file below `dir` that holds `needle`.
-fn files_containing(dir: &Path, needle: &str) -> Vec<String> {
-    let mut found = Vec::new();
-    for entry in fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            found.extend(files_containing(&path, needle));
-        } else if fs::read(&path)
-            .unwrap()
-            .windows(needle.len())
-            .any(|w| w == needle.as_bytes())
-        {
-            found.push(path.display().to_string());
-        }
-    }
-    found
 }
 
 #[test]

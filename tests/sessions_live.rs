@@ -20,7 +20,8 @@ use std::{
 
 use base64::Engine as _;
 use common::{
-    Nginx, TestNet, cli, counter, exported, in_namespace, request, sh, start_daemon, wait_until,
+    Nginx, TestNet, cli, counter, exported, files_containing, in_namespace, request, sh,
+    start_daemon, wait_until,
 };
 
 const PORT: u16 = 8080;
@@ -49,24 +50,6 @@ fn jwt(sub: &str) -> String {
 
 fn sessions_json(data_dir: &Path) -> Vec<serde_json::Value> {
     serde_json::from_str(&cli(BIN, &["sessions", "--json", "--limit", "0"], data_dir)).unwrap()
-}
-
-/// Every file below `dir`, searched byte for byte for `needle`.
-fn files_containing(dir: &Path, needle: &str) -> Vec<String> {
-    let mut found = Vec::new();
-    for entry in fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            found.extend(files_containing(&path, needle));
-        } else if fs::read(&path)
-            .unwrap()
-            .windows(needle.len())
-            .any(|w| w == needle.as_bytes())
-        {
-            found.push(path.display().to_string());
-        }
-    }
-    found
 }
 
 #[test]

@@ -542,13 +542,21 @@ impl Drop for Tcpdump {
 /// host's listeners) on the server's veth into `data_dir`; returns once its statistics say it
 /// runs.
 pub fn start_daemon(net: &TestNet, bin: &str, ports: &[u16], data_dir: &Path) -> Child {
-    let mut command = TestNet::command(&net.server_ns, bin);
-    command.args(["run", "--iface", &net.server_if, "--summary-interval", "0"]);
+    let mut args = vec!["--iface".to_owned(), net.server_if.clone()];
     for port in ports {
-        command.args(["--port", &port.to_string()]);
+        args.extend(["--port".to_owned(), port.to_string()]);
     }
-    let daemon = command
-        .arg("--data-dir")
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    start_daemon_in(&net.server_ns, bin, &args, data_dir)
+}
+
+/// `apisessions run ARGS` in the namespace `ns` into `data_dir`; returns once its statistics
+/// say it runs (its own pid, running).
+pub fn start_daemon_in(ns: &str, bin: &str, args: &[&str], data_dir: &Path) -> Child {
+    let daemon = TestNet::command(ns, bin)
+        .arg("run")
+        .args(args)
+        .args(["--summary-interval", "0", "--data-dir"])
         .arg(data_dir)
         .stdout(Stdio::null())
         .spawn()
@@ -562,6 +570,24 @@ pub fn start_daemon(net: &TestNet, bin: &str, ports: &[u16], data_dir: &Path) ->
     };
     assert!(wait_until(Duration::from_secs(20), running), "daemon up");
     daemon
+}
+
+/// Every file below `dir` that holds `needle`, byte for byte.
+pub fn files_containing(dir: &Path, needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            found.extend(files_containing(&path, needle));
+        } else if fs::read(&path)
+            .unwrap()
+            .windows(needle.len())
+            .any(|w| w == needle.as_bytes())
+        {
+            found.push(path.display().to_string());
+        }
+    }
+    found
 }
 
 /// Runs the CLI (the test binary `bin`) on `data_dir`; its stdout, which must be a success.
