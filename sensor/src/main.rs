@@ -966,6 +966,8 @@ async fn daemon(
         ..StatsReport::default()
     };
     refresh_report(&mut report, &sensor)?;
+    // The ports watched from the start are in the first report already.
+    report.ports = ports.status();
     report.write(&data_dir)?;
     log::info!(
         "capturing {} on {}; statistics in {}",
