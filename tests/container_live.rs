@@ -134,38 +134,18 @@ impl ContainerHost {
 
     /// Publishes c1's port 80 on the host's port 8080 (IPv4, and IPv6 if `v6`).
     fn publish(&self, v6: bool) {
-        let h = self.host.as_str();
-        let to = format!("{}:80", self.v4(31, 2));
-        sh(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                h,
-                "iptables",
-                "-t",
-                "nat",
-                "-A",
-                "PREROUTING",
-                "-p",
-                "tcp",
-                "--dport",
-                "8080",
-                "-j",
-                "DNAT",
-                "--to-destination",
-                &to,
-            ],
-        );
+        let mut rules = vec![("iptables", format!("{}:80", self.v4(31, 2)))];
         if v6 {
-            let to = format!("[{}]:80", self.v6(31, 2));
+            rules.push(("ip6tables", format!("[{}]:80", self.v6(31, 2))));
+        }
+        for (tool, to) in &rules {
             sh(
                 "ip",
                 &[
                     "netns",
                     "exec",
-                    h,
-                    "ip6tables",
+                    &self.host,
+                    tool,
                     "-t",
                     "nat",
                     "-A",
@@ -177,7 +157,7 @@ impl ContainerHost {
                     "-j",
                     "DNAT",
                     "--to-destination",
-                    &to,
+                    to,
                 ],
             );
         }

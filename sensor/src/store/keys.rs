@@ -40,9 +40,7 @@ pub fn index_value(value: &str) -> Cow<'_, [u8]> {
     let mut out = Vec::with_capacity(MAX_INDEX_VALUE);
     out.extend_from_slice(&value.as_bytes()[..cut]);
     out.push(CUT_MARKER);
-    for byte in &hash.as_bytes()[..CUT_HASH_HEX / 2] {
-        out.extend_from_slice(format!("{byte:02x}").as_bytes());
-    }
+    out.extend_from_slice(crate::sessions::hex(&hash.as_bytes()[..CUT_HASH_HEX / 2]).as_bytes());
     Cow::Owned(out)
 }
 

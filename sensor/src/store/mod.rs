@@ -184,11 +184,6 @@ fn decode<T: DeserializeOwned>(bytes: &[u8], what: &'static str) -> Result<T, St
     }
 }
 
-/// The 32 hex digits of a session id.
-fn hex_id(id: &[u8; 16]) -> String {
-    id.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// A session id from its 32 hex digits.
 pub fn id_bytes(id: &str) -> Result<[u8; 16], StoreError> {
     let bad = || StoreError::BadId(id.to_owned());
@@ -658,7 +653,7 @@ impl Store {
             log::warn!(
                 "skipped {} unreadable session summaries (the first, {}: {first})",
                 unreadable.len(),
-                hex_id(id)
+                crate::sessions::hex(id)
             );
         }
         // Index order is by first-indexed start; present newest activity first.
