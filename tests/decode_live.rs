@@ -16,7 +16,7 @@ use std::{
 use apisessions::{
     capture::{AttachMode, Clock},
     exchange::Exchange,
-    reassembly::{FlowConfig, FlowTable},
+    flow::{FlowConfig, FlowTable},
     segment::TcpSegment,
 };
 use common::{LiveSensor, MIB_LEN, Nginx, Tcpdump, TestNet, in_namespace};

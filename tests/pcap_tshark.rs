@@ -19,7 +19,7 @@ use std::{
     process::Command,
 };
 
-use apisessions::{exchange::Exchange, import, reassembly::FlowConfig, source::PcapSource};
+use apisessions::{exchange::Exchange, flow::FlowConfig, import, source::PcapSource};
 
 type Entry = (String, String, Option<u16>);
 

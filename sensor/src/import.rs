@@ -11,8 +11,8 @@ use lru::LruCache;
 
 use crate::{
     exchange::Exchange,
+    flow::{FlowConfig, FlowTable},
     proxy::{ProxyConfig, ProxyStage},
-    reassembly::{FlowConfig, FlowTable},
     sessions::Secret,
     source::{PcapSource, SourceError},
 };

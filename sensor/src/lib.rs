@@ -13,7 +13,7 @@
 //! - [`nat`]: segments of connections through NAT (published container ports, Kubernetes
 //!   Services) renamed to the tuple the client sent, with the translated destination kept as
 //!   the exchange's upstream; conntrack asked over netlink, answers cached (live capture only).
-//! - [`reassembly`]: the flow table and, per connection, both directions put back in sequence
+//! - [`reassembly`]: per connection, both directions put back in sequence
 //!   order with gaps made explicit ([`segment::TcpSegment`] in, stream events out).
 //! - [`http`]: the HTTP/1.x decoder (httparse heads, body framing, pipelining, 1xx, upgrades,
 //!   resynchronisation) pairing requests with responses into [`exchange::Exchange`]s.
@@ -36,6 +36,7 @@ pub mod container;
 pub mod dump;
 pub mod endpoint;
 pub mod exchange;
+pub mod flow;
 pub mod http;
 pub mod import;
 pub mod nat;
