@@ -18,8 +18,8 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use apisessions::{
-    sessions::{Assignment, KeyKind},
-    store::{DEFAULT_MAP_SIZE, Store, StoredExchange},
+    record::{Assignment, KeyKind, StoredExchange},
+    store::{DEFAULT_MAP_SIZE, Store},
 };
 
 // The daemon's and import's allocator (see src/main.rs), so that the figures are theirs.

@@ -13,7 +13,7 @@ use crate::{
     exchange::Exchange,
     flow::{FlowConfig, FlowTable},
     proxy::{ProxyConfig, ProxyStage},
-    sessions::Secret,
+    record::Secret,
     source::{PcapSource, SourceError},
 };
 

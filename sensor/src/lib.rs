@@ -42,6 +42,7 @@ pub mod import;
 pub mod nat;
 pub mod proxy;
 pub mod reassembly;
+pub mod record;
 pub mod report;
 pub mod segment;
 pub mod sessions;

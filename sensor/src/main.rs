@@ -27,15 +27,15 @@ use apisessions::{
     import::ExchangeIds,
     nat::{Conntrack, NatConfig, NatTable},
     proxy::{self, ProxyConfig, ProxyStage},
+    record::{Assignment, Batch, Redaction, Secret, SessionSummary, StoredExchange},
     report::{self, Exporter, Format},
     segment::TcpSegment,
-    sessions::{Assignment, Secret, SessionConfig, Sessionizer},
+    sessions::{SessionConfig, Sessionizer},
     source::{PcapFormat, PcapSource},
     stats::{StatsReport, rfc3339},
     store::{
-        DEFAULT_MAP_SIZE, Redaction, SessionFilter, SessionSummary, Store, StoreError, StoreWriter,
-        StoredExchange, WriterCounters,
-        writer::{Batch, log_rejected},
+        DEFAULT_MAP_SIZE, SessionFilter, Store, StoreError, StoreWriter, WriterCounters,
+        writer::log_rejected,
     },
 };
 use clap::{Args, Parser, Subcommand};

@@ -7,7 +7,7 @@ use std::{
 
 use crate::{
     exchange::rfc3339_ns,
-    store::{SessionSummary, StoredExchange},
+    record::{SessionSummary, StoredExchange},
 };
 
 /// `2026-11-29T15:04:03Z` from ns since the epoch (seconds are enough in tables).

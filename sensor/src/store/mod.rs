@@ -18,7 +18,6 @@
 
 mod compact;
 pub mod keys;
-pub mod record;
 mod state;
 pub mod writer;
 
@@ -34,12 +33,10 @@ use heed::{
     CommitOrAbort, Database, Env, EnvFlags, EnvOpenOptions, RoTxn, RwTxn, WithoutTls,
     types::{Bytes, Unit},
 };
-pub use record::{Redaction, SessionSummary, StoredExchange};
 use serde::{Serialize, de::DeserializeOwned};
-pub use state::LoadedState;
 pub use writer::{StoreWriter, WriterCounters};
 
-use crate::sessions::{Assignment, state::SessionState};
+use crate::record::{Assignment, SessionState, SessionSummary, StoredExchange};
 use compact::Block;
 use keys::{
     LMDB_MAX_KEY, exchange_key, imported_key, index_key, index_prefix, last_exchange_key, time_key,
@@ -555,7 +552,7 @@ impl Store {
         txn: &mut RwTxn<'_>,
         id: &[u8; 16],
         at: u64,
-        new: &record::NewValues,
+        new: &crate::record::NewValues,
     ) -> Result<(), StoreError> {
         for ip in &new.ips {
             put(
@@ -653,7 +650,7 @@ impl Store {
             log::warn!(
                 "skipped {} unreadable session summaries (the first, {}: {first})",
                 unreadable.len(),
-                crate::sessions::hex(id)
+                crate::record::hex(id)
             );
         }
         // Index order is by first-indexed start; present newest activity first.

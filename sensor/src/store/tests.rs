@@ -7,9 +7,9 @@ use std::{
 use super::*;
 use crate::{
     exchange::{Exchange, MessageMeta, Request, Response},
-    sessions::{Assignment, KeyKind, Secret},
+    record::{Assignment, KeyKind, Redaction, Secret, SessionState, StoredExchange},
+    test_rng::Rng,
 };
-use crate::{sessions::state::SessionState, test_rng::Rng};
 
 const MINUTE: u64 = 60 * 1_000_000_000;
 
@@ -671,8 +671,8 @@ fn an_exchange_imported_before_is_not_stored_again() {
     assert_eq!(store.imported.unwrap().len(&txn).unwrap(), 0);
 }
 
-fn actor_state(last_ns: u64) -> crate::sessions::state::Active {
-    crate::sessions::state::Active {
+fn actor_state(last_ns: u64) -> crate::record::state::Active {
+    crate::record::state::Active {
         id: id(1),
         start_ns: last_ns,
         began_ns: last_ns,
@@ -685,7 +685,7 @@ fn actor_state(last_ns: u64) -> crate::sessions::state::Active {
 
 #[test]
 fn the_session_state_goes_with_its_exchanges_and_loads_newest_first() {
-    use crate::sessions::state::Link;
+    use crate::record::state::Link;
     let dir = TempDir::new("state");
     let store = Store::open(&dir.0, 1 << 30).unwrap();
     let state = SessionState {

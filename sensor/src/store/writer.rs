@@ -18,37 +18,8 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use super::{Store, StoreError, StoredExchange};
-use crate::sessions::{Assignment, state::SessionState};
-
-/// Exchanges for the store, with the changes they made to the sessionizer's state (written in
-/// the same transaction).
-#[derive(Debug, Default)]
-pub struct Batch {
-    pub exchanges: Vec<(StoredExchange, Assignment)>,
-    pub state: SessionState,
-}
-
-impl Batch {
-    pub fn is_empty(&self) -> bool {
-        self.exchanges.is_empty() && self.state.is_empty()
-    }
-
-    /// Appends a later batch.
-    pub fn extend(&mut self, later: Self) {
-        self.exchanges.extend(later.exchanges);
-        self.state.extend(later.state);
-    }
-}
-
-impl From<Vec<(StoredExchange, Assignment)>> for Batch {
-    fn from(exchanges: Vec<(StoredExchange, Assignment)>) -> Self {
-        Self {
-            exchanges,
-            state: SessionState::default(),
-        }
-    }
-}
+use super::{Store, StoreError};
+use crate::record::{Assignment, Batch, StoredExchange};
 
 /// Batches waiting for the writer at most.
 pub const QUEUE_BATCHES: usize = 64;
