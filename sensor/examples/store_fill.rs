@@ -26,8 +26,8 @@ use apisessions::{
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// The largest transaction of the daemon's writer and of an import (see store::writer).
-const BATCH: usize = apisessions::store::writer::TRANSACTION_EXCHANGES;
+/// The largest transaction of the daemon's writer and of an import (see pipeline::writer).
+const BATCH: usize = apisessions::pipeline::writer::TRANSACTION_EXCHANGES;
 const ACTIVE: usize = 2000;
 const BIG_SESSION: u64 = 10_000;
 const SPAN: Duration = Duration::from_secs(6 * 24 * 3600);

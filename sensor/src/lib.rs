@@ -40,6 +40,7 @@ pub mod flow;
 pub mod http;
 pub mod import;
 pub mod nat;
+pub mod pipeline;
 pub mod proxy;
 pub mod reassembly;
 pub mod record;

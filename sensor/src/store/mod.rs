@@ -19,7 +19,6 @@
 mod compact;
 pub mod keys;
 mod state;
-pub mod writer;
 
 use std::{
     collections::{HashMap, hash_map::Entry},
@@ -34,7 +33,6 @@ use heed::{
     types::{Bytes, Unit},
 };
 use serde::{Serialize, de::DeserializeOwned};
-pub use writer::{StoreWriter, WriterCounters};
 
 use crate::record::{Assignment, SessionState, SessionSummary, StoredExchange};
 use compact::Block;
