@@ -5,11 +5,26 @@
 //! through one flow table, in the order given: a connection, or an exchange, that crosses from
 //! one file into the next is decoded whole.
 
-use std::{path::PathBuf, time::Instant};
+use std::{
+    io,
+    path::{Path, PathBuf},
+    time::Instant,
+};
 
 use crate::{
-    pipeline::{Pipeline, PipelineError},
+    capture::DEFAULT_PORTS,
+    config::{Config, Ports},
+    flow::{FlowConfig, FlowTable},
+    http::HttpConfig,
+    pipeline::{
+        Analysis, Clock, NdjsonLines, Pipeline, PipelineError, StoreWriter, WriterMode,
+        restored_sessionizer, writer::TRANSACTION_EXCHANGES,
+    },
+    proxy::{ProxyConfig, ProxyStage},
+    record::Redaction,
+    sessions::SessionConfig,
     source::{PcapSource, SourceError},
+    store::{DEFAULT_MAP_SIZE, Store, StoreError},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -18,6 +33,8 @@ pub enum ImportError {
     Source(#[from] SourceError),
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// Counters of every stage after an import, by stage name.
@@ -87,6 +104,63 @@ impl ImportSummary {
             })
             .collect()
     }
+}
+
+/// What `apisessions import` was asked besides the configuration.
+#[derive(Clone, Debug, Default)]
+pub struct ImportOptions {
+    /// Decode only connections on these ports (otherwise HTTP is recognised on any port).
+    pub ports: Vec<u16>,
+    /// Body bytes kept per message, over the configuration's `capture.body_cap`.
+    pub body_cap: Option<usize>,
+    /// Every exchange to stdout as one JSON object per line.
+    pub ndjson: bool,
+}
+
+/// The pipeline of an import into the store in `data_dir` (which must exist): capture time,
+/// exchange ids (an import of the same capture again adds nothing), the sessions the store
+/// holds continued, and only configured proxies trusted (the capture's host is not this one).
+pub fn pipeline(
+    settings: &Config,
+    data_dir: &Path,
+    options: &ImportOptions,
+) -> Result<Pipeline, ImportError> {
+    let store = Store::open(data_dir, DEFAULT_MAP_SIZE)?;
+    // However old the sessions the store holds: the capture's own times decide what is still
+    // active.
+    let sessionizer = restored_sessionizer(SessionConfig::from(settings), data_dir, &store, 0)?;
+    let analysis = Analysis::new(sessionizer, Redaction::from_config(settings)).with_exchange_ids();
+    let flows = FlowConfig {
+        // Without ports given, HTTP is found by content on any port; the configured ports
+        // still tell client from server where the handshake was not captured.
+        server_ports: match (&settings.capture.ports, options.ports.is_empty()) {
+            (_, false) => options.ports.clone(),
+            (Ports::List(ports), true) => ports.clone(),
+            (Ports::Auto, true) => DEFAULT_PORTS.to_vec(),
+        },
+        only_server_ports: !options.ports.is_empty(),
+        http: HttpConfig {
+            body_cap: options.body_cap.unwrap_or(settings.capture.body_cap),
+            ..HttpConfig::default()
+        },
+        ..FlowConfig::default()
+    };
+    let mut pipeline = Pipeline::new(
+        Clock::Capture,
+        FlowTable::new(flows),
+        ProxyStage::new(ProxyConfig::from(settings)),
+        analysis,
+    )
+    .with_store(
+        StoreWriter::start(store, WriterMode::Import),
+        TRANSACTION_EXCHANGES,
+    );
+    if options.ndjson {
+        pipeline = pipeline.with_sink(Box::new(NdjsonLines::new(io::BufWriter::new(
+            io::stdout().lock(),
+        ))));
+    }
+    Ok(pipeline)
 }
 
 /// Stages whose counters are reported on lines of their own (the stored and session counts)

@@ -9,20 +9,9 @@ use std::{
 
 use anyhow::Result;
 use apisessions::{
-    capture::DEFAULT_PORTS,
-    config::{Config, Ports},
-    flow::{FlowConfig, FlowTable},
-    http::HttpConfig,
-    import::{ImportError, ImportSummary},
-    pipeline::{
-        Analysis, Clock, NdjsonLines, Pipeline, StoreWriter, WriterMode, restored_sessionizer,
-        writer::TRANSACTION_EXCHANGES,
-    },
-    proxy::{ProxyConfig, ProxyStage},
-    record::Redaction,
-    sessions::SessionConfig,
+    import::{ImportError, ImportOptions, ImportSummary},
+    pipeline::Pipeline,
     source::{PcapFormat, PcapSource},
-    store::{DEFAULT_MAP_SIZE, Store},
 };
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -63,29 +52,12 @@ pub fn import(args: ImportArgs) -> Result<()> {
     let progress = progress_bar(sources.iter().map(|s| s.progress().1).sum());
     let data_dir = args.data.resolve(&settings);
     create_data_dir(&data_dir)?;
-    let store = Store::open(&data_dir, DEFAULT_MAP_SIZE)?;
-    // Continue the sessions an earlier import (or the daemon) left, however old: the capture's
-    // own times decide what is still active.
-    let sessionizer = restored_sessionizer(SessionConfig::from(&settings), &data_dir, &store, 0)?;
-    // Exchanges an earlier import of the same capture stored are recognised by their ids.
-    let analysis =
-        Analysis::new(sessionizer, Redaction::from_config(&settings)).with_exchange_ids();
-    // The capture's own host is not this one: only configured proxies are trusted.
-    let mut pipeline = Pipeline::new(
-        Clock::Capture,
-        FlowTable::new(flow_config(&args, &settings)),
-        ProxyStage::new(ProxyConfig::from(&settings)),
-        analysis,
-    )
-    .with_store(
-        StoreWriter::start(store, WriterMode::Import),
-        TRANSACTION_EXCHANGES,
-    );
-    if args.ndjson {
-        pipeline = pipeline.with_sink(Box::new(NdjsonLines::new(io::BufWriter::new(
-            io::stdout().lock(),
-        ))));
-    }
+    let options = ImportOptions {
+        ports: args.ports.clone(),
+        body_cap: args.body_cap,
+        ndjson: args.ndjson,
+    };
+    let mut pipeline = apisessions::import::pipeline(&settings, &data_dir, &options)?;
     let summary = apisessions::import::run(&mut sources, &mut pipeline, |read, _| {
         progress.set_position(read)
     });
@@ -97,25 +69,6 @@ pub fn import(args: ImportArgs) -> Result<()> {
         other => other.into(),
     })?;
     report(&sources, &summary, &pipeline, &data_dir)
-}
-
-/// Without --port, HTTP is found by content on any port; the configured ports still help to
-/// tell client from server where the handshake was not captured.
-fn flow_config(args: &ImportArgs, settings: &Config) -> FlowConfig {
-    FlowConfig {
-        server_ports: match (&settings.capture.ports, args.ports.is_empty()) {
-            (_, false) => args.ports.clone(),
-            (Ports::List(ports), true) => ports.clone(),
-            // Hints only: which side is the server where the handshake was not captured.
-            (Ports::Auto, true) => DEFAULT_PORTS.to_vec(),
-        },
-        only_server_ports: !args.ports.is_empty(),
-        http: HttpConfig {
-            body_cap: args.body_cap.unwrap_or(settings.capture.body_cap),
-            ..HttpConfig::default()
-        },
-        ..FlowConfig::default()
-    }
 }
 
 fn progress_bar(total: u64) -> ProgressBar {
