@@ -22,7 +22,7 @@ use apisessions::{
     store::{DEFAULT_MAP_SIZE, Store},
 };
 
-// The daemon's and import's allocator (see src/main.rs), so that the figures are theirs.
+// The daemon's and import's allocator (see src/bin/apisessions/main.rs), so that the figures are theirs.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -106,6 +106,7 @@ fn new_session(rng: &mut Rng, serial: u64, requests: u64) -> Session {
             user,
             role: None,
             new_session: true,
+            signals: None,
         },
         browser: agent.starts_with("Mozilla"),
         client_ip,

@@ -41,6 +41,13 @@
 //! headers = ["x-forwarded-for", "forwarded", "x-real-ip"]   # read in order, the first present decides
 //! join = true                    # one exchange per client request when both hops are captured
 //! join_window = "3s"             # how long a proxy's upstream exchange waits for its client's
+//!
+//! [abuse]                        # signals and risk per session (see analysis::abuse)
+//! report_score = 25              # signals listed with a session from this score (0-100)
+//! enumeration = { low = 10, flag = 30, high = 100 }   # score 0 / 50 / 100 at these counts
+//! enumeration_window = "2m"
+//! [abuse.weights]                # weight of a signal in the risk, 0-1
+//! attacks = 1.0
 //! ```
 
 use std::{
@@ -74,7 +81,7 @@ pub enum ConfigError {
     },
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub capture: CaptureSection,
@@ -83,6 +90,7 @@ pub struct Config {
     pub parameters: Vec<Parameter>,
     pub secrets: SecretsSection,
     pub proxy: ProxySection,
+    pub abuse: crate::analysis::abuse::AbuseConfig,
 }
 
 /// Which ports `capture.ports` watches.
@@ -564,6 +572,13 @@ impl Config {
         if !capture.all_ports && capture.ports == Ports::List(Vec::new()) {
             let reason = "no ports to capture (set all_ports = true to take every port)".into();
             return Err(invalid(find(text, "ports", 1), reason));
+        }
+        if let Err((key, reason)) = self.abuse.validate() {
+            let at = text
+                .find("[abuse")
+                .map(|start| start + text[start..].find(key).unwrap_or(0))
+                .map_or((1, 1), |offset| line_column(text, offset));
+            return Err(invalid(at, reason));
         }
         let mut names = std::collections::HashSet::new();
         for parameter in &self.parameters {

@@ -129,7 +129,9 @@ pub fn pipeline(
     // However old the sessions the store holds: the capture's own times decide what is still
     // active.
     let sessionizer = restored_sessionizer(SessionConfig::from(settings), data_dir, &store, 0)?;
-    let analysis = Analysis::new(sessionizer, Redaction::from_config(settings)).with_exchange_ids();
+    let analysis = Analysis::new(sessionizer, Redaction::from_config(settings))
+        .with_abuse(&settings.abuse)
+        .with_exchange_ids();
     let flows = FlowConfig {
         // Without ports given, HTTP is found by content on any port; the configured ports
         // still tell client from server where the handshake was not captured.
@@ -165,7 +167,7 @@ pub fn pipeline(
 
 /// Stages whose counters are reported on lines of their own (the stored and session counts)
 /// rather than among the anomalies.
-const REPORTED_APART: &[&str] = &["sessions", "store"];
+const REPORTED_APART: &[&str] = &["sessions", "store", "abuse"];
 
 /// Reads every segment of `sources`, one file after the other, through `pipeline` and finishes
 /// it; progress (bytes read of all files, total) goes to `on_progress` now and then.

@@ -38,6 +38,7 @@
 //! by `apisessions stats`). The binary (`src/bin/apisessions/`) parses arguments and has one
 //! small module per command.
 
+pub mod analysis;
 pub mod capture;
 pub mod config;
 pub mod container;

@@ -138,6 +138,7 @@ fn live_pipeline(
     let sessionizer =
         pipeline::restored_sessionizer(SessionConfig::from(config), data_dir, &store, since)?;
     let analysis = Analysis::new(sessionizer, Redaction::from_config(config))
+        .with_abuse(&config.abuse)
         .with_containers(ContainerIndex::new());
     let conntrack = match Conntrack::open() {
         Ok(conntrack) => Some(conntrack),

@@ -1,13 +1,15 @@
 //! The analysis stage: what the pipeline learns about each decoded exchange before the sinks
 //! see it. Today: its session and record (endpoint template, context parameters, redaction; see
-//! [`Sessionizer::record`]), its id when it comes from a capture file, and the container that
-//! served it on a live host. Attack findings, abuse signals and the endpoint inventory join here.
+//! [`Sessionizer::record`]), its session's abuse signals ([`AbuseTracker`]), its id when it
+//! comes from a capture file, and the container that served it on a live host. Attack findings
+//! and the endpoint inventory join here.
 
 use std::{num::NonZeroUsize, path::Path};
 
 use lru::LruCache;
 
 use crate::{
+    analysis::abuse::{self, AbuseConfig, AbuseTracker},
     container::ContainerIndex,
     exchange::Exchange,
     record::{Assignment, Redaction, Secret, StoredExchange},
@@ -25,6 +27,7 @@ pub struct Analysis {
     ids: Option<ExchangeIds>,
     /// Live capture only: which container's namespace and cgroup served an exchange.
     containers: Option<ContainerIndex>,
+    abuse: Option<AbuseTracker>,
 }
 
 impl Analysis {
@@ -34,7 +37,14 @@ impl Analysis {
             redaction,
             ids: None,
             containers: None,
+            abuse: None,
         }
+    }
+
+    /// Scores each session's abuse signals, unless the configuration turns them off.
+    pub fn with_abuse(mut self, config: &AbuseConfig) -> Self {
+        self.abuse = config.enabled.then(|| AbuseTracker::new(config.clone()));
+        self
     }
 
     /// Gives every record a deterministic id (see [`ExchangeIds`]).
@@ -62,7 +72,7 @@ impl Analysis {
 
     /// The exchange's record and session.
     pub fn analyse(&mut self, exchange: &Exchange) -> (StoredExchange, Assignment) {
-        let (mut record, assignment) = self.sessionizer.record(exchange, &self.redaction);
+        let (mut record, mut assignment) = self.sessionizer.record(exchange, &self.redaction);
         if let Some(ids) = &mut self.ids {
             record.exchange_id = Some(ids.next(exchange));
         }
@@ -73,6 +83,14 @@ impl Analysis {
                 record.server_cgroup = by.cgroup;
             }
         }
+        if let Some(tracker) = &mut self.abuse {
+            let context = abuse::Context {
+                session_id: &assignment.session_id,
+                fallback: assignment.key_kind.is_fallback(),
+                attacks: 0,
+            };
+            assignment.signals = tracker.observe(exchange, &record, context).map(Box::new);
+        }
         (record, assignment)
     }
 
@@ -80,6 +98,9 @@ impl Analysis {
         let mut stages = vec![("sessions", self.sessionizer.counters.snapshot())];
         if let Some(containers) = &self.containers {
             stages.push(("containers", containers.snapshot()));
+        }
+        if let Some(tracker) = &self.abuse {
+            stages.push(("abuse", tracker.counters.snapshot()));
         }
         stages
     }

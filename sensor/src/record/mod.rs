@@ -9,12 +9,14 @@
 pub mod exchange;
 pub mod secret;
 pub mod session;
+pub mod signals;
 pub mod state;
 
 pub use exchange::{Redaction, SECRET_NAMES, StoredExchange};
 pub(crate) use secret::hex;
 pub use secret::{Secret, SecretError};
 pub use session::{Assignment, KeyKind, NewValues, SessionSummary};
+pub use signals::{SessionSignals, Signal, SignalName};
 pub use state::{LoadedState, SessionState};
 
 /// Records for the store, with the changes they made to the sessionizer's state (written in the

@@ -3,7 +3,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{exchange::rfc3339_ns, record::exchange::StoredExchange};
+use crate::{
+    exchange::rfc3339_ns,
+    record::{exchange::StoredExchange, signals::SessionSignals},
+};
 
 /// What kind of key put an exchange in its session.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
@@ -50,6 +53,9 @@ pub struct Assignment {
     pub role: Option<String>,
     /// The exchange opened a new session (or a new part of one).
     pub new_session: bool,
+    /// The session's abuse signals, when this exchange changed them (the store keeps them with
+    /// the session's summary).
+    pub signals: Option<Box<SessionSignals>>,
 }
 
 /// Counted values kept per session; past the bound the rest is summed under `(other)`.
@@ -80,6 +86,8 @@ pub struct SessionSummary {
     pub request_bytes: u64,
     pub response_bytes: u64,
     pub incomplete: u64,
+    /// Abuse risk (0-100) and the signals behind it, as last computed.
+    pub abuse: SessionSignals,
 }
 
 /// Counts `key` in `list` (found with `is_key`, made with `key` only when new).
@@ -210,6 +218,9 @@ impl SessionSummary {
         {
             self.incomplete += 1;
         }
+        if let Some(signals) = &assignment.signals {
+            self.abuse.merge(signals);
+        }
         new
     }
 
@@ -247,6 +258,8 @@ impl SessionSummary {
             "request_bytes": summary.request_bytes,
             "response_bytes": summary.response_bytes,
             "incomplete": summary.incomplete,
+            "risk": summary.abuse.risk,
+            "signals": summary.abuse.signals,
         })
     }
 }

@@ -447,6 +447,7 @@ impl Sessionizer {
             user,
             role,
             new_session,
+            signals: None,
         }
     }
 

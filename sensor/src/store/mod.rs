@@ -34,7 +34,7 @@ use heed::{
 };
 use serde::{Serialize, de::DeserializeOwned};
 
-use crate::record::{Assignment, SessionState, SessionSummary, StoredExchange};
+use crate::record::{Assignment, SessionState, SessionSummary, SignalName, StoredExchange};
 use compact::Block;
 use keys::{
     LMDB_MAX_KEY, exchange_key, imported_key, index_key, index_prefix, last_exchange_key, time_key,
@@ -42,7 +42,7 @@ use keys::{
 use state::StateDbs;
 
 /// First byte of every stored value; bump it when a stored type changes incompatibly.
-pub const FORMAT_VERSION: u8 = 4;
+pub const FORMAT_VERSION: u8 = 5;
 /// Default LMDB map size: address space, not disk (the file grows as data comes).
 pub const DEFAULT_MAP_SIZE: usize = 32 << 30;
 const STORE_DIR: &str = "store";
@@ -208,6 +208,10 @@ pub struct SessionFilter {
     pub method: Option<String>,
     pub status: Option<u16>,
     pub user: Option<String>,
+    /// Sessions whose abuse risk is at least this.
+    pub min_risk: Option<u8>,
+    /// Sessions that carry this abuse signal.
+    pub signal: Option<SignalName>,
     pub limit: usize,
 }
 
@@ -236,6 +240,8 @@ impl SessionFilter {
                 .user
                 .as_ref()
                 .is_none_or(|u| s.user.as_ref() == Some(u))
+            && self.min_risk.is_none_or(|r| s.abuse.risk >= r)
+            && self.signal.is_none_or(|name| s.abuse.score(name).is_some())
     }
 }
 

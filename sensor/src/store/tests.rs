@@ -78,6 +78,7 @@ fn assignment(session: u8, user: Option<&str>) -> Assignment {
         user: user.map(str::to_owned),
         role: None,
         new_session: false,
+        signals: None,
     }
 }
 

@@ -5,7 +5,7 @@ use std::io::{self, Write as _};
 use anyhow::Result;
 use apisessions::{
     config::Config,
-    record::SessionSummary,
+    record::{SessionSummary, SignalName},
     report,
     store::{SessionFilter, Store},
 };
@@ -39,6 +39,14 @@ pub struct SessionsArgs {
     /// Sessions of this user (the `user` context parameter).
     #[arg(long)]
     user: Option<String>,
+    /// Sessions whose abuse risk (0-100) is at least this.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(0..=100))]
+    min_risk: Option<u8>,
+    /// Sessions that carry this abuse signal (bad_user_agent, request_rate, request_interval,
+    /// enumeration, auth_failures, wide_scope, errors, ip_rotation, session_rotation,
+    /// excessive_consumption, attacks).
+    #[arg(long, value_name = "NAME")]
+    signal: Option<SignalName>,
     /// Sessions shown at most (0: all).
     #[arg(long, default_value_t = 20)]
     limit: usize,
@@ -64,6 +72,8 @@ pub fn sessions(args: SessionsArgs) -> Result<()> {
         method: args.method,
         status: args.status,
         user: args.user,
+        min_risk: args.min_risk,
+        signal: args.signal,
         limit: args.limit,
     };
     let list = store.list(&filter)?;
