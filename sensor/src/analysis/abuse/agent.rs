@@ -161,21 +161,20 @@ pub fn classify(agent: Option<&str>, now_s: u64) -> AgentKind {
         }
         return AgentKind::Ordinary;
     }
-    // Neither a browser nor a known client: a bare or custom agent (`Mozilla/5.0` alone, a
-    // scripted client's own name) counts as a library.
-    if !lower.starts_with("mozilla/") || !head.contains('(') {
-        return AgentKind::Library("custom");
-    }
+    // Neither a browser nor a known client: an application's own agent (a mobile app, a partner's
+    // integration) says nothing against it.
     AgentKind::Ordinary
 }
 
 /// The score (0-100) and reason of an agent's kind, if it is suspicious.
 pub fn score(kind: &AgentKind) -> Option<(u8, String)> {
     Some(match kind {
-        AgentKind::Missing => (60, "no User-Agent".to_owned()),
+        AgentKind::Missing => (50, "no User-Agent".to_owned()),
         AgentKind::AttackTool(tool) => (95, format!("attack tool in User-Agent ({tool})")),
-        AgentKind::Headless(name) => (70, format!("headless browser ({name})")),
-        AgentKind::Library(name) => (50, format!("HTTP library or tool ({name})")),
+        AgentKind::Headless(name) => (60, format!("headless browser ({name})")),
+        // Machine clients are what many APIs are for (integrations with an API key): worth
+        // listing, weak on its own.
+        AgentKind::Library(name) => (30, format!("HTTP library or tool ({name})")),
         AgentKind::OldBrowser {
             browser,
             major,
@@ -217,7 +216,10 @@ mod tests {
             (Some("curl/8.5.0"), "library"),
             (Some("Go-http-client/1.1"), "library"),
             (Some("okhttp/4.12.0"), "library"),
-            (Some("MyScraper"), "library"),
+            (
+                Some("ShopApp/2.3.1 (iPhone; iOS 17.4; Scale/3.00)"),
+                "ordinary",
+            ),
             (
                 Some(
                     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/142.0.0.0 Safari/537.36",

@@ -208,12 +208,13 @@ impl AbuseConfig {
         match name {
             SignalName::Attacks => 1.0,
             SignalName::AuthFailures => 0.9,
-            SignalName::Enumeration => 0.8,
+            // A token used from many places is a stolen or shared one.
+            SignalName::Enumeration | SignalName::IpRotation => 0.8,
             SignalName::RequestRate
             | SignalName::WideScope
             | SignalName::SessionRotation
             | SignalName::ExcessiveConsumption => 0.7,
-            SignalName::Errors | SignalName::IpRotation => 0.6,
+            SignalName::Errors => 0.6,
             SignalName::RequestInterval => 0.5,
             SignalName::BadUserAgent => 0.4,
         }
@@ -332,7 +333,7 @@ impl AbuseTracker {
             &mut self.counters,
         );
         state.session_rotation = state.session_rotation.max(rotation);
-        let signals = state.signals(&self.config, context.fallback);
+        let signals = state.signals(&self.config);
         if state.last_emitted.as_ref() == Some(&signals) {
             return None;
         }

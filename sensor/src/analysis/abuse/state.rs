@@ -301,7 +301,7 @@ impl SessionState {
     }
 
     /// The session's signals and risk as of now.
-    pub(super) fn signals(&self, config: &AbuseConfig, fallback: bool) -> SessionSignals {
+    pub(super) fn signals(&self, config: &AbuseConfig) -> SessionSignals {
         let mut all: Vec<Signal> = Vec::new();
         let mut add = |name: SignalName, score: u8, reason: &dyn Fn() -> String| {
             if score > 0 {
@@ -405,13 +405,13 @@ impl SessionState {
                 },
             );
         }
-        if !fallback {
-            add(
-                SignalName::IpRotation,
-                config.ip_rotation.score(self.ips.len() as f64),
-                &|| format!("{} client addresses for one session key", self.ips.len()),
-            );
-        }
+        // Also for a session keyed by its address: it reaches other addresses only through a
+        // token or cookie it was handed, which then travels.
+        add(
+            SignalName::IpRotation,
+            config.ip_rotation.score(self.ips.len() as f64),
+            &|| format!("{} client addresses in one session", self.ips.len()),
+        );
         add(
             SignalName::SessionRotation,
             config

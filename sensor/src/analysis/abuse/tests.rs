@@ -265,7 +265,7 @@ fn credential_stuffing_is_auth_failures_with_user_names() {
         reason(&signals, SignalName::AuthFailures),
         "60 failed logins on POST /api/login with 60 user names; 60 responses 401/403"
     );
-    assert_eq!(score(&signals, SignalName::BadUserAgent), 50);
+    assert_eq!(score(&signals, SignalName::BadUserAgent), 30);
     assert!(signals.risk >= 90);
     // Four failures are a person who forgot a password.
     let mut tracker = AbuseTracker::new(AbuseConfig::default());
@@ -351,12 +351,8 @@ fn one_token_from_many_addresses_is_ip_rotation() {
     assert!(score(&signals, SignalName::IpRotation) >= 50, "{signals:?}");
     assert_eq!(
         reason(&signals, SignalName::IpRotation),
-        "8 client addresses for one session key"
+        "8 client addresses in one session"
     );
-    // A fallback session is one address by definition: never judged.
-    let mut tracker = AbuseTracker::new(AbuseConfig::default());
-    let signals = session(&mut tracker, "ip", true, &calls);
-    assert_eq!(score(&signals, SignalName::IpRotation), 0);
 }
 
 #[test]
