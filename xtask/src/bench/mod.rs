@@ -23,7 +23,8 @@
 //! With `--baseline BIN` (an earlier release build of `apisessions`), the overhead rounds run
 //! that binary's sensor as one more configuration and the offline rounds its import beside this
 //! build's; with `--baseline-fill BIN` (that build's `store_fill` example) the store rounds also
-//! fill a store with it. The report then sets the two builds side by side, figure by figure.
+//! fill a store with it. The two builds swap places every other round, so that neither always
+//! runs first. The report then sets them side by side, figure by figure.
 //!
 //! Results go to target/bench/report.{md,json}; a full run also appends its table to
 //! docs/BENCHMARKS.md. Nothing here is a test: the targets are reported against, never asserted.
@@ -262,6 +263,22 @@ impl Config {
             .collect()
     }
 
+    /// The order of round `round`: as [`Self::measured`], this build's sensor and the
+    /// baseline's swapped in every other round.
+    fn in_round(options: &Options, round: u32) -> Vec<Self> {
+        let mut configs = Self::measured(options);
+        if baseline_first(round) {
+            for config in &mut configs {
+                *config = match *config {
+                    Self::Sensor => Self::Baseline,
+                    Self::Baseline => Self::Sensor,
+                    other => other,
+                };
+            }
+        }
+        configs
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Self::None => "none",
@@ -479,6 +496,12 @@ pub fn run(options: &Options) -> Result<()> {
     Ok(())
 }
 
+/// Whether the baseline build runs before this one in `round`: in every other round, so that
+/// what the first run leaves behind (caches, writeback, heat) falls on both alike.
+pub fn baseline_first(round: u32) -> bool {
+    round % 2 == 1
+}
+
 /// `BIN --version`, or why not.
 pub fn version_of(program: &Path) -> String {
     crate::output(std::process::Command::new(program).arg("--version"))
@@ -556,7 +579,7 @@ fn overhead_phase(options: &Options, net: &Net, work: &Path) -> Result<OverheadO
 
     let mut runs = Vec::new();
     for round in 0..options.rounds {
-        for config in Config::measured(options) {
+        for config in Config::in_round(options, round) {
             check_interrupt()?;
             let log = work.join(format!("wrk-overhead-{round}-{}.txt", config.name()));
             let quiet = wait_quiet(options.quiet_wait)?;

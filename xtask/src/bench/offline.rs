@@ -16,7 +16,10 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use super::host::{Proc, check_interrupt};
+use super::{
+    baseline_first,
+    host::{Proc, check_interrupt},
+};
 use crate::binary;
 
 /// Bumped whenever the generated traffic changes, so a cached file of an older kind is not reused.
@@ -66,7 +69,8 @@ pub fn capture(out_dir: &Path, exchanges: u64) -> Result<(PathBuf, u64)> {
     Ok((file, packets))
 }
 
-/// Rounds of this build's import, the baseline's (if any) and tshark's, in that order.
+/// Rounds of this build's import, the baseline's (if any; first in every other round) and
+/// tshark's.
 pub fn run(
     out_dir: &Path,
     work: &Path,
@@ -85,13 +89,22 @@ pub fn run(
     let mut runs = Vec::new();
     for round in 0..rounds {
         check_interrupt()?;
+        let baseline_import = || -> Result<Option<(f64, u64)>> {
+            check_interrupt()?;
+            baseline
+                .map(|program| import(program, &file, work))
+                .transpose()
+        };
+        let early = if baseline_first(round) {
+            baseline_import()?
+        } else {
+            None
+        };
+        check_interrupt()?;
         let (import_s, import_exchanges) = import(&binary(true), &file, work)?;
-        let baseline = match baseline {
-            Some(program) => {
-                check_interrupt()?;
-                Some(import(program, &file, work)?)
-            }
-            None => None,
+        let baseline = match early {
+            Some(done) => Some(done),
+            None => baseline_import()?,
         };
         check_interrupt()?;
         let (tshark_s, tshark_requests, tshark_responses) = tshark(&file, work)?;

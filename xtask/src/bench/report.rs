@@ -1682,11 +1682,12 @@ impl Report {
         writeln!(
             out,
             "Baseline: `{}` ({}), measured in the same rounds as this build ({}): its sensor as \
-             one more overhead configuration, alternating with the others{}. Current and \
-             baseline are medians (min–max) over the rounds; the ratio is current / baseline \
-             within each round, median (min–max): below 1 the current build has less of it \
-             (better for costs, worse for rates). On a shared machine a ratio whose range \
-             spans 1 is within the noise.\n",
+             one more overhead configuration{}{}. The two builds swap places every other \
+             round, so that neither always runs first. Current and baseline are medians \
+             (min–max) over the rounds; the ratio is current / baseline within each round, \
+             median (min–max): below 1 the current build has less of it (better for costs, \
+             worse for rates). On a shared machine a ratio whose range spans 1 is within the \
+             noise.\n",
             o.baseline
                 .as_ref()
                 .map_or(String::new(), |p| p.display().to_string()),
@@ -1694,22 +1695,22 @@ impl Report {
                 .as_deref()
                 .unwrap_or("version unknown"),
             self.machine.commit,
-            match (&self.offline, &o.baseline_fill) {
-                (Some(_), Some(fill)) => format!(
-                    "; its import of the same capture right after this build's in each offline \
-                     round; its `store_fill` (`{}`) right after this build's in each store round",
+            match &self.offline {
+                Some(_) => "; its import of the same capture in each offline round",
+                None => "",
+            },
+            match (
+                &o.baseline_fill,
+                self.store.as_ref().and_then(|s| s.baseline.as_ref())
+            ) {
+                (Some(fill), Some(_)) => format!(
+                    "; its `store_fill` (`{}`) in each store round",
                     fill.display()
                 ),
-                (Some(_), None) => "; its import of the same capture right after this build's in \
-                                    each offline round. Store ingest on its own is not compared \
-                                    (no `--baseline-fill`): the import rate includes storing what \
-                                    it decodes"
-                    .to_owned(),
-                (None, Some(fill)) => format!(
-                    "; its `store_fill` (`{}`) right after this build's in each store round",
-                    fill.display()
-                ),
-                (None, None) => String::new(),
+                _ =>
+                    "; store ingest on its own is not compared (no `--baseline-fill`, or no store \
+                      phase): the import rate includes storing what an import decodes"
+                        .to_owned(),
             }
         )?;
         writeln!(out, "| figure | current | baseline | current / baseline |")?;

@@ -9,7 +9,7 @@
 //! Rounds alternate the queries (limit 50, --ip, --endpoint, show, limit 50, …). Ingest is
 //! measured in as many fresh stores filled to the first size, then once more from the first
 //! size to the second. With a baseline `store_fill` (an earlier build's), each round also fills
-//! a fresh store to the first size with it, right after this build's.
+//! a fresh store to the first size with it, before this build's in every other round.
 
 use std::{
     fs,
@@ -21,7 +21,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use serde_json::Value;
 
-use super::host::check_interrupt;
+use super::{baseline_first, host::check_interrupt};
 use crate::{binary, status, workspace_root};
 
 /// What `store_fill` prints when done (one JSON object).
@@ -224,7 +224,29 @@ pub fn run(
     let mut ingest = Vec::new();
     let mut baseline_fills = baseline.map(|_| Vec::new());
     let mut kept = None;
+    // The baseline's fill of a round: into a store of its own, removed after.
+    let fill_baseline = |program: &Path, round: u32| -> Result<(f64, f64)> {
+        check_interrupt()?;
+        let baseline_dir = dir("store-baseline");
+        let _ = fs::remove_dir_all(&baseline_dir);
+        let filled = fill(program, &baseline_dir, small)?;
+        let _ = fs::remove_dir_all(&baseline_dir);
+        let bytes = filled.file_bytes as f64 / filled.exchanges.max(1) as f64;
+        println!(
+            "  round {} baseline ingest into an empty store: {:.0} exchanges/s ({} exchanges, \
+             {:.1} s writing, {bytes:.0} bytes/exchange on disk)",
+            round + 1,
+            filled.rate(),
+            filled.written,
+            filled.write_seconds,
+        );
+        Ok((filled.rate(), bytes))
+    };
     for round in 0..rounds {
+        let first_baseline = match baseline {
+            Some(program) if baseline_first(round) => Some(fill_baseline(program, round)?),
+            _ => None,
+        };
         check_interrupt()?;
         let data_dir = dir(&format!("store-{round}"));
         let _ = fs::remove_dir_all(&data_dir);
@@ -240,21 +262,10 @@ pub fn run(
         );
         ingest.push(filled.rate());
         if let (Some(program), Some(fills)) = (baseline, baseline_fills.as_mut()) {
-            check_interrupt()?;
-            let baseline_dir = dir("store-baseline");
-            let _ = fs::remove_dir_all(&baseline_dir);
-            let filled = fill(program, &baseline_dir, small)?;
-            let _ = fs::remove_dir_all(&baseline_dir);
-            let bytes = filled.file_bytes as f64 / filled.exchanges.max(1) as f64;
-            println!(
-                "  round {} baseline ingest into an empty store: {:.0} exchanges/s ({} \
-                 exchanges, {:.1} s writing, {bytes:.0} bytes/exchange on disk)",
-                round + 1,
-                filled.rate(),
-                filled.written,
-                filled.write_seconds,
-            );
-            fills.push((filled.rate(), bytes));
+            fills.push(match first_baseline {
+                Some(done) => done,
+                None => fill_baseline(program, round)?,
+            });
         }
         // Keep the last store for the queries; the others only cost disk.
         if let Some((old, _)) = kept.replace((data_dir, filled)) {
