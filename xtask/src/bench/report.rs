@@ -336,7 +336,7 @@ struct OverheadSummary {
     tcpdump_file_mib: Spread,
 }
 
-/// The sensor's runs (this build's or the baseline's) reduced to figures.
+/// The sensor's runs reduced to figures.
 struct SensorSummary {
     /// CPU per exchange, µs: user, sys, bpf, total.
     us: [Spread; 4],
@@ -352,15 +352,19 @@ struct SensorSummary {
     bpf: BTreeMap<String, (Spread, Spread)>,
 }
 
-/// The per-run figures of a sensor, shared by its summary and the comparison with the baseline.
+// Figures of one run, shared by the summaries and the comparison with the baseline.
+
+/// nginx's CPU (user + sys) per completed request.
 fn nginx_ns_per_request(run: &OverheadRun) -> f64 {
     (run.nginx_cpu.user_ns + run.nginx_cpu.sys_ns) as f64 / run.wrk.requests.max(1) as f64
 }
 
+/// CPUs the sensor kept busy (user + sys + BPF over the run's length).
 fn sensor_cores(run: &OverheadRun, sensor: &SensorRun) -> f64 {
     sensor.total_ns() as f64 / 1e9 / run.wrk.seconds.max(1e-9)
 }
 
+/// Exchanges decoded over wrk's completed requests.
 fn decoded_ratio(run: &OverheadRun, sensor: &SensorRun) -> f64 {
     sensor.exchanges() as f64 / run.wrk.requests.max(1) as f64
 }
@@ -828,12 +832,12 @@ fn verdict(target: &Target) -> &'static str {
 
 impl Report {
     pub fn render(&self) -> Result<(String, Value)> {
-        let overhead = summarize_overhead(&self.overhead.runs, &Config::measured(&self.options));
+        let configs = Config::measured(&self.options);
+        let overhead = summarize_overhead(&self.overhead.runs, &configs);
         let levels = summarize_levels(&self.options, &self.completeness.runs);
         let offline = self.offline.as_ref().map(summarize_offline);
         let targets = targets(&overhead, &levels, offline.as_ref(), self.store.as_ref());
         let comparisons = self.comparisons();
-        let configs = Config::measured(&self.options);
         let o = &self.options;
         let m = &self.machine;
         let mut md = String::new();
@@ -1365,12 +1369,12 @@ impl Report {
 
     /// Appends this run's table to docs/BENCHMARKS.md, after the results already there.
     pub fn append_to_benchmarks(&self, path: &Path) -> Result<()> {
-        let overhead = summarize_overhead(&self.overhead.runs, &Config::measured(&self.options));
+        let configs = Config::measured(&self.options);
+        let overhead = summarize_overhead(&self.overhead.runs, &configs);
         let levels = summarize_levels(&self.options, &self.completeness.runs);
         let offline = self.offline.as_ref().map(summarize_offline);
         let targets = targets(&overhead, &levels, offline.as_ref(), self.store.as_ref());
         let comparisons = self.comparisons();
-        let configs = Config::measured(&self.options);
         let mut text = match fs::read_to_string(path) {
             Ok(text) => text,
             Err(_) => BENCHMARKS_HEADER.to_owned(),
