@@ -1559,6 +1559,15 @@ impl Comparison {
     }
 }
 
+/// A spread in a table, "—" when no round had the figure.
+fn cell(spread: &Spread, decimals: usize) -> String {
+    if spread.n == 0 {
+        "—".to_owned()
+    } else {
+        spread.show(decimals)
+    }
+}
+
 impl Report {
     /// This build against the `--baseline` one, figure by figure (None without a baseline).
     fn comparisons(&self) -> Option<Vec<Comparison>> {
@@ -1580,12 +1589,12 @@ impl Report {
         };
         let mut overhead =
             |figure: &str, decimals, f: &dyn Fn(&OverheadRun, &OverheadRun) -> Option<f64>| {
-                list.push(Comparison::of(
-                    figure,
-                    decimals,
-                    &per_round(Config::Sensor, f),
-                    &per_round(Config::Baseline, f),
-                ));
+                let (current, baseline) =
+                    (per_round(Config::Sensor, f), per_round(Config::Baseline, f));
+                // A figure neither build has (a BPF program that never ran) is no row.
+                if !current.is_empty() || !baseline.is_empty() {
+                    list.push(Comparison::of(figure, decimals, &current, &baseline));
+                }
             };
         overhead("requests/s at saturation, sensor running", 0, &|r, _| {
             Some(r.wrk.rate())
@@ -1724,9 +1733,9 @@ impl Report {
                 out,
                 "| {} | {} | {} | {} |",
                 c.figure,
-                c.current.show(c.decimals),
-                c.baseline.show(c.decimals),
-                c.ratio.show(3)
+                cell(&c.current, c.decimals),
+                cell(&c.baseline, c.decimals),
+                cell(&c.ratio, 3)
             )?;
         }
         let losses = |config: Config| {
