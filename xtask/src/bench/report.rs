@@ -895,7 +895,7 @@ impl Report {
             )?;
         }
         if let Some(comparisons) = &comparisons {
-            self.write_comparisons(&mut md, comparisons)?;
+            self.write_comparisons(&mut md, "## Against the baseline", comparisons)?;
         }
 
         writeln!(md, "\n## 1. Overhead at saturation\n")?;
@@ -1515,7 +1515,8 @@ impl Report {
             )?;
         }
         if let Some(comparisons) = &comparisons {
-            self.write_comparisons(&mut text, comparisons)?;
+            // A heading of its own would split this run's entry in two.
+            self.write_comparisons(&mut text, "**Against the baseline**", comparisons)?;
         }
         if let Some(parent) = path.parent() {
             fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
@@ -1689,9 +1690,14 @@ impl Report {
         Some(list)
     }
 
-    fn write_comparisons(&self, out: &mut String, list: &[Comparison]) -> Result<()> {
+    fn write_comparisons(
+        &self,
+        out: &mut String,
+        heading: &str,
+        list: &[Comparison],
+    ) -> Result<()> {
         let o = &self.options;
-        writeln!(out, "\n## Against the baseline\n")?;
+        writeln!(out, "\n{heading}\n")?;
         writeln!(
             out,
             "Baseline: `{}` ({}), measured in the same rounds as this build ({}): its sensor as \
