@@ -42,6 +42,7 @@ pub mod analysis;
 pub mod capture;
 pub mod config;
 pub mod container;
+pub mod doctor;
 pub mod dump;
 pub mod endpoint;
 pub mod exchange;

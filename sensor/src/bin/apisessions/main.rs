@@ -2,6 +2,7 @@
 //! library, which holds the pipeline and every stage. Errors become one readable line.
 
 mod args;
+mod doctor;
 mod export;
 mod import;
 mod prune;
@@ -49,6 +50,9 @@ enum Command {
     Prune(prune::PruneArgs),
     /// Show the counters of the running daemon, or the last ones it wrote.
     Stats(stats::StatsArgs),
+    /// Check whether this host can run the sensor: kernel, capabilities, configuration,
+    /// interfaces, ports, data directory; one line per check, with the fix.
+    Doctor(doctor::DoctorArgs),
 }
 
 fn main() -> ExitCode {
@@ -63,6 +67,7 @@ fn main() -> ExitCode {
         Command::Export(args) => export::export(args),
         Command::Prune(args) => prune::prune(args),
         Command::Stats(args) => stats::stats(args),
+        Command::Doctor(args) => doctor::doctor(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
