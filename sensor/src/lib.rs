@@ -52,6 +52,7 @@ pub mod import;
 pub mod live;
 pub mod nat;
 pub mod pipeline;
+pub mod privilege;
 pub mod proxy;
 pub mod reassembly;
 pub mod record;

@@ -23,6 +23,7 @@ use crate::{
     http::HttpConfig,
     nat::{Conntrack, NatConfig, NatTable},
     pipeline::{self, Analysis, DumpLines, Pipeline, PipelineError, StoreWriter, WriterMode},
+    privilege::{self, PrivilegeError},
     proxy::{self, ProxyConfig, ProxyStage},
     record::Redaction,
     segment::TcpSegment,
@@ -47,6 +48,8 @@ pub enum LiveError {
     Runtime(#[source] io::Error),
     #[error("installing the signal handlers")]
     Signals(#[source] io::Error),
+    #[error(transparent)]
+    Privilege(#[from] PrivilegeError),
 }
 
 /// What `apisessions run` prints besides the statistics.
@@ -58,6 +61,8 @@ pub struct LiveOptions {
     pub dump_segments: bool,
     /// Seconds between summary log lines; 0 turns them off.
     pub summary_interval: u64,
+    /// The user to continue as when started as root (see [`crate::privilege::target_user`]).
+    pub user: Option<String>,
 }
 
 /// Runs the daemon with `config` until SIGTERM or SIGINT, with its store and statistics in
@@ -96,6 +101,11 @@ pub fn run(config: Config, data_dir: PathBuf, live: LiveOptions) -> Result<(), L
             .map(|name| Interface::by_name(name))
             .collect::<Result<_, _>>()?
     };
+    // Before any thread starts: capabilities belong to threads, and every thread started from
+    // here on inherits the reduced set.
+    if let Some(user) = privilege::target_user(live.user.as_deref())? {
+        privilege::drop_to(&user, &data_dir)?;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -49,6 +49,10 @@ pub struct RunArgs {
     /// Body bytes kept per HTTP message. Default: 16384.
     #[arg(long, value_name = "BYTES")]
     body_cap: Option<usize>,
+    /// Started as root, continue as this user with only the capabilities capture needs.
+    /// Default: `apisessions` when that user exists; `root` stays root.
+    #[arg(long, value_name = "USER")]
+    user: Option<String>,
     /// Seconds between summary log lines (events/s, bytes/s, drops); 0 turns them off.
     #[arg(long, default_value_t = 10, value_name = "SECS")]
     summary_interval: u64,
@@ -91,6 +95,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         dump: args.dump,
         dump_segments: args.dump_segments,
         summary_interval: args.summary_interval,
+        user: args.user.clone(),
     };
     Ok(live::run(config, data_dir, options)?)
 }
