@@ -41,6 +41,16 @@
 //! headers = ["x-forwarded-for", "forwarded", "x-real-ip"]   # read in order, the first present decides
 //! join = true                    # one exchange per client request when both hops are captured
 //! join_window = "3s"             # how long a proxy's upstream exchange waits for its client's
+//!
+//! [central]                      # ship to a ClickHouse server (see docs/CENTRAL.md)
+//! url = "http://clickhouse.example:8123"   # http or https; port 8123 by default
+//! database = "apisessions"
+//! user = "default"
+//! password_file = "/etc/apisessions/central.pass"   # or APISESSIONS_CENTRAL_PASSWORD
+//! host_id = "api-1"              # default: the host name
+//! batch_size = 10000             # exchanges per insert at most
+//! interval = "1s"                # how long a partial batch waits
+//! query = false                  # true: the query commands answer from the central store
 //! ```
 
 use std::{
@@ -83,6 +93,8 @@ pub struct Config {
     pub parameters: Vec<Parameter>,
     pub secrets: SecretsSection,
     pub proxy: ProxySection,
+    /// Shipping to (and querying) a central ClickHouse store; none without a `[central]` table.
+    pub central: Option<CentralSection>,
 }
 
 /// Which ports `capture.ports` watches.
@@ -580,6 +592,178 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// The central store (ClickHouse over HTTP, see [`crate::ship`]).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CentralSection {
+    #[serde(deserialize_with = "from_text")]
+    pub url: CentralUrl,
+    #[serde(
+        default = "CentralSection::default_database",
+        deserialize_with = "identifier"
+    )]
+    pub database: String,
+    #[serde(default = "CentralSection::default_user")]
+    pub user: String,
+    /// A file holding the password (its first line); else `APISESSIONS_CENTRAL_PASSWORD`, else none.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// Names this sensor in the central tables; the host name when not set.
+    #[serde(default, deserialize_with = "host_id")]
+    pub host_id: Option<String>,
+    /// Exchanges per insert at most.
+    #[serde(
+        default = "CentralSection::default_batch_size",
+        deserialize_with = "batch_size"
+    )]
+    pub batch_size: usize,
+    /// How long exchanges wait for a batch to fill before a smaller one is sent.
+    #[serde(
+        default = "CentralSection::default_interval",
+        deserialize_with = "duration"
+    )]
+    pub interval: Duration,
+    /// The query commands answer from the central store (as with `--central`).
+    #[serde(default)]
+    pub query: bool,
+}
+
+impl CentralSection {
+    pub const MAX_BATCH_SIZE: usize = 1_000_000;
+
+    fn default_database() -> String {
+        "apisessions".into()
+    }
+
+    fn default_user() -> String {
+        "default".into()
+    }
+
+    fn default_batch_size() -> usize {
+        10_000
+    }
+
+    fn default_interval() -> Duration {
+        Duration::from_secs(1)
+    }
+
+    /// A section for `url` with every other value at its default.
+    pub fn new(url: CentralUrl) -> Self {
+        Self {
+            url,
+            database: Self::default_database(),
+            user: Self::default_user(),
+            password_file: None,
+            host_id: None,
+            batch_size: Self::default_batch_size(),
+            interval: Self::default_interval(),
+            query: false,
+        }
+    }
+
+    /// The configured host id, else the host name (else "localhost" if it cannot be read).
+    pub fn host_id(&self) -> String {
+        self.host_id.clone().unwrap_or_else(|| {
+            nix::unistd::gethostname()
+                .ok()
+                .and_then(|name| name.into_string().ok())
+                .filter(|name| !name.is_empty())
+                .unwrap_or_else(|| "localhost".into())
+        })
+    }
+}
+
+/// `http[s]://host[:port]`: where the central server's HTTP interface listens (port 8123
+/// unless given). No credentials (they would end up in logs) and no path or query.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CentralUrl {
+    pub https: bool,
+    /// As written (an IPv6 address with its brackets).
+    pub host: String,
+    pub port: u16,
+}
+
+impl CentralUrl {
+    pub const DEFAULT_PORT: u16 = 8123;
+}
+
+impl fmt::Display for CentralUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = if self.https { "https" } else { "http" };
+        write!(f, "{scheme}://{}:{}", self.host, self.port)
+    }
+}
+
+impl FromStr for CentralUrl {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let bad = |why: &str| format!("'{text}' is not a central url: {why}");
+        let uri: http::Uri = text.parse().map_err(|e| bad(&format!("{e}")))?;
+        let https = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            _ => return Err(bad("the scheme must be http or https")),
+        };
+        let authority = uri.authority().ok_or_else(|| bad("no host"))?;
+        if authority.as_str().contains('@') {
+            return Err(bad(
+                "credentials do not belong in the url (use user and password_file)",
+            ));
+        }
+        if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+            return Err(bad("a path or query is not supported"));
+        }
+        let host = authority.host();
+        if host.is_empty() {
+            return Err(bad("no host"));
+        }
+        Ok(Self {
+            https,
+            host: host.to_owned(),
+            port: authority.port_u16().unwrap_or(Self::DEFAULT_PORT),
+        })
+    }
+}
+
+/// A ClickHouse database name: it is written into SQL, so only a plain identifier.
+fn identifier<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    let mut chars = text.chars();
+    let plain = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && text.len() <= 64;
+    if !plain {
+        return Err(de::Error::custom(format!(
+            "'{text}' is not a database name (letters, digits and _, not starting with a digit)"
+        )));
+    }
+    Ok(text)
+}
+
+fn host_id<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    if text.is_empty() || text.len() > 255 || text.chars().any(char::is_control) {
+        return Err(de::Error::custom(
+            "host_id must be 1 to 255 bytes without control characters",
+        ));
+    }
+    Ok(Some(text))
+}
+
+fn batch_size<'de, D: Deserializer<'de>>(deserializer: D) -> Result<usize, D::Error> {
+    let value = usize::deserialize(deserializer)?;
+    if value == 0 || value > CentralSection::MAX_BATCH_SIZE {
+        return Err(de::Error::custom(format!(
+            "batch_size {value} must be between 1 and {}",
+            CentralSection::MAX_BATCH_SIZE
+        )));
+    }
+    Ok(value)
 }
 
 /// 1-based line and column of a byte offset.

@@ -23,7 +23,9 @@
 //!   session ids; [`endpoint`] templates paths (`/users/{id}`).
 //! - [`store`]: LMDB (heed) with time and secondary indexes, the daemon's writer thread and the
 //!   pruning sweep; records hold no raw secrets.
-//! - Readers: [`report`] (the `sessions` table, the `show` page, NDJSON/CSV/HAR export).
+//! - Readers: [`report`] (the `sessions` table, the `show` page, NDJSON/CSV/HAR export) and
+//!   [`ship`] (the central ClickHouse store: a shipper reading the store's outbox, and the
+//!   query commands over the fleet).
 //!
 //! Around the pipeline: [`container`] (which container's network namespace and cgroup served an
 //! exchange, from /proc; live only), [`config`] (the TOML file), [`import`] (capture files through the same
@@ -44,6 +46,7 @@ pub mod reassembly;
 pub mod report;
 pub mod segment;
 pub mod sessions;
+pub mod ship;
 pub mod source;
 pub mod stats;
 pub mod store;

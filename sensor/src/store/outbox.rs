@@ -1,0 +1,268 @@
+//! The outbox: what the writer stored, in commit order, for the central shipper (see
+//! [`crate::ship`]), and the shipper's durable cursor.
+//!
+//! The `exchanges` database is keyed by session, so "everything written since the shipper's
+//! last insert" cannot be read from it. When the outbox is enabled ([`Store::enable_outbox`]),
+//! every exchange block the writer puts is also appended to `outbox`: a sequence number
+//! (8 bytes, big-endian, so byte order is commit order) -> the block's key, its number of
+//! exchanges and when it was committed. The shipper reads entries after its cursor, inserts
+//! their exchanges (and their sessions' latest summaries) into the central store, and only once
+//! the server acknowledged both inserts advances the cursor and deletes the shipped entries, in
+//! one transaction ([`Store::outbox_advance`]). A crash anywhere in between ships the same
+//! entries again, with the same exchange ids, which the central tables count once.
+//!
+//! `outbox_meta` holds the cursor and two totals (exchanges appended, exchanges shipped or
+//! skipped), from which the pending count is read without scanning.
+
+use heed::{Database, RwTxn, types::Bytes};
+
+use super::{
+    Store, StoreError, StoredExchange, compact::Block, decode, keys::EXCHANGE_KEY, lmdb, put,
+};
+use crate::store::SessionSummary;
+
+const CURSOR: &[u8] = b"cursor";
+const APPENDED: &[u8] = b"appended_exchanges";
+const SHIPPED: &[u8] = b"shipped_exchanges";
+/// An entry's value: the block key, its exchange count (u32), its commit time (ns, u64).
+const ENTRY_VALUE: usize = EXCHANGE_KEY + 4 + 8;
+
+#[derive(Clone, Copy)]
+pub(super) struct OutboxDbs {
+    pub(super) log: Database<'static, Bytes, Bytes>,
+    pub(super) meta: Database<'static, Bytes, Bytes>,
+}
+
+/// Appends the blocks of one write transaction (called by the writer, inside it).
+pub(super) struct Appender {
+    next: u64,
+    exchanges: u64,
+    now_ns: u64,
+}
+
+impl OutboxDbs {
+    pub(super) fn appender(&self, txn: &RwTxn<'_>) -> Result<Appender, StoreError> {
+        let last = self.log.last(txn).map_err(lmdb("reading the outbox"))?;
+        let next = match last {
+            Some((key, _)) => sequence(key)? + 1,
+            // Empty (everything shipped): continue after the cursor, never reuse a number.
+            None => get_u64(self.meta, txn, CURSOR)? + 1,
+        };
+        Ok(Appender {
+            next,
+            exchanges: 0,
+            now_ns: super::writer::now_ns(),
+        })
+    }
+
+    pub(super) fn append(
+        &self,
+        txn: &mut RwTxn<'_>,
+        appender: &mut Appender,
+        block_key: &[u8],
+        exchanges: usize,
+    ) -> Result<(), StoreError> {
+        let mut value = Vec::with_capacity(ENTRY_VALUE);
+        value.extend_from_slice(block_key);
+        value.extend_from_slice(&(exchanges as u32).to_be_bytes());
+        value.extend_from_slice(&appender.now_ns.to_be_bytes());
+        let key = appender.next.to_be_bytes();
+        put(self.log, txn, &key, &value, "the outbox")?;
+        appender.next += 1;
+        appender.exchanges += exchanges as u64;
+        Ok(())
+    }
+
+    pub(super) fn finish(&self, txn: &mut RwTxn<'_>, appender: Appender) -> Result<(), StoreError> {
+        if appender.exchanges > 0 {
+            let total = get_u64(self.meta, txn, APPENDED)? + appender.exchanges;
+            put(self.meta, txn, APPENDED, &total.to_be_bytes(), "the outbox")?;
+        }
+        Ok(())
+    }
+}
+
+fn sequence(key: &[u8]) -> Result<u64, StoreError> {
+    <[u8; 8]>::try_from(key)
+        .map(u64::from_be_bytes)
+        .map_err(|_| StoreError::Corrupt {
+            what: "outbox key",
+            reason: format!("{} bytes", key.len()),
+        })
+}
+
+fn get_u64(
+    db: Database<'static, Bytes, Bytes>,
+    txn: &heed::RoTxn<'_>,
+    key: &[u8],
+) -> Result<u64, StoreError> {
+    match db.get(txn, key).map_err(lmdb("reading the outbox"))? {
+        None => Ok(0),
+        Some(bytes) => sequence(bytes),
+    }
+}
+
+/// One block the writer stored, as the shipper reads it.
+#[derive(Debug)]
+pub struct OutboxEntry {
+    pub sequence: u64,
+    /// The block's key in `exchanges`: with an exchange's position in the block, what names
+    /// that exchange for as long as the store keeps it (see `ship::rows::exchange_id`).
+    pub block_key: Vec<u8>,
+    /// The exchanges the entry announced (also when the block is gone).
+    pub announced: u32,
+    /// When the writer committed it (ns since the epoch).
+    pub committed_ns: u64,
+    /// The block's exchanges; empty if pruning removed the block before it was shipped.
+    pub exchanges: Vec<StoredExchange>,
+    /// The session's latest summary (None if pruned).
+    pub session: Option<SessionSummary>,
+}
+
+/// Where the outbox stands.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OutboxStatus {
+    /// Every entry up to this sequence number was shipped.
+    pub cursor: u64,
+    /// Exchanges appended and not yet shipped.
+    pub pending_exchanges: u64,
+    /// When the oldest unshipped entry was committed (None: nothing pending).
+    pub oldest_pending_ns: Option<u64>,
+}
+
+impl Store {
+    /// From now on the writer records what it stores in the outbox, for the central shipper.
+    /// Exchanges written before (or while it is off) are not shipped. Only a writer's store has
+    /// the outbox; a reader's call is a no-op.
+    pub fn enable_outbox(&mut self) {
+        self.outbox_on = self.outbox.is_some();
+    }
+
+    fn outbox_dbs(&self) -> Result<OutboxDbs, StoreError> {
+        self.outbox.ok_or(StoreError::Corrupt {
+            what: "outbox",
+            reason: "this store handle was opened for reading".into(),
+        })
+    }
+
+    pub fn outbox_status(&self) -> Result<OutboxStatus, StoreError> {
+        let dbs = self.outbox_dbs()?;
+        let txn = self.read()?;
+        let appended = get_u64(dbs.meta, &txn, APPENDED)?;
+        let shipped = get_u64(dbs.meta, &txn, SHIPPED)?;
+        let oldest = match dbs.log.first(&txn).map_err(lmdb("reading the outbox"))? {
+            Some((_, value)) => Some(committed_ns(value)?),
+            None => None,
+        };
+        Ok(OutboxStatus {
+            cursor: get_u64(dbs.meta, &txn, CURSOR)?,
+            pending_exchanges: appended.saturating_sub(shipped),
+            oldest_pending_ns: oldest,
+        })
+    }
+
+    /// Entries after the cursor in commit order, until they hold `max_exchanges` exchanges
+    /// (at least one entry if any is pending), read in one read transaction.
+    pub fn outbox_read(&self, max_exchanges: usize) -> Result<Vec<OutboxEntry>, StoreError> {
+        let dbs = self.outbox_dbs()?;
+        let txn = self.read()?;
+        let mut out = Vec::new();
+        let mut exchanges = 0usize;
+        for entry in dbs.log.iter(&txn).map_err(lmdb("reading the outbox"))? {
+            if exchanges >= max_exchanges {
+                break;
+            }
+            let (key, value) = entry.map_err(lmdb("reading the outbox"))?;
+            let corrupt = || StoreError::Corrupt {
+                what: "outbox entry",
+                reason: format!("{} bytes", value.len()),
+            };
+            if value.len() != ENTRY_VALUE {
+                return Err(corrupt());
+            }
+            let (block_key, rest) = value.split_at(EXCHANGE_KEY);
+            let announced = u32::from_be_bytes(rest[..4].try_into().map_err(|_| corrupt())?);
+            let id: [u8; 16] = block_key[..16].try_into().map_err(|_| corrupt())?;
+            let first_ns = u64::from_be_bytes(block_key[16..24].try_into().map_err(|_| corrupt())?);
+            let session = self.summary(&txn, &id)?;
+            let mut block = Vec::new();
+            if let (Some(summary), Some(bytes)) = (
+                &session,
+                self.exchanges
+                    .get(&txn, block_key)
+                    .map_err(lmdb("reading an exchange block"))?,
+            ) {
+                for exchange in decode::<Block>(bytes, "exchanges")?.expand(first_ns, summary) {
+                    block.push(exchange?);
+                }
+            }
+            exchanges += block.len().max(1);
+            out.push(OutboxEntry {
+                sequence: sequence(key)?,
+                block_key: block_key.to_vec(),
+                announced,
+                committed_ns: committed_ns(value)?,
+                exchanges: block,
+                session,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Marks every entry up to `sequence` as shipped: moves the cursor, deletes those entries
+    /// and adds their announced exchanges to the shipped total, in one transaction. Call only
+    /// after the central store acknowledged them.
+    pub fn outbox_advance(&self, sequence: u64) -> Result<(), StoreError> {
+        let dbs = self.outbox_dbs()?;
+        let mut txn = self.env.write_txn().map_err(lmdb("write transaction"))?;
+        let mut shipped = 0u64;
+        let upper = sequence.to_be_bytes();
+        let range = (
+            std::ops::Bound::Unbounded,
+            std::ops::Bound::Included(&upper[..]),
+        );
+        for entry in dbs
+            .log
+            .range(&txn, &range)
+            .map_err(lmdb("reading the outbox"))?
+        {
+            let (_, value) = entry.map_err(lmdb("reading the outbox"))?;
+            let count = value
+                .get(EXCHANGE_KEY..EXCHANGE_KEY + 4)
+                .and_then(|b| <[u8; 4]>::try_from(b).ok())
+                .map_or(0, u32::from_be_bytes);
+            shipped += u64::from(count);
+        }
+        dbs.log
+            .delete_range(&mut txn, &range)
+            .map_err(lmdb("deleting from the outbox"))?;
+        let cursor = get_u64(dbs.meta, &txn, CURSOR)?.max(sequence);
+        put(
+            dbs.meta,
+            &mut txn,
+            CURSOR,
+            &cursor.to_be_bytes(),
+            "the outbox",
+        )?;
+        let total = get_u64(dbs.meta, &txn, SHIPPED)? + shipped;
+        put(
+            dbs.meta,
+            &mut txn,
+            SHIPPED,
+            &total.to_be_bytes(),
+            "the outbox",
+        )?;
+        txn.commit().map_err(lmdb("commit"))
+    }
+}
+
+fn committed_ns(value: &[u8]) -> Result<u64, StoreError> {
+    value
+        .get(EXCHANGE_KEY + 4..ENTRY_VALUE)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(|| StoreError::Corrupt {
+            what: "outbox entry",
+            reason: format!("{} bytes", value.len()),
+        })
+}
