@@ -991,4 +991,91 @@ join_window = "10s"
             .collect();
         assert!(wrong.is_empty(), "{wrong:#?}");
     }
+
+    #[test]
+    fn the_central_section_has_defaults_and_rejects_bad_values() {
+        assert_eq!(parse("").unwrap().central, None);
+        let central = parse("[central]\nurl = \"http://ch.example\"\n")
+            .unwrap()
+            .central
+            .unwrap();
+        assert_eq!(central.url.to_string(), "http://ch.example:8123");
+        assert_eq!(
+            (central.database.as_str(), central.user.as_str()),
+            ("apisessions", "default")
+        );
+        assert_eq!(
+            (central.batch_size, central.interval, central.query),
+            (10_000, Duration::from_secs(1), false)
+        );
+        assert!(!central.host_id().is_empty(), "the host name by default");
+        let central = parse(
+            "[central]\nurl = \"https://[::1]:9443/\"\ndatabase = \"fleet_1\"\nuser = \"ship\"\n\
+             password_file = \"/etc/p\"\nhost_id = \"api-1\"\nbatch_size = 500\ninterval = \"250ms\"\nquery = true\n",
+        )
+        .unwrap()
+        .central
+        .unwrap();
+        assert_eq!(central.url.to_string(), "https://[::1]:9443");
+        assert_eq!(central.host_id(), "api-1");
+        assert_eq!(
+            (central.batch_size, central.interval),
+            (500, Duration::from_millis(250))
+        );
+
+        let cases = [
+            (
+                "[central]\ndatabase = \"x\"\n",
+                "test.toml:1:1:",
+                "missing field `url`",
+            ),
+            (
+                "[central]\nurl = \"ftp://x\"\n",
+                "test.toml:2:7:",
+                "http or https",
+            ),
+            (
+                "[central]\nurl = \"http://u:p@x\"\n",
+                "test.toml:2:7:",
+                "credentials",
+            ),
+            (
+                "[central]\nurl = \"http://x/db?q=1\"\n",
+                "test.toml:2:7:",
+                "path or query",
+            ),
+            (
+                "[central]\nurl = \"http://x\"\ndatabase = \"a; DROP\"\n",
+                "test.toml:3:12:",
+                "not a database name",
+            ),
+            (
+                "[central]\nurl = \"http://x\"\nbatch_size = 0\n",
+                "test.toml:3:14:",
+                "between 1",
+            ),
+            (
+                "[central]\nurl = \"http://x\"\nhost_id = \"\"\n",
+                "test.toml:3:11:",
+                "host_id",
+            ),
+            (
+                "[central]\nurl = \"http://x\"\ninterval = \"0s\"\n",
+                "test.toml:3:12:",
+                "longer than zero",
+            ),
+            (
+                "[central]\nurl = \"http://x\"\npassword = \"x\"\n",
+                "test.toml:3:1:",
+                "unknown field `password`",
+            ),
+        ];
+        for (text, location, reason) in cases {
+            let error = parse(text).unwrap_err();
+            assert!(
+                error.starts_with(location) && error.contains(reason),
+                "want {location} …{reason}…, got {error}"
+            );
+        }
+    }
 }

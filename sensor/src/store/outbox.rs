@@ -266,3 +266,154 @@ fn committed_ns(value: &[u8]) -> Result<u64, StoreError> {
             reason: format!("{} bytes", value.len()),
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::{
+        exchange::{Exchange, MessageMeta, Request},
+        sessions::{Assignment, KeyKind, Secret},
+        store::Redaction,
+    };
+
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(tag: &str) -> Self {
+            let dir =
+                std::env::temp_dir().join(format!("apis-outbox-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            Self(dir)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// `count` exchanges of session `session`, one second apart from `from_s`.
+    fn exchanges(session: u8, from_s: u64, count: u64) -> Vec<(StoredExchange, Assignment)> {
+        (from_s..from_s + count)
+            .map(|s| {
+                let exchange = Exchange {
+                    client: "192.0.2.1:5000".parse().unwrap(),
+                    server: "10.0.0.1:80".parse().unwrap(),
+                    forwarding: Default::default(),
+                    upstream: None,
+                    request: Some(Request {
+                        method: "GET".into(),
+                        uri: format!("/items/{s}"),
+                        meta: MessageMeta {
+                            start_ns: s * 1_000_000_000,
+                            ..MessageMeta::default()
+                        },
+                    }),
+                    response: None,
+                };
+                let record = StoredExchange::new(
+                    &exchange,
+                    &Secret::from_bytes([1; 32]),
+                    &Redaction::default(),
+                );
+                let assignment = Assignment {
+                    session_id: format!("{session:02x}").repeat(16),
+                    key_kind: KeyKind::Cookie,
+                    key_name: "cookie sid".into(),
+                    user: None,
+                    role: None,
+                    new_session: false,
+                };
+                (record, assignment)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn nothing_is_recorded_unless_enabled() {
+        let dir = TempDir::new("off");
+        let store = Store::open(&dir.0, 1 << 30).unwrap();
+        store.write(&exchanges(1, 100, 5)).unwrap();
+        assert!(store.outbox_read(100).unwrap().is_empty());
+        assert_eq!(store.outbox_status().unwrap(), OutboxStatus::default());
+        drop(store);
+        let reader = Store::open_read_only(&dir.0).unwrap();
+        assert!(reader.outbox_read(100).is_err(), "a reader has no outbox");
+    }
+
+    #[test]
+    fn entries_come_in_commit_order_and_leave_only_when_advanced() {
+        let dir = TempDir::new("order");
+        let mut store = Store::open(&dir.0, 1 << 30).unwrap();
+        store.enable_outbox();
+        // 20 exchanges of one session: two blocks (16 + 4); then 3 of another session.
+        store.write(&exchanges(1, 100, 20)).unwrap();
+        store.write(&exchanges(2, 200, 3)).unwrap();
+        let shipper = store.share();
+        let status = shipper.outbox_status().unwrap();
+        assert_eq!((status.cursor, status.pending_exchanges), (0, 23));
+        let all = shipper.outbox_read(1000).unwrap();
+        let sizes: Vec<usize> = all.iter().map(|e| e.exchanges.len()).collect();
+        assert_eq!(sizes, [16, 4, 3]);
+        assert!(all.windows(2).all(|w| w[0].sequence < w[1].sequence));
+        assert_eq!(
+            all[0].session.as_ref().unwrap().requests,
+            20,
+            "the latest summary"
+        );
+        assert_eq!(all[2].exchanges[0].uri.as_deref(), Some("/items/200"));
+        // A bound of 16 exchanges stops after the first block.
+        let first = shipper.outbox_read(16).unwrap();
+        assert_eq!(first.len(), 1);
+        // Reading does not consume; advancing does.
+        assert_eq!(shipper.outbox_read(1000).unwrap().len(), 3);
+        shipper.outbox_advance(first[0].sequence).unwrap();
+        let status = shipper.outbox_status().unwrap();
+        assert_eq!(
+            (status.cursor, status.pending_exchanges),
+            (first[0].sequence, 7)
+        );
+        let rest = shipper.outbox_read(1000).unwrap();
+        assert_eq!(
+            rest.iter().map(|e| e.sequence).collect::<Vec<_>>(),
+            [all[1].sequence, all[2].sequence]
+        );
+        shipper.outbox_advance(all[2].sequence).unwrap();
+        assert!(shipper.outbox_read(1000).unwrap().is_empty());
+        assert_eq!(shipper.outbox_status().unwrap().pending_exchanges, 0);
+
+        // Reopened (a restart) with the outbox empty: numbering goes on after the cursor.
+        drop((store, shipper));
+        let mut store = Store::open(&dir.0, 1 << 30).unwrap();
+        store.enable_outbox();
+        store.write(&exchanges(3, 300, 1)).unwrap();
+        let again = store.outbox_read(1000).unwrap();
+        assert_eq!(again.len(), 1);
+        assert!(
+            again[0].sequence > all[2].sequence,
+            "a sequence number is never reused"
+        );
+    }
+
+    #[test]
+    fn a_block_pruned_before_shipping_is_announced_but_empty() {
+        let dir = TempDir::new("pruned");
+        let mut store = Store::open(&dir.0, 1 << 30).unwrap();
+        store.enable_outbox();
+        store.write(&exchanges(1, 100, 4)).unwrap();
+        store.write(&exchanges(2, 10_000, 2)).unwrap();
+        let pruned = store.prune(5_000 * 1_000_000_000, 100).unwrap();
+        assert_eq!(pruned.sessions, 1);
+        let entries = store.outbox_read(1000).unwrap();
+        assert_eq!(entries.len(), 2);
+        assert_eq!((entries[0].announced, entries[0].exchanges.len()), (4, 0));
+        assert!(entries[0].session.is_none());
+        assert_eq!(entries[1].exchanges.len(), 2);
+        store.outbox_advance(entries[1].sequence).unwrap();
+        assert_eq!(store.outbox_status().unwrap().pending_exchanges, 0);
+    }
+}
