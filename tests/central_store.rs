@@ -383,6 +383,111 @@ fn the_cursor_advances_only_after_the_server_acknowledged() {
 }
 
 #[test]
+fn one_user_across_two_hosts_is_one_session() {
+    let server = ClickHouse::start("hosts");
+    let (dir_a, dir_b) = (TempDir::new("host-a"), TempDir::new("host-b"));
+    let mut shippers = Vec::new();
+    let mut stores = Vec::new();
+    // Hosts sharing the session secret give the user the same session id; the load balancer
+    // alternates its requests between them.
+    for (host, dir, parity) in [("host-a", &dir_a, 0), ("host-b", &dir_b, 1)] {
+        let section = central(&server, "apisessions", host);
+        let mut store = Store::open(&dir.0, 1 << 30).unwrap();
+        store.enable_outbox();
+        let mine: Vec<_> = batch(0, 40, 1)
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| i % 2 == parity)
+            .map(|(_, mut item)| {
+                item.0.server_ip = format!("10.1.0.{}", parity + 1);
+                item
+            })
+            .collect();
+        store.write(&mine).unwrap();
+        shippers
+            .push(Shipper::spawn(store.share(), &section, fast_settings(&section, 1000)).unwrap());
+        stores.push(store);
+    }
+    for shipper in &shippers {
+        assert!(wait_until(Duration::from_secs(30), || {
+            shipper.counters.exchanges_shipped.load(Ordering::Relaxed) == 20
+        }));
+    }
+    shippers.into_iter().for_each(|s| s.stop());
+
+    let query = CentralQuery::new(&central(&server, "apisessions", "reader")).unwrap();
+    let sessions = query.sessions(&SessionFilter::default(), None).unwrap();
+    assert_eq!(sessions.len(), 1, "one session for the fleet");
+    let session = &sessions[0];
+    assert_eq!(session.host_ids, ["host-a", "host-b"]);
+    assert_eq!(session.summary.requests, 40);
+    assert_eq!(session.summary.server_ips.len(), 2);
+    let local: Vec<SessionSummary> = stores
+        .iter()
+        .map(|s| s.session(&session.summary.session_id).unwrap().unwrap())
+        .collect();
+    assert_eq!(
+        session.summary.start_ns,
+        local.iter().map(|s| s.start_ns).min().unwrap()
+    );
+    assert_eq!(
+        session.summary.end_ns,
+        local.iter().map(|s| s.end_ns).max().unwrap()
+    );
+    let json = session.to_json();
+    assert_eq!(json["host_ids"], serde_json::json!(["host-a", "host-b"]));
+    assert_eq!(
+        json["session_id"],
+        serde_json::json!(session.summary.session_id)
+    );
+
+    for host in ["host-a", "host-b"] {
+        assert_eq!(
+            query
+                .sessions(&SessionFilter::default(), Some(host))
+                .unwrap()
+                .len(),
+            1
+        );
+    }
+    assert!(
+        query
+            .sessions(&SessionFilter::default(), Some("host-c"))
+            .unwrap()
+            .is_empty()
+    );
+    let mut times = Vec::new();
+    let filter = ExchangeFilter {
+        session_id: Some(session.summary.session_id.clone()),
+        ..ExchangeFilter::default()
+    };
+    query
+        .exchanges(&filter, |row| {
+            times.push((row.ts_ns, row.host_id));
+            true
+        })
+        .unwrap();
+    assert_eq!(times.len(), 40, "the requests of both hosts");
+    assert!(times.windows(2).all(|w| w[0].0 <= w[1].0), "in time order");
+    assert!(
+        times.windows(2).all(|w| w[0].1 != w[1].1),
+        "alternating hosts"
+    );
+    let one_host = ExchangeFilter {
+        host_id: Some("host-b".into()),
+        ..filter
+    };
+    let mut count = 0;
+    query
+        .exchanges(&one_host, |_| {
+            count += 1;
+            true
+        })
+        .unwrap();
+    assert_eq!(count, 20);
+}
+
+#[test]
 fn hostile_filter_values_find_exactly_their_rows() {
     let server = ClickHouse::start("hostile");
     let dir = TempDir::new("hostile");

@@ -158,9 +158,12 @@ impl CentralQuery {
             parts.entry(row.session_id.clone()).or_default().push(row);
             true
         })?;
-        // One order whatever the server's: merging is then deterministic.
         for rows in parts.values_mut() {
-            rows.sort_by(|a, b| a.host_id.cmp(&b.host_id));
+            // One row per host, the highest version: `FINAL` collapses rows within a day
+            // partition only, and a late exchange that started before midnight moves a
+            // session's start (its partition) back.
+            rows.sort_by(|a, b| a.host_id.cmp(&b.host_id).then(b.version.cmp(&a.version)));
+            rows.dedup_by(|later, kept| later.host_id == kept.host_id);
         }
         Ok(parts)
     }
