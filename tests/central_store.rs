@@ -620,3 +620,36 @@ fn a_wrong_password_is_an_authentication_error() {
         "kept for later"
     );
 }
+
+/// Shipping throughput into a local server (`cargo test --release --test central_store --
+/// --ignored --nocapture`); the bench's figure for issue 13 comes from here.
+#[test]
+#[ignore = "a measurement, not a check"]
+fn shipping_throughput() {
+    let server = ClickHouse::start("throughput");
+    let dir = TempDir::new("throughput");
+    let section = central(&server, "apisessions", "bench");
+    let mut store = Store::open(&dir.0, 4 << 30).unwrap();
+    store.enable_outbox();
+    let total = 200_000u64;
+    for first in (0..total).step_by(20_000) {
+        store.write(&batch(first, 20_000, 200)).unwrap();
+    }
+    let started = Instant::now();
+    let shipper = Shipper::spawn(store.share(), &section, fast_settings(&section, 10_000)).unwrap();
+    assert!(wait_until(Duration::from_secs(600), || {
+        shipper.counters.pending_exchanges.load(Ordering::Relaxed) == 0
+            && shipper.counters.exchanges_shipped.load(Ordering::Relaxed) == total
+    }));
+    let elapsed = started.elapsed();
+    shipper.stop();
+    println!(
+        "shipped {total} exchanges in {:.2} s: {:.0} exchanges/s",
+        elapsed.as_secs_f64(),
+        total as f64 / elapsed.as_secs_f64()
+    );
+    assert_eq!(
+        server.number("SELECT count() FROM apisessions.exchanges FINAL"),
+        total
+    );
+}
