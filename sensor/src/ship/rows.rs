@@ -1,7 +1,9 @@
 //! The central tables' rows: an exchange and a session summary as JSONEachRow objects, and
 //! back. Column names are the NDJSON vocabulary (see [`crate::exchange::ExchangeRecord`]) plus
-//! `host_id`, `exchange_id`, `ts_ns` and `version`; the test `every_ndjson_field_has_a_column`
-//! fails when the vocabulary gains a field the table lacks.
+//! `host_id`, `exchange_id`, `ts_ns`, the content types (the HAR export shows them) and
+//! `version`. The unit test `every_ndjson_field_has_a_column` fails when the vocabulary gains a
+//! field these rows lack; the tests against a real server fail when the table lacks a field of
+//! these rows (JSONEachRow rejects unknown fields).
 //!
 //! 18.16 shapes the encoding: booleans are `UInt8` (JSONEachRow there rejects `true`), `ts` is
 //! a `DateTime` sent as unix seconds (no `DateTime64` before 20.1) next to the exact `ts_ns`,
@@ -35,6 +37,9 @@ pub struct ExchangeRow {
     pub version: Option<String>,
     pub user_agent: Option<String>,
     pub referrer: Option<String>,
+    /// Beyond the NDJSON vocabulary: the HAR export shows them.
+    pub request_content_type: Option<String>,
+    pub response_content_type: Option<String>,
     pub status_code: Option<u16>,
     pub status_msg: Option<String>,
     pub request_body_len: Option<u64>,
@@ -119,6 +124,8 @@ impl ExchangeRow {
             version: e.version.clone(),
             user_agent: e.user_agent.clone(),
             referrer: e.referrer.clone(),
+            request_content_type: e.request_content_type.clone(),
+            response_content_type: e.response_content_type.clone(),
             status_code: e.status_code,
             status_msg: e.status_msg.clone(),
             request_body_len: e.request_body_len,
@@ -139,8 +146,7 @@ impl ExchangeRow {
         }
     }
 
-    /// The exchange as the local store would hand it to the report (content types are not
-    /// shipped: they are not in the NDJSON vocabulary).
+    /// The exchange as the local store hands it to the report.
     pub fn to_stored(&self) -> StoredExchange {
         StoredExchange {
             ts_ns: self.ts_ns,
@@ -157,8 +163,8 @@ impl ExchangeRow {
             version: self.version.clone(),
             user_agent: self.user_agent.clone(),
             referrer: self.referrer.clone(),
-            request_content_type: None,
-            response_content_type: None,
+            request_content_type: self.request_content_type.clone(),
+            response_content_type: self.response_content_type.clone(),
             status_code: self.status_code,
             status_msg: self.status_msg.clone(),
             request_body_len: self.request_body_len,
@@ -382,7 +388,7 @@ mod tests {
             user_agent: Some("curl".into()),
             referrer: None,
             request_content_type: None,
-            response_content_type: None,
+            response_content_type: Some("application/json".into()),
             status_code: Some(200),
             status_msg: Some("OK".into()),
             request_body_len: Some(0),

@@ -62,6 +62,8 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
                 version Nullable(String),
                 user_agent Nullable(String),
                 referrer Nullable(String),
+                request_content_type Nullable(String),
+                response_content_type Nullable(String),
                 status_code Nullable(UInt16),
                 status_msg Nullable(String),
                 request_body_len Nullable(UInt64),
