@@ -60,7 +60,7 @@ fn exchange(n: u64, ip: &str, uri: &str, status: u16) -> StoredExchange {
         version: Some("1.1".into()),
         user_agent: Some("agent \"x\" \\ y".into()),
         referrer: None,
-        request_content_type: (n % 2 == 0).then(|| "application/json".into()),
+        request_content_type: n.is_multiple_of(2).then(|| "application/json".into()),
         response_content_type: Some("text/plain; charset=utf-8".into()),
         status_code: Some(status),
         status_msg: Some("OK".into()),

@@ -5,7 +5,8 @@
 //! ClickHouse acknowledged the inserts of a batch (exchanges, then their sessions' latest
 //! summaries); until then the batch is retried with capped exponential backoff and jitter, and
 //! the store's retention is the buffer: an outage shorter than it loses nothing. What pruning
-//! removed before it could be shipped is counted (`exchanges_lost_pruned`) and logged at ERROR.
+//! removed before it could be shipped is counted (`exchanges_lost_pruned`, kept in the outbox
+//! across restarts) and logged at ERROR.
 
 use std::{
     collections::HashMap,
@@ -41,7 +42,8 @@ pub struct ShipperCounters {
     pub inserts: AtomicU64,
     /// Failed attempts (connection, authentication, server errors).
     pub failures: AtomicU64,
-    /// Exchanges pruned from the local store before they could be shipped (data loss).
+    /// Exchanges pruned from the local store before they could be shipped (data loss), over
+    /// the store's life (kept in the outbox).
     pub exchanges_lost_pruned: AtomicU64,
     /// Exchanges stored and not yet acknowledged by the central store.
     pub pending_exchanges: AtomicU64,
@@ -141,6 +143,8 @@ pub struct Shipper {
     counters: Arc<ShipperCounters>,
     stop: mpsc::Receiver<()>,
     failing: Option<String>,
+    /// The outbox status was read once (see `update_status`).
+    status_read: bool,
 }
 
 impl Shipper {
@@ -161,6 +165,7 @@ impl Shipper {
             counters: Arc::clone(&counters),
             stop,
             failing: None,
+            status_read: false,
         };
         let thread = thread::Builder::new()
             .name("central-shipper".into())
@@ -228,7 +233,7 @@ impl Shipper {
         }
     }
 
-    fn update_status(&self) {
+    fn update_status(&mut self) {
         match self.store.outbox_status() {
             Ok(status) => {
                 self.counters
@@ -238,6 +243,18 @@ impl Shipper {
                     .oldest_pending_ns
                     .map_or(0, |ns| now_ns().saturating_sub(ns) / 1_000_000_000);
                 self.counters.lag_seconds.store(lag, Ordering::Relaxed);
+                let before = self
+                    .counters
+                    .exchanges_lost_pruned
+                    .swap(status.lost_exchanges, Ordering::Relaxed);
+                // The first reading only learns the store's past; later growth is new loss.
+                if self.status_read && status.lost_exchanges > before {
+                    log::error!(
+                        "central: {} exchanges were pruned from the local store before they could be shipped",
+                        status.lost_exchanges - before
+                    );
+                }
+                self.status_read = true;
             }
             Err(e) => log::warn!("central: reading the outbox: {e}"),
         }
@@ -266,7 +283,7 @@ impl Shipper {
         if !batch.sessions.is_empty() {
             self.client.insert("sessions", &batch.sessions)?;
         }
-        self.store.outbox_advance(last)?;
+        self.store.outbox_advance(last, batch.lost)?;
         let c = &self.counters;
         c.inserts.fetch_add(1, Ordering::Relaxed);
         c.exchanges_shipped
@@ -275,14 +292,6 @@ impl Shipper {
             .fetch_add(batch.session_count, Ordering::Relaxed);
         c.last_success_unix
             .store(now_ns() / 1_000_000_000, Ordering::Relaxed);
-        if batch.lost > 0 {
-            c.exchanges_lost_pruned
-                .fetch_add(batch.lost, Ordering::Relaxed);
-            log::error!(
-                "central: {} exchanges were pruned from the local store before they could be shipped",
-                batch.lost
-            );
-        }
         let full = batch.exchange_count as usize >= self.settings.batch_size;
         Ok(if full { Shipped::Full } else { Shipped::Some })
     }

@@ -837,6 +837,12 @@ impl Store {
             let step = max_sessions.saturating_mul(IMPORTED_PER_SESSION);
             report.more |= dbs.prune(&mut txn, cutoff_ns, step)?;
         }
+        // Outbox entries of blocks pruned before they were shipped (see `outbox`).
+        if let Some(outbox) = self.outbox {
+            let before = cutoff_ns.saturating_sub(24 * 3600 * 1_000_000_000);
+            let step = max_sessions.saturating_mul(IMPORTED_PER_SESSION);
+            report.more |= outbox.prune(&mut txn, before, step)?;
+        }
         // Import markers of exchanges whose sessions are gone: a session lasts at most a day,
         // so every exchange that started a day before the cutoff belonged to one that ended
         // before it.

@@ -11,8 +11,16 @@
 //! one transaction ([`Store::outbox_advance`]). A crash anywhere in between ships the same
 //! entries again, with the same exchange ids, which the central tables count once.
 //!
-//! `outbox_meta` holds the cursor and two totals (exchanges appended, exchanges shipped or
-//! skipped), from which the pending count is read without scanning.
+//! `outbox_meta` holds the cursor and three totals (exchanges appended, exchanges done with:
+//! shipped or lost, and of those lost: pruned before they were shipped), from which the pending
+//! count is read without scanning.
+//!
+//! Bounded by the retention: the pruning sweep deletes entries committed more than a day before
+//! its cutoff (their sessions, at most a day long, are pruned) and counts their exchanges as
+//! lost, so an outage longer than the retention, or a shipper that no longer runs, cannot grow
+//! the outbox beyond the store it describes.
+
+use std::ops::Bound;
 
 use heed::{Database, RwTxn, types::Bytes};
 
@@ -24,6 +32,8 @@ use crate::store::SessionSummary;
 const CURSOR: &[u8] = b"cursor";
 const APPENDED: &[u8] = b"appended_exchanges";
 const SHIPPED: &[u8] = b"shipped_exchanges";
+/// Exchanges whose blocks pruning removed before they were shipped (included in SHIPPED).
+const LOST: &[u8] = b"lost_exchanges";
 /// An entry's value: the block key, its exchange count (u32), its commit time (ns, u64).
 const ENTRY_VALUE: usize = EXCHANGE_KEY + 4 + 8;
 
@@ -73,12 +83,56 @@ impl OutboxDbs {
         Ok(())
     }
 
-    pub(super) fn finish(&self, txn: &mut RwTxn<'_>, appender: Appender) -> Result<(), StoreError> {
-        if appender.exchanges > 0 {
-            let total = get_u64(self.meta, txn, APPENDED)? + appender.exchanges;
-            put(self.meta, txn, APPENDED, &total.to_be_bytes(), "the outbox")?;
+    /// Deletes at most `max` entries committed before `before_ns` (oldest first), counting
+    /// their exchanges as lost; true if more remain.
+    pub(super) fn prune(
+        &self,
+        txn: &mut RwTxn<'_>,
+        before_ns: u64,
+        max: usize,
+    ) -> Result<bool, StoreError> {
+        let mut doomed = Vec::new();
+        let mut lost = 0u64;
+        let mut more = false;
+        for entry in self.log.iter(txn).map_err(lmdb("reading the outbox"))? {
+            let (key, value) = entry.map_err(lmdb("reading the outbox"))?;
+            // Commit times only grow along the log.
+            if committed_ns(value)? >= before_ns {
+                break;
+            }
+            if doomed.len() == max {
+                more = true;
+                break;
+            }
+            lost += u64::from(announced(value));
+            doomed.push(sequence(key)?);
+        }
+        let Some(&last) = doomed.last() else {
+            return Ok(false);
+        };
+        for sequence in doomed {
+            self.log
+                .delete(txn, &sequence.to_be_bytes())
+                .map_err(lmdb("deleting from the outbox"))?;
+        }
+        // The cursor passes them: the shipper starts after what no longer exists.
+        let cursor = get_u64(self.meta, txn, CURSOR)?.max(last);
+        put(self.meta, txn, CURSOR, &cursor.to_be_bytes(), "the outbox")?;
+        self.add(txn, SHIPPED, lost)?;
+        self.add(txn, LOST, lost)?;
+        Ok(more)
+    }
+
+    fn add(&self, txn: &mut RwTxn<'_>, key: &[u8], amount: u64) -> Result<(), StoreError> {
+        if amount > 0 {
+            let total = get_u64(self.meta, txn, key)?.saturating_add(amount);
+            put(self.meta, txn, key, &total.to_be_bytes(), "the outbox")?;
         }
         Ok(())
+    }
+
+    pub(super) fn finish(&self, txn: &mut RwTxn<'_>, appender: Appender) -> Result<(), StoreError> {
+        self.add(txn, APPENDED, appender.exchanges)
     }
 }
 
@@ -128,6 +182,8 @@ pub struct OutboxStatus {
     pub pending_exchanges: u64,
     /// When the oldest unshipped entry was committed (None: nothing pending).
     pub oldest_pending_ns: Option<u64>,
+    /// Exchanges pruned from the store before they were shipped, over the store's life.
+    pub lost_exchanges: u64,
 }
 
 impl Store {
@@ -158,6 +214,7 @@ impl Store {
             cursor: get_u64(dbs.meta, &txn, CURSOR)?,
             pending_exchanges: appended.saturating_sub(shipped),
             oldest_pending_ns: oldest,
+            lost_exchanges: get_u64(dbs.meta, &txn, LOST)?,
         })
     }
 
@@ -180,10 +237,13 @@ impl Store {
             if value.len() != ENTRY_VALUE {
                 return Err(corrupt());
             }
-            let (block_key, rest) = value.split_at(EXCHANGE_KEY);
-            let announced = u32::from_be_bytes(rest[..4].try_into().map_err(|_| corrupt())?);
+            // Sizes checked above: the block key, then the session id and the block's start.
+            let block_key = &value[..EXCHANGE_KEY];
             let id: [u8; 16] = block_key[..16].try_into().map_err(|_| corrupt())?;
-            let first_ns = u64::from_be_bytes(block_key[16..24].try_into().map_err(|_| corrupt())?);
+            let first_ns = block_key[16..24]
+                .try_into()
+                .map(u64::from_be_bytes)
+                .map_err(|_| corrupt())?;
             let session = self.summary(&txn, &id)?;
             let mut block = Vec::new();
             if let (Some(summary), Some(bytes)) = (
@@ -200,7 +260,7 @@ impl Store {
             out.push(OutboxEntry {
                 sequence: sequence(key)?,
                 block_key: block_key.to_vec(),
-                announced,
+                announced: announced(value),
                 committed_ns: committed_ns(value)?,
                 exchanges: block,
                 session,
@@ -209,29 +269,23 @@ impl Store {
         Ok(out)
     }
 
-    /// Marks every entry up to `sequence` as shipped: moves the cursor, deletes those entries
-    /// and adds their announced exchanges to the shipped total, in one transaction. Call only
-    /// after the central store acknowledged them.
-    pub fn outbox_advance(&self, sequence: u64) -> Result<(), StoreError> {
+    /// Marks every entry up to `sequence` as done: moves the cursor, deletes those entries and
+    /// adds their announced exchanges to the done total, `lost` of them (blocks the shipper
+    /// found pruned) to the lost total, in one transaction. Call only after the central store
+    /// acknowledged the rest.
+    pub fn outbox_advance(&self, sequence: u64, lost: u64) -> Result<(), StoreError> {
         let dbs = self.outbox_dbs()?;
         let mut txn = self.env.write_txn().map_err(lmdb("write transaction"))?;
         let mut shipped = 0u64;
         let upper = sequence.to_be_bytes();
-        let range = (
-            std::ops::Bound::Unbounded,
-            std::ops::Bound::Included(&upper[..]),
-        );
+        let range = (Bound::Unbounded, Bound::Included(&upper[..]));
         for entry in dbs
             .log
             .range(&txn, &range)
             .map_err(lmdb("reading the outbox"))?
         {
             let (_, value) = entry.map_err(lmdb("reading the outbox"))?;
-            let count = value
-                .get(EXCHANGE_KEY..EXCHANGE_KEY + 4)
-                .and_then(|b| <[u8; 4]>::try_from(b).ok())
-                .map_or(0, u32::from_be_bytes);
-            shipped += u64::from(count);
+            shipped += u64::from(announced(value));
         }
         dbs.log
             .delete_range(&mut txn, &range)
@@ -244,16 +298,18 @@ impl Store {
             &cursor.to_be_bytes(),
             "the outbox",
         )?;
-        let total = get_u64(dbs.meta, &txn, SHIPPED)? + shipped;
-        put(
-            dbs.meta,
-            &mut txn,
-            SHIPPED,
-            &total.to_be_bytes(),
-            "the outbox",
-        )?;
+        dbs.add(&mut txn, SHIPPED, shipped)?;
+        dbs.add(&mut txn, LOST, lost)?;
         txn.commit().map_err(lmdb("commit"))
     }
+}
+
+/// The exchange count of an entry's value (0 if the value is short: it is counted, not trusted).
+fn announced(value: &[u8]) -> u32 {
+    value
+        .get(EXCHANGE_KEY..EXCHANGE_KEY + 4)
+        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+        .map_or(0, u32::from_be_bytes)
 }
 
 fn committed_ns(value: &[u8]) -> Result<u64, StoreError> {
@@ -371,7 +427,7 @@ mod tests {
         assert_eq!(first.len(), 1);
         // Reading does not consume; advancing does.
         assert_eq!(shipper.outbox_read(1000).unwrap().len(), 3);
-        shipper.outbox_advance(first[0].sequence).unwrap();
+        shipper.outbox_advance(first[0].sequence, 0).unwrap();
         let status = shipper.outbox_status().unwrap();
         assert_eq!(
             (status.cursor, status.pending_exchanges),
@@ -382,7 +438,7 @@ mod tests {
             rest.iter().map(|e| e.sequence).collect::<Vec<_>>(),
             [all[1].sequence, all[2].sequence]
         );
-        shipper.outbox_advance(all[2].sequence).unwrap();
+        shipper.outbox_advance(all[2].sequence, 0).unwrap();
         assert!(shipper.outbox_read(1000).unwrap().is_empty());
         assert_eq!(shipper.outbox_status().unwrap().pending_exchanges, 0);
 
@@ -413,7 +469,32 @@ mod tests {
         assert_eq!((entries[0].announced, entries[0].exchanges.len()), (4, 0));
         assert!(entries[0].session.is_none());
         assert_eq!(entries[1].exchanges.len(), 2);
-        store.outbox_advance(entries[1].sequence).unwrap();
-        assert_eq!(store.outbox_status().unwrap().pending_exchanges, 0);
+        store.outbox_advance(entries[1].sequence, 4).unwrap();
+        let status = store.outbox_status().unwrap();
+        assert_eq!((status.pending_exchanges, status.lost_exchanges), (0, 4));
+    }
+
+    #[test]
+    fn pruning_bounds_the_outbox_when_nothing_ships() {
+        let dir = TempDir::new("bounded");
+        let mut store = Store::open(&dir.0, 1 << 30).unwrap();
+        store.enable_outbox();
+        for session in 1..=3 {
+            store
+                .write(&exchanges(session, u64::from(session) * 100, 2))
+                .unwrap();
+        }
+        assert_eq!(store.outbox_read(1000).unwrap().len(), 3);
+        // Entries carry their commit time (now): a cutoff two days ahead expires them all.
+        let cursor = store.outbox_status().unwrap().cursor;
+        let future = super::super::writer::now_ns() + 2 * 86_400 * 1_000_000_000;
+        while store.prune(future, 1).unwrap().more {}
+        assert!(store.outbox_read(1000).unwrap().is_empty());
+        let status = store.outbox_status().unwrap();
+        assert_eq!((status.pending_exchanges, status.lost_exchanges), (0, 6));
+        assert!(status.cursor > cursor, "the cursor passes what was pruned");
+        // Numbering goes on after what pruning removed.
+        store.write(&exchanges(9, 900, 1)).unwrap();
+        assert_eq!(store.outbox_status().unwrap().pending_exchanges, 1);
     }
 }
