@@ -578,6 +578,37 @@ fn hostile_filter_values_find_exactly_their_rows() {
 }
 
 #[test]
+fn a_database_dropped_under_the_shipper_is_created_again() {
+    let server = ClickHouse::start("dropped");
+    let dir = TempDir::new("dropped");
+    let section = central(&server, "apisessions", "h1");
+    let mut store = Store::open(&dir.0, 1 << 30).unwrap();
+    store.enable_outbox();
+    store.write(&batch(0, 10, 2)).unwrap();
+    let shipper = Shipper::spawn(store.share(), &section, fast_settings(&section, 100)).unwrap();
+    let shipped = |n| {
+        wait_until(Duration::from_secs(30), || {
+            shipper.counters.exchanges_shipped.load(Ordering::Relaxed) == n
+        })
+    };
+    assert!(shipped(10));
+    server.query("DROP DATABASE apisessions");
+    store.write(&batch(10, 5, 2)).unwrap();
+    assert!(
+        shipped(15),
+        "{:?} {:?}",
+        shipper.counters.snapshot(),
+        shipper.counters.last_error()
+    );
+    assert!(shipper.counters.failures.load(Ordering::Relaxed) >= 1);
+    shipper.stop();
+    assert_eq!(
+        server.number("SELECT count() FROM apisessions.exchanges FINAL"),
+        5
+    );
+}
+
+#[test]
 fn a_wrong_password_is_an_authentication_error() {
     let server = ClickHouse::start("auth");
     let dir = TempDir::new("auth");

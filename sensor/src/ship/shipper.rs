@@ -223,6 +223,9 @@ impl Shipper {
                 }
                 Err(e) => {
                     self.failed(&e);
+                    // The server may come back empty (a new node, a dropped database): the
+                    // schema is checked again before the next insert.
+                    schema_ready = false;
                     backoff.next()
                 }
             };
