@@ -32,7 +32,9 @@
 //! - Sinks: [`store`] (LMDB via heed, time and secondary indexes, pruning), written by the
 //!   pipeline's writer thread ([`pipeline::writer`]); the `--dump` and `--ndjson` lines
 //!   ([`pipeline::sinks`], rendered by [`dump`]).
-//! - Readers: [`report`] (the `sessions` table, the `show` page, NDJSON/CSV/HAR export).
+//! - Readers: [`report`] (the `sessions` table, the `show` page, NDJSON/CSV/HAR export) and
+//!   [`ship`] (the central ClickHouse store: a shipper reading the store's outbox, and the
+//!   query commands over the fleet).
 //!
 //! Around the pipeline: [`config`] (the TOML file) and [`stats`] (every stage's counters, shown
 //! by `apisessions stats`). The binary (`src/bin/apisessions/`) parses arguments and has one
@@ -59,6 +61,7 @@ pub mod record;
 pub mod report;
 pub mod segment;
 pub mod sessions;
+pub mod ship;
 pub mod source;
 pub mod stats;
 pub mod store;

@@ -90,6 +90,8 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("python3-venv", "/usr/share/doc/python3-venv"),
     ("nodejs", "/usr/bin/node"),
     ("npm", "/usr/bin/npm"),
+    // The central-store tests run a private server (tests/common/clickhouse.rs); 18.16 here.
+    ("clickhouse-server", "/usr/sbin/clickhouse-server"),
 ];
 
 /// PyPI and npm packages of tests/frameworks_live.rs, installed into [`frameworks_dir`] once and

@@ -146,7 +146,7 @@ pub struct StoreWriter {
     pub counters: Arc<WriterCounters>,
 }
 
-fn now_ns() -> u64 {
+pub(super) fn now_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)
