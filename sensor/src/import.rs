@@ -129,9 +129,12 @@ pub fn pipeline(
     // However old the sessions the store holds: the capture's own times decide what is still
     // active.
     let sessionizer = restored_sessionizer(SessionConfig::from(settings), data_dir, &store, 0)?;
-    let analysis = Analysis::new(sessionizer, Redaction::from_config(settings))
-        .with_abuse(&settings.abuse)
-        .with_exchange_ids();
+    let analysis = Analysis::new(
+        sessionizer,
+        Redaction::new(settings.secrets.store_raw, &settings.secrets.names),
+    )
+    .with_abuse(&settings.abuse)
+    .with_exchange_ids();
     let flows = FlowConfig {
         // Without ports given, HTTP is found by content on any port; the configured ports
         // still tell client from server where the handshake was not captured.

@@ -147,9 +147,12 @@ fn live_pipeline(
     let since = now_ns().saturating_sub(config.sessions.inactivity_timeout.as_nanos() as u64);
     let sessionizer =
         pipeline::restored_sessionizer(SessionConfig::from(config), data_dir, &store, since)?;
-    let analysis = Analysis::new(sessionizer, Redaction::from_config(config))
-        .with_abuse(&config.abuse)
-        .with_containers(ContainerIndex::new());
+    let analysis = Analysis::new(
+        sessionizer,
+        Redaction::new(config.secrets.store_raw, &config.secrets.names),
+    )
+    .with_abuse(&config.abuse)
+    .with_containers(ContainerIndex::new());
     let conntrack = match Conntrack::open() {
         Ok(conntrack) => Some(conntrack),
         Err(e) => {

@@ -205,15 +205,11 @@ pub struct Redaction {
 }
 
 impl Redaction {
-    pub fn from_config(config: &crate::config::Config) -> Self {
+    /// The configuration's `secrets.store_raw` and `secrets.names`.
+    pub fn new(store_raw: bool, names: &[String]) -> Self {
         Self {
-            store_raw: config.secrets.store_raw,
-            extra_names: config
-                .secrets
-                .names
-                .iter()
-                .map(|n| n.to_ascii_lowercase())
-                .collect(),
+            store_raw,
+            extra_names: names.iter().map(|n| n.to_ascii_lowercase()).collect(),
         }
     }
 

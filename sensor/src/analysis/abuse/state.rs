@@ -445,7 +445,7 @@ impl SessionState {
             });
         }
         let scores: Vec<(SignalName, u8)> = all.iter().map(|s| (s.name, s.score)).collect();
-        let risk = config.risk(&scores);
+        let risk = super::risk(config, &scores);
         all.retain(|s| s.score >= config.report_score);
         all.sort_by(|a, b| b.score.cmp(&a.score).then(a.name.cmp(&b.name)));
         SessionSignals { risk, signals: all }

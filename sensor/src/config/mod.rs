@@ -71,6 +71,8 @@ use std::{
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Deserializer, de};
 
+pub mod abuse;
+
 use crate::capture::AttachMode;
 
 #[derive(Debug, thiserror::Error)]
@@ -100,7 +102,7 @@ pub struct Config {
     pub parameters: Vec<Parameter>,
     pub secrets: SecretsSection,
     pub proxy: ProxySection,
-    pub abuse: crate::analysis::abuse::AbuseConfig,
+    pub abuse: abuse::AbuseConfig,
     /// Shipping to (and querying) a central ClickHouse store; none without a `[central]` table.
     pub central: Option<CentralSection>,
 }
