@@ -28,6 +28,7 @@ use crate::{
     record::Redaction,
     segment::TcpSegment,
     sessions::SessionConfig,
+    ship::{CentralError, Shipper, ShipperHandle, ShipperSettings},
     stats::{StatsError, StatsReport, rfc3339},
     store::{DEFAULT_MAP_SIZE, Store, StoreError},
 };
@@ -50,6 +51,8 @@ pub enum LiveError {
     Signals(#[source] io::Error),
     #[error(transparent)]
     Privilege(#[from] PrivilegeError),
+    #[error("the central store")]
+    Central(#[from] CentralError),
 }
 
 /// What `apisessions run` prints besides the statistics.
@@ -140,10 +143,20 @@ fn live_pipeline(
     config: &Config,
     data_dir: &Path,
     options: &CaptureOptions,
-) -> Result<Pipeline, LiveError> {
+) -> Result<(Pipeline, Option<ShipperHandle>), LiveError> {
     // Sessions that were active when the daemon last stopped go on (a restart, an upgrade, a
     // crash): what is still within the inactivity timeout is loaded back.
-    let store = Store::open(data_dir, DEFAULT_MAP_SIZE)?;
+    let mut store = Store::open(data_dir, DEFAULT_MAP_SIZE)?;
+    // The shipper reads what the writer commits from the store's outbox, on its own thread:
+    // capture never waits for the central store.
+    let shipper = match &config.central {
+        Some(central) => {
+            store.enable_outbox();
+            let settings = ShipperSettings::from_config(central, config.storage.retention);
+            Some(Shipper::spawn(store.share(), central, settings)?)
+        }
+        None => None,
+    };
     let since = now_ns().saturating_sub(config.sessions.inactivity_timeout.as_nanos() as u64);
     let sessionizer =
         pipeline::restored_sessionizer(SessionConfig::from(config), data_dir, &store, since)?;
@@ -198,7 +211,7 @@ fn live_pipeline(
             io::stdout().lock(),
         ))));
     }
-    Ok(pipeline)
+    Ok((pipeline, shipper))
 }
 
 /// The capture side of the daemon: kernel segments into the pipeline, with `--dump-segments`
@@ -206,6 +219,8 @@ fn live_pipeline(
 struct Feed {
     clock: Clock,
     pipeline: Pipeline,
+    /// Shipping to the central store, when configured.
+    shipper: Option<ShipperHandle>,
     /// `--dump-segments`: one line per captured segment.
     segment_lines: Option<io::BufWriter<io::Stdout>>,
     host_refresh_in: u64,
@@ -255,6 +270,10 @@ impl Feed {
         for (stage, counters) in self.pipeline.snapshot() {
             report.set_stage(stage, counters);
         }
+        if let Some(shipper) = &self.shipper {
+            report.set_stage("central", shipper.counters.snapshot());
+            report.central_last_error = shipper.counters.last_error();
+        }
     }
 }
 
@@ -268,7 +287,7 @@ async fn daemon(
 ) -> Result<(), LiveError> {
     let mut sigterm = signal(SignalKind::terminate()).map_err(LiveError::Signals)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(LiveError::Signals)?;
-    let pipeline = live_pipeline(&live, &config, &data_dir, &options)?;
+    let (pipeline, shipper) = live_pipeline(&live, &config, &data_dir, &options)?;
     // With no interface named, the sensor follows the interfaces that come and go (containers).
     let follow_interfaces = config.capture.interfaces.is_empty();
     let (mut sensor, mut segments) =
@@ -276,6 +295,7 @@ async fn daemon(
     let mut feed = Feed {
         clock: Clock::new(),
         pipeline,
+        shipper,
         segment_lines: live.dump_segments.then(|| io::BufWriter::new(io::stdout())),
         host_refresh_in: 0,
     };
@@ -366,6 +386,11 @@ async fn daemon(
     // Everything decoded is committed before the final report says the daemon stopped.
     if let Err(e) = feed.pipeline.finish() {
         log::error!("{e:#}");
+    }
+    // What the shipper has not sent stays in the outbox for the next start.
+    if let Some(shipper) = feed.shipper.take() {
+        feed.report(&mut report);
+        shipper.stop();
     }
     feed.report(&mut report);
     report.running = false;

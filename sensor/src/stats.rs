@@ -57,6 +57,9 @@ pub struct StatsReport {
     /// `muted`); empty with `--all-ports`.
     #[serde(default)]
     pub ports: BTreeMap<u16, crate::capture::ports::PortReason>,
+    /// The central shipper's last failure (cleared by a success); never holds the password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub central_last_error: Option<String>,
 }
 
 impl StatsReport {
@@ -138,6 +141,9 @@ impl StatsReport {
                 .map(|(port, why)| format!("{port} ({})", why.as_str()))
                 .collect();
             out.push_str(&format!("ports:      {}\n", list.join(", ")));
+        }
+        if let Some(error) = &self.central_last_error {
+            out.push_str(&format!("central:    last error: {error}\n"));
         }
         for (stage, counters) in &self.stages {
             out.push_str(&format!("\n[{stage}]\n"));

@@ -23,6 +23,8 @@ pub struct ClickHouse {
     pub password: String,
     /// Holds the password (what `central.password_file` names).
     pub password_file: PathBuf,
+    /// The network namespace the server runs in (its loopback); `None`: this process's.
+    ns: Option<String>,
     child: Option<Child>,
 }
 
@@ -38,6 +40,12 @@ fn free_port() -> u16 {
 impl ClickHouse {
     /// Starts a server in a fresh directory and waits until it answers.
     pub fn start(tag: &str) -> Self {
+        Self::start_in(tag, None)
+    }
+
+    /// [`Self::start`] inside the network namespace `ns` (on its loopback), for daemons that
+    /// run there.
+    pub fn start_in(tag: &str, ns: Option<&str>) -> Self {
         assert!(
             Path::new(SERVER_BIN).exists(),
             "{SERVER_BIN} is missing: install clickhouse-server (`cargo xtask setup` does)"
@@ -104,6 +112,7 @@ impl ClickHouse {
             http_port,
             password,
             password_file,
+            ns: ns.map(str::to_owned),
             child: None,
         };
         server.start_again();
@@ -124,8 +133,21 @@ impl ClickHouse {
         section
     }
 
+    /// A command run where the server runs.
+    fn command(&self, program: &str) -> Command {
+        match &self.ns {
+            Some(ns) => super::TestNet::command(ns, program),
+            None => Command::new(program),
+        }
+    }
+
     fn answers(&self) -> bool {
-        let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.http_port)) else {
+        let connect = || TcpStream::connect(("127.0.0.1", self.http_port));
+        let connected = match &self.ns {
+            Some(ns) => super::in_namespace(ns, connect),
+            None => connect(),
+        };
+        let Ok(mut stream) = connected else {
             return false;
         };
         let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
@@ -140,7 +162,8 @@ impl ClickHouse {
     pub fn start_again(&mut self) {
         assert!(self.child.is_none(), "the server is running");
         let log = fs::File::create(self.dir.join("stdout.log")).unwrap();
-        let child = Command::new(SERVER_BIN)
+        let child = self
+            .command(SERVER_BIN)
             .arg(format!(
                 "--config-file={}",
                 self.dir.join("config.xml").display()
@@ -190,7 +213,8 @@ impl ClickHouse {
     /// Runs `sql` as the fixture's user and returns the answer (panics on an error): for checks
     /// that read the tables directly, independent of the code under test.
     pub fn query(&self, sql: &str) -> String {
-        let out = Command::new("curl")
+        let out = self
+            .command("curl")
             .args(["-sS", "--fail-with-body", "--data-binary", "@-"])
             .args(["-H", &format!("X-ClickHouse-User: {USER}")])
             .args(["-H", &format!("X-ClickHouse-Key: {}", self.password)])

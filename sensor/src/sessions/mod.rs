@@ -625,7 +625,15 @@ impl Sessionizer {
             }
         }
         self.counters.sessions_started += 1;
-        let id = hex(&self.secret.hash(&[b"session", &actor, &ts.to_le_bytes()])[..16]);
+        // Keyed by the actor and the inactivity window the session started in, not its exact
+        // start: hosts that share the secret see a user's first requests at slightly different
+        // times and must still give the session the same id (the fleet's view merges by id).
+        // A later session of the same actor starts a whole timeout after this one's last
+        // request, so always in another window: ids stay unique on one host.
+        let window = inactivity.max(1);
+        let id = hex(&self
+            .secret
+            .hash(&[b"session", &actor, &(ts / window).to_le_bytes()])[..16]);
         let (began_ns, key_kind, key_name, hand_outs) =
             continued.unwrap_or_else(|| (ts, decider.kind, decider.name.to_string(), None));
         let active = Active {

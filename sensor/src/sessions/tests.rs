@@ -725,11 +725,13 @@ fn a_restore_past_the_bound_keeps_the_newest_and_counts_the_rest() {
     after.restore(loaded);
     assert_eq!(after.counters.state_actors_loaded, 3);
     assert_eq!(after.counters.state_actors_cut, 2);
-    // Newest first: the two that start anew then evict the oldest loaded ones.
+    // Newest first: the two that start anew then evict the oldest loaded ones. Starting anew
+    // within the same inactivity window, they get the id they had: the store's session goes on.
     for (n, id) in ids.iter().enumerate().rev() {
         let ua = format!("agent-{n}");
         let again = after.assign(&exchange("192.0.2.1", 6, &[("User-Agent", &ua)]));
-        assert_eq!(&again.session_id == id, n >= 2, "session {n}");
+        assert_eq!(again.new_session, n < 2, "session {n}");
+        assert_eq!(&again.session_id, id, "session {n}");
     }
 }
 
@@ -1148,4 +1150,21 @@ fn per_exchange_cost_of_finding_the_keys() {
             found / rounds as usize
         );
     }
+}
+
+#[test]
+fn hosts_sharing_the_secret_give_one_user_one_session_id() {
+    // Two hosts behind a load balancer see the user's first requests a moment apart.
+    let key = [("X-API-Key", "k-7"), ("User-Agent", "app/1")];
+    let mut host_a = sessionizer(SessionConfig::default());
+    let mut host_b = sessionizer(SessionConfig::default());
+    let a = host_a.assign(&exchange("192.0.2.9", 3, &key)).session_id;
+    let b = host_b.assign(&exchange("192.0.2.9", 4, &key)).session_id;
+    assert_eq!(a, b);
+    // Another installation's secret gives other ids.
+    let mut other = Sessionizer::new(SessionConfig::default(), Secret::from_bytes([8; 32]));
+    assert_ne!(other.assign(&exchange("192.0.2.9", 3, &key)).session_id, a);
+    // After the inactivity timeout the user's next session has an id of its own.
+    let later = host_a.assign(&exchange("192.0.2.9", 3 + 31, &key)).session_id;
+    assert_ne!(later, a);
 }

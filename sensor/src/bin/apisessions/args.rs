@@ -8,7 +8,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use apisessions::config::Config;
+use apisessions::{config::Config, ship::CentralQuery};
 use clap::Args;
 
 /// A point in time: an age like `1h` or `30m` (that long ago), or an RFC 3339 time.
@@ -71,4 +71,41 @@ pub fn create_data_dir(dir: &Path) -> Result<()> {
         .mode(0o700)
         .create(dir)
         .with_context(|| format!("creating the data directory {}", dir.display()))
+}
+
+/// Where the query commands read: the local store, or with `--central` (or the configuration's
+/// `central.query = true`) the fleet's central store.
+#[derive(Args)]
+pub struct SourceArgs {
+    /// Answer from the central ClickHouse store (the configuration's [central] section).
+    #[arg(long)]
+    pub central: bool,
+    /// With --central: only what this host shipped (its central.host_id).
+    #[arg(long, value_name = "ID", requires = "central")]
+    pub host_id: Option<String>,
+    #[command(flatten)]
+    pub config: ConfigArg,
+    #[command(flatten)]
+    pub data: DataDirArg,
+}
+
+impl SourceArgs {
+    /// The central store to ask, when the query goes there; the configuration either way.
+    pub fn central(&self) -> Result<(Option<CentralQuery>, Config)> {
+        let config = self.config.load()?;
+        if !self.central && !config.central.as_ref().is_some_and(|c| c.query) {
+            return Ok((None, config));
+        }
+        let Some(central) = &config.central else {
+            anyhow::bail!(
+                "--central needs a [central] section in the configuration (--config FILE)"
+            );
+        };
+        let query = CentralQuery::new(central).context("connecting to the central store")?;
+        Ok((Some(query), config))
+    }
+
+    pub fn data_dir(&self, config: &Config) -> PathBuf {
+        self.data.resolve(config)
+    }
 }

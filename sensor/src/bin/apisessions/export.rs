@@ -4,13 +4,13 @@ use std::io;
 
 use anyhow::{Context as _, Result};
 use apisessions::{
-    config::Config,
     report::{Exporter, Format},
+    ship::ExchangeFilter,
     store::{SessionFilter, Store, StoreError},
 };
 use clap::Args;
 
-use crate::args::{DataDirArg, When};
+use crate::args::{SourceArgs, When};
 
 #[derive(Args)]
 pub struct ExportArgs {
@@ -25,15 +25,32 @@ pub struct ExportArgs {
     #[arg(long)]
     until: Option<When>,
     #[command(flatten)]
-    data: DataDirArg,
+    source: SourceArgs,
 }
 
 pub fn export(args: ExportArgs) -> Result<()> {
-    let store = Store::open_read_only(&args.data.resolve(&Config::default()))?;
+    let (central, config) = args.source.central()?;
     let (since, until) = (
         args.since.map_or(0, |w| w.0),
         args.until.map_or(u64::MAX, |w| w.0),
     );
+    if let Some(central) = central {
+        // The fleet's exchanges in time order, each once.
+        let mut exporter = Exporter::new(io::BufWriter::new(io::stdout().lock()), args.format);
+        let filter = ExchangeFilter {
+            session_id: args.session.clone(),
+            since_ns: Some(since),
+            until_ns: Some(until),
+            host_id: args.source.host_id.clone(),
+        };
+        let mut result = Ok(());
+        central.exchanges(&filter, |row| {
+            result = exporter.write(&row.session_id, &row.to_stored());
+            result.is_ok()
+        })?;
+        return finish(result.and_then(|()| exporter.finish()));
+    }
+    let store = Store::open_read_only(&args.source.data_dir(&config))?;
     let ids: Vec<String> = match &args.session {
         Some(id) => vec![id.clone()],
         None => {
@@ -76,14 +93,21 @@ pub fn export(args: ExportArgs) -> Result<()> {
             break;
         }
     }
-    match result.and_then(|()| exporter.finish()) {
-        // A reader that stopped early (`| head`) is not an error.
-        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
-        Err(e) => Err(e).context("writing the export"),
-        Ok(()) if unreadable > 0 => Err(anyhow::anyhow!(
+    finish(result.and_then(|()| exporter.finish()))?;
+    if unreadable > 0 {
+        anyhow::bail!(
             "{unreadable} of {} sessions could not be read completely (see the errors above)",
             ids.len()
-        )),
+        );
+    }
+    Ok(())
+}
+
+/// The export's own outcome: a reader that stopped early (`| head`) is not an error.
+fn finish(written: io::Result<()>) -> Result<()> {
+    match written {
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(e).context("writing the export"),
         Ok(()) => Ok(()),
     }
 }

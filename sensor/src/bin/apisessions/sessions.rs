@@ -4,14 +4,13 @@ use std::io::{self, Write as _};
 
 use anyhow::Result;
 use apisessions::{
-    config::Config,
     record::{SessionSummary, SignalName},
     report,
     store::{SessionFilter, Store},
 };
 use clap::Args;
 
-use crate::args::{DataDirArg, When};
+use crate::args::{SourceArgs, When};
 
 #[derive(Args)]
 pub struct SessionsArgs {
@@ -54,11 +53,11 @@ pub struct SessionsArgs {
     #[arg(long)]
     json: bool,
     #[command(flatten)]
-    data: DataDirArg,
+    source: SourceArgs,
 }
 
 pub fn sessions(args: SessionsArgs) -> Result<()> {
-    let store = Store::open_read_only(&args.data.resolve(&Config::default()))?;
+    let (central, config) = args.source.central()?;
     let filter = SessionFilter {
         since_ns: args.since.map(|w| w.0),
         until_ns: args.until.map(|w| w.0),
@@ -76,8 +75,22 @@ pub fn sessions(args: SessionsArgs) -> Result<()> {
         signal: args.signal,
         limit: args.limit,
     };
-    let list = store.list(&filter)?;
     let mut out = io::stdout().lock();
+    if let Some(central) = central {
+        // The fleet's sessions: each merged across the hosts that saw it (`host_ids`).
+        let list = central.sessions(&filter, args.source.host_id.as_deref())?;
+        if args.json {
+            let array: Vec<serde_json::Value> = list.iter().map(|s| s.to_json()).collect();
+            serde_json::to_writer_pretty(&mut out, &array)?;
+            writeln!(out)?;
+        } else {
+            let summaries: Vec<SessionSummary> = list.into_iter().map(|s| s.summary).collect();
+            write!(out, "{}", report::sessions_table(&summaries))?;
+        }
+        return Ok(());
+    }
+    let store = Store::open_read_only(&args.source.data_dir(&config))?;
+    let list = store.list(&filter)?;
     if args.json {
         let array: Vec<serde_json::Value> = list.iter().map(SessionSummary::to_json).collect();
         serde_json::to_writer_pretty(&mut out, &array)?;

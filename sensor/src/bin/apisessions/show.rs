@@ -3,10 +3,10 @@
 use std::io::{self, Write as _};
 
 use anyhow::{Context as _, Result};
-use apisessions::{config::Config, report, store::Store};
+use apisessions::{record::StoredExchange, report, ship::ExchangeFilter, store::Store};
 use clap::Args;
 
-use crate::args::DataDirArg;
+use crate::args::SourceArgs;
 
 #[derive(Args)]
 pub struct ShowArgs {
@@ -16,25 +16,46 @@ pub struct ShowArgs {
     #[arg(long)]
     json: bool,
     #[command(flatten)]
-    data: DataDirArg,
+    source: SourceArgs,
 }
 
 pub fn show(args: ShowArgs) -> Result<()> {
-    let store = Store::open_read_only(&args.data.resolve(&Config::default()))?;
-    let summary = store.session(&args.session_id)?.with_context(|| {
+    let (central, config) = args.source.central()?;
+    let missing = || {
         format!(
             "no session {} (see `apisessions sessions`)",
             args.session_id
         )
-    })?;
-    let mut exchanges = Vec::new();
-    store.exchanges(&args.session_id, |e| {
-        exchanges.push(e);
-        true
-    })?;
+    };
+    let mut exchanges: Vec<StoredExchange> = Vec::new();
+    let (summary, mut object) = match central {
+        Some(central) => {
+            let session = central.session(&args.session_id)?.with_context(missing)?;
+            let filter = ExchangeFilter {
+                session_id: Some(args.session_id.clone()),
+                host_id: args.source.host_id.clone(),
+                ..ExchangeFilter::default()
+            };
+            central.exchanges(&filter, |row| {
+                exchanges.push(row.to_stored());
+                true
+            })?;
+            let object = session.to_json();
+            (session.summary, object)
+        }
+        None => {
+            let store = Store::open_read_only(&args.source.data_dir(&config))?;
+            let summary = store.session(&args.session_id)?.with_context(missing)?;
+            store.exchanges(&args.session_id, |e| {
+                exchanges.push(e);
+                true
+            })?;
+            let object = summary.to_json();
+            (summary, object)
+        }
+    };
     let mut out = io::stdout().lock();
     if args.json {
-        let mut object = summary.to_json();
         object["exchanges"] = exchanges
             .iter()
             .map(|e| e.to_json(&summary.session_id))
