@@ -30,6 +30,7 @@
 //! stages), [`stats`] (every stage's counters, shown by `apisessions stats`) and [`dump`] (the
 //! one-line renderings of `apisessions run --dump`).
 
+pub mod analysis;
 pub mod capture;
 pub mod config;
 pub mod container;

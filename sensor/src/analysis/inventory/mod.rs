@@ -1,0 +1,3 @@
+//! The API inventory: endpoints learned from traffic.
+
+pub mod sensitive;

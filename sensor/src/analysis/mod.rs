@@ -1,0 +1,3 @@
+//! The analysis stage: what the pipeline learns from decoded exchanges beyond their sessions.
+
+pub mod inventory;
