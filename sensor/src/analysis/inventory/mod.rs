@@ -1,3 +1,5 @@
 //! The API inventory: endpoints learned from traffic.
 
 pub mod sensitive;
+pub mod templates;
+pub mod types;
