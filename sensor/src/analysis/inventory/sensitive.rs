@@ -142,7 +142,7 @@ pub struct Findings {
 }
 
 impl Findings {
-    fn merge(&mut self, other: Findings) {
+    pub fn merge(&mut self, other: Findings) {
         self.kinds = self.kinds.union(other.kinds);
         self.capped |= other.capped;
     }
@@ -359,7 +359,10 @@ impl Scanner {
         v4 || self.ipv6.find_iter(text).any(|m| {
             let bytes = m.as_bytes();
             // Times (12:30:45) and MAC-like strings parse as nothing; `::` alone says little.
-            let glued = m.start().checked_sub(1).is_some_and(|i| text[i].is_ascii_alphanumeric())
+            let glued = m
+                .start()
+                .checked_sub(1)
+                .is_some_and(|i| text[i].is_ascii_alphanumeric())
                 || text.get(m.end()).is_some_and(u8::is_ascii_alphanumeric);
             !glued
                 && bytes.iter().filter(|b| **b == b':').count() >= 2
@@ -411,12 +414,20 @@ fn is_card(candidate: &[u8]) -> bool {
 /// Visa 4, Mastercard 51-55 and 2221-2720, Amex 34/37, Discover 6011/644-649/65, JCB 3528-3589,
 /// Diners 300-305/36/38, UnionPay 62.
 fn card_prefix(d: &[u8]) -> bool {
-    let n = |len: usize| d[..len].iter().fold(0u32, |acc, &x| acc * 10 + u32::from(x));
+    let n = |len: usize| {
+        d[..len]
+            .iter()
+            .fold(0u32, |acc, &x| acc * 10 + u32::from(x))
+    };
     match d[0] {
         4 => true,
         5 => (51..=55).contains(&n(2)),
         2 => (2221..=2720).contains(&n(4)),
-        3 => matches!(n(2), 34 | 36 | 37 | 38) || (300..=305).contains(&n(3)) || (3528..=3589).contains(&n(4)),
+        3 => {
+            matches!(n(2), 34 | 36 | 37 | 38)
+                || (300..=305).contains(&n(3))
+                || (3528..=3589).contains(&n(4))
+        }
         6 => n(4) == 6011 || (644..=649).contains(&n(3)) || n(2) == 65 || n(2) == 62,
         _ => false,
     }
@@ -447,11 +458,7 @@ fn is_iban(candidate: &[u8]) -> bool {
 
 /// Area 001-899 except 666, group 01-99, serial 0001-9999 (never issued otherwise).
 fn is_ssn(area: &[u8], group: &[u8], serial: &[u8]) -> bool {
-    area != b"000"
-        && area != b"666"
-        && area[0] != b'9'
-        && group != b"00"
-        && serial != b"0000"
+    area != b"000" && area != b"666" && area[0] != b'9' && group != b"00" && serial != b"0000"
 }
 
 /// Textual content types; without one, a body whose first bytes are mostly printable text.
@@ -493,80 +500,193 @@ mod tests {
         let table: &[(SensitiveKind, &[&str], &[&str])] = &[
             (
                 Email,
-                &["jane.doe@example.com", "{\"e\":\"a+tag@mail.co.uk\"}", "X@Y.ORG"],
-                &["user@localhost", "@handle", "lodash@4.17.21", "foo@bar", "a@b.c"],
+                &[
+                    "jane.doe@example.com",
+                    "{\"e\":\"a+tag@mail.co.uk\"}",
+                    "X@Y.ORG",
+                ],
+                &[
+                    "user@localhost",
+                    "@handle",
+                    "lodash@4.17.21",
+                    "foo@bar",
+                    "a@b.c",
+                ],
             ),
             (
                 Phone,
-                &["+1 415 555 2671", "+442071838750", "(415) 555-2671", "call 415-555-2671 now", "+49 (30) 901820"],
-                &["2024-01-15", "order 12345678901", "1700000000000", "v1.2.3", "12:30:45", "415-555-267", "+12"],
+                &[
+                    "+1 415 555 2671",
+                    "+442071838750",
+                    "(415) 555-2671",
+                    "call 415-555-2671 now",
+                    "+49 (30) 901820",
+                ],
+                &[
+                    "2024-01-15",
+                    "order 12345678901",
+                    "1700000000000",
+                    "v1.2.3",
+                    "12:30:45",
+                    "415-555-267",
+                    "+12",
+                ],
             ),
             (
                 PaymentCard,
-                &["4111111111111111", "4111 1111 1111 1111", "5500-0000-0000-0004", "378282246310005", "{\"card\":\"6011111111111117\"}"],
-                &["4111111111111112", "1234567890123456", "1700000000000000000", "9999999999999995", "41111111111111111111111", "3.4111111111111111"],
+                &[
+                    "4111111111111111",
+                    "4111 1111 1111 1111",
+                    "5500-0000-0000-0004",
+                    "378282246310005",
+                    "{\"card\":\"6011111111111117\"}",
+                ],
+                &[
+                    "4111111111111112",
+                    "1234567890123456",
+                    "1700000000000000000",
+                    "9999999999999995",
+                    "41111111111111111111111",
+                    "3.4111111111111111",
+                ],
             ),
             (
                 Iban,
-                &["GB82 WEST 1234 5698 7654 32", "DE89370400440532013000", "FR1420041010050500013M02606"],
-                &["GB82 WEST 1234 5698 7654 33", "DE89370400440532013001", "AB12", "US12 3456 7890"],
+                &[
+                    "GB82 WEST 1234 5698 7654 32",
+                    "DE89370400440532013000",
+                    "FR1420041010050500013M02606",
+                ],
+                &[
+                    "GB82 WEST 1234 5698 7654 33",
+                    "DE89370400440532013001",
+                    "AB12",
+                    "US12 3456 7890",
+                ],
             ),
             (
                 UsSsn,
                 &["123-45-6789", "ssn: 078-05-1120"],
-                &["000-12-3456", "666-12-3456", "900-12-3456", "123-00-4567", "123-45-0000", "2024-01-15", "123-45-67890", "123456789"],
+                &[
+                    "000-12-3456",
+                    "666-12-3456",
+                    "900-12-3456",
+                    "123-00-4567",
+                    "123-45-0000",
+                    "2024-01-15",
+                    "123-45-67890",
+                    "123456789",
+                ],
             ),
             (
                 Jwt,
-                &["eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U"],
+                &[
+                    "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
+                ],
                 &["eyJhbGciOiJIUzI1NiJ9", "a.b.c", "eyJ.eyJ.x"],
             ),
             (
                 PrivateKey,
-                &["-----BEGIN RSA PRIVATE KEY-----\nMIIE", "-----BEGIN PRIVATE KEY-----", "-----BEGIN OPENSSH PRIVATE KEY-----"],
-                &["-----BEGIN PUBLIC KEY-----", "-----BEGIN CERTIFICATE-----", "private key"],
+                &[
+                    "-----BEGIN RSA PRIVATE KEY-----\nMIIE",
+                    "-----BEGIN PRIVATE KEY-----",
+                    "-----BEGIN OPENSSH PRIVATE KEY-----",
+                ],
+                &[
+                    "-----BEGIN PUBLIC KEY-----",
+                    "-----BEGIN CERTIFICATE-----",
+                    "private key",
+                ],
             ),
             (
                 AwsAccessKey,
                 &["AKIAIOSFODNN7EXAMPLE", "id=ASIAY34FZKBOKMUTVV7A"],
-                &["AKIAIOSFODNN7EXAMPL", "XAKIAIOSFODNN7EXAMPLE", "akiaiosfodnn7example"],
+                &[
+                    "AKIAIOSFODNN7EXAMPL",
+                    "XAKIAIOSFODNN7EXAMPLE",
+                    "akiaiosfodnn7example",
+                ],
             ),
             (
                 GithubToken,
-                &["ghp_abcdefghijklmnopqrstuvwxyzABCDEF0123", &format!("github_pat_{}", "A1b2C3d4E5".repeat(8) + "xy")],
+                &[
+                    "ghp_abcdefghijklmnopqrstuvwxyzABCDEF0123",
+                    &format!("github_pat_{}", "A1b2C3d4E5".repeat(8) + "xy"),
+                ],
                 &["ghp_short", "ghx_abcdefghijklmnopqrstuvwxyzABCDEF0123"],
             ),
             (
                 StripeKey,
-                &["sk_live_4eC39HqLyjWDarjtT1zdp7dc", "pk_test_TYooMQauvdEDq54NiTphI7jx", "rk_live_abcdefghijklmnop"],
-                &["sk_live_short", "sk_prod_4eC39HqLyjWDarjtT1zdp7dc", "task_live_4eC39HqLyjWDarjtT1zdp7dc"],
+                &[
+                    "sk_live_4eC39HqLyjWDarjtT1zdp7dc",
+                    "pk_test_TYooMQauvdEDq54NiTphI7jx",
+                    "rk_live_abcdefghijklmnop",
+                ],
+                &[
+                    "sk_live_short",
+                    "sk_prod_4eC39HqLyjWDarjtT1zdp7dc",
+                    "task_live_4eC39HqLyjWDarjtT1zdp7dc",
+                ],
             ),
             (
                 SlackToken,
-                &["xoxb-123456789012-1234567890123-AbCdEfGhIjKlMnOpQrStUvWx", "xoxp-1234567-abcdefg"],
+                &[
+                    "xoxb-123456789012-1234567890123-AbCdEfGhIjKlMnOpQrStUvWx",
+                    "xoxp-1234567-abcdefg",
+                ],
                 &["xoxz-123456789012-abc", "xoxb-", "xoxb-abc-def"],
             ),
             (
                 GoogleApiKey,
-                &["AIzaSyA1234567890abcdefghijklmnopqrstuv", "key=AIzaSyA1234567890abcdefghijklmnopqrstuv&x"],
+                &[
+                    "AIzaSyA1234567890abcdefghijklmnopqrstuv",
+                    "key=AIzaSyA1234567890abcdefghijklmnopqrstuv&x",
+                ],
                 &["AIzaShort", "AIzaSyA1234567890abcdefghijklmnopqrstuvwxyz"],
             ),
             (
                 Password,
-                &["{\"password\":\"hunter2\"}", "{\"new_password\" : \"x\"}", "user=a&passwd=secret", "Password=x"],
-                &["{\"password\":\"\"}", "forgot your password?", "password_reset=", "{\"passwords_match\":true}"],
+                &[
+                    "{\"password\":\"hunter2\"}",
+                    "{\"new_password\" : \"x\"}",
+                    "user=a&passwd=secret",
+                    "Password=x",
+                ],
+                &[
+                    "{\"password\":\"\"}",
+                    "forgot your password?",
+                    "password_reset=",
+                    "{\"passwords_match\":true}",
+                ],
             ),
             (
                 IpAddress,
-                &["10.0.0.1", "client 192.168.1.20 connected", "2001:db8::8a2e:370:7334", "{\"ip\":\"::1\"}"],
-                &["v1.2.3.4", "1.2.3.4.5", "version 2.10.300.4000", "999.1.1.1", "12:30:45", "::", "1.2.3"],
+                &[
+                    "10.0.0.1",
+                    "client 192.168.1.20 connected",
+                    "2001:db8::8a2e:370:7334",
+                    "{\"ip\":\"::1\"}",
+                ],
+                &[
+                    "v1.2.3.4",
+                    "1.2.3.4.5",
+                    "version 2.10.300.4000",
+                    "999.1.1.1",
+                    "12:30:45",
+                    "::",
+                    "1.2.3",
+                ],
             ),
         ];
         let scanner = Scanner::new();
         for (kind, positives, negatives) in table {
             for text in *positives {
                 let found = scanner.scan_text(text.as_bytes()).kinds;
-                assert!(found.contains(*kind), "{kind} must match {text:?}, found {:?}", found.names());
+                assert!(
+                    found.contains(*kind),
+                    "{kind} must match {text:?}, found {:?}",
+                    found.names()
+                );
             }
             for text in *negatives {
                 let found = scanner.scan_text(text.as_bytes()).kinds;
@@ -578,16 +698,39 @@ mod tests {
     #[test]
     fn fields_headers_and_bodies() {
         let scanner = Scanner::new();
-        assert!(scanner.scan_field("password", "x").kinds.contains(SensitiveKind::Password));
-        assert!(scanner.scan_field("userPwd", "x").kinds.contains(SensitiveKind::Password));
-        assert!(!scanner.scan_field("password", "").kinds.contains(SensitiveKind::Password));
-        assert!(!scanner.scan_field("name", "x").kinds.contains(SensitiveKind::Password));
+        assert!(
+            scanner
+                .scan_field("password", "x")
+                .kinds
+                .contains(SensitiveKind::Password)
+        );
+        assert!(
+            scanner
+                .scan_field("userPwd", "x")
+                .kinds
+                .contains(SensitiveKind::Password)
+        );
+        assert!(
+            !scanner
+                .scan_field("password", "")
+                .kinds
+                .contains(SensitiveKind::Password)
+        );
+        assert!(
+            !scanner
+                .scan_field("name", "x")
+                .kinds
+                .contains(SensitiveKind::Password)
+        );
 
         // Transport and credential headers are not data.
         let headers = [
             ("Host", "10.0.0.1"),
             ("X-Forwarded-For", "192.168.0.9"),
-            ("Authorization", "Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.sig"),
+            (
+                "Authorization",
+                "Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.sig",
+            ),
             ("X-Contact", "jane@example.com"),
         ];
         let found = scanner.scan_message(headers, None, b"");
@@ -595,12 +738,25 @@ mod tests {
 
         // Binary content types are not scanned; JSON is.
         let body = b"{\"email\":\"jane@example.com\",\"card\":\"4111111111111111\"}";
-        assert!(scanner.scan_message([], Some("image/png"), body).kinds.is_empty());
+        assert!(
+            scanner
+                .scan_message([], Some("image/png"), body)
+                .kinds
+                .is_empty()
+        );
         let found = scanner.scan_message([], Some("application/json; charset=utf-8"), body);
         assert_eq!(found.kinds.names(), ["email", "payment_card"]);
         // No content type: sniffed.
-        assert_eq!(scanner.scan_message([], None, body).kinds.names(), ["email", "payment_card"]);
-        assert!(scanner.scan_message([], None, &[0u8, 1, 2, 3, 0xff, 0]).kinds.is_empty());
+        assert_eq!(
+            scanner.scan_message([], None, body).kinds.names(),
+            ["email", "payment_card"]
+        );
+        assert!(
+            scanner
+                .scan_message([], None, &[0u8, 1, 2, 3, 0xff, 0])
+                .kinds
+                .is_empty()
+        );
     }
 
     #[test]
@@ -616,7 +772,9 @@ mod tests {
 
     #[test]
     fn kind_sets_serialise_as_names() {
-        let set: KindSet = [SensitiveKind::Iban, SensitiveKind::Email].into_iter().collect();
+        let set: KindSet = [SensitiveKind::Iban, SensitiveKind::Email]
+            .into_iter()
+            .collect();
         let json = serde_json::to_string(&set).unwrap();
         assert_eq!(json, r#"["email","iban"]"#);
         assert_eq!(serde_json::from_str::<KindSet>(&json).unwrap(), set);

@@ -61,7 +61,10 @@ pub struct Operation {
 enum Segment {
     Literal(String),
     /// `{name}`, or a template inside a segment (`{id}.json`): what comes before and after.
-    Param { before: String, after: String },
+    Param {
+        before: String,
+        after: String,
+    },
 }
 
 /// What an observed request is to a spec.
@@ -109,7 +112,9 @@ pub struct Spec {
     pub operations: Vec<Operation>,
 }
 
-const METHODS: &[&str] = &["get", "put", "post", "delete", "options", "head", "patch", "trace"];
+const METHODS: &[&str] = &[
+    "get", "put", "post", "delete", "options", "head", "patch", "trace",
+];
 
 impl Spec {
     pub fn load(path: &Path) -> Result<Spec, SpecError> {
@@ -227,7 +232,11 @@ fn parse_document(file: &Path, text: &str) -> Result<Value, SpecError> {
 fn from_document(file: &Path, root: &Value) -> Result<Spec, SpecError> {
     let invalid = |pointer: &str, reason: &str| SpecError::Invalid {
         path: file.to_owned(),
-        pointer: if pointer.is_empty() { "/".to_owned() } else { pointer.to_owned() },
+        pointer: if pointer.is_empty() {
+            "/".to_owned()
+        } else {
+            pointer.to_owned()
+        },
         reason: reason.to_owned(),
     };
     let Value::Object(doc) = root else {
@@ -237,12 +246,18 @@ fn from_document(file: &Path, root: &Value) -> Result<Spec, SpecError> {
         (Some(Value::String(v)), _) if v.starts_with("3.0") => SpecVersion::OpenApi30,
         (Some(Value::String(v)), _) if v.starts_with("3.1") => SpecVersion::OpenApi31,
         (Some(_), _) => {
-            return Err(invalid("/openapi", "unsupported version (3.0.x and 3.1.x are)"));
+            return Err(invalid(
+                "/openapi",
+                "unsupported version (3.0.x and 3.1.x are)",
+            ));
         }
         (None, Some(Value::String(v))) if v == "2.0" => SpecVersion::Swagger2,
         (None, Some(_)) => return Err(invalid("/swagger", "unsupported version (2.0 is)")),
         (None, None) => {
-            return Err(invalid("", "neither an `openapi` nor a `swagger` version field"));
+            return Err(invalid(
+                "",
+                "neither an `openapi` nor a `swagger` version field",
+            ));
         }
     };
     let base_paths = match version {
@@ -265,14 +280,18 @@ fn from_document(file: &Path, root: &Value) -> Result<Spec, SpecError> {
                 let Value::Object(item) = item else {
                     return Err(invalid(&pointer, "a path item is an object"));
                 };
-                let segments = parse_template(path)
-                    .ok_or_else(|| invalid(&pointer, "unbalanced '{' or '}' in the path template"))?;
+                let segments = parse_template(path).ok_or_else(|| {
+                    invalid(&pointer, "unbalanced '{' or '}' in the path template")
+                })?;
                 for method in METHODS {
                     let Some(op) = item.get(*method) else {
                         continue;
                     };
                     let Value::Object(op) = op else {
-                        return Err(invalid(&format!("{pointer}/{method}"), "an operation is an object"));
+                        return Err(invalid(
+                            &format!("{pointer}/{method}"),
+                            "an operation is an object",
+                        ));
                     };
                     let deprecated = match op.get("deprecated") {
                         None => false,
@@ -338,7 +357,11 @@ fn servers(servers: Option<&Value>) -> Result<Vec<String>, (String, &'static str
 
 /// `/v2/` and `v2` as `/v2`; `/` and `` as the root (empty).
 fn normalise_base(base: &str) -> String {
-    let base = base.split(['?', '#']).next().unwrap_or(base).trim_end_matches('/');
+    let base = base
+        .split(['?', '#'])
+        .next()
+        .unwrap_or(base)
+        .trim_end_matches('/');
     if base.is_empty() {
         String::new()
     } else if base.starts_with('/') {
@@ -402,18 +425,44 @@ paths:
         assert_eq!(m.template.as_deref(), Some("/v2/pet/findByStatus"));
         let m = s.match_request("GET", "/internal/pet/42");
         assert_eq!(m.template.as_deref(), Some("/internal/pet/{petId}"));
-        assert_eq!(s.match_request("DELETE", "/v2/pet/42").status, SpecStatus::Zombie);
+        assert_eq!(
+            s.match_request("DELETE", "/v2/pet/42").status,
+            SpecStatus::Zombie
+        );
         // A method the best path lacks falls to a path that has it.
         let m = s.match_request("DELETE", "/v2/pet/findByStatus");
         assert_eq!(m.status, SpecStatus::Zombie);
         assert_eq!(m.operation.unwrap().path, "/pet/{petId}");
-        assert_eq!(s.match_request("POST", "/v2/pet/42").status, SpecStatus::Shadow);
-        assert_eq!(s.match_request("GET", "/pet/42").status, SpecStatus::Shadow, "outside the base");
-        assert_eq!(s.match_request("GET", "/v2/pet/42/x").status, SpecStatus::Shadow);
-        assert_eq!(s.match_request("GET", "/v2/pet/").status, SpecStatus::Shadow, "empty parameter");
-        assert_eq!(s.match_request("GET", "/v2x/pet/1").status, SpecStatus::Shadow);
-        assert_eq!(s.match_request("GET", "/v2/files/a.json").status, SpecStatus::Documented);
-        assert_eq!(s.match_request("GET", "/v2/files/a.xml").status, SpecStatus::Shadow);
+        assert_eq!(
+            s.match_request("POST", "/v2/pet/42").status,
+            SpecStatus::Shadow
+        );
+        assert_eq!(
+            s.match_request("GET", "/pet/42").status,
+            SpecStatus::Shadow,
+            "outside the base"
+        );
+        assert_eq!(
+            s.match_request("GET", "/v2/pet/42/x").status,
+            SpecStatus::Shadow
+        );
+        assert_eq!(
+            s.match_request("GET", "/v2/pet/").status,
+            SpecStatus::Shadow,
+            "empty parameter"
+        );
+        assert_eq!(
+            s.match_request("GET", "/v2x/pet/1").status,
+            SpecStatus::Shadow
+        );
+        assert_eq!(
+            s.match_request("GET", "/v2/files/a.json").status,
+            SpecStatus::Documented
+        );
+        assert_eq!(
+            s.match_request("GET", "/v2/files/a.xml").status,
+            SpecStatus::Shadow
+        );
     }
 
     #[test]
@@ -425,7 +474,10 @@ paths:
         .unwrap();
         assert_eq!(s.version, SpecVersion::Swagger2);
         assert_eq!(s.operations.len(), 1);
-        assert_eq!(s.match_request("get", "/api/users/7").status, SpecStatus::Documented);
+        assert_eq!(
+            s.match_request("get", "/api/users/7").status,
+            SpecStatus::Documented
+        );
         // No servers: the root.
         let s = spec("openapi: 3.0.3\npaths:\n  /a:\n    get: {}\n").unwrap();
         assert_eq!(s.match_request("GET", "/a").status, SpecStatus::Documented);
@@ -435,15 +487,27 @@ paths:
     fn invalid_documents_name_the_place() {
         let cases = [
             ("openapi: 3.0.0\npaths: [\n", "api.yaml:"),
-            ("openapi: 3.0.0\npaths:\n  /a:\n    get: 5\n", "at /paths/~1a/get: an operation"),
-            ("openapi: 3.0.0\npaths:\n  a: {}\n", "at /paths/a: a path starts"),
+            (
+                "openapi: 3.0.0\npaths:\n  /a:\n    get: 5\n",
+                "at /paths/~1a/get: an operation",
+            ),
+            (
+                "openapi: 3.0.0\npaths:\n  a: {}\n",
+                "at /paths/a: a path starts",
+            ),
             ("openapi: 2.5.0\n", "at /openapi: unsupported"),
             ("swagger: '1.2'\n", "at /swagger"),
             ("title: x\n", "at /: neither"),
             ("- 1\n", "at /: an OpenAPI document is an object"),
-            ("openapi: 3.1.0\npaths:\n  /a/{b:\n    get: {}\n", "unbalanced"),
+            (
+                "openapi: 3.1.0\npaths:\n  /a/{b:\n    get: {}\n",
+                "unbalanced",
+            ),
             ("openapi: 3.1.0\nservers: [{}]\n", "at /servers/0/url"),
-            ("openapi: 3.1.0\npaths:\n  /a:\n    get: { deprecated: yes please }\n", "/paths/~1a/get/deprecated"),
+            (
+                "openapi: 3.1.0\npaths:\n  /a:\n    get: { deprecated: yes please }\n",
+                "/paths/~1a/get/deprecated",
+            ),
         ];
         for (text, expected) in cases {
             let error = spec(text).unwrap_err().to_string();
@@ -454,6 +518,9 @@ paths:
         assert!(matches!(error, SpecError::Parse { line: 3, .. }), "{error}");
         let error = Spec::parse(Path::new("x.json"), "{\n\"openapi\": 3,,\n}").unwrap_err();
         assert!(error.to_string().starts_with("x.json:2:"), "{error}");
-        assert!(matches!(Spec::load(Path::new("/nonexistent.yaml")), Err(SpecError::Read { .. })));
+        assert!(matches!(
+            Spec::load(Path::new("/nonexistent.yaml")),
+            Err(SpecError::Read { .. })
+        ));
     }
 }

@@ -149,7 +149,9 @@ impl TemplateLearner {
     /// Records a request's first-pass template (`endpoint::template`) and returns its learned
     /// template as of now.
     pub fn learn(&mut self, host: &str, method: &str, first_pass: &str) -> String {
-        rewrite(host, method, first_pass, |key, segment| self.observe(key, segment))
+        rewrite(host, method, first_pass, |key, segment| {
+            self.observe(key, segment)
+        })
     }
 
     /// A template as the learner would write it now, without recording anything: for
@@ -264,8 +266,18 @@ mod tests {
     fn a_few_busy_resources_stay_literal() {
         let mut l = learner();
         let resources = [
-            "users", "orders", "products", "carts", "invoices", "payments", "shipments", "reviews",
-            "coupons", "stores", "brands", "categories",
+            "users",
+            "orders",
+            "products",
+            "carts",
+            "invoices",
+            "payments",
+            "shipments",
+            "reviews",
+            "coupons",
+            "stores",
+            "brands",
+            "categories",
         ];
         for _ in 0..50 {
             for r in resources {
@@ -309,7 +321,11 @@ mod tests {
             templates.insert(l.learn("h", "GET", &format!("/codes/{code}")));
         }
         // Only the values before the position became variable came out literal.
-        assert!(templates.len() <= config.min_samples as usize + 1, "{}", templates.len());
+        assert!(
+            templates.len() <= config.min_samples as usize + 1,
+            "{}",
+            templates.len()
+        );
         assert!(templates.contains("/codes/{param}"));
         let position = l.positions.values().next().unwrap();
         assert!(position.values.len() <= config.max_values);

@@ -120,13 +120,20 @@ fn is_email(v: &str) -> bool {
 /// RFC 3339 full dates (`2024-01-15`) and date-times (`2024-01-15T10:00:00Z`, with fractions
 /// and offsets), checked by shape and ranges.
 fn is_date_time(b: &[u8]) -> bool {
-    let digits = |r: std::ops::Range<usize>| b.get(r).is_some_and(|s| s.iter().all(u8::is_ascii_digit));
+    let digits =
+        |r: std::ops::Range<usize>| b.get(r).is_some_and(|s| s.iter().all(u8::is_ascii_digit));
     let num = |r: std::ops::Range<usize>| {
         b.get(r)
             .map(|s| s.iter().fold(0u32, |a, d| a * 10 + u32::from(d - b'0')))
             .unwrap_or(0)
     };
-    if b.len() < 10 || !digits(0..4) || b[4] != b'-' || !digits(5..7) || b[7] != b'-' || !digits(8..10) {
+    if b.len() < 10
+        || !digits(0..4)
+        || b[4] != b'-'
+        || !digits(5..7)
+        || b[7] != b'-'
+        || !digits(8..10)
+    {
         return false;
     }
     if !(1..=12).contains(&num(5..7)) || !(1..=31).contains(&num(8..10)) {
@@ -172,7 +179,10 @@ impl TypeSet {
     }
 
     pub fn iter(self) -> impl Iterator<Item = ValueType> {
-        ValueType::ALL.iter().copied().filter(move |t| self.contains(*t))
+        ValueType::ALL
+            .iter()
+            .copied()
+            .filter(move |t| self.contains(*t))
     }
 
     /// The JSON Schema type and format of values of these types: integers widen to numbers,
@@ -423,13 +433,19 @@ mod tests {
         assert_eq!(table.fields.len(), 2);
         assert_eq!(table.untracked, 1);
         assert_eq!(table.fields["id"].count, 2);
-        assert_eq!(table.fields["id"].types.schema_type(), Some(("number", None)));
+        assert_eq!(
+            table.fields["id"].types.schema_type(),
+            Some(("number", None))
+        );
 
         let mut other = FieldTable::default();
         other.observe("q", ValueType::Uuid, 8);
         other.observe("new", ValueType::Boolean, 8);
         table.merge(&other, 3);
-        assert_eq!(table.fields["q"].types.schema_type(), Some(("string", None)));
+        assert_eq!(
+            table.fields["q"].types.schema_type(),
+            Some(("string", None))
+        );
         assert_eq!(table.fields["new"].count, 1);
 
         let mixed: TypeSet = {
