@@ -289,7 +289,9 @@ pub(crate) mod tests {
     use super::*;
     use crate::exchange::{Request, Response};
 
-    /// An exchange as a test builds it: request and response heads, bodies and timings.
+    /// An exchange as a test builds it: request and response heads, bodies and timings (one
+    /// call per exchange reads best with every part named in place).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn exchange(
         method: &str,
         uri: &str,
