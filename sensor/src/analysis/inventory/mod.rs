@@ -37,11 +37,11 @@ use self::{
 use crate::exchange::{Exchange, rfc3339_ns};
 
 /// `[inventory]` in the configuration file.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct InventoryConfig {
     /// An exchange is slow only above this duration, whatever the endpoint's p99.
-    pub slow_floor_ms: f64,
+    pub slow_floor_ms: u64,
     /// Timed exchanges an endpoint needs before any of its exchanges is called slow.
     pub slow_min_samples: u64,
     /// Endpoints tracked (host, method, template); exchanges of others are counted only.
@@ -56,7 +56,7 @@ pub struct InventoryConfig {
 impl Default for InventoryConfig {
     fn default() -> Self {
         Self {
-            slow_floor_ms: 100.0,
+            slow_floor_ms: 100,
             slow_min_samples: 50,
             max_endpoints: 10_000,
             max_query_params: 64,
@@ -96,6 +96,21 @@ pub struct InventoryCounters {
     /// Exchanges whose scan or parameter list hit a bound.
     pub exchanges_capped: u64,
     pub learner: LearnerCounters,
+}
+
+/// Loads the specs configured in `[[api.specs]]` (or given with `--spec`), each for its host.
+pub fn load_specs<'a>(
+    sources: impl IntoIterator<Item = (&'a str, &'a std::path::Path)>,
+) -> Result<Vec<HostSpec>, spec::SpecError> {
+    sources
+        .into_iter()
+        .map(|(host, file)| {
+            Ok(HostSpec {
+                host: host.to_ascii_lowercase(),
+                spec: Spec::load(file)?,
+            })
+        })
+        .collect()
 }
 
 /// A spec configured for a host.
@@ -224,7 +239,7 @@ impl Inventory {
         };
         // Judged against the endpoint's distribution before this exchange joins it.
         let slow = facts.duration_ms.is_some_and(|ms| {
-            ms >= config.slow_floor_ms
+            ms >= config.slow_floor_ms as f64
                 && stats.timed() >= config.slow_min_samples
                 && stats.duration_ms().p99.is_some_and(|p99| ms > p99)
         });
