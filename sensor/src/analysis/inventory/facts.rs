@@ -109,6 +109,20 @@ const API_KEY_HEADERS: &[&str] = &[
 /// Query parameters that carry one.
 const API_KEY_PARAMS: &[&str] = &["api_key", "apikey", "access_token", "token", "key"];
 
+/// Longest Host kept (a DNS name, a colon and a port); the header is the client's to choose.
+const MAX_HOST: usize = 261;
+/// Longest method kept (methods are tokens of any length to HTTP).
+const MAX_METHOD: usize = 32;
+
+/// `text` cut to at most `max` bytes, on a character boundary.
+fn bounded(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 /// Query parameters and JSON fields taken from one exchange at most.
 const MAX_PARAMS_PER_EXCHANGE: usize = 64;
 
@@ -150,12 +164,12 @@ impl ExchangeFacts {
         let host = request
             .meta
             .header("host")
-            .map(|h| h.trim().to_ascii_lowercase())
+            .map(|h| bounded(h.trim(), MAX_HOST).to_ascii_lowercase())
             .filter(|h| !h.is_empty())
             .unwrap_or_else(|| exchange.server.to_string());
         let mut facts = ExchangeFacts {
             host,
-            method: request.method.clone(),
+            method: bounded(&request.method, MAX_METHOD).to_owned(),
             uri: request.uri.clone(),
             start_ns: exchange.start_ns(),
             status: exchange.response.as_ref().and_then(|r| r.status),
@@ -384,6 +398,11 @@ pub(crate) mod tests {
                 "Body:password:string"
             ]
         );
+
+        let long_host = format!("{}.example", "é".repeat(300));
+        let odd = exchange("GET", "/", &[("Host", &long_host)], b"", 200, b"", 0, 1);
+        let facts = ExchangeFacts::from_exchange(&odd, &Scanner::new()).unwrap();
+        assert!(facts.host.len() <= MAX_HOST && facts.host.starts_with('é'));
 
         let anonymous = exchange("GET", "/", &[], b"", 200, b"", 0, 1);
         let facts = ExchangeFacts::from_exchange(&anonymous, &Scanner::new()).unwrap();

@@ -256,7 +256,13 @@ impl Inventory {
     pub fn rows(&self) -> Vec<EndpointRow> {
         let mut grouped: BTreeMap<EndpointKey, EndpointStats> = BTreeMap::new();
         for (key, stats) in &self.aggregate.endpoints {
-            let template = if key.template.contains('{') && self.spec_for(&key.host).is_some() {
+            // A spec's template stays; the rest is written as the learner would now.
+            let documented = self.spec_for(&key.host).is_some_and(|spec| {
+                spec.match_request(&key.method, &key.template)
+                    .operation
+                    .is_some()
+            });
+            let template = if documented {
                 key.template.clone()
             } else {
                 self.learner.resolve(&key.host, &key.method, &key.template)
@@ -291,6 +297,7 @@ impl Inventory {
             })
             .collect();
         for host_spec in &self.specs {
+            // Under the first base path: the spec's own first choice of server.
             let base = host_spec
                 .spec
                 .base_paths
