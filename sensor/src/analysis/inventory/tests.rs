@@ -568,3 +568,107 @@ fn discovered_openapi_validates_against_the_official_schema() {
     broken["paths"]["/v2/pet/{id}"]["get"]["responses"] = json!("none");
     assert!(!validator.is_valid(&broken));
 }
+
+#[test]
+fn any_input_is_taken_without_panics() {
+    let mut rng = Rng(0xdead_beef_0bad_f00d);
+    let mut inv = Inventory::new(
+        InventoryConfig::default(),
+        vec![HostSpec {
+            host: "h".to_owned(),
+            spec: Spec::load(&data("petstore.yaml")).unwrap(),
+        }],
+    );
+    let alphabet = b"/{}?&=.%-_:@aZ09\xff\xc3\xa9 \"[]\\#";
+    for i in 0..3000 {
+        let len = rng.below(80);
+        let uri: String = String::from_utf8_lossy(
+            &(0..len)
+                .map(|_| alphabet[rng.below(alphabet.len())])
+                .collect::<Vec<_>>(),
+        )
+        .into_owned();
+        let body_len = rng.below(300);
+        let body = if i % 2 == 0 {
+            rng.bytes(body_len)
+        } else {
+            // JSON-ish noise.
+            (0..body_len)
+                .map(|_| {
+                    let noise = b"{}[]\":,0123456789.-eEtruefalsnl@ ";
+                    noise[rng.below(noise.len())]
+                })
+                .collect()
+        };
+        let host = if i % 3 == 0 { "h" } else { "other" };
+        let content_type = [
+            "application/json",
+            "text/plain",
+            "",
+            "application/x-www-form-urlencoded",
+        ][i % 4];
+        let headers = [
+            ("Host", host),
+            ("Content-Type", content_type),
+            ("Authorization", "Bearer eyJ.eyJ."),
+        ];
+        let e = exchange(
+            "POST",
+            &uri,
+            &headers,
+            &body,
+            200,
+            &body,
+            i as u64,
+            (i % 7) as u64,
+        );
+        inv.observe(&e, "s");
+    }
+    let rows = inv.rows();
+    assert!(!rows.is_empty());
+    let doc = openapi_out::document(&rows, None);
+    assert!(doc["paths"].is_object());
+}
+
+/// Throughput of the sensitive-data scan and of the facts of one exchange; run with
+/// `cargo test --release -p apisessions --lib inventory::tests::scan_throughput -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement, not a check"]
+fn scan_throughput() {
+    let mut body = String::from("[");
+    while body.len() < 16 * 1024 {
+        body.push_str(r#"{"id":12345,"name":"Widget deluxe","price":19.99,"created":"2024-01-15T10:00:00Z","tags":["a","b"],"owner":{"id":"550e8400-e29b-41d4-a716-446655440000","active":true}},"#);
+    }
+    body.push_str("{}]");
+    let scanner = Scanner::new();
+    let rounds = 2000;
+    let start = std::time::Instant::now();
+    for _ in 0..rounds {
+        std::hint::black_box(scanner.scan_text(body.as_bytes()));
+    }
+    let elapsed = start.elapsed();
+    println!(
+        "scan: {} KiB body in {:.1} us, {:.0} MiB/s",
+        body.len() / 1024,
+        elapsed.as_secs_f64() * 1e6 / f64::from(rounds),
+        (body.len() * rounds as usize) as f64 / elapsed.as_secs_f64() / (1 << 20) as f64
+    );
+    let e = exchange(
+        "POST",
+        "/items?x=1",
+        &[("Content-Type", "application/json")],
+        body.as_bytes(),
+        200,
+        body.as_bytes(),
+        0,
+        3,
+    );
+    let start = std::time::Instant::now();
+    for _ in 0..rounds {
+        std::hint::black_box(ExchangeFacts::from_exchange(&e, &scanner));
+    }
+    println!(
+        "facts of an exchange with 16 KiB JSON request and response: {:.1} us",
+        start.elapsed().as_secs_f64() * 1e6 / f64::from(rounds)
+    );
+}
