@@ -8,7 +8,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
 
 use super::{
     sensitive::{Findings, KindSet, MAX_SCAN, Scanner},
-    types::{self, ValueType},
+    types::{self, TypeSet, ValueType},
 };
 use crate::{
     exchange::{Exchange, MessageMeta},
@@ -149,7 +149,7 @@ pub struct ExchangeFacts {
     pub duration_ms: Option<f64>,
     pub request_bytes: u64,
     pub response_bytes: u64,
-    pub params: Vec<(ParamIn, String, ValueType)>,
+    pub params: Vec<(ParamIn, String, TypeSet)>,
     pub auth: AuthSet,
     pub request_sensitive: KindSet,
     pub response_sensitive: KindSet,
@@ -236,12 +236,22 @@ impl ExchangeFacts {
         Some(facts)
     }
 
+    /// One entry per place and name, whatever the repeats (`tags=a&tags=b`, the elements of
+    /// an array): the inventory counts exchanges that carry a field, not its values.
     fn push_param(&mut self, place: ParamIn, name: &str, t: ValueType) {
+        if let Some((_, _, types)) = self
+            .params
+            .iter_mut()
+            .find(|(p, n, _)| *p == place && n == name)
+        {
+            types.insert(t);
+            return;
+        }
         if self.params.len() >= MAX_PARAMS_PER_EXCHANGE {
             self.capped = true;
             return;
         }
-        self.params.push((place, name.to_owned(), t));
+        self.params.push((place, name.to_owned(), TypeSet::of(t)));
     }
 }
 
@@ -362,7 +372,7 @@ pub(crate) mod tests {
         let bearer = format!("Bearer {jwt}");
         let e = exchange(
             "POST",
-            "/users?verbose=true&limit=10&api_key=abc",
+            "/users?verbose=true&limit=10&api_key=abc&tags=a&tags=1",
             &[
                 ("Host", "API.example.com"),
                 ("Authorization", &bearer),
@@ -385,17 +395,18 @@ pub(crate) mod tests {
         let params: Vec<_> = facts
             .params
             .iter()
-            .map(|(p, n, t)| format!("{p:?}:{n}:{}", t.name()))
+            .map(|(p, n, t)| format!("{p:?}:{n}:{}", serde_json::to_string(t).unwrap()))
             .collect();
         assert_eq!(
             params,
             [
-                "Query:verbose:boolean",
-                "Query:limit:integer",
-                "Query:api_key:string",
-                "Body:age:integer",
-                "Body:email:email",
-                "Body:password:string"
+                r#"Query:verbose:["boolean"]"#,
+                r#"Query:limit:["integer"]"#,
+                r#"Query:api_key:["string"]"#,
+                r#"Query:tags:["integer","string"]"#,
+                r#"Body:age:["integer"]"#,
+                r#"Body:email:["email"]"#,
+                r#"Body:password:["string"]"#
             ]
         );
 

@@ -113,6 +113,20 @@ pub fn load_specs<'a>(
         .collect()
 }
 
+impl InventoryCounters {
+    /// The counters by name, for the `inventory` stage of `apisessions stats`.
+    pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            ("exchanges_without_request", self.exchanges_without_request),
+            ("endpoints_untracked", self.endpoints_untracked),
+            ("exchanges_capped", self.exchanges_capped),
+            ("positions_untracked", self.learner.positions_untracked),
+            ("values_untracked", self.learner.values_untracked),
+            ("positions_saturated", self.learner.positions_saturated),
+        ]
+    }
+}
+
 /// A spec configured for a host.
 #[derive(Debug)]
 pub struct HostSpec {

@@ -171,6 +171,8 @@ fn endpoints_are_bounded_and_counted() {
     no_request.request = None;
     assert!(inv.observe(&no_request, "s").is_none());
     assert_eq!(inv.counters().exchanges_without_request, 1);
+    let snapshot = inv.counters().snapshot();
+    assert!(snapshot.contains(&("endpoints_untracked", 7)));
 }
 
 /// Concrete requests for every operation of a spec document, values chosen from each

@@ -293,9 +293,8 @@ fn walk(
         }
         Value::Array(items) => {
             path.push_str("[]");
+            // The sampled elements share one path; the caller merges their types.
             for child in items.iter().take(ARRAY_SAMPLE) {
-                // Scalars of an array are typed once per array, by the first element's type
-                // set growing with the next ones.
                 walk(child, path, depth + 1, out, cut);
             }
             path.truncate(len);
@@ -323,22 +322,18 @@ pub struct FieldTable {
 pub const MAX_FIELD_NAME: usize = 128;
 
 impl FieldTable {
-    pub fn observe(&mut self, name: &str, t: ValueType, cap: usize) {
+    /// One exchange carried the field with values of these types.
+    pub fn observe(&mut self, name: &str, types: TypeSet, cap: usize) {
         if name.len() > MAX_FIELD_NAME {
             self.untracked += 1;
             return;
         }
         if let Some(stats) = self.fields.get_mut(name) {
-            stats.types.insert(t);
+            stats.types = stats.types.union(types);
             stats.count += 1;
         } else if self.fields.len() < cap {
-            self.fields.insert(
-                name.to_owned(),
-                FieldStats {
-                    types: TypeSet::of(t),
-                    count: 1,
-                },
-            );
+            self.fields
+                .insert(name.to_owned(), FieldStats { types, count: 1 });
         } else {
             self.untracked += 1;
         }
@@ -426,10 +421,10 @@ mod tests {
     #[test]
     fn types_merge_and_tables_are_bounded() {
         let mut table = FieldTable::default();
-        table.observe("id", ValueType::Integer, 2);
-        table.observe("id", ValueType::Number, 2);
-        table.observe("q", ValueType::String, 2);
-        table.observe("extra", ValueType::String, 2);
+        table.observe("id", TypeSet::of(ValueType::Integer), 2);
+        table.observe("id", TypeSet::of(ValueType::Number), 2);
+        table.observe("q", TypeSet::of(ValueType::String), 2);
+        table.observe("extra", TypeSet::of(ValueType::String), 2);
         assert_eq!(table.fields.len(), 2);
         assert_eq!(table.untracked, 1);
         assert_eq!(table.fields["id"].count, 2);
@@ -439,8 +434,8 @@ mod tests {
         );
 
         let mut other = FieldTable::default();
-        other.observe("q", ValueType::Uuid, 8);
-        other.observe("new", ValueType::Boolean, 8);
+        other.observe("q", TypeSet::of(ValueType::Uuid), 8);
+        other.observe("new", TypeSet::of(ValueType::Boolean), 8);
         table.merge(&other, 3);
         assert_eq!(
             table.fields["q"].types.schema_type(),
