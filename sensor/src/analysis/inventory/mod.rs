@@ -98,7 +98,8 @@ pub struct InventoryCounters {
     pub learner: LearnerCounters,
 }
 
-/// Loads the specs configured in `[[api.specs]]` (or given with `--spec`), each for its host.
+/// Loads the specs configured in `[[api.specs]]` (or given with `--spec`, host `*`), each for
+/// its host; the first spec that covers a host is the one used for it.
 pub fn load_specs<'a>(
     sources: impl IntoIterator<Item = (&'a str, &'a std::path::Path)>,
 ) -> Result<Vec<HostSpec>, spec::SpecError> {
@@ -136,10 +137,12 @@ pub struct HostSpec {
 }
 
 impl HostSpec {
+    /// `*` covers every host: what `endpoints --spec FILE` (no host) compares with.
     fn covers(&self, host: &str) -> bool {
         let host = host.to_ascii_lowercase();
         let wanted = self.host.to_ascii_lowercase();
-        host == wanted
+        wanted == "*"
+            || host == wanted
             || (!wanted.contains(':')
                 && host
                     .rsplit_once(':')

@@ -362,12 +362,65 @@ fn placeholders_unnamed(template: &str) -> String {
 }
 
 #[test]
+fn specs_cover_their_host_any_port_or_every_host() {
+    let specs = load_specs([
+        ("API.example.com", data("petstore.yaml").as_path()),
+        ("admin.example.com:8443", data("petstore.json").as_path()),
+    ])
+    .unwrap();
+    let mut inv = Inventory::new(InventoryConfig::default(), specs);
+    let status =
+        |inv: &mut Inventory, host: &str| inv.template(host, "GET", "/v2/store/inventory").1;
+    assert_eq!(
+        status(&mut inv, "api.example.com:8080"),
+        Some(SpecStatus::Documented)
+    );
+    assert_eq!(
+        status(&mut inv, "api.example.com"),
+        Some(SpecStatus::Documented)
+    );
+    assert_eq!(
+        status(&mut inv, "admin.example.com:8443"),
+        Some(SpecStatus::Documented)
+    );
+    assert_eq!(status(&mut inv, "admin.example.com"), None);
+    assert_eq!(status(&mut inv, "api.example.com.evil"), None);
+    let every = load_specs([("*", data("petstore.yaml").as_path())]).unwrap();
+    let mut inv = Inventory::new(InventoryConfig::default(), every);
+    assert_eq!(status(&mut inv, "anything"), Some(SpecStatus::Documented));
+    let missing = load_specs([("h", Path::new("/nonexistent/spec.yaml"))]).unwrap_err();
+    assert!(
+        missing.to_string().contains("/nonexistent/spec.yaml"),
+        "{missing}"
+    );
+}
+
+#[test]
 fn petstore_yaml_and_json_agree() {
     let json = Spec::load(&data("petstore.json")).unwrap();
     let yaml = Spec::load(&data("petstore.yaml")).unwrap();
     assert_eq!(json.operations, yaml.operations);
     assert_eq!(json.base_paths, ["/v2"]);
     assert_eq!(json.operations.len(), 20);
+    // The same API as Swagger 2.0 and as OpenAPI 3.1: the same operations under the same base.
+    for (file, version) in [
+        ("petstore-swagger2.yaml", spec::SpecVersion::Swagger2),
+        ("petstore-3.1.yaml", spec::SpecVersion::OpenApi31),
+    ] {
+        let other = Spec::load(&data(file)).unwrap();
+        assert_eq!(other.version, version, "{file}");
+        assert_eq!(other.base_paths, ["/v2"], "{file}");
+        let ops = |s: &Spec| {
+            let mut v: Vec<_> = s
+                .operations
+                .iter()
+                .map(|o| format!("{} {} {}", o.method, o.path, o.deprecated))
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(ops(&other), ops(&json), "{file}");
+    }
 }
 
 #[test]
