@@ -87,6 +87,14 @@ pub struct Verdict {
     pub slow: bool,
 }
 
+/// What the inventory keeps across restarts: every endpoint's statistics and what the template
+/// learner knows (so the rows written before a restart are regrouped as before it).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct InventoryState {
+    pub aggregate: Aggregate,
+    pub templates: templates::LearnerState,
+}
+
 /// Counters of what the inventory could not take in whole (for `apisessions stats`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InventoryCounters {
@@ -180,14 +188,21 @@ impl Inventory {
     }
 
     /// The persistable state (the store writes it and merges it back with [`Self::merge`]).
-    pub fn aggregate(&self) -> &Aggregate {
-        &self.aggregate
+    pub fn state(&self) -> InventoryState {
+        InventoryState {
+            aggregate: self.aggregate.clone(),
+            templates: self.learner.state(),
+        }
     }
 
-    /// Adds a persisted or imported aggregate to this one.
-    pub fn merge(&mut self, other: &Aggregate) {
-        self.aggregate
-            .merge(other, self.config.max_endpoints, self.config.caps());
+    /// Adds a persisted or imported state to this one.
+    pub fn merge(&mut self, other: &InventoryState) {
+        self.aggregate.merge(
+            &other.aggregate,
+            self.config.max_endpoints,
+            self.config.caps(),
+        );
+        self.learner.merge(&other.templates);
     }
 
     fn spec_for(&self, host: &str) -> Option<&Spec> {

@@ -16,7 +16,7 @@
 //! Positions are never evicted: forgetting a learned position would split its endpoint again.
 //! Given the same input order the output is the same (no hashing order or clock is involved).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
@@ -68,7 +68,7 @@ pub struct LearnerCounters {
     pub positions_saturated: u64,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 struct PositionKey {
     host: String,
     method: String,
@@ -77,9 +77,9 @@ struct PositionKey {
     prefix: String,
 }
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct Position {
-    values: HashMap<String, u64>,
+    values: BTreeMap<String, u64>,
     total: u64,
     /// Reached `max_values`: variable for good (the counts no longer see every value).
     saturated: bool,
@@ -126,6 +126,12 @@ impl Position {
     }
 }
 
+/// The learner's positions as the store keeps them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LearnerState {
+    positions: Vec<(PositionKey, Position)>,
+}
+
 #[derive(Debug, Default)]
 pub struct TemplateLearner {
     config: LearnerConfig,
@@ -144,6 +150,43 @@ impl TemplateLearner {
 
     pub fn counters(&self) -> LearnerCounters {
         self.counters
+    }
+
+    /// What the learner knows, for the store (sorted: equal states encode equally).
+    pub fn state(&self) -> LearnerState {
+        let mut positions: Vec<(PositionKey, Position)> = self
+            .positions
+            .iter()
+            .map(|(k, p)| (k.clone(), p.clone()))
+            .collect();
+        positions.sort_by(|a, b| a.0.cmp(&b.0));
+        LearnerState { positions }
+    }
+
+    /// Adds a stored state to what the learner knows (after a restart, or an import), within
+    /// the same bounds as learning.
+    pub fn merge(&mut self, state: &LearnerState) {
+        for (key, other) in &state.positions {
+            if !self.positions.contains_key(key)
+                && self.positions.len() >= self.config.max_positions
+            {
+                self.counters.positions_untracked += 1;
+                continue;
+            }
+            let position = self.positions.entry(key.clone()).or_default();
+            position.total += other.total;
+            position.saturated |= other.saturated;
+            for (value, count) in &other.values {
+                if let Some(mine) = position.values.get_mut(value) {
+                    *mine += count;
+                } else if position.values.len() < self.config.max_values {
+                    position.values.insert(value.clone(), *count);
+                } else {
+                    self.counters.values_untracked += count;
+                    position.saturated = true;
+                }
+            }
+        }
     }
 
     /// Records a request's first-pass template (`endpoint::template`) and returns its learned
@@ -336,6 +379,31 @@ mod tests {
         }
         assert_eq!(l.positions.len(), 8);
         assert!(l.counters().positions_untracked > 0);
+    }
+
+    #[test]
+    fn state_persists_and_merges() {
+        let names: Vec<String> = (0..30)
+            .map(|i| format!("user{}x", (b'a' + i) as char))
+            .collect();
+        let mut first = learner();
+        for name in &names[..15] {
+            first.learn("h", "GET", &format!("/u/{name}"));
+        }
+        // Half the traffic on each side of a restart: neither half alone is enough.
+        assert_eq!(first.resolve("h", "GET", "/u/someone"), "/u/someone");
+        let bytes = postcard::to_allocvec(&first.state()).unwrap();
+        let mut second = learner();
+        for name in &names[15..] {
+            second.learn("h", "GET", &format!("/u/{name}"));
+        }
+        second.merge(&postcard::from_bytes(&bytes).unwrap());
+        assert_eq!(second.resolve("h", "GET", "/u/someone"), "/u/{param}");
+        assert_eq!(
+            serde_json::from_str::<LearnerState>(&serde_json::to_string(&second.state()).unwrap())
+                .unwrap(),
+            second.state()
+        );
     }
 
     #[test]

@@ -135,8 +135,8 @@ fn aggregates_persist_and_merge() {
     feed(&mut second, 150..400);
 
     // Through the store's encoding (postcard) and back.
-    let bytes = postcard::to_allocvec(second.aggregate()).unwrap();
-    let restored: Aggregate = postcard::from_bytes(&bytes).unwrap();
+    let bytes = postcard::to_allocvec(&second.state()).unwrap();
+    let restored: InventoryState = postcard::from_bytes(&bytes).unwrap();
     first.merge(&restored);
     let (a, b) = (whole.rows(), first.rows());
     assert_eq!(a.len(), 2);
@@ -147,9 +147,9 @@ fn aggregates_persist_and_merge() {
     );
     assert_eq!(a[0].sessions, 20);
     // JSON too (a store may keep it readable).
-    let text = serde_json::to_string(whole.aggregate()).unwrap();
-    let again: Aggregate = serde_json::from_str(&text).unwrap();
-    assert_eq!(again.endpoints.len(), 2);
+    let text = serde_json::to_string(&whole.state()).unwrap();
+    let again: InventoryState = serde_json::from_str(&text).unwrap();
+    assert_eq!(again.aggregate.endpoints.len(), 2);
 }
 
 #[test]
