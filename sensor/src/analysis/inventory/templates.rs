@@ -79,7 +79,8 @@ struct PositionKey {
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct Position {
-    values: BTreeMap<String, u64>,
+    /// Per value (by [`value_id`]), how often it was seen.
+    values: BTreeMap<u64, u64>,
     total: u64,
     /// Reached `max_values`: variable for good (the counts no longer see every value).
     saturated: bool,
@@ -122,7 +123,8 @@ impl Position {
 
     fn is_param(&self, value: &str, config: &LearnerConfig) -> bool {
         let verdict = self.verdict(config);
-        verdict.variable && self.values.get(value).copied().unwrap_or(0) < verdict.hot_from
+        verdict.variable
+            && self.values.get(&value_id(value)).copied().unwrap_or(0) < verdict.hot_from
     }
 }
 
@@ -180,7 +182,7 @@ impl TemplateLearner {
                 if let Some(mine) = position.values.get_mut(value) {
                     *mine += count;
                 } else if position.values.len() < self.config.max_values {
-                    position.values.insert(value.clone(), *count);
+                    position.values.insert(*value, *count);
                 } else {
                     self.counters.values_untracked += count;
                     position.saturated = true;
@@ -217,10 +219,11 @@ impl TemplateLearner {
         }
         let position = self.positions.entry(key).or_default();
         position.total += 1;
-        if let Some(count) = position.values.get_mut(value) {
+        let id = value_id(value);
+        if let Some(count) = position.values.get_mut(&id) {
             *count += 1;
         } else if position.values.len() < config.max_values {
-            position.values.insert(value.to_owned(), 1);
+            position.values.insert(id, 1);
         } else {
             self.counters.values_untracked += 1;
         }
@@ -259,6 +262,16 @@ fn rewrite(
         }
     }
     out
+}
+
+/// A value as the learner keeps it: the first 8 bytes of its BLAKE3 hash. The learner only
+/// compares and counts values, so it keeps no path segment (a user name, an e-mail, a short
+/// code) in memory or in the store, and 8 bytes per value whatever its length.
+fn value_id(value: &str) -> u64 {
+    let hash = blake3::hash(value.as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&hash.as_bytes()[..8]);
+    u64::from_le_bytes(first)
 }
 
 /// Literal, non-empty segments; placeholders of the first pass (`{id}`) and the cut marker's
