@@ -411,7 +411,13 @@ fn run(release: bool, args: &[String]) -> Result<()> {
 }
 
 /// The fuzz targets in fuzz/Cargo.toml.
-const FUZZ_TARGETS: &[&str] = &["http_decoder", "reassembly", "pcap_source", "proxy_headers"];
+const FUZZ_TARGETS: &[&str] = &[
+    "http_decoder",
+    "reassembly",
+    "pcap_source",
+    "proxy_headers",
+    "inventory",
+];
 
 /// Builds the fuzz targets (as the test suite does) without running them.
 fn build_fuzz_targets() -> Result<()> {

@@ -58,6 +58,26 @@
 //! batch_size = 10000             # exchanges per insert at most
 //! interval = "1s"                # how long a partial batch waits
 //! query = false                  # true: the query commands answer from the central store
+//!
+//! [[api.specs]]                  # OpenAPI documents (3.0, 3.1, Swagger 2.0; YAML or JSON)
+//! host = "api.example.com"       # the Host they describe (any port unless one is given)
+//! file = "specs/api.yaml"        # relative to this file's directory
+//!
+//! [inventory]
+//! slow_floor_ms = 100            # never slow below this, whatever the endpoint's p99
+//! slow_min_samples = 50          # timed calls an endpoint needs before anything is slow
+//! max_endpoints = 10000          # (host, method, template) tracked
+//! max_query_params = 64          # per endpoint
+//! max_body_fields = 128          # per endpoint
+//!
+//! [inventory.templates]          # the template learner (see analysis::inventory::templates)
+//! min_distinct = 10
+//! min_distinct_per_100 = 25
+//! min_samples = 20
+//! max_values = 64
+//! max_positions = 4096
+//! hot_min = 3
+//! hot_factor = 4
 //! ```
 
 use std::{
@@ -72,6 +92,7 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Deserializer, de};
 
 pub mod abuse;
+pub mod inventory;
 
 use crate::capture::AttachMode;
 
@@ -105,6 +126,34 @@ pub struct Config {
     pub abuse: abuse::AbuseConfig,
     /// Shipping to (and querying) a central ClickHouse store; none without a `[central]` table.
     pub central: Option<CentralSection>,
+    pub api: ApiSection,
+    pub inventory: inventory::InventoryConfig,
+}
+
+/// `[api]`: the API's own documents.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiSection {
+    pub specs: Vec<SpecSource>,
+}
+
+/// `[[api.specs]]`: an OpenAPI document and the host it describes.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpecSource {
+    pub host: String,
+    pub file: PathBuf,
+}
+
+impl SpecSource {
+    /// The document's path: a relative `file` is relative to the configuration file's
+    /// directory, so a configuration and its specs move together.
+    pub fn path(&self, config_file: &Path) -> PathBuf {
+        match config_file.parent() {
+            Some(dir) if self.file.is_relative() => dir.join(&self.file),
+            _ => self.file.clone(),
+        }
+    }
 }
 
 /// Which ports `capture.ports` watches.
@@ -594,6 +643,37 @@ impl Config {
                 .map_or((1, 1), |offset| line_column(text, offset));
             return Err(invalid(at, reason));
         }
+        for spec in &self.api.specs {
+            if spec.host.is_empty() || spec.host.contains(['/', ' ']) {
+                let at = find(text, &format!("\"{}\"", spec.host), 1);
+                let reason = format!("'{}' is not a host name (host or host:port)", spec.host);
+                return Err(invalid(at, reason));
+            }
+        }
+        let inventory = &self.inventory;
+        let learner = &inventory.templates;
+        let positive = [
+            ("max_endpoints", inventory.max_endpoints),
+            ("max_query_params", inventory.max_query_params),
+            ("max_body_fields", inventory.max_body_fields),
+            ("max_positions", learner.max_positions),
+            ("hot_factor", learner.hot_factor as usize),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err(invalid(
+                    find(text, key, 1),
+                    format!("{key} must be at least 1"),
+                ));
+            }
+        }
+        if learner.min_distinct < 2 || learner.max_values < learner.min_distinct {
+            let reason = format!(
+                "the learner needs 2 <= min_distinct ({}) <= max_values ({})",
+                learner.min_distinct, learner.max_values
+            );
+            return Err(invalid(find(text, "min_distinct", 1), reason));
+        }
         let mut names = std::collections::HashSet::new();
         for parameter in &self.parameters {
             if parameter.name.is_empty() {
@@ -866,6 +946,21 @@ trust_host_addresses = false
 headers = ["Forwarded", "X-Real-IP"]
 join = false
 join_window = "10s"
+
+[[api.specs]]
+host = "api.example.com"
+file = "specs/api.yaml"
+
+[[api.specs]]
+host = "admin.example.com:8443"
+file = "/etc/specs/admin.json"
+
+[inventory]
+slow_floor_ms = 250
+max_endpoints = 500
+
+[inventory.templates]
+min_distinct = 5
 "#,
         )
         .unwrap();
@@ -905,6 +1000,20 @@ join_window = "10s"
         assert_eq!(proxy.headers, ["forwarded", "x-real-ip"]);
         assert!(!proxy.join && !proxy.trust_host_addresses);
         assert_eq!(proxy.join_window, Duration::from_secs(10));
+        let specs = &config.api.specs;
+        assert_eq!(specs[0].host, "api.example.com");
+        assert_eq!(
+            specs[0].path(Path::new("/etc/apisessions/config.toml")),
+            Path::new("/etc/apisessions/specs/api.yaml")
+        );
+        assert_eq!(
+            specs[1].path(Path::new("/etc/apisessions/config.toml")),
+            Path::new("/etc/specs/admin.json")
+        );
+        assert_eq!(config.inventory.slow_floor_ms, 250);
+        assert_eq!(config.inventory.max_endpoints, 500);
+        assert_eq!(config.inventory.templates.min_distinct, 5);
+        assert_eq!(config.inventory.templates.max_values, 64);
     }
 
     #[test]
@@ -995,6 +1104,41 @@ join_window = "10s"
                 "[sessions]\nheaders = [\"x token\"]\n",
                 "test.toml:2:11:",
                 "not a header name",
+            ),
+            (
+                "[[api.specs]]\nhost = \"a\"\nfile = \"x.yaml\"\nurl = \"x\"\n",
+                "test.toml:4:1:",
+                "unknown field `url`",
+            ),
+            (
+                "[[api.specs]]\nhost = \"a\"\n",
+                "test.toml:1:1:",
+                "missing field `file`",
+            ),
+            (
+                "[[api.specs]]\nhost = \"http://a\"\nfile = \"x\"\n",
+                "test.toml:2:8:",
+                "not a host name",
+            ),
+            (
+                "[inventory]\nslow_floor_ms = -1\n",
+                "test.toml:2:17:",
+                "invalid value",
+            ),
+            (
+                "[inventory]\nmax_endpoints = 0\n",
+                "test.toml:2:1:",
+                "at least 1",
+            ),
+            (
+                "[inventory.templates]\nmin_distinct = 100\n",
+                "test.toml:2:1:",
+                "min_distinct (100) <= max_values (64)",
+            ),
+            (
+                "[inventory.templates]\nmin_distinctt = 1\n",
+                "test.toml:2:1:",
+                "unknown field `min_distinctt`",
             ),
             ("[capture\n", "test.toml:1:", ""),
         ];

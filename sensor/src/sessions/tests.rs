@@ -1165,6 +1165,8 @@ fn hosts_sharing_the_secret_give_one_user_one_session_id() {
     let mut other = Sessionizer::new(SessionConfig::default(), Secret::from_bytes([8; 32]));
     assert_ne!(other.assign(&exchange("192.0.2.9", 3, &key)).session_id, a);
     // After the inactivity timeout the user's next session has an id of its own.
-    let later = host_a.assign(&exchange("192.0.2.9", 3 + 31, &key)).session_id;
+    let later = host_a
+        .assign(&exchange("192.0.2.9", 3 + 31, &key))
+        .session_id;
     assert_ne!(later, a);
 }
