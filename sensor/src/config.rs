@@ -41,6 +41,11 @@
 //! headers = ["x-forwarded-for", "forwarded", "x-real-ip"]   # read in order, the first present decides
 //! join = true                    # one exchange per client request when both hops are captured
 //! join_window = "3s"             # how long a proxy's upstream exchange waits for its client's
+//!
+//! [attacks]
+//! enabled = true                 # detect attacks in every request
+//! headers = ["x-search"]         # headers inspected besides User-Agent, Referer, X-Forwarded-For, Origin
+//! max_bytes = 65536              # value bytes inspected per request (past it: counted, not inspected)
 //! ```
 
 use std::{
@@ -83,6 +88,7 @@ pub struct Config {
     pub parameters: Vec<Parameter>,
     pub secrets: SecretsSection,
     pub proxy: ProxySection,
+    pub attacks: AttacksSection,
 }
 
 /// Which ports `capture.ports` watches.
@@ -340,6 +346,37 @@ impl Default for ProxySection {
             join: true,
             join_window: Duration::from_secs(3),
         }
+    }
+}
+
+/// Attack detection (see [`crate::analysis::attacks`]).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AttacksSection {
+    pub enabled: bool,
+    /// Request headers inspected besides User-Agent, Referer, X-Forwarded-For and Origin.
+    #[serde(deserialize_with = "header_names")]
+    pub headers: Vec<String>,
+    /// Value bytes inspected per request at most.
+    #[serde(deserialize_with = "positive")]
+    pub max_bytes: usize,
+}
+
+impl Default for AttacksSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            headers: Vec::new(),
+            max_bytes: crate::analysis::attacks::DEFAULT_MAX_BYTES,
+        }
+    }
+}
+
+/// A count that must be at least 1.
+fn positive<'de, D: Deserializer<'de>>(deserializer: D) -> Result<usize, D::Error> {
+    match usize::deserialize(deserializer)? {
+        0 => Err(de::Error::custom("must be at least 1")),
+        n => Ok(n),
     }
 }
 
@@ -623,6 +660,8 @@ mod tests {
         assert_eq!(trusted, ["127.0.0.0/8", "::1/128"]);
         assert!(proxy.trust_host_addresses && proxy.join);
         assert_eq!(proxy.headers, ["x-forwarded-for", "forwarded", "x-real-ip"]);
+        assert!(config.attacks.enabled && config.attacks.headers.is_empty());
+        assert_eq!(config.attacks.max_bytes, 64 * 1024);
     }
 
     #[test]
@@ -665,6 +704,11 @@ trust_host_addresses = false
 headers = ["Forwarded", "X-Real-IP"]
 join = false
 join_window = "10s"
+
+[attacks]
+enabled = false
+headers = ["X-Search"]
+max_bytes = 4096
 "#,
         )
         .unwrap();
@@ -704,6 +748,12 @@ join_window = "10s"
         assert_eq!(proxy.headers, ["forwarded", "x-real-ip"]);
         assert!(!proxy.join && !proxy.trust_host_addresses);
         assert_eq!(proxy.join_window, Duration::from_secs(10));
+        let attacks = &config.attacks;
+        assert!(!attacks.enabled);
+        assert_eq!(
+            (attacks.headers.as_slice(), attacks.max_bytes),
+            (&["x-search".to_owned()][..], 4096)
+        );
     }
 
     #[test]
@@ -780,6 +830,21 @@ join_window = "10s"
                 "longer than zero",
             ),
             ("[proxy]\njoin = 1\n", "test.toml:2:8:", "invalid type"),
+            (
+                "[attacks]\nmax_bytes = 0\n",
+                "test.toml:2:13:",
+                "at least 1",
+            ),
+            (
+                "[attacks]\nheaders = [\"x y\"]\n",
+                "test.toml:2:11:",
+                "not a header name",
+            ),
+            (
+                "[attacks]\nenable = true\n",
+                "test.toml:2:1:",
+                "unknown field `enable`",
+            ),
             (
                 "[sessions]\ncookies = [\"ok\", \"a*b\"]\n",
                 "test.toml:2:11:",

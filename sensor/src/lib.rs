@@ -19,6 +19,8 @@
 //!   resynchronisation) pairing requests with responses into [`exchange::Exchange`]s.
 //! - [`proxy`]: reverse proxies on the host: the real client from a trusted proxy's forwarding
 //!   headers, and a proxy's upstream exchange joined into its client's (one per request).
+//! - [`analysis`]: what an exchange reveals beyond its fields: [`analysis::attacks`] finds
+//!   attack payloads in a request's inputs (class, key path, excerpt, rule).
 //! - [`sessions`]: grouping keys, response-to-request linking, inactivity and day parts, keyed
 //!   session ids; [`endpoint`] templates paths (`/users/{id}`).
 //! - [`store`]: LMDB (heed) with time and secondary indexes, the daemon's writer thread and the
@@ -30,6 +32,7 @@
 //! stages), [`stats`] (every stage's counters, shown by `apisessions stats`) and [`dump`] (the
 //! one-line renderings of `apisessions run --dump`).
 
+pub mod analysis;
 pub mod capture;
 pub mod config;
 pub mod container;
