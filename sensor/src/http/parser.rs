@@ -532,9 +532,16 @@ impl MessageParser {
                             self.state = State::Chunked(Chunk::Data(size));
                         }
                         _ => {
-                            self.meta().anomalies.insert(Anomalies::CHUNK_SIZE_INVALID);
+                            // Hand the message on, cut and marked, rather than lose it with
+                            // the sync: a broken chunk size is itself a smuggling sign that
+                            // the attack detector reports.
+                            let meta = self.meta();
+                            meta.anomalies.insert(Anomalies::CHUNK_SIZE_INVALID);
+                            meta.truncated = true;
+                            let message = self.complete(ts_ns);
                             counters.parse_errors += 1;
                             self.lose_sync(counters);
+                            return (used, message);
                         }
                     },
                     Chunk::DataEnd => {
