@@ -71,6 +71,47 @@ const SQL_WORDS: &[&str] = &[
     "div",
 ];
 
+/// Fingerprints libinjection reports for ordinary text and that carry no injection on their
+/// own: a number or a word followed by a comment (`50% off -- today only`). An injection
+/// that comments out the rest of a query has a quote or an operator before the comment
+/// (`admin'--` is `sc`), which stays reported.
+const PROSE_FINGERPRINTS: &[&str] = &["1c", "nc"];
+
+/// A fingerprint of words and keywords only (`To use BLAKE3 from Rust code` is `nTnkn`): a
+/// sentence. An injection needs a quote, an operator, a bracket, a comment, `;` or UNION to
+/// leave the value it sits in, and each has its own letter in a fingerprint.
+fn is_prose(fingerprint: &str) -> bool {
+    PROSE_FINGERPRINTS.contains(&fingerprint)
+        || fingerprint.bytes().all(|b| matches!(b, b'n' | b'k' | b'T'))
+}
+
+/// Backtick-quoted plain identifiers unquoted (`` `name` `` to `name`): Markdown's inline code
+/// looks like MySQL's quoted identifiers to libinjection, and unquoting keeps an injection's
+/// shape (`` union select `password` `` is still `union select password`).
+fn unquote_identifiers(bytes: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    if !bytes.contains(&b'`') {
+        return std::borrow::Cow::Borrowed(bytes);
+    }
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'`' {
+            let word = bytes[i + 1..]
+                .iter()
+                .take_while(|b| b.is_ascii_alphanumeric() || **b == b'_')
+                .count();
+            if word > 0 && bytes.get(i + 1 + word) == Some(&b'`') {
+                out.extend_from_slice(&bytes[i + 1..i + 1 + word]);
+                i += word + 2;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 impl Gate {
     pub fn new() -> Result<Self, aho_corasick::BuildError> {
         let sql_words = AhoCorasickBuilder::new()
@@ -107,15 +148,14 @@ impl Gate {
         if !worth {
             return None;
         }
-        let result = libinjectionrs::detect_sqli(bytes);
-        result.is_injection().then(|| {
-            Verdict::Sqli(
-                result
-                    .fingerprint
-                    .map(|f| f.to_string())
-                    .unwrap_or_default(),
-            )
-        })
+        let unquoted = unquote_identifiers(bytes);
+        let result = libinjectionrs::detect_sqli(&unquoted);
+        let injection = result.is_injection();
+        let fingerprint = result
+            .fingerprint
+            .map(|f| f.to_string())
+            .unwrap_or_default();
+        (injection && !is_prose(&fingerprint)).then_some(Verdict::Sqli(fingerprint))
     }
 
     /// XSS by libinjection, for values holding markup or attribute-breaking characters.
@@ -147,6 +187,8 @@ mod tests {
             "1) AND SLEEP(5)#",
             "'; DROP TABLE users; --",
             "1 AND 1=1",
+            "1 union select `password` from `users`",
+            "admin'--",
         ] {
             assert!(
                 matches!(gate.sqli(sqli, false), Some(Verdict::Sqli(_))),
@@ -159,6 +201,9 @@ mod tests {
             "Tom and Jerry or Spike",
             "42",
             "john.doe@example.com",
+            "add a dependency on the `blake3` crate to",
+            "50% off -- today only",
+            "To use BLAKE3 from Rust code, add a dependency on the `blake3` crate to",
         ] {
             assert_eq!(gate.sqli(prose, false), None, "{prose}");
         }

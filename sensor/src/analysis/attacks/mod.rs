@@ -326,7 +326,7 @@ impl Detector {
         }
         // XSS hides behind HTML references, which only a browser decodes: the decoded form is
         // inspected for XSS alone (`&lt;` is prose elsewhere).
-        let html = normalize::html_decoded(&value);
+        let html = normalize::for_xss(&value);
         if libinjection_applies(point.kind) && self.gate.xss(&html).is_some() {
             report(
                 AttackClass::Xss,
@@ -339,7 +339,7 @@ impl Detector {
             return;
         }
         for (text, xss_only) in [(&*value, false), (&*html, true)] {
-            if xss_only && text.len() == value.len() {
+            if xss_only && matches!(html, std::borrow::Cow::Borrowed(_)) {
                 // Nothing was decoded.
                 continue;
             }
@@ -430,5 +430,7 @@ fn protocol(request: &Request, inspection: &mut Inspection) {
     }
 }
 
+#[cfg(test)]
+mod corpus_tests;
 #[cfg(test)]
 mod tests;

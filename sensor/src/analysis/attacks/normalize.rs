@@ -150,6 +150,17 @@ fn reference(after: &str) -> Option<(char, usize)> {
     })
 }
 
+/// The value as a browser would read it in markup: HTML references decoded, and the tabs and
+/// line breaks it ignores inside URL schemes (`jav&#x09;ascript:`) removed.
+pub fn for_xss(value: &str) -> Cow<'_, str> {
+    let decoded = html_decoded(value);
+    if decoded.bytes().any(|b| matches!(b, b'\t' | b'\n' | b'\r')) {
+        Cow::Owned(decoded.replace(['\t', '\n', '\r'], ""))
+    } else {
+        decoded
+    }
+}
+
 /// At most `max` bytes of `text` around byte `at`, cut on char boundaries: a long value's
 /// excerpt shows where the match is, not only how the value starts.
 pub fn excerpt(text: &str, at: usize, max: usize) -> String {
