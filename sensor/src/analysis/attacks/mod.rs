@@ -120,7 +120,8 @@ pub struct Finding {
 /// What inspecting one request found, and whether a bound cut the inspection.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Inspection {
-    /// In request order (path, query, cookies, headers, body), at most one per class and point.
+    /// In request order (path, query, cookies, headers, body), at most one per class and point
+    /// (protocol findings: one per anomaly, at `request`).
     pub findings: Vec<Finding>,
     /// Value bytes inspected.
     pub bytes_inspected: usize,
@@ -432,5 +433,7 @@ fn protocol(request: &Request, inspection: &mut Inspection) {
 
 #[cfg(test)]
 mod corpus_tests;
+#[cfg(test)]
+mod cost_tests;
 #[cfg(test)]
 mod tests;

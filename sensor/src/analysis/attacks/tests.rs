@@ -43,6 +43,13 @@ fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Built once and shared by the pipeline's threads.
+#[test]
+fn the_detector_is_shareable() {
+    fn shareable<T: Send + Sync>() {}
+    shareable::<Detector>();
+}
+
 #[test]
 fn classes_serialise_in_the_issues_vocabulary() {
     for class in AttackClass::ALL {
