@@ -16,7 +16,8 @@ use std::{
 use apisessions::{
     capture::{AttachMode, Clock},
     exchange::Exchange,
-    reassembly::{FlowConfig, FlowTable},
+    flow::{FlowConfig, FlowTable},
+    pipeline::{Collect, Pipeline},
     segment::TcpSegment,
 };
 use common::{LiveSensor, MIB_LEN, Nginx, Tcpdump, TestNet, in_namespace};
@@ -336,21 +337,19 @@ fn import_of_a_capture_reports_what_the_live_path_reports() {
     table.finish(&mut live);
 
     let mut source = apisessions::source::PcapSource::open(&pcap).unwrap();
-    let mut imported = Vec::new();
-    let summary = apisessions::import::run(
-        &mut source,
+    let collected = Collect::default();
+    let mut pipeline = Pipeline::decoder(
         FlowConfig {
             server_ports: vec![PORT],
             ..FlowConfig::default()
         },
         apisessions::proxy::ProxyConfig::default(),
-        |exchange| {
-            imported.push(exchange);
-            Ok(())
-        },
-        |_, _| {},
     )
-    .unwrap();
+    .with_sink(Box::new(collected.clone()));
+    let summary =
+        apisessions::import::run(std::slice::from_mut(&mut source), &mut pipeline, |_, _| {})
+            .unwrap();
+    let imported = collected.take();
     // A clean capture decodes cleanly; only the body cap cuts (the two 1 MiB bodies). A
     // retransmitted segment is TCP at work on a loaded machine (tail loss probes fire when ACKs
     // are late), not a decoding anomaly: both paths keep its first copy.

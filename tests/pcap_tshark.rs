@@ -19,7 +19,13 @@ use std::{
     process::Command,
 };
 
-use apisessions::{exchange::Exchange, import, reassembly::FlowConfig, source::PcapSource};
+use apisessions::{
+    exchange::Exchange,
+    flow::FlowConfig,
+    import,
+    pipeline::{Collect, Pipeline},
+    source::PcapSource,
+};
 
 type Entry = (String, String, Option<u16>);
 
@@ -41,19 +47,14 @@ fn fixtures() -> Vec<PathBuf> {
 
 fn ours(file: &Path) -> (Vec<Exchange>, import::ImportSummary) {
     let mut source = PcapSource::open(file).unwrap();
-    let mut exchanges = Vec::new();
-    let summary = import::run(
-        &mut source,
+    let collected = Collect::default();
+    let mut pipeline = Pipeline::decoder(
         FlowConfig::default(),
         apisessions::proxy::ProxyConfig::default(),
-        |exchange| {
-            exchanges.push(exchange);
-            Ok(())
-        },
-        |_, _| {},
     )
-    .unwrap();
-    (exchanges, summary)
+    .with_sink(Box::new(collected.clone()));
+    let summary = import::run(std::slice::from_mut(&mut source), &mut pipeline, |_, _| {}).unwrap();
+    (collected.take(), summary)
 }
 
 fn entries(exchanges: &[Exchange]) -> Vec<Entry> {

@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use apisessions::store::writer::TRANSACTION_EXCHANGES;
+use apisessions::pipeline::writer::TRANSACTION_EXCHANGES;
 use common::{wait_until, write_generated_pcap};
 
 fn bin() -> Command {

@@ -3,7 +3,8 @@
 #![no_main]
 
 use apisessions::{
-    reassembly::{FlowConfig, FlowTable, StreamLimits},
+    flow::{FlowConfig, FlowTable},
+    reassembly::StreamLimits,
     segment::TcpSegment,
 };
 use libfuzzer_sys::fuzz_target;

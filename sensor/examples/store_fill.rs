@@ -18,16 +18,16 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use apisessions::{
-    sessions::{Assignment, KeyKind},
-    store::{DEFAULT_MAP_SIZE, Store, StoredExchange},
+    record::{Assignment, KeyKind, StoredExchange},
+    store::{DEFAULT_MAP_SIZE, Store},
 };
 
-// The daemon's and import's allocator (see src/main.rs), so that the figures are theirs.
+// The daemon's and import's allocator (see src/bin/apisessions/main.rs), so that the figures are theirs.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// The largest transaction of the daemon's writer and of an import (see store::writer).
-const BATCH: usize = apisessions::store::writer::TRANSACTION_EXCHANGES;
+/// The largest transaction of the daemon's writer and of an import (see pipeline::writer).
+const BATCH: usize = apisessions::pipeline::writer::TRANSACTION_EXCHANGES;
 const ACTIVE: usize = 2000;
 const BIG_SESSION: u64 = 10_000;
 const SPAN: Duration = Duration::from_secs(6 * 24 * 3600);
@@ -106,6 +106,7 @@ fn new_session(rng: &mut Rng, serial: u64, requests: u64) -> Session {
             user,
             role: None,
             new_session: true,
+            signals: None,
         },
         browser: agent.starts_with("Mozilla"),
         client_ip,

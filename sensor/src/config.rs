@@ -42,6 +42,23 @@
 //! join = true                    # one exchange per client request when both hops are captured
 //! join_window = "3s"             # how long a proxy's upstream exchange waits for its client's
 //!
+//! [abuse]                        # signals and risk per session (see analysis::abuse)
+//! report_score = 25              # signals listed with a session from this score (0-100)
+//! enumeration = { low = 10, flag = 30, high = 100 }   # score 0 / 50 / 100 at these counts
+//! enumeration_window = "2m"
+//! [abuse.weights]                # weight of a signal in the risk, 0-1
+//! attacks = 1.0
+//!
+//! [central]                      # ship to a ClickHouse server (see docs/CENTRAL.md)
+//! url = "http://clickhouse.example:8123"   # http or https; port 8123 by default
+//! database = "apisessions"
+//! user = "default"
+//! password_file = "/etc/apisessions/central.pass"   # or APISESSIONS_CENTRAL_PASSWORD
+//! host_id = "api-1"              # default: the host name
+//! batch_size = 10000             # exchanges per insert at most
+//! interval = "1s"                # how long a partial batch waits
+//! query = false                  # true: the query commands answer from the central store
+//!
 //! [attacks]
 //! enabled = true                 # detect attacks in every request
 //! headers = ["x-search"]         # headers inspected besides User-Agent, Referer, X-Forwarded-For, Origin
@@ -79,7 +96,7 @@ pub enum ConfigError {
     },
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub capture: CaptureSection,
@@ -89,6 +106,9 @@ pub struct Config {
     pub secrets: SecretsSection,
     pub proxy: ProxySection,
     pub attacks: AttacksSection,
+    pub abuse: crate::analysis::abuse::AbuseConfig,
+    /// Shipping to (and querying) a central ClickHouse store; none without a `[central]` table.
+    pub central: Option<CentralSection>,
 }
 
 /// Which ports `capture.ports` watches.
@@ -602,6 +622,13 @@ impl Config {
             let reason = "no ports to capture (set all_ports = true to take every port)".into();
             return Err(invalid(find(text, "ports", 1), reason));
         }
+        if let Err((key, reason)) = self.abuse.validate() {
+            let at = text
+                .find("[abuse")
+                .map(|start| start + text[start..].find(key).unwrap_or(0))
+                .map_or((1, 1), |offset| line_column(text, offset));
+            return Err(invalid(at, reason));
+        }
         let mut names = std::collections::HashSet::new();
         for parameter in &self.parameters {
             if parameter.name.is_empty() {
@@ -617,6 +644,178 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// The central store (ClickHouse over HTTP, see [`crate::ship`]).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CentralSection {
+    #[serde(deserialize_with = "from_text")]
+    pub url: CentralUrl,
+    #[serde(
+        default = "CentralSection::default_database",
+        deserialize_with = "identifier"
+    )]
+    pub database: String,
+    #[serde(default = "CentralSection::default_user")]
+    pub user: String,
+    /// A file holding the password (its first line); else `APISESSIONS_CENTRAL_PASSWORD`, else none.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// Names this sensor in the central tables; the host name when not set.
+    #[serde(default, deserialize_with = "host_id")]
+    pub host_id: Option<String>,
+    /// Exchanges per insert at most.
+    #[serde(
+        default = "CentralSection::default_batch_size",
+        deserialize_with = "batch_size"
+    )]
+    pub batch_size: usize,
+    /// How long exchanges wait for a batch to fill before a smaller one is sent.
+    #[serde(
+        default = "CentralSection::default_interval",
+        deserialize_with = "duration"
+    )]
+    pub interval: Duration,
+    /// The query commands answer from the central store (as with `--central`).
+    #[serde(default)]
+    pub query: bool,
+}
+
+impl CentralSection {
+    pub const MAX_BATCH_SIZE: usize = 1_000_000;
+
+    fn default_database() -> String {
+        "apisessions".into()
+    }
+
+    fn default_user() -> String {
+        "default".into()
+    }
+
+    fn default_batch_size() -> usize {
+        10_000
+    }
+
+    fn default_interval() -> Duration {
+        Duration::from_secs(1)
+    }
+
+    /// A section for `url` with every other value at its default.
+    pub fn new(url: CentralUrl) -> Self {
+        Self {
+            url,
+            database: Self::default_database(),
+            user: Self::default_user(),
+            password_file: None,
+            host_id: None,
+            batch_size: Self::default_batch_size(),
+            interval: Self::default_interval(),
+            query: false,
+        }
+    }
+
+    /// The configured host id, else the host name (else "localhost" if it cannot be read).
+    pub fn host_id(&self) -> String {
+        self.host_id.clone().unwrap_or_else(|| {
+            nix::unistd::gethostname()
+                .ok()
+                .and_then(|name| name.into_string().ok())
+                .filter(|name| !name.is_empty())
+                .unwrap_or_else(|| "localhost".into())
+        })
+    }
+}
+
+/// `http[s]://host[:port]`: where the central server's HTTP interface listens (port 8123
+/// unless given). No credentials (they would end up in logs) and no path or query.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CentralUrl {
+    pub https: bool,
+    /// As written (an IPv6 address with its brackets).
+    pub host: String,
+    pub port: u16,
+}
+
+impl CentralUrl {
+    pub const DEFAULT_PORT: u16 = 8123;
+}
+
+impl fmt::Display for CentralUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = if self.https { "https" } else { "http" };
+        write!(f, "{scheme}://{}:{}", self.host, self.port)
+    }
+}
+
+impl FromStr for CentralUrl {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let bad = |why: &str| format!("'{text}' is not a central url: {why}");
+        let uri: http::Uri = text.parse().map_err(|e| bad(&format!("{e}")))?;
+        let https = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            _ => return Err(bad("the scheme must be http or https")),
+        };
+        let authority = uri.authority().ok_or_else(|| bad("no host"))?;
+        if authority.as_str().contains('@') {
+            return Err(bad(
+                "credentials do not belong in the url (use user and password_file)",
+            ));
+        }
+        if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+            return Err(bad("a path or query is not supported"));
+        }
+        let host = authority.host();
+        if host.is_empty() {
+            return Err(bad("no host"));
+        }
+        Ok(Self {
+            https,
+            host: host.to_owned(),
+            port: authority.port_u16().unwrap_or(Self::DEFAULT_PORT),
+        })
+    }
+}
+
+/// A ClickHouse database name: it is written into SQL, so only a plain identifier.
+fn identifier<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    let mut chars = text.chars();
+    let plain = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && text.len() <= 64;
+    if !plain {
+        return Err(de::Error::custom(format!(
+            "'{text}' is not a database name (letters, digits and _, not starting with a digit)"
+        )));
+    }
+    Ok(text)
+}
+
+fn host_id<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    if text.is_empty() || text.len() > 255 || text.chars().any(char::is_control) {
+        return Err(de::Error::custom(
+            "host_id must be 1 to 255 bytes without control characters",
+        ));
+    }
+    Ok(Some(text))
+}
+
+fn batch_size<'de, D: Deserializer<'de>>(deserializer: D) -> Result<usize, D::Error> {
+    let value = usize::deserialize(deserializer)?;
+    if value == 0 || value > CentralSection::MAX_BATCH_SIZE {
+        return Err(de::Error::custom(format!(
+            "batch_size {value} must be between 1 and {}",
+            CentralSection::MAX_BATCH_SIZE
+        )));
+    }
+    Ok(value)
 }
 
 /// 1-based line and column of a byte offset.
@@ -871,5 +1070,92 @@ max_bytes = 4096
             .map(|(error, location, reason)| format!("want {location} …{reason}…, got {error}"))
             .collect();
         assert!(wrong.is_empty(), "{wrong:#?}");
+    }
+
+    #[test]
+    fn the_central_section_has_defaults_and_rejects_bad_values() {
+        assert_eq!(parse("").unwrap().central, None);
+        let central = parse("[central]\nurl = \"http://ch.example\"\n")
+            .unwrap()
+            .central
+            .unwrap();
+        assert_eq!(central.url.to_string(), "http://ch.example:8123");
+        assert_eq!(
+            (central.database.as_str(), central.user.as_str()),
+            ("apisessions", "default")
+        );
+        assert_eq!(
+            (central.batch_size, central.interval, central.query),
+            (10_000, Duration::from_secs(1), false)
+        );
+        assert!(!central.host_id().is_empty(), "the host name by default");
+        let central = parse(
+            "[central]\nurl = \"https://[::1]:9443/\"\ndatabase = \"fleet_1\"\nuser = \"ship\"\n\
+             password_file = \"/etc/p\"\nhost_id = \"api-1\"\nbatch_size = 500\ninterval = \"250ms\"\nquery = true\n",
+        )
+        .unwrap()
+        .central
+        .unwrap();
+        assert_eq!(central.url.to_string(), "https://[::1]:9443");
+        assert_eq!(central.host_id(), "api-1");
+        assert_eq!(
+            (central.batch_size, central.interval),
+            (500, Duration::from_millis(250))
+        );
+
+        let cases = [
+            (
+                "[central]\ndatabase = \"x\"\n",
+                "test.toml:1:1:",
+                "missing field `url`",
+            ),
+            (
+                "[central]\nurl = \"ftp://x\"\n",
+                "test.toml:2:7:",
+                "http or https",
+            ),
+            (
+                "[central]\nurl = \"http://u:p@x\"\n",
+                "test.toml:2:7:",
+                "credentials",
+            ),
+            (
+                "[central]\nurl = \"http://x/db?q=1\"\n",
+                "test.toml:2:7:",
+                "path or query",
+            ),
+            (
+                "[central]\nurl = \"http://x\"\ndatabase = \"a; DROP\"\n",
+                "test.toml:3:12:",
+                "not a database name",
+            ),
+            (
+                "[central]\nurl = \"http://x\"\nbatch_size = 0\n",
+                "test.toml:3:14:",
+                "between 1",
+            ),
+            (
+                "[central]\nurl = \"http://x\"\nhost_id = \"\"\n",
+                "test.toml:3:11:",
+                "host_id",
+            ),
+            (
+                "[central]\nurl = \"http://x\"\ninterval = \"0s\"\n",
+                "test.toml:3:12:",
+                "longer than zero",
+            ),
+            (
+                "[central]\nurl = \"http://x\"\npassword = \"x\"\n",
+                "test.toml:3:1:",
+                "unknown field `password`",
+            ),
+        ];
+        for (text, location, reason) in cases {
+            let error = parse(text).unwrap_err();
+            assert!(
+                error.starts_with(location) && error.contains(reason),
+                "want {location} …{reason}…, got {error}"
+            );
+        }
     }
 }

@@ -7,7 +7,7 @@ use std::{
 
 use crate::{
     exchange::rfc3339_ns,
-    store::{SessionSummary, StoredExchange},
+    record::{SessionSummary, StoredExchange},
 };
 
 /// `2026-11-29T15:04:03Z` from ns since the epoch (seconds are enough in tables).
@@ -37,11 +37,36 @@ fn shorten(text: &str, max: usize) -> String {
     cut
 }
 
+/// Captured text for a terminal: control characters (escape sequences that would move the
+/// cursor or recolour the screen) shown escaped.
+fn printable(text: &str) -> String {
+    if !text.chars().any(char::is_control) {
+        return text.to_owned();
+    }
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 /// The `sessions` table: one line per session, newest first.
 pub fn sessions_table(sessions: &[SessionSummary]) -> String {
     let mut out = format!(
-        "{:<32}  {:<20}  {:>8}  {:>5}  {:<15}  {:<16}  {:<20}  {}\n",
-        "SESSION", "START (UTC)", "DURATION", "REQS", "CLIENT IP", "USER", "HOST", "TOP ENDPOINTS"
+        "{:<32}  {:<20}  {:>8}  {:>5}  {:>4}  {:<15}  {:<16}  {:<20}  {}\n",
+        "SESSION",
+        "START (UTC)",
+        "DURATION",
+        "REQS",
+        "RISK",
+        "CLIENT IP",
+        "USER",
+        "HOST",
+        "TOP ENDPOINTS"
     );
     for s in sessions {
         let ip = match s.client_ips.len() {
@@ -57,15 +82,16 @@ pub fn sessions_table(sessions: &[SessionSummary]) -> String {
             .endpoints
             .iter()
             .take(3)
-            .map(|(e, n)| format!("{e} ×{n}"))
+            .map(|(e, n)| format!("{} ×{n}", printable(e)))
             .collect();
         let _ = writeln!(
             out,
-            "{:<32}  {:<20}  {:>8}  {:>5}  {:<15}  {:<16}  {:<20}  {}",
+            "{:<32}  {:<20}  {:>8}  {:>5}  {:>4}  {:<15}  {:<16}  {:<20}  {}",
             s.session_id,
             time_s(s.start_ns),
             duration(s.end_ns.saturating_sub(s.start_ns)),
             s.requests,
+            s.abuse.risk,
             shorten(&ip, 15),
             shorten(&user, 16),
             shorten(s.hosts.first().map_or("-", String::as_str), 20),
@@ -129,6 +155,17 @@ pub fn session_page(s: &SessionSummary, exchanges: &[StoredExchange]) -> String 
         "bytes     {} sent, {} received",
         s.request_bytes, s.response_bytes
     );
+    let _ = writeln!(out, "risk      {}", s.abuse.risk);
+    for (i, signal) in s.abuse.signals.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "{}{} {}: {}",
+            if i == 0 { "signals   " } else { "          " },
+            signal.name.as_str(),
+            signal.score,
+            printable(&signal.reason)
+        );
+    }
     out.push('\n');
     let _ = writeln!(
         out,
@@ -152,7 +189,7 @@ pub fn session_page(s: &SessionSummary, exchanges: &[StoredExchange]) -> String 
             "{:<27}  {:<7}  {:<40}  {:>6}  {:>9}  {:>9}{flags}",
             rfc3339_ns(e.ts_ns),
             e.method.as_deref().unwrap_or("-"),
-            shorten(e.endpoint.as_deref().unwrap_or("-"), 40),
+            shorten(&printable(e.endpoint.as_deref().unwrap_or("-")), 40),
             status,
             ttfb,
             e.response_body_len.unwrap_or(0),

@@ -16,6 +16,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod clickhouse;
+
 static NEXT_ID: AtomicU32 = AtomicU32::new(1);
 
 /// Runs a command and panics with its output if it fails.

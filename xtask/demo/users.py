@@ -4,8 +4,8 @@
 Standard library only. Each actor is one client with its own User-Agent and one keep-alive
 connection (http.client), so that the sensor sees what it would see in production: users who
 browse and then log in (a bearer JWT or the session cookie from then on), an anonymous browser,
-a scraper walking through user ids, a partner with an API key, and an attacker probing with
-SQL-injection and path-traversal payloads. The actors run concurrently; the whole run takes a
+a scraper walking through user ids, a partner with an API key, an attacker probing with
+SQL-injection and path-traversal payloads, and a credential stuffer. The actors run concurrently; the whole run takes a
 few seconds.
 
 Every request states the status it expects; the script prints a plan, then one line per actor,
@@ -27,15 +27,16 @@ from dataclasses import dataclass, field
 from http.cookies import SimpleCookie
 from urllib.parse import quote, urlencode
 
-FIREFOX = "Mozilla/5.0 (X11; Linux x86_64; rv:126.0) Gecko/20100101 Firefox/126.0"
+FIREFOX = "Mozilla/5.0 (X11; Linux x86_64; rv:146.0) Gecko/20100101 Firefox/146.0"
 CHROME_MAC = ("Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 "
-              "(KHTML, like Gecko) Chrome/125.0.0.0 Safari/537.36")
+              "(KHTML, like Gecko) Chrome/143.0.0.0 Safari/537.36")
 SAFARI_IPAD = ("Mozilla/5.0 (iPad; CPU OS 17_4 like Mac OS X) AppleWebKit/605.1.15 "
                "(KHTML, like Gecko) Version/17.4 Mobile/15E148 Safari/604.1")
 MOBILE_APP = "ShopApp/2.3.1 (iPhone; iOS 17.4; Scale/3.00)"
 SCRAPER = "python-requests/2.31.0"
 PARTNER = "inventory-sync/1.4 (+partner integration)"
 ATTACKER = "sqlmap/1.7.2#stable (https://sqlmap.org)"
+BRUTE_FORCER = "python-requests/2.32.3"
 
 PARTNER_API_KEY = "pk_live_7f3a9c2e51d84b06"
 
@@ -183,6 +184,14 @@ def attacker(client: Client) -> None:
         client.request("POST", "/api/login", 401, body={"user": user, "password": password})
 
 
+def brute_forcer(client: Client) -> None:
+    """Credential stuffing: one common password tried against many user names."""
+    first = ["james", "mary", "robert", "linda", "david", "susan", "john", "karen", "paul", "lisa"]
+    for n, name in enumerate(f"{f}.{last}" for last in ("smith", "jones", "brown") for f in first):
+        client.request("POST", "/api/login", 401,
+                       body={"user": name, "password": ["123456", "password", "qwerty"][n % 3]})
+
+
 @dataclass
 class Actor:
     name: str
@@ -212,6 +221,8 @@ def actors() -> list[Actor]:
               PARTNER, (0.02, 0.08), partner),
         Actor("attacker", "none (scanner)", "SQL injection, path traversal, login guessing",
               ATTACKER, (0.02, 0.1), attacker),
+        Actor("stuffer", "none (bot)", "30 failed logins with 30 user names",
+              BRUTE_FORCER, (0.01, 0.03), brute_forcer),
     ]
 
 

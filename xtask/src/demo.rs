@@ -4,8 +4,9 @@
 //! (`xtask/demo/demo_api.py`: a small shop with a JWT + cookie login), starts
 //! `apisessions run --dump` on its loopback, drives simulated users against the API
 //! (`xtask/demo/users.py`: customers with bearer tokens or a session cookie, an anonymous
-//! browser, a scraper, a partner with an API key, an attacker), then stops the sensor and shows
-//! what it captured: the exchanges, the counters and, where the binary has them, the sessions.
+//! browser, a scraper, a partner with an API key, an attacker, a credential stuffer), then stops
+//! the sensor and shows what it captured: the exchanges, the counters, the sessions and those
+//! flagged by their abuse signals.
 //! Nothing leaves the namespace.
 
 use std::{
@@ -363,6 +364,15 @@ fn show_sessions(apisessions: &Path, data_dir: &Path) -> Result<()> {
     status(
         Command::new(apisessions)
             .arg("sessions")
+            .arg("--data-dir")
+            .arg(data_dir),
+    )?;
+    println!(
+        "\n== demo: apisessions sessions --min-risk 50   (abuse signals: why each is flagged)"
+    );
+    status(
+        Command::new(apisessions)
+            .args(["sessions", "--min-risk", "50"])
             .arg("--data-dir")
             .arg(data_dir),
     )?;

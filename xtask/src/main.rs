@@ -15,6 +15,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod compare_import;
 mod demo;
 
 #[derive(Parser)]
@@ -55,6 +56,9 @@ enum Task {
     /// nginx's log, offline import against tshark (report in target/bench/, results appended to
     /// docs/BENCHMARKS.md).
     Bench(bench::BenchArgs),
+    /// Check that `apisessions import --ndjson` prints the same bytes as an earlier build's, on
+    /// the bench's generated capture and on every capture in tests/data.
+    CompareImport(compare_import::CompareImportArgs),
     /// Set up, then run the whole test suite (needs root: it loads eBPF programs) and the lints.
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -86,6 +90,8 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("python3-venv", "/usr/share/doc/python3-venv"),
     ("nodejs", "/usr/bin/node"),
     ("npm", "/usr/bin/npm"),
+    // The central-store tests run a private server (tests/common/clickhouse.rs); 18.16 here.
+    ("clickhouse-server", "/usr/sbin/clickhouse-server"),
 ];
 
 /// PyPI and npm packages of tests/frameworks_live.rs, installed into [`frameworks_dir`] once and
@@ -112,6 +118,7 @@ fn main() {
         Task::Fuzz { seconds, target } => setup().and_then(|()| fuzz(seconds, target.as_deref())),
         Task::Test { args } => setup().and_then(|()| test(&args)),
         Task::Bench(args) => setup().and_then(|()| bench::run(&bench::Options::new(args)?)),
+        Task::CompareImport(args) => setup().and_then(|()| compare_import::run(&args)),
     };
     if let Err(e) = result {
         eprintln!("xtask: {e:#}");

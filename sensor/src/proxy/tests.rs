@@ -220,8 +220,8 @@ fn with_both_hops_the_proxy_own_entry_joins_even_if_the_client_header_was_spoofe
 #[test]
 fn sessions_and_records_use_the_real_client() {
     use crate::{
-        sessions::{Secret, SessionConfig, Sessionizer},
-        store::{Redaction, StoredExchange},
+        record::{Redaction, Secret, StoredExchange},
+        sessions::{SessionConfig, Sessionizer},
     };
     let mut stage = ProxyStage::new(ProxyConfig {
         join: None,

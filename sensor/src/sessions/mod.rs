@@ -22,19 +22,8 @@
 
 pub mod extract;
 pub mod keys;
-pub mod state;
 
-use state::{Active, Actor, Link, SessionState};
-
-use std::{
-    borrow::Cow,
-    collections::HashSet,
-    fs,
-    io::{self, Write as _},
-    os::unix::fs::OpenOptionsExt as _,
-    path::Path,
-    time::Duration,
-};
+use std::{borrow::Cow, collections::HashSet, time::Duration};
 
 use extract::{
     Credential, json_at, json_body_if, jwt_subject, query_pairs, request_cookies, set_cookies,
@@ -42,145 +31,15 @@ use extract::{
 };
 use keys::{CookieClass, CookieMatch, KeyTable, QUERY_TOKENS, Tier, cookie_tier, looks_like_jwt};
 use lru::LruCache;
-use serde::Serialize;
 
 use crate::{
     config::{Config, KeyPath, MessageSide, Parameter, ParameterKind},
     exchange::{Exchange, ip_text, push_ip},
-    store::{Redaction, StoredExchange},
+    record::{
+        Assignment, KeyKind, Redaction, Secret, StoredExchange, hex,
+        state::{Active, Actor, Link, SessionState},
+    },
 };
-
-#[derive(Debug, thiserror::Error)]
-pub enum SessionError {
-    #[error("reading the installation secret {path}")]
-    ReadSecret {
-        path: String,
-        #[source]
-        source: io::Error,
-    },
-    #[error(
-        "the installation secret {0} is not 32 bytes; remove it to make a new one (ids change)"
-    )]
-    BadSecret(String),
-    #[error("creating the installation secret {path}")]
-    WriteSecret {
-        path: String,
-        #[source]
-        source: io::Error,
-    },
-    #[error("no random source for the installation secret: {0}")]
-    Random(String),
-}
-
-/// The per-installation key of every hash the sensor stores. Share it across a fleet to get the
-/// same session ids for the same users everywhere.
-#[derive(Clone)]
-pub struct Secret([u8; 32]);
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(…)")
-    }
-}
-
-impl Secret {
-    pub const FILE: &str = "secret";
-
-    /// Reads `data_dir/secret`, or creates it (mode 0600) on first start.
-    pub fn load_or_create(data_dir: &Path) -> Result<Self, SessionError> {
-        let path = data_dir.join(Self::FILE);
-        let name = path.display().to_string();
-        match fs::read(&path) {
-            Ok(bytes) => {
-                let key: [u8; 32] = bytes
-                    .try_into()
-                    .map_err(|_| SessionError::BadSecret(name))?;
-                Ok(Self(key))
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                let mut key = [0u8; 32];
-                getrandom::fill(&mut key).map_err(|e| SessionError::Random(e.to_string()))?;
-                let write = || -> io::Result<()> {
-                    // create_new: two processes starting at once must not overwrite each other.
-                    let mut file = fs::OpenOptions::new()
-                        .write(true)
-                        .create_new(true)
-                        .mode(0o600)
-                        .open(&path)?;
-                    file.write_all(&key)?;
-                    file.sync_all()
-                };
-                match write() {
-                    Ok(()) => Ok(Self(key)),
-                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                        Self::load_or_create(data_dir)
-                    }
-                    Err(source) => Err(SessionError::WriteSecret { path: name, source }),
-                }
-            }
-            Err(source) => Err(SessionError::ReadSecret { path: name, source }),
-        }
-    }
-
-    pub fn from_bytes(key: [u8; 32]) -> Self {
-        Self(key)
-    }
-
-    /// Keyed hash of length-prefixed parts (so ("ab","c") and ("a","bc") differ).
-    pub fn hash(&self, parts: &[&[u8]]) -> [u8; 32] {
-        let mut hasher = blake3::Hasher::new_keyed(&self.0);
-        for part in parts {
-            hasher.update(&(part.len() as u64).to_le_bytes());
-            hasher.update(part);
-        }
-        *hasher.finalize().as_bytes()
-    }
-
-    /// A value that must not be stored raw: `h:` and 32 hex digits of its keyed hash.
-    pub fn hashed_value(&self, value: &str) -> String {
-        let hash = self.hash(&[b"value", value.as_bytes()]);
-        format!("h:{}", hex(&hash[..16]))
-    }
-}
-
-/// Lower-case hex digits of `bytes` (session ids, hashed values, cut index keys).
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// What kind of key put an exchange in its session.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum KeyKind {
-    Custom,
-    Cookie,
-    Jwt,
-    Bearer,
-    Basic,
-    ApiKey,
-    IpUserAgent,
-    Ip,
-}
-
-impl KeyKind {
-    /// Kinds that stand for wherever the traffic comes from rather than for a user.
-    pub fn is_fallback(self) -> bool {
-        matches!(self, Self::IpUserAgent | Self::Ip)
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Custom => "custom",
-            Self::Cookie => "cookie",
-            Self::Jwt => "jwt",
-            Self::Bearer => "bearer",
-            Self::Basic => "basic",
-            Self::ApiKey => "api_key",
-            Self::IpUserAgent => "ip_user_agent",
-            Self::Ip => "ip",
-        }
-    }
-}
 
 /// A grouping key found in a request. Borrowed from the exchange where it can be: every
 /// request yields at least one, and only one of them decides.
@@ -203,19 +62,6 @@ impl Candidate<'_> {
     fn raw(&self) -> &str {
         self.travels_as.unwrap_or(&self.value)
     }
-}
-
-/// The session decision for one exchange.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Assignment {
-    pub session_id: String,
-    pub key_kind: KeyKind,
-    pub key_name: String,
-    /// From the parameter typed `user` (hashed if configured so).
-    pub user: Option<String>,
-    pub role: Option<String>,
-    /// The exchange opened a new session (or a new part of one).
-    pub new_session: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -402,8 +248,8 @@ impl Sessionizer {
 
     /// Continues from `loaded` (a store's state, newest first) and from now on notes what
     /// changes, for [`Sessionizer::take_changes`]: sessions go on across restarts and imports.
-    pub fn restore(&mut self, loaded: crate::store::LoadedState) {
-        let crate::store::LoadedState {
+    pub fn restore(&mut self, loaded: crate::record::LoadedState) {
+        let crate::record::LoadedState {
             state,
             actors_cut,
             links_cut,
@@ -601,6 +447,7 @@ impl Sessionizer {
             user,
             role,
             new_session,
+            signals: None,
         }
     }
 

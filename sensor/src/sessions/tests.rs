@@ -1,4 +1,4 @@
-use std::{collections::HashSet, os::unix::fs::PermissionsExt as _};
+use std::{collections::HashSet, path::Path};
 
 use base64::Engine as _;
 
@@ -292,27 +292,6 @@ fn active_sessions_are_bounded() {
     }
     assert_eq!(s.active.len(), 3);
     assert_eq!(s.counters.evicted, 7);
-}
-
-#[test]
-fn the_secret_is_created_once_private_and_reused() {
-    let dir = std::env::temp_dir().join(format!("apis-secret-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).unwrap();
-    let first = Secret::load_or_create(&dir).unwrap();
-    let mode = fs::metadata(dir.join(Secret::FILE))
-        .unwrap()
-        .permissions()
-        .mode();
-    assert_eq!(mode & 0o777, 0o600);
-    let again = Secret::load_or_create(&dir).unwrap();
-    assert_eq!(first.0, again.0);
-    fs::write(dir.join(Secret::FILE), b"short").unwrap();
-    assert!(matches!(
-        Secret::load_or_create(&dir),
-        Err(SessionError::BadSecret(_))
-    ));
-    fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -663,7 +642,7 @@ fn a_split_off_value_that_comes_back_makes_room_for_the_next() {
 }
 
 /// What a store would hold after the changes `s` made: the later change of a key wins.
-fn persisted(changes: &[SessionState]) -> crate::store::LoadedState {
+fn persisted(changes: &[SessionState]) -> crate::record::LoadedState {
     let mut actors = std::collections::HashMap::new();
     let mut links = std::collections::HashMap::new();
     for change in changes {
@@ -676,16 +655,16 @@ fn persisted(changes: &[SessionState]) -> crate::store::LoadedState {
         actors,
         links: links.into_iter().filter(|(_, l)| l.is_some()).collect(),
     };
-    crate::store::LoadedState {
+    crate::record::LoadedState {
         state,
-        ..crate::store::LoadedState::default()
+        ..crate::record::LoadedState::default()
     }
 }
 
 #[test]
 fn a_restored_sessionizer_continues_the_sessions_and_links_it_was_given() {
     let mut before = sessionizer(SessionConfig::default());
-    before.restore(crate::store::LoadedState::default());
+    before.restore(crate::record::LoadedState::default());
     let ua = ("User-Agent", "lone/1");
     let anonymous = before.assign(&exchange("192.0.2.9", 0, &[ua]));
     let login = with_response(
@@ -729,7 +708,7 @@ fn a_restore_past_the_bound_keeps_the_newest_and_counts_the_rest() {
         ..SessionConfig::default()
     };
     let mut before = sessionizer(config.clone());
-    before.restore(crate::store::LoadedState::default());
+    before.restore(crate::record::LoadedState::default());
     let ids: Vec<String> = (0..5u64)
         .map(|n| {
             let ua = format!("agent-{n}");

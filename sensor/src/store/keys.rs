@@ -40,7 +40,7 @@ pub fn index_value(value: &str) -> Cow<'_, [u8]> {
     let mut out = Vec::with_capacity(MAX_INDEX_VALUE);
     out.extend_from_slice(&value.as_bytes()[..cut]);
     out.push(CUT_MARKER);
-    out.extend_from_slice(crate::sessions::hex(&hash.as_bytes()[..CUT_HASH_HEX / 2]).as_bytes());
+    out.extend_from_slice(crate::record::hex(&hash.as_bytes()[..CUT_HASH_HEX / 2]).as_bytes());
     Cow::Owned(out)
 }
 

@@ -10,6 +10,8 @@
 //!   value too long for an LMDB key cut and completed by its hash (see [`keys`])
 //! - `imported`: start ns + exchange id -> () for every exchange an import stored, so that the
 //!   same capture imported again adds nothing (only the writer opens it)
+//! - `outbox`, `outbox_meta`: the exchange blocks in commit order and the central shipper's
+//!   cursor, written only when the outbox is enabled (see [`outbox`])
 //!
 //! Values are postcard behind a format-version byte. One writer (the daemon or an import)
 //! batches many exchanges per transaction; readers (the CLI) run in other processes at the same
@@ -18,9 +20,8 @@
 
 mod compact;
 pub mod keys;
-pub mod record;
+pub mod outbox;
 mod state;
-pub mod writer;
 
 use std::{
     collections::{HashMap, hash_map::Entry},
@@ -34,12 +35,9 @@ use heed::{
     CommitOrAbort, Database, Env, EnvFlags, EnvOpenOptions, RoTxn, RwTxn, WithoutTls,
     types::{Bytes, Unit},
 };
-pub use record::{Redaction, SessionSummary, StoredExchange};
 use serde::{Serialize, de::DeserializeOwned};
-pub use state::LoadedState;
-pub use writer::{StoreWriter, WriterCounters};
 
-use crate::sessions::{Assignment, state::SessionState};
+use crate::record::{Assignment, SessionState, SessionSummary, SignalName, StoredExchange};
 use compact::Block;
 use keys::{
     LMDB_MAX_KEY, exchange_key, imported_key, index_key, index_prefix, last_exchange_key, time_key,
@@ -47,7 +45,7 @@ use keys::{
 use state::StateDbs;
 
 /// First byte of every stored value; bump it when a stored type changes incompatibly.
-pub const FORMAT_VERSION: u8 = 4;
+pub const FORMAT_VERSION: u8 = 5;
 /// Default LMDB map size: address space, not disk (the file grows as data comes).
 pub const DEFAULT_MAP_SIZE: usize = 32 << 30;
 const STORE_DIR: &str = "store";
@@ -213,6 +211,10 @@ pub struct SessionFilter {
     pub method: Option<String>,
     pub status: Option<u16>,
     pub user: Option<String>,
+    /// Sessions whose abuse risk is at least this.
+    pub min_risk: Option<u8>,
+    /// Sessions that carry this abuse signal.
+    pub signal: Option<SignalName>,
     pub limit: usize,
 }
 
@@ -241,6 +243,8 @@ impl SessionFilter {
                 .user
                 .as_ref()
                 .is_none_or(|u| s.user.as_ref() == Some(u))
+            && self.min_risk.is_none_or(|r| s.abuse.risk >= r)
+            && self.signal.is_none_or(|name| s.abuse.score(name).is_some())
     }
 }
 
@@ -268,6 +272,10 @@ pub struct Store {
     state: Option<StateDbs>,
     /// Disambiguates exchanges of one session that start in the same nanosecond.
     sequence: AtomicU32,
+    /// The central shipper's outbox (see `outbox`); `None` in a reader.
+    outbox: Option<outbox::OutboxDbs>,
+    /// Blocks are appended to the outbox ([`Store::enable_outbox`]).
+    outbox_on: bool,
 }
 
 /// The databases readers open (a store written before a writer-only database was added still
@@ -282,7 +290,13 @@ const DB_NAMES: [&str; 7] = [
     "by_user",
 ];
 /// The databases only the writer uses, created by it when missing.
-const WRITER_DB_NAMES: [&str; 3] = ["imported", "state", "state_by_time"];
+const WRITER_DB_NAMES: [&str; 5] = [
+    "imported",
+    "state",
+    "state_by_time",
+    "outbox",
+    "outbox_meta",
+];
 
 impl Store {
     pub fn dir(data_dir: &Path) -> PathBuf {
@@ -356,7 +370,7 @@ impl Store {
                     dbs.push(opener.create_database(wtxn, Some(name))?);
                 }
                 Ok::<_, heed::Error>(CommitOrAbort::<_, ()>::Commit(
-                    <[_; 10]>::try_from(dbs).ok(),
+                    <[_; 12]>::try_from(dbs).ok(),
                 ))
             })
             .map_err(open_error)?
@@ -382,9 +396,31 @@ impl Store {
                     entries: *entries,
                     by_time: unit(*by_time),
                 }),
+            outbox: dbs
+                .get(10)
+                .zip(dbs.get(11))
+                .map(|(log, meta)| outbox::OutboxDbs {
+                    log: *log,
+                    meta: *meta,
+                }),
+            outbox_on: false,
             env,
             sequence: AtomicU32::new(0),
         })
+    }
+
+    /// Another handle on this store's environment for a thread of the same process that only
+    /// reads, and keeps the outbox's cursor (the central shipper): LMDB maps an environment
+    /// once per process, so it cannot open the store a second time. It never writes exchanges.
+    pub fn share(&self) -> Self {
+        Self {
+            env: self.env.clone(),
+            imported: None,
+            state: None,
+            outbox_on: false,
+            sequence: AtomicU32::new(0),
+            ..*self
+        }
     }
 
     fn read(&self) -> Result<RoTxn<'_, WithoutTls>, StoreError> {
@@ -469,17 +505,25 @@ impl Store {
                 // The summary is final for this transaction; its lists only grow, so references
                 // into them stay valid.
                 let (block, first_ns) = Block::new(chunk, &stored.summary);
-                blocks.push((*id, first_ns, encode(&block)?));
+                blocks.push((*id, first_ns, encode(&block)?, chunk.len()));
             }
         }
         // Key order: B-tree work stays near the pages already touched, and sequence numbers
         // follow the batch, so writing the same batch again (a repeated import) rewrites the
         // same keys.
-        blocks.sort_by_key(|(id, first_ns, _)| (*id, *first_ns));
-        for (id, first_ns, value) in &blocks {
+        blocks.sort_by_key(|(id, first_ns, _, _)| (*id, *first_ns));
+        let outbox = self.outbox.filter(|_| self.outbox_on);
+        let mut appender = outbox.map(|o| o.appender(&txn)).transpose()?;
+        for (id, first_ns, value, count) in &blocks {
             let sequence = self.sequence.fetch_add(1, Ordering::Relaxed);
             let key = exchange_key(id, *first_ns, sequence);
             put(self.exchanges, &mut txn, &key, value, "an exchange block")?;
+            if let (Some(outbox), Some(appender)) = (outbox, appender.as_mut()) {
+                outbox.append(&mut txn, appender, &key, *count)?;
+            }
+        }
+        if let (Some(outbox), Some(appender)) = (outbox, appender) {
+            outbox.finish(&mut txn, appender)?;
         }
         for (id, (stored, _)) in &sessions {
             put(
@@ -555,7 +599,7 @@ impl Store {
         txn: &mut RwTxn<'_>,
         id: &[u8; 16],
         at: u64,
-        new: &record::NewValues,
+        new: &crate::record::NewValues,
     ) -> Result<(), StoreError> {
         for ip in &new.ips {
             put(
@@ -653,7 +697,7 @@ impl Store {
             log::warn!(
                 "skipped {} unreadable session summaries (the first, {}: {first})",
                 unreadable.len(),
-                crate::sessions::hex(id)
+                crate::record::hex(id)
             );
         }
         // Index order is by first-indexed start; present newest activity first.
@@ -793,6 +837,12 @@ impl Store {
         if let Some(dbs) = self.state {
             let step = max_sessions.saturating_mul(IMPORTED_PER_SESSION);
             report.more |= dbs.prune(&mut txn, cutoff_ns, step)?;
+        }
+        // Outbox entries of blocks pruned before they were shipped (see `outbox`).
+        if let Some(outbox) = self.outbox {
+            let before = cutoff_ns.saturating_sub(24 * 3600 * 1_000_000_000);
+            let step = max_sessions.saturating_mul(IMPORTED_PER_SESSION);
+            report.more |= outbox.prune(&mut txn, before, step)?;
         }
         // Import markers of exchanges whose sessions are gone: a session lasts at most a day,
         // so every exchange that started a day before the cutoff belonged to one that ended

@@ -1,4 +1,4 @@
-//! The sessionizer's state in the store (see `sessions::state`): written in the transaction of
+//! The sessionizer's state in the store (see `record::state`): written in the transaction of
 //! the exchanges that changed it, loaded newest first at start, pruned with the retention.
 //!
 //! Databases (writer-only):
@@ -14,7 +14,10 @@ use heed::{
 use serde::{Serialize, de::DeserializeOwned};
 
 use super::{Store, StoreError, decode, encode, lmdb, put};
-use crate::sessions::state::{Active, Link, SessionState};
+use crate::record::{
+    LoadedState,
+    state::{Active, Link, SessionState},
+};
 
 const ACTOR: u8 = b'a';
 /// An entry's hash and its encoded value, before decoding.
@@ -26,18 +29,6 @@ const LINK: u8 = b'l';
 pub(super) struct StateDbs {
     pub(super) entries: Database<'static, Bytes, Bytes>,
     pub(super) by_time: Database<'static, Bytes, Unit>,
-}
-
-/// What loading the state found.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct LoadedState {
-    /// Newest first.
-    pub state: SessionState,
-    /// Entries recent enough but past the bounds: not loaded.
-    pub actors_cut: u64,
-    pub links_cut: u64,
-    /// Entries that could not be read (corrupt, or from another format): skipped.
-    pub unreadable: u64,
 }
 
 fn entry_key(kind: u8, hash: &[u8; 32]) -> [u8; 33] {

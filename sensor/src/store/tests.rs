@@ -5,11 +5,12 @@ use std::{
 };
 
 use super::*;
+use crate::pipeline::StoreWriter;
 use crate::{
     exchange::{Exchange, MessageMeta, Request, Response},
-    sessions::{Assignment, KeyKind, Secret},
+    record::{Assignment, KeyKind, Redaction, Secret, SessionState, StoredExchange},
+    test_rng::Rng,
 };
-use crate::{sessions::state::SessionState, test_rng::Rng};
 
 const MINUTE: u64 = 60 * 1_000_000_000;
 
@@ -77,6 +78,7 @@ fn assignment(session: u8, user: Option<&str>) -> Assignment {
         user: user.map(str::to_owned),
         role: None,
         new_session: false,
+        signals: None,
     }
 }
 
@@ -384,29 +386,40 @@ fn exchanges_read_back_as_written_across_batches_and_past_the_session_lists() {
     assert_eq!(summary.user_agents.len(), 16);
 }
 
+/// The daemon's writer (from the pipeline, which the store knows nothing of: tested here for the
+/// store's helpers).
+fn daemon(retention: Duration) -> crate::pipeline::WriterMode {
+    crate::pipeline::WriterMode::Daemon {
+        retention,
+        prune_every: Duration::from_secs(3600),
+    }
+}
+
 #[test]
 fn the_writer_stores_every_submitted_batch() {
     let dir = TempDir::new("writer");
     let store = Store::open(&dir.0, 1 << 30).unwrap();
     // The records are from 1970: a century of retention keeps the first sweep off them.
     let century = Duration::from_secs(100 * 365 * 24 * 3600);
-    let writer = StoreWriter::start(store, century, Duration::from_secs(3600));
+    let writer = StoreWriter::start(store, daemon(century));
     for batch in 0..30u64 {
-        writer.submit(
-            (0..100u64)
-                .map(|i| {
-                    let n = batch * 100 + i;
-                    (
-                        record("192.0.2.1", 1000 + n, "GET", "/items", 200),
-                        assignment((n % 50) as u8, None),
-                    )
-                })
-                .collect::<Vec<_>>()
-                .into(),
-        );
+        writer
+            .submit(
+                (0..100u64)
+                    .map(|i| {
+                        let n = batch * 100 + i;
+                        (
+                            record("192.0.2.1", 1000 + n, "GET", "/items", 200),
+                            assignment((n % 50) as u8, None),
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .into(),
+            )
+            .unwrap();
     }
     let counters = Arc::clone(&writer.counters);
-    writer.finish();
+    writer.finish().unwrap();
     let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
     assert_eq!(get(&counters.exchanges_dropped_queue_full), 0);
     assert_eq!(get(&counters.exchanges_written), 3000);
@@ -569,10 +582,10 @@ fn a_record_that_cannot_be_stored_costs_only_itself() {
         txn.commit().unwrap();
     }
     let century = Duration::from_secs(100 * 365 * 24 * 3600);
-    let writer = StoreWriter::start(fresh, century, Duration::from_secs(3600));
-    writer.submit(batch.into());
+    let writer = StoreWriter::start(fresh, daemon(century));
+    writer.submit(batch.into()).unwrap();
     let counters = Arc::clone(&writer.counters);
-    writer.finish();
+    writer.finish().unwrap();
     let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
     assert_eq!(get(&counters.exchanges_written), 97);
     assert_eq!(get(&counters.exchanges_rejected_corrupt), 3);
@@ -671,8 +684,8 @@ fn an_exchange_imported_before_is_not_stored_again() {
     assert_eq!(store.imported.unwrap().len(&txn).unwrap(), 0);
 }
 
-fn actor_state(last_ns: u64) -> crate::sessions::state::Active {
-    crate::sessions::state::Active {
+fn actor_state(last_ns: u64) -> crate::record::state::Active {
+    crate::record::state::Active {
         id: id(1),
         start_ns: last_ns,
         began_ns: last_ns,
@@ -685,7 +698,7 @@ fn actor_state(last_ns: u64) -> crate::sessions::state::Active {
 
 #[test]
 fn the_session_state_goes_with_its_exchanges_and_loads_newest_first() {
-    use crate::sessions::state::Link;
+    use crate::record::state::Link;
     let dir = TempDir::new("state");
     let store = Store::open(&dir.0, 1 << 30).unwrap();
     let state = SessionState {

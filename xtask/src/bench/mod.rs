@@ -20,11 +20,17 @@
 //!    `--endpoint` and `show` of a 10,000-request session timed at a tenth of the size and at the
 //!    full size (default 1M and 10M exchanges).
 //!
+//! With `--baseline BIN` (an earlier release build of `apisessions`), the overhead rounds run
+//! that binary's sensor as one more configuration and the offline rounds its import beside this
+//! build's; with `--baseline-fill BIN` (that build's `store_fill` example) the store rounds also
+//! fill a store with it. The two builds swap places every other round, so that neither always
+//! runs first. The report then sets them side by side, figure by figure.
+//!
 //! Results go to target/bench/report.{md,json}; a full run also appends its table to
 //! docs/BENCHMARKS.md. Nothing here is a test: the targets are reported against, never asserted.
 
 mod host;
-mod offline;
+pub(crate) mod offline;
 mod probe;
 mod report;
 mod store;
@@ -76,6 +82,10 @@ pub struct Options {
     pub quiet_wait: Duration,
     /// Fractions of the mix's saturation rate for the completeness levels (1.0: no pacing).
     pub levels: Vec<f64>,
+    /// An earlier `apisessions` binary measured beside this build (absolute path).
+    pub baseline: Option<PathBuf>,
+    /// The same earlier build's `store_fill` example, for the store's ingest (absolute path).
+    pub baseline_fill: Option<PathBuf>,
 }
 
 /// `cargo xtask bench` arguments.
@@ -125,6 +135,17 @@ pub struct BenchArgs {
     /// --quick).
     #[arg(long, value_name = "SECS")]
     quiet_wait: Option<u64>,
+    /// An earlier release build of `apisessions` to measure beside this one in the same rounds:
+    /// its sensor as one more overhead configuration, its import on the same capture; the
+    /// report shows the two side by side.
+    #[arg(long, value_name = "BIN")]
+    baseline: Option<PathBuf>,
+    /// The `store_fill` example built from the same earlier commit
+    /// (target/release/examples/store_fill there): the store phase then also measures its
+    /// ingest, alternating with this build's. Without it, store ingest is compared only as part
+    /// of the import rate (an import stores what it decodes).
+    #[arg(long, value_name = "BIN", requires = "baseline")]
+    baseline_fill: Option<PathBuf>,
 }
 
 impl Options {
@@ -135,6 +156,16 @@ impl Options {
         if rounds == 0 || duration == 0 || args.workers == 0 || args.connections == 0 {
             bail!("--rounds, --duration, --workers and --connections must be at least 1");
         }
+        // Absolute: the sensor is started through `ip netns exec`, from another directory.
+        let executable = |path: Option<PathBuf>, option: &str| {
+            path.map(|p| {
+                fs::canonicalize(&p)
+                    .ok()
+                    .filter(|p| p.is_file())
+                    .with_context(|| format!("{option} {}: no such file", p.display()))
+            })
+            .transpose()
+        };
         Ok(Self {
             rounds,
             duration: Duration::from_secs(duration),
@@ -161,6 +192,8 @@ impl Options {
             } else {
                 vec![0.1, 0.25, 0.5, 1.0]
             },
+            baseline: executable(args.baseline, "--baseline")?,
+            baseline_fill: executable(args.baseline_fill, "--baseline-fill")?,
         })
     }
 }
@@ -187,6 +220,8 @@ pub struct OverheadRun {
 pub enum Config {
     None,
     Sensor,
+    /// The sensor of the `--baseline` binary.
+    Baseline,
     Tcpdump,
 }
 
@@ -217,12 +252,38 @@ impl OverheadRun {
 }
 
 impl Config {
-    pub const ALL: [Self; 3] = [Self::None, Self::Sensor, Self::Tcpdump];
+    /// In the order of a round.
+    const ALL: [Self; 4] = [Self::None, Self::Sensor, Self::Baseline, Self::Tcpdump];
+
+    /// What a run with these options measures, in the order of a round.
+    pub fn measured(options: &Options) -> Vec<Self> {
+        Self::ALL
+            .into_iter()
+            .filter(|c| *c != Self::Baseline || options.baseline.is_some())
+            .collect()
+    }
+
+    /// The order of round `round`: as [`Self::measured`], this build's sensor and the
+    /// baseline's swapped in every other round.
+    fn in_round(options: &Options, round: u32) -> Vec<Self> {
+        let mut configs = Self::measured(options);
+        if baseline_first(round) {
+            for config in &mut configs {
+                *config = match *config {
+                    Self::Sensor => Self::Baseline,
+                    Self::Baseline => Self::Sensor,
+                    other => other,
+                };
+            }
+        }
+        configs
+    }
 
     pub fn name(self) -> &'static str {
         match self {
             Self::None => "none",
             Self::Sensor => "apisessions",
+            Self::Baseline => "baseline",
             Self::Tcpdump => "tcpdump",
         }
     }
@@ -244,6 +305,16 @@ impl SensorRun {
 
     pub fn bpf_ns(&self) -> u64 {
         self.bpf.iter().map(|p| p.run_time_ns).sum()
+    }
+
+    /// User, sys and BPF time together.
+    pub fn total_ns(&self) -> u64 {
+        self.cpu.user_ns + self.cpu.sys_ns + self.bpf_ns()
+    }
+
+    /// `ns` spread over the exchanges decoded, in µs.
+    pub fn us_per_exchange(&self, ns: u64) -> f64 {
+        ns as f64 / self.exchanges().max(1) as f64 / 1e3
     }
 }
 
@@ -337,12 +408,24 @@ pub fn run(options: &Options) -> Result<()> {
     }
     println!("xtask: bench on {}", net.describe());
     println!(
-        "xtask: {} rounds of {} s per run; overhead: none / apisessions / tcpdump; then \
-         completeness at {} rate levels; then offline import against tshark; then the store",
+        "xtask: {} rounds of {} s per run; overhead: {}; then completeness at {} rate levels; \
+         then offline import against tshark; then the store",
         options.rounds,
         options.duration.as_secs(),
+        Config::measured(options)
+            .iter()
+            .map(|c| c.name())
+            .collect::<Vec<_>>()
+            .join(" / "),
         options.levels.len()
     );
+    if let Some(baseline) = &options.baseline {
+        println!(
+            "xtask: baseline: {} ({})",
+            baseline.display(),
+            version_of(baseline)
+        );
+    }
 
     let overhead = overhead_phase(options, &net, &work)?;
     let completeness = completeness_phase(options, &net, &work)?;
@@ -358,6 +441,7 @@ pub fn run(options: &Options) -> Result<()> {
             &work,
             options.offline_exchanges,
             options.rounds,
+            options.baseline.as_deref(),
         )?)
     } else {
         None
@@ -368,7 +452,12 @@ pub fn run(options: &Options) -> Result<()> {
             (options.store_exchanges / 10).max(store::SHOW_REQUESTS),
             options.store_exchanges
         );
-        Some(store::run(&work, options.store_exchanges, options.rounds)?)
+        Some(store::run(
+            &work,
+            options.store_exchanges,
+            options.rounds,
+            options.baseline_fill.as_deref(),
+        )?)
     } else {
         None
     };
@@ -383,6 +472,7 @@ pub fn run(options: &Options) -> Result<()> {
         offline,
         store,
         elapsed: started.elapsed(),
+        baseline_version: options.baseline.as_deref().map(version_of),
     };
     let (markdown, json) = report.render()?;
     let md_path = out_dir.join("report.md");
@@ -404,6 +494,19 @@ pub fn run(options: &Options) -> Result<()> {
         println!("xtask: appended this run's table to {}", path.display());
     }
     Ok(())
+}
+
+/// Whether the baseline build runs before this one in `round`: in every other round, so that
+/// what the first run leaves behind (caches, writeback, heat) falls on both alike.
+pub fn baseline_first(round: u32) -> bool {
+    round % 2 == 1
+}
+
+/// `BIN --version`, or why not.
+pub fn version_of(program: &Path) -> String {
+    crate::output(std::process::Command::new(program).arg("--version"))
+        .map(|v| v.trim().to_owned())
+        .unwrap_or_else(|e| format!("no version: {e:#}"))
 }
 
 fn command_line() -> String {
@@ -476,7 +579,7 @@ fn overhead_phase(options: &Options, net: &Net, work: &Path) -> Result<OverheadO
 
     let mut runs = Vec::new();
     for round in 0..options.rounds {
-        for config in Config::ALL {
+        for config in Config::in_round(options, round) {
             check_interrupt()?;
             let log = work.join(format!("wrk-overhead-{round}-{}.txt", config.name()));
             let quiet = wait_quiet(options.quiet_wait)?;
@@ -487,8 +590,12 @@ fn overhead_phase(options: &Options, net: &Net, work: &Path) -> Result<OverheadO
                     None,
                     None,
                 ),
-                Config::Sensor => {
-                    let (wrk, sensor) = with_sensor(net, work, false, |_| {
+                Config::Sensor | Config::Baseline => {
+                    let program = match (config, &options.baseline) {
+                        (Config::Baseline, Some(baseline)) => baseline.clone(),
+                        _ => binary(true),
+                    };
+                    let (wrk, sensor) = with_sensor(net, work, &program, false, |_| {
                         probe::run_wrk(net, &load(options.duration), &log)
                     })?;
                     (wrk, Some(sensor), None)
@@ -538,7 +645,7 @@ fn profile_sensor(net: &Net, work: &Path, load: &WrkLoad<'_>) -> Result<Vec<(f64
     let data = work.join("perf.data");
     let log = work.join("wrk-profile.txt");
     println!("xtask: profiling the daemon with perf during one more saturation run");
-    with_sensor(net, work, false, |pid| {
+    with_sensor(net, work, &binary(true), false, |pid| {
         let mut perf = Proc::spawn(
             "perf record",
             std::process::Command::new("perf")
@@ -600,13 +707,12 @@ fn print_overhead_run(run: &OverheadRun) {
         run.busy_before
     );
     if let Some(sensor) = &run.sensor {
-        let exchanges = sensor.exchanges().max(1) as f64;
         line.push_str(&format!(
             "  cpu {:.2} µs/exchange (user {:.2} sys {:.2} bpf {:.2})  rss {} MiB  exchanges {}",
-            (sensor.cpu.user_ns + sensor.cpu.sys_ns + sensor.bpf_ns()) as f64 / exchanges / 1e3,
-            sensor.cpu.user_ns as f64 / exchanges / 1e3,
-            sensor.cpu.sys_ns as f64 / exchanges / 1e3,
-            sensor.bpf_ns() as f64 / exchanges / 1e3,
+            sensor.us_per_exchange(sensor.total_ns()),
+            sensor.us_per_exchange(sensor.cpu.user_ns),
+            sensor.us_per_exchange(sensor.cpu.sys_ns),
+            sensor.us_per_exchange(sensor.bpf_ns()),
             sensor.peak_rss_kib / 1024,
             sensor.exchanges(),
         ));
@@ -641,10 +747,12 @@ fn wait_quiet(limit: Duration) -> Result<f64> {
     }
 }
 
-/// Runs `load` while `apisessions run` captures, and measures the daemon over the load window.
+/// Runs `load` while `PROGRAM run` (this build's `apisessions` or the baseline's) captures, and
+/// measures the daemon over the load window.
 fn with_sensor<T>(
     net: &Net,
     work: &Path,
+    program: &Path,
     dump: bool,
     load: impl FnOnce(u32) -> Result<T>,
 ) -> Result<(T, SensorRun)> {
@@ -661,7 +769,7 @@ fn with_sensor<T>(
     let stats = BpfStats::enable()?;
     let mut sensor = Proc::spawn(
         "apisessions",
-        net.server(binary(true))
+        net.server(program)
             .arg("run")
             // On a container host the sensor runs as it does by default: every interface.
             .args(
@@ -830,7 +938,7 @@ fn completeness_phase(options: &Options, net: &Net, work: &Path) -> Result<Compl
             let script = work.join(format!("mix-{tag}.lua"));
             fs::write(&script, probe::completeness_script(&tag, delay))?;
             let offset = nginx.log_offset()?;
-            let (wrk, sensor) = with_sensor(net, work, true, |_| {
+            let (wrk, sensor) = with_sensor(net, work, &binary(true), true, |_| {
                 let result = probe::run_wrk(
                     net,
                     &WrkLoad {

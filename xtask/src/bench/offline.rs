@@ -1,4 +1,5 @@
-//! Offline throughput: `apisessions import` against tshark's HTTP dissection of the same file.
+//! Offline throughput: `apisessions import` against tshark's HTTP dissection of the same file
+//! (and against an earlier build's import, with `--baseline`).
 //!
 //! The capture is generated here (a file, no network involved): keep-alive connections, 64 of
 //! them open at a time and interleaved packet by packet, each with a handshake, a run of
@@ -15,7 +16,10 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use super::host::{Proc, check_interrupt};
+use super::{
+    baseline_first,
+    host::{Proc, check_interrupt},
+};
 use crate::binary;
 
 /// Bumped whenever the generated traffic changes, so a cached file of an older kind is not reused.
@@ -31,6 +35,8 @@ pub struct OfflineRun {
     pub import_s: f64,
     pub import_exchanges: u64,
     pub tshark_s: f64,
+    /// The `--baseline` binary's import of the same file, in the same round.
+    pub baseline: Option<(f64, u64)>,
     /// Responses tshark dissected (lines with a status code).
     pub tshark_responses: u64,
     pub tshark_requests: u64,
@@ -45,20 +51,34 @@ pub struct OfflineOutcome {
     pub tshark_version: String,
 }
 
-pub fn run(out_dir: &Path, work: &Path, exchanges: u64, rounds: u32) -> Result<OfflineOutcome> {
+/// The generated capture of `exchanges` exchanges in `out_dir`, made on first use and reused
+/// after: its path and its packets.
+pub fn capture(out_dir: &Path, exchanges: u64) -> Result<(PathBuf, u64)> {
     let file = out_dir.join(format!("http-{exchanges}-v{GENERATOR_VERSION}.pcap"));
-    let packets = if file.exists() {
-        packets_for(exchanges)
-    } else {
-        println!(
-            "xtask: generating a capture of {exchanges} exchanges ({})",
-            file.display()
-        );
-        let partial = file.with_extension("partial");
-        let packets = generate(&partial, exchanges)?;
-        fs::rename(&partial, &file).with_context(|| format!("renaming to {}", file.display()))?;
-        packets
-    };
+    if file.exists() {
+        return Ok((file, packets_for(exchanges)));
+    }
+    println!(
+        "xtask: generating a capture of {exchanges} exchanges ({})",
+        file.display()
+    );
+    fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    let partial = file.with_extension("partial");
+    let packets = generate(&partial, exchanges)?;
+    fs::rename(&partial, &file).with_context(|| format!("renaming to {}", file.display()))?;
+    Ok((file, packets))
+}
+
+/// Rounds of this build's import, the baseline's (if any; first in every other round) and
+/// tshark's.
+pub fn run(
+    out_dir: &Path,
+    work: &Path,
+    exchanges: u64,
+    rounds: u32,
+    baseline: Option<&Path>,
+) -> Result<OfflineOutcome> {
+    let (file, packets) = capture(out_dir, exchanges)?;
     let file_bytes = fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
     // Read once so that both tools find it in the page cache.
     let _ = fs::read(&file);
@@ -69,7 +89,23 @@ pub fn run(out_dir: &Path, work: &Path, exchanges: u64, rounds: u32) -> Result<O
     let mut runs = Vec::new();
     for round in 0..rounds {
         check_interrupt()?;
-        let (import_s, import_exchanges) = import(&file, work)?;
+        let baseline_import = || -> Result<Option<(f64, u64)>> {
+            check_interrupt()?;
+            baseline
+                .map(|program| import(program, &file, work))
+                .transpose()
+        };
+        let early = if baseline_first(round) {
+            baseline_import()?
+        } else {
+            None
+        };
+        check_interrupt()?;
+        let (import_s, import_exchanges) = import(&binary(true), &file, work)?;
+        let baseline = match early {
+            Some(done) => Some(done),
+            None => baseline_import()?,
+        };
         check_interrupt()?;
         let (tshark_s, tshark_requests, tshark_responses) = tshark(&file, work)?;
         let run = OfflineRun {
@@ -77,16 +113,21 @@ pub fn run(out_dir: &Path, work: &Path, exchanges: u64, rounds: u32) -> Result<O
             import_s,
             import_exchanges,
             tshark_s,
+            baseline,
             tshark_responses,
             tshark_requests,
         };
         println!(
-            "  round {} import {:>10.0} exchanges/s ({:.2} s, {} exchanges)  tshark {:>9.0} \
+            "  round {} import {:>10.0} exchanges/s ({:.2} s, {} exchanges){}  tshark {:>9.0} \
              exchanges/s ({:.1} s, {} requests, {} responses)",
             round + 1,
             exchanges as f64 / import_s,
             import_s,
             import_exchanges,
+            baseline.map_or(String::new(), |(seconds, found)| format!(
+                "  baseline {:>10.0} exchanges/s ({seconds:.2} s, {found} exchanges)",
+                exchanges as f64 / seconds
+            )),
             exchanges as f64 / tshark_s,
             tshark_s,
             tshark_requests,
@@ -117,9 +158,9 @@ fn wait(proc: &mut Proc, budget: Duration) -> Result<std::process::ExitStatus> {
     }
 }
 
-/// `apisessions import FILE --port 8080` into a new data directory (an import also stores
-/// what it decodes): wall time and the exchanges it reports.
-fn import(file: &Path, work: &Path) -> Result<(f64, u64)> {
+/// `PROGRAM import FILE --port 8080` into a new data directory (an import also stores what it
+/// decodes): wall time and the exchanges it reports.
+fn import(program: &Path, file: &Path, work: &Path) -> Result<(f64, u64)> {
     let data_dir = work.join("import-data");
     let _ = fs::remove_dir_all(&data_dir);
     let log = work.join("import.err");
@@ -127,7 +168,7 @@ fn import(file: &Path, work: &Path) -> Result<(f64, u64)> {
     let started = Instant::now();
     let mut proc = Proc::spawn(
         "apisessions import",
-        Command::new(binary(true))
+        Command::new(program)
             .arg("import")
             .arg(file)
             .args(["--port", &SERVER_PORT.to_string()])

@@ -8,7 +8,7 @@ use anyhow::{Context as _, Result};
 use serde_json::{Value, json};
 
 use super::{
-    CompletenessOutcome, CompletenessRun, Config, Options, OverheadOutcome, OverheadRun,
+    CompletenessOutcome, CompletenessRun, Config, Options, OverheadOutcome, OverheadRun, SensorRun,
     offline::OfflineOutcome,
     store::{StoreLevel, StoreOutcome},
 };
@@ -187,6 +187,8 @@ pub struct Report {
     pub offline: Option<OfflineOutcome>,
     pub store: Option<StoreOutcome>,
     pub elapsed: Duration,
+    /// `--version` of the `--baseline` binary.
+    pub baseline_version: Option<String>,
 }
 
 /// Query latency (ms) over the rounds, by query name.
@@ -326,18 +328,7 @@ struct OverheadSummary {
     /// Same-round throughput ratios of the rounds where other processes stayed quiet in both
     /// runs (n = 0: there was none).
     quiet_ratio: BTreeMap<&'static str, Spread>,
-    /// Sensor CPU per exchange, µs: user, sys, bpf, total.
-    sensor_us: [Spread; 4],
-    sensor_rss_mib: Spread,
-    /// The sensor's CPU per exchange over nginx's CPU per request in the same runs.
-    sensor_vs_nginx: Spread,
-    /// CPUs the sensor kept busy (user + sys + BPF over the run's length).
-    sensor_cores: Spread,
-    /// Decoded exchanges over wrk's completed requests.
-    sensor_decoded_ratio: Spread,
-    sensor_losses: BTreeMap<String, u64>,
-    /// Per BPF program: runs per exchange and ns per run.
-    bpf: BTreeMap<String, (Spread, Spread)>,
+    sensor: SensorSummary,
     tcpdump_us: Spread,
     tcpdump_rss_mib: Spread,
     tcpdump_dropped: u64,
@@ -345,7 +336,88 @@ struct OverheadSummary {
     tcpdump_file_mib: Spread,
 }
 
-fn summarize_overhead(runs: &[OverheadRun]) -> OverheadSummary {
+/// The sensor's runs reduced to figures.
+struct SensorSummary {
+    /// CPU per exchange, µs: user, sys, bpf, total.
+    us: [Spread; 4],
+    rss_mib: Spread,
+    /// CPU per exchange over nginx's CPU per request in the same runs.
+    vs_nginx: Spread,
+    /// CPUs kept busy (user + sys + BPF over the run's length).
+    cores: Spread,
+    /// Decoded exchanges over wrk's completed requests.
+    decoded_ratio: Spread,
+    losses: BTreeMap<String, u64>,
+    /// Per BPF program: runs per exchange and ns per run.
+    bpf: BTreeMap<String, (Spread, Spread)>,
+}
+
+// Figures of one run, shared by the summaries and the comparison with the baseline.
+
+/// nginx's CPU (user + sys) per completed request.
+fn nginx_ns_per_request(run: &OverheadRun) -> f64 {
+    (run.nginx_cpu.user_ns + run.nginx_cpu.sys_ns) as f64 / run.wrk.requests.max(1) as f64
+}
+
+/// CPUs the sensor kept busy (user + sys + BPF over the run's length).
+fn sensor_cores(run: &OverheadRun, sensor: &SensorRun) -> f64 {
+    sensor.total_ns() as f64 / 1e9 / run.wrk.seconds.max(1e-9)
+}
+
+/// Exchanges decoded over wrk's completed requests.
+fn decoded_ratio(run: &OverheadRun, sensor: &SensorRun) -> f64 {
+    sensor.exchanges() as f64 / run.wrk.requests.max(1) as f64
+}
+
+fn sensor_runs(runs: &[OverheadRun], config: Config) -> Vec<(&OverheadRun, &SensorRun)> {
+    runs.iter()
+        .filter(|r| r.config == config)
+        .filter_map(|r| r.sensor.as_ref().map(|s| (r, s)))
+        .collect()
+}
+
+fn summarize_sensor(sensors: &[(&OverheadRun, &SensorRun)]) -> SensorSummary {
+    let per_exchange = |f: &dyn Fn(&SensorRun) -> u64| {
+        Spread::of(sensors.iter().map(|(_, s)| s.us_per_exchange(f(s))))
+    };
+    let mut losses = BTreeMap::new();
+    let mut bpf_values: BTreeMap<String, (Vec<f64>, Vec<f64>)> = BTreeMap::new();
+    for (_, sensor) in sensors {
+        for (name, value) in sensor.counters.losses() {
+            *losses.entry(name).or_default() += value;
+        }
+        for prog in &sensor.bpf {
+            let entry = bpf_values.entry(prog.name.clone()).or_default();
+            entry
+                .0
+                .push(prog.run_cnt as f64 / sensor.exchanges().max(1) as f64);
+            if prog.run_cnt > 0 {
+                entry.1.push(prog.run_time_ns as f64 / prog.run_cnt as f64);
+            }
+        }
+    }
+    SensorSummary {
+        us: [
+            per_exchange(&|s| s.cpu.user_ns),
+            per_exchange(&|s| s.cpu.sys_ns),
+            per_exchange(&SensorRun::bpf_ns),
+            per_exchange(&SensorRun::total_ns),
+        ],
+        rss_mib: Spread::of(sensors.iter().map(|(_, s)| s.peak_rss_kib as f64 / 1024.0)),
+        vs_nginx: Spread::of(sensors.iter().map(|(r, s)| {
+            s.total_ns() as f64 / s.exchanges().max(1) as f64 / nginx_ns_per_request(r).max(1.0)
+        })),
+        cores: Spread::of(sensors.iter().map(|(r, s)| sensor_cores(r, s))),
+        decoded_ratio: Spread::of(sensors.iter().map(|(r, s)| decoded_ratio(r, s))),
+        losses,
+        bpf: bpf_values
+            .into_iter()
+            .map(|(name, (runs, ns))| (name, (Spread::of(runs), Spread::of(ns))))
+            .collect(),
+    }
+}
+
+fn summarize_overhead(runs: &[OverheadRun], configs: &[Config]) -> OverheadSummary {
     let of = |config: Config| runs.iter().filter(move |r| r.config == config);
     let mut rate = BTreeMap::new();
     let mut p99_us = BTreeMap::new();
@@ -356,7 +428,7 @@ fn summarize_overhead(runs: &[OverheadRun]) -> OverheadSummary {
     let mut rate_ratio = BTreeMap::new();
     let mut p99_ratio = BTreeMap::new();
     let mut quiet_ratio = BTreeMap::new();
-    for config in Config::ALL {
+    for &config in configs {
         rate.insert(config.name(), Spread::of(of(config).map(|r| r.wrk.rate())));
         p99_us.insert(config.name(), Spread::of(of(config).map(|r| r.wrk.p99_us)));
         nginx_wait_ns.insert(
@@ -378,11 +450,7 @@ fn summarize_overhead(runs: &[OverheadRun]) -> OverheadSummary {
         );
         nginx_us.insert(
             config.name(),
-            Spread::of(of(config).map(|r| {
-                (r.nginx_cpu.user_ns + r.nginx_cpu.sys_ns) as f64
-                    / r.wrk.requests.max(1) as f64
-                    / 1e3
-            })),
+            Spread::of(of(config).map(|r| nginx_ns_per_request(r) / 1e3)),
         );
         if config == Config::None {
             continue;
@@ -420,38 +488,6 @@ fn summarize_overhead(runs: &[OverheadRun]) -> OverheadSummary {
             .find(|t| t.round == r.round)
             .map(|t| r.wrk.rate() / t.wrk.rate())
     }));
-    let sensors: Vec<(&OverheadRun, &super::SensorRun)> = of(Config::Sensor)
-        .filter_map(|r| r.sensor.as_ref().map(|s| (r, s)))
-        .collect();
-    let per_exchange = |f: &dyn Fn(&super::SensorRun) -> u64| {
-        Spread::of(
-            sensors
-                .iter()
-                .map(|(_, s)| f(s) as f64 / s.exchanges().max(1) as f64 / 1e3),
-        )
-    };
-    let sensor_us = [
-        per_exchange(&|s| s.cpu.user_ns),
-        per_exchange(&|s| s.cpu.sys_ns),
-        per_exchange(&|s| s.bpf_ns()),
-        per_exchange(&|s| s.cpu.user_ns + s.cpu.sys_ns + s.bpf_ns()),
-    ];
-    let mut sensor_losses = BTreeMap::new();
-    let mut bpf_values: BTreeMap<String, (Vec<f64>, Vec<f64>)> = BTreeMap::new();
-    for (_, sensor) in &sensors {
-        for (name, value) in sensor.counters.losses() {
-            *sensor_losses.entry(name).or_default() += value;
-        }
-        for prog in &sensor.bpf {
-            let entry = bpf_values.entry(prog.name.clone()).or_default();
-            entry
-                .0
-                .push(prog.run_cnt as f64 / sensor.exchanges().max(1) as f64);
-            if prog.run_cnt > 0 {
-                entry.1.push(prog.run_time_ns as f64 / prog.run_cnt as f64);
-            }
-        }
-    }
     let tcpdumps: Vec<(&OverheadRun, &super::TcpdumpRun)> = of(Config::Tcpdump)
         .filter_map(|r| r.tcpdump.as_ref().map(|t| (r, t)))
         .collect();
@@ -466,28 +502,7 @@ fn summarize_overhead(runs: &[OverheadRun]) -> OverheadSummary {
         p99_ratio,
         quiet_ratio,
         sensor_vs_tcpdump,
-        sensor_us,
-        sensor_rss_mib: Spread::of(sensors.iter().map(|(_, s)| s.peak_rss_kib as f64 / 1024.0)),
-        sensor_vs_nginx: Spread::of(sensors.iter().map(|(r, s)| {
-            let sensor =
-                (s.cpu.user_ns + s.cpu.sys_ns + s.bpf_ns()) as f64 / s.exchanges().max(1) as f64;
-            let nginx =
-                (r.nginx_cpu.user_ns + r.nginx_cpu.sys_ns) as f64 / r.wrk.requests.max(1) as f64;
-            sensor / nginx.max(1.0)
-        })),
-        sensor_cores: Spread::of(sensors.iter().map(|(r, s)| {
-            (s.cpu.user_ns + s.cpu.sys_ns + s.bpf_ns()) as f64 / 1e9 / r.wrk.seconds.max(1e-9)
-        })),
-        sensor_decoded_ratio: Spread::of(
-            sensors
-                .iter()
-                .map(|(r, s)| s.exchanges() as f64 / r.wrk.requests.max(1) as f64),
-        ),
-        sensor_losses,
-        bpf: bpf_values
-            .into_iter()
-            .map(|(name, (runs, ns))| (name, (Spread::of(runs), Spread::of(ns))))
-            .collect(),
+        sensor: summarize_sensor(&sensor_runs(runs, Config::Sensor)),
         tcpdump_us: Spread::of(tcpdumps.iter().map(|(r, t)| {
             (t.cpu.user_ns + t.cpu.sys_ns) as f64 / r.wrk.requests.max(1) as f64 / 1e3
         })),
@@ -724,7 +739,7 @@ fn targets(
             )
         },
     });
-    let cpu = overhead.sensor_us[3].median;
+    let cpu = overhead.sensor.us[3].median;
     list.push(Target {
         name: "sensor CPU per exchange (user + sys + BPF)",
         target: "≤ 5 µs".into(),
@@ -817,10 +832,12 @@ fn verdict(target: &Target) -> &'static str {
 
 impl Report {
     pub fn render(&self) -> Result<(String, Value)> {
-        let overhead = summarize_overhead(&self.overhead.runs);
+        let configs = Config::measured(&self.options);
+        let overhead = summarize_overhead(&self.overhead.runs, &configs);
         let levels = summarize_levels(&self.options, &self.completeness.runs);
         let offline = self.offline.as_ref().map(summarize_offline);
         let targets = targets(&overhead, &levels, offline.as_ref(), self.store.as_ref());
+        let comparisons = self.comparisons();
         let o = &self.options;
         let m = &self.machine;
         let mut md = String::new();
@@ -841,13 +858,18 @@ impl Report {
         )?;
         writeln!(
             md,
-            "- Rounds: {} × {} s per configuration, alternating (none, apisessions, tcpdump, none, …); \
+            "- Rounds: {} × {} s per configuration, alternating ({}, none, …); \
              figures are median (min–max) over the rounds; ratios pair each run with the uncaptured \
              run of its round. Before each overhead run the bench waits up to {} s for the machine \
              to be quiet (under {} CPUs busy); \"other processes\" is what the rest of the machine \
              used during the runs all the same. Total time {:.0} s.{}\n",
             o.rounds,
             o.duration.as_secs(),
+            configs
+                .iter()
+                .map(|c| c.name())
+                .collect::<Vec<_>>()
+                .join(", "),
             o.quiet_wait.as_secs(),
             super::QUIET_CPUS,
             self.elapsed.as_secs_f64(),
@@ -872,6 +894,9 @@ impl Report {
                 t.note
             )?;
         }
+        if let Some(comparisons) = &comparisons {
+            self.write_comparisons(&mut md, "## Against the baseline", comparisons)?;
+        }
 
         writeln!(md, "\n## 1. Overhead at saturation\n")?;
         writeln!(
@@ -894,7 +919,7 @@ impl Report {
              timeslices per 1000 requests | other processes (CPUs busy) |"
         )?;
         writeln!(md, "|---|---|---|---|---|---|---|---|---|")?;
-        for config in Config::ALL {
+        for &config in &configs {
             let name = config.name();
             let ratio = |map: &BTreeMap<&str, Spread>| {
                 map.get(name).map_or("—".to_owned(), |s| s.show(3))
@@ -916,11 +941,19 @@ impl Report {
             md,
             "\nEach round (requests/s; p99 µs; CPUs busy with other processes meanwhile):\n"
         )?;
-        writeln!(md, "| round | none | apisessions | tcpdump |")?;
-        writeln!(md, "|---|---|---|---|")?;
+        writeln!(
+            md,
+            "| round | {} |",
+            configs
+                .iter()
+                .map(|c| c.name())
+                .collect::<Vec<_>>()
+                .join(" | ")
+        )?;
+        writeln!(md, "|---|{}", "---|".repeat(configs.len()))?;
         for round in 0..o.rounds {
             let mut row = format!("| {} |", round + 1);
-            for config in Config::ALL {
+            for &config in &configs {
                 match self
                     .overhead
                     .runs
@@ -939,7 +972,7 @@ impl Report {
             }
             writeln!(md, "{row}")?;
         }
-        let [user, sys, bpf, total] = &overhead.sensor_us;
+        let [user, sys, bpf, total] = &overhead.sensor.us;
         writeln!(
             md,
             "\nSensor cost, per exchange decoded (µs; × 1000 = µs per 1000 exchanges):\n"
@@ -957,15 +990,15 @@ impl Report {
             sys.show(2),
             bpf.show(2),
             total.show(2),
-            overhead.sensor_vs_nginx.show(2),
-            overhead.sensor_cores.show(2),
+            overhead.sensor.vs_nginx.show(2),
+            overhead.sensor.cores.show(2),
             m.cpus,
-            overhead.sensor_rss_mib.show(1)
+            overhead.sensor.rss_mib.show(1)
         )?;
-        if !overhead.bpf.is_empty() {
+        if !overhead.sensor.bpf.is_empty() {
             writeln!(md, "\n| BPF program | runs per exchange | ns per run |")?;
             writeln!(md, "|---|---|---|")?;
-            for (name, (runs, ns)) in &overhead.bpf {
+            for (name, (runs, ns)) in &overhead.sensor.bpf {
                 writeln!(md, "| {name} | {} | {} |", runs.show(2), ns.show(0))?;
             }
         }
@@ -973,8 +1006,8 @@ impl Report {
             md,
             "\nDecoded at saturation: exchanges / wrk's completed requests = {}; loss counters in \
              these runs: {}.",
-            overhead.sensor_decoded_ratio.show(4),
-            list_counters(&overhead.sensor_losses)
+            overhead.sensor.decoded_ratio.show(4),
+            list_counters(&overhead.sensor.losses)
         )?;
         writeln!(
             md,
@@ -1231,6 +1264,15 @@ impl Report {
                 "levels": o.levels,
             },
             "elapsed_s": self.elapsed.as_secs_f64(),
+            "baseline": comparisons.as_ref().map(|list| json!({
+                "binary": o.baseline.as_ref().map(|p| p.display().to_string()),
+                "version": self.baseline_version,
+                "store_fill": o.baseline_fill.as_ref().map(|p| p.display().to_string()),
+                "figures": list.iter().map(|c| json!({
+                    "figure": c.figure, "current": c.current.json(), "baseline": c.baseline.json(),
+                    "current_over_baseline": c.ratio.json(),
+                })).collect::<Vec<_>>(),
+            })),
             "targets": targets.iter().map(|t| json!({
                 "name": t.name, "target": t.target, "measured": t.measured,
                 "met": t.met, "conclusive": t.conclusive, "note": t.note,
@@ -1250,12 +1292,12 @@ impl Report {
                     "sensor_us_per_exchange": {
                         "user": user.json(), "sys": sys.json(), "bpf": bpf.json(), "total": total.json(),
                     },
-                    "sensor_peak_rss_mib": overhead.sensor_rss_mib.json(),
-                    "sensor_cpus_busy": overhead.sensor_cores.json(),
-                    "sensor_cpu_over_nginx_cpu": overhead.sensor_vs_nginx.json(),
-                    "sensor_decoded_ratio": overhead.sensor_decoded_ratio.json(),
-                    "sensor_losses": overhead.sensor_losses,
-                    "bpf_programs": overhead.bpf.iter().map(|(k, (runs, ns))| (k.clone(), json!({
+                    "sensor_peak_rss_mib": overhead.sensor.rss_mib.json(),
+                    "sensor_cpus_busy": overhead.sensor.cores.json(),
+                    "sensor_cpu_over_nginx_cpu": overhead.sensor.vs_nginx.json(),
+                    "sensor_decoded_ratio": overhead.sensor.decoded_ratio.json(),
+                    "sensor_losses": overhead.sensor.losses,
+                    "bpf_programs": overhead.sensor.bpf.iter().map(|(k, (runs, ns))| (k.clone(), json!({
                         "runs_per_exchange": runs.json(), "ns_per_run": ns.json(),
                     }))).collect::<serde_json::Map<_, _>>(),
                     "tcpdump_us_per_request": overhead.tcpdump_us.json(),
@@ -1277,6 +1319,8 @@ impl Report {
                 "ratio": summary.ratio.json(), "counts_agree": summary.counts_agree,
                 "runs": outcome.runs.iter().map(|r| json!({
                     "round": r.round, "import_s": r.import_s, "import_exchanges": r.import_exchanges,
+                    "baseline_import_s": r.baseline.map(|b| b.0),
+                    "baseline_import_exchanges": r.baseline.map(|b| b.1),
                     "tshark_s": r.tshark_s, "tshark_requests": r.tshark_requests,
                     "tshark_responses": r.tshark_responses,
                 })).collect::<Vec<_>>(),
@@ -1284,6 +1328,9 @@ impl Report {
             "store": self.store.as_ref().map(|store| json!({
                 "show_requests": store.show_requests,
                 "transaction_exchanges": store.transaction_exchanges,
+                "baseline_fills": store.baseline.as_ref().map(|fills| fills.iter().map(|(rate, bytes)| json!({
+                    "ingest_exchanges_per_s": rate, "bytes_per_exchange": bytes,
+                })).collect::<Vec<_>>()),
                 "levels": store.levels.iter().map(|l| json!({
                     "exchanges": l.exchanges, "sessions": l.sessions, "file_bytes": l.file_bytes,
                     "bytes_per_exchange": bytes_per_exchange(l),
@@ -1322,10 +1369,12 @@ impl Report {
 
     /// Appends this run's table to docs/BENCHMARKS.md, after the results already there.
     pub fn append_to_benchmarks(&self, path: &Path) -> Result<()> {
-        let overhead = summarize_overhead(&self.overhead.runs);
+        let configs = Config::measured(&self.options);
+        let overhead = summarize_overhead(&self.overhead.runs, &configs);
         let levels = summarize_levels(&self.options, &self.completeness.runs);
         let offline = self.offline.as_ref().map(summarize_offline);
         let targets = targets(&overhead, &levels, offline.as_ref(), self.store.as_ref());
+        let comparisons = self.comparisons();
         let mut text = match fs::read_to_string(path) {
             Ok(text) => text,
             Err(_) => BENCHMARKS_HEADER.to_owned(),
@@ -1351,7 +1400,7 @@ impl Report {
         )?;
         writeln!(text, "| figure | median (min–max) |")?;
         writeln!(text, "|---|---|")?;
-        for config in Config::ALL {
+        for &config in &configs {
             let name = config.name();
             writeln!(
                 text,
@@ -1376,7 +1425,7 @@ impl Report {
                 writeln!(text, "| p99 latency / none, {name} | {} |", p99.show(3))?;
             }
         }
-        let [user, sys, bpf, total] = &overhead.sensor_us;
+        let [user, sys, bpf, total] = &overhead.sensor.us;
         writeln!(
             text,
             "| sensor µs per exchange: user / sys / BPF | {} / {} / {} |",
@@ -1392,7 +1441,7 @@ impl Report {
         writeln!(
             text,
             "| sensor peak RSS (MiB) | {} |",
-            overhead.sensor_rss_mib.show(1)
+            overhead.sensor.rss_mib.show(1)
         )?;
         writeln!(
             text,
@@ -1465,10 +1514,252 @@ impl Report {
                 t.note
             )?;
         }
+        if let Some(comparisons) = &comparisons {
+            // A heading of its own would split this run's entry in two.
+            self.write_comparisons(&mut text, "**Against the baseline**", comparisons)?;
+        }
         if let Some(parent) = path.parent() {
             fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
         }
         fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+    }
+}
+
+/// One figure of this build beside the `--baseline` build's: each a median over the rounds,
+/// and their same-round ratio.
+struct Comparison {
+    figure: String,
+    decimals: usize,
+    current: Spread,
+    baseline: Spread,
+    /// current / baseline, per round.
+    ratio: Spread,
+}
+
+impl Comparison {
+    /// From (round, value) pairs of each build.
+    fn of(
+        figure: impl Into<String>,
+        decimals: usize,
+        current: &[(u32, f64)],
+        baseline: &[(u32, f64)],
+    ) -> Self {
+        let ratio = current.iter().filter_map(|(round, value)| {
+            baseline
+                .iter()
+                .find(|(r, _)| r == round)
+                .map(|(_, base)| value / base)
+        });
+        Self {
+            figure: figure.into(),
+            decimals,
+            current: Spread::of(current.iter().map(|(_, v)| *v)),
+            baseline: Spread::of(baseline.iter().map(|(_, v)| *v)),
+            ratio: Spread::of(ratio),
+        }
+    }
+}
+
+/// A spread in a table, "—" when no round had the figure.
+fn cell(spread: &Spread, decimals: usize) -> String {
+    if spread.n == 0 {
+        "—".to_owned()
+    } else {
+        spread.show(decimals)
+    }
+}
+
+impl Report {
+    /// This build against the `--baseline` one, figure by figure (None without a baseline).
+    fn comparisons(&self) -> Option<Vec<Comparison>> {
+        self.options.baseline.as_ref()?;
+        let runs = &self.overhead.runs;
+        let mut list = Vec::new();
+        // Per round, a figure of one configuration's run (and of the uncaptured run of its
+        // round, for ratios against it).
+        let per_round = |config: Config, f: &dyn Fn(&OverheadRun, &OverheadRun) -> Option<f64>| {
+            runs.iter()
+                .filter(|r| r.config == config)
+                .filter_map(|r| {
+                    let none = runs
+                        .iter()
+                        .find(|n| n.config == Config::None && n.round == r.round)?;
+                    Some((r.round, f(r, none)?))
+                })
+                .collect::<Vec<_>>()
+        };
+        let mut overhead =
+            |figure: &str, decimals, f: &dyn Fn(&OverheadRun, &OverheadRun) -> Option<f64>| {
+                let (current, baseline) =
+                    (per_round(Config::Sensor, f), per_round(Config::Baseline, f));
+                // A figure neither build has (a BPF program that never ran) is no row.
+                if !current.is_empty() || !baseline.is_empty() {
+                    list.push(Comparison::of(figure, decimals, &current, &baseline));
+                }
+            };
+        overhead("requests/s at saturation, sensor running", 0, &|r, _| {
+            Some(r.wrk.rate())
+        });
+        overhead("throughput / none (same round)", 3, &|r, none| {
+            Some(r.wrk.rate() / none.wrk.rate())
+        });
+        overhead("p99 latency / none (same round)", 3, &|r, none| {
+            Some(r.wrk.p99_us / none.wrk.p99_us)
+        });
+        overhead("sensor CPU per exchange, total (µs)", 2, &|r, _| {
+            r.sensor.as_ref().map(|s| s.us_per_exchange(s.total_ns()))
+        });
+        overhead("sensor CPU per exchange, user (µs)", 2, &|r, _| {
+            r.sensor.as_ref().map(|s| s.us_per_exchange(s.cpu.user_ns))
+        });
+        overhead("sensor CPU per exchange, sys (µs)", 2, &|r, _| {
+            r.sensor.as_ref().map(|s| s.us_per_exchange(s.cpu.sys_ns))
+        });
+        overhead("sensor CPU per exchange, BPF programs (µs)", 2, &|r, _| {
+            r.sensor.as_ref().map(|s| s.us_per_exchange(s.bpf_ns()))
+        });
+        overhead("sensor CPUs busy", 2, &|r, _| {
+            r.sensor.as_ref().map(|s| sensor_cores(r, s))
+        });
+        overhead("sensor peak RSS (MiB)", 1, &|r, _| {
+            r.sensor.as_ref().map(|s| s.peak_rss_kib as f64 / 1024.0)
+        });
+        overhead("decoded exchanges / completed requests", 4, &|r, _| {
+            r.sensor.as_ref().map(|s| decoded_ratio(r, s))
+        });
+        let programs: std::collections::BTreeSet<String> = runs
+            .iter()
+            .filter_map(|r| r.sensor.as_ref())
+            .flat_map(|s| s.bpf.iter().map(|p| p.name.clone()))
+            .collect();
+        for program in programs {
+            overhead(&format!("BPF `{program}`, ns per run"), 0, &|r, _| {
+                let prog = r.sensor.as_ref()?.bpf.iter().find(|p| p.name == program)?;
+                (prog.run_cnt > 0).then(|| prog.run_time_ns as f64 / prog.run_cnt as f64)
+            });
+        }
+        if let Some(offline) = &self.offline {
+            let n = offline.exchanges as f64;
+            let current: Vec<(u32, f64)> = offline
+                .runs
+                .iter()
+                .map(|r| (r.round, n / r.import_s))
+                .collect();
+            let baseline: Vec<(u32, f64)> = offline
+                .runs
+                .iter()
+                .filter_map(|r| r.baseline.map(|(seconds, _)| (r.round, n / seconds)))
+                .collect();
+            list.push(Comparison::of(
+                format!("import exchanges/s ({} exchanges, storing them)", num(n, 0)),
+                0,
+                &current,
+                &baseline,
+            ));
+        }
+        if let Some((store, fills)) = self
+            .store
+            .as_ref()
+            .and_then(|s| Some((s, s.baseline.as_ref()?)))
+            && let Some(first) = store.levels.first()
+        {
+            // One fill of each per round, in round order.
+            let rounds = |values: Vec<f64>| -> Vec<(u32, f64)> { (0u32..).zip(values).collect() };
+            list.push(Comparison::of(
+                format!(
+                    "store ingest, `store_fill` into an empty store to {} (exchanges/s)",
+                    num(first.exchanges as f64, 0)
+                ),
+                0,
+                &rounds(first.ingest.clone()),
+                &rounds(fills.iter().map(|(rate, _)| *rate).collect()),
+            ));
+            // Only the last round's store was kept (for the queries): its size against the
+            // baseline's of the same round.
+            let last = self.options.rounds - 1;
+            list.push(Comparison::of(
+                format!(
+                    "bytes on disk per exchange at {} stored",
+                    num(first.exchanges as f64, 0)
+                ),
+                0,
+                &[(last, bytes_per_exchange(first))],
+                &rounds(fills.iter().map(|(_, bytes)| *bytes).collect()),
+            ));
+        }
+        Some(list)
+    }
+
+    fn write_comparisons(
+        &self,
+        out: &mut String,
+        heading: &str,
+        list: &[Comparison],
+    ) -> Result<()> {
+        let o = &self.options;
+        writeln!(out, "\n{heading}\n")?;
+        writeln!(
+            out,
+            "Baseline: `{}` ({}), measured in the same rounds as this build ({}): its sensor as \
+             one more overhead configuration{}{}. The two builds swap places every other \
+             round, so that neither always runs first. Current and baseline are medians \
+             (min–max) over the rounds; the ratio is current / baseline within each round, \
+             median (min–max): below 1 the current build has less of it (better for costs, \
+             worse for rates). On a shared machine a ratio whose range spans 1 is within the \
+             noise.\n",
+            o.baseline
+                .as_ref()
+                .map_or(String::new(), |p| p.display().to_string()),
+            self.baseline_version
+                .as_deref()
+                .unwrap_or("version unknown"),
+            self.machine.commit,
+            match &self.offline {
+                Some(_) => "; its import of the same capture in each offline round",
+                None => "",
+            },
+            match (
+                &o.baseline_fill,
+                self.store.as_ref().and_then(|s| s.baseline.as_ref())
+            ) {
+                (Some(fill), Some(_)) => format!(
+                    "; its `store_fill` (`{}`) in each store round",
+                    fill.display()
+                ),
+                _ =>
+                    "; store ingest on its own is not compared (no `--baseline-fill`, or no store \
+                      phase): the import rate includes storing what an import decodes"
+                        .to_owned(),
+            }
+        )?;
+        writeln!(out, "| figure | current | baseline | current / baseline |")?;
+        writeln!(out, "|---|---|---|---|")?;
+        for c in list {
+            writeln!(
+                out,
+                "| {} | {} | {} | {} |",
+                c.figure,
+                cell(&c.current, c.decimals),
+                cell(&c.baseline, c.decimals),
+                cell(&c.ratio, 3)
+            )?;
+        }
+        let losses = |config: Config| {
+            let mut sum = BTreeMap::new();
+            for (_, sensor) in sensor_runs(&self.overhead.runs, config) {
+                for (name, value) in sensor.counters.losses() {
+                    *sum.entry(name).or_default() += value;
+                }
+            }
+            list_counters(&sum)
+        };
+        writeln!(
+            out,
+            "\nLoss counters at saturation: current {}; baseline {}.",
+            losses(Config::Sensor),
+            losses(Config::Baseline)
+        )?;
+        Ok(())
     }
 }
 
@@ -1495,10 +1786,12 @@ const BENCHMARKS_HEADER: &str = concat!(
     "\n",
     "Each figure is the median (min–max) over the rounds. The full report of a run (every round, the\n",
     "counters, a perf profile of the daemon with `--profile`) is in `target/bench/report.md` and\n",
-    "`report.json`. Targets (from the bench issue): throughput loss at saturation ≤ 5 % (stretch 2 %)\n",
-    "and below tcpdump's; sensor CPU ≤ 5 µs per exchange, kernel and user space together;\n",
-    "completeness 100 % with zero unexplained loss; import ≥ 10× tshark; ingest ≥ 200k exchanges/s;\n",
-    "`sessions --limit 50` ≤ 50 ms and `show` ≤ 100 ms at 10M stored; ≤ 300 bytes per exchange.\n",
+    "`report.json`. A run with `--baseline BIN` also measures an earlier build in the same rounds and\n",
+    "ends its table with both builds side by side. Targets (from the bench issue): throughput loss at\n",
+    "saturation ≤ 5 % (stretch 2 %) and below tcpdump's; sensor CPU ≤ 5 µs per exchange, kernel and\n",
+    "user space together; completeness 100 % with zero unexplained loss; import ≥ 10× tshark; ingest\n",
+    "≥ 200k exchanges/s; `sessions --limit 50` ≤ 50 ms and `show` ≤ 100 ms at 10M stored; ≤ 300 bytes\n",
+    "per exchange.\n",
     "\n",
     "The machine these ran on is shared with other work. The bench waits for a quiet moment before\n",
     "each overhead run and records how many CPUs other processes used during it; a throughput verdict\n",
@@ -1574,4 +1867,21 @@ fn overhead_run_json(run: &OverheadRun) -> Value {
             "captured": t.captured, "dropped": t.dropped, "file_bytes": t.file_bytes,
         })),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn comparison_pairs_rounds() {
+        // Round 2 of the baseline is missing: its ratio is left out, not paired with another.
+        let current = [(0, 2.0), (1, 4.0), (2, 3.0)];
+        let baseline = [(0, 1.0), (1, 5.0)];
+        let c = Comparison::of("x", 0, &current, &baseline);
+        assert_eq!(c.current.median, 3.0);
+        assert_eq!(c.baseline.median, 3.0);
+        assert_eq!(c.ratio.n, 2);
+        assert_eq!((c.ratio.min, c.ratio.max), (0.8, 2.0));
+    }
 }

@@ -8,7 +8,8 @@
 //!
 //! Rounds alternate the queries (limit 50, --ip, --endpoint, show, limit 50, …). Ingest is
 //! measured in as many fresh stores filled to the first size, then once more from the first
-//! size to the second.
+//! size to the second. With a baseline `store_fill` (an earlier build's), each round also fills
+//! a fresh store to the first size with it, before this build's in every other round.
 
 use std::{
     fs,
@@ -20,7 +21,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use serde_json::Value;
 
-use super::host::check_interrupt;
+use super::{baseline_first, host::check_interrupt};
 use crate::{binary, status, workspace_root};
 
 /// What `store_fill` prints when done (one JSON object).
@@ -95,6 +96,9 @@ pub struct StoreLevel {
 
 pub struct StoreOutcome {
     pub levels: Vec<StoreLevel>,
+    /// The baseline `store_fill`'s fills to the first size, one per round as the first level's
+    /// `ingest`: exchanges committed per second, and bytes on disk per exchange.
+    pub baseline: Option<Vec<(f64, f64)>>,
     /// Requests of the session `show` displays.
     pub show_requests: u64,
     /// Exchanges per transaction of the fills.
@@ -126,15 +130,15 @@ pub fn build() -> Result<()> {
     )
 }
 
-fn fill(data_dir: &Path, exchanges: u64) -> Result<Fill> {
-    let out = Command::new(fill_binary())
+fn fill(program: &Path, data_dir: &Path, exchanges: u64) -> Result<Fill> {
+    let out = Command::new(program)
         .arg(data_dir)
         .arg(exchanges.to_string())
         .stderr(Stdio::inherit())
         .output()
         .context("starting store_fill")?;
     if !out.status.success() {
-        bail!("store_fill failed ({})", out.status);
+        bail!("{} failed ({})", program.display(), out.status);
     }
     Fill::parse(&String::from_utf8_lossy(&out.stdout))
 }
@@ -207,17 +211,46 @@ fn measure_queries(data_dir: &Path, probe: &Fill, rounds: u32) -> Result<Vec<Que
     Ok(queries)
 }
 
-/// Fills stores to `exchanges / 10` and `exchanges`, timing ingest and queries at both.
-pub fn run(work: &Path, exchanges: u64, rounds: u32) -> Result<StoreOutcome> {
+/// Fills stores to `exchanges / 10` and `exchanges`, timing ingest and queries at both; and,
+/// given an earlier build's `store_fill`, its ingest to the first size in the same rounds.
+pub fn run(
+    work: &Path,
+    exchanges: u64,
+    rounds: u32,
+    baseline: Option<&Path>,
+) -> Result<StoreOutcome> {
     let small = (exchanges / 10).max(SHOW_REQUESTS);
     let dir = |name: &str| work.join(name);
     let mut ingest = Vec::new();
+    let mut baseline_fills = baseline.map(|_| Vec::new());
     let mut kept = None;
+    // The baseline's fill of a round: into a store of its own, removed after.
+    let fill_baseline = |program: &Path, round: u32| -> Result<(f64, f64)> {
+        check_interrupt()?;
+        let baseline_dir = dir("store-baseline");
+        let _ = fs::remove_dir_all(&baseline_dir);
+        let filled = fill(program, &baseline_dir, small)?;
+        let _ = fs::remove_dir_all(&baseline_dir);
+        let bytes = filled.file_bytes as f64 / filled.exchanges.max(1) as f64;
+        println!(
+            "  round {} baseline ingest into an empty store: {:.0} exchanges/s ({} exchanges, \
+             {:.1} s writing, {bytes:.0} bytes/exchange on disk)",
+            round + 1,
+            filled.rate(),
+            filled.written,
+            filled.write_seconds,
+        );
+        Ok((filled.rate(), bytes))
+    };
     for round in 0..rounds {
+        let first_baseline = match baseline {
+            Some(program) if baseline_first(round) => Some(fill_baseline(program, round)?),
+            _ => None,
+        };
         check_interrupt()?;
         let data_dir = dir(&format!("store-{round}"));
         let _ = fs::remove_dir_all(&data_dir);
-        let filled = fill(&data_dir, small)?;
+        let filled = fill(&fill_binary(), &data_dir, small)?;
         println!(
             "  round {} ingest into an empty store: {:.0} exchanges/s ({} exchanges, {:.1} s \
              writing, {:.0} bytes/exchange on disk)",
@@ -228,6 +261,12 @@ pub fn run(work: &Path, exchanges: u64, rounds: u32) -> Result<StoreOutcome> {
             filled.file_bytes as f64 / filled.exchanges as f64
         );
         ingest.push(filled.rate());
+        if let (Some(program), Some(fills)) = (baseline, baseline_fills.as_mut()) {
+            fills.push(match first_baseline {
+                Some(done) => done,
+                None => fill_baseline(program, round)?,
+            });
+        }
         // Keep the last store for the queries; the others only cost disk.
         if let Some((old, _)) = kept.replace((data_dir, filled)) {
             let _ = fs::remove_dir_all(old);
@@ -247,7 +286,7 @@ pub fn run(work: &Path, exchanges: u64, rounds: u32) -> Result<StoreOutcome> {
     }];
     if exchanges > small {
         println!("xtask: store: filling on to {exchanges} exchanges");
-        let more = fill(&data_dir, exchanges - small)?;
+        let more = fill(&fill_binary(), &data_dir, exchanges - small)?;
         println!(
             "  ingest from {small} to {exchanges}: {:.0} exchanges/s ({:.1} s writing, {:.0} \
              bytes/exchange on disk)",
@@ -269,6 +308,7 @@ pub fn run(work: &Path, exchanges: u64, rounds: u32) -> Result<StoreOutcome> {
     let _ = fs::remove_dir_all(&data_dir);
     Ok(StoreOutcome {
         levels,
+        baseline: baseline_fills,
         show_requests: SHOW_REQUESTS,
         transaction_exchanges: first.transaction_exchanges,
     })

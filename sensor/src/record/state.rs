@@ -9,7 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::KeyKind;
+use crate::record::session::KeyKind;
 
 /// Who a session belongs to: a keyed hash of the key that decided it (or of a handed-out
 /// value that opened a session of its own).
@@ -34,7 +34,7 @@ pub struct Active {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FallbackHandOuts {
     /// The first value of each key (key name, link hash): these continue the session. At most
-    /// [`super::MAX_FIRST_HAND_OUTS`].
+    /// `sessions::MAX_FIRST_HAND_OUTS`.
     pub(crate) first: Vec<(String, [u8; 32])>,
     /// A second, different value of a key was handed out: the session is several users', and
     /// every value handed out to it from now on is a session of its own.
@@ -75,4 +75,16 @@ impl SessionState {
         self.actors.extend(later.actors);
         self.links.extend(later.links);
     }
+}
+
+/// What loading the state found.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct LoadedState {
+    /// Newest first.
+    pub state: SessionState,
+    /// Entries recent enough but past the bounds: not loaded.
+    pub actors_cut: u64,
+    pub links_cut: u64,
+    /// Entries that could not be read (corrupt, or from another format): skipped.
+    pub unreadable: u64,
 }

@@ -1,0 +1,74 @@
+//! Arguments shared by several commands: times, the data directory, the configuration file.
+
+use std::{
+    fs,
+    os::unix::fs::DirBuilderExt as _,
+    path::{Path, PathBuf},
+    time::SystemTime,
+};
+
+use anyhow::{Context as _, Result};
+use apisessions::config::Config;
+use clap::Args;
+
+/// A point in time: an age like `1h` or `30m` (that long ago), or an RFC 3339 time.
+#[derive(Clone, Copy, Debug)]
+pub struct When(pub u64);
+
+impl std::str::FromStr for When {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let now = SystemTime::now();
+        let time = match humantime::parse_duration(s) {
+            Ok(age) => now.checked_sub(age).ok_or("too long ago")?,
+            Err(_) => humantime::parse_rfc3339_weak(s).map_err(|_| {
+                format!("'{s}' is neither an age (1h, 30m, 7d) nor a time (2026-11-29T15:00:00Z)")
+            })?,
+        };
+        Ok(Self(
+            time.duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64),
+        ))
+    }
+}
+
+#[derive(Args)]
+pub struct DataDirArg {
+    /// Where state and statistics live. Default: the configuration file's storage.data_dir,
+    /// else /var/lib/apisessions.
+    #[arg(long, env = "APISESSIONS_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+impl DataDirArg {
+    pub fn resolve(&self, config: &Config) -> PathBuf {
+        self.data_dir
+            .clone()
+            .or_else(|| config.storage.data_dir.clone())
+            .unwrap_or_else(|| PathBuf::from("/var/lib/apisessions"))
+    }
+}
+
+#[derive(Args)]
+pub struct ConfigArg {
+    /// Configuration file (TOML; see the README). Command-line flags override what it says.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+impl ConfigArg {
+    pub fn load(&self) -> Result<Config> {
+        Ok(match &self.config {
+            Some(path) => Config::load(path)?,
+            None => Config::default(),
+        })
+    }
+}
+
+pub fn create_data_dir(dir: &Path) -> Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating the data directory {}", dir.display()))
+}

@@ -1,0 +1,101 @@
+//! `apisessions run`: the daemon's arguments over the configuration file; the daemon itself is
+//! the library's [`apisessions::live`].
+
+use anyhow::Result;
+use apisessions::{
+    capture::AttachMode,
+    config::{Config, Ports},
+    live::{self, LiveOptions},
+};
+use clap::Args;
+
+use crate::args::{ConfigArg, DataDirArg, create_data_dir};
+
+#[derive(Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Check the configuration file and exit.
+    #[arg(long, requires = "config")]
+    check: bool,
+    /// Interface to capture on (repeatable). Default: every interface that is up.
+    #[arg(long = "iface", value_name = "IF")]
+    interfaces: Vec<String>,
+    /// TCP port to capture, either end of the connection (repeatable).
+    /// Default: 80, 8000, 8080, 3000, 5000.
+    #[arg(long = "port", value_name = "P")]
+    ports: Vec<u16>,
+    /// Capture every TCP port.
+    #[arg(long, conflicts_with = "ports")]
+    all_ports: bool,
+    /// Print one line per HTTP exchange to stdout: time, client, method, uri, status, time to
+    /// first byte, duration, body sizes and flags.
+    #[arg(long)]
+    dump: bool,
+    /// Print one line per captured TCP segment to stdout (for debugging the capture).
+    #[arg(long, conflicts_with = "dump")]
+    dump_segments: bool,
+    /// How to hook into the network stack: auto (tcx on Linux >= 6.6, else clsact), tcx,
+    /// clsact, or socket (AF_PACKET socket filter, the fallback). Default: auto.
+    #[arg(long, value_name = "MODE")]
+    attach: Option<AttachMode>,
+    /// Payload bytes captured per TCP segment at most; the rest is counted as truncated.
+    /// Default: 65536.
+    #[arg(long, value_name = "BYTES")]
+    snaplen: Option<u32>,
+    /// Kernel ring-buffer size in bytes (a power of two). Default: 16 MiB.
+    #[arg(long, value_name = "BYTES")]
+    ring_size: Option<u32>,
+    /// Body bytes kept per HTTP message. Default: 16384.
+    #[arg(long, value_name = "BYTES")]
+    body_cap: Option<usize>,
+    /// Started as root, continue as this user with only the capabilities capture needs.
+    /// Default: `apisessions` when that user exists; `root` stays root.
+    #[arg(long, value_name = "USER")]
+    user: Option<String>,
+    /// Seconds between summary log lines (events/s, bytes/s, drops); 0 turns them off.
+    #[arg(long, default_value_t = 10, value_name = "SECS")]
+    summary_interval: u64,
+    #[command(flatten)]
+    data: DataDirArg,
+}
+
+impl RunArgs {
+    /// The configuration file with this command line's flags laid over it.
+    fn settings(&self) -> Result<Config> {
+        let mut config = self.config.load()?;
+        let capture = &mut config.capture;
+        if !self.interfaces.is_empty() {
+            capture.interfaces = self.interfaces.clone();
+        }
+        if !self.ports.is_empty() {
+            capture.ports = Ports::List(self.ports.clone());
+            capture.all_ports = false;
+        }
+        capture.all_ports |= self.all_ports;
+        capture.attach = self.attach.unwrap_or(capture.attach);
+        capture.snaplen = self.snaplen.unwrap_or(capture.snaplen);
+        capture.ring_size = self.ring_size.unwrap_or(capture.ring_size);
+        capture.body_cap = self.body_cap.unwrap_or(capture.body_cap);
+        Ok(config)
+    }
+}
+
+pub fn run(args: RunArgs) -> Result<()> {
+    let config = args.settings()?;
+    if args.check {
+        if let Some(path) = &args.config.config {
+            println!("{}: ok", path.display());
+        }
+        return Ok(());
+    }
+    let data_dir = args.data.resolve(&config);
+    create_data_dir(&data_dir)?;
+    let options = LiveOptions {
+        dump: args.dump,
+        dump_segments: args.dump_segments,
+        summary_interval: args.summary_interval,
+        user: args.user.clone(),
+    };
+    Ok(live::run(config, data_dir, options)?)
+}

@@ -1,0 +1,89 @@
+//! `apisessions sessions`: the stored sessions, newest first, filtered.
+
+use std::io::{self, Write as _};
+
+use anyhow::Result;
+use apisessions::{
+    config::Config,
+    record::{SessionSummary, SignalName},
+    report,
+    store::{SessionFilter, Store},
+};
+use clap::Args;
+
+use crate::args::{DataDirArg, When};
+
+#[derive(Args)]
+pub struct SessionsArgs {
+    /// Sessions active since this age or time (1h, 30m, 2026-11-29T15:00:00Z).
+    #[arg(long)]
+    since: Option<When>,
+    /// Sessions that started before this time.
+    #[arg(long)]
+    until: Option<When>,
+    /// Sessions from this client IP.
+    #[arg(long)]
+    ip: Option<String>,
+    /// Sessions that called this host.
+    #[arg(long)]
+    host: Option<String>,
+    /// Sessions that touched this endpoint (`/users/{id}`, or a path such as /users/42).
+    #[arg(long)]
+    endpoint: Option<String>,
+    /// Sessions with requests of this method.
+    #[arg(long)]
+    method: Option<String>,
+    /// Sessions with responses of this status code.
+    #[arg(long)]
+    status: Option<u16>,
+    /// Sessions of this user (the `user` context parameter).
+    #[arg(long)]
+    user: Option<String>,
+    /// Sessions whose abuse risk (0-100) is at least this.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(0..=100))]
+    min_risk: Option<u8>,
+    /// Sessions that carry this abuse signal (bad_user_agent, request_rate, request_interval,
+    /// enumeration, auth_failures, wide_scope, errors, ip_rotation, session_rotation,
+    /// excessive_consumption, attacks).
+    #[arg(long, value_name = "NAME")]
+    signal: Option<SignalName>,
+    /// Sessions shown at most (0: all).
+    #[arg(long, default_value_t = 20)]
+    limit: usize,
+    /// Print a JSON array instead of a table.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    data: DataDirArg,
+}
+
+pub fn sessions(args: SessionsArgs) -> Result<()> {
+    let store = Store::open_read_only(&args.data.resolve(&Config::default()))?;
+    let filter = SessionFilter {
+        since_ns: args.since.map(|w| w.0),
+        until_ns: args.until.map(|w| w.0),
+        ip: args.ip,
+        host: args.host,
+        // A concrete path finds its template's sessions too.
+        endpoint: args
+            .endpoint
+            .as_deref()
+            .map(apisessions::endpoint::template),
+        method: args.method,
+        status: args.status,
+        user: args.user,
+        min_risk: args.min_risk,
+        signal: args.signal,
+        limit: args.limit,
+    };
+    let list = store.list(&filter)?;
+    let mut out = io::stdout().lock();
+    if args.json {
+        let array: Vec<serde_json::Value> = list.iter().map(SessionSummary::to_json).collect();
+        serde_json::to_writer_pretty(&mut out, &array)?;
+        writeln!(out)?;
+    } else {
+        write!(out, "{}", report::sessions_table(&list))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,598 @@
+//! Flows: the connection table, where reassembly and decoding meet.
+//!
+//! A flow owns a connection's two [`Stream`]s (its directions put back in order by
+//! [`crate::reassembly`]) and its [`HttpConnection`] (the decoder): [`FlowTable::push`] takes
+//! [`TcpSegment`]s from any source (live eBPF, capture files), feeds each connection's ordered
+//! stream events to its decoder and collects finished [`Exchange`]s. Neither of the two stages
+//! knows the other; this module composes them.
+//! Flows end on FIN (both sides) or RST, after an idle timeout, or when a bound is reached
+//! (flow count, buffered bytes: the least recently active flow goes first). Every bound has a
+//! counter.
+
+use std::{
+    hash::{Hash, Hasher},
+    net::SocketAddr,
+    time::Duration,
+};
+
+use crate::{
+    exchange::Exchange,
+    http::{
+        HttpConfig, HttpConnection, HttpCounters, Side,
+        parser::{looks_like_request, looks_like_response},
+    },
+    reassembly::{EndReason, Piece, Stream, StreamCounters, StreamEvent, StreamLimits},
+    segment::TcpSegment,
+};
+use lru::LruCache;
+use sensor_ebpf::tcp_flags;
+
+/// Settings of the flow table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FlowConfig {
+    /// Ports known to be servers: they tell client from server when the SYN was not seen.
+    pub server_ports: Vec<u16>,
+    /// Decode only connections on `server_ports` (otherwise HTTP is recognised on any port).
+    pub only_server_ports: bool,
+    pub max_flows: usize,
+    pub idle_timeout: Duration,
+    /// Out-of-order bytes held over all flows.
+    pub max_buffered_bytes: usize,
+    pub stream: StreamLimits,
+    pub http: HttpConfig,
+}
+
+impl Default for FlowConfig {
+    fn default() -> Self {
+        Self {
+            server_ports: crate::capture::DEFAULT_PORTS.to_vec(),
+            only_server_ports: false,
+            max_flows: 65_536,
+            idle_timeout: Duration::from_secs(300),
+            max_buffered_bytes: 64 << 20,
+            stream: StreamLimits::default(),
+            http: HttpConfig::default(),
+        }
+    }
+}
+
+/// Counters of the flow table.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FlowCounters {
+    pub flows_created: u64,
+    pub flows_closed: u64,
+    pub flows_idle: u64,
+    pub flows_evicted_capacity: u64,
+    pub flows_evicted_memory: u64,
+    /// Payload-less segments (ACK, FIN, RST) of connections not in the table: mostly the last
+    /// ACK or a late FIN/RST after a connection closed. Not a loss: no data is in them.
+    pub control_without_flow: u64,
+    /// Segments not on a server port while decoding is limited to them.
+    pub segments_filtered: u64,
+    /// Connections whose client side was guessed (no SYN, no known port, no request seen).
+    pub direction_guessed: u64,
+    /// Port verdicts not kept because the daemon had not taken the last ones yet.
+    pub port_verdicts_dropped: u64,
+}
+
+/// Both addresses, in a canonical order so both directions find the same flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct FlowKey(SocketAddr, SocketAddr);
+
+impl FlowKey {
+    fn of(a: SocketAddr, b: SocketAddr) -> Self {
+        if a <= b { Self(a, b) } else { Self(b, a) }
+    }
+}
+
+impl Hash for FlowKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+        self.1.hash(state);
+    }
+}
+
+struct Flow {
+    client: SocketAddr,
+    /// Client-to-server and server-to-client.
+    streams: [Stream; 2],
+    http: HttpConnection,
+    last_ns: u64,
+    buffered: usize,
+    /// Seen from its SYN and not yet classified: its first bytes will say whether its server
+    /// port speaks HTTP (see [`FlowTable::take_port_verdicts`]).
+    classify: bool,
+}
+
+/// Port verdicts held for the daemon at most between two takes (the rest are counted).
+const MAX_PORT_VERDICTS: usize = 4096;
+
+/// All connections being decoded.
+pub struct FlowTable {
+    config: FlowConfig,
+    flows: LruCache<FlowKey, Flow>,
+    buffered: usize,
+    /// Newest segment time seen: the clock for idle timeouts (capture time, not wall time, so
+    /// files are decoded exactly as live traffic would be).
+    now_ns: u64,
+    events: Vec<StreamEvent>,
+    /// (server port, speaks HTTP) of connections classified since the last take.
+    port_verdicts: Vec<(u16, bool)>,
+    pub counters: FlowCounters,
+    pub stream_counters: StreamCounters,
+    pub http_counters: HttpCounters,
+}
+
+impl FlowTable {
+    pub fn new(config: FlowConfig) -> Self {
+        Self {
+            config,
+            flows: LruCache::unbounded(),
+            buffered: 0,
+            now_ns: 0,
+            events: Vec::new(),
+            port_verdicts: Vec::new(),
+            counters: FlowCounters::default(),
+            stream_counters: StreamCounters::default(),
+            http_counters: HttpCounters::default(),
+        }
+    }
+
+    /// (server port, whether it speaks HTTP) for each connection seen from its start and
+    /// classified by its first bytes since the last call: how the daemon tells which listening
+    /// ports to keep watching.
+    pub fn take_port_verdicts(&mut self) -> Vec<(u16, bool)> {
+        std::mem::take(&mut self.port_verdicts)
+    }
+
+    pub fn active_flows(&self) -> usize {
+        self.flows.len()
+    }
+
+    /// Counters of all three layers by stage name, for `apisessions stats`.
+    pub fn snapshot(&self) -> Vec<(&'static str, Vec<(&'static str, u64)>)> {
+        let c = &self.counters;
+        vec![
+            (
+                "flows",
+                vec![
+                    ("active", self.flows.len() as u64),
+                    ("buffered_bytes", self.buffered as u64),
+                    ("created", c.flows_created),
+                    ("closed", c.flows_closed),
+                    ("idle_expired", c.flows_idle),
+                    ("evicted_capacity", c.flows_evicted_capacity),
+                    ("evicted_memory", c.flows_evicted_memory),
+                    ("control_without_flow", c.control_without_flow),
+                    ("segments_filtered", c.segments_filtered),
+                    ("direction_guessed", c.direction_guessed),
+                    ("port_verdicts_dropped", c.port_verdicts_dropped),
+                ],
+            ),
+            ("reassembly", self.stream_counters.snapshot()),
+            ("http", self.http_counters.snapshot()),
+        ]
+    }
+
+    fn is_server_port(&self, port: u16) -> bool {
+        self.config.server_ports.contains(&port)
+    }
+
+    /// Decides which end is the client of a new connection, from its first segment.
+    fn client_of(&mut self, segment: &TcpSegment) -> SocketAddr {
+        let syn = segment.has(tcp_flags::SYN);
+        let ack = segment.has(tcp_flags::ACK);
+        if syn && !ack {
+            return segment.src;
+        }
+        if syn && ack {
+            return segment.dst;
+        }
+        if self.is_server_port(segment.dst.port()) {
+            return segment.src;
+        }
+        if self.is_server_port(segment.src.port()) {
+            return segment.dst;
+        }
+        if looks_like_request(&segment.payload) {
+            return segment.src;
+        }
+        if looks_like_response(&segment.payload) {
+            return segment.dst;
+        }
+        // Nothing to go on: ephemeral ports are usually the higher ones.
+        self.counters.direction_guessed += 1;
+        if segment.src.port() > segment.dst.port() {
+            segment.src
+        } else {
+            segment.dst
+        }
+    }
+
+    /// Feeds one segment; finished exchanges are appended to `out`.
+    pub fn push(&mut self, segment: TcpSegment, out: &mut Vec<Exchange>) {
+        self.now_ns = self.now_ns.max(segment.ts_ns);
+        if self.config.only_server_ports
+            && !self.is_server_port(segment.src.port())
+            && !self.is_server_port(segment.dst.port())
+        {
+            self.counters.segments_filtered += 1;
+            return;
+        }
+        let key = FlowKey::of(segment.src, segment.dst);
+        if !self.flows.contains(&key) {
+            let starts = segment.has(tcp_flags::SYN) || !segment.payload.is_empty();
+            if !starts || segment.has(tcp_flags::RST) {
+                self.counters.control_without_flow += 1;
+                return;
+            }
+            if self.flows.len() >= self.config.max_flows {
+                self.counters.flows_evicted_capacity += 1;
+                self.evict_oldest(EndReason::Evicted, out);
+            }
+            let client = self.client_of(&segment);
+            let server = if client == segment.src {
+                segment.dst
+            } else {
+                segment.src
+            };
+            self.counters.flows_created += 1;
+            self.flows.put(
+                key,
+                Flow {
+                    client,
+                    streams: [Stream::default(), Stream::default()],
+                    http: HttpConnection::new(client, server),
+                    last_ns: segment.ts_ns,
+                    buffered: 0,
+                    classify: segment.has(tcp_flags::SYN),
+                },
+            );
+        }
+        let Some(flow) = self.flows.get_mut(&key) else {
+            return;
+        };
+        flow.last_ns = segment.ts_ns;
+        if let Some(upstream) = segment.upstream {
+            flow.http.set_upstream(upstream);
+        }
+        let side = if segment.src == flow.client {
+            Side::Client
+        } else {
+            Side::Server
+        };
+        let rst = segment.has(tcp_flags::RST);
+        let (segment_src_port, segment_dst_port) = (segment.src.port(), segment.dst.port());
+        let piece = Piece {
+            ts_ns: segment.ts_ns,
+            seq: segment.seq,
+            syn: segment.has(tcp_flags::SYN),
+            fin: segment.has(tcp_flags::FIN),
+            rst,
+            missing: segment.missing,
+            payload: segment.payload,
+        };
+        let mut events = std::mem::take(&mut self.events);
+        let index = side as usize;
+        flow.streams[index].push(
+            piece,
+            &self.config.stream,
+            &mut self.stream_counters,
+            &mut events,
+        );
+        if flow.classify
+            && let Some(StreamEvent::Data { bytes, .. }) = events.first()
+            && let Some(http) = crate::http::speaks_http(side, bytes)
+        {
+            flow.classify = false;
+            let server_port = if side == Side::Client {
+                segment_dst_port
+            } else {
+                segment_src_port
+            };
+            if self.port_verdicts.len() < MAX_PORT_VERDICTS {
+                self.port_verdicts.push((server_port, http));
+            } else {
+                self.counters.port_verdicts_dropped += 1;
+            }
+        }
+        for event in events.drain(..) {
+            flow.http
+                .on_event(side, event, &self.config.http, &mut self.http_counters, out);
+        }
+        if rst {
+            // A reset ends the whole connection, not only the direction that sent it.
+            let (other, other_side) = match side {
+                Side::Client => (1, Side::Server),
+                Side::Server => (0, Side::Client),
+            };
+            flow.streams[other].finish(
+                segment.ts_ns,
+                EndReason::Reset,
+                &mut self.stream_counters,
+                &mut events,
+            );
+            for event in events.drain(..) {
+                flow.http.on_event(
+                    other_side,
+                    event,
+                    &self.config.http,
+                    &mut self.http_counters,
+                    out,
+                );
+            }
+        }
+        self.events = events;
+        let buffered = flow.streams[0].buffered() + flow.streams[1].buffered();
+        self.buffered = self.buffered + buffered - flow.buffered;
+        flow.buffered = buffered;
+        if flow.streams[0].ended() && flow.streams[1].ended() {
+            self.counters.flows_closed += 1;
+            self.remove(&key, self.now_ns, EndReason::Fin, out);
+        }
+        while self.buffered > self.config.max_buffered_bytes && !self.flows.is_empty() {
+            self.counters.flows_evicted_memory += 1;
+            self.evict_oldest(EndReason::Evicted, out);
+        }
+    }
+
+    /// Closes flows idle for longer than the timeout, as of the newest segment time (or `now_ns`
+    /// if later: a live sensor passes the wall clock so quiet periods expire flows too).
+    pub fn expire(&mut self, now_ns: u64, out: &mut Vec<Exchange>) {
+        self.now_ns = self.now_ns.max(now_ns);
+        let timeout = self.config.idle_timeout.as_nanos() as u64;
+        while let Some((_, flow)) = self.flows.peek_lru() {
+            if flow.last_ns.saturating_add(timeout) > self.now_ns {
+                break;
+            }
+            self.counters.flows_idle += 1;
+            self.evict_oldest(EndReason::Idle, out);
+        }
+    }
+
+    /// Ends every flow (the capture is over).
+    pub fn finish(&mut self, out: &mut Vec<Exchange>) {
+        while !self.flows.is_empty() {
+            self.evict_oldest(EndReason::CaptureEnd, out);
+        }
+    }
+
+    fn evict_oldest(&mut self, reason: EndReason, out: &mut Vec<Exchange>) {
+        if let Some((key, _)) = self.flows.peek_lru() {
+            let key = *key;
+            self.remove(&key, self.now_ns, reason, out);
+        }
+    }
+
+    fn remove(&mut self, key: &FlowKey, ts_ns: u64, reason: EndReason, out: &mut Vec<Exchange>) {
+        let Some(mut flow) = self.flows.pop(key) else {
+            return;
+        };
+        self.buffered -= flow.buffered;
+        let mut events = std::mem::take(&mut self.events);
+        for (index, side) in [(0, Side::Client), (1, Side::Server)] {
+            flow.streams[index].finish(ts_ns, reason, &mut self.stream_counters, &mut events);
+            for event in events.drain(..) {
+                flow.http
+                    .on_event(side, event, &self.config.http, &mut self.http_counters, out);
+            }
+        }
+        flow.http
+            .finish(ts_ns, &self.config.http, &mut self.http_counters, out);
+        self.events = events;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CLIENT: &str = "10.0.0.2:40000";
+    const SERVER: &str = "10.0.0.1:8080";
+
+    fn segment(
+        src: &str,
+        dst: &str,
+        seq: u32,
+        flags: u8,
+        payload: &[u8],
+        ts_ns: u64,
+    ) -> TcpSegment {
+        TcpSegment {
+            ts_ns,
+            src: src.parse().unwrap(),
+            dst: dst.parse().unwrap(),
+            seq,
+            ack: 0,
+            flags,
+            payload: payload.to_vec(),
+            missing: 0,
+            upstream: None,
+        }
+    }
+
+    /// A whole connection: handshake, one exchange, FIN both ways.
+    fn conversation(table: &mut FlowTable, client: &str, out: &mut Vec<Exchange>, ts: u64) {
+        use tcp_flags::{ACK, FIN, PSH, SYN};
+        let request = b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n";
+        let response = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+        for seg in [
+            segment(client, SERVER, 100, SYN, b"", ts),
+            segment(SERVER, client, 500, SYN | ACK, b"", ts + 1),
+            segment(client, SERVER, 101, PSH | ACK, request, ts + 2),
+            segment(SERVER, client, 501, PSH | ACK, response, ts + 3),
+            segment(
+                client,
+                SERVER,
+                101 + request.len() as u32,
+                FIN | ACK,
+                b"",
+                ts + 4,
+            ),
+            segment(
+                SERVER,
+                client,
+                501 + response.len() as u32,
+                FIN | ACK,
+                b"",
+                ts + 5,
+            ),
+        ] {
+            table.push(seg, out);
+        }
+    }
+
+    #[test]
+    fn a_closed_connection_yields_its_exchange_and_leaves_the_table() {
+        let mut table = FlowTable::new(FlowConfig::default());
+        let mut out = Vec::new();
+        conversation(&mut table, CLIENT, &mut out, 1_000);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].client, CLIENT.parse().unwrap());
+        assert_eq!(out[0].response.as_ref().and_then(|r| r.status), Some(200));
+        assert_eq!(table.active_flows(), 0);
+        assert_eq!(table.counters.flows_closed, 1);
+    }
+
+    #[test]
+    fn without_a_syn_the_request_line_tells_the_client_on_any_port() {
+        let mut table = FlowTable::new(FlowConfig {
+            server_ports: vec![],
+            ..FlowConfig::default()
+        });
+        let mut out = Vec::new();
+        // The response is seen first; only the request reveals who is who.
+        table.push(
+            segment(
+                "10.0.0.1:9",
+                "10.0.0.2:9999",
+                1,
+                0,
+                b"GET / HTTP/1.1\r\n\r\n",
+                1,
+            ),
+            &mut out,
+        );
+        table.push(
+            segment(
+                "10.0.0.2:9999",
+                "10.0.0.1:9",
+                1,
+                0,
+                b"HTTP/1.1 204 No\r\n\r\n",
+                2,
+            ),
+            &mut out,
+        );
+        table.finish(&mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].client, "10.0.0.1:9".parse().unwrap());
+        assert_eq!(table.stream_counters.started_mid_stream, 2);
+    }
+
+    #[test]
+    fn a_reset_ends_both_directions() {
+        let mut table = FlowTable::new(FlowConfig::default());
+        let mut out = Vec::new();
+        table.push(segment(CLIENT, SERVER, 1, tcp_flags::SYN, b"", 1), &mut out);
+        table.push(
+            segment(CLIENT, SERVER, 2, 0, b"GET /r HTTP/1.1\r\n\r\n", 2),
+            &mut out,
+        );
+        table.push(segment(SERVER, CLIENT, 9, tcp_flags::RST, b"", 3), &mut out);
+        assert_eq!(table.active_flows(), 0);
+        assert_eq!(out.len(), 1);
+        assert!(out[0].response.is_none(), "no response before the reset");
+    }
+
+    #[test]
+    fn idle_flows_expire_and_bounds_evict_the_oldest() {
+        let config = FlowConfig {
+            max_flows: 2,
+            idle_timeout: Duration::from_secs(10),
+            ..FlowConfig::default()
+        };
+        let mut table = FlowTable::new(config);
+        let mut out = Vec::new();
+        for (i, client) in ["10.0.0.2:1", "10.0.0.3:1", "10.0.0.4:1"]
+            .iter()
+            .enumerate()
+        {
+            table.push(
+                segment(
+                    client,
+                    SERVER,
+                    1,
+                    0,
+                    b"GET /a HTTP/1.1\r\n\r\n",
+                    i as u64 + 1,
+                ),
+                &mut out,
+            );
+        }
+        assert_eq!(table.active_flows(), 2);
+        assert_eq!(table.counters.flows_evicted_capacity, 1);
+        assert_eq!(
+            out.len(),
+            1,
+            "the evicted flow's request is reported, unanswered"
+        );
+        assert_eq!(out[0].client, "10.0.0.2:1".parse().unwrap());
+        table.expire(5 + 10_000_000_000, &mut out);
+        assert_eq!(table.active_flows(), 0);
+        assert_eq!(table.counters.flows_idle, 2);
+        assert_eq!(out.len(), 3);
+    }
+
+    #[test]
+    fn buffered_bytes_are_bounded_over_all_flows() {
+        let config = FlowConfig {
+            max_buffered_bytes: 1000,
+            ..FlowConfig::default()
+        };
+        let mut table = FlowTable::new(config);
+        let mut out = Vec::new();
+        for i in 0..5u16 {
+            let client = format!("10.0.0.2:{}", 1000 + i);
+            table.push(
+                segment(&client, SERVER, 1, tcp_flags::SYN, b"", 1),
+                &mut out,
+            );
+            // Out of order: held until the hole before it fills.
+            table.push(segment(&client, SERVER, 100, 0, &[b'x'; 400], 2), &mut out);
+        }
+        assert!(table.counters.flows_evicted_memory >= 3);
+        assert!(
+            table.snapshot()[0]
+                .1
+                .iter()
+                .any(|(name, value)| *name == "buffered_bytes" && *value <= 1000)
+        );
+    }
+
+    #[test]
+    fn only_server_ports_filters_other_connections() {
+        let config = FlowConfig {
+            server_ports: vec![8080],
+            only_server_ports: true,
+            ..FlowConfig::default()
+        };
+        let mut table = FlowTable::new(config);
+        let mut out = Vec::new();
+        table.push(
+            segment(
+                "10.0.0.2:5",
+                "10.0.0.1:9090",
+                1,
+                0,
+                b"GET / HTTP/1.1\r\n\r\n",
+                1,
+            ),
+            &mut out,
+        );
+        assert_eq!(
+            (table.active_flows(), table.counters.segments_filtered),
+            (0, 1)
+        );
+    }
+}

@@ -1,0 +1,468 @@
+//! The daemon (`apisessions run`): attaches the capture, feeds the kernel's segments through
+//! the [`pipeline`](crate::pipeline), keeps the watched ports and interfaces in step with the
+//! host, and writes the statistics every second. The live counterpart of [`crate::import`].
+
+use std::{
+    io::{self, Write as _},
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::{
+    capture::{
+        CaptureError, CaptureOptions, Clock, Interface, Segment, Sensor,
+        ports::{PortPolicy, listening_ports},
+    },
+    config::{Config, Ports},
+    container::ContainerIndex,
+    dump,
+    flow::{FlowConfig, FlowTable},
+    http::HttpConfig,
+    nat::{Conntrack, NatConfig, NatTable},
+    pipeline::{self, Analysis, DumpLines, Pipeline, PipelineError, StoreWriter, WriterMode},
+    privilege::{self, PrivilegeError},
+    proxy::{self, ProxyConfig, ProxyStage},
+    record::Redaction,
+    segment::TcpSegment,
+    sessions::SessionConfig,
+    stats::{StatsError, StatsReport, rfc3339},
+    store::{DEFAULT_MAP_SIZE, Store, StoreError},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LiveError {
+    #[error(transparent)]
+    Capture(#[from] CaptureError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+    #[error(transparent)]
+    Stats(#[from] StatsError),
+    #[error("reading the listening TCP sockets")]
+    Listeners(#[source] io::Error),
+    #[error("starting the async runtime")]
+    Runtime(#[source] io::Error),
+    #[error("installing the signal handlers")]
+    Signals(#[source] io::Error),
+    #[error(transparent)]
+    Privilege(#[from] PrivilegeError),
+}
+
+/// What `apisessions run` prints besides the statistics.
+#[derive(Clone, Debug, Default)]
+pub struct LiveOptions {
+    /// One line per exchange on stdout.
+    pub dump: bool,
+    /// One line per captured segment on stdout.
+    pub dump_segments: bool,
+    /// Seconds between summary log lines; 0 turns them off.
+    pub summary_interval: u64,
+    /// The user to continue as when started as root (see [`crate::privilege::target_user`]).
+    pub user: Option<String>,
+}
+
+/// Runs the daemon with `config` until SIGTERM or SIGINT, with its store and statistics in
+/// `data_dir` (which must exist).
+pub fn run(config: Config, data_dir: PathBuf, live: LiveOptions) -> Result<(), LiveError> {
+    let capture = &config.capture;
+    // With `ports = "auto"` the host's listeners are watched from the start; the daemon keeps
+    // the set in step as servers come and go (`PortPolicy`).
+    let mut ports = PortPolicy::new(
+        capture.ports.listed(),
+        &capture.exclude_ports,
+        capture.ports == Ports::Auto && !capture.all_ports,
+    );
+    if capture.ports == Ports::Auto {
+        let (listening, past) = listening_ports().map_err(LiveError::Listeners)?;
+        ports.listeners(&listening, past);
+    }
+    let options = CaptureOptions {
+        ports: ports
+            .changes()
+            .into_iter()
+            .filter(|(_, slot)| *slot == sensor_ebpf::port::WATCHED)
+            .map(|(port, _)| port)
+            .collect(),
+        all_ports: capture.all_ports,
+        snaplen: capture.snaplen,
+        ring_bytes: capture.ring_size,
+        ..CaptureOptions::default()
+    };
+    let interfaces = if capture.interfaces.is_empty() {
+        Interface::all_up()?
+    } else {
+        capture
+            .interfaces
+            .iter()
+            .map(|name| Interface::by_name(name))
+            .collect::<Result<_, _>>()?
+    };
+    // Before any thread starts: capabilities belong to threads, and every thread started from
+    // here on inherits the reduced set.
+    if let Some(user) = privilege::target_user(live.user.as_deref())? {
+        privilege::drop_to(&user, &data_dir)?;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(LiveError::Runtime)?;
+    runtime.block_on(daemon(live, config, data_dir, options, ports, interfaces))
+}
+
+/// Segments the daemon takes off the capture channel per wakeup at most.
+const SEGMENTS_PER_WAKEUP: usize = 1024;
+
+/// How often the daemon deletes sessions older than the retention period.
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
+
+/// Records handed to the store writer per batch at most (also handed over every second).
+const BATCH: usize = 1024;
+
+/// Seconds between readings of the host's own addresses.
+const HOST_REFRESH_SECS: u64 = 10;
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// The live pipeline: NAT renaming, the flows, the proxy stage, sessions continued from the
+/// store, container identity, the store writer (pruning included) and, with `--dump`, the
+/// exchange lines.
+fn live_pipeline(
+    live: &LiveOptions,
+    config: &Config,
+    data_dir: &Path,
+    options: &CaptureOptions,
+) -> Result<Pipeline, LiveError> {
+    // Sessions that were active when the daemon last stopped go on (a restart, an upgrade, a
+    // crash): what is still within the inactivity timeout is loaded back.
+    let store = Store::open(data_dir, DEFAULT_MAP_SIZE)?;
+    let since = now_ns().saturating_sub(config.sessions.inactivity_timeout.as_nanos() as u64);
+    let sessionizer =
+        pipeline::restored_sessionizer(SessionConfig::from(config), data_dir, &store, since)?;
+    let analysis = Analysis::new(sessionizer, Redaction::from_config(config))
+        .with_abuse(&config.abuse)
+        .with_containers(ContainerIndex::new());
+    let conntrack = match Conntrack::open() {
+        Ok(conntrack) => Some(conntrack),
+        Err(e) => {
+            log::warn!("{e}: connections through NAT will be seen before and after translation");
+            None
+        }
+    };
+    let flows = FlowTable::new(FlowConfig {
+        server_ports: options.ports.clone(),
+        // The kernel already keeps to the watched ports; with --all-ports every port counts.
+        only_server_ports: false,
+        http: HttpConfig {
+            body_cap: config.capture.body_cap,
+            ..HttpConfig::default()
+        },
+        ..FlowConfig::default()
+    });
+    let nat = NatTable::new(
+        conntrack,
+        NatConfig {
+            server_ports: options.ports.clone(),
+            all_ports: options.all_ports,
+            ..NatConfig::default()
+        },
+    );
+    let writer = StoreWriter::start(
+        store,
+        WriterMode::Daemon {
+            retention: config.storage.retention,
+            prune_every: PRUNE_EVERY,
+        },
+    );
+    let mut pipeline = Pipeline::new(
+        pipeline::Clock::Wall,
+        flows,
+        ProxyStage::new(ProxyConfig::from(config)),
+        analysis,
+    )
+    .with_nat(nat)
+    .with_store(writer, BATCH);
+    if live.dump {
+        pipeline = pipeline.with_sink(Box::new(DumpLines::new(io::BufWriter::new(
+            io::stdout().lock(),
+        ))));
+    }
+    Ok(pipeline)
+}
+
+/// The capture side of the daemon: kernel segments into the pipeline, with `--dump-segments`
+/// lines, and the host's addresses read again now and then.
+struct Feed {
+    clock: Clock,
+    pipeline: Pipeline,
+    /// `--dump-segments`: one line per captured segment.
+    segment_lines: Option<io::BufWriter<io::Stdout>>,
+    host_refresh_in: u64,
+}
+
+impl Feed {
+    fn segment(&mut self, segment: Segment) {
+        if let Some(out) = &mut self.segment_lines
+            && writeln!(out, "{}", dump::segment_line(&segment, &self.clock)).is_err()
+        {
+            // The reader went away (e.g. `| head`): not the daemon's error.
+            self.segment_lines = None;
+        }
+        let segment = TcpSegment::from_capture(segment, &self.clock);
+        if let Err(e) = self.pipeline.push(segment) {
+            log::error!("{e:#}");
+        }
+    }
+
+    /// Once a second: idle connections end by the wall clock, records go to the store.
+    fn tick(&mut self) {
+        self.refresh_host_addresses();
+        if let Err(e) = self.pipeline.tick(now_ns()) {
+            log::error!("{e:#}");
+        }
+        if let Some(out) = &mut self.segment_lines
+            && out.flush().is_err()
+        {
+            self.segment_lines = None;
+        }
+    }
+
+    /// Reads the host's addresses again now and then: interfaces and addresses come and go.
+    fn refresh_host_addresses(&mut self) {
+        if self.host_refresh_in > 0 {
+            self.host_refresh_in -= 1;
+            return;
+        }
+        self.host_refresh_in = HOST_REFRESH_SECS;
+        match proxy::host_addresses() {
+            Ok(addresses) => self.pipeline.set_host_addresses(addresses),
+            Err(e) => log::warn!("reading this host's addresses (trusted as proxies): {e}"),
+        }
+    }
+
+    fn report(&self, report: &mut StatsReport) {
+        for (stage, counters) in self.pipeline.snapshot() {
+            report.set_stage(stage, counters);
+        }
+    }
+}
+
+async fn daemon(
+    live: LiveOptions,
+    config: Config,
+    data_dir: PathBuf,
+    options: CaptureOptions,
+    mut ports: PortPolicy,
+    interfaces: Vec<Interface>,
+) -> Result<(), LiveError> {
+    let mut sigterm = signal(SignalKind::terminate()).map_err(LiveError::Signals)?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(LiveError::Signals)?;
+    let pipeline = live_pipeline(&live, &config, &data_dir, &options)?;
+    // With no interface named, the sensor follows the interfaces that come and go (containers).
+    let follow_interfaces = config.capture.interfaces.is_empty();
+    let (mut sensor, mut segments) =
+        Sensor::start(&options, interfaces, config.capture.attach, Some(&data_dir))?;
+    let mut feed = Feed {
+        clock: Clock::new(),
+        pipeline,
+        segment_lines: live.dump_segments.then(|| io::BufWriter::new(io::stdout())),
+        host_refresh_in: 0,
+    };
+    feed.refresh_host_addresses();
+    let mut report = StatsReport {
+        pid: std::process::id(),
+        running: true,
+        started: rfc3339(SystemTime::now()),
+        attach_mode: sensor.mode.as_str().to_owned(),
+        interfaces: sensor.interfaces.iter().map(|i| i.name.clone()).collect(),
+        ..StatsReport::default()
+    };
+    refresh_report(&mut report, &sensor)?;
+    // The ports watched from the start are in the first report already.
+    report.ports = ports.status();
+    report.write(&data_dir)?;
+    log::info!(
+        "capturing {} on {}; statistics in {}",
+        if options.all_ports {
+            "all TCP ports".to_owned()
+        } else {
+            format!("ports {:?}", options.ports)
+        },
+        report.interfaces.join(", "),
+        StatsReport::path(&data_dir).display()
+    );
+
+    let mut stats_tick = tokio::time::interval(Duration::from_secs(1));
+    let summary_every = Duration::from_secs(live.summary_interval.max(1));
+    let mut summary_tick =
+        tokio::time::interval_at(tokio::time::Instant::now() + summary_every, summary_every);
+    let mut summary = Summary::default();
+    // Segments are taken off the channel in runs: one wakeup of this task serves all that waited
+    // (at high rates hundreds), instead of a park and a cross-thread wakeup per segment.
+    let mut arrived = Vec::with_capacity(SEGMENTS_PER_WAKEUP);
+    let mut ticks = 0u64;
+    loop {
+        tokio::select! {
+            n = segments.recv_many(&mut arrived, SEGMENTS_PER_WAKEUP) => {
+                if n == 0 {
+                    break;
+                }
+                for segment in arrived.drain(..) {
+                    feed.segment(segment);
+                }
+            }
+            _ = stats_tick.tick() => {
+                if follow_interfaces {
+                    if let Err(e) = sensor.rescan() {
+                        log::warn!("following interfaces: {e}");
+                    }
+                    report.interfaces = sensor.interfaces.iter().map(|i| i.name.clone()).collect();
+                }
+                feed.tick();
+                ticks += 1;
+                let auto = config.capture.ports == Ports::Auto;
+                follow_ports(&mut ports, &mut sensor, &mut feed.pipeline, auto && ticks.is_multiple_of(2));
+                refresh_report(&mut report, &sensor)?;
+                feed.report(&mut report);
+                report.ports = ports.status();
+                report.set_stage("ports", ports.counters.snapshot());
+                report.write(&data_dir)?;
+            }
+            _ = summary_tick.tick(), if live.summary_interval > 0 => {
+                refresh_report(&mut report, &sensor)?;
+                feed.report(&mut report);
+                summary.log(&report, summary_every);
+            }
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+        }
+    }
+    log::info!("stopping: detaching and draining the ring");
+    // Keep reading while the sensor drains, so the reader never waits on a full channel.
+    {
+        let shutdown = sensor_shutdown(sensor, &mut report);
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                result = &mut shutdown => { result?; break; }
+                Some(segment) = segments.recv() => feed.segment(segment),
+            }
+        }
+    }
+    while let Some(segment) = segments.recv().await {
+        feed.segment(segment);
+    }
+    // Everything decoded is committed before the final report says the daemon stopped.
+    if let Err(e) = feed.pipeline.finish() {
+        log::error!("{e:#}");
+    }
+    feed.report(&mut report);
+    report.running = false;
+    report.updated = rfc3339(SystemTime::now());
+    report.write(&data_dir)?;
+    log::info!("stopped");
+    Ok(())
+}
+
+/// Keeps the watched ports in step: the decoder's verdicts on the ports' connections, the
+/// host's listeners (when `refresh_listeners`), muted ports due for another look.
+fn follow_ports(
+    ports: &mut PortPolicy,
+    sensor: &mut Sensor,
+    pipeline: &mut Pipeline,
+    refresh_listeners: bool,
+) {
+    let now = SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    for (port, http) in pipeline.take_port_verdicts() {
+        ports.verdict(port, http, now);
+    }
+    ports.recheck(now);
+    if refresh_listeners {
+        match listening_ports() {
+            Ok((listening, past)) => ports.listeners(&listening, past),
+            Err(e) => {
+                ports.counters.refresh_errors += 1;
+                log::warn!("reading the listening TCP sockets: {e}");
+            }
+        }
+    }
+    for (port, slot) in ports.changes() {
+        let what = match slot {
+            sensor_ebpf::port::WATCHED => "watching",
+            sensor_ebpf::port::MUTED => "muting (not HTTP)",
+            _ => "no longer watching",
+        };
+        log::info!("{what} port {port}");
+        if let Err(e) = sensor.set_port(port, slot) {
+            log::error!("could not update port {port} in the kernel: {e}");
+        }
+    }
+}
+
+/// Takes the sensor down, keeping a last copy of the kernel counters in the report.
+async fn sensor_shutdown(sensor: Sensor, report: &mut StatsReport) -> Result<(), LiveError> {
+    refresh_report(report, &sensor)?;
+    let counters = Arc::clone(&sensor.counters);
+    sensor.shutdown().await?;
+    report.set_stage("reader", counters.snapshot());
+    Ok(())
+}
+
+fn refresh_report(report: &mut StatsReport, sensor: &Sensor) -> Result<(), LiveError> {
+    let kernel = sensor.kernel_counters()?;
+    report.set_stage("kernel", kernel.iter().map(|(name, value)| (*name, *value)));
+    report.set_stage("reader", sensor.counters.snapshot());
+    report.set_stage(
+        "interfaces",
+        [
+            ("captured", sensor.interfaces.len() as u64),
+            ("attached_later", sensor.interfaces_attached),
+            ("detached", sensor.interfaces_detached),
+        ],
+    );
+    report.updated = rfc3339(SystemTime::now());
+    Ok(())
+}
+
+/// The periodic summary log line: rates since the last one, and any loss.
+#[derive(Default)]
+struct Summary {
+    events: u64,
+    bytes: u64,
+    exchanges: u64,
+}
+
+impl Summary {
+    fn log(&mut self, report: &StatsReport, every: Duration) {
+        let events = report.get("reader", "events_read");
+        let bytes = report.get("reader", "bytes_read");
+        let exchanges = report.get("http", "exchanges");
+        let seconds = every.as_secs_f64();
+        log::info!(
+            "capture: {:.0} events/s, {:.0} bytes/s, {:.0} exchanges/s, {} flows; drops: \
+             ring_full={} truncated_segments={} load_errors={} malformed={} gaps={}",
+            (events - self.events) as f64 / seconds,
+            (bytes - self.bytes) as f64 / seconds,
+            (exchanges - self.exchanges) as f64 / seconds,
+            report.get("flows", "active"),
+            report.get("kernel", "ring_full"),
+            report.get("kernel", "segments_truncated"),
+            report.get("kernel", "load_errors"),
+            report.get("reader", "events_malformed"),
+            report.get("reassembly", "gaps"),
+        );
+        self.events = events;
+        self.bytes = bytes;
+        self.exchanges = exchanges;
+    }
+}

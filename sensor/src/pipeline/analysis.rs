@@ -1,0 +1,232 @@
+//! The analysis stage: what the pipeline learns about each decoded exchange before the sinks
+//! see it. Today: its session and record (endpoint template, context parameters, redaction; see
+//! [`Sessionizer::record`]), its session's abuse signals ([`AbuseTracker`]), its id when it
+//! comes from a capture file, and the container that served it on a live host. Attack findings
+//! and the endpoint inventory join here.
+
+use std::{num::NonZeroUsize, path::Path};
+
+use lru::LruCache;
+
+use crate::{
+    analysis::abuse::{self, AbuseConfig, AbuseTracker},
+    container::ContainerIndex,
+    exchange::Exchange,
+    record::{Assignment, Redaction, Secret, StoredExchange},
+    sessions::{SessionConfig, Sessionizer},
+    store::Store,
+};
+
+use super::PipelineError;
+
+/// Everything the analysis stage holds: built once per pipeline.
+pub struct Analysis {
+    sessionizer: Sessionizer,
+    redaction: Redaction,
+    /// Capture files only: ids that let the store recognise an exchange imported before.
+    ids: Option<ExchangeIds>,
+    /// Live capture only: which container's namespace and cgroup served an exchange.
+    containers: Option<ContainerIndex>,
+    abuse: Option<AbuseTracker>,
+}
+
+impl Analysis {
+    pub fn new(sessionizer: Sessionizer, redaction: Redaction) -> Self {
+        Self {
+            sessionizer,
+            redaction,
+            ids: None,
+            containers: None,
+            abuse: None,
+        }
+    }
+
+    /// Scores each session's abuse signals, unless the configuration turns them off.
+    pub fn with_abuse(mut self, config: &AbuseConfig) -> Self {
+        self.abuse = config.enabled.then(|| AbuseTracker::new(config.clone()));
+        self
+    }
+
+    /// Gives every record a deterministic id (see [`ExchangeIds`]).
+    pub fn with_exchange_ids(mut self) -> Self {
+        self.ids = Some(ExchangeIds::new(self.sessionizer.secret().clone()));
+        self
+    }
+
+    pub fn with_containers(mut self, containers: ContainerIndex) -> Self {
+        self.containers = Some(containers);
+        self
+    }
+
+    pub fn sessionizer(&self) -> &Sessionizer {
+        &self.sessionizer
+    }
+
+    pub(super) fn sessionizer_mut(&mut self) -> &mut Sessionizer {
+        &mut self.sessionizer
+    }
+
+    pub(super) fn containers_mut(&mut self) -> Option<&mut ContainerIndex> {
+        self.containers.as_mut()
+    }
+
+    /// The exchange's record and session.
+    pub fn analyse(&mut self, exchange: &Exchange) -> (StoredExchange, Assignment) {
+        let (mut record, mut assignment) = self.sessionizer.record(exchange, &self.redaction);
+        if let Some(ids) = &mut self.ids {
+            record.exchange_id = Some(ids.next(exchange));
+        }
+        if let Some(containers) = &mut self.containers {
+            let served = exchange.upstream.unwrap_or(exchange.server).ip();
+            if let Some(by) = containers.served_by(served) {
+                record.server_netns = Some(by.netns);
+                record.server_cgroup = by.cgroup;
+            }
+        }
+        if let Some(tracker) = &mut self.abuse {
+            let context = abuse::Context {
+                session_id: &assignment.session_id,
+                fallback: assignment.key_kind.is_fallback(),
+                attacks: 0,
+            };
+            assignment.signals = tracker.observe(exchange, &record, context).map(Box::new);
+        }
+        (record, assignment)
+    }
+
+    pub fn snapshot(&self) -> Vec<(&'static str, Vec<(&'static str, u64)>)> {
+        let mut stages = vec![("sessions", self.sessionizer.counters.snapshot())];
+        if let Some(containers) = &self.containers {
+            stages.push(("containers", containers.snapshot()));
+        }
+        if let Some(tracker) = &self.abuse {
+            stages.push(("abuse", tracker.counters.snapshot()));
+        }
+        stages
+    }
+}
+
+/// A sessionizer that continues the sessions `store` holds: the actors active since `since_ns`
+/// and their links, within the in-memory bounds. Keyed with the installation's secret in
+/// `data_dir` (created on first use).
+pub fn restored_sessionizer(
+    config: SessionConfig,
+    data_dir: &Path,
+    store: &Store,
+    since_ns: u64,
+) -> Result<Sessionizer, PipelineError> {
+    let bound = config.max_active;
+    let loaded = store
+        .load_state(config.max_active, config.max_links, since_ns)
+        .map_err(PipelineError::LoadState)?;
+    let (actors, cut) = (loaded.state.actors.len(), loaded.actors_cut);
+    let mut sessionizer = Sessionizer::new(config, Secret::load_or_create(data_dir)?);
+    sessionizer.restore(loaded);
+    if actors > 0 {
+        log::info!("continuing {actors} active sessions from the store");
+    }
+    if cut > 0 {
+        log::warn!("{cut} more active sessions are past the {bound} held in memory and start anew");
+    }
+    Ok(sessionizer)
+}
+
+/// Deterministic ids of imported exchanges: the same capture imported again yields the same
+/// ids, in the same order, so the store recognises what it already holds
+/// (`StoredExchange::exchange_id`).
+///
+/// An id is a keyed hash of what identifies an exchange in a capture: its connection's
+/// addresses, when its request and response started, its method and target. Exchanges that
+/// agree on all of that (identical pipelined requests that arrived in one segment, answered in
+/// one) are told apart by how many came before them, counted among the last
+/// [`ExchangeIds::RECENT`] ids, which such twins always are.
+pub struct ExchangeIds {
+    secret: Secret,
+    recent: LruCache<[u8; 16], u32>,
+}
+
+impl ExchangeIds {
+    pub const RECENT: usize = 4096;
+
+    pub fn new(secret: Secret) -> Self {
+        Self {
+            secret,
+            recent: LruCache::new(NonZeroUsize::new(Self::RECENT).unwrap_or(NonZeroUsize::MIN)),
+        }
+    }
+
+    pub fn next(&mut self, exchange: &Exchange) -> [u8; 16] {
+        let request = exchange.request.as_ref();
+        let response = exchange.response.as_ref();
+        let addresses = format!("{}|{}", exchange.client, exchange.server);
+        let base = self.secret.hash(&[
+            b"exchange",
+            addresses.as_bytes(),
+            &request.map_or(0, |r| r.meta.start_ns).to_le_bytes(),
+            &response.map_or(0, |r| r.meta.start_ns).to_le_bytes(),
+            request.map_or("", |r| r.method.as_str()).as_bytes(),
+            request.map_or("", |r| r.uri.as_str()).as_bytes(),
+        ]);
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&base[..16]);
+        let twin = match self.recent.get_mut(&id) {
+            Some(count) => {
+                *count += 1;
+                *count
+            }
+            None => {
+                self.recent.put(id, 0);
+                0
+            }
+        };
+        if twin > 0 {
+            let again = self.secret.hash(&[b"twin", &id, &twin.to_le_bytes()]);
+            id.copy_from_slice(&again[..16]);
+        }
+        id
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exchange::{MessageMeta, Request};
+
+    fn exchange(start_ns: u64, uri: &str) -> Exchange {
+        Exchange {
+            client: "192.0.2.1:40000".parse().unwrap(),
+            server: "192.0.2.2:80".parse().unwrap(),
+            request: Some(Request {
+                method: "GET".into(),
+                uri: uri.into(),
+                meta: MessageMeta {
+                    start_ns,
+                    ..MessageMeta::default()
+                },
+            }),
+            response: None,
+            forwarding: Default::default(),
+            upstream: None,
+        }
+    }
+
+    #[test]
+    fn ids_repeat_for_the_same_capture_and_tell_twins_apart() {
+        let capture = [
+            exchange(1, "/a"),
+            exchange(1, "/a"),
+            exchange(1, "/a"),
+            exchange(2, "/a"),
+            exchange(1, "/b"),
+        ];
+        let ids = |secret: [u8; 32]| {
+            let mut ids = ExchangeIds::new(Secret::from_bytes(secret));
+            capture.iter().map(|e| ids.next(e)).collect::<Vec<_>>()
+        };
+        let first = ids([1; 32]);
+        assert_eq!(first, ids([1; 32]), "deterministic");
+        let unique: std::collections::HashSet<_> = first.iter().collect();
+        assert_eq!(unique.len(), capture.len(), "twins get ids of their own");
+        assert_ne!(first, ids([2; 32]), "keyed by the installation's secret");
+    }
+}
