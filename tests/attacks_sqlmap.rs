@@ -4,6 +4,8 @@
 //! as `sqli`; the test prints the share. sqlmap comes from `target/frameworks` (`cargo xtask
 //! setup`). The live version of this measurement (captured by the sensor) is the pipeline's.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::{
     collections::HashSet,
     net::{TcpListener, TcpStream},
