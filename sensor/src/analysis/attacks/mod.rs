@@ -313,8 +313,8 @@ impl Detector {
             });
         };
 
+        let header = matches!(point.kind, Kind::Header | Kind::UserAgent);
         if libinjection_applies(point.kind) {
-            let header = matches!(point.kind, Kind::Header | Kind::UserAgent);
             if let Some(libinjection::Verdict::Sqli(fingerprint)) = self.gate.sqli(&value, header) {
                 let at = first_operator(&value);
                 report(
@@ -328,7 +328,7 @@ impl Detector {
         // XSS hides behind HTML references, which only a browser decodes: the decoded form is
         // inspected for XSS alone (`&lt;` is prose elsewhere).
         let html = normalize::for_xss(&value);
-        if libinjection_applies(point.kind) && self.gate.xss(&html).is_some() {
+        if libinjection_applies(point.kind) && self.gate.xss(&html, header).is_some() {
             report(
                 AttackClass::Xss,
                 "libinjection-xss",
