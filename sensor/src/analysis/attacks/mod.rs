@@ -314,16 +314,16 @@ impl Detector {
         };
 
         let header = matches!(point.kind, Kind::Header | Kind::UserAgent);
-        if libinjection_applies(point.kind) {
-            if let Some(libinjection::Verdict::Sqli(fingerprint)) = self.gate.sqli(&value, header) {
-                let at = first_operator(&value);
-                report(
-                    AttackClass::Sqli,
-                    &format!("libinjection-sqli:{fingerprint}"),
-                    at,
-                    &value,
-                );
-            }
+        if libinjection_applies(point.kind)
+            && let Some(libinjection::Verdict::Sqli(fingerprint)) = self.gate.sqli(&value, header)
+        {
+            let at = first_operator(&value);
+            report(
+                AttackClass::Sqli,
+                &format!("libinjection-sqli:{fingerprint}"),
+                at,
+                &value,
+            );
         }
         // XSS hides behind HTML references, which only a browser decodes: the decoded form is
         // inspected for XSS alone (`&lt;` is prose elsewhere).
