@@ -37,6 +37,64 @@ pub struct MessageMeta {
     pub headers_truncated: bool,
     /// Bytes of this message were never seen (capture loss).
     pub gap: bool,
+    /// Framing irregularities the decoder saw (request smuggling signs), for the attack
+    /// detector's `protocol` findings.
+    pub anomalies: Anomalies,
+}
+
+/// Framing irregularities in a message: what request smuggling and parser-differential attacks
+/// rely on (RFC 9112 6.1, 6.3, 7.1). The decoder still decodes such a message as RFC 9112 says
+/// (chunked wins over Content-Length, an invalid length means no known length); these flags only
+/// record that it had to choose. A set of bits: cheap to carry on every message.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Anomalies(u16);
+
+impl Anomalies {
+    /// Both Content-Length and Transfer-Encoding (the classic CL.TE / TE.CL smuggling setup).
+    pub const LENGTH_AND_CHUNKED: Self = Self(1);
+    /// Content-Length repeated with different values.
+    pub const LENGTH_CONFLICT: Self = Self(1 << 1);
+    /// A Content-Length that is not plain digits or overflows 64 bits.
+    pub const LENGTH_INVALID: Self = Self(1 << 2);
+    /// A Transfer-Encoding with an unknown or repeated coding, or `chunked` not last.
+    pub const TRANSFER_ENCODING_INVALID: Self = Self(1 << 3);
+    /// A chunk-size line that is not hex digits or overflows 64 bits.
+    pub const CHUNK_SIZE_INVALID: Self = Self(1 << 4);
+    /// A head line ended by a bare LF (no CR), which front ends and back ends read differently.
+    pub const BARE_LF: Self = Self(1 << 5);
+
+    /// Each flag with the name used in findings (`rule`).
+    pub const NAMED: [(Self, &'static str); 6] = [
+        (Self::LENGTH_AND_CHUNKED, "protocol-length-and-chunked"),
+        (Self::LENGTH_CONFLICT, "protocol-length-conflict"),
+        (Self::LENGTH_INVALID, "protocol-length-invalid"),
+        (
+            Self::TRANSFER_ENCODING_INVALID,
+            "protocol-transfer-encoding-invalid",
+        ),
+        (Self::CHUNK_SIZE_INVALID, "protocol-chunk-size-invalid"),
+        (Self::BARE_LF, "protocol-bare-lf"),
+    ];
+
+    pub fn insert(&mut self, flag: Self) {
+        self.0 |= flag.0;
+    }
+
+    pub fn contains(self, flag: Self) -> bool {
+        self.0 & flag.0 == flag.0
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// The names of the flags set, in [`Self::NAMED`] order.
+    pub fn names(self) -> impl Iterator<Item = &'static str> {
+        Self::NAMED
+            .into_iter()
+            .filter(move |(flag, _)| self.contains(*flag))
+            .map(|(_, name)| name)
+    }
 }
 
 impl MessageMeta {

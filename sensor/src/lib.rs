@@ -23,7 +23,8 @@
 //!   into [`exchange::Exchange`]s); neither of the two knows the other.
 //! - [`proxy`]: reverse proxies on the host: the real client from a trusted proxy's forwarding
 //!   headers, and a proxy's upstream exchange joined into its client's (one per request).
-//! - Analysis ([`pipeline::analysis`]): [`sessions`] (grouping keys, response-to-request
+//! - Analysis ([`pipeline::analysis`]): [`analysis::attacks`] (attack payloads in a request's
+//!   inputs: class, key path, excerpt, rule), [`sessions`] (grouping keys, response-to-request
 //!   linking, inactivity and day parts, keyed ids), [`endpoint`] templates (`/users/{id}`),
 //!   [`container`] identity (live only).
 //! - [`record`]: what the analysis hands the sinks (the stored exchange without raw secrets, its

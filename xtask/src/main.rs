@@ -95,8 +95,14 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
 ];
 
 /// PyPI and npm packages of tests/frameworks_live.rs, installed into [`frameworks_dir`] once and
-/// reused for as long as these lists stay the same.
-const PYPI_PACKAGES: &[&str] = &["Django~=5.2.0", "Flask~=3.1.0", "Flask-Login~=0.6.3"];
+/// reused for as long as these lists stay the same. sqlmap (pinned: tests/data/attacks/sqli.txt
+/// is generated from its payload files) is the attack tool of the attack-detection tests.
+const PYPI_PACKAGES: &[&str] = &[
+    "Django~=5.2.0",
+    "Flask~=3.1.0",
+    "Flask-Login~=0.6.3",
+    "sqlmap==1.10.10",
+];
 const NPM_PACKAGES: &[&str] = &["express@4", "express-session@1", "cookie-session@2"];
 
 /// The nightly that is known to work, for machines without any nightly.
@@ -417,6 +423,7 @@ const FUZZ_TARGETS: &[&str] = &[
     "pcap_source",
     "proxy_headers",
     "inventory",
+    "attack_detector",
 ];
 
 /// Builds the fuzz targets (as the test suite does) without running them.

@@ -78,6 +78,11 @@
 //! max_positions = 4096
 //! hot_min = 3
 //! hot_factor = 4
+//!
+//! [attacks]
+//! enabled = true                 # detect attacks in every request
+//! headers = ["x-search"]         # headers inspected besides User-Agent, Referer, X-Forwarded-For, Origin
+//! max_bytes = 65536              # value bytes inspected per request (past it: counted, not inspected)
 //! ```
 
 use std::{
@@ -123,6 +128,7 @@ pub struct Config {
     pub parameters: Vec<Parameter>,
     pub secrets: SecretsSection,
     pub proxy: ProxySection,
+    pub attacks: AttacksSection,
     pub abuse: abuse::AbuseConfig,
     /// Shipping to (and querying) a central ClickHouse store; none without a `[central]` table.
     pub central: Option<CentralSection>,
@@ -411,6 +417,40 @@ impl Default for ProxySection {
             join: true,
             join_window: Duration::from_secs(3),
         }
+    }
+}
+
+/// Default `attacks.max_bytes`: value bytes inspected per request.
+pub const ATTACKS_MAX_BYTES: usize = 64 * 1024;
+
+/// Attack detection (`[attacks]`; the detector is `analysis::attacks`).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AttacksSection {
+    pub enabled: bool,
+    /// Request headers inspected besides User-Agent, Referer, X-Forwarded-For and Origin.
+    #[serde(deserialize_with = "header_names")]
+    pub headers: Vec<String>,
+    /// Value bytes inspected per request at most.
+    #[serde(deserialize_with = "positive")]
+    pub max_bytes: usize,
+}
+
+impl Default for AttacksSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            headers: Vec::new(),
+            max_bytes: ATTACKS_MAX_BYTES,
+        }
+    }
+}
+
+/// A count that must be at least 1.
+fn positive<'de, D: Deserializer<'de>>(deserializer: D) -> Result<usize, D::Error> {
+    match usize::deserialize(deserializer)? {
+        0 => Err(de::Error::custom("must be at least 1")),
+        n => Ok(n),
     }
 }
 
@@ -904,6 +944,8 @@ mod tests {
         assert_eq!(trusted, ["127.0.0.0/8", "::1/128"]);
         assert!(proxy.trust_host_addresses && proxy.join);
         assert_eq!(proxy.headers, ["x-forwarded-for", "forwarded", "x-real-ip"]);
+        assert!(config.attacks.enabled && config.attacks.headers.is_empty());
+        assert_eq!(config.attacks.max_bytes, 64 * 1024);
     }
 
     #[test]
@@ -961,6 +1003,11 @@ max_endpoints = 500
 
 [inventory.templates]
 min_distinct = 5
+
+[attacks]
+enabled = false
+headers = ["X-Search"]
+max_bytes = 4096
 "#,
         )
         .unwrap();
@@ -1014,6 +1061,12 @@ min_distinct = 5
         assert_eq!(config.inventory.max_endpoints, 500);
         assert_eq!(config.inventory.templates.min_distinct, 5);
         assert_eq!(config.inventory.templates.max_values, 64);
+        let attacks = &config.attacks;
+        assert!(!attacks.enabled);
+        assert_eq!(
+            (attacks.headers.as_slice(), attacks.max_bytes),
+            (&["x-search".to_owned()][..], 4096)
+        );
     }
 
     #[test]
@@ -1090,6 +1143,21 @@ min_distinct = 5
                 "longer than zero",
             ),
             ("[proxy]\njoin = 1\n", "test.toml:2:8:", "invalid type"),
+            (
+                "[attacks]\nmax_bytes = 0\n",
+                "test.toml:2:13:",
+                "at least 1",
+            ),
+            (
+                "[attacks]\nheaders = [\"x y\"]\n",
+                "test.toml:2:11:",
+                "not a header name",
+            ),
+            (
+                "[attacks]\nenable = true\n",
+                "test.toml:2:1:",
+                "unknown field `enable`",
+            ),
             (
                 "[sessions]\ncookies = [\"ok\", \"a*b\"]\n",
                 "test.toml:2:11:",

@@ -6,7 +6,7 @@
 //! bytes it used. "Need more bytes" is a value, not an error. The connection decides a message's
 //! framing ([`Framing`]) because a response's framing depends on its request.
 
-use crate::exchange::{HeaderBlock, MessageMeta, Request, Response};
+use crate::exchange::{Anomalies, HeaderBlock, MessageMeta, Request, Response};
 
 use super::{HttpConfig, HttpCounters};
 
@@ -421,23 +421,50 @@ impl MessageParser {
         let version = if version == 0 { "1.0" } else { "1.1" };
         let mut content_length = None;
         let mut chunked = false;
+        // What an attacker smuggling a request plays with; recorded, the framing decided as
+        // before (see `Anomalies`).
+        let mut anomalies = Anomalies::default();
+        let mut transfer_encodings = 0;
         for (name, value) in headers.iter() {
             if name.eq_ignore_ascii_case("content-length") {
-                let parsed = value.trim().parse::<u64>().map_err(|_| ());
+                let digits = value.trim();
+                let parsed = digits.parse::<u64>().map_err(|_| ());
+                // `parse` takes a leading `+`; the grammar is digits only (RFC 9110 8.6).
+                if parsed.is_err() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                    anomalies.insert(Anomalies::LENGTH_INVALID);
+                }
                 // Differing repeated lengths are a framing error (RFC 9112 6.3).
                 content_length = match (content_length, parsed) {
                     (None, p) => Some(p),
                     (Some(Ok(a)), Ok(b)) if a == b => Some(Ok(a)),
+                    (Some(Ok(_)), Ok(_)) => {
+                        anomalies.insert(Anomalies::LENGTH_CONFLICT);
+                        Some(Err(()))
+                    }
                     _ => Some(Err(())),
                 };
             } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                transfer_encodings += 1;
                 chunked = value
                     .rsplit(',')
                     .next()
                     .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
+                if !transfer_encoding_is_plain(value) {
+                    anomalies.insert(Anomalies::TRANSFER_ENCODING_INVALID);
+                }
             }
         }
+        if transfer_encodings > 1 {
+            anomalies.insert(Anomalies::TRANSFER_ENCODING_INVALID);
+        }
+        if transfer_encodings > 0 && content_length.is_some() {
+            anomalies.insert(Anomalies::LENGTH_AND_CHUNKED);
+        }
+        if has_bare_lf(&self.buf) {
+            anomalies.insert(Anomalies::BARE_LF);
+        }
         let meta = self.meta();
+        meta.anomalies = anomalies;
         meta.version = version;
         meta.header_block = headers;
         meta.headers_truncated = truncated;
@@ -505,8 +532,16 @@ impl MessageParser {
                             self.state = State::Chunked(Chunk::Data(size));
                         }
                         _ => {
+                            // Hand the message on, cut and marked, rather than lose it with
+                            // the sync: a broken chunk size is itself a smuggling sign that
+                            // the attack detector reports.
+                            let meta = self.meta();
+                            meta.anomalies.insert(Anomalies::CHUNK_SIZE_INVALID);
+                            meta.truncated = true;
+                            let message = self.complete(ts_ns);
                             counters.parse_errors += 1;
                             self.lose_sync(counters);
+                            return (used, message);
                         }
                     },
                     Chunk::DataEnd => {
@@ -851,4 +886,29 @@ fn find_message_start(kind: Kind, buf: &[u8], first_is_line_start: bool) -> Opti
                 && (w[12] == b' ' || w[12] == b'\r' || w[12] == b'\n')
         }),
     }
+}
+
+/// A Transfer-Encoding value of registered codings only (RFC 9112 7), each once, `chunked`
+/// last if present. Anything else (`xchunked`, `chunked, identity`, `chunked\t`, an empty
+/// element) is how smuggling attacks make a front end and a back end disagree.
+fn transfer_encoding_is_plain(value: &str) -> bool {
+    let codings: Vec<&str> = value.split(',').map(str::trim).collect();
+    let known = |c: &str| {
+        [
+            "chunked", "gzip", "x-gzip", "deflate", "compress", "br", "zstd",
+        ]
+        .iter()
+        .any(|k| c.eq_ignore_ascii_case(k))
+    };
+    codings.iter().all(|c| known(c))
+        && codings.iter().enumerate().all(|(i, c)| {
+            !c.eq_ignore_ascii_case("chunked") || i + 1 == codings.len()
+        })
+        // Only spaces around the commas: a tab or a vertical tab hides a coding from some parsers.
+        && !value.bytes().any(|b| b.is_ascii_control())
+}
+
+/// A head line ended by LF alone (httparse accepts it, as RFC 9112 2.2 allows a recipient to).
+fn has_bare_lf(head: &[u8]) -> bool {
+    memchr::memchr_iter(b'\n', head).any(|i| i == 0 || head[i - 1] != b'\r')
 }

@@ -27,6 +27,9 @@ fn render(exchange: &Exchange) -> String {
                 text.push_str(&format!(" {flag}"));
             }
         }
+        for anomaly in r.meta.anomalies.names() {
+            text.push_str(&format!(" {anomaly}"));
+        }
         text
     });
     let response = exchange.response.as_ref().map_or("-".to_owned(), |r| {
@@ -590,4 +593,76 @@ fn first_bytes_tell_whether_a_port_speaks_http() {
             let _ = speaks_http(*side, &bytes[..end]);
         }
     }
+}
+
+#[test]
+fn framing_anomalies_are_recorded_on_the_request() {
+    let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+    let cases: &[(&[u8], &str)] = &[
+        // CL.TE: chunked wins (RFC 9112 6.3), the pair is recorded.
+        (
+            b"POST /a HTTP/1.1\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            "POST /a 1.1 protocol-length-and-chunked => 200 body=0:",
+        ),
+        (
+            b"POST /b HTTP/1.1\r\nContent-Length: 0\r\nContent-Length: 5\r\n\r\n",
+            "POST /b 1.1 protocol-length-conflict => 200 body=0:",
+        ),
+        (
+            b"POST /c HTTP/1.1\r\nContent-Length: +0\r\n\r\n",
+            "POST /c 1.1 protocol-length-invalid => 200 body=0:",
+        ),
+        (
+            b"POST /d HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n",
+            "POST /d 1.1 protocol-length-invalid => 200 body=0:",
+        ),
+        (
+            b"POST /e HTTP/1.1\r\nTransfer-Encoding: chunked, identity\r\n\r\n",
+            "POST /e 1.1 protocol-transfer-encoding-invalid => 200 body=0:",
+        ),
+        (
+            b"POST /f HTTP/1.1\r\nTransfer-Encoding: xchunked\r\n\r\n",
+            "POST /f 1.1 protocol-transfer-encoding-invalid => 200 body=0:",
+        ),
+        (
+            b"GET /g HTTP/1.1\nHost: x\n\n",
+            "GET /g 1.1 protocol-bare-lf => 200 body=0:",
+        ),
+        // Ordinary framing: nothing recorded.
+        (
+            b"POST /h HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+            "POST /h 1.1 => 200 body=0:",
+        ),
+        (
+            b"POST /i HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nhi",
+            "POST /i 1.1 body=2:hi => 200 body=0:",
+        ),
+    ];
+    for (request, expected) in cases {
+        check(&[(C, request), (S, ok)], &[expected]);
+    }
+}
+
+#[test]
+fn a_malformed_chunk_size_is_recorded_before_resynchronising() {
+    // The decoder loses sync inside the body; the request's meta records why.
+    let mut connection = HttpConnection::new(addr("10.0.0.2:40000"), addr("10.0.0.1:80"));
+    let (config, mut counters, mut out) =
+        (HttpConfig::default(), HttpCounters::default(), Vec::new());
+    let bytes =
+        b"POST /j HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nfffffffffffffffffffff\r\n".to_vec();
+    connection.on_event(
+        C,
+        StreamEvent::Data { ts_ns: 1, bytes },
+        &config,
+        &mut counters,
+        &mut out,
+    );
+    connection.finish(2, &config, &mut counters, &mut out);
+    let request = out.iter().find_map(|e| e.request.as_ref());
+    let anomalies = request.map(|r| r.meta.anomalies).unwrap_or_default();
+    assert!(
+        anomalies.contains(crate::exchange::Anomalies::CHUNK_SIZE_INVALID),
+        "{out:?}"
+    );
 }
