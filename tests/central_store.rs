@@ -78,6 +78,9 @@ fn exchange(n: u64, ip: &str, uri: &str, status: u16) -> StoredExchange {
         server_netns: None,
         server_cgroup: None,
         params: vec![("user".into(), "v".into())],
+        attacks: Vec::new(),
+        spec_status: None,
+        slow: false,
         exchange_id: None,
     }
 }

@@ -274,6 +274,9 @@ fn exchange(rng: &mut Rng, session: &Session, ts_ns: u64) -> StoredExchange {
         server_netns: None,
         server_cgroup: None,
         params: Vec::new(),
+        attacks: Vec::new(),
+        spec_status: None,
+        slow: false,
         exchange_id: None,
     }
 }

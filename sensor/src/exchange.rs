@@ -368,6 +368,12 @@ pub struct ExchangeRecord<'a> {
     /// That namespace's cgroup v2 path (a Docker container's scope, a pod's slice), if any.
     pub server_cgroup: Option<String>,
     pub params: serde_json::Map<String, serde_json::Value>,
+    /// Attack findings (`{class, point, excerpt, rule}`); empty when none.
+    pub attacks: &'a [crate::record::Finding],
+    /// `documented`, `shadow` or `zombie` against the host's OpenAPI document; null without one.
+    pub spec_status: Option<crate::record::SpecStatus>,
+    /// Slower than its endpoint's own p99 (and the configured floor).
+    pub slow: bool,
 }
 
 #[cfg(test)]

@@ -455,6 +455,9 @@ mod tests {
             server_netns: None,
             server_cgroup: None,
             params: vec![],
+            attacks: Vec::new(),
+            spec_status: None,
+            slow: false,
             exchange_id: None,
         }
     }

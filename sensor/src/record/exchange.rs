@@ -9,6 +9,7 @@ use crate::{
     endpoint,
     exchange::{Exchange, ExchangeRecord, ip_text, rfc3339_ns},
     record::Secret,
+    record::{Finding, SpecStatus},
 };
 
 /// Query-string, form and header names whose values are secrets unless configured otherwise.
@@ -84,6 +85,12 @@ pub struct StoredExchange {
     pub server_cgroup: Option<String>,
     /// Context parameters (configured ones; hashed values start with `h:`).
     pub params: Vec<(String, String)>,
+    /// Attack findings in the request (see `analysis::attacks`); secret values never in them.
+    pub attacks: Vec<Finding>,
+    /// Where the request stands against the host's OpenAPI document, if one is configured.
+    pub spec_status: Option<SpecStatus>,
+    /// Slower than its endpoint's own p99 and the configured floor.
+    pub slow: bool,
     /// Set by `import`: a deterministic id (see `import::ExchangeIds`) by which the store
     /// recognises an exchange it already holds when the same capture is imported again. Not
     /// part of the stored record.
@@ -147,6 +154,9 @@ impl StoredExchange {
             server_netns: None,
             server_cgroup: None,
             params: Vec::new(),
+            attacks: Vec::new(),
+            spec_status: None,
+            slow: false,
             exchange_id: None,
         }
     }
@@ -190,6 +200,9 @@ impl StoredExchange {
                 .iter()
                 .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
                 .collect(),
+            attacks: &self.attacks,
+            spec_status: self.spec_status,
+            slow: self.slow,
         };
         serde_json::to_value(&record).unwrap_or(serde_json::Value::Null)
     }

@@ -7,12 +7,14 @@
 //! with the installation's [`Secret`].
 
 pub mod exchange;
+pub mod findings;
 pub mod secret;
 pub mod session;
 pub mod signals;
 pub mod state;
 
 pub use exchange::{Redaction, SECRET_NAMES, StoredExchange};
+pub use findings::{AttackClass, Finding, SpecStatus};
 pub(crate) use secret::hex;
 pub use secret::{Secret, SecretError};
 pub use session::{Assignment, KeyKind, NewValues, SessionSummary};

@@ -59,6 +59,17 @@ pub struct ExchangeRow {
     pub params_name: Vec<String>,
     #[serde(rename = "params.value")]
     pub params_value: Vec<String>,
+    /// The findings as JSON (`[{class, point, excerpt, rule}]`).
+    #[serde(default = "empty_array")]
+    pub attacks: String,
+    #[serde(default)]
+    pub spec_status: Option<String>,
+    #[serde(default)]
+    pub slow: u8,
+}
+
+fn empty_array() -> String {
+    "[]".to_owned()
 }
 
 /// The id of the exchange at `position` in the stored block `block_key` of `host_id`: the same
@@ -143,6 +154,9 @@ impl ExchangeRow {
             server_cgroup: e.server_cgroup.clone(),
             params_name,
             params_value,
+            attacks: serde_json::to_string(&e.attacks).unwrap_or_else(|_| empty_array()),
+            spec_status: e.spec_status.map(|s| s.name().to_owned()),
+            slow: e.slow.into(),
         }
     }
 
@@ -186,6 +200,12 @@ impl ExchangeRow {
                 .cloned()
                 .zip(self.params_value.iter().cloned())
                 .collect(),
+            attacks: serde_json::from_str(&self.attacks).unwrap_or_default(),
+            spec_status: self
+                .spec_status
+                .as_deref()
+                .and_then(crate::record::SpecStatus::from_name),
+            slow: self.slow != 0,
             exchange_id: crate::store::id_bytes(&self.exchange_id).ok(),
         }
     }
@@ -229,6 +249,11 @@ pub struct SessionRow {
     pub request_bytes: u64,
     pub response_bytes: u64,
     pub incomplete: u64,
+    #[serde(default)]
+    pub risk: u8,
+    /// The abuse signals as JSON (`[{name, score, reason}]`).
+    #[serde(default = "empty_array")]
+    pub signals: String,
 }
 
 impl SessionRow {
@@ -261,6 +286,8 @@ impl SessionRow {
             request_bytes: s.request_bytes,
             response_bytes: s.response_bytes,
             incomplete: s.incomplete,
+            risk: s.abuse.risk,
+            signals: serde_json::to_string(&s.abuse.signals).unwrap_or_else(|_| empty_array()),
         }
     }
 
@@ -292,8 +319,10 @@ impl SessionRow {
             request_bytes: self.request_bytes,
             response_bytes: self.response_bytes,
             incomplete: self.incomplete,
-            // Not shipped yet: the sessions table has no risk and signals columns.
-            abuse: Default::default(),
+            abuse: crate::record::SessionSignals {
+                risk: self.risk,
+                signals: serde_json::from_str(&self.signals).unwrap_or_default(),
+            },
         }
     }
 }
@@ -320,6 +349,7 @@ impl CentralSession {
             summary.request_bytes += other.request_bytes;
             summary.response_bytes += other.response_bytes;
             summary.incomplete += other.incomplete;
+            summary.abuse.merge(&other.abuse);
             if summary.user.is_none() {
                 summary.user = other.user;
             }
@@ -407,6 +437,9 @@ mod tests {
             server_netns: Some(4026531840),
             server_cgroup: None,
             params: vec![("user".into(), "h:abc".into())],
+            attacks: Vec::new(),
+            spec_status: None,
+            slow: false,
             exchange_id: None,
         }
     }

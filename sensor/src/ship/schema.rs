@@ -38,12 +38,13 @@ pub struct Migration {
     pub steps: &'static [Step],
 }
 
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "exchanges and sessions",
-    steps: &[
-        Step::Sql(
-            "CREATE TABLE IF NOT EXISTS {db}.exchanges (
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "exchanges and sessions",
+        steps: &[
+            Step::Sql(
+                "CREATE TABLE IF NOT EXISTS {db}.exchanges (
                 host_id String,
                 exchange_id String,
                 ts DateTime('UTC'),
@@ -83,9 +84,9 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
             ) ENGINE = ReplacingMergeTree
             PARTITION BY toDate(ts)
             ORDER BY (session_id, ts, host_id, exchange_id)",
-        ),
-        Step::Sql(
-            "CREATE TABLE IF NOT EXISTS {db}.sessions (
+            ),
+            Step::Sql(
+                "CREATE TABLE IF NOT EXISTS {db}.sessions (
                 host_id String,
                 session_id String,
                 version UInt64,
@@ -110,9 +111,43 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
             ) ENGINE = ReplacingMergeTree(version)
             PARTITION BY toDate(start)
             ORDER BY (session_id, host_id)",
-        ),
-    ],
-}];
+            ),
+        ],
+    },
+    Migration {
+        version: 2,
+        description: "attack findings, spec status, slow; session risk and signals",
+        steps: &[
+            // Findings and signals as JSON text: the same objects as the NDJSON and `--json`
+            // output, readable on 18.16 (visitParam*) and current releases (JSONExtract*).
+            Step::AddColumn {
+                table: "exchanges",
+                column: "attacks",
+                definition: "String DEFAULT '[]'",
+            },
+            Step::AddColumn {
+                table: "exchanges",
+                column: "spec_status",
+                definition: "Nullable(String)",
+            },
+            Step::AddColumn {
+                table: "exchanges",
+                column: "slow",
+                definition: "UInt8 DEFAULT 0",
+            },
+            Step::AddColumn {
+                table: "sessions",
+                column: "risk",
+                definition: "UInt8 DEFAULT 0",
+            },
+            Step::AddColumn {
+                table: "sessions",
+                column: "signals",
+                definition: "String DEFAULT '[]'",
+            },
+        ],
+    },
+];
 
 /// The version the migrations above lead to.
 pub fn latest_version() -> u32 {

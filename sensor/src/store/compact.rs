@@ -18,7 +18,10 @@ use std::borrow::Cow;
 use serde::{Deserialize, Serialize};
 
 use super::{SessionSummary, StoreError, StoredExchange};
-use crate::endpoint;
+use crate::{
+    endpoint,
+    record::{Finding, SpecStatus},
+};
 
 /// Methods stored by number. Append only: the index is what is stored.
 const METHODS: &[&str] = &[
@@ -118,6 +121,7 @@ const REQUEST_TRUNCATED: u8 = 1;
 const RESPONSE_TRUNCATED: u8 = 2;
 const GAP: u8 = 4;
 const JOINED: u8 = 8;
+const SLOW: u8 = 16;
 
 /// The connection's peer: nearly always the client itself, else (behind a proxy) mostly an
 /// address of the host, which is in the session's `server_ips`.
@@ -157,6 +161,8 @@ pub(super) struct DiskExchange<'a> {
     /// The serving container's network namespace and cgroup.
     served_by: Option<(u64, Option<Cow<'a, str>>)>,
     params: Cow<'a, [(String, String)]>,
+    attacks: Cow<'a, [Finding]>,
+    spec_status: Option<SpecStatus>,
 }
 
 impl<'a> DiskExchange<'a> {
@@ -166,7 +172,8 @@ impl<'a> DiskExchange<'a> {
         let flags = flag(e.request_truncated, REQUEST_TRUNCATED)
             | flag(e.response_truncated, RESPONSE_TRUNCATED)
             | flag(e.gap, GAP)
-            | flag(e.joined, JOINED);
+            | flag(e.joined, JOINED)
+            | flag(e.slow, SLOW);
         let peer = if e.peer_ip == e.client_ip && e.peer_port == e.client_port {
             Peer::Client
         } else {
@@ -208,6 +215,8 @@ impl<'a> DiskExchange<'a> {
                 .server_netns
                 .map(|netns| (netns, e.server_cgroup.as_deref().map(Cow::Borrowed))),
             params: Cow::Borrowed(&e.params),
+            attacks: Cow::Borrowed(&e.attacks),
+            spec_status: e.spec_status,
         }
     }
 
@@ -288,6 +297,9 @@ impl<'a> DiskExchange<'a> {
             server_netns,
             server_cgroup,
             params: self.params.into_owned(),
+            attacks: self.attacks.into_owned(),
+            spec_status: self.spec_status,
+            slow: self.flags & SLOW != 0,
         })
     }
 }
@@ -378,6 +390,9 @@ mod tests {
             server_netns: None,
             server_cgroup: None,
             params: vec![("tenant".into(), "acme".into())],
+            attacks: Vec::new(),
+            spec_status: None,
+            slow: false,
             exchange_id: None,
         }
     }

@@ -67,30 +67,7 @@ enum Segment {
     },
 }
 
-/// What an observed request is to a spec.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SpecStatus {
-    /// In the spec, not deprecated.
-    Documented,
-    /// Not in the spec.
-    Shadow,
-    /// In the spec and deprecated, still called.
-    Zombie,
-    /// In the spec, never seen (only for the spec's own operations).
-    Orphan,
-}
-
-impl SpecStatus {
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Documented => "documented",
-            Self::Shadow => "shadow",
-            Self::Zombie => "zombie",
-            Self::Orphan => "orphan",
-        }
-    }
-}
+pub use crate::record::SpecStatus;
 
 /// The result of matching a request against a spec.
 #[derive(Clone, Debug, PartialEq, Eq)]
