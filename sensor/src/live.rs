@@ -12,6 +12,7 @@ use std::{
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
+    analysis::attacks::{AttacksConfig, AttacksError, Detector},
     capture::{
         CaptureError, CaptureOptions, Clock, Interface, Segment, Sensor,
         ports::{PortPolicy, listening_ports},
@@ -53,6 +54,8 @@ pub enum LiveError {
     Privilege(#[from] PrivilegeError),
     #[error("the central store")]
     Central(#[from] CentralError),
+    #[error(transparent)]
+    Attacks(#[from] AttacksError),
 }
 
 /// What `apisessions run` prints besides the statistics.
@@ -166,6 +169,10 @@ fn live_pipeline(
     )
     .with_abuse(&config.abuse)
     .with_containers(ContainerIndex::new());
+    let analysis = match config.attacks.enabled {
+        true => analysis.with_attacks(Detector::new(&AttacksConfig::from_config(config))?),
+        false => analysis,
+    };
     let conntrack = match Conntrack::open() {
         Ok(conntrack) => Some(conntrack),
         Err(e) => {

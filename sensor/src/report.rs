@@ -57,11 +57,12 @@ fn printable(text: &str) -> String {
 /// The `sessions` table: one line per session, newest first.
 pub fn sessions_table(sessions: &[SessionSummary]) -> String {
     let mut out = format!(
-        "{:<32}  {:<20}  {:>8}  {:>5}  {:>4}  {:<15}  {:<16}  {:<20}  {}\n",
+        "{:<32}  {:<20}  {:>8}  {:>5}  {:>7}  {:>4}  {:<15}  {:<16}  {:<20}  {}\n",
         "SESSION",
         "START (UTC)",
         "DURATION",
         "REQS",
+        "ATTACKS",
         "RISK",
         "CLIENT IP",
         "USER",
@@ -86,11 +87,12 @@ pub fn sessions_table(sessions: &[SessionSummary]) -> String {
             .collect();
         let _ = writeln!(
             out,
-            "{:<32}  {:<20}  {:>8}  {:>5}  {:>4}  {:<15}  {:<16}  {:<20}  {}",
+            "{:<32}  {:<20}  {:>8}  {:>5}  {:>7}  {:>4}  {:<15}  {:<16}  {:<20}  {}",
             s.session_id,
             time_s(s.start_ns),
             duration(s.end_ns.saturating_sub(s.start_ns)),
             s.requests,
+            s.attack_count(),
             s.abuse.risk,
             shorten(&ip, 15),
             shorten(&user, 16),
@@ -155,6 +157,14 @@ pub fn session_page(s: &SessionSummary, exchanges: &[StoredExchange]) -> String 
         "bytes     {} sent, {} received",
         s.request_bytes, s.response_bytes
     );
+    if !s.attacks.is_empty() {
+        let classes: Vec<String> = s
+            .attacks
+            .iter()
+            .map(|(class, n)| format!("{class} {n}"))
+            .collect();
+        let _ = writeln!(out, "attacks   {}", classes.join(", "));
+    }
     let _ = writeln!(out, "risk      {}", s.abuse.risk);
     for (i, signal) in s.abuse.signals.iter().enumerate() {
         let _ = writeln!(
@@ -183,6 +193,15 @@ pub fn session_page(s: &SessionSummary, exchanges: &[StoredExchange]) -> String 
         }
         if e.gap {
             flags.push_str(" [gap]");
+        }
+        if e.slow {
+            flags.push_str(" [slow]");
+        }
+        if let Some(status) = e.spec_status {
+            let _ = write!(flags, " [{}]", status.name());
+        }
+        for finding in &e.attacks {
+            let _ = write!(flags, " {}@{}", finding.class, printable(&finding.point));
         }
         let _ = writeln!(
             out,
@@ -252,6 +271,9 @@ const CSV_COLUMNS: &[&str] = &[
     "upstream_port",
     "server_netns",
     "server_cgroup",
+    "attacks",
+    "spec_status",
+    "slow",
 ];
 
 /// Writes exchanges one at a time in the chosen format.
@@ -297,6 +319,15 @@ impl<W: Write> Exporter<W> {
                     .iter()
                     .map(|column| match record.get(*column) {
                         None | Some(serde_json::Value::Null) => String::new(),
+                        // `class@point;class@point`
+                        Some(_) if *column == "attacks" => csv_field(
+                            &exchange
+                                .attacks
+                                .iter()
+                                .map(|f| format!("{}@{}", f.class, f.point))
+                                .collect::<Vec<_>>()
+                                .join(";"),
+                        ),
                         Some(serde_json::Value::String(s)) => csv_field(s),
                         Some(other) => other.to_string(),
                     })
@@ -412,6 +443,9 @@ fn har_entry(session_id: &str, e: &StoredExchange) -> serde_json::Value {
         "_upstream_port": e.upstream_port,
         "_server_netns": e.server_netns,
         "_server_cgroup": e.server_cgroup,
+        "_attacks": e.attacks,
+        "_spec_status": e.spec_status,
+        "_slow": e.slow,
         "_truncated": e.request_truncated || e.response_truncated,
         "_gap": e.gap,
     })

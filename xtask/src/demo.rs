@@ -382,7 +382,27 @@ fn show_sessions(apisessions: &Path, data_dir: &Path) -> Result<()> {
             .arg("--data-dir")
             .arg(data_dir),
     )?;
-    let Some((id, requests)) = most_active(&json)? else {
+    println!("\n== demo: apisessions sessions --attacks   (sessions with attack findings)");
+    status(
+        Command::new(apisessions)
+            .args(["sessions", "--attacks"])
+            .arg("--data-dir")
+            .arg(data_dir),
+    )?;
+    if let Some((id, attacks)) = top_session(&json, "attacks")?
+        && attacks > 0
+    {
+        println!(
+            "\n== demo: apisessions show {id} --attacks-only   (the attacker: {attacks} findings)"
+        );
+        status(
+            Command::new(apisessions)
+                .args(["show", &id, "--attacks-only"])
+                .arg("--data-dir")
+                .arg(data_dir),
+        )?;
+    }
+    let Some((id, requests)) = top_session(&json, "requests")? else {
         println!("(no sessions were stored)");
         return Ok(());
     };
@@ -395,27 +415,32 @@ fn show_sessions(apisessions: &Path, data_dir: &Path) -> Result<()> {
     )
 }
 
-/// The id and request count of the session with the most requests in `sessions --json` output.
+/// The id and the figure of the session with the most `requests` (or attack findings, for
+/// `attacks`) in `sessions --json` output.
 ///
 /// Python parses the JSON: the demo needs python3 anyway, and xtask stays free of a JSON crate.
-fn most_active(json: &str) -> Result<Option<(String, u64)>> {
+fn top_session(json: &str, by: &str) -> Result<Option<(String, u64)>> {
     const PICK: &str = r#"
 import json, sys
+by = sys.argv[1]
 text = sys.stdin.read().strip()
+def figure(s):
+    value = s.get(by, 0)
+    return sum(value.values()) if isinstance(value, dict) else value
 try:
     # A JSON array of sessions; one object per line is accepted too.
     if text.startswith("["):
         sessions = json.loads(text)
     else:
         sessions = [json.loads(line) for line in text.splitlines() if line.strip()]
-    best = max(sessions, key=lambda s: s.get("requests", 0), default=None)
+    best = max(sessions, key=figure, default=None)
     if best is not None:
-        print(best["session_id"], best.get("requests", 0))
+        print(best["session_id"], figure(best))
 except (ValueError, KeyError, TypeError, AttributeError) as e:
     sys.exit(f"{type(e).__name__}: {e}")
 "#;
     let mut child = Command::new("python3")
-        .args(["-c", PICK])
+        .args(["-c", PICK, by])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

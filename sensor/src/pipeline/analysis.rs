@@ -9,7 +9,10 @@ use std::{num::NonZeroUsize, path::Path};
 use lru::LruCache;
 
 use crate::{
-    analysis::abuse::{self, AbuseConfig, AbuseTracker},
+    analysis::{
+        abuse::{self, AbuseConfig, AbuseTracker},
+        attacks::{AttackClass, Detector},
+    },
     container::ContainerIndex,
     exchange::Exchange,
     record::{Assignment, Redaction, Secret, StoredExchange},
@@ -28,6 +31,37 @@ pub struct Analysis {
     /// Live capture only: which container's namespace and cgroup served an exchange.
     containers: Option<ContainerIndex>,
     abuse: Option<AbuseTracker>,
+    attacks: Option<Detector>,
+    pub counters: AnalysisCounters,
+}
+
+/// What the attack detection found and could not inspect whole.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AnalysisCounters {
+    pub requests_inspected: u64,
+    /// Findings by class (in [`AttackClass::ALL`] order).
+    pub findings: [u64; AttackClass::ALL.len()],
+    /// Requests whose values were not all inspected (the byte budget, the number of values).
+    pub inspections_capped: u64,
+    /// Requests with more findings than are kept.
+    pub findings_capped: u64,
+}
+
+impl AnalysisCounters {
+    pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+        let mut out = vec![
+            ("requests_inspected", self.requests_inspected),
+            ("inspections_capped", self.inspections_capped),
+            ("findings_capped", self.findings_capped),
+        ];
+        out.extend(
+            AttackClass::ALL
+                .iter()
+                .zip(self.findings)
+                .map(|(class, n)| (class.as_str(), n)),
+        );
+        out
+    }
 }
 
 impl Analysis {
@@ -38,7 +72,15 @@ impl Analysis {
             ids: None,
             containers: None,
             abuse: None,
+            attacks: None,
+            counters: AnalysisCounters::default(),
         }
+    }
+
+    /// Inspects every request for attacks (findings in the record).
+    pub fn with_attacks(mut self, detector: Detector) -> Self {
+        self.attacks = Some(detector);
+        self
     }
 
     /// Scores each session's abuse signals, unless the configuration turns them off.
@@ -73,6 +115,22 @@ impl Analysis {
     /// The exchange's record and session.
     pub fn analyse(&mut self, exchange: &Exchange) -> (StoredExchange, Assignment) {
         let (mut record, mut assignment) = self.sessionizer.record(exchange, &self.redaction);
+        // On the request as it came (before redaction): a payload in a secret-named field is
+        // found too, and kept as its keyed hash.
+        if let (Some(detector), Some(request)) = (&self.attacks, &exchange.request) {
+            let secret = self.sessionizer.secret();
+            let inspection = detector.inspect(request, &|value| secret.hashed_value(value));
+            let counters = &mut self.counters;
+            counters.requests_inspected += 1;
+            counters.inspections_capped += u64::from(inspection.bytes_capped);
+            counters.findings_capped += u64::from(inspection.findings_capped);
+            for finding in &inspection.findings {
+                if let Some(i) = AttackClass::ALL.iter().position(|c| *c == finding.class) {
+                    counters.findings[i] += 1;
+                }
+            }
+            record.attacks = inspection.findings;
+        }
         if let Some(ids) = &mut self.ids {
             record.exchange_id = Some(ids.next(exchange));
         }
@@ -87,7 +145,7 @@ impl Analysis {
             let context = abuse::Context {
                 session_id: &assignment.session_id,
                 fallback: assignment.key_kind.is_fallback(),
-                attacks: 0,
+                attacks: record.attacks.len() as u32,
             };
             assignment.signals = tracker.observe(exchange, &record, context).map(Box::new);
         }
@@ -96,6 +154,9 @@ impl Analysis {
 
     pub fn snapshot(&self) -> Vec<(&'static str, Vec<(&'static str, u64)>)> {
         let mut stages = vec![("sessions", self.sessionizer.counters.snapshot())];
+        if self.attacks.is_some() {
+            stages.push(("attacks", self.counters.snapshot()));
+        }
         if let Some(containers) = &self.containers {
             stages.push(("containers", containers.snapshot()));
         }

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     exchange::rfc3339_ns,
-    record::{exchange::StoredExchange, signals::SessionSignals},
+    record::{exchange::StoredExchange, findings::AttackClass, signals::SessionSignals},
 };
 
 /// What kind of key put an exchange in its session.
@@ -88,6 +88,8 @@ pub struct SessionSummary {
     pub incomplete: u64,
     /// Abuse risk (0-100) and the signals behind it, as last computed.
     pub abuse: SessionSignals,
+    /// Attack findings by class, in the order the classes first appeared.
+    pub attacks: Vec<(AttackClass, u64)>,
 }
 
 /// Counts `key` in `list` (found with `is_key`, made with `key` only when new).
@@ -221,7 +223,18 @@ impl SessionSummary {
         if let Some(signals) = &assignment.signals {
             self.abuse.merge(signals);
         }
+        for finding in &exchange.attacks {
+            match self.attacks.iter_mut().find(|(c, _)| *c == finding.class) {
+                Some((_, n)) => *n += 1,
+                None => self.attacks.push((finding.class, 1)),
+            }
+        }
         new
+    }
+
+    /// Attack findings of all classes.
+    pub fn attack_count(&self) -> u64 {
+        self.attacks.iter().map(|(_, n)| n).sum()
     }
 
     /// Orders the counted lists most frequent first (for display).
@@ -260,6 +273,11 @@ impl SessionSummary {
             "incomplete": summary.incomplete,
             "risk": summary.abuse.risk,
             "signals": summary.abuse.signals,
+            "attacks": summary
+                .attacks
+                .iter()
+                .map(|(class, n)| (class.as_str().to_owned(), serde_json::Value::from(*n)))
+                .collect::<serde_json::Map<_, _>>(),
         })
     }
 }

@@ -254,6 +254,9 @@ pub struct SessionRow {
     /// The abuse signals as JSON (`[{name, score, reason}]`).
     #[serde(default = "empty_array")]
     pub signals: String,
+    /// Attack findings by class as JSON (`[[class, count]]`).
+    #[serde(default = "empty_array")]
+    pub attacks: String,
 }
 
 impl SessionRow {
@@ -288,6 +291,7 @@ impl SessionRow {
             incomplete: s.incomplete,
             risk: s.abuse.risk,
             signals: serde_json::to_string(&s.abuse.signals).unwrap_or_else(|_| empty_array()),
+            attacks: serde_json::to_string(&s.attacks).unwrap_or_else(|_| empty_array()),
         }
     }
 
@@ -323,6 +327,7 @@ impl SessionRow {
                 risk: self.risk,
                 signals: serde_json::from_str(&self.signals).unwrap_or_default(),
             },
+            attacks: serde_json::from_str(&self.attacks).unwrap_or_default(),
         }
     }
 }
@@ -350,6 +355,12 @@ impl CentralSession {
             summary.response_bytes += other.response_bytes;
             summary.incomplete += other.incomplete;
             summary.abuse.merge(&other.abuse);
+            for (class, n) in other.attacks {
+                match summary.attacks.iter_mut().find(|(c, _)| *c == class) {
+                    Some((_, total)) => *total += n,
+                    None => summary.attacks.push((class, n)),
+                }
+            }
             if summary.user.is_none() {
                 summary.user = other.user;
             }

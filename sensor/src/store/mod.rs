@@ -37,7 +37,9 @@ use heed::{
 };
 use serde::{Serialize, de::DeserializeOwned};
 
-use crate::record::{Assignment, SessionState, SessionSummary, SignalName, StoredExchange};
+use crate::record::{
+    Assignment, AttackClass, SessionState, SessionSummary, SignalName, StoredExchange,
+};
 use compact::Block;
 use keys::{
     LMDB_MAX_KEY, exchange_key, imported_key, index_key, index_prefix, last_exchange_key, time_key,
@@ -215,6 +217,9 @@ pub struct SessionFilter {
     pub min_risk: Option<u8>,
     /// Sessions that carry this abuse signal.
     pub signal: Option<SignalName>,
+    /// Sessions with at least one attack finding (of this class, when given).
+    pub attacks: bool,
+    pub attack: Option<AttackClass>,
     pub limit: usize,
 }
 

@@ -183,17 +183,22 @@ impl Detector {
             is_secret: &is_secret,
         };
         inspection.bytes_capped = points::collect(request, &selection, self.max_bytes, &mut points);
+        let host = request.meta.header("host");
         for point in &points {
             inspection.bytes_inspected += point.value.len();
-            self.inspect_point(point, secret_excerpt, &mut inspection);
+            let same_site = names_own_site(point, host);
+            self.inspect_point(point, same_site, secret_excerpt, &mut inspection);
         }
         protocol(request, &mut inspection);
         inspection
     }
 
+    /// `same_site`: the point is a Referer or Origin naming the request's own host, which is
+    /// no server-side request to anywhere (an intranet site on a private address).
     fn inspect_point(
         &self,
         point: &Point<'_>,
+        same_site: bool,
         secret_excerpt: &dyn Fn(&str) -> String,
         inspection: &mut Inspection,
     ) {
@@ -263,6 +268,7 @@ impl Detector {
                 };
                 if rule.kinds & point.kind.bit() == 0
                     || (xss_only && rule.class != AttackClass::Xss)
+                    || (same_site && rule.class == AttackClass::Ssrf)
                 {
                     continue;
                 }
@@ -271,6 +277,24 @@ impl Detector {
             }
         }
     }
+}
+
+/// Whether `point` is a Referer or Origin header whose URL's authority is `host`.
+fn names_own_site(point: &Point<'_>, host: Option<&str>) -> bool {
+    let Some(host) = host.filter(|h| !h.is_empty()) else {
+        return false;
+    };
+    let header = point
+        .path
+        .strip_prefix("request.header.")
+        .is_some_and(|name| {
+            name.eq_ignore_ascii_case("referer") || name.eq_ignore_ascii_case("origin")
+        });
+    let authority = point
+        .value
+        .split_once("://")
+        .map(|(_, rest)| rest.split(['/', '?', '#']).next().unwrap_or(rest));
+    header && authority.is_some_and(|a| a.eq_ignore_ascii_case(host))
 }
 
 /// Where an injection likely starts, for libinjection's verdicts (which give no position):

@@ -331,3 +331,30 @@ fn protocol_findings_come_from_the_decoder_anomalies() {
         }]
     );
 }
+
+#[test]
+fn a_referer_from_the_site_itself_is_no_ssrf() {
+    // An intranet shop on a private address: its pages refer to themselves.
+    let own = request(
+        "GET",
+        "/api/products?page=2",
+        &[
+            ("Host", "127.0.0.1:8080"),
+            ("Referer", "http://127.0.0.1:8080/shop"),
+            ("Origin", "http://127.0.0.1:8080"),
+        ],
+        b"",
+    );
+    assert_eq!(found(&own), pairs(&[]));
+    // A Referer naming another, internal host still is.
+    let other = request(
+        "GET",
+        "/api/products",
+        &[
+            ("Host", "shop.example"),
+            ("Referer", "http://169.254.169.254/latest/meta-data/"),
+        ],
+        b"",
+    );
+    assert_eq!(found(&other), pairs(&[("ssrf", "request.header.Referer")]));
+}

@@ -4,7 +4,7 @@ use std::io::{self, Write as _};
 
 use anyhow::Result;
 use apisessions::{
-    record::{SessionSummary, SignalName},
+    record::{AttackClass, SessionSummary, SignalName},
     report,
     store::{SessionFilter, Store},
 };
@@ -46,6 +46,13 @@ pub struct SessionsArgs {
     /// excessive_consumption, attacks).
     #[arg(long, value_name = "NAME")]
     signal: Option<SignalName>,
+    /// Sessions with at least one attack finding.
+    #[arg(long)]
+    attacks: bool,
+    /// Sessions with findings of this attack class (sqli, nosqli, xss, rce, path_traversal,
+    /// rfi, ssrf, ssti, xxe, ldapi, crlf, open_redirect, scanner, protocol).
+    #[arg(long, value_name = "CLASS", value_parser = attack_class)]
+    attack: Option<AttackClass>,
     /// Sessions shown at most (0: all).
     #[arg(long, default_value_t = 20)]
     limit: usize,
@@ -73,6 +80,8 @@ pub fn sessions(args: SessionsArgs) -> Result<()> {
         user: args.user,
         min_risk: args.min_risk,
         signal: args.signal,
+        attacks: args.attacks,
+        attack: args.attack,
         limit: args.limit,
     };
     let mut out = io::stdout().lock();
@@ -99,4 +108,11 @@ pub fn sessions(args: SessionsArgs) -> Result<()> {
         write!(out, "{}", report::sessions_table(&list))?;
     }
     Ok(())
+}
+
+fn attack_class(name: &str) -> Result<AttackClass, String> {
+    AttackClass::from_name(name).ok_or_else(|| {
+        let names: Vec<&str> = AttackClass::ALL.iter().map(|c| c.as_str()).collect();
+        format!("no attack class '{name}' (one of {})", names.join(", "))
+    })
 }

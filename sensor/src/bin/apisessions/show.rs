@@ -15,6 +15,9 @@ pub struct ShowArgs {
     /// Print the session and its exchanges as JSON.
     #[arg(long)]
     json: bool,
+    /// Only the requests with attack findings.
+    #[arg(long)]
+    attacks_only: bool,
     #[command(flatten)]
     source: SourceArgs,
 }
@@ -54,6 +57,9 @@ pub fn show(args: ShowArgs) -> Result<()> {
             (summary, object)
         }
     };
+    if args.attacks_only {
+        exchanges.retain(|e| !e.attacks.is_empty());
+    }
     let mut out = io::stdout().lock();
     if args.json {
         object["exchanges"] = exchanges
