@@ -41,6 +41,7 @@
 pub mod analysis;
 pub mod capture;
 pub mod config;
+pub mod console;
 pub mod container;
 pub mod dump;
 pub mod endpoint;

@@ -17,6 +17,7 @@ use crate::{
         ports::{PortPolicy, listening_ports},
     },
     config::{Config, Ports},
+    console::{self, ConsoleError, ConsoleState, Token},
     container::ContainerIndex,
     dump,
     flow::{FlowConfig, FlowTable},
@@ -47,6 +48,8 @@ pub enum LiveError {
     Runtime(#[source] io::Error),
     #[error("installing the signal handlers")]
     Signals(#[source] io::Error),
+    #[error(transparent)]
+    Console(#[from] ConsoleError),
 }
 
 /// What `apisessions run` prints besides the statistics.
@@ -58,6 +61,17 @@ pub struct LiveOptions {
     pub dump_segments: bool,
     /// Seconds between summary log lines; 0 turns them off.
     pub summary_interval: u64,
+    /// Web servers next to the capture: the console (`--ui`), `/metrics` alone (`--metrics`).
+    pub servers: Vec<ServerOptions>,
+}
+
+/// A web server the daemon runs on its runtime, over its own store handle.
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    pub listen: std::net::SocketAddr,
+    pub token: Option<Token>,
+    /// Only `/metrics` (`--metrics`), else the whole console (`--ui`).
+    pub metrics_only: bool,
 }
 
 /// Runs the daemon with `config` until SIGTERM or SIGINT, with its store and statistics in
@@ -130,10 +144,10 @@ fn live_pipeline(
     config: &Config,
     data_dir: &Path,
     options: &CaptureOptions,
-) -> Result<Pipeline, LiveError> {
+) -> Result<(Pipeline, Arc<Store>), LiveError> {
     // Sessions that were active when the daemon last stopped go on (a restart, an upgrade, a
     // crash): what is still within the inactivity timeout is loaded back.
-    let store = Store::open(data_dir, DEFAULT_MAP_SIZE)?;
+    let store = Arc::new(Store::open(data_dir, DEFAULT_MAP_SIZE)?);
     let since = now_ns().saturating_sub(config.sessions.inactivity_timeout.as_nanos() as u64);
     let sessionizer =
         pipeline::restored_sessionizer(SessionConfig::from(config), data_dir, &store, since)?;
@@ -166,7 +180,7 @@ fn live_pipeline(
         },
     );
     let writer = StoreWriter::start(
-        store,
+        Arc::clone(&store),
         WriterMode::Daemon {
             retention: config.storage.retention,
             prune_every: PRUNE_EVERY,
@@ -185,7 +199,37 @@ fn live_pipeline(
             io::stdout().lock(),
         ))));
     }
-    Ok(pipeline)
+    Ok((pipeline, store))
+}
+
+/// Starts the `--ui` and `--metrics` servers on the daemon's runtime; they end with it. Bound
+/// here, before the capture starts, so that an address in use stops the daemon at once.
+async fn start_servers(
+    servers: &[ServerOptions],
+    data_dir: &Path,
+    store: &Arc<Store>,
+) -> Result<(), LiveError> {
+    for server in servers {
+        let listener = console::bind(server.listen, server.token.as_ref()).await?;
+        let state = ConsoleState::shared(data_dir, Arc::clone(store), server.token.clone());
+        let router = if server.metrics_only {
+            console::metrics_router(state)
+        } else {
+            console::router(state)
+        };
+        let what = if server.metrics_only {
+            "metrics"
+        } else {
+            "console"
+        };
+        log::info!("{what}: http://{}/", server.listen);
+        tokio::spawn(async move {
+            if let Err(e) = console::serve(listener, router, std::future::pending()).await {
+                log::error!("{what}: {e}");
+            }
+        });
+    }
+    Ok(())
 }
 
 /// The capture side of the daemon: kernel segments into the pipeline, with `--dump-segments`
@@ -255,7 +299,8 @@ async fn daemon(
 ) -> Result<(), LiveError> {
     let mut sigterm = signal(SignalKind::terminate()).map_err(LiveError::Signals)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(LiveError::Signals)?;
-    let pipeline = live_pipeline(&live, &config, &data_dir, &options)?;
+    let (pipeline, store) = live_pipeline(&live, &config, &data_dir, &options)?;
+    start_servers(&live.servers, &data_dir, &store).await?;
     // With no interface named, the sensor follows the interfaces that come and go (containers).
     let follow_interfaces = config.capture.interfaces.is_empty();
     let (mut sensor, mut segments) =

@@ -9,6 +9,7 @@ mod run;
 mod sessions;
 mod show;
 mod stats;
+mod ui;
 
 use std::process::ExitCode;
 
@@ -49,6 +50,8 @@ enum Command {
     Prune(prune::PruneArgs),
     /// Show the counters of the running daemon, or the last ones it wrote.
     Stats(stats::StatsArgs),
+    /// Serve the web console (sessions, a session's timeline, status, JSON API, /metrics).
+    Ui(ui::UiArgs),
 }
 
 fn main() -> ExitCode {
@@ -63,6 +66,7 @@ fn main() -> ExitCode {
         Command::Export(args) => export::export(args),
         Command::Prune(args) => prune::prune(args),
         Command::Stats(args) => stats::stats(args),
+        Command::Ui(args) => ui::ui(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
