@@ -81,6 +81,8 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("iptables", "/usr/sbin/iptables"),
     // Real browsers in the sessions tests (headless, one profile per user).
     ("chromium", "/usr/bin/chromium"),
+    // WebDriver for chromium: the console's browser test (tests/console_browser.rs).
+    ("chromium-driver", "/usr/bin/chromedriver"),
     // The frameworks of tests/frameworks_live.rs: PHP's built-in server, Rails on WEBrick, a
     // venv for the PyPI frameworks and npm for the Express ones (packages without a binary are
     // checked by their documentation directory).

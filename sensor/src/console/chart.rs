@@ -70,6 +70,14 @@ pub fn requests_and_latency(exchanges: &[StoredExchange]) -> Markup {
         })
         .collect();
     let end_ns = s.start_ns + s.width_ns * SLICES as u64;
+    // Seconds are enough for a long session; a short one needs the fractions to tell its ends.
+    let label = |ns: u64| {
+        if end_ns - s.start_ns < 60_000_000_000 {
+            crate::exchange::rfc3339_ns(ns)
+        } else {
+            report::time_s(ns)
+        }
+    };
     html! {
         svg.chart viewBox={"0 0 " (WIDTH) " " (HEIGHT)} role="img"
             aria-label="Requests and mean time to first byte over the session" {
@@ -93,8 +101,8 @@ pub fn requests_and_latency(exchanges: &[StoredExchange]) -> Markup {
             }
             text.label x="2" y=(TOP + 10.0) { (max_count) " req" }
             text.label.latency-label x="2" y=(TOP + 24.0) { (format!("{max_ms:.0}")) " ms" }
-            text.label x=(LEFT) y=(HEIGHT - 4.0) { (report::time_s(s.start_ns)) }
-            text.label x=(WIDTH) y=(HEIGHT - 4.0) text-anchor="end" { (report::time_s(end_ns)) }
+            text.label x=(LEFT) y=(HEIGHT - 4.0) { (label(s.start_ns)) }
+            text.label x=(WIDTH) y=(HEIGHT - 4.0) text-anchor="end" { (label(end_ns)) }
         }
     }
 }

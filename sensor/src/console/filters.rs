@@ -106,6 +106,30 @@ impl SessionQuery {
         }
     }
 
+    /// Whether some field is present but blank (a submitted form's empty fields): the list then
+    /// redirects to [`SessionQuery::link`]'s shorter URL, the one to share.
+    pub fn has_blanks(&self) -> bool {
+        let present = [
+            &self.since,
+            &self.until,
+            &self.host,
+            &self.user,
+            &self.ip,
+            &self.status,
+            &self.method,
+            &self.endpoint,
+            &self.min_risk,
+            &self.signal,
+            &self.session,
+            &self.page,
+            &self.limit,
+        ]
+        .into_iter()
+        .filter(|v| v.is_some())
+        .count();
+        present > self.pairs().len()
+    }
+
     /// Whether any filter (besides paging) is set.
     pub fn any(&self) -> bool {
         self.pairs()
@@ -277,5 +301,7 @@ mod tests {
         );
         assert!(q.any());
         assert!(!query("page=2").any());
+        assert!(query("host=&ip=1").has_blanks());
+        assert!(!q.has_blanks());
     }
 }

@@ -8,7 +8,7 @@ use std::time::SystemTime;
 use axum::{
     extract::{Path, Query, State},
     http::header,
-    response::{Html, IntoResponse, Response},
+    response::{Html, IntoResponse, Redirect, Response},
 };
 use maud::{DOCTYPE, Markup, html};
 use serde::Deserialize;
@@ -77,7 +77,10 @@ fn risk(risk: u8) -> Markup {
 pub async fn sessions(
     State(state): State<SharedState>,
     Query(query): Query<SessionQuery>,
-) -> Result<Html<String>, ConsoleError> {
+) -> Result<Response, ConsoleError> {
+    if query.has_blanks() {
+        return Ok(Redirect::to(&query.link("/", &[])).into_response());
+    }
     let filters = query
         .parse(SystemTime::now(), PAGE_SIZE)
         .map_err(ConsoleError::BadRequest)?;
@@ -179,7 +182,7 @@ pub async fn sessions(
             }
         }
     };
-    Ok(layout("Sessions", body))
+    Ok(layout("Sessions", body).into_response())
 }
 
 /// A count per value of one statistic, each a link that filters the timeline by it.
