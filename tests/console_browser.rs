@@ -21,12 +21,14 @@ use std::{
     time::Duration,
 };
 
-use common::{TestNet, cli, in_namespace, request, start_daemon, wait_until};
+use common::{TestNet, cli, in_namespace, request, start_daemon_in, wait_until};
 use fantoccini::{Client, ClientBuilder, Locator};
 
 const PORT: u16 = 8080;
 const UI_PORT: u16 = 7878;
 const TOKEN_UI_PORT: u16 = 7880;
+const DAEMON_UI_PORT: u16 = 7881;
+const DAEMON_METRICS_PORT: u16 = 7882;
 const DRIVER_PORT: u16 = 9515;
 const BIN: &str = env!("CARGO_BIN_EXE_apisessions");
 const SCRIPT: &str = "<script>alert(1)</script>";
@@ -167,7 +169,22 @@ fn the_console_shows_live_sessions_and_never_runs_captured_script() {
     );
     let dir = std::env::temp_dir().join(format!("apis-console-{}", std::process::id()));
     let _ = fs::remove_dir_all(&dir);
-    let mut daemon = start_daemon(&net, BIN, &[PORT], &dir);
+    // The daemon serves the console (`--ui`) and `/metrics` alone (`--metrics`) too.
+    let mut daemon = start_daemon_in(
+        &net.server_ns,
+        BIN,
+        &[
+            "--iface",
+            &net.server_if,
+            "--port",
+            &PORT.to_string(),
+            "--ui",
+            &format!("127.0.0.1:{DAEMON_UI_PORT}"),
+            "--metrics",
+            &format!("127.0.0.1:{DAEMON_METRICS_PORT}"),
+        ],
+        &dir,
+    );
 
     // Two ordinary clients (their own User-Agents: IP + agent sessions) and the attacker, whose
     // API key keeps its requests in one session.
@@ -243,6 +260,15 @@ fn the_console_shows_live_sessions_and_never_runs_captured_script() {
             >= 13
     });
     assert!(stored, "13 exchanges stored: {:#?}", sessions_json());
+    // The daemon's own console reads its store while it runs.
+    let (status, _, body) = get(&net.server_ns, DAEMON_UI_PORT, "/api/v1/sessions", None);
+    assert_eq!(status, 200, "{body}");
+    let live: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+    assert_eq!(live.len(), 3, "run --ui: {live:#?}");
+    let (status, _, body) = get(&net.server_ns, DAEMON_METRICS_PORT, "/metrics", None);
+    assert_eq!(status, 200);
+    assert!(body.contains("\napisessions_daemon_running 1\n"), "{body}");
+    assert_eq!(get(&net.server_ns, DAEMON_METRICS_PORT, "/", None).0, 404);
     // The daemon stops so that the CLI and the console read the same store.
     // SAFETY: signalling our own child.
     unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };

@@ -32,7 +32,9 @@
 //! - Sinks: [`store`] (LMDB via heed, time and secondary indexes, pruning), written by the
 //!   pipeline's writer thread ([`pipeline::writer`]); the `--dump` and `--ndjson` lines
 //!   ([`pipeline::sinks`], rendered by [`dump`]).
-//! - Readers: [`report`] (the `sessions` table, the `show` page, NDJSON/CSV/HAR export).
+//! - Readers: [`report`] (the `sessions` table, the `show` page, NDJSON/CSV/HAR export) and
+//!   [`console`] (the web console, its JSON API with the CLI's objects, `/metrics`), served by
+//!   `apisessions ui` or by the daemon (`run --ui`).
 //!
 //! Around the pipeline: [`config`] (the TOML file) and [`stats`] (every stage's counters, shown
 //! by `apisessions stats`). The binary (`src/bin/apisessions/`) parses arguments and has one
