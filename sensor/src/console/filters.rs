@@ -11,6 +11,8 @@ use crate::{record::SignalName, report, store::SessionFilter};
 pub const PAGE_SIZE: usize = 50;
 /// Pages reachable at most: the store reads `page * PAGE_SIZE` summaries to show one page.
 pub const MAX_PAGE: usize = 200;
+/// Summaries one request reads at most (`page` × page size): deeper pages are refused.
+pub const MAX_DEPTH: usize = 100_000;
 /// Sessions the API returns without a `limit`, and at most.
 pub const API_DEFAULT_LIMIT: usize = 1000;
 pub const API_MAX_LIMIT: usize = 10_000;
@@ -158,6 +160,16 @@ impl SessionQuery {
             Some(0) | None => page_size,
             Some(n) => n as usize,
         };
+        if page.saturating_mul(limit) > MAX_DEPTH {
+            return Err(bad(
+                "page",
+                &page.to_string(),
+                format!(
+                    "{limit} sessions a page reach deeper than {MAX_DEPTH} sessions: narrow the \
+                     filters (since, until) instead"
+                ),
+            ));
+        }
         let session = match self.get("session") {
             Some(id) => {
                 crate::store::id_bytes(id).map_err(|e| bad("session", id, e))?;
@@ -278,6 +290,7 @@ mod tests {
             ("since=yesterday-ish", "since"),
             ("session=<script>", "session"),
             ("page=100000", "page"),
+            ("page=200&limit=10000", "page"),
         ] {
             let err = query(q).parse(SystemTime::now(), 50).unwrap_err();
             assert!(err.starts_with(&format!("filter {name}=")), "{q}: {err}");
