@@ -100,7 +100,7 @@ pub fn requests_and_latency(exchanges: &[StoredExchange]) -> Markup {
                 polyline.latency points=(line.join(" ")) {}
             }
             text.label x="2" y=(TOP + 10.0) { (max_count) " req" }
-            text.label.latency-label x="2" y=(TOP + 24.0) { (format!("{max_ms:.0}")) " ms" }
+            text.label.latency-label x="2" y=(TOP + 24.0) { (format!("{max_ms:.1}")) " ms" }
             text.label x=(LEFT) y=(HEIGHT - 4.0) { (label(s.start_ns)) }
             text.label x=(WIDTH) y=(HEIGHT - 4.0) text-anchor="end" { (label(end_ns)) }
         }

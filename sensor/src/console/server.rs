@@ -126,3 +126,135 @@ pub async fn serve(
         .await
         .map_err(ConsoleError::Serve)
 }
+
+#[cfg(test)]
+mod tests {
+    use axum::{
+        body::{Body, to_bytes},
+        http::{Request, StatusCode},
+    };
+    use tower::ServiceExt as _;
+
+    use super::*;
+    use crate::console::ConsoleState;
+
+    /// (status, headers, body) of one request to a console over `dir`.
+    async fn call(
+        state: &SharedState,
+        method: &str,
+        uri: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> (StatusCode, axum::http::HeaderMap, String) {
+        let mut request = Request::builder().method(method).uri(uri);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = router(state.clone())
+            .oneshot(request.body(Body::from(body.to_owned())).unwrap())
+            .await
+            .unwrap();
+        let (parts, body) = response.into_parts();
+        let body = to_bytes(body, 1 << 20).await.unwrap();
+        (
+            parts.status,
+            parts.headers,
+            String::from_utf8(body.to_vec()).unwrap(),
+        )
+    }
+
+    fn data_dir(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("apis-console-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[tokio::test]
+    async fn every_response_carries_the_security_headers() {
+        let dir = data_dir("headers");
+        let state = ConsoleState::new(&dir, None);
+        for (uri, status, holds) in [
+            ("/", StatusCode::OK, "No sessions match."),
+            ("/status", StatusCode::OK, "No statistics"),
+            ("/api/v1/sessions", StatusCode::OK, "[]"),
+            ("/metrics", StatusCode::OK, "apisessions_daemon_running 0"),
+            ("/nothing-here", StatusCode::NOT_FOUND, "no such page"),
+            (
+                "/api/v1/sessions?status=abc",
+                StatusCode::BAD_REQUEST,
+                "filter status=",
+            ),
+            // Quoted as it came, in plain text that no browser renders as HTML (nosniff).
+            (
+                "/sessions/%3Cscript%3E",
+                StatusCode::BAD_REQUEST,
+                "'<script>' is not a session id",
+            ),
+            ("/static/console.css", StatusCode::OK, "font"),
+        ] {
+            let (got, headers, body) = call(&state, "GET", uri, &[], "").await;
+            assert_eq!(got, status, "{uri}: {body}");
+            assert!(body.contains(holds), "{uri}: {body}");
+            if !status.is_success() {
+                assert_eq!(headers[header::CONTENT_TYPE], "text/plain; charset=utf-8");
+            }
+            assert_eq!(
+                headers[header::CONTENT_SECURITY_POLICY],
+                CONTENT_SECURITY_POLICY
+            );
+            assert_eq!(headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+            assert_eq!(headers[header::X_FRAME_OPTIONS], "DENY");
+            assert_eq!(headers[header::REFERRER_POLICY], "no-referrer");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_token_guards_everything_but_the_login() {
+        let dir = data_dir("token");
+        let token = Token::new("0123456789abcdef-token").unwrap();
+        let state = ConsoleState::new(&dir, Some(token));
+        let (status, headers, _) = call(&state, "GET", "/", &[], "").await;
+        assert_eq!(status, StatusCode::SEE_OTHER);
+        assert_eq!(headers[header::LOCATION], "/login");
+        for uri in ["/api/v1/sessions", "/metrics", "/api/v1/stats"] {
+            assert_eq!(
+                call(&state, "GET", uri, &[], "").await.0,
+                StatusCode::UNAUTHORIZED,
+                "{uri}"
+            );
+        }
+        let bearer = [("authorization", "Bearer 0123456789abcdef-token")];
+        assert_eq!(
+            call(&state, "GET", "/api/v1/sessions", &bearer, "").await.0,
+            StatusCode::OK
+        );
+        assert_eq!(
+            call(&state, "GET", "/login", &[], "").await.0,
+            StatusCode::OK
+        );
+        let form = [("content-type", "application/x-www-form-urlencoded")];
+        let (status, headers, _) = call(&state, "POST", "/login", &form, "token=wrong").await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert!(headers.get(header::SET_COOKIE).is_none());
+        let (status, headers, _) = call(
+            &state,
+            "POST",
+            "/login",
+            &form,
+            "token=0123456789abcdef-token",
+        )
+        .await;
+        assert_eq!(status, StatusCode::SEE_OTHER);
+        let cookie = headers[header::SET_COOKIE].to_str().unwrap().to_owned();
+        assert!(
+            cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+            "{cookie}"
+        );
+        let pair = cookie.split(';').next().unwrap();
+        let (status, _, body) = call(&state, "GET", "/", &[("cookie", pair)], "").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
