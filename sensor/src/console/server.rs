@@ -131,7 +131,7 @@ pub async fn serve(
 mod tests {
     use axum::{
         body::{Body, to_bytes},
-        http::{Request, StatusCode},
+        http::{HeaderMap, Request, StatusCode},
     };
     use tower::ServiceExt as _;
 
@@ -145,7 +145,7 @@ mod tests {
         uri: &str,
         headers: &[(&str, &str)],
         body: &str,
-    ) -> (StatusCode, axum::http::HeaderMap, String) {
+    ) -> (StatusCode, HeaderMap, String) {
         let mut request = Request::builder().method(method).uri(uri);
         for (name, value) in headers {
             request = request.header(*name, *value);
