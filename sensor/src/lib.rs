@@ -33,9 +33,10 @@
 //! - Sinks: [`store`] (LMDB via heed, time and secondary indexes, pruning), written by the
 //!   pipeline's writer thread ([`pipeline::writer`]); the `--dump` and `--ndjson` lines
 //!   ([`pipeline::sinks`], rendered by [`dump`]).
-//! - Readers: [`report`] (the `sessions` table, the `show` page, NDJSON/CSV/HAR export) and
+//! - Readers: [`report`] (the `sessions` table, the `show` page, NDJSON/CSV/HAR export),
 //!   [`ship`] (the central ClickHouse store: a shipper reading the store's outbox, and the
-//!   query commands over the fleet).
+//!   query commands over the fleet) and [`console`] (the web console, its JSON API with the CLI's objects, `/metrics`), served by
+//!   `apisessions ui` or by the daemon (`run --ui`).
 //!
 //! Around the pipeline: [`config`] (the TOML file) and [`stats`] (every stage's counters, shown
 //! by `apisessions stats`). The binary (`src/bin/apisessions/`) parses arguments and has one
@@ -44,6 +45,7 @@
 pub mod analysis;
 pub mod capture;
 pub mod config;
+pub mod console;
 pub mod container;
 pub mod doctor;
 pub mod dump;

@@ -18,6 +18,7 @@ use crate::{
         ports::{PortPolicy, listening_ports},
     },
     config::{Config, Ports},
+    console::{self, ConsoleError, ConsoleState, Token},
     container::ContainerIndex,
     dump,
     flow::{FlowConfig, FlowTable},
@@ -56,6 +57,8 @@ pub enum LiveError {
     Central(#[from] CentralError),
     #[error(transparent)]
     Attacks(#[from] AttacksError),
+    #[error(transparent)]
+    Console(#[from] ConsoleError),
 }
 
 /// What `apisessions run` prints besides the statistics.
@@ -69,6 +72,17 @@ pub struct LiveOptions {
     pub summary_interval: u64,
     /// The user to continue as when started as root (see [`crate::privilege::target_user`]).
     pub user: Option<String>,
+    /// Web servers next to the capture: the console (`--ui`), `/metrics` alone (`--metrics`).
+    pub servers: Vec<ServerOptions>,
+}
+
+/// A web server the daemon runs on its runtime, over its own store handle.
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    pub listen: std::net::SocketAddr,
+    pub token: Option<Token>,
+    /// Only `/metrics` (`--metrics`), else the whole console (`--ui`).
+    pub metrics_only: bool,
 }
 
 /// Runs the daemon with `config` until SIGTERM or SIGINT, with its store and statistics in
@@ -146,7 +160,7 @@ fn live_pipeline(
     config: &Config,
     data_dir: &Path,
     options: &CaptureOptions,
-) -> Result<(Pipeline, Option<ShipperHandle>), LiveError> {
+) -> Result<(Pipeline, Arc<Store>, Option<ShipperHandle>), LiveError> {
     // Sessions that were active when the daemon last stopped go on (a restart, an upgrade, a
     // crash): what is still within the inactivity timeout is loaded back.
     let mut store = Store::open(data_dir, DEFAULT_MAP_SIZE)?;
@@ -160,6 +174,8 @@ fn live_pipeline(
         }
         None => None,
     };
+    // One handle for the writer and the console's readers (LMDB maps a store once a process).
+    let store = Arc::new(store);
     let since = now_ns().saturating_sub(config.sessions.inactivity_timeout.as_nanos() as u64);
     let sessionizer =
         pipeline::restored_sessionizer(SessionConfig::from(config), data_dir, &store, since)?;
@@ -199,7 +215,7 @@ fn live_pipeline(
         },
     );
     let writer = StoreWriter::start(
-        store,
+        Arc::clone(&store),
         WriterMode::Daemon {
             retention: config.storage.retention,
             prune_every: PRUNE_EVERY,
@@ -218,7 +234,37 @@ fn live_pipeline(
             io::stdout().lock(),
         ))));
     }
-    Ok((pipeline, shipper))
+    Ok((pipeline, store, shipper))
+}
+
+/// Starts the `--ui` and `--metrics` servers on the daemon's runtime; they end with it. Bound
+/// here, before the capture starts, so that an address in use stops the daemon at once.
+async fn start_servers(
+    servers: &[ServerOptions],
+    data_dir: &Path,
+    store: &Arc<Store>,
+) -> Result<(), LiveError> {
+    for server in servers {
+        let listener = console::bind(server.listen, server.token.as_ref()).await?;
+        let state = ConsoleState::shared(data_dir, Arc::clone(store), server.token.clone());
+        let router = if server.metrics_only {
+            console::metrics_router(state)
+        } else {
+            console::router(state)
+        };
+        let what = if server.metrics_only {
+            "metrics"
+        } else {
+            "console"
+        };
+        log::info!("{what}: http://{}/", server.listen);
+        tokio::spawn(async move {
+            if let Err(e) = console::serve(listener, router, std::future::pending()).await {
+                log::error!("{what}: {e}");
+            }
+        });
+    }
+    Ok(())
 }
 
 /// The capture side of the daemon: kernel segments into the pipeline, with `--dump-segments`
@@ -294,7 +340,8 @@ async fn daemon(
 ) -> Result<(), LiveError> {
     let mut sigterm = signal(SignalKind::terminate()).map_err(LiveError::Signals)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(LiveError::Signals)?;
-    let (pipeline, shipper) = live_pipeline(&live, &config, &data_dir, &options)?;
+    let (pipeline, store, shipper) = live_pipeline(&live, &config, &data_dir, &options)?;
+    start_servers(&live.servers, &data_dir, &store).await?;
     // With no interface named, the sensor follows the interfaces that come and go (containers).
     let follow_interfaces = config.capture.interfaces.is_empty();
     let (mut sensor, mut segments) =

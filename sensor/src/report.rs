@@ -3,6 +3,7 @@
 use std::{
     fmt::Write as _,
     io::{self, Write},
+    time::{SystemTime, UNIX_EPOCH},
 };
 
 use crate::{
@@ -11,7 +12,7 @@ use crate::{
 };
 
 /// `2026-11-29T15:04:03Z` from ns since the epoch (seconds are enough in tables).
-fn time_s(ns: u64) -> String {
+pub fn time_s(ns: u64) -> String {
     let text = rfc3339_ns(ns);
     match text.split_once('.') {
         Some((seconds, _)) => format!("{seconds}Z"),
@@ -19,7 +20,7 @@ fn time_s(ns: u64) -> String {
     }
 }
 
-fn duration(ns: u64) -> String {
+pub fn duration(ns: u64) -> String {
     let s = ns / 1_000_000_000;
     match s {
         0..60 => format!("{s}s"),
@@ -28,7 +29,7 @@ fn duration(ns: u64) -> String {
     }
 }
 
-fn shorten(text: &str, max: usize) -> String {
+pub fn shorten(text: &str, max: usize) -> String {
     if text.chars().count() <= max {
         return text.to_owned();
     }
@@ -52,6 +53,20 @@ fn printable(text: &str) -> String {
             }
         })
         .collect()
+}
+
+/// A point in time given as an age like `1h` or `30m` (that long before `now`) or an RFC 3339
+/// time, in ns since the epoch: `--since`/`--until` and the console's filters.
+pub fn parse_time(text: &str, now: SystemTime) -> Result<u64, String> {
+    let time = match humantime::parse_duration(text) {
+        Ok(age) => now.checked_sub(age).ok_or("too long ago")?,
+        Err(_) => humantime::parse_rfc3339_weak(text).map_err(|_| {
+            format!("'{text}' is neither an age (1h, 30m, 7d) nor a time (2026-11-29T15:00:00Z)")
+        })?,
+    };
+    Ok(time
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64))
 }
 
 /// The `sessions` table: one line per session, newest first.

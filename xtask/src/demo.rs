@@ -153,7 +153,10 @@ fn wait_for(what: &str, timeout: Duration, mut ready: impl FnMut() -> Result<boo
     Ok(())
 }
 
-pub fn run() -> Result<()> {
+/// Where `demo --ui` serves the console (the host's loopback, for the host's browser).
+const UI_LISTEN: &str = "127.0.0.1:7878";
+
+pub fn run(ui: bool) -> Result<()> {
     if !is_root() {
         bail!("the demo loads eBPF programs and creates a network namespace: run it as root");
     }
@@ -266,6 +269,28 @@ pub fn run() -> Result<()> {
     );
     if !users_ok {
         bail!("the simulated users got responses they did not expect ({users}); see above");
+    }
+    if ui {
+        // The namespace goes first: Ctrl-C ends this process too, before any drop would run.
+        drop(ns);
+        serve_console(&apisessions, &data_dir)?;
+    }
+    Ok(())
+}
+
+/// `apisessions ui` over the demo's store until Ctrl-C (which the console gets too).
+fn serve_console(apisessions: &Path, data_dir: &Path) -> Result<()> {
+    println!("\n== demo: the console: http://{UI_LISTEN}/   (Ctrl-C stops it)");
+    let mut console = Command::new(apisessions)
+        .args(["ui", "--listen", UI_LISTEN, "--data-dir"])
+        .arg(data_dir)
+        .stdout(Stdio::null())
+        .spawn()
+        .context("starting apisessions ui")?;
+    let exit = console.wait().context("waiting for apisessions ui")?;
+    // Ctrl-C ends it cleanly (exit 0).
+    if !exit.success() {
+        bail!("apisessions ui exited with {exit}");
     }
     Ok(())
 }

@@ -43,7 +43,12 @@ enum Task {
         args: Vec<String>,
     },
     /// Build, then capture a demo API and its simulated users in a private network namespace.
-    Demo,
+    Demo {
+        /// End by serving the web console over what was captured (http://127.0.0.1:7878/)
+        /// until Ctrl-C.
+        #[arg(long)]
+        ui: bool,
+    },
     /// Run every cargo-fuzz target for a while (installs cargo-fuzz if missing).
     Fuzz {
         /// Seconds per target.
@@ -81,6 +86,8 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("iptables", "/usr/sbin/iptables"),
     // Real browsers in the sessions tests (headless, one profile per user).
     ("chromium", "/usr/bin/chromium"),
+    // WebDriver for chromium: the console's browser test (tests/console_browser.rs).
+    ("chromium-driver", "/usr/bin/chromedriver"),
     // The frameworks of tests/frameworks_live.rs: PHP's built-in server, Rails on WEBrick, a
     // venv for the PyPI frameworks and npm for the Express ones (packages without a binary are
     // checked by their documentation directory).
@@ -114,7 +121,7 @@ fn main() {
         Task::Setup => setup(),
         Task::Build { release } => setup().and_then(|()| build(release)),
         Task::Run { release, args } => setup().and_then(|()| run(release, &args)),
-        Task::Demo => setup().and_then(|()| demo::run()),
+        Task::Demo { ui } => setup().and_then(|()| demo::run(ui)),
         Task::Fuzz { seconds, target } => setup().and_then(|()| fuzz(seconds, target.as_deref())),
         Task::Test { args } => setup().and_then(|()| test(&args)),
         Task::Bench(args) => setup().and_then(|()| bench::run(&bench::Options::new(args)?)),

@@ -153,7 +153,9 @@ pub(super) fn now_ns() -> u64 {
 }
 
 impl StoreWriter {
-    pub fn start(store: Store, mode: WriterMode) -> Self {
+    /// `store` may be shared with readers in this process (the daemon's console).
+    pub fn start(store: impl Into<Arc<Store>>, mode: WriterMode) -> Self {
+        let store: Arc<Store> = store.into();
         // An import's batches are a whole transaction each: one waiting while the next fills
         // keeps both sides busy, and at most three are in memory.
         let queue = match mode {

@@ -224,7 +224,7 @@ pub struct SessionFilter {
 }
 
 impl SessionFilter {
-    fn matches(&self, s: &SessionSummary) -> bool {
+    pub fn matches(&self, s: &SessionSummary) -> bool {
         self.since_ns.is_none_or(|t| s.end_ns >= t)
             && self.until_ns.is_none_or(|t| s.start_ns <= t)
             && self.ip.as_ref().is_none_or(|ip| s.client_ips.contains(ip))

@@ -18,17 +18,7 @@ pub struct When(pub u64);
 impl std::str::FromStr for When {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let now = SystemTime::now();
-        let time = match humantime::parse_duration(s) {
-            Ok(age) => now.checked_sub(age).ok_or("too long ago")?,
-            Err(_) => humantime::parse_rfc3339_weak(s).map_err(|_| {
-                format!("'{s}' is neither an age (1h, 30m, 7d) nor a time (2026-11-29T15:00:00Z)")
-            })?,
-        };
-        Ok(Self(
-            time.duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as u64),
-        ))
+        apisessions::report::parse_time(s, SystemTime::now()).map(Self)
     }
 }
 

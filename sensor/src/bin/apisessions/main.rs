@@ -10,6 +10,7 @@ mod run;
 mod sessions;
 mod show;
 mod stats;
+mod ui;
 
 use std::process::ExitCode;
 
@@ -53,6 +54,8 @@ enum Command {
     /// Check whether this host can run the sensor: kernel, capabilities, configuration,
     /// interfaces, ports, data directory; one line per check, with the fix.
     Doctor(doctor::DoctorArgs),
+    /// Serve the web console (sessions, a session's timeline, status, JSON API, /metrics).
+    Ui(ui::UiArgs),
 }
 
 fn main() -> ExitCode {
@@ -68,6 +71,7 @@ fn main() -> ExitCode {
         Command::Prune(args) => prune::prune(args),
         Command::Stats(args) => stats::stats(args),
         Command::Doctor(args) => doctor::doctor(args),
+        Command::Ui(args) => ui::ui(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,11 +1,13 @@
 //! `apisessions run`: the daemon's arguments over the configuration file; the daemon itself is
 //! the library's [`apisessions::live`].
 
+use std::{net::SocketAddr, path::PathBuf};
+
 use anyhow::Result;
 use apisessions::{
     capture::AttachMode,
     config::{Config, Ports},
-    live::{self, LiveOptions},
+    live::{self, LiveOptions, ServerOptions},
 };
 use clap::Args;
 
@@ -56,6 +58,16 @@ pub struct RunArgs {
     /// Seconds between summary log lines (events/s, bytes/s, drops); 0 turns them off.
     #[arg(long, default_value_t = 10, value_name = "SECS")]
     summary_interval: u64,
+    /// Serve the web console on this address too (as `apisessions ui`).
+    #[arg(long, value_name = "ADDR")]
+    ui: Option<SocketAddr>,
+    /// Serve /metrics (Prometheus text) on this address.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
+    /// The token for --ui and --metrics (see `apisessions ui --help`); needed for any address
+    /// but loopback.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
     #[command(flatten)]
     data: DataDirArg,
 }
@@ -89,13 +101,26 @@ pub fn run(args: RunArgs) -> Result<()> {
         }
         return Ok(());
     }
+    let listen: Vec<SocketAddr> = args.ui.iter().chain(&args.metrics).copied().collect();
+    let token = crate::ui::token(args.token_file.as_ref(), &listen)?;
     let data_dir = args.data.resolve(&config);
     create_data_dir(&data_dir)?;
+    let server = |listen, metrics_only| ServerOptions {
+        listen,
+        token: token.clone(),
+        metrics_only,
+    };
     let options = LiveOptions {
         dump: args.dump,
         dump_segments: args.dump_segments,
         summary_interval: args.summary_interval,
         user: args.user.clone(),
+        servers: args
+            .ui
+            .map(|a| server(a, false))
+            .into_iter()
+            .chain(args.metrics.map(|a| server(a, true)))
+            .collect(),
     };
     Ok(live::run(config, data_dir, options)?)
 }

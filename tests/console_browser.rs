@@ -1,0 +1,583 @@
+//! The console in a real browser: the daemon captures the demo API (a real Python server) in a
+//! server namespace while clients in the client namespace call it, among them an attacker whose
+//! URIs, User-Agent, Referer and JSON body carry XSS payloads. Then `apisessions ui` serves that
+//! store inside the server namespace, and Debian's chromium, driven through chromedriver
+//! (WebDriver), reads it there: the list shows every session, a filter typed into the form
+//! narrows it, the session page shows the timeline, and the payloads are text (no dialog, no
+//! injected element). Also: the JSON API agrees with `sessions --json` and `show --json`,
+//! `/metrics` is valid text, a token guards the console, and an open address without a token
+//! is refused. The session page's screenshot goes to target/console-session.png (and to
+//! docs/console-session.png with APISESSIONS_UPDATE_SCREENSHOT=1).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::{
+    fs,
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpStream},
+    path::Path,
+    process::{Child, Stdio},
+    time::Duration,
+};
+
+use common::{TestNet, cli, in_namespace, request, start_daemon_in, wait_until};
+use fantoccini::{Client, ClientBuilder, Locator};
+
+const PORT: u16 = 8080;
+const UI_PORT: u16 = 7878;
+const TOKEN_UI_PORT: u16 = 7880;
+const DAEMON_UI_PORT: u16 = 7881;
+const DAEMON_METRICS_PORT: u16 = 7882;
+const DRIVER_PORT: u16 = 9515;
+const BIN: &str = env!("CARGO_BIN_EXE_apisessions");
+const SCRIPT: &str = "<script>alert(1)</script>";
+const IMG: &str = "\"><img src=x onerror=alert(1)>";
+const JS: &str = "javascript:alert(1)";
+const TOKEN: &str = "console-test-token-0123456789";
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap()
+}
+
+/// Percent-encodes everything but unreserved characters (as a browser encodes a path segment).
+fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// A child process killed on drop (the test may fail half-way).
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A GET on the console from inside `ns`: (status, headers, body).
+fn get(ns: &str, port: u16, path: &str, token: Option<&str>) -> (u16, String, String) {
+    in_namespace(ns, || {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Connection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).unwrap();
+        let text = String::from_utf8(response).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        let status = head[9..12].parse().unwrap();
+        (status, head.to_owned(), body.to_owned())
+    })
+}
+
+fn wait_for_port(ns: &str, port: u16) -> bool {
+    wait_until(Duration::from_secs(20), || {
+        in_namespace(ns, || TcpStream::connect(("127.0.0.1", port)).is_ok())
+    })
+}
+
+fn start_ui(ns: &str, data_dir: &Path, port: u16, token_file: Option<&Path>) -> Guard {
+    let mut command = TestNet::command(ns, BIN);
+    command
+        .args(["ui", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .arg(data_dir)
+        .stdout(Stdio::null());
+    if let Some(file) = token_file {
+        command.arg("--token-file").arg(file);
+    }
+    let ui = Guard(command.spawn().unwrap());
+    assert!(wait_for_port(ns, port), "apisessions ui listens on {port}");
+    ui
+}
+
+/// Checks the Prometheus text format line by line (the exposition format's grammar, as
+/// Prometheus reads it); returns the number of samples.
+fn prometheus_samples(text: &str) -> usize {
+    let name_ok = |n: &str| {
+        !n.is_empty()
+            && n.chars().enumerate().all(|(i, c)| {
+                c.is_ascii_alphabetic() || c == '_' || c == ':' || (i > 0 && c.is_ascii_digit())
+            })
+    };
+    let mut samples = 0;
+    let mut seen = std::collections::HashSet::new();
+    assert_eq!(text.lines().last(), Some("# EOF"), "ends with # EOF");
+    for line in text.lines() {
+        if let Some(comment) = line.strip_prefix("# ") {
+            let mut parts = comment.splitn(3, ' ');
+            match parts.next() {
+                Some("TYPE") => {
+                    assert!(name_ok(parts.next().unwrap()), "{line}");
+                    assert!(
+                        ["counter", "gauge", "unknown"].contains(&parts.next().unwrap()),
+                        "{line}"
+                    );
+                }
+                Some("HELP") => assert!(name_ok(parts.next().unwrap()), "{line}"),
+                Some("EOF") => {}
+                other => panic!("unexpected comment {other:?}: {line}"),
+            }
+            continue;
+        }
+        let (name, value) = line.split_once(' ').unwrap_or_else(|| panic!("{line}"));
+        assert!(name_ok(name), "metric name in {line}");
+        assert!(value.parse::<f64>().is_ok(), "value in {line}");
+        assert!(seen.insert(name.to_owned()), "{name} twice");
+        samples += 1;
+    }
+    samples
+}
+
+#[test]
+fn the_console_shows_live_sessions_and_never_runs_captured_script() {
+    let net = TestNet::new();
+    let _api = Guard(
+        TestNet::command(&net.server_ns, "python3")
+            .arg(repo().join("xtask/demo/demo_api.py"))
+            .args([
+                "--bind",
+                &net.server_v4.to_string(),
+                "--port",
+                &PORT.to_string(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let server = SocketAddr::new(net.server_v4.into(), PORT);
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            in_namespace(&net.client_ns, || TcpStream::connect(server).is_ok())
+        }),
+        "the demo API listens"
+    );
+    let dir = std::env::temp_dir().join(format!("apis-console-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    // The daemon serves the console (`--ui`) and `/metrics` alone (`--metrics`) too.
+    let mut daemon = start_daemon_in(
+        &net.server_ns,
+        BIN,
+        &[
+            "--iface",
+            &net.server_if,
+            "--port",
+            &PORT.to_string(),
+            "--ui",
+            &format!("127.0.0.1:{DAEMON_UI_PORT}"),
+            "--metrics",
+            &format!("127.0.0.1:{DAEMON_METRICS_PORT}"),
+        ],
+        &dir,
+    );
+
+    // Two ordinary clients (their own User-Agents: IP + agent sessions) and the attacker, whose
+    // API key keeps its requests in one session.
+    in_namespace(&net.client_ns, || {
+        for agent in ["console-test-alice/1.0", "console-test-bob/1.0"] {
+            for path in [
+                "/api/products",
+                "/api/products/1",
+                "/api/products/2",
+                "/health",
+            ] {
+                request(
+                    server,
+                    &format!("GET {path} HTTP/1.1\r\nHost: shop.test\r\nUser-Agent: {agent}\r\n"),
+                    "",
+                );
+            }
+        }
+        request(
+            server,
+            "POST /api/login HTTP/1.1\r\nHost: shop.test\r\nUser-Agent: console-test-bob/1.0\r\n\
+             Content-Type: application/json\r\n",
+            r#"{"user":"nobody","password":"wrong"}"#,
+        );
+        let attacker = |method: &str, target: &str, agent: &str, extra: &str, body: &str| {
+            request(
+                server,
+                &format!(
+                    "{method} {target} HTTP/1.1\r\nHost: shop.test\r\nUser-Agent: {agent}\r\n\
+                     X-API-Key: console-test-attacker-key\r\n{extra}"
+                ),
+                body,
+            );
+        };
+        attacker(
+            "GET",
+            &format!("/api/products/{}?q={}", encode(SCRIPT), encode(IMG)),
+            IMG,
+            "",
+            "",
+        );
+        attacker(
+            "GET",
+            &format!("/api/users/1?next={}", encode(JS)),
+            SCRIPT,
+            &format!("Referer: {JS}\r\n"),
+            "",
+        );
+        let body = serde_json::json!({"comment": SCRIPT, "img": IMG, "link": JS}).to_string();
+        attacker(
+            "POST",
+            "/api/orders",
+            IMG,
+            "Content-Type: application/json\r\n",
+            &body,
+        );
+        attacker(
+            "GET",
+            &format!("/{}", encode(IMG)),
+            &format!("Mozilla/5.0 {IMG}"),
+            "",
+            "",
+        );
+    });
+    let sessions_json = || -> Vec<serde_json::Value> {
+        serde_json::from_str(&cli(BIN, &["sessions", "--json", "--limit", "0"], &dir)).unwrap()
+    };
+    let stored = wait_until(Duration::from_secs(20), || {
+        sessions_json()
+            .iter()
+            .map(|s| s["requests"].as_u64().unwrap())
+            .sum::<u64>()
+            >= 13
+    });
+    assert!(stored, "13 exchanges stored: {:#?}", sessions_json());
+    // The daemon's own console reads its store while it runs.
+    let (status, _, body) = get(&net.server_ns, DAEMON_UI_PORT, "/api/v1/sessions", None);
+    assert_eq!(status, 200, "{body}");
+    let live: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+    assert_eq!(live.len(), 3, "run --ui: {live:#?}");
+    let (status, _, body) = get(&net.server_ns, DAEMON_METRICS_PORT, "/metrics", None);
+    assert_eq!(status, 200);
+    assert!(body.contains("\napisessions_daemon_running 1\n"), "{body}");
+    assert_eq!(get(&net.server_ns, DAEMON_METRICS_PORT, "/", None).0, 404);
+    // The daemon stops so that the CLI and the console read the same store.
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+    daemon.wait().unwrap();
+
+    let sessions = sessions_json();
+    assert_eq!(sessions.len(), 3, "{sessions:#?}");
+    let attacker = sessions
+        .iter()
+        .find(|s| s["key_kind"] == "api_key")
+        .expect("the attacker's session");
+    let attacker_id = attacker["session_id"].as_str().unwrap().to_owned();
+    let busiest = sessions
+        .iter()
+        .filter(|s| s["key_kind"] != "api_key")
+        .max_by_key(|s| s["requests"].as_u64())
+        .unwrap()["session_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let posting: Vec<String> = serde_json::from_str::<Vec<serde_json::Value>>(&cli(
+        BIN,
+        &["sessions", "--json", "--limit", "0", "--method", "POST"],
+        &dir,
+    ))
+    .unwrap()
+    .iter()
+    .map(|s| s["session_id"].as_str().unwrap().to_owned())
+    .collect();
+    assert!(!posting.is_empty() && posting.len() < sessions.len());
+
+    // An open address without a token: refused at once, naming the token.
+    let refused = TestNet::command(&net.server_ns, BIN)
+        .args(["ui", "--listen", "0.0.0.0:7879", "--data-dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && message.contains("token"),
+        "{message}"
+    );
+
+    let ns = net.server_ns.clone();
+    let _ui = start_ui(&ns, &dir, UI_PORT, None);
+
+    // The JSON API and the CLI: the same objects.
+    let (status, head, body) = get(&ns, UI_PORT, "/api/v1/sessions", None);
+    assert_eq!(status, 200, "{body}");
+    let api: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+    assert_eq!(api, sessions, "GET /api/v1/sessions = sessions --json");
+    for header in [
+        "content-security-policy: default-src 'self'",
+        "x-content-type-options: nosniff",
+        "referrer-policy: no-referrer",
+    ] {
+        assert!(
+            head.to_ascii_lowercase().contains(header),
+            "{header} in {head}"
+        );
+    }
+    for session in &sessions {
+        let id = session["session_id"].as_str().unwrap();
+        let (status, _, body) = get(&ns, UI_PORT, &format!("/api/v1/sessions/{id}"), None);
+        assert_eq!(status, 200);
+        let api: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let show: serde_json::Value =
+            serde_json::from_str(&cli(BIN, &["show", id, "--json"], &dir)).unwrap();
+        assert_eq!(api, show, "GET /api/v1/sessions/{id} = show --json");
+    }
+    let (_, _, body) = get(&ns, UI_PORT, "/api/v1/sessions?method=POST", None);
+    let api_posting: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+    assert_eq!(api_posting.len(), posting.len());
+
+    // /metrics: valid text with every counter of `stats`.
+    let (status, _, metrics) = get(&ns, UI_PORT, "/metrics", None);
+    assert_eq!(status, 200);
+    let stats: serde_json::Value =
+        serde_json::from_str(&cli(BIN, &["stats", "--json"], &dir)).unwrap();
+    let counters: usize = stats["stages"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|c| c.as_object().unwrap().len())
+        .sum();
+    assert!(counters >= 10);
+    assert!(prometheus_samples(&metrics) > counters, "{metrics}");
+    assert!(metrics.contains("\napisessions_kernel_"), "{metrics}");
+
+    // With a token: nothing without it, everything with it.
+    let token_file = dir.join("console-token");
+    fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    let _token_ui = start_ui(&ns, &dir, TOKEN_UI_PORT, Some(&token_file));
+    assert_eq!(get(&ns, TOKEN_UI_PORT, "/api/v1/sessions", None).0, 401);
+    assert_eq!(
+        get(
+            &ns,
+            TOKEN_UI_PORT,
+            "/metrics",
+            Some("wrong-token-0123456789")
+        )
+        .0,
+        401
+    );
+    assert_eq!(
+        get(&ns, TOKEN_UI_PORT, "/api/v1/sessions", Some(TOKEN)).0,
+        200
+    );
+    assert_eq!(get(&ns, TOKEN_UI_PORT, "/", None).0, 303);
+
+    // The browser.
+    let profile = dir.join("chromium-profile");
+    let _driver = Guard(
+        TestNet::command(&ns, "chromedriver")
+            .arg(format!("--port={DRIVER_PORT}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver (cargo xtask setup installs chromium-driver)"),
+    );
+    assert!(wait_for_port(&ns, DRIVER_PORT), "chromedriver listens");
+    let screenshot = in_namespace(&ns, || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(browse(
+                &profile,
+                &sessions,
+                &attacker_id,
+                &busiest,
+                &posting,
+            ))
+    });
+    let out = repo().join("target/console-session.png");
+    fs::write(&out, &screenshot).unwrap();
+    if std::env::var_os("APISESSIONS_UPDATE_SCREENSHOT").is_some() {
+        fs::write(repo().join("docs/console-session.png"), &screenshot).unwrap();
+    }
+    let _ = fs::remove_dir_all(&dir);
+}
+
+/// Drives chromium through the pages; returns the busiest session page's screenshot (PNG).
+async fn browse(
+    profile: &Path,
+    sessions: &[serde_json::Value],
+    attacker: &str,
+    busiest: &str,
+    posting: &[String],
+) -> Vec<u8> {
+    let mut capabilities = serde_json::Map::new();
+    capabilities.insert(
+        "goog:chromeOptions".into(),
+        serde_json::json!({
+            "binary": "/usr/bin/chromium",
+            "args": [
+                "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--no-first-run", "--window-size=1400,1100",
+                format!("--user-data-dir={}", profile.display()),
+            ],
+        }),
+    );
+    // A dialog stays open (and is found below) instead of being dismissed silently.
+    capabilities.insert("unhandledPromptBehavior".into(), "ignore".into());
+    let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    let browser: Client = ClientBuilder::new(connector)
+        .capabilities(capabilities)
+        .connect(&format!("http://127.0.0.1:{DRIVER_PORT}"))
+        .await
+        .expect("a chromium session through chromedriver");
+    let base = format!("http://127.0.0.1:{UI_PORT}");
+
+    // The list shows every session, each a link to its page.
+    browser.goto(&format!("{base}/")).await.unwrap();
+    let links = browser.find_all(Locator::Css("td.id a")).await.unwrap();
+    let mut shown = Vec::new();
+    for link in &links {
+        shown.push(link.text().await.unwrap());
+    }
+    for session in sessions {
+        let id = session["session_id"].as_str().unwrap();
+        assert!(shown.iter().any(|s| s == id), "{id} listed: {shown:?}");
+    }
+    assert_eq!(shown.len(), sessions.len());
+
+    // A filter typed into the form narrows the list, and the URL keeps it.
+    let method = browser
+        .find(Locator::Css("input[name=method]"))
+        .await
+        .unwrap();
+    method.send_keys("POST").await.unwrap();
+    browser
+        .find(Locator::Css("form.filters button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let mut url = String::new();
+    for _ in 0..100 {
+        url = browser.current_url().await.unwrap().to_string();
+        if url == format!("{base}/?method=POST") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        url == format!("{base}/?method=POST"),
+        "the filter alone is in the URL: {url}"
+    );
+    let narrowed = browser.find_all(Locator::Css("td.id a")).await.unwrap();
+    assert_eq!(
+        narrowed.len(),
+        posting.len(),
+        "the method filter narrows the list"
+    );
+    for link in &narrowed {
+        assert!(posting.contains(&link.text().await.unwrap()));
+    }
+
+    // The attacker's session, reached by its link: the timeline, and payloads as text only.
+    browser.goto(&format!("{base}/")).await.unwrap();
+    browser
+        .find(Locator::Css(&format!("a[href='/sessions/{attacker}']")))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let rows = browser
+        .find_all(Locator::Css("table.timeline tbody tr"))
+        .await
+        .unwrap();
+    assert_eq!(
+        rows.len(),
+        4,
+        "the attacker's four requests in the timeline"
+    );
+    assert!(
+        browser.get_alert_text().await.is_err(),
+        "no alert() dialog opened"
+    );
+    let injected = browser
+        .execute(
+            "return [document.querySelectorAll('img, script, [onerror], iframe').length, \
+             document.querySelectorAll('a[href^=\"javascript\"]').length, \
+             document.body.textContent]",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(injected[0], 0, "no injected element");
+    assert_eq!(injected[1], 0, "no javascript: link");
+    let text = injected[2].as_str().unwrap();
+    for payload in [IMG, SCRIPT, JS] {
+        assert!(text.contains(payload), "{payload} shown as text");
+    }
+
+    // The busiest ordinary session: its statistics filter the timeline; the screenshot.
+    browser
+        .goto(&format!("{base}/sessions/{busiest}"))
+        .await
+        .unwrap();
+    let all = browser
+        .find_all(Locator::Css("table.timeline tbody tr"))
+        .await
+        .unwrap()
+        .len();
+    assert!(all >= 4);
+    browser
+        .find(Locator::Css("ul.stats a[href*='endpoint=%2Fhealth']"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let filtered = browser
+        .find_all(Locator::Css("table.timeline tbody tr"))
+        .await
+        .unwrap()
+        .len();
+    assert_eq!(filtered, 1, "the /health statistic filters the timeline");
+    browser
+        .goto(&format!("{base}/sessions/{busiest}"))
+        .await
+        .unwrap();
+    let screenshot = browser.screenshot().await.unwrap();
+    assert!(screenshot.starts_with(b"\x89PNG"));
+
+    // The login form of a console with a token sets the cookie that opens it.
+    browser
+        .goto(&format!("http://127.0.0.1:{TOKEN_UI_PORT}/"))
+        .await
+        .unwrap();
+    let field = browser
+        .find(Locator::Css("input[name=token]"))
+        .await
+        .unwrap();
+    field.send_keys(TOKEN).await.unwrap();
+    browser
+        .find(Locator::Css("form.login button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let listed = browser.find_all(Locator::Css("td.id a")).await.unwrap();
+    assert_eq!(listed.len(), sessions.len(), "logged in: the list");
+    browser.close().await.unwrap();
+    screenshot
+}
