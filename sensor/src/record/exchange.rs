@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     endpoint,
-    exchange::{Exchange, ExchangeRecord, ip_text, rfc3339_ns},
+    exchange::{Exchange, ip_text, rfc3339_ns},
     record::Secret,
     record::{Finding, SpecStatus},
 };
@@ -272,4 +272,58 @@ impl Redaction {
         }
         out
     }
+}
+
+/// Field names follow Zeek's http.log where they overlap (see the design brief).
+#[derive(Debug, Serialize, PartialEq)]
+pub struct ExchangeRecord<'a> {
+    pub ts: String,
+    pub session_id: Option<&'a str>,
+    /// The real client (from a trusted proxy's forwarding header, else the peer).
+    pub client_ip: String,
+    /// The real client's port; 0 when a forwarding header named the client without one.
+    pub client_port: u16,
+    pub server_ip: String,
+    pub server_port: u16,
+    /// The connection's peer (the proxy, behind one; else the client).
+    pub peer_ip: String,
+    pub peer_port: u16,
+    pub method: Option<&'a str>,
+    pub host: Option<&'a str>,
+    pub uri: Option<&'a str>,
+    /// The templated path; filled by the enrichment stage (sessions issue).
+    pub endpoint: Option<&'a str>,
+    pub version: Option<&'a str>,
+    pub user_agent: Option<&'a str>,
+    pub referrer: Option<&'a str>,
+    pub status_code: Option<u16>,
+    pub status_msg: Option<&'a str>,
+    pub request_body_len: Option<u64>,
+    pub response_body_len: Option<u64>,
+    pub ttfb_ms: Option<f64>,
+    pub duration_ms: Option<f64>,
+    pub request_truncated: bool,
+    pub response_truncated: bool,
+    pub gap: bool,
+    /// A proxy's upstream exchange for this request was joined into this record.
+    pub joined: bool,
+    /// The joined upstream hop's duration (the application's time behind the proxy).
+    pub upstream_ms: Option<f64>,
+    /// Where NAT sent the connection (DNAT: the container behind a published port, the pod
+    /// behind a Service); `server_ip`/`server_port` are what the client called. Null without NAT.
+    /// "Upstream" as in `upstream_ms`: what served the request behind the address called.
+    pub upstream_ip: Option<String>,
+    pub upstream_port: Option<u16>,
+    /// Which container served it: the inode of the network namespace owning the address that
+    /// served (`upstream_ip`, else `server_ip`), when not the sensor's own; null otherwise.
+    pub server_netns: Option<u64>,
+    /// That namespace's cgroup v2 path (a Docker container's scope, a pod's slice), if any.
+    pub server_cgroup: Option<String>,
+    pub params: serde_json::Map<String, serde_json::Value>,
+    /// Attack findings (`{class, point, excerpt, rule}`); empty when none.
+    pub attacks: &'a [Finding],
+    /// `documented`, `shadow` or `zombie` against the host's OpenAPI document; null without one.
+    pub spec_status: Option<SpecStatus>,
+    /// Slower than its endpoint's own p99 (and the configured floor).
+    pub slow: bool,
 }

@@ -1,5 +1,5 @@
 //! The central tables' rows: an exchange and a session summary as JSONEachRow objects, and
-//! back. Column names are the NDJSON vocabulary (see [`crate::exchange::ExchangeRecord`]) plus
+//! back. Column names are the NDJSON vocabulary (see [`crate::record::exchange::ExchangeRecord`]) plus
 //! `host_id`, `exchange_id`, `ts_ns`, the content types (the HAR export shows them) and
 //! `version`. The unit test `every_ndjson_field_has_a_column` fails when the vocabulary gains a
 //! field these rows lack; the tests against a real server fail when the table lacks a field of
