@@ -1,24 +1,29 @@
-//! sqlmap, the real attack tool, against a deliberately injectable endpoint on loopback
-//! (tests/data/attacks/injectable_app.py): every request sqlmap's own traffic log (`-t FILE`)
-//! shows with a payload (a parameter changed to something other than a bare number) goes through the attack detector, which must flag at least 95 % of them
-//! as `sqli`; the test prints the share. sqlmap comes from `target/frameworks` (`cargo xtask
-//! setup`). The live version of this measurement (captured by the sensor) is the pipeline's.
+//! sqlmap, the real attack tool, captured live: a deliberately injectable endpoint
+//! (tests/data/attacks/injectable_app.py) in a server namespace with the daemon capturing it,
+//! sqlmap in the client namespace writing its own traffic log (`-t FILE`), and a normal client
+//! next to it. Every request the log shows with a payload (a parameter changed to something
+//! other than a bare number) must be stored with `sqli` among its attacks, at least 95 % of
+//! them (the test prints the share); the normal client's session has no attack. sqlmap comes
+//! from `target/frameworks` (`cargo xtask setup`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::{
-    collections::HashSet,
-    net::{TcpListener, TcpStream},
+    collections::{HashMap, HashSet},
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpStream},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    thread,
-    time::{Duration, Instant},
+    process::{Child, Stdio},
+    time::Duration,
 };
 
-use apisessions::{
-    analysis::attacks::{AttackClass, AttacksConfig, Detector},
-    exchange::{MessageMeta, Request},
-};
+use common::{TestNet, cli, exported, in_namespace, sh, start_daemon, wait_until};
+
+const BIN: &str = env!("CARGO_BIN_EXE_apisessions");
+const PORT: u16 = 8080;
+const NORMAL_AGENT: &str = "Mozilla/5.0 (X11; Linux x86_64; rv:150.0) Gecko/20100101 Firefox/150.0";
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -33,49 +38,18 @@ impl Drop for App {
     }
 }
 
-fn start_app() -> (App, u16) {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let app = Command::new("/usr/bin/python3")
-        .arg(root().join("tests/data/attacks/injectable_app.py"))
-        .args(["127.0.0.1", &port.to_string()])
-        .spawn()
-        .expect("python3 runs the injectable app");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "the injectable app did not start"
-        );
-        thread::sleep(Duration::from_millis(50));
-    }
-    (App(app), port)
-}
-
-/// The requests of a sqlmap traffic log (`HTTP request [#N]:` blocks: request line, headers).
-fn logged_requests(log: &str) -> Vec<Request> {
+/// The request targets of a sqlmap traffic log (`HTTP request [#N]:` blocks).
+fn logged_uris(log: &str) -> Vec<String> {
     log.split("HTTP request [#")
         .skip(1)
         .filter_map(|block| {
-            let mut lines = block.lines().skip(1);
-            let (method, rest) = lines.next()?.split_once(' ')?;
-            let uri = rest.rsplit_once(' ').map_or(rest, |(uri, _)| uri);
-            let headers = lines
-                .take_while(|l| !l.is_empty())
-                .filter_map(|l| l.split_once(": "))
-                .map(|(n, v)| (n.to_owned(), v.to_owned()))
-                .collect();
-            Some(Request {
-                method: method.to_owned(),
-                uri: uri.to_owned(),
-                meta: MessageMeta {
-                    headers,
-                    ..MessageMeta::default()
-                },
-            })
+            let line = block.lines().nth(1)?;
+            let (_, rest) = line.split_once(' ')?;
+            Some(
+                rest.rsplit_once(' ')
+                    .map_or(rest, |(uri, _)| uri)
+                    .to_owned(),
+            )
         })
         .collect()
 }
@@ -88,25 +62,63 @@ fn query_pairs(uri: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// A normal client's request, answered.
+fn normal_request(server: SocketAddr, target: &str) {
+    let mut stream = TcpStream::connect(server).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let head = format!(
+        "GET /{target} HTTP/1.1\r\nHost: shop\r\nUser-Agent: {NORMAL_AGENT}\r\n\
+         Connection: close\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).unwrap();
+}
+
 #[test]
-fn sqlmap_payload_requests_are_flagged_as_sqli() {
+fn sqlmap_payload_requests_are_stored_with_sqli() {
     let sqlmap = root().join("target/frameworks/venv/bin/sqlmap");
     assert!(
         sqlmap.exists(),
         "{} is missing: run `cargo xtask setup`",
         sqlmap.display()
     );
-    let (_app, port) = start_app();
-    let work = tempdir();
-    let detector = Detector::new(&AttacksConfig::default()).unwrap();
-    let (mut payloads, mut flagged) = (0, 0);
-    let mut missed = Vec::new();
+    let net = TestNet::new();
+    let _app = App(TestNet::command(&net.server_ns, "/usr/bin/python3")
+        .arg(root().join("tests/data/attacks/injectable_app.py"))
+        .args([&net.server_v4.to_string(), &PORT.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap());
+    let server = SocketAddr::new(net.server_v4.into(), PORT);
+    assert!(
+        wait_until(Duration::from_secs(20), || in_namespace(
+            &net.client_ns,
+            || TcpStream::connect(server).is_ok()
+        )),
+        "the injectable app listens"
+    );
+    let work = std::env::temp_dir().join(format!("apis-sqlmap-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).unwrap();
+    let data = work.join("data");
+    let mut daemon = start_daemon(&net, BIN, &[PORT], &data);
+
+    let mut logged = Vec::new();
     for target in ["items?id=1", "users?name=alice"] {
+        in_namespace(&net.client_ns, || {
+            for t in ["items?id=3", "users?name=bob", "items?id=4"] {
+                normal_request(server, t);
+            }
+        });
         let log = work.join(format!("{}.log", target.split('?').next().unwrap()));
         // Boolean, error-based and UNION techniques: the time-based ones would make the test
         // wait out sqlmap's delays for the same kind of payloads.
-        let status = Command::new(&sqlmap)
-            .args(["-u", &format!("http://127.0.0.1:{port}/{target}")])
+        let status = TestNet::command(&net.client_ns, &sqlmap)
+            .args(["-u", &format!("http://{server}/{target}")])
             .args(["--batch", "--flush-session", "--disable-coloring"])
             .args(["--technique=BEU", "--threads=4", "--timeout=10"])
             .arg("--output-dir")
@@ -117,28 +129,43 @@ fn sqlmap_payload_requests_are_flagged_as_sqli() {
             .status()
             .expect("sqlmap runs");
         assert!(status.success(), "sqlmap failed against {target}");
-        let text = std::fs::read_to_string(&log).unwrap();
-        let requests = logged_requests(&text);
-        assert!(
-            requests.len() > 20,
-            "{target}: only {} requests",
-            requests.len()
-        );
+        let uris = logged_uris(&std::fs::read_to_string(&log).unwrap());
+        assert!(uris.len() > 20, "{target}: only {} requests", uris.len());
+        logged.push(uris);
+    }
+    let total: usize = logged.iter().map(Vec::len).sum::<usize>() + 6;
+    let stored = wait_until(Duration::from_secs(30), || {
+        exported(BIN, &data).len() >= total
+    });
+    sh("kill", &["-TERM", &daemon.id().to_string()]);
+    assert!(daemon.wait().unwrap().success());
+    let records = exported(BIN, &data);
+    assert!(stored, "{} of {total} requests stored", records.len());
+
+    // Every stored record by its target (sqlmap repeats some).
+    let mut by_uri: HashMap<String, Vec<&serde_json::Value>> = HashMap::new();
+    for record in &records {
+        by_uri
+            .entry(record["uri"].as_str().unwrap_or("").to_owned())
+            .or_default()
+            .push(record);
+    }
+    let has_sqli = |record: &serde_json::Value| {
+        record["attacks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["class"] == "sqli")
+    };
+    let (mut payloads, mut flagged) = (0, 0);
+    let mut missed = Vec::new();
+    for uris in &logged {
         // The first request is sqlmap's baseline: the parameters as given. A request whose
-        // parameters differ carries a payload.
-        let baseline: HashSet<(String, String)> =
-            query_pairs(&requests[0].uri).into_iter().collect();
-        let baseline_findings = detector.inspect(&requests[0], &|v| v.to_owned()).findings;
-        assert!(
-            baseline_findings
-                .iter()
-                .all(|f| f.class != AttackClass::Sqli),
-            "{baseline_findings:?}"
-        );
-        for request in &requests {
-            // Changed parameters that are bare numbers are sqlmap's stability and
-            // dynamicity checks (a random value), not payloads.
-            let changed: Vec<(String, String)> = query_pairs(&request.uri)
+        // parameters differ carries a payload, unless they are bare numbers (sqlmap's
+        // stability and dynamicity checks).
+        let baseline: HashSet<(String, String)> = query_pairs(&uris[0]).into_iter().collect();
+        for uri in uris {
+            let changed: Vec<(String, String)> = query_pairs(uri)
                 .into_iter()
                 .filter(|p| !baseline.contains(p))
                 .collect();
@@ -149,26 +176,57 @@ fn sqlmap_payload_requests_are_flagged_as_sqli() {
                 continue;
             }
             payloads += 1;
-            let findings = detector.inspect(request, &|v| v.to_owned()).findings;
-            if findings.iter().any(|f| f.class == AttackClass::Sqli) {
+            let records = by_uri.get(uri.as_str());
+            assert!(records.is_some(), "not stored: {uri}");
+            if records.is_some_and(|r| r.iter().all(|r| has_sqli(r))) {
                 flagged += 1;
             } else {
-                missed.push(request.uri.clone());
+                missed.push(uri.clone());
             }
         }
     }
     let share = 100.0 * flagged as f64 / payloads as f64;
-    println!("attacks sqlmap: {flagged}/{payloads} payload requests flagged sqli = {share:.1} %");
+    println!(
+        "attacks sqlmap (live): {flagged}/{payloads} payload requests stored with sqli = {share:.1} %"
+    );
     for uri in &missed {
         println!("    missed: {uri}");
     }
     assert!(payloads >= 40, "only {payloads} payload requests");
     assert!(share >= 95.0, "{share:.1} % < 95 %");
-    let _ = std::fs::remove_dir_all(&work);
-}
 
-fn tempdir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("apisessions-sqlmap-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    // The sessions: sqlmap's carries sqli, the normal client's none.
+    let sessions: Vec<serde_json::Value> =
+        serde_json::from_str(&cli(BIN, &["sessions", "--json", "--limit", "0"], &data)).unwrap();
+    let of = |agent: &str| {
+        sessions
+            .iter()
+            .find(|s| {
+                s["user_agents"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|a| a.as_str().unwrap_or("").contains(agent))
+            })
+            .unwrap_or_else(|| panic!("no session of {agent}: {sessions:#?}"))
+    };
+    assert!(of("sqlmap")["attacks"]["sqli"].as_u64().unwrap() >= flagged);
+    assert_eq!(of(NORMAL_AGENT)["attacks"], serde_json::json!({}));
+    let listed: Vec<serde_json::Value> = serde_json::from_str(&cli(
+        BIN,
+        &["sessions", "--attack", "sqli", "--json", "--limit", "0"],
+        &data,
+    ))
+    .unwrap();
+    assert!(
+        listed
+            .iter()
+            .all(|s| s["session_id"] != of(NORMAL_AGENT)["session_id"])
+    );
+    assert!(
+        listed
+            .iter()
+            .any(|s| s["session_id"] == of("sqlmap")["session_id"])
+    );
+    let _ = std::fs::remove_dir_all(&work);
 }

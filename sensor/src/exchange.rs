@@ -7,7 +7,6 @@ use std::{
     time::{Duration, UNIX_EPOCH},
 };
 
-
 /// One parsed HTTP message head and what was seen of its body.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MessageMeta {

@@ -250,6 +250,10 @@ impl SessionFilter {
                 .is_none_or(|u| s.user.as_ref() == Some(u))
             && self.min_risk.is_none_or(|r| s.abuse.risk >= r)
             && self.signal.is_none_or(|name| s.abuse.score(name).is_some())
+            && (!self.attacks || s.attack_count() > 0)
+            && self
+                .attack
+                .is_none_or(|class| s.attacks.iter().any(|(c, _)| *c == class))
     }
 }
 
