@@ -145,6 +145,11 @@ pub const MIGRATIONS: &[Migration] = &[
                 column: "signals",
                 definition: "String DEFAULT '[]'",
             },
+            Step::AddColumn {
+                table: "sessions",
+                column: "attacks",
+                definition: "String DEFAULT '[]'",
+            },
         ],
     },
 ];
