@@ -66,6 +66,8 @@ pub struct LiveOptions {
     pub summary_interval: u64,
     /// The user to continue as when started as root (see [`crate::privilege::target_user`]).
     pub user: Option<String>,
+    /// The configuration file, which `[[api.specs]]` files are relative to.
+    pub config_file: Option<PathBuf>,
 }
 
 /// Runs the daemon with `config` until SIGTERM or SIGINT, with its store and statistics in
@@ -165,6 +167,11 @@ fn live_pipeline(
         Redaction::new(config.secrets.store_raw, &config.secrets.names),
     )
     .with_abuse(&config.abuse)
+    .with_inventory(pipeline::restored_inventory(
+        config,
+        live.config_file.as_deref(),
+        &store,
+    )?)
     .with_containers(ContainerIndex::new());
     let conntrack = match Conntrack::open() {
         Ok(conntrack) => Some(conntrack),

@@ -65,6 +65,35 @@ pub struct InventoryState {
     pub templates: templates::LearnerState,
 }
 
+/// First byte of an encoded [`InventoryState`]; bump it when the state's types change
+/// incompatibly (a state of another version is not read: the inventory starts anew).
+const STATE_VERSION: u8 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("written by inventory state version {0}, this build reads version {STATE_VERSION}")]
+    Version(u8),
+    #[error("empty inventory state")]
+    Empty,
+    #[error(transparent)]
+    Postcard(#[from] postcard::Error),
+}
+
+impl InventoryState {
+    /// The bytes the store keeps (it knows nothing of the inventory's types).
+    pub fn encode(&self) -> Result<Vec<u8>, StateError> {
+        Ok(postcard::to_extend(self, vec![STATE_VERSION])?)
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, StateError> {
+        match bytes.split_first() {
+            Some((&STATE_VERSION, rest)) => Ok(postcard::from_bytes(rest)?),
+            Some((version, _)) => Err(StateError::Version(*version)),
+            None => Err(StateError::Empty),
+        }
+    }
+}
+
 /// Counters of what the inventory could not take in whole (for `apisessions stats`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InventoryCounters {

@@ -96,6 +96,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         dump_segments: args.dump_segments,
         summary_interval: args.summary_interval,
         user: args.user.clone(),
+        config_file: args.config.config.clone(),
     };
     Ok(live::run(config, data_dir, options)?)
 }
