@@ -1,4 +1,5 @@
-//! What the query commands print: the `sessions` table, the `show` page, and `export`'s formats.
+//! What the query commands print: the `sessions` table, the `show` page, the `endpoints` table,
+//! and `export`'s formats.
 
 use std::{
     fmt::Write as _,
@@ -6,6 +7,7 @@ use std::{
 };
 
 use crate::{
+    analysis::inventory::EndpointRow,
     exchange::rfc3339_ns,
     record::{SessionSummary, StoredExchange},
 };
@@ -52,6 +54,65 @@ fn printable(text: &str) -> String {
             }
         })
         .collect()
+}
+
+/// The `endpoints` table: one line per endpoint, as the rows come (host, endpoint, method).
+pub fn endpoints_table(rows: &[EndpointRow]) -> String {
+    let mut out = format!(
+        "{:<20}  {:<7}  {:<36}  {:>7}  {:>8}  {:>6}  {:>6}  {:>6}  {:>8}  {:>8}  {:>8}  {:<12}  {:<20}  {:<10}  {:>4}  {}\n",
+        "HOST",
+        "METHOD",
+        "ENDPOINT",
+        "CALLS",
+        "SESSIONS",
+        "2XX",
+        "4XX",
+        "5XX",
+        "P50 MS",
+        "P95 MS",
+        "P99 MS",
+        "AUTH",
+        "SENSITIVE",
+        "SPEC",
+        "RISK",
+        "LAST SEEN (UTC)"
+    );
+    let ms = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.1}"));
+    let list = |kinds: &[&str]| {
+        if kinds.is_empty() {
+            "-".to_owned()
+        } else {
+            kinds.join(",")
+        }
+    };
+    for row in rows {
+        let class = |c: &str| row.status_classes.get(c).copied().unwrap_or(0);
+        let last_seen = row.last_seen.as_deref().map_or("-".to_owned(), |t| {
+            t.split_once('.')
+                .map_or(t.to_owned(), |(s, _)| format!("{s}Z"))
+        });
+        let _ = writeln!(
+            out,
+            "{:<20}  {:<7}  {:<36}  {:>7}  {:>8}  {:>6}  {:>6}  {:>6}  {:>8}  {:>8}  {:>8}  {:<12}  {:<20}  {:<10}  {:>4}  {}",
+            shorten(&printable(&row.host), 20),
+            shorten(&printable(&row.method), 7),
+            shorten(&printable(&row.endpoint), 36),
+            row.calls,
+            row.sessions,
+            class("2xx"),
+            class("4xx"),
+            class("5xx"),
+            ms(row.latency_ms.p50),
+            ms(row.latency_ms.p95),
+            ms(row.latency_ms.p99),
+            shorten(&list(&row.auth), 12),
+            shorten(&list(&row.sensitive), 20),
+            row.spec_status.map_or("-", |s| s.name()),
+            row.risk,
+            last_seen,
+        );
+    }
+    out
 }
 
 /// The `sessions` table: one line per session, newest first.
