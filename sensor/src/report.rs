@@ -198,8 +198,8 @@ pub fn session_page(s: &SessionSummary, exchanges: &[StoredExchange]) -> String 
     let _ = writeln!(out, "servers   {}", counts(s.server_ips.clone()));
     let _ = writeln!(
         out,
-        "requests  {} ({} incomplete)",
-        s.requests, s.incomplete
+        "requests  {} ({} incomplete, {} slow)",
+        s.requests, s.incomplete, s.slow
     );
     let _ = writeln!(
         out,
@@ -230,8 +230,8 @@ pub fn session_page(s: &SessionSummary, exchanges: &[StoredExchange]) -> String 
     out.push('\n');
     let _ = writeln!(
         out,
-        "{:<27}  {:<7}  {:<40}  {:>6}  {:>9}  {:>9}",
-        "TIME (UTC)", "METHOD", "ENDPOINT", "STATUS", "TTFB ms", "SIZE"
+        "{:<27}  {:<7}  {:<40}  {:>6}  {:>9}  {:>9}  {:<10}",
+        "TIME (UTC)", "METHOD", "ENDPOINT", "STATUS", "TTFB ms", "SIZE", "SPEC"
     );
     for e in exchanges {
         let status = e.status_code.map_or("-".to_owned(), |c| c.to_string());
@@ -245,15 +245,19 @@ pub fn session_page(s: &SessionSummary, exchanges: &[StoredExchange]) -> String 
         if e.gap {
             flags.push_str(" [gap]");
         }
+        if e.slow {
+            flags.push_str(" [slow]");
+        }
         let _ = writeln!(
             out,
-            "{:<27}  {:<7}  {:<40}  {:>6}  {:>9}  {:>9}{flags}",
+            "{:<27}  {:<7}  {:<40}  {:>6}  {:>9}  {:>9}  {:<10}{flags}",
             rfc3339_ns(e.ts_ns),
             e.method.as_deref().unwrap_or("-"),
             shorten(&printable(e.endpoint.as_deref().unwrap_or("-")), 40),
             status,
             ttfb,
             e.response_body_len.unwrap_or(0),
+            e.spec_status.map_or("-", |s| s.name()),
         );
     }
     out

@@ -88,6 +88,8 @@ pub struct SessionSummary {
     pub incomplete: u64,
     /// Abuse risk (0-100) and the signals behind it, as last computed.
     pub abuse: SessionSignals,
+    /// Requests slower than their endpoint's own p99 (see `analysis::inventory`).
+    pub slow: u64,
 }
 
 /// Counts `key` in `list` (found with `is_key`, made with `key` only when new).
@@ -158,6 +160,7 @@ impl SessionSummary {
         let end = exchange.ts_ns + exchange.duration_us.unwrap_or(0) * 1000;
         self.end_ns = self.end_ns.max(end);
         self.requests += 1;
+        self.slow += u64::from(exchange.slow);
         if self.user.is_none() && assignment.user.is_some() {
             self.user.clone_from(&assignment.user);
             new.user.clone_from(&assignment.user);
@@ -258,6 +261,7 @@ impl SessionSummary {
             "request_bytes": summary.request_bytes,
             "response_bytes": summary.response_bytes,
             "incomplete": summary.incomplete,
+            "slow": summary.slow,
             "risk": summary.abuse.risk,
             "signals": summary.abuse.signals,
         })

@@ -323,6 +323,8 @@ impl SessionRow {
                 risk: self.risk,
                 signals: serde_json::from_str(&self.signals).unwrap_or_default(),
             },
+            // The central sessions table has no count of slow requests (its exchanges do).
+            slow: 0,
         }
     }
 }

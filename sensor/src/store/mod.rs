@@ -48,7 +48,7 @@ use keys::{
 use state::StateDbs;
 
 /// First byte of every stored value; bump it when a stored type changes incompatibly.
-pub const FORMAT_VERSION: u8 = 6;
+pub const FORMAT_VERSION: u8 = 7;
 /// Default LMDB map size: address space, not disk (the file grows as data comes).
 pub const DEFAULT_MAP_SIZE: usize = 32 << 30;
 const STORE_DIR: &str = "store";
@@ -218,6 +218,8 @@ pub struct SessionFilter {
     pub min_risk: Option<u8>,
     /// Sessions that carry this abuse signal.
     pub signal: Option<SignalName>,
+    /// Sessions with at least one slow request.
+    pub slow: bool,
     pub limit: usize,
 }
 
@@ -248,6 +250,7 @@ impl SessionFilter {
                 .is_none_or(|u| s.user.as_ref() == Some(u))
             && self.min_risk.is_none_or(|r| s.abuse.risk >= r)
             && self.signal.is_none_or(|name| s.abuse.score(name).is_some())
+            && (!self.slow || s.slow > 0)
     }
 }
 
