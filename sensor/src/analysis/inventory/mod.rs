@@ -313,11 +313,14 @@ impl Inventory {
         let mut rows: Vec<EndpointRow> = grouped
             .iter()
             .map(|(key, stats)| {
-                let spec_status = self.spec_for(&key.host).map(|spec| {
-                    let m = spec.match_request(&key.method, &key.template);
+                let covering = self.specs.iter().find(|s| s.covers(&key.host));
+                let spec_status = covering.map(|host_spec| {
+                    let m = host_spec.spec.match_request(&key.method, &key.template);
                     if let Some(op) = m.operation {
+                        // Under the spec's own host (`*` for `--spec`), as orphans are looked
+                        // up below.
                         seen_operations.insert((
-                            key.host.clone(),
+                            host_spec.host.clone(),
                             op.method.clone(),
                             op.path.clone(),
                         ));
