@@ -287,17 +287,13 @@ impl Inventory {
     pub fn rows(&self) -> Vec<EndpointRow> {
         let mut grouped: BTreeMap<EndpointKey, EndpointStats> = BTreeMap::new();
         for (key, stats) in &self.aggregate.endpoints {
-            // A spec's template stays; the rest is written as the learner would now.
-            let documented = self.spec_for(&key.host).is_some_and(|spec| {
-                spec.match_request(&key.method, &key.template)
-                    .operation
-                    .is_some()
-            });
-            let template = if documented {
-                key.template.clone()
-            } else {
-                self.learner.resolve(&key.host, &key.method, &key.template)
-            };
+            // What a spec documents is written with the spec's template (also rows counted
+            // before the spec was given, under a learned or first-pass one: `--spec`); the rest
+            // as the learner would write it now.
+            let template = self
+                .spec_for(&key.host)
+                .and_then(|spec| spec.match_request(&key.method, &key.template).template)
+                .unwrap_or_else(|| self.learner.resolve(&key.host, &key.method, &key.template));
             let key = EndpointKey {
                 template,
                 ..key.clone()
