@@ -18,7 +18,7 @@ use crate::{
     http::HttpConfig,
     pipeline::{
         Analysis, Clock, NdjsonLines, Pipeline, PipelineError, StoreWriter, WriterMode,
-        restored_sessionizer, writer::TRANSACTION_EXCHANGES,
+        restored_inventory, restored_sessionizer, writer::TRANSACTION_EXCHANGES,
     },
     proxy::{ProxyConfig, ProxyStage},
     record::Redaction,
@@ -115,6 +115,8 @@ pub struct ImportOptions {
     pub body_cap: Option<usize>,
     /// Every exchange to stdout as one JSON object per line.
     pub ndjson: bool,
+    /// The configuration file, which `[[api.specs]]` files are relative to.
+    pub config_file: Option<PathBuf>,
 }
 
 /// The pipeline of an import into the store in `data_dir` (which must exist): capture time,
@@ -134,6 +136,11 @@ pub fn pipeline(
         Redaction::new(settings.secrets.store_raw, &settings.secrets.names),
     )
     .with_abuse(&settings.abuse)
+    .with_inventory(restored_inventory(
+        settings,
+        options.config_file.as_deref(),
+        &store,
+    )?)
     .with_exchange_ids();
     let flows = FlowConfig {
         // Without ports given, HTTP is found by content on any port; the configured ports

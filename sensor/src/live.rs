@@ -72,6 +72,8 @@ pub struct LiveOptions {
     pub summary_interval: u64,
     /// The user to continue as when started as root (see [`crate::privilege::target_user`]).
     pub user: Option<String>,
+    /// The configuration file, which `[[api.specs]]` files are relative to.
+    pub config_file: Option<PathBuf>,
     /// Web servers next to the capture: the console (`--ui`), `/metrics` alone (`--metrics`).
     pub servers: Vec<ServerOptions>,
 }
@@ -184,6 +186,11 @@ fn live_pipeline(
         Redaction::new(config.secrets.store_raw, &config.secrets.names),
     )
     .with_abuse(&config.abuse)
+    .with_inventory(pipeline::restored_inventory(
+        config,
+        live.config_file.as_deref(),
+        &store,
+    )?)
     .with_containers(ContainerIndex::new());
     let analysis = match config.attacks.enabled {
         true => analysis.with_attacks(Detector::new(&AttacksConfig::from_config(config))?),

@@ -1,4 +1,5 @@
-//! What the query commands print: the `sessions` table, the `show` page, and `export`'s formats.
+//! What the query commands print: the `sessions` table, the `show` page, the `endpoints` table,
+//! and `export`'s formats.
 
 use std::{
     fmt::Write as _,
@@ -7,6 +8,7 @@ use std::{
 };
 
 use crate::{
+    analysis::inventory::EndpointRow,
     exchange::rfc3339_ns,
     record::{SessionSummary, StoredExchange},
 };
@@ -67,6 +69,65 @@ pub fn parse_time(text: &str, now: SystemTime) -> Result<u64, String> {
     Ok(time
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64))
+}
+
+/// The `endpoints` table: one line per endpoint, as the rows come (host, endpoint, method).
+pub fn endpoints_table(rows: &[EndpointRow]) -> String {
+    let mut out = format!(
+        "{:<20}  {:<7}  {:<36}  {:>7}  {:>8}  {:>6}  {:>6}  {:>6}  {:>8}  {:>8}  {:>8}  {:<12}  {:<20}  {:<10}  {:>4}  {}\n",
+        "HOST",
+        "METHOD",
+        "ENDPOINT",
+        "CALLS",
+        "SESSIONS",
+        "2XX",
+        "4XX",
+        "5XX",
+        "P50 MS",
+        "P95 MS",
+        "P99 MS",
+        "AUTH",
+        "SENSITIVE",
+        "SPEC",
+        "RISK",
+        "LAST SEEN (UTC)"
+    );
+    let ms = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.1}"));
+    let list = |kinds: &[&str]| {
+        if kinds.is_empty() {
+            "-".to_owned()
+        } else {
+            kinds.join(",")
+        }
+    };
+    for row in rows {
+        let class = |c: &str| row.status_classes.get(c).copied().unwrap_or(0);
+        let last_seen = row.last_seen.as_deref().map_or("-".to_owned(), |t| {
+            t.split_once('.')
+                .map_or(t.to_owned(), |(s, _)| format!("{s}Z"))
+        });
+        let _ = writeln!(
+            out,
+            "{:<20}  {:<7}  {:<36}  {:>7}  {:>8}  {:>6}  {:>6}  {:>6}  {:>8}  {:>8}  {:>8}  {:<12}  {:<20}  {:<10}  {:>4}  {}",
+            shorten(&printable(&row.host), 20),
+            shorten(&printable(&row.method), 7),
+            shorten(&printable(&row.endpoint), 36),
+            row.calls,
+            row.sessions,
+            class("2xx"),
+            class("4xx"),
+            class("5xx"),
+            ms(row.latency_ms.p50),
+            ms(row.latency_ms.p95),
+            ms(row.latency_ms.p99),
+            shorten(&list(&row.auth), 12),
+            shorten(&list(&row.sensitive), 20),
+            row.spec_status.map_or("-", |s| s.name()),
+            row.risk,
+            last_seen,
+        );
+    }
+    out
 }
 
 /// The `sessions` table: one line per session, newest first.
@@ -154,8 +215,8 @@ pub fn session_page(s: &SessionSummary, exchanges: &[StoredExchange]) -> String 
     let _ = writeln!(out, "servers   {}", counts(s.server_ips.clone()));
     let _ = writeln!(
         out,
-        "requests  {} ({} incomplete)",
-        s.requests, s.incomplete
+        "requests  {} ({} incomplete, {} slow)",
+        s.requests, s.incomplete, s.slow
     );
     let _ = writeln!(
         out,
@@ -194,8 +255,8 @@ pub fn session_page(s: &SessionSummary, exchanges: &[StoredExchange]) -> String 
     out.push('\n');
     let _ = writeln!(
         out,
-        "{:<27}  {:<7}  {:<40}  {:>6}  {:>9}  {:>9}",
-        "TIME (UTC)", "METHOD", "ENDPOINT", "STATUS", "TTFB ms", "SIZE"
+        "{:<27}  {:<7}  {:<40}  {:>6}  {:>9}  {:>9}  {:<10}",
+        "TIME (UTC)", "METHOD", "ENDPOINT", "STATUS", "TTFB ms", "SIZE", "SPEC"
     );
     for e in exchanges {
         let status = e.status_code.map_or("-".to_owned(), |c| c.to_string());
@@ -212,21 +273,19 @@ pub fn session_page(s: &SessionSummary, exchanges: &[StoredExchange]) -> String 
         if e.slow {
             flags.push_str(" [slow]");
         }
-        if let Some(status) = e.spec_status {
-            let _ = write!(flags, " [{}]", status.name());
-        }
         for finding in &e.attacks {
             let _ = write!(flags, " {}@{}", finding.class, printable(&finding.point));
         }
         let _ = writeln!(
             out,
-            "{:<27}  {:<7}  {:<40}  {:>6}  {:>9}  {:>9}{flags}",
+            "{:<27}  {:<7}  {:<40}  {:>6}  {:>9}  {:>9}  {:<10}{flags}",
             rfc3339_ns(e.ts_ns),
             e.method.as_deref().unwrap_or("-"),
             shorten(&printable(e.endpoint.as_deref().unwrap_or("-")), 40),
             status,
             ttfb,
             e.response_body_len.unwrap_or(0),
+            e.spec_status.map_or("-", |s| s.name()),
         );
     }
     out

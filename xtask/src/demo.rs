@@ -253,6 +253,21 @@ pub fn run(ui: bool) -> Result<()> {
             .arg(&data_dir),
     )?;
 
+    if has_subcommand(&apisessions, "endpoints")? {
+        let spec = scripts.join("openapi.yaml");
+        println!(
+            "\n== demo: apisessions endpoints --spec xtask/demo/openapi.yaml   (the API inventory \
+             against the demo's own document: one shadow, one zombie, one orphan)"
+        );
+        status(
+            Command::new(&apisessions)
+                .arg("endpoints")
+                .arg("--spec")
+                .arg(&spec)
+                .arg("--data-dir")
+                .arg(&data_dir),
+        )?;
+    }
     if has_subcommand(&apisessions, "sessions")? {
         show_sessions(&apisessions, &data_dir)?;
     } else {

@@ -194,6 +194,7 @@ impl SessionQuery {
                     .map(|v| v.parse::<SignalName>().map_err(|e| bad("signal", v, e)))
                     .transpose()?,
                 attacks: self.get("attacks").is_some_and(|v| v != "0"),
+                slow: self.get("slow").is_some_and(|v| v != "0"),
                 attack: self
                     .get("attack")
                     .map(|v| {

@@ -1,8 +1,8 @@
 //! The analysis stage: what the pipeline learns about each decoded exchange before the sinks
 //! see it. Today: its session and record (endpoint template, context parameters, redaction; see
 //! [`Sessionizer::record`]), its session's abuse signals ([`AbuseTracker`]), its id when it
-//! comes from a capture file, and the container that served it on a live host. Attack findings
-//! and the endpoint inventory join here.
+//! comes from a capture file, the container that served it on a live host, and its endpoint in
+//! the API inventory ([`Inventory`]: spec status, slow). Attack findings join here.
 
 use std::{num::NonZeroUsize, path::Path};
 
@@ -12,7 +12,9 @@ use crate::{
     analysis::{
         abuse::{self, AbuseConfig, AbuseTracker},
         attacks::{AttackClass, Detector},
+        inventory::{self, Inventory, InventoryState},
     },
+    config::Config,
     container::ContainerIndex,
     exchange::Exchange,
     record::{Assignment, Redaction, Secret, StoredExchange},
@@ -31,6 +33,7 @@ pub struct Analysis {
     /// Live capture only: which container's namespace and cgroup served an exchange.
     containers: Option<ContainerIndex>,
     abuse: Option<AbuseTracker>,
+    inventory: Option<Inventory>,
     attacks: Option<Detector>,
     pub counters: AnalysisCounters,
 }
@@ -74,6 +77,7 @@ impl Analysis {
             abuse: None,
             attacks: None,
             counters: AnalysisCounters::default(),
+            inventory: None,
         }
     }
 
@@ -87,6 +91,18 @@ impl Analysis {
     pub fn with_abuse(mut self, config: &AbuseConfig) -> Self {
         self.abuse = config.enabled.then(|| AbuseTracker::new(config.clone()));
         self
+    }
+
+    /// Counts every exchange in the endpoint inventory, which marks its record's spec status
+    /// and slowness.
+    pub fn with_inventory(mut self, inventory: Inventory) -> Self {
+        self.inventory = Some(inventory);
+        self
+    }
+
+    /// The inventory's persistable state, when there is an inventory.
+    pub fn inventory_state(&self) -> Option<InventoryState> {
+        self.inventory.as_ref().map(Inventory::state)
     }
 
     /// Gives every record a deterministic id (see [`ExchangeIds`]).
@@ -149,6 +165,13 @@ impl Analysis {
             };
             assignment.signals = tracker.observe(exchange, &record, context).map(Box::new);
         }
+        // `record.endpoint` stays the first-pass template: the store indexes sessions by it.
+        if let Some(inventory) = &mut self.inventory
+            && let Some(verdict) = inventory.observe(exchange, &assignment.session_id)
+        {
+            record.spec_status = verdict.spec_status;
+            record.slow = verdict.slow;
+        }
         (record, assignment)
     }
 
@@ -162,6 +185,9 @@ impl Analysis {
         }
         if let Some(tracker) = &self.abuse {
             stages.push(("abuse", tracker.counters.snapshot()));
+        }
+        if let Some(inventory) = &self.inventory {
+            stages.push(("inventory", inventory.counters().snapshot()));
         }
         stages
     }
@@ -190,6 +216,39 @@ pub fn restored_sessionizer(
         log::warn!("{cut} more active sessions are past the {bound} held in memory and start anew");
     }
     Ok(sessionizer)
+}
+
+/// The inventory `config` asks for: its `[[api.specs]]` loaded (relative to `config_file`'s
+/// directory), and what `store` holds of an earlier run merged in. A spec that cannot be
+/// loaded is an error: the sensor does not start without the documents it was told to use.
+pub fn restored_inventory(
+    config: &Config,
+    config_file: Option<&Path>,
+    store: &Store,
+) -> Result<Inventory, PipelineError> {
+    let paths: Vec<_> = config
+        .api
+        .specs
+        .iter()
+        .map(|s| {
+            (
+                s.host.as_str(),
+                s.path(config_file.unwrap_or(Path::new(""))),
+            )
+        })
+        .collect();
+    let specs = inventory::load_specs(paths.iter().map(|(h, p)| (*h, p.as_path())))?;
+    let mut inventory = Inventory::new(config.inventory.clone(), specs);
+    if let Some(bytes) = store.inventory().map_err(PipelineError::LoadInventory)? {
+        match InventoryState::decode(&bytes) {
+            Ok(state) => inventory.merge(&state),
+            // Statistics, not records: a state this build cannot read starts anew.
+            Err(e) => {
+                log::warn!("the stored endpoint inventory is not readable ({e}): it starts anew")
+            }
+        }
+    }
+    Ok(inventory)
 }
 
 /// Deterministic ids of imported exchanges: the same capture imported again yields the same

@@ -18,7 +18,12 @@ pub mod analysis;
 pub mod sinks;
 pub mod writer;
 
-use std::{io, net::IpAddr, sync::Arc};
+use std::{
+    io,
+    net::IpAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use crate::{
     exchange::Exchange,
@@ -30,7 +35,7 @@ use crate::{
     sessions::{SessionConfig, Sessionizer},
     store::StoreError,
 };
-pub use analysis::{Analysis, ExchangeIds, restored_sessionizer};
+pub use analysis::{Analysis, ExchangeIds, restored_inventory, restored_sessionizer};
 pub use sinks::{Collect, DumpLines, NdjsonLines, Sink};
 pub use writer::{StoreWriter, WriterCounters, WriterError, WriterMode, WriterStopped};
 
@@ -44,8 +49,12 @@ pub enum PipelineError {
     Writer(#[from] WriterError),
     #[error("loading the sessions' state")]
     LoadState(#[source] StoreError),
+    #[error("loading the endpoint inventory")]
+    LoadInventory(#[source] StoreError),
     #[error(transparent)]
     Secret(#[from] SecretError),
+    #[error(transparent)]
+    Spec(#[from] crate::analysis::inventory::spec::SpecError),
 }
 
 /// Where the pipeline's time comes from.
@@ -82,7 +91,15 @@ pub struct Pipeline {
     /// Capture time (s) of the last expiry, with [`Clock::Capture`].
     expired_at_s: u64,
     exchanges: u64,
+    /// When the inventory's state last went to the store, and the exchanges counted then.
+    inventory_handed: (Instant, u64),
+    /// The last hand-over: the inventory goes along whatever the time.
+    stopping: bool,
 }
+
+/// How often the inventory's whole state goes to the store at most (and at the end): it is
+/// statistics, and a state of many endpoints is worth writing only now and then.
+const INVENTORY_EVERY: Duration = Duration::from_secs(10);
 
 impl Pipeline {
     pub fn new(clock: Clock, flows: FlowTable, proxy: ProxyStage, analysis: Analysis) -> Self {
@@ -101,6 +118,8 @@ impl Pipeline {
             pending: Batch::default(),
             expired_at_s: 0,
             exchanges: 0,
+            inventory_handed: (Instant::now(), 0),
+            stopping: false,
         }
     }
 
@@ -177,6 +196,7 @@ impl Pipeline {
     /// open as they are (a capture file that cannot be read on: what it would add to them is
     /// unknown). The writer's error comes first: it is the cause when a hand-over failed.
     pub fn stop(&mut self) -> Result<(), PipelineError> {
+        self.stopping = true;
         let flushed = self.flush();
         if let Some(store) = self.store.take() {
             store.finish()?;
@@ -221,6 +241,19 @@ impl Pipeline {
             return Ok(());
         };
         self.pending.state = self.analysis.sessionizer_mut().take_changes();
+        let (at, counted) = self.inventory_handed;
+        if self.exchanges > counted && (self.stopping || at.elapsed() >= INVENTORY_EVERY) {
+            match self
+                .analysis
+                .inventory_state()
+                .map(|s| s.encode())
+                .transpose()
+            {
+                Ok(encoded) => self.pending.inventory = encoded,
+                Err(e) => log::error!("encoding the endpoint inventory: {e}"),
+            }
+            self.inventory_handed = (Instant::now(), self.exchanges);
+        }
         store.submit(std::mem::take(&mut self.pending))?;
         Ok(())
     }

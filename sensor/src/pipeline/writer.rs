@@ -282,6 +282,13 @@ fn daemon_loop(
 /// the error of the store itself (the whole batch is lost).
 fn write(store: &Store, batch: &Batch, counters: &WriterCounters) -> Result<(), StoreError> {
     let report = store.write_isolating(&batch.exchanges, &batch.state)?;
+    // Statistics, replaced whole at the next hand-over: a failure costs no exchange.
+    if let Some(inventory) = &batch.inventory
+        && let Err(e) = store.write_inventory(inventory)
+    {
+        counters.write_errors.fetch_add(1, Ordering::Relaxed);
+        log::error!("store: the endpoint inventory was not written: {e}");
+    }
     counters.batches_written.fetch_add(1, Ordering::Relaxed);
     counters
         .exchanges_written

@@ -27,17 +27,23 @@ pub use state::{LoadedState, SessionState};
 pub struct Batch {
     pub exchanges: Vec<(StoredExchange, Assignment)>,
     pub state: SessionState,
+    /// The endpoint inventory's whole state, encoded by the pipeline (opaque here and in the
+    /// store), handed over now and then: it replaces the stored one.
+    pub inventory: Option<Vec<u8>>,
 }
 
 impl Batch {
     pub fn is_empty(&self) -> bool {
-        self.exchanges.is_empty() && self.state.is_empty()
+        self.exchanges.is_empty() && self.state.is_empty() && self.inventory.is_none()
     }
 
-    /// Appends a later batch.
+    /// Appends a later batch (whose inventory state, if any, is the newer one).
     pub fn extend(&mut self, later: Self) {
         self.exchanges.extend(later.exchanges);
         self.state.extend(later.state);
+        if later.inventory.is_some() {
+            self.inventory = later.inventory;
+        }
     }
 }
 
@@ -46,6 +52,7 @@ impl From<Vec<(StoredExchange, Assignment)>> for Batch {
         Self {
             exchanges,
             state: SessionState::default(),
+            inventory: None,
         }
     }
 }

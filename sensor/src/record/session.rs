@@ -90,6 +90,8 @@ pub struct SessionSummary {
     pub abuse: SessionSignals,
     /// Attack findings by class, in the order the classes first appeared.
     pub attacks: Vec<(AttackClass, u64)>,
+    /// Requests slower than their endpoint's own p99 (see `analysis::inventory`).
+    pub slow: u64,
 }
 
 /// Counts `key` in `list` (found with `is_key`, made with `key` only when new).
@@ -160,6 +162,7 @@ impl SessionSummary {
         let end = exchange.ts_ns + exchange.duration_us.unwrap_or(0) * 1000;
         self.end_ns = self.end_ns.max(end);
         self.requests += 1;
+        self.slow += u64::from(exchange.slow);
         if self.user.is_none() && assignment.user.is_some() {
             self.user.clone_from(&assignment.user);
             new.user.clone_from(&assignment.user);
@@ -271,6 +274,7 @@ impl SessionSummary {
             "request_bytes": summary.request_bytes,
             "response_bytes": summary.response_bytes,
             "incomplete": summary.incomplete,
+            "slow": summary.slow,
             "risk": summary.abuse.risk,
             "signals": summary.abuse.signals,
             "attacks": summary

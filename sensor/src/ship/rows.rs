@@ -328,6 +328,8 @@ impl SessionRow {
                 signals: serde_json::from_str(&self.signals).unwrap_or_default(),
             },
             attacks: serde_json::from_str(&self.attacks).unwrap_or_default(),
+            // The central sessions table has no count of slow requests (its exchanges do).
+            slow: 0,
         }
     }
 }

@@ -12,6 +12,8 @@
 //!   same capture imported again adds nothing (only the writer opens it)
 //! - `outbox`, `outbox_meta`: the exchange blocks in commit order and the central shipper's
 //!   cursor, written only when the outbox is enabled (see [`outbox`])
+//! - `inventory`: the endpoint inventory's state, opaque bytes the pipeline encodes (see
+//!   [`inventory`]); readers open it when it exists
 //!
 //! Values are postcard behind a format-version byte. One writer (the daemon or an import)
 //! batches many exchanges per transaction; readers (the CLI) run in other processes at the same
@@ -19,6 +21,7 @@
 //! a record that cannot be stored costs only itself ([`Store::write_isolating`]).
 
 mod compact;
+mod inventory;
 pub mod keys;
 pub mod outbox;
 mod state;
@@ -47,7 +50,7 @@ use keys::{
 use state::StateDbs;
 
 /// First byte of every stored value; bump it when a stored type changes incompatibly.
-pub const FORMAT_VERSION: u8 = 6;
+pub const FORMAT_VERSION: u8 = 7;
 /// Default LMDB map size: address space, not disk (the file grows as data comes).
 pub const DEFAULT_MAP_SIZE: usize = 32 << 30;
 const STORE_DIR: &str = "store";
@@ -220,6 +223,8 @@ pub struct SessionFilter {
     /// Sessions with at least one attack finding (of this class, when given).
     pub attacks: bool,
     pub attack: Option<AttackClass>,
+    /// Sessions with at least one slow request.
+    pub slow: bool,
     pub limit: usize,
 }
 
@@ -254,6 +259,7 @@ impl SessionFilter {
             && self
                 .attack
                 .is_none_or(|class| s.attacks.iter().any(|(c, _)| *c == class))
+            && (!self.slow || s.slow > 0)
     }
 }
 
@@ -285,6 +291,8 @@ pub struct Store {
     outbox: Option<outbox::OutboxDbs>,
     /// Blocks are appended to the outbox ([`Store::enable_outbox`]).
     outbox_on: bool,
+    /// The endpoint inventory's state; `None` in a reader of a store written before it existed.
+    inventory: Option<Database<'static, Bytes, Bytes>>,
 }
 
 /// The databases readers open (a store written before a writer-only database was added still
@@ -298,6 +306,8 @@ const DB_NAMES: [&str; 7] = [
     "by_endpoint",
     "by_user",
 ];
+/// Created by the writer, opened by readers when it exists (stores written before it was added).
+const INVENTORY_DB: &str = "inventory";
 /// The databases only the writer uses, created by it when missing.
 const WRITER_DB_NAMES: [&str; 5] = [
     "imported",
@@ -339,7 +349,7 @@ impl Store {
         let mut options = EnvOpenOptions::new().read_txn_without_tls();
         options
             .map_size(map_size)
-            .max_dbs((DB_NAMES.len() + WRITER_DB_NAMES.len()) as u32);
+            .max_dbs((DB_NAMES.len() + WRITER_DB_NAMES.len() + 1) as u32);
         if read_only {
             // SAFETY: READ_ONLY only restricts what this handle may do.
             unsafe { options.flags(EnvFlags::READ_ONLY) };
@@ -354,7 +364,8 @@ impl Store {
                 limit: env.max_key_size(),
             });
         }
-        let dbs: Vec<Database<'static, Bytes, Bytes>> = if read_only {
+        // The databases of DB_NAMES, then (writer) WRITER_DB_NAMES, then the inventory's.
+        let (dbs, inventory): (Vec<Database<'static, Bytes, Bytes>>, _) = if read_only {
             let rtxn = env.read_txn().map_err(open_error)?;
             env.open_databases_and_commit(rtxn, |opener, rtxn| {
                 let mut dbs = Vec::new();
@@ -364,12 +375,15 @@ impl Store {
                         None => return Ok(CommitOrAbort::Abort(())),
                     }
                 }
-                Ok::<_, heed::Error>(CommitOrAbort::Commit(<[_; 7]>::try_from(dbs).ok()))
+                let inventory = opener.open_database(rtxn, Some(INVENTORY_DB))?;
+                Ok::<_, heed::Error>(CommitOrAbort::Commit(
+                    <[_; 7]>::try_from(dbs).ok().map(|dbs| (dbs, inventory)),
+                ))
             })
             .map_err(open_error)?
             .commit()
             .flatten()
-            .map(Vec::from)
+            .map(|(dbs, inventory)| (Vec::from(dbs), inventory))
             .ok_or_else(|| StoreError::Missing(dir.to_path_buf()))?
         } else {
             let wtxn = env.write_txn().map_err(open_error)?;
@@ -378,14 +392,17 @@ impl Store {
                 for name in DB_NAMES.iter().chain(&WRITER_DB_NAMES) {
                     dbs.push(opener.create_database(wtxn, Some(name))?);
                 }
+                let inventory = opener.create_database(wtxn, Some(INVENTORY_DB))?;
                 Ok::<_, heed::Error>(CommitOrAbort::<_, ()>::Commit(
-                    <[_; 12]>::try_from(dbs).ok(),
+                    <[_; 12]>::try_from(dbs)
+                        .ok()
+                        .map(|dbs| (dbs, Some(inventory))),
                 ))
             })
             .map_err(open_error)?
             .commit()
             .flatten()
-            .map(Vec::from)
+            .map(|(dbs, inventory)| (Vec::from(dbs), inventory))
             .ok_or_else(|| StoreError::Missing(dir.to_path_buf()))?
         };
         let unit = |db: Database<'static, Bytes, Bytes>| db.remap_data_type::<Unit>();
@@ -413,6 +430,7 @@ impl Store {
                     meta: *meta,
                 }),
             outbox_on: false,
+            inventory,
             env,
             sequence: AtomicU32::new(0),
         })
@@ -427,6 +445,7 @@ impl Store {
             imported: None,
             state: None,
             outbox_on: false,
+            inventory: None,
             sequence: AtomicU32::new(0),
             ..*self
         }

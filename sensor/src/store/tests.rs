@@ -429,6 +429,24 @@ fn the_writer_stores_every_submitted_batch() {
     assert_eq!(store.counts().unwrap(), (50, 3000));
 }
 
+#[test]
+fn the_inventory_state_goes_through_the_writer_and_readers_see_the_newest() {
+    let dir = TempDir::new("inventory");
+    let store = Store::open(&dir.0, 1 << 30).unwrap();
+    assert_eq!(store.inventory().unwrap(), None, "nothing written yet");
+    let writer = StoreWriter::start(store, crate::pipeline::WriterMode::Import);
+    for state in [b"first".to_vec(), b"second".to_vec()] {
+        let batch = crate::record::Batch {
+            inventory: Some(state),
+            ..Default::default()
+        };
+        writer.submit(batch).unwrap();
+    }
+    writer.finish().unwrap();
+    let reader = Store::open_read_only(&dir.0).unwrap();
+    assert_eq!(reader.inventory().unwrap().as_deref(), Some(&b"second"[..]));
+}
+
 /// Text of a random length up to the decoder's head bound, mostly short, now and then long,
 /// with multi-byte characters so that cuts meet character boundaries.
 fn random_text(rng: &mut Rng, tag: u64) -> String {

@@ -65,6 +65,35 @@ pub struct InventoryState {
     pub templates: templates::LearnerState,
 }
 
+/// First byte of an encoded [`InventoryState`]; bump it when the state's types change
+/// incompatibly (a state of another version is not read: the inventory starts anew).
+const STATE_VERSION: u8 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("written by inventory state version {0}, this build reads version {STATE_VERSION}")]
+    Version(u8),
+    #[error("empty inventory state")]
+    Empty,
+    #[error(transparent)]
+    Postcard(#[from] postcard::Error),
+}
+
+impl InventoryState {
+    /// The bytes the store keeps (it knows nothing of the inventory's types).
+    pub fn encode(&self) -> Result<Vec<u8>, StateError> {
+        Ok(postcard::to_extend(self, vec![STATE_VERSION])?)
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, StateError> {
+        match bytes.split_first() {
+            Some((&STATE_VERSION, rest)) => Ok(postcard::from_bytes(rest)?),
+            Some((version, _)) => Err(StateError::Version(*version)),
+            None => Err(StateError::Empty),
+        }
+    }
+}
+
 /// Counters of what the inventory could not take in whole (for `apisessions stats`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InventoryCounters {
@@ -258,17 +287,13 @@ impl Inventory {
     pub fn rows(&self) -> Vec<EndpointRow> {
         let mut grouped: BTreeMap<EndpointKey, EndpointStats> = BTreeMap::new();
         for (key, stats) in &self.aggregate.endpoints {
-            // A spec's template stays; the rest is written as the learner would now.
-            let documented = self.spec_for(&key.host).is_some_and(|spec| {
-                spec.match_request(&key.method, &key.template)
-                    .operation
-                    .is_some()
-            });
-            let template = if documented {
-                key.template.clone()
-            } else {
-                self.learner.resolve(&key.host, &key.method, &key.template)
-            };
+            // What a spec documents is written with the spec's template (also rows counted
+            // before the spec was given, under a learned or first-pass one: `--spec`); the rest
+            // as the learner would write it now.
+            let template = self
+                .spec_for(&key.host)
+                .and_then(|spec| spec.match_request(&key.method, &key.template).template)
+                .unwrap_or_else(|| self.learner.resolve(&key.host, &key.method, &key.template));
             let key = EndpointKey {
                 template,
                 ..key.clone()
@@ -284,11 +309,14 @@ impl Inventory {
         let mut rows: Vec<EndpointRow> = grouped
             .iter()
             .map(|(key, stats)| {
-                let spec_status = self.spec_for(&key.host).map(|spec| {
-                    let m = spec.match_request(&key.method, &key.template);
+                let covering = self.specs.iter().find(|s| s.covers(&key.host));
+                let spec_status = covering.map(|host_spec| {
+                    let m = host_spec.spec.match_request(&key.method, &key.template);
                     if let Some(op) = m.operation {
+                        // Under the spec's own host (`*` for `--spec`), as orphans are looked
+                        // up below.
                         seen_operations.insert((
-                            key.host.clone(),
+                            host_spec.host.clone(),
                             op.method.clone(),
                             op.path.clone(),
                         ));

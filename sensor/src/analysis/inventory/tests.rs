@@ -727,3 +727,66 @@ fn scan_throughput() {
         start.elapsed().as_secs_f64() * 1e6 / f64::from(rounds)
     );
 }
+
+#[test]
+fn a_spec_given_later_names_the_rows_it_documents_and_only_they_are_orphans() {
+    let mut learned = inventory();
+    let host = [("Host", "shop.test")];
+    for (i, path) in ["/users/1", "/users/2", "/users/ann", "/internal/x"]
+        .iter()
+        .enumerate()
+    {
+        let e = exchange(
+            "GET",
+            path,
+            &host,
+            b"",
+            200,
+            b"",
+            1_700_000_000 + i as u64,
+            5,
+        );
+        learned.observe(&e, "s").unwrap();
+    }
+    let text = "openapi: 3.1.0\ninfo: {title: t, version: '1'}\npaths:\n  /users/{userId}:\n    get:\n      responses: {'200': {description: ok}}\n  /users/{userId}/orders:\n    get:\n      responses: {'200': {description: ok}}\n";
+    let spec = Spec::parse(Path::new("t.yaml"), text).unwrap();
+    let mut compared = Inventory::new(
+        InventoryConfig::default(),
+        vec![HostSpec {
+            host: "*".to_owned(),
+            spec,
+        }],
+    );
+    compared.merge(&learned.state());
+    let rows: Vec<(String, u64, Option<SpecStatus>)> = compared
+        .rows()
+        .into_iter()
+        .map(|r| {
+            (
+                format!("{} {} {}", r.host, r.method, r.endpoint),
+                r.calls,
+                r.spec_status,
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        vec![
+            (
+                "* GET /users/{userId}/orders".to_owned(),
+                0,
+                Some(SpecStatus::Orphan)
+            ),
+            (
+                "shop.test GET /internal/x".to_owned(),
+                1,
+                Some(SpecStatus::Shadow)
+            ),
+            (
+                "shop.test GET /users/{userId}".to_owned(),
+                3,
+                Some(SpecStatus::Documented)
+            ),
+        ]
+    );
+}

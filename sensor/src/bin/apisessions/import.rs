@@ -56,6 +56,7 @@ pub fn import(args: ImportArgs) -> Result<()> {
         ports: args.ports.clone(),
         body_cap: args.body_cap,
         ndjson: args.ndjson,
+        config_file: args.config.config.clone(),
     };
     let mut pipeline = apisessions::import::pipeline(&settings, &data_dir, &options)?;
     let summary = apisessions::import::run(&mut sources, &mut pipeline, |read, _| {

@@ -3,6 +3,7 @@
 
 mod args;
 mod doctor;
+mod endpoints;
 mod export;
 mod import;
 mod prune;
@@ -45,6 +46,9 @@ enum Command {
     Sessions(sessions::SessionsArgs),
     /// Show one session: who, what, and its request timeline.
     Show(show::ShowArgs),
+    /// The API inventory: endpoints learned from traffic, with latency, auth, sensitive data
+    /// and spec status; or the discovered API as an OpenAPI 3.1 document.
+    Endpoints(endpoints::EndpointsArgs),
     /// Write stored exchanges as NDJSON, CSV or HAR.
     Export(export::ExportArgs),
     /// Delete sessions older than the retention period (or --older-than).
@@ -67,6 +71,7 @@ fn main() -> ExitCode {
         Command::Import(args) => import::import(args),
         Command::Sessions(args) => sessions::sessions(args),
         Command::Show(args) => show::show(args),
+        Command::Endpoints(args) => endpoints::endpoints(args),
         Command::Export(args) => export::export(args),
         Command::Prune(args) => prune::prune(args),
         Command::Stats(args) => stats::stats(args),

@@ -121,6 +121,7 @@ pub fn run(args: RunArgs) -> Result<()> {
             .into_iter()
             .chain(args.metrics.map(|a| server(a, true)))
             .collect(),
+        config_file: args.config.config.clone(),
     };
     Ok(live::run(config, data_dir, options)?)
 }

@@ -53,6 +53,9 @@ pub struct SessionsArgs {
     /// rfi, ssrf, ssti, xxe, ldapi, crlf, open_redirect, scanner, protocol).
     #[arg(long, value_name = "CLASS", value_parser = attack_class)]
     attack: Option<AttackClass>,
+    /// Sessions with at least one slow request (slower than its endpoint's own p99).
+    #[arg(long)]
+    slow: bool,
     /// Sessions shown at most (0: all).
     #[arg(long, default_value_t = 20)]
     limit: usize,
@@ -82,10 +85,14 @@ pub fn sessions(args: SessionsArgs) -> Result<()> {
         signal: args.signal,
         attacks: args.attacks,
         attack: args.attack,
+        slow: args.slow,
         limit: args.limit,
     };
     let mut out = io::stdout().lock();
     if let Some(central) = central {
+        if args.slow {
+            anyhow::bail!("--slow is answered from the local store only (not with --central)");
+        }
         // The fleet's sessions: each merged across the hosts that saw it (`host_ids`).
         let list = central.sessions(&filter, args.source.host_id.as_deref())?;
         if args.json {

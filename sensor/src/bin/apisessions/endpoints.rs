@@ -1,0 +1,111 @@
+//! `apisessions endpoints`: the API inventory the daemon or an import stored, as a table, JSON
+//! rows or an OpenAPI 3.1 document, optionally compared with an OpenAPI document.
+
+use std::{
+    io::{self, Write as _},
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, Result};
+use apisessions::{
+    analysis::inventory::{self, Inventory, InventoryState, openapi_out},
+    record::SpecStatus,
+    report,
+    store::Store,
+};
+use clap::Args;
+
+use crate::args::{ConfigArg, DataDirArg, When};
+
+#[derive(Args)]
+pub struct EndpointsArgs {
+    /// Endpoints of this host (as the requests' Host header names it).
+    #[arg(long)]
+    host: Option<String>,
+    /// Endpoints called since this age or time (1h, 30m, 2026-11-29T15:00:00Z).
+    #[arg(long)]
+    since: Option<When>,
+    /// Compare with this OpenAPI document (3.0, 3.1 or Swagger 2.0; YAML or JSON) for every
+    /// host, instead of the configuration's [[api.specs]].
+    #[arg(long, value_name = "FILE")]
+    spec: Option<PathBuf>,
+    /// Endpoints of this spec status.
+    #[arg(long, value_parser = parse_status)]
+    status: Option<SpecStatus>,
+    /// Print a JSON array instead of a table.
+    #[arg(long, conflicts_with = "openapi")]
+    json: bool,
+    /// Print the discovered API as an OpenAPI 3.1 document (JSON).
+    #[arg(long)]
+    openapi: bool,
+    #[command(flatten)]
+    config: ConfigArg,
+    #[command(flatten)]
+    data: DataDirArg,
+}
+
+fn parse_status(name: &str) -> Result<SpecStatus, String> {
+    SpecStatus::from_name(name)
+        .ok_or_else(|| format!("'{name}' is not one of documented, shadow, zombie, orphan"))
+}
+
+pub fn endpoints(args: EndpointsArgs) -> Result<()> {
+    let config = args.config.load()?;
+    let specs = match &args.spec {
+        Some(file) => inventory::load_specs([("*", file.as_path())])?,
+        None => {
+            let config_file = args.config.config.as_deref().unwrap_or(Path::new(""));
+            let paths: Vec<(&str, PathBuf)> = config
+                .api
+                .specs
+                .iter()
+                .map(|s| (s.host.as_str(), s.path(config_file)))
+                .collect();
+            inventory::load_specs(paths.iter().map(|(h, p)| (*h, p.as_path())))?
+        }
+    };
+    let mut inventory = Inventory::new(config.inventory.clone(), specs);
+    let data_dir = args.data.resolve(&config);
+    let store = Store::open_read_only(&data_dir)?;
+    if let Some(bytes) = store.inventory()? {
+        let state = InventoryState::decode(&bytes)
+            .with_context(|| format!("reading the endpoint inventory in {}", data_dir.display()))?;
+        inventory.merge(&state);
+    }
+    let since = args.since.map(|w| w.0);
+    let rows: Vec<_> = inventory
+        .rows()
+        .into_iter()
+        .filter(|row| {
+            args.host
+                .as_ref()
+                .is_none_or(|h| row.host.eq_ignore_ascii_case(h) || row.host == "*")
+                && args.status.is_none_or(|s| row.spec_status == Some(s))
+                // Orphans were never called: `--since` does not hide them.
+                && since.is_none_or(|t| {
+                    row.spec_status == Some(SpecStatus::Orphan)
+                        || row.last_seen.as_deref().is_some_and(|seen| seen_since(seen, t))
+                })
+        })
+        .collect();
+    let mut out = io::stdout().lock();
+    if args.openapi {
+        let host = args.host.as_deref();
+        serde_json::to_writer_pretty(&mut out, &openapi_out::document(&rows, host))?;
+        writeln!(out)?;
+    } else if args.json {
+        serde_json::to_writer_pretty(&mut out, &rows)?;
+        writeln!(out)?;
+    } else {
+        write!(out, "{}", report::endpoints_table(&rows))?;
+    }
+    Ok(())
+}
+
+/// Whether an RFC 3339 time is at or after `since_ns`.
+fn seen_since(seen: &str, since_ns: u64) -> bool {
+    humantime::parse_rfc3339_weak(seen)
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .is_some_and(|d| d.as_nanos() as u64 >= since_ns)
+}
