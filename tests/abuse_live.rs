@@ -10,13 +10,11 @@ mod common;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::{SocketAddr, TcpStream},
     path::Path,
-    process::Stdio,
     time::Duration,
 };
 
-use common::{TestNet, cli, in_namespace, sh, start_daemon, wait_until};
+use common::{DemoApi, TestNet, cli, sh, start_daemon, wait_until};
 
 const PORT: u16 = 8080;
 const BIN: &str = env!("CARGO_BIN_EXE_apisessions");
@@ -83,23 +81,7 @@ fn abusive_sessions_carry_their_signals_and_people_none() {
             ],
         );
     }
-    let mut api = TestNet::command(&net.server_ns, "python3")
-        .arg(repo().join("xtask/demo/demo_api.py"))
-        .args([
-            "--bind",
-            &net.server_v4.to_string(),
-            "--port",
-            &PORT.to_string(),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let server = SocketAddr::new(net.server_v4.into(), PORT);
-    let up = wait_until(Duration::from_secs(20), || {
-        in_namespace(&net.client_ns, || TcpStream::connect(server).is_ok())
-    });
-    assert!(up, "the demo API listens");
+    let api = DemoApi::start(&net, PORT);
     let dir = std::env::temp_dir().join(format!("apis-abuse-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let mut daemon = start_daemon(&net, BIN, &[PORT], &dir);
@@ -140,8 +122,7 @@ fn abusive_sessions_carry_their_signals_and_people_none() {
     });
     sh("kill", &["-TERM", &daemon.id().to_string()]);
     assert!(daemon.wait().unwrap().success());
-    let _ = api.kill();
-    let _ = api.wait();
+    drop(api);
     let list = sessions(&dir, &[]);
     assert!(complete, "all {total} requests stored: {list:#?}");
 

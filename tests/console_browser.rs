@@ -15,13 +15,13 @@ mod common;
 use std::{
     fs,
     io::{Read as _, Write as _},
-    net::{SocketAddr, TcpStream},
+    net::TcpStream,
     path::Path,
     process::{Child, Stdio},
     time::Duration,
 };
 
-use common::{TestNet, cli, in_namespace, request, start_daemon_in, wait_until};
+use common::{DemoApi, TestNet, cli, in_namespace, request, start_daemon_in, wait_until};
 use fantoccini::{Client, ClientBuilder, Locator};
 
 const PORT: u16 = 8080;
@@ -146,27 +146,8 @@ fn prometheus_samples(text: &str) -> usize {
 #[test]
 fn the_console_shows_live_sessions_and_never_runs_captured_script() {
     let net = TestNet::new();
-    let _api = Guard(
-        TestNet::command(&net.server_ns, "python3")
-            .arg(repo().join("xtask/demo/demo_api.py"))
-            .args([
-                "--bind",
-                &net.server_v4.to_string(),
-                "--port",
-                &PORT.to_string(),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let server = SocketAddr::new(net.server_v4.into(), PORT);
-    assert!(
-        wait_until(Duration::from_secs(20), || {
-            in_namespace(&net.client_ns, || TcpStream::connect(server).is_ok())
-        }),
-        "the demo API listens"
-    );
+    let api = DemoApi::start(&net, PORT);
+    let server = api.addr;
     let dir = std::env::temp_dir().join(format!("apis-console-{}", std::process::id()));
     let _ = fs::remove_dir_all(&dir);
     // The daemon serves the console (`--ui`) and `/metrics` alone (`--metrics`) too.

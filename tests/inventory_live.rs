@@ -8,15 +8,9 @@
 
 mod common;
 
-use std::{
-    collections::BTreeMap,
-    net::{SocketAddr, TcpStream},
-    path::Path,
-    process::Stdio,
-    time::Duration,
-};
+use std::{collections::BTreeMap, path::Path, time::Duration};
 
-use common::{TestNet, cli, in_namespace, sh, start_daemon, wait_until};
+use common::{DemoApi, TestNet, cli, sh, start_daemon, wait_until};
 
 const PORT: u16 = 8080;
 const BIN: &str = env!("CARGO_BIN_EXE_apisessions");
@@ -80,23 +74,7 @@ fn by_operation(rows: &[serde_json::Value]) -> BTreeMap<(String, String), serde_
 #[test]
 fn endpoints_lists_the_demo_api_and_compares_it_with_its_spec() {
     let net = TestNet::new();
-    let mut api = TestNet::command(&net.server_ns, "python3")
-        .arg(repo().join("xtask/demo/demo_api.py"))
-        .args([
-            "--bind",
-            &net.server_v4.to_string(),
-            "--port",
-            &PORT.to_string(),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let server = SocketAddr::new(net.server_v4.into(), PORT);
-    let up = wait_until(Duration::from_secs(20), || {
-        in_namespace(&net.client_ns, || TcpStream::connect(server).is_ok())
-    });
-    assert!(up, "the demo API listens");
+    let api = DemoApi::start(&net, PORT);
     let dir = std::env::temp_dir().join(format!("apis-inventory-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let mut daemon = start_daemon(&net, BIN, &[PORT], &dir);
@@ -123,8 +101,7 @@ fn endpoints_lists_the_demo_api_and_compares_it_with_its_spec() {
     // The inventory reaches the store at the latest when the daemon stops.
     sh("kill", &["-TERM", &daemon.id().to_string()]);
     assert!(daemon.wait().unwrap().success());
-    let _ = api.kill();
-    let _ = api.wait();
+    drop(api);
 
     let rows = by_operation(&endpoints(&dir, &[]));
     let calls: BTreeMap<(String, String), u64> = rows

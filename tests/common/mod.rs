@@ -624,3 +624,42 @@ pub fn counter(bin: &str, data_dir: &Path, stage: &str, name: &str) -> u64 {
         .as_u64()
         .unwrap_or_else(|| panic!("no counter {stage}.{name}: {stats}"))
 }
+
+/// The demo API (xtask/demo/demo_api.py, a real Python server) in the server namespace on
+/// `port`, listening when `start` returns; stopped on drop.
+pub struct DemoApi {
+    child: Child,
+    pub addr: SocketAddr,
+}
+
+impl DemoApi {
+    pub fn start(net: &TestNet, port: u16) -> Self {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../xtask/demo/demo_api.py");
+        let child = TestNet::command(&net.server_ns, "python3")
+            .arg(script)
+            .args([
+                "--bind",
+                &net.server_v4.to_string(),
+                "--port",
+                &port.to_string(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let addr = SocketAddr::new(IpAddr::V4(net.server_v4), port);
+        let api = Self { child, addr };
+        let up = wait_until(Duration::from_secs(20), || {
+            in_namespace(&net.client_ns, || TcpStream::connect(addr).is_ok())
+        });
+        assert!(up, "the demo API listens on {addr}");
+        api
+    }
+}
+
+impl Drop for DemoApi {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
