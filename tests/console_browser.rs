@@ -480,6 +480,10 @@ async fn browse(
         .click()
         .await
         .unwrap();
+    wait_for_url(&browser, |url| {
+        url.ends_with(&format!("/sessions/{attacker}"))
+    })
+    .await;
     let rows = browser
         .find_all(Locator::Css("table.timeline tbody tr"))
         .await
@@ -527,6 +531,7 @@ async fn browse(
         .click()
         .await
         .unwrap();
+    wait_for_url(&browser, |url| url.contains("endpoint=")).await;
     let filtered = browser
         .find_all(Locator::Css("table.timeline tbody tr"))
         .await
@@ -557,8 +562,31 @@ async fn browse(
         .click()
         .await
         .unwrap();
+    // The click starts a navigation (the form's POST, then the redirect to the list): wait for
+    // the list's page rather than reading the login page that is still shown.
+    browser
+        .wait()
+        .at_most(Duration::from_secs(20))
+        .for_element(Locator::Css("td.id a"))
+        .await
+        .unwrap();
     let listed = browser.find_all(Locator::Css("td.id a")).await.unwrap();
     assert_eq!(listed.len(), sessions.len(), "logged in: the list");
     browser.close().await.unwrap();
     screenshot
+}
+
+/// Waits (10 s at most) until the browser's URL satisfies `done`: a click only starts a
+/// navigation, and the page must be the new one before it is read.
+async fn wait_for_url(browser: &Client, done: impl Fn(&str) -> bool) {
+    for _ in 0..200 {
+        if done(browser.current_url().await.unwrap().as_str()) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "the browser did not get there: {}",
+        browser.current_url().await.unwrap()
+    );
 }
