@@ -89,9 +89,10 @@ impl AttacksConfig {
 }
 
 /// Input names whose values are credentials: a finding there keeps its class and point, and
-/// its excerpt becomes a keyed hash. Exact names, lower-case.
-const SECRET_NAMES: &[&str] = &[
-    "authorization",
+/// its excerpt becomes a keyed hash. Exact names, lower-case: the record's
+/// [`SECRET_NAMES`](crate::record::SECRET_NAMES) (what redaction hashes) and these, which the
+/// detector sees besides (headers, cookies, payment and one-time codes).
+const MORE_SECRET_NAMES: &[&str] = &[
     "proxy-authorization",
     "cookie",
     "x-api-key",
@@ -101,29 +102,8 @@ const SECRET_NAMES: &[&str] = &[
     "x-session-id",
     "x-csrf-token",
     "x-xsrf-token",
-    "token",
-    "access_token",
-    "refresh_token",
-    "id_token",
-    "api_key",
-    "apikey",
-    "key",
-    "password",
-    "passwd",
-    "pwd",
     "pass",
     "passphrase",
-    "secret",
-    "client_secret",
-    "auth",
-    "session",
-    "sessionid",
-    "session_id",
-    "sid",
-    "jwt",
-    "signature",
-    "sig",
-    "code",
     "otp",
     "pin",
     "cvv",
@@ -163,7 +143,8 @@ impl Detector {
     /// Whether the values of inputs named `name` are secrets (their excerpts are hashed).
     pub fn is_secret_name(&self, name: &str) -> bool {
         let lower = name.to_ascii_lowercase();
-        SECRET_NAMES.contains(&lower.as_str())
+        crate::record::SECRET_NAMES.contains(&lower.as_str())
+            || MORE_SECRET_NAMES.contains(&lower.as_str())
             || SECRET_PARTS.iter().any(|part| lower.contains(part))
             || self.secret_names.contains(&lower)
     }
