@@ -316,6 +316,13 @@ fn ms_between(from_ns: u64, to_ns: u64) -> f64 {
 }
 
 /// RFC 3339, microseconds, UTC.
+/// The wall clock in ns since the epoch (0 before 1970).
+pub fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
 pub fn rfc3339_ns(ns: u64) -> String {
     humantime::format_rfc3339_micros(UNIX_EPOCH + Duration::from_nanos(ns)).to_string()
 }

@@ -21,6 +21,7 @@ use crate::{
     console::{self, ConsoleError, ConsoleState, Token},
     container::ContainerIndex,
     dump,
+    exchange::now_ns,
     flow::{FlowConfig, FlowTable},
     http::HttpConfig,
     nat::{Conntrack, NatConfig, NatTable},
@@ -147,12 +148,6 @@ const BATCH: usize = 1024;
 
 /// Seconds between readings of the host's own addresses.
 const HOST_REFRESH_SECS: u64 = 10;
-
-fn now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
-}
 
 /// The live pipeline: NAT renaming, the flows, the proxy stage, sessions continued from the
 /// store, container identity, the store writer (pruning included) and, with `--dump`, the

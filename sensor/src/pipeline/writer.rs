@@ -20,10 +20,11 @@ use std::{
         mpsc::{self, RecvTimeoutError, SyncSender, TrySendError},
     },
     thread,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use crate::{
+    exchange::now_ns,
     record::{Assignment, Batch, StoredExchange},
     store::{Store, StoreError},
 };
@@ -144,12 +145,6 @@ pub struct StoreWriter {
     tx: Option<SyncSender<Batch>>,
     thread: Option<thread::JoinHandle<Result<(), StoreError>>>,
     pub counters: Arc<WriterCounters>,
-}
-
-pub(super) fn now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 impl StoreWriter {

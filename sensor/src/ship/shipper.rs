@@ -16,7 +16,7 @@ use std::{
         mpsc::{self, RecvTimeoutError},
     },
     thread,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use super::{
@@ -27,6 +27,7 @@ use super::{
 };
 use crate::{
     config::CentralSection,
+    exchange::now_ns,
     store::{Store, outbox::OutboxEntry},
 };
 
@@ -407,12 +408,6 @@ impl Backoff {
         let jitter = getrandom::u64().unwrap_or(0) % (half.as_millis() as u64 + 1);
         half + Duration::from_millis(jitter)
     }
-}
-
-fn now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 #[cfg(test)]

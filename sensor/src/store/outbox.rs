@@ -27,6 +27,7 @@ use heed::{Database, RwTxn, types::Bytes};
 use super::{
     Store, StoreError, StoredExchange, compact::Block, decode, keys::EXCHANGE_KEY, lmdb, put,
 };
+use crate::exchange::now_ns;
 use crate::store::SessionSummary;
 
 const CURSOR: &[u8] = b"cursor";
@@ -321,13 +322,6 @@ fn committed_ns(value: &[u8]) -> Result<u64, StoreError> {
             what: "outbox entry",
             reason: format!("{} bytes", value.len()),
         })
-}
-
-/// The wall clock in ns since the epoch: when an entry was appended.
-fn now_ns() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 #[cfg(test)]
