@@ -233,3 +233,101 @@ fn benign_corpora_are_left_alone() {
     }
     assert!(rate <= MAX_FALSE_POSITIVE_PERCENT, "{examples:#?}");
 }
+
+/// libinjection's own data files (github.com/client9/libinjection, `data/`: `sqli-*.txt` and
+/// `xss-*.txt` must be detected, `false_positives.txt` are inputs it once flagged wrongly), one
+/// URL-encoded input per line as found in a query string. They are not shipped here (the
+/// registries this project builds from do not carry them); with a copy of that directory:
+///
+/// `APISESSIONS_LIBINJECTION_DATA=DIR cargo test --release -p apisessions --lib
+/// analysis::attacks::corpus_tests::libinjection -- --ignored --nocapture`
+#[test]
+#[ignore = "needs a copy of libinjection's data/ directory in APISESSIONS_LIBINJECTION_DATA"]
+fn libinjection_data_files() {
+    let dir = PathBuf::from(
+        std::env::var_os("APISESSIONS_LIBINJECTION_DATA")
+            .expect("APISESSIONS_LIBINJECTION_DATA: libinjection's data/ directory"),
+    );
+    let detector = Detector::new(&AttacksConfig::default()).unwrap();
+    let mut names: Vec<String> = fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".txt"))
+        .collect();
+    names.sort();
+    // Only what a query string cannot hold as it is gets encoded; the rest is as the file has it.
+    let as_query = |line: &str| {
+        get(
+            &format!(
+                "/search?q={}",
+                line.replace('%', "%25")
+                    .replace(' ', "%20")
+                    .replace('"', "%22")
+                    .replace('#', "%23")
+                    .replace('&', "%26")
+            ),
+            &[],
+        )
+    };
+    for name in names {
+        let bytes = fs::read(dir.join(&name)).unwrap();
+        let text = String::from_utf8_lossy(&bytes);
+        let lines: Vec<&str> = text
+            .lines()
+            .map(str::trim_end)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .collect();
+        let class = if name.starts_with("sqli") {
+            Some(AttackClass::Sqli)
+        } else if name.starts_with("xss") {
+            Some(AttackClass::Xss)
+        } else {
+            None
+        };
+        // The files hold URL-encoded input: the parameter's value is the line decoded once,
+        // which the request carries encoded once more.
+        let findings = |line: &str| {
+            let decoded = percent_decoded(line);
+            detector
+                .inspect(&as_query(&decoded), &never_secret)
+                .findings
+        };
+        match class {
+            Some(class) => {
+                let detected = lines
+                    .iter()
+                    .filter(|l| findings(l).iter().any(|f| f.class == class))
+                    .count();
+                let any = lines.iter().filter(|l| !findings(l).is_empty()).count();
+                println!(
+                    "libinjection data {name:<44} {class:<5} {detected:>5}/{:<5} {:6.1} % (any class {any})",
+                    lines.len(),
+                    100.0 * detected as f64 / lines.len().max(1) as f64
+                );
+            }
+            None => {
+                let flagged: Vec<_> = lines
+                    .iter()
+                    .filter_map(|l| findings(l).first().map(|f| (l.to_string(), f.rule.clone())))
+                    .collect();
+                println!(
+                    "libinjection data {name:<44} benign {:>5}/{:<5} flagged",
+                    flagged.len(),
+                    lines.len()
+                );
+                for (line, rule) in flagged.iter().take(20) {
+                    println!("    flagged: {line} ({rule})");
+                }
+            }
+        }
+    }
+}
+
+/// `%XX` decoded once, `+` as a space: a query string's form encoding, the whole line one value.
+fn percent_decoded(line: &str) -> String {
+    let pair = format!("q={}", line.replace('&', "%26").replace('=', "%3D"));
+    form_urlencoded::parse(pair.as_bytes())
+        .next()
+        .map(|(_, value)| value.into_owned())
+        .unwrap_or_default()
+}

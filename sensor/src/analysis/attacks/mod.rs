@@ -168,7 +168,7 @@ impl Detector {
         for point in &points {
             inspection.bytes_inspected += point.value.len();
             let same_site = names_own_site(point, host);
-            self.inspect_point(point, same_site, secret_excerpt, &mut inspection);
+            self.inspect_point(point, same_site, host, secret_excerpt, &mut inspection);
         }
         protocol(request, &mut inspection);
         inspection
@@ -180,6 +180,7 @@ impl Detector {
         &self,
         point: &Point<'_>,
         same_site: bool,
+        host: Option<&str>,
         secret_excerpt: &dyn Fn(&str) -> String,
         inspection: &mut Inspection,
     ) {
@@ -235,6 +236,14 @@ impl Detector {
         if point.kind == Kind::Segment || !worth_rules(point.kind, &value) {
             return;
         }
+        if let Some(at) = offsite_redirect(point, &value, host) {
+            report(
+                AttackClass::OpenRedirect,
+                "open-redirect-offsite",
+                at,
+                &value,
+            );
+        }
         for (text, xss_only) in [(&*value, false), (&*html, true)] {
             if xss_only && matches!(html, std::borrow::Cow::Borrowed(_)) {
                 // Nothing was decoded.
@@ -276,6 +285,83 @@ fn names_own_site(point: &Point<'_>, host: Option<&str>) -> bool {
         .split_once("://")
         .map(|(_, rest)| rest.split(['/', '?', '#']).next().unwrap_or(rest));
     header && authority.is_some_and(|a| a.eq_ignore_ascii_case(host))
+}
+
+/// Parameters whose value an application sends the browser to (after a login, a checkout, a
+/// logout). OAuth's `redirect_uri` is not among them: it names another site by design.
+const REDIRECT_NAMES: &[&str] = &[
+    "next",
+    "redirect",
+    "redirect_url",
+    "redirect_to",
+    "redirecturl",
+    "redirectto",
+    "return",
+    "return_to",
+    "returnto",
+    "return_url",
+    "returnurl",
+    "continue",
+    "goto",
+    "dest",
+    "destination",
+    "forward",
+    "rurl",
+];
+
+/// Where an open redirect starts in `value`: a query or form parameter named like a redirect
+/// target holding an absolute URL (or `//host`) of another site than the request's `Host`.
+/// Another site is one whose host is neither the request's nor a parent or child domain of it
+/// (`www.shop.example` and `api.shop.example` share `shop.example`).
+fn offsite_redirect(point: &Point<'_>, value: &str, host: Option<&str>) -> Option<usize> {
+    if !matches!(point.kind, Kind::Query | Kind::Form) {
+        return None;
+    }
+    let name = point.path.rsplit('.').next()?;
+    if !REDIRECT_NAMES.iter().any(|n| n.eq_ignore_ascii_case(name)) {
+        return None;
+    }
+    let trimmed = value.trim_start();
+    let at = value.len() - trimmed.len();
+    let lower = trimmed.to_ascii_lowercase();
+    let rest = ["https://", "http://", "//"]
+        .iter()
+        .find_map(|scheme| lower.strip_prefix(scheme))?;
+    let authority = rest.split(['/', '?', '#', '\\']).next().unwrap_or(rest);
+    let target = authority.rsplit('@').next().unwrap_or(authority);
+    let target = strip_port(target);
+    if target.is_empty() {
+        return None;
+    }
+    let own = host.map(|h| strip_port(h).to_ascii_lowercase());
+    let related = |a: &str, b: &str| {
+        a == b
+            || a.strip_suffix(b).is_some_and(|p| p.ends_with('.'))
+            || b.strip_suffix(a).is_some_and(|p| p.ends_with('.'))
+    };
+    match own {
+        Some(own) if related(target, &own) || shares_parent(target, &own) => None,
+        _ => Some(at),
+    }
+}
+
+/// `host` without a `:port` (an IPv6 literal keeps its brackets).
+fn strip_port(host: &str) -> &str {
+    match host.rsplit_once(':') {
+        Some((name, port)) if !name.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    }
+}
+
+/// Whether two host names share a parent domain of at least two labels (`www.shop.example`,
+/// `api.shop.example`). Without the public-suffix list `a.co.uk` and `b.co.uk` would pass as
+/// related: a miss, never a false finding.
+fn shares_parent(a: &str, b: &str) -> bool {
+    let parent = |h: &str| h.split_once('.').map(|(_, p)| p.to_owned());
+    match (parent(a), parent(b)) {
+        (Some(pa), Some(pb)) => pa == pb && pa.contains('.'),
+        _ => false,
+    }
 }
 
 /// Where an injection likely starts, for libinjection's verdicts (which give no position):

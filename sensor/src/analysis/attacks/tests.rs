@@ -358,3 +358,47 @@ fn a_referer_from_the_site_itself_is_no_ssrf() {
     );
     assert_eq!(found(&other), pairs(&[("ssrf", "request.header.Referer")]));
 }
+
+/// A redirect-named parameter sending the browser to another site is an open redirect; to the
+/// request's own site (or a sibling subdomain), a path, or under another name, it is not.
+#[test]
+fn offsite_redirect_targets_are_open_redirects() {
+    let at = |uri: &str, host: &str| {
+        found(&request("GET", uri, &[("Host", host)], b""))
+            .into_iter()
+            .filter(|(class, _)| class == "open_redirect")
+            .map(|(_, point)| point)
+            .collect::<Vec<_>>()
+    };
+    let offsite = [
+        "/login?next=https://evil.example/account",
+        "/login?next=http%3A%2F%2Fevil.example",
+        "/logout?returnTo=https://shop.example.evil.example/",
+        "/cart?continue=https://user@evil.example:8443/x",
+        "/login?redirect_url=//evil.example/",
+    ];
+    for uri in offsite {
+        assert_eq!(at(uri, "shop.example:8080").len(), 1, "{uri}");
+    }
+    let onsite = [
+        "/login?next=https://shop.example/account",
+        "/login?next=https://www.shop.example/account",
+        "/login?next=/dashboard",
+        "/login?next=%2Fdashboard",
+        "/share?link=https://news.example/article",
+        "/oauth/authorize?redirect_uri=https://client.example/cb",
+    ];
+    for uri in onsite {
+        assert_eq!(at(uri, "api.shop.example"), Vec::<String>::new(), "{uri}");
+    }
+    // Without a Host, any absolute target is another site.
+    assert_eq!(
+        found(&request(
+            "GET",
+            "/login?next=https://evil.example/",
+            &[],
+            b""
+        )),
+        pairs(&[("open_redirect", "request.query.next")])
+    );
+}
