@@ -350,13 +350,18 @@ fn import_of_a_capture_reports_what_the_live_path_reports() {
         apisessions::import::run(std::slice::from_mut(&mut source), &mut pipeline, |_, _| {})
             .unwrap();
     let imported = collected.take();
-    // A clean capture decodes cleanly; only the body cap cuts (the two 1 MiB bodies). A
-    // retransmitted segment is TCP at work on a loaded machine (tail loss probes fire when ACKs
-    // are late), not a decoding anomaly: both paths keep its first copy.
+    // A clean capture decodes cleanly; only the body cap cuts (the two 1 MiB bodies). Two
+    // counters are TCP at work on a loaded machine, not decoding anomalies: a retransmitted
+    // segment (tail loss probes fire when ACKs are late; both paths keep its first copy), and a
+    // segment that arrives after its successors (the receiving veth's backlog dropped it before
+    // any tap saw it, and its retransmission comes later: both paths see that order and put it
+    // back in place). The exchanges themselves must still be the same, below.
     let anomalies: Vec<(String, u64)> = summary
         .anomalies()
         .into_iter()
-        .filter(|(name, _)| name != "reassembly.duplicate_segments")
+        .filter(|(name, _)| {
+            name != "reassembly.duplicate_segments" && name != "reassembly.out_of_order_segments"
+        })
         .collect();
     assert_eq!(anomalies, [("http.bodies_truncated".to_owned(), 2)]);
 
