@@ -13,7 +13,10 @@ use std::{
 
 use apisessions::{
     config::CentralSection,
-    record::{Assignment, KeyKind, SessionSummary, StoredExchange},
+    record::{
+        Assignment, AttackClass, Finding, KeyKind, SessionSignals, SessionSummary, Signal,
+        SignalName, StoredExchange,
+    },
     ship::{
         CentralError, CentralQuery, Client, ExchangeFilter, Shipper, ShipperSettings,
         rows::{ExchangeRow, SessionRow, exchange_id},
@@ -580,6 +583,146 @@ fn hostile_filter_values_find_exactly_their_rows() {
         6,
         "table intact"
     );
+}
+
+/// `--min-risk`, `--signal`, `--attacks`, `--attack` and `--slow` answered by the server find
+/// exactly what the local store finds for the same filter.
+#[test]
+fn risk_signal_attack_and_slow_filters_agree_with_the_local_store() {
+    let server = ClickHouse::start("analysis-filters");
+    let dir = TempDir::new("analysis-filters");
+    let section = central(&server, "apisessions", "h1");
+    let mut store = Store::open(&dir.0, 1 << 30).unwrap();
+    store.enable_outbox();
+    let mut records = Vec::new();
+    // Session 1: an SQL injection.
+    let mut attacked = exchange(1, "192.0.2.1", "/items?id=1", 200);
+    attacked.attacks.push(Finding {
+        class: AttackClass::Sqli,
+        point: "request.query.id".into(),
+        excerpt: r#"1' OR "name":"enumeration" --"#.into(),
+        rule: "libinjection-sqli:s&sos".into(),
+    });
+    records.push((attacked, assignment(1, None)));
+    records.push((exchange(2, "192.0.2.1", "/items", 200), assignment(1, None)));
+    // Session 2: an enumerating client with a slow request, risk 70.
+    let mut enumerating = assignment(2, None);
+    enumerating.signals = Some(Box::new(SessionSignals {
+        risk: 70,
+        signals: vec![Signal {
+            name: SignalName::Enumeration,
+            score: 70,
+            // Reasons quote what clients sent: a quoted signal name in one must not make the
+            // session look like it carries that signal.
+            reason: r#"walked 300 ids of /items/{id}, one "name":"auth_failures""#.into(),
+        }],
+    }));
+    let mut slow = exchange(3, "192.0.2.2", "/items/3", 200);
+    slow.slow = true;
+    records.push((slow, enumerating.clone()));
+    records.push((exchange(4, "192.0.2.2", "/items/4", 200), enumerating));
+    // Session 3: nothing to report.
+    records.push((exchange(5, "192.0.2.3", "/", 200), assignment(3, None)));
+    store.write(&records).unwrap();
+    let shipper = Shipper::spawn(store.share(), &section, fast_settings(&section, 1000)).unwrap();
+    assert!(wait_until(Duration::from_secs(30), || {
+        shipper.counters.exchanges_shipped.load(Ordering::Relaxed) == 5
+    }));
+    shipper.stop();
+
+    let query = CentralQuery::new(&section).unwrap();
+    let ids = |list: Vec<String>| {
+        let mut list = list;
+        list.sort();
+        list
+    };
+    let filters = [
+        (
+            "min_risk 50",
+            SessionFilter {
+                min_risk: Some(50),
+                ..SessionFilter::default()
+            },
+            vec![2],
+        ),
+        (
+            "min_risk 71",
+            SessionFilter {
+                min_risk: Some(71),
+                ..SessionFilter::default()
+            },
+            vec![],
+        ),
+        (
+            "signal enumeration",
+            SessionFilter {
+                signal: Some(SignalName::Enumeration),
+                ..SessionFilter::default()
+            },
+            vec![2],
+        ),
+        (
+            "signal auth_failures",
+            SessionFilter {
+                signal: Some(SignalName::AuthFailures),
+                ..SessionFilter::default()
+            },
+            vec![],
+        ),
+        (
+            "attacks",
+            SessionFilter {
+                attacks: true,
+                ..SessionFilter::default()
+            },
+            vec![1],
+        ),
+        (
+            "attack sqli",
+            SessionFilter {
+                attack: Some(AttackClass::Sqli),
+                ..SessionFilter::default()
+            },
+            vec![1],
+        ),
+        (
+            "attack xss",
+            SessionFilter {
+                attack: Some(AttackClass::Xss),
+                ..SessionFilter::default()
+            },
+            vec![],
+        ),
+        (
+            "slow",
+            SessionFilter {
+                slow: true,
+                ..SessionFilter::default()
+            },
+            vec![2],
+        ),
+        ("none", SessionFilter::default(), vec![1, 2, 3]),
+    ];
+    for (name, filter, expected) in filters {
+        let central = ids(query
+            .sessions(&filter, None)
+            .unwrap()
+            .into_iter()
+            .map(|s| s.summary.session_id)
+            .collect());
+        let local = ids(store
+            .list(&filter)
+            .unwrap()
+            .into_iter()
+            .map(|s| s.session_id)
+            .collect());
+        let expected = ids(expected
+            .into_iter()
+            .map(|n| assignment(n, None).session_id)
+            .collect());
+        assert_eq!(local, expected, "{name}: the local store");
+        assert_eq!(central, local, "{name}: central vs local");
+    }
 }
 
 #[test]

@@ -19,7 +19,11 @@ use super::{
     client::{Client, ExternalTable},
     rows::{CentralSession, ExchangeRow, SessionRow},
 };
-use crate::{config::CentralSection, store::SessionFilter};
+use crate::{
+    config::CentralSection,
+    record::{AttackClass, SignalName},
+    store::SessionFilter,
+};
 
 const SESSION_IDS: &str = "
 WITH
@@ -31,7 +35,12 @@ WITH
     (SELECT method FROM params) AS p_method,
     (SELECT status FROM params) AS p_status,
     (SELECT user FROM params) AS p_user,
-    (SELECT host_id FROM params) AS p_host_id
+    (SELECT host_id FROM params) AS p_host_id,
+    (SELECT min_risk FROM params) AS p_min_risk,
+    (SELECT signal_needle FROM params) AS p_signal,
+    (SELECT attacks FROM params) AS p_attacks,
+    (SELECT attack_needle FROM params) AS p_attack,
+    (SELECT slow FROM params) AS p_slow
 SELECT session_id, min(start_ns) AS first_ns
 FROM {db}.sessions FINAL
 GROUP BY session_id
@@ -45,10 +54,16 @@ HAVING max(end_ns) >= p_since AND min(start_ns) <= p_until
     AND (p_status = 0 OR has(groupUniqArrayArray(statuses.code), p_status))
     AND (p_user = '' OR has(groupUniqArray(user), p_user))
     AND (p_host_id = '' OR has(groupUniqArray(host_id), p_host_id))
+    AND max(risk) >= p_min_risk
+    AND (p_signal = '' OR arrayExists(j -> position(j, p_signal) > 0, groupArray(signals)))
+    AND (p_attacks = 0 OR arrayExists(j -> j != '[]', groupArray(attacks)))
+    AND (p_attack = '' OR arrayExists(j -> position(j, p_attack) > 0, groupArray(attacks)))
+    AND (p_slow = 0 OR sum(slow) > 0)
 ORDER BY first_ns DESC, session_id";
 
 const FILTER_STRUCTURE: &str = "since_ns UInt64, until_ns UInt64, ip String, host String, \
-     endpoint String, method String, status UInt16, user String, host_id String";
+     endpoint String, method String, status UInt16, user String, host_id String, \
+     min_risk UInt8, signal_needle String, attacks UInt8, attack_needle String, slow UInt8";
 
 const SESSION_ROWS: &str =
     "SELECT * FROM {db}.sessions FINAL WHERE session_id IN (SELECT session_id FROM ids)";
@@ -72,6 +87,22 @@ pub struct ExchangeFilter {
     pub since_ns: Option<u64>,
     pub until_ns: Option<u64>,
     pub host_id: Option<String>,
+}
+
+/// What a session row's `signals` JSON holds when it carries `name` (`"name":"enumeration"`):
+/// the rows are serde_json's compact output, and a quote inside a reason is escaped, so only the
+/// name field itself can hold this text.
+fn signal_needle(name: SignalName) -> String {
+    format!("\"name\":{}", json_text(&name))
+}
+
+/// What a session row's `attacks` JSON (`[["sqli",3]]`) holds when it counts `class`.
+fn attack_needle(class: AttackClass) -> String {
+    format!("[{},", json_text(&class))
+}
+
+fn json_text(value: &impl serde::Serialize) -> String {
+    serde_json::to_string(value).unwrap_or_default()
 }
 
 pub struct CentralQuery {
@@ -114,6 +145,11 @@ impl CentralQuery {
                 "status": filter.status.unwrap_or(0),
                 "user": text(&filter.user),
                 "host_id": host_id.unwrap_or_default(),
+                "min_risk": filter.min_risk.unwrap_or(0),
+                "signal_needle": filter.signal.map(signal_needle).unwrap_or_default(),
+                "attacks": u8::from(filter.attacks),
+                "attack_needle": filter.attack.map(attack_needle).unwrap_or_default(),
+                "slow": u8::from(filter.slow),
             })],
         };
         let mut sql = self.sql(SESSION_IDS);

@@ -257,6 +257,9 @@ pub struct SessionRow {
     /// Attack findings by class as JSON (`[[class, count]]`).
     #[serde(default = "empty_array")]
     pub attacks: String,
+    /// Requests slower than their endpoint's own p99.
+    #[serde(default)]
+    pub slow: u64,
 }
 
 impl SessionRow {
@@ -292,6 +295,7 @@ impl SessionRow {
             risk: s.abuse.risk,
             signals: serde_json::to_string(&s.abuse.signals).unwrap_or_else(|_| empty_array()),
             attacks: serde_json::to_string(&s.attacks).unwrap_or_else(|_| empty_array()),
+            slow: s.slow,
         }
     }
 
@@ -328,8 +332,7 @@ impl SessionRow {
                 signals: serde_json::from_str(&self.signals).unwrap_or_default(),
             },
             attacks: serde_json::from_str(&self.attacks).unwrap_or_default(),
-            // The central sessions table has no count of slow requests (its exchanges do).
-            slow: 0,
+            slow: self.slow,
         }
     }
 }
@@ -356,6 +359,7 @@ impl CentralSession {
             summary.request_bytes += other.request_bytes;
             summary.response_bytes += other.response_bytes;
             summary.incomplete += other.incomplete;
+            summary.slow += other.slow;
             summary.abuse.merge(&other.abuse);
             for (class, n) in other.attacks {
                 match summary.attacks.iter_mut().find(|(c, _)| *c == class) {

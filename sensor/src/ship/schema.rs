@@ -152,6 +152,15 @@ pub const MIGRATIONS: &[Migration] = &[
             },
         ],
     },
+    Migration {
+        version: 3,
+        description: "slow requests per session",
+        steps: &[Step::AddColumn {
+            table: "sessions",
+            column: "slow",
+            definition: "UInt64 DEFAULT 0",
+        }],
+    },
 ];
 
 /// The version the migrations above lead to.

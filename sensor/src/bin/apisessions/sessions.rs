@@ -90,9 +90,6 @@ pub fn sessions(args: SessionsArgs) -> Result<()> {
     };
     let mut out = io::stdout().lock();
     if let Some(central) = central {
-        if args.slow {
-            anyhow::bail!("--slow is answered from the local store only (not with --central)");
-        }
         // The fleet's sessions: each merged across the hosts that saw it (`host_ids`).
         let list = central.sessions(&filter, args.source.host_id.as_deref())?;
         if args.json {
