@@ -29,6 +29,7 @@
 //! Results go to target/bench/report.{md,json}; a full run also appends its table to
 //! docs/BENCHMARKS.md. Nothing here is a test: the targets are reported against, never asserted.
 
+mod analysis;
 mod host;
 pub(crate) mod offline;
 mod probe;
@@ -78,6 +79,8 @@ pub struct Options {
     pub offline_exchanges: u64,
     /// Stored exchanges at the store phase's second size (the first is a tenth); 0 skips it.
     pub store_exchanges: u64,
+    /// Only the analysis phase (no network, no eBPF): its section alone.
+    pub analysis_only: bool,
     /// Longest wait for a quiet machine before an overhead run.
     pub quiet_wait: Duration,
     /// Fractions of the mix's saturation rate for the completeness levels (1.0: no pacing).
@@ -130,6 +133,11 @@ pub struct BenchArgs {
     /// 300,000 with --quick); it also times them at a tenth of that. 0 skips the phase.
     #[arg(long, value_name = "N")]
     store_exchanges: Option<u64>,
+    /// Only the analysis phase: attack detection's and the inventory's CPU per exchange on the
+    /// offline phase's generated capture, and the detector's corpus rates (no network, no
+    /// eBPF; a few minutes). Appended to docs/BENCHMARKS.md as its own section.
+    #[arg(long, conflicts_with_all = ["baseline", "profile"])]
+    analysis_only: bool,
     /// Before each overhead run, wait up to this long for the machine to be quiet (other
     /// processes using less than a quarter of a CPU), then run anyway (default 15; 2 with
     /// --quick).
@@ -186,6 +194,7 @@ impl Options {
             } else {
                 10_000_000
             }),
+            analysis_only: args.analysis_only,
             quiet_wait: Duration::from_secs(args.quiet_wait.unwrap_or(if quick { 2 } else { 15 })),
             levels: if quick {
                 vec![0.25, 1.0]
@@ -382,6 +391,9 @@ impl Tally {
 }
 
 pub fn run(options: &Options) -> Result<()> {
+    if options.analysis_only {
+        return run_analysis_only(options);
+    }
     if !is_root() {
         bail!("the bench loads eBPF programs and creates network namespaces: run it as root");
     }
@@ -395,6 +407,7 @@ pub fn run(options: &Options) -> Result<()> {
     if options.store_exchanges > 0 {
         store::build()?;
     }
+    analysis::build()?;
     let out_dir = workspace_root().join("target").join("bench");
     let work = out_dir.join("work");
     let _ = fs::remove_dir_all(&work);
@@ -446,6 +459,11 @@ pub fn run(options: &Options) -> Result<()> {
     } else {
         None
     };
+    println!(
+        "xtask: analysis: attack detection and inventory per exchange on {} generated exchanges",
+        analysis::EXCHANGES
+    );
+    let analysis = analysis::run(&out_dir, analysis::EXCHANGES, options.rounds)?;
     let store = if options.store_exchanges > 0 {
         println!(
             "xtask: store: ingest and queries at {} and {} stored exchanges",
@@ -471,6 +489,7 @@ pub fn run(options: &Options) -> Result<()> {
         completeness,
         offline,
         store,
+        analysis: Some(analysis),
         elapsed: started.elapsed(),
         baseline_version: options.baseline.as_deref().map(version_of),
     };
@@ -493,6 +512,50 @@ pub fn run(options: &Options) -> Result<()> {
         report.append_to_benchmarks(&path)?;
         println!("xtask: appended this run's table to {}", path.display());
     }
+    Ok(())
+}
+
+/// `--analysis-only`: the analysis phase alone, its section printed and (unless `--quick`)
+/// appended to docs/BENCHMARKS.md under a heading of its own.
+fn run_analysis_only(options: &Options) -> Result<()> {
+    println!("xtask: building the analysis_cost example (release)");
+    analysis::build()?;
+    let out_dir = workspace_root().join("target").join("bench");
+    let started = Instant::now();
+    let outcome = analysis::run(&out_dir, analysis::EXCHANGES, options.rounds)?;
+    let section = outcome.markdown()?;
+    println!("{section}");
+    let json_path = out_dir.join("analysis.json");
+    fs::write(&json_path, serde_json::to_string_pretty(&outcome.json())?)
+        .with_context(|| format!("writing {}", json_path.display()))?;
+    println!("xtask: wrote {}", json_path.display());
+    if options.quick {
+        println!("xtask: --quick: docs/BENCHMARKS.md left as it is (a smoke run is no result)");
+        return Ok(());
+    }
+    let machine = report::Machine::read();
+    let path = workspace_root().join("docs").join("BENCHMARKS.md");
+    let mut text =
+        fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    if !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text.push_str(&format!(
+        "\n## {} · {} · analysis stages\n\n- Machine: {}\n- Command: `{}` ({} runs, {:.0} s)\n",
+        machine.date,
+        machine.commit,
+        machine.line(),
+        command_line(),
+        options.rounds,
+        started.elapsed().as_secs_f64()
+    ));
+    // The section's own heading is the report's; under the run's heading it is one level down.
+    text.push_str(&section.replacen("\n## 5. Analysis stages\n", "", 1));
+    fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    println!(
+        "xtask: appended this run's analysis section to {}",
+        path.display()
+    );
     Ok(())
 }
 

@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 
 use super::{
     CompletenessOutcome, CompletenessRun, Config, Options, OverheadOutcome, OverheadRun, SensorRun,
+    analysis::{ATTACKS_GOAL_NS, AnalysisOutcome},
     offline::OfflineOutcome,
     store::{StoreLevel, StoreOutcome},
 };
@@ -104,7 +105,7 @@ impl Machine {
         }
     }
 
-    fn line(&self) -> String {
+    pub(super) fn line(&self) -> String {
         format!(
             "{}, {} CPUs, {:.0} GiB, Linux {}; load average at start {}",
             self.cpu_model, self.cpus, self.memory_gib, self.kernel, self.load_at_start
@@ -142,7 +143,7 @@ impl Spread {
         }
     }
 
-    fn show(&self, decimals: usize) -> String {
+    pub(super) fn show(&self, decimals: usize) -> String {
         format!(
             "{} ({}–{})",
             num(self.median, decimals),
@@ -151,7 +152,7 @@ impl Spread {
         )
     }
 
-    fn json(&self) -> Value {
+    pub(super) fn json(&self) -> Value {
         json!({ "median": self.median, "min": self.min, "max": self.max, "rounds": self.n })
     }
 }
@@ -186,6 +187,7 @@ pub struct Report {
     pub completeness: CompletenessOutcome,
     pub offline: Option<OfflineOutcome>,
     pub store: Option<StoreOutcome>,
+    pub analysis: Option<AnalysisOutcome>,
     pub elapsed: Duration,
     /// `--version` of the `--baseline` binary.
     pub baseline_version: Option<String>,
@@ -821,6 +823,33 @@ fn targets(
     list
 }
 
+/// The attack detector's goal per exchange, on the bench's own traffic.
+fn analysis_target(analysis: Option<&AnalysisOutcome>) -> Target {
+    let name = "attack detection CPU per exchange";
+    let target = format!("≤ {ATTACKS_GOAL_NS:.0} ns");
+    match analysis {
+        Some(a) => Target {
+            name,
+            target,
+            measured: format!("{:.0} ns", a.attacks_ns.median),
+            met: Some(a.attacks_met()),
+            conclusive: true,
+            note: format!(
+                "median of {} rounds; single calls {:.0} ns",
+                a.attacks_ns.n, a.attacks_call_median_ns
+            ),
+        },
+        None => Target {
+            name,
+            target,
+            measured: "not measured".into(),
+            met: None,
+            conclusive: true,
+            note: "analysis phase skipped".into(),
+        },
+    }
+}
+
 fn verdict(target: &Target) -> &'static str {
     match target.met {
         None => "—",
@@ -836,7 +865,8 @@ impl Report {
         let overhead = summarize_overhead(&self.overhead.runs, &configs);
         let levels = summarize_levels(&self.options, &self.completeness.runs);
         let offline = self.offline.as_ref().map(summarize_offline);
-        let targets = targets(&overhead, &levels, offline.as_ref(), self.store.as_ref());
+        let mut targets = targets(&overhead, &levels, offline.as_ref(), self.store.as_ref());
+        targets.push(analysis_target(self.analysis.as_ref()));
         let comparisons = self.comparisons();
         let o = &self.options;
         let m = &self.machine;
@@ -1246,6 +1276,9 @@ impl Report {
                 )?;
             }
         }
+        if let Some(analysis) = &self.analysis {
+            md.push_str(&analysis.markdown()?);
+        }
         writeln!(md, "\n## Reproduce\n\n```sh\n{}\n```", self.command)?;
 
         let json = json!({
@@ -1325,6 +1358,7 @@ impl Report {
                     "tshark_responses": r.tshark_responses,
                 })).collect::<Vec<_>>(),
             })),
+            "analysis": self.analysis.as_ref().map(AnalysisOutcome::json),
             "store": self.store.as_ref().map(|store| json!({
                 "show_requests": store.show_requests,
                 "transaction_exchanges": store.transaction_exchanges,
@@ -1373,7 +1407,8 @@ impl Report {
         let overhead = summarize_overhead(&self.overhead.runs, &configs);
         let levels = summarize_levels(&self.options, &self.completeness.runs);
         let offline = self.offline.as_ref().map(summarize_offline);
-        let targets = targets(&overhead, &levels, offline.as_ref(), self.store.as_ref());
+        let mut targets = targets(&overhead, &levels, offline.as_ref(), self.store.as_ref());
+        targets.push(analysis_target(self.analysis.as_ref()));
         let comparisons = self.comparisons();
         let mut text = match fs::read_to_string(path) {
             Ok(text) => text,
@@ -1500,6 +1535,18 @@ impl Report {
                     Spread::of(q.ms.iter().copied()).show(1)
                 )?;
             }
+        }
+        if let Some(analysis) = &self.analysis {
+            writeln!(
+                text,
+                "| attack detection ns per exchange (bench traffic) | {} |",
+                analysis.attacks_ns.show(0)
+            )?;
+            writeln!(
+                text,
+                "| inventory ns per exchange (bench traffic) | {} |",
+                analysis.inventory_ns.show(0)
+            )?;
         }
         writeln!(text, "\n| target | goal | measured | verdict |")?;
         writeln!(text, "|---|---|---|---|")?;
