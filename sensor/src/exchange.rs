@@ -60,9 +60,13 @@ impl Anomalies {
     pub const CHUNK_SIZE_INVALID: Self = Self(1 << 4);
     /// A head line ended by a bare LF (no CR), which front ends and back ends read differently.
     pub const BARE_LF: Self = Self(1 << 5);
+    /// A header continued on a line that starts with a space or tab (obsolete line folding,
+    /// RFC 9112 5.2): most servers reject it, some join it, and smuggling plays on the
+    /// difference. The decoder joins it, as the RFC lets a recipient do.
+    pub const OBS_FOLD: Self = Self(1 << 6);
 
     /// Each flag with the name used in findings (`rule`).
-    pub const NAMED: [(Self, &'static str); 6] = [
+    pub const NAMED: [(Self, &'static str); 7] = [
         (Self::LENGTH_AND_CHUNKED, "protocol-length-and-chunked"),
         (Self::LENGTH_CONFLICT, "protocol-length-conflict"),
         (Self::LENGTH_INVALID, "protocol-length-invalid"),
@@ -72,6 +76,7 @@ impl Anomalies {
         ),
         (Self::CHUNK_SIZE_INVALID, "protocol-chunk-size-invalid"),
         (Self::BARE_LF, "protocol-bare-lf"),
+        (Self::OBS_FOLD, "protocol-obs-fold"),
     ];
 
     pub fn insert(&mut self, flag: Self) {

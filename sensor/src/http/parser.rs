@@ -394,6 +394,9 @@ impl MessageParser {
 
     fn parse_head(&mut self, config: &HttpConfig, counters: &mut HttpCounters) -> Result<Head, ()> {
         let mut head = std::mem::take(&mut self.buf);
+        // httparse refuses folded header lines (in requests); joined, the message decodes as a
+        // server that accepts folding reads it, and the fold is recorded.
+        let folded = unfold_headers(&mut head);
         let mut truncated = false;
         let result = loop {
             match parse_owned(self.kind, &head, config.max_headers) {
@@ -462,6 +465,9 @@ impl MessageParser {
         }
         if has_bare_lf(&self.buf) {
             anomalies.insert(Anomalies::BARE_LF);
+        }
+        if folded {
+            anomalies.insert(Anomalies::OBS_FOLD);
         }
         let meta = self.meta();
         meta.anomalies = anomalies;
@@ -906,6 +912,36 @@ fn transfer_encoding_is_plain(value: &str) -> bool {
         })
         // Only spaces around the commas: a tab or a vertical tab hides a coding from some parsers.
         && !value.bytes().any(|b| b.is_ascii_control())
+}
+
+/// Replaces each obsolete line folding in `head` (a line break followed by spaces or tabs,
+/// after the start line) with spaces, in place, as RFC 9112 5.2 lets a recipient do; the
+/// head keeps its length. Returns whether there was one.
+fn unfold_headers(head: &mut [u8]) -> bool {
+    let Some(first_line_end) = memchr::memchr(b'\n', head) else {
+        return false;
+    };
+    // The blank line ending the head is no fold; stop before it.
+    let end = head.len().saturating_sub(2);
+    let mut folded = false;
+    let mut i = first_line_end;
+    while let Some(offset) = head
+        .get(i + 1..end)
+        .and_then(|rest| memchr::memchr(b'\n', rest))
+    {
+        let lf = i + 1 + offset;
+        if matches!(head.get(lf + 1), Some(b' ' | b'\t')) && lf + 1 < end {
+            folded = true;
+            head[lf] = b' ';
+            if lf > 0 && head[lf - 1] == b'\r' {
+                head[lf - 1] = b' ';
+            }
+        }
+        i = lf;
+    }
+    // Whitespace right after the start line is no fold (nothing to continue): left for
+    // httparse to refuse (RFC 9112 2.2).
+    folded
 }
 
 /// A head line ended by LF alone (httparse accepts it, as RFC 9112 2.2 allows a recipient to).

@@ -628,6 +628,15 @@ fn framing_anomalies_are_recorded_on_the_request() {
             b"GET /g HTTP/1.1\nHost: x\n\n",
             "GET /g 1.1 protocol-bare-lf => 200 body=0:",
         ),
+        // Obsolete line folding: joined (httparse alone refuses the head), recorded.
+        (
+            b"GET /j HTTP/1.1\r\nX-Note: first part\r\n  folded part\r\nHost: x\r\n\r\n",
+            "GET /j 1.1 protocol-obs-fold => 200 body=0:",
+        ),
+        (
+            b"POST /k HTTP/1.1\r\nContent-Length: 1\r\n\t0\r\n\r\n",
+            "POST /k 1.1 protocol-length-invalid protocol-obs-fold => 200 body=0:",
+        ),
         // Ordinary framing: nothing recorded.
         (
             b"POST /h HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
