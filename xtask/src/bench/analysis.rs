@@ -41,6 +41,8 @@ pub struct AnalysisOutcome {
     pub corpora: Vec<(String, String, u64, u64)>,
     /// Benign requests flagged, of all benign requests.
     pub benign: (u64, u64),
+    /// Per class: benign requests flagged with it (its false positives).
+    pub benign_by_class: Vec<(String, u64)>,
 }
 
 fn cost_binary() -> PathBuf {
@@ -106,7 +108,11 @@ pub fn run(out_dir: &Path, exchanges: u64, runs: u32) -> Result<AnalysisOutcome>
     if decoded == 0 {
         bail!("analysis_cost decoded no exchange of {}", file.display());
     }
-    let (corpora, benign) = corpus_rates()?;
+    let CorpusRates {
+        corpora,
+        benign,
+        benign_by_class,
+    } = corpus_rates()?;
     Ok(AnalysisOutcome {
         file,
         exchanges: decoded,
@@ -117,10 +123,20 @@ pub fn run(out_dir: &Path, exchanges: u64, runs: u32) -> Result<AnalysisOutcome>
         inventory_call_median_ns: Spread::of(inventory_calls).median,
         corpora,
         benign,
+        benign_by_class,
     })
 }
 
-type CorpusRates = (Vec<(String, String, u64, u64)>, (u64, u64));
+/// What the corpus tests printed.
+#[derive(Debug, Default, PartialEq)]
+struct CorpusRates {
+    /// File, class, detected, total.
+    corpora: Vec<(String, String, u64, u64)>,
+    /// Benign requests flagged, of all.
+    benign: (u64, u64),
+    /// Class, benign requests flagged with it.
+    benign_by_class: Vec<(String, u64)>,
+}
 
 /// The detector's corpus tests, from the release build; their lines
 /// `attacks corpus FILE CLASS DETECTED/TOTAL RATE %` and
@@ -156,8 +172,7 @@ fn parse_corpus_lines(text: &str) -> CorpusRates {
         let (a, b) = field.split_once('/')?;
         Some((a.parse().ok()?, b.parse().ok()?))
     };
-    let mut corpora = Vec::new();
-    let mut benign = (0, 0);
+    let mut rates = CorpusRates::default();
     for line in text.lines() {
         // libtest prints a test's name and its first output on one line.
         let Some(at) = line.find("attacks ") else {
@@ -167,16 +182,22 @@ fn parse_corpus_lines(text: &str) -> CorpusRates {
         match words.as_slice() {
             ["attacks", "corpus", file, class, counts, ..] => {
                 if let Some((detected, total)) = fraction(counts) {
-                    corpora.push(((*file).to_owned(), (*class).to_owned(), detected, total));
+                    let entry = ((*file).to_owned(), (*class).to_owned(), detected, total);
+                    rates.corpora.push(entry);
+                }
+            }
+            ["attacks", "benign", "class", class, counts, ..] => {
+                if let Some((flagged, _)) = fraction(counts) {
+                    rates.benign_by_class.push(((*class).to_owned(), flagged));
                 }
             }
             ["attacks", "benign", "total", counts, ..] => {
-                benign = fraction(counts).unwrap_or(benign);
+                rates.benign = fraction(counts).unwrap_or(rates.benign);
             }
             _ => {}
         }
     }
-    (corpora, benign)
+    rates
 }
 
 fn percent(part: u64, whole: u64) -> f64 {
@@ -229,16 +250,25 @@ impl AnalysisOutcome {
             "Detection per class (tests/data/attacks, sources in its README; the corpus tests' \
              own figures):\n"
         )?;
-        writeln!(md, "| corpus | class | detected | rate |")?;
-        writeln!(md, "|---|---|---|---|")?;
-        for (file, class, detected, total) in &self.corpora {
+        let (flagged, total) = self.benign;
+        writeln!(
+            md,
+            "| corpus | class | detected | rate | benign flagged with the class (of {total}) |"
+        )?;
+        writeln!(md, "|---|---|---|---|---|")?;
+        for (file, class, detected, all) in &self.corpora {
+            let false_positives = self
+                .benign_by_class
+                .iter()
+                .find(|(c, _)| c == class)
+                .map_or(0, |(_, n)| *n);
             writeln!(
                 md,
-                "| {file} | {class} | {detected}/{total} | {:.1} % |",
-                percent(*detected, *total)
+                "| {file} | {class} | {detected}/{all} | {:.1} % | {false_positives} = {:.3} % |",
+                percent(*detected, *all),
+                percent(false_positives, total)
             )?;
         }
-        let (flagged, total) = self.benign;
         writeln!(
             md,
             "\nBenign corpora: {flagged}/{total} requests flagged = {:.3} % (goal ≤ 0.1 %).",
@@ -258,6 +288,9 @@ impl AnalysisOutcome {
             "corpora": self.corpora.iter().map(|(file, class, detected, total)| json!({
                 "file": file, "class": class, "detected": detected, "total": total,
             })).collect::<Vec<_>>(),
+            "benign_by_class": self.benign_by_class.iter().map(|(class, n)| json!({
+                "class": class, "flagged": n,
+            })).collect::<Vec<_>>(),
             "benign_flagged": self.benign.0,
             "benign_total": self.benign.1,
         })
@@ -274,12 +307,14 @@ mod tests {
             test analysis::attacks::corpus_tests::payload_corpora_are_detected ... attacks corpus sqli.txt                 sqli             327/329    99.4 %\n\
                 missed: 1 AND 2\n\
             attacks benign benign_prose.txt         0 flagged\n\
+            attacks benign class sqli            3/5704 = 0.053 %\n\
             attacks benign total 3/5704 requests flagged = 0.053 %\n";
-        let (corpora, benign) = parse_corpus_lines(text);
+        let rates = parse_corpus_lines(text);
         assert_eq!(
-            corpora,
+            rates.corpora,
             vec![("sqli.txt".to_owned(), "sqli".to_owned(), 327, 329)]
         );
-        assert_eq!(benign, (3, 5704));
+        assert_eq!(rates.benign, (3, 5704));
+        assert_eq!(rates.benign_by_class, vec![("sqli".to_owned(), 3)]);
     }
 }
