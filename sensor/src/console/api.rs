@@ -1,5 +1,6 @@
 //! The JSON API under `/api/v1/`: the objects of `sessions --json` and `show --json`
-//! ([`SessionSummary::to_json`], [`StoredExchange::to_json`]) and of `stats --json`.
+//! ([`SessionSummary::to_json`], [`StoredExchange::to_json`]), of `endpoints --json`
+//! ([`EndpointRow`]) and of `stats --json`.
 
 use std::time::SystemTime;
 
@@ -11,9 +12,10 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::{
+    analysis::inventory::EndpointRow,
     console::{
         ConsoleError, SharedState,
-        filters::{API_DEFAULT_LIMIT, API_MAX_LIMIT, SessionQuery},
+        filters::{API_DEFAULT_LIMIT, API_MAX_LIMIT, EndpointQuery, SessionQuery},
     },
     record::SessionSummary,
     report,
@@ -114,6 +116,18 @@ pub async fn exchanges(
         .await?
         .unwrap_or_default();
     Ok(Json(records))
+}
+
+/// `GET /api/v1/endpoints`: what `endpoints --json` prints, with its filters (`host`, `status`,
+/// `since`) and `method`, `endpoint`.
+pub async fn endpoints(
+    State(state): State<SharedState>,
+    Query(query): Query<EndpointQuery>,
+) -> Result<Json<Vec<EndpointRow>>, ConsoleError> {
+    let filter = query
+        .parse(SystemTime::now())
+        .map_err(ConsoleError::BadRequest)?;
+    Ok(Json(state.endpoints(filter).await?))
 }
 
 /// `GET /api/v1/stats`: what `stats --json` prints.

@@ -12,6 +12,9 @@
 //! - [`filters`]: the list's filters as query parameters, and links that keep them.
 //! - [`pages`] and [`chart`]: HTML pages and the session's requests/latency chart (SVG).
 //! - [`api`]: the JSON API. [`metrics`]: every statistics counter for Prometheus.
+//!
+//! The endpoints page and API show the inventory the daemon stored, compared with the
+//! configuration's OpenAPI documents ([`InventorySetup`]) as `apisessions endpoints` does.
 
 pub mod api;
 pub mod auth;
@@ -35,6 +38,10 @@ pub use auth::{AuthError, Token};
 pub use server::{bind, metrics_router, router, serve};
 
 use crate::{
+    analysis::inventory::{
+        EndpointFilter, EndpointRow, HostSpec, Inventory, InventoryConfig, InventoryState,
+        StateError,
+    },
     record::{SessionSummary, StoredExchange},
     stats::StatsError,
     store::{Store, StoreError},
@@ -48,6 +55,8 @@ pub enum ConsoleError {
     Stats(#[from] StatsError),
     #[error(transparent)]
     Auth(#[from] AuthError),
+    #[error("reading the endpoint inventory")]
+    Inventory(#[from] StateError),
     #[error("{0}")]
     BadRequest(String),
     #[error("{0}")]
@@ -93,10 +102,20 @@ enum StoreSource {
     Dir(Mutex<Option<Arc<Store>>>),
 }
 
+/// What the endpoints page compares the stored inventory with: the configuration's
+/// `[inventory]` bounds and `[[api.specs]]` documents (see
+/// [`crate::analysis::inventory::load_configured_specs`]).
+#[derive(Clone, Debug, Default)]
+pub struct InventorySetup {
+    pub config: InventoryConfig,
+    pub specs: Vec<HostSpec>,
+}
+
 /// What every handler shares.
 pub struct ConsoleState {
     data_dir: PathBuf,
     store: StoreSource,
+    inventory: Arc<InventorySetup>,
     token: Option<Token>,
     /// Requests served at once at most; more get 503 (see `server::limit`).
     in_flight: tokio::sync::Semaphore,
@@ -109,19 +128,35 @@ pub const MAX_IN_FLIGHT: usize = 32;
 
 impl ConsoleState {
     /// A console over the store in `data_dir`, opened read-only when first needed.
-    pub fn new(data_dir: &Path, token: Option<Token>) -> SharedState {
-        Self::with_source(data_dir, StoreSource::Dir(Mutex::new(None)), token)
+    pub fn new(data_dir: &Path, token: Option<Token>, inventory: InventorySetup) -> SharedState {
+        Self::with_source(
+            data_dir,
+            StoreSource::Dir(Mutex::new(None)),
+            token,
+            inventory,
+        )
     }
 
     /// A console over a store this process already has open (the daemon's).
-    pub fn shared(data_dir: &Path, store: Arc<Store>, token: Option<Token>) -> SharedState {
-        Self::with_source(data_dir, StoreSource::Shared(store), token)
+    pub fn shared(
+        data_dir: &Path,
+        store: Arc<Store>,
+        token: Option<Token>,
+        inventory: InventorySetup,
+    ) -> SharedState {
+        Self::with_source(data_dir, StoreSource::Shared(store), token, inventory)
     }
 
-    fn with_source(data_dir: &Path, store: StoreSource, token: Option<Token>) -> SharedState {
+    fn with_source(
+        data_dir: &Path,
+        store: StoreSource,
+        token: Option<Token>,
+        inventory: InventorySetup,
+    ) -> SharedState {
         Arc::new(Self {
             data_dir: data_dir.to_path_buf(),
             store,
+            inventory: Arc::new(inventory),
             token,
             in_flight: tokio::sync::Semaphore::new(MAX_IN_FLIGHT),
         })
@@ -219,5 +254,36 @@ impl ConsoleState {
             .await?
             .flatten();
         found.ok_or_else(|| ConsoleError::NotFound("no such session".into()))
+    }
+
+    /// The stored endpoint inventory's rows that `filter` accepts, as `apisessions endpoints`
+    /// lists them (the spec's orphans too, before anything is stored).
+    async fn endpoints(
+        self: &Arc<Self>,
+        filter: EndpointFilter,
+    ) -> Result<Vec<EndpointRow>, ConsoleError> {
+        let setup = Arc::clone(&self.inventory);
+        let state = self
+            .read(|store| {
+                Ok(store
+                    .inventory()?
+                    .map(|bytes| InventoryState::decode(&bytes)))
+            })
+            .await?
+            .flatten()
+            .transpose()?;
+        tokio::task::spawn_blocking(move || {
+            let mut inventory = Inventory::new(setup.config.clone(), setup.specs.clone());
+            if let Some(state) = &state {
+                inventory.merge(state);
+            }
+            inventory
+                .rows()
+                .into_iter()
+                .filter(|row| filter.matches(row))
+                .collect()
+        })
+        .await
+        .map_err(|e| ConsoleError::Internal(e.to_string()))
     }
 }

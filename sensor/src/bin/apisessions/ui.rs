@@ -4,12 +4,12 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use anyhow::{Context as _, Result};
 use apisessions::{
-    config::Config,
-    console::{self, ConsoleState, Token},
+    analysis::inventory,
+    console::{self, ConsoleState, InventorySetup, Token},
 };
 use clap::Args;
 
-use crate::args::DataDirArg;
+use crate::args::{ConfigArg, DataDirArg};
 
 #[derive(Args)]
 pub struct UiArgs {
@@ -20,6 +20,10 @@ pub struct UiArgs {
     /// (`Authorization: Bearer TOKEN`, or the login form's cookie).
     #[arg(long, value_name = "FILE")]
     token_file: Option<PathBuf>,
+    /// The configuration: its data directory, and the OpenAPI documents ([[api.specs]]) the
+    /// endpoints page compares the inventory with.
+    #[command(flatten)]
+    config: ConfigArg,
     #[command(flatten)]
     data: DataDirArg,
 }
@@ -35,7 +39,12 @@ pub fn token(file: Option<&PathBuf>, listen: &[SocketAddr]) -> Result<Option<Tok
 
 pub fn ui(args: UiArgs) -> Result<()> {
     let token = token(args.token_file.as_ref(), &[args.listen])?;
-    let data_dir = args.data.resolve(&Config::default());
+    let config = args.config.load()?;
+    let data_dir = args.data.resolve(&config);
+    let setup = InventorySetup {
+        specs: inventory::load_configured_specs(&config, args.config.config.as_deref())?,
+        config: config.inventory,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -43,7 +52,7 @@ pub fn ui(args: UiArgs) -> Result<()> {
         .context("starting the async runtime")?;
     runtime.block_on(async {
         let listener = console::bind(args.listen, token.as_ref()).await?;
-        let state = ConsoleState::new(&data_dir, token);
+        let state = ConsoleState::new(&data_dir, token, setup);
         println!("console: http://{}/ (Ctrl-C stops it)", args.listen);
         let shutdown = async {
             let _ = tokio::signal::ctrl_c().await;
