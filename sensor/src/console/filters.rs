@@ -337,6 +337,21 @@ impl EndpointQuery {
             .map(|(_, v)| v)
     }
 
+    /// Whether some field is present but blank: the page then redirects to the shorter URL.
+    pub fn has_blanks(&self) -> bool {
+        let present = [
+            &self.host,
+            &self.status,
+            &self.since,
+            &self.method,
+            &self.endpoint,
+        ]
+        .into_iter()
+        .filter(|v| v.is_some())
+        .count();
+        present > self.pairs().len()
+    }
+
     pub fn parse(&self, now: SystemTime) -> Result<EndpointFilter, String> {
         Ok(EndpointFilter {
             host: self.get("host").map(str::to_owned),

@@ -520,6 +520,10 @@ pub async fn endpoints(
     State(state): State<SharedState>,
     Query(query): Query<EndpointQuery>,
 ) -> Result<Response, ConsoleError> {
+    if query.has_blanks() {
+        let short = filters::link("/endpoints", &query.pairs(), &[]);
+        return Ok(Redirect::to(&short).into_response());
+    }
     let filter = query
         .parse(SystemTime::now())
         .map_err(ConsoleError::BadRequest)?;
