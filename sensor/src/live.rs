@@ -21,7 +21,7 @@ use crate::{
         ports::{PortPolicy, listening_ports},
     },
     config::{Config, Ports},
-    console::{self, ConsoleError, ConsoleState, InventorySetup, Token},
+    console::{self, ConsoleError, ConsoleOptions, ConsoleState, InventorySetup, Token},
     container::ContainerIndex,
     dump,
     exchange::now_ns,
@@ -260,12 +260,12 @@ async fn start_servers(
     };
     for server in &live.servers {
         let listener = console::bind(server.listen, server.token.as_ref()).await?;
-        let state = ConsoleState::shared(
-            data_dir,
-            Arc::clone(store),
-            server.token.clone(),
-            setup.clone(),
-        );
+        let options = ConsoleOptions {
+            token: server.token.clone(),
+            inventory: setup.clone(),
+            central: None,
+        };
+        let state = ConsoleState::shared(data_dir, Arc::clone(store), options);
         let router = if server.metrics_only {
             console::metrics_router(state)
         } else {

@@ -16,7 +16,7 @@ use serde::Deserialize;
 use crate::{
     analysis::inventory::EndpointRow,
     console::{
-        ConsoleError, SharedState, chart,
+        ConsoleError, Listed, SharedState, chart,
         filters::{self, EndpointQuery, PAGE_SIZE, SessionQuery, TimelineQuery},
     },
     record::{AttackClass, Finding, SessionSummary, SignalName, SpecStatus, StoredExchange},
@@ -103,7 +103,7 @@ pub async fn sessions(
         }
     };
     let body = html! {
-        h1 { "Sessions" }
+        h1 { "Sessions" @if state.is_central() { " " span.muted { "(the fleet's central store)" } } }
         form.filters method="get" action="/" {
             (field("since", "since", "1h or RFC 3339"))
             (field("until", "until", "RFC 3339"))
@@ -150,7 +150,8 @@ pub async fn sessions(
                     th { "Client IP" } th { "Host" } th { "Top endpoints" }
                 } }
                 tbody {
-                    @for s in &list {
+                    @for listed in &list {
+                        @let s = listed.summary();
                         tr {
                             td.id { a href={"/sessions/" (s.session_id)} { (s.session_id) } }
                             td { (report::time_s(s.start_ns)) }
@@ -240,13 +241,18 @@ pub async fn session(
 ) -> Result<Html<String>, ConsoleError> {
     crate::store::id_bytes(&id)?;
     let filter = timeline.clone();
-    let (s, exchanges, matched) = state
+    let (listed, exchanges, matched) = state
         .session(id, MAX_TIMELINE, move |e| filter.matches(e))
         .await?;
-    Ok(layout(
-        &format!("Session {}", s.session_id),
-        session_body(&s, &exchanges, matched, &timeline),
-    ))
+    let s = listed.summary();
+    let body = html! {
+        @if let Listed::Central(central) = &listed {
+            p.muted.central { "From the central store; seen by the sensors "
+                @for (i, host) in central.host_ids.iter().enumerate() { @if i > 0 { ", " } (host) } "." }
+        }
+        (session_body(s, &exchanges, matched, &timeline))
+    };
+    Ok(layout(&format!("Session {}", s.session_id), body))
 }
 
 /// The session page's content (apart from the handler, for the tests).
@@ -487,7 +493,8 @@ pub async fn export(
     crate::store::id_bytes(&id)?;
     let name = query.format.as_deref().unwrap_or("csv");
     let format: Format = name.parse().map_err(ConsoleError::BadRequest)?;
-    let (s, exchanges, _) = state.session(id, usize::MAX, |_| true).await?;
+    let (listed, exchanges, _) = state.session(id, usize::MAX, |_| true).await?;
+    let s = listed.summary();
     let mut out = Vec::new();
     let mut exporter = Exporter::new(&mut out, format);
     for e in &exchanges {

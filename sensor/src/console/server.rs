@@ -138,7 +138,7 @@ mod tests {
     use tower::ServiceExt as _;
 
     use super::*;
-    use crate::console::{ConsoleState, InventorySetup};
+    use crate::console::{ConsoleOptions, ConsoleState};
 
     /// (status, headers, body) of one request to a console over `dir`.
     async fn call(
@@ -175,7 +175,7 @@ mod tests {
     #[tokio::test]
     async fn every_response_carries_the_security_headers() {
         let dir = data_dir("headers");
-        let state = ConsoleState::new(&dir, None, InventorySetup::default());
+        let state = ConsoleState::new(&dir, ConsoleOptions::default());
         for (uri, status, holds) in [
             ("/", StatusCode::OK, "No sessions match."),
             ("/status", StatusCode::OK, "No statistics"),
@@ -228,7 +228,13 @@ mod tests {
     async fn a_token_guards_everything_but_the_login() {
         let dir = data_dir("token");
         let token = Token::new("0123456789abcdef-token").unwrap();
-        let state = ConsoleState::new(&dir, Some(token), InventorySetup::default());
+        let state = ConsoleState::new(
+            &dir,
+            ConsoleOptions {
+                token: Some(token),
+                ..ConsoleOptions::default()
+            },
+        );
         let (status, headers, _) = call(&state, "GET", "/", &[], "").await;
         assert_eq!(status, StatusCode::SEE_OTHER);
         assert_eq!(headers[header::LOCATION], "/login");

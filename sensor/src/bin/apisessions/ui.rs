@@ -5,11 +5,11 @@ use std::{net::SocketAddr, path::PathBuf};
 use anyhow::{Context as _, Result};
 use apisessions::{
     analysis::inventory,
-    console::{self, ConsoleState, InventorySetup, Token},
+    console::{self, CentralSource, ConsoleOptions, ConsoleState, InventorySetup, Token},
 };
 use clap::Args;
 
-use crate::args::{ConfigArg, DataDirArg};
+use crate::args::SourceArgs;
 
 #[derive(Args)]
 pub struct UiArgs {
@@ -20,12 +20,11 @@ pub struct UiArgs {
     /// (`Authorization: Bearer TOKEN`, or the login form's cookie).
     #[arg(long, value_name = "FILE")]
     token_file: Option<PathBuf>,
-    /// The configuration: its data directory, and the OpenAPI documents ([[api.specs]]) the
-    /// endpoints page compares the inventory with.
+    /// Where sessions come from: the local store, or with --central the fleet's (the
+    /// configuration's [central]). The configuration also names the OpenAPI documents
+    /// ([[api.specs]]) the endpoints page compares the local inventory with.
     #[command(flatten)]
-    config: ConfigArg,
-    #[command(flatten)]
-    data: DataDirArg,
+    source: SourceArgs,
 }
 
 /// The token from `--token-file`, checked against the listen address before anything starts.
@@ -39,11 +38,18 @@ pub fn token(file: Option<&PathBuf>, listen: &[SocketAddr]) -> Result<Option<Tok
 
 pub fn ui(args: UiArgs) -> Result<()> {
     let token = token(args.token_file.as_ref(), &[args.listen])?;
-    let config = args.config.load()?;
-    let data_dir = args.data.resolve(&config);
-    let setup = InventorySetup {
-        specs: inventory::load_configured_specs(&config, args.config.config.as_deref())?,
-        config: config.inventory,
+    let (central, config) = args.source.central()?;
+    let data_dir = args.source.data_dir(&config);
+    let options = ConsoleOptions {
+        token,
+        inventory: InventorySetup {
+            specs: inventory::load_configured_specs(&config, args.source.config.config.as_deref())?,
+            config: config.inventory.clone(),
+        },
+        central: central.map(|query| CentralSource {
+            query,
+            host_id: args.source.host_id.clone(),
+        }),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -51,8 +57,8 @@ pub fn ui(args: UiArgs) -> Result<()> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async {
-        let listener = console::bind(args.listen, token.as_ref()).await?;
-        let state = ConsoleState::new(&data_dir, token, setup);
+        let listener = console::bind(args.listen, options.token.as_ref()).await?;
+        let state = ConsoleState::new(&data_dir, options);
         println!("console: http://{}/ (Ctrl-C stops it)", args.listen);
         let shutdown = async {
             let _ = tokio::signal::ctrl_c().await;
