@@ -17,7 +17,6 @@ mod common;
 
 use std::{
     fs,
-    io::{Read as _, Write as _},
     net::TcpStream,
     path::Path,
     process::{Child, Stdio},
@@ -324,7 +323,7 @@ fn the_console_shows_live_sessions_and_never_runs_captured_script() {
     let xss_sessions = by_class(&["--attack", "xss"]);
     assert_eq!(
         xss_sessions,
-        [attacker_id.clone()],
+        std::slice::from_ref(&attacker_id),
         "only the attacker's session has xss findings"
     );
     for (query, cli_args) in [

@@ -1,7 +1,7 @@
-//! The HTML pages: the sessions list, a session, the endpoints, the status page, the login form. Built with
-//! maud, which escapes every inserted value: captured text is always text, never markup. Links
-//! that carry captured values put them in query strings, percent-encoded
-//! ([`SessionQuery::link`]); no captured value ever becomes a URL of its own.
+//! The HTML pages: the sessions list, a session, the endpoints, the status page, the login
+//! form. Built with maud, which escapes every inserted value: captured text is always text,
+//! never markup. Links that carry captured values put them in query strings, percent-encoded
+//! ([`filters::link`]); no captured value ever becomes a URL of its own.
 
 use std::time::SystemTime;
 

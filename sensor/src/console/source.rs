@@ -109,8 +109,8 @@ impl CentralSource {
         Ok(list.into_iter().map(Listed::Central).collect())
     }
 
-    /// The exchanges of `session_id` (all of it, or what `--host-id` shipped) in time order;
-    /// `visit` returns false to stop.
+    /// The exchanges `filter` names (of every sensor, or what `--host-id` shipped) in time
+    /// order, with their session ids; `visit` returns false to stop.
     fn exchanges(
         &self,
         filter: ExchangeFilter,
@@ -250,7 +250,7 @@ impl ConsoleState {
                     session_id: session,
                     since_ns: Some(since),
                     until_ns: Some(until),
-                    host_id: None,
+                    ..ExchangeFilter::default()
                 };
                 central.exchanges(filter, |id, e| {
                     records.push(e.to_json(id));

@@ -1,4 +1,5 @@
-//! `apisessions ui`: the web console over the store, until Ctrl-C.
+//! `apisessions ui`: the web console over the local store or, with `--central`, the fleet's
+//! central store, until Ctrl-C.
 
 use std::{net::SocketAddr, path::PathBuf};
 
