@@ -10,7 +10,9 @@
 //! agrees with `sessions --json`, `show --json` and `endpoints --json`,
 //! `/metrics` is valid text, a token guards the console, and an open address without a token
 //! is refused. The session page's screenshot goes to target/console-session.png (and to
-//! docs/console-session.png with APISESSIONS_UPDATE_SCREENSHOT=1).
+//! docs/console-session.png with APISESSIONS_UPDATE_SCREENSHOT=1); the attacker's requests
+//! (attacks only) and the endpoints page to target/console-attacks.png and
+//! target/console-endpoints.png.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -593,6 +595,15 @@ async fn browse(
         attacked,
         "attacks only: as `show --attacks-only`"
     );
+    browser
+        .execute(
+            "document.querySelector('section.timeline').scrollIntoView()",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let shot = browser.screenshot().await.unwrap();
+    fs::write(repo().join("target/console-attacks.png"), shot).unwrap();
     for row in &rows {
         let cell = row.find(Locator::Css("td.attacks")).await.unwrap();
         assert!(
@@ -686,7 +697,7 @@ async fn browse(
         for p in ["p50", "p95", "p99"] {
             assert_eq!(cell(p).await, ms(&json["latency_ms"][p]), "{p} of {json}");
         }
-        assert_eq!(cell("risk").await, json["risk"].to_string(), "{json}");
+        assert_eq!(cell("score").await, json["risk"].to_string(), "{json}");
     }
     let injected = browser
         .execute(
@@ -697,6 +708,8 @@ async fn browse(
         .await
         .unwrap();
     assert_eq!(injected[0], 0, "no injected element on the endpoints page");
+    let shot = browser.screenshot().await.unwrap();
+    fs::write(repo().join("target/console-endpoints.png"), shot).unwrap();
     assert!(
         injected[1]
             .as_str()

@@ -612,8 +612,8 @@ pub fn endpoints_body(query: &EndpointQuery, rows: &[EndpointRow]) -> Markup {
                             td.auth { (list(&row.auth)) }
                             td.sensitive { (list(&row.sensitive)) }
                             td.spec { (row.spec_status.map_or("-", |s| s.name())) }
-                            td.num.risk title=(row.risk_reasons.join("; ")) { (row.risk) }
-                            td.seen { (row.last_seen.as_deref().unwrap_or("-")) }
+                            td.num.score title=(row.risk_reasons.join("; ")) { (row.risk) }
+                            td.seen { (row.last_seen.as_deref().map_or_else(|| "-".to_owned(), report::seconds)) }
                         }
                     }
                 }
