@@ -566,6 +566,16 @@ async fn browse(
     for payload in [IMG, SCRIPT, JS] {
         assert!(text.contains(payload), "{payload} shown as text");
     }
+    // A request's details carry its endpoint's figures from the inventory.
+    let orders = endpoints
+        .iter()
+        .find(|e| e["method"] == "POST" && e["endpoint"] == "/api/orders")
+        .unwrap();
+    let insight = format!(
+        "Endpoint POST /api/orders: {} calls in {} sessions",
+        orders["calls"], orders["sessions"]
+    );
+    assert!(text.contains(&insight), "{insight} in {text}");
     // Attack marks, as the CLI writes them (class@point).
     let marks = browser
         .find_all(Locator::Css("table.timeline td.attacks span.attack"))

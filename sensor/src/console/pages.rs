@@ -3,7 +3,7 @@
 //! never markup. Links that carry captured values put them in query strings, percent-encoded
 //! ([`filters::link`]); no captured value ever becomes a URL of its own.
 
-use std::time::SystemTime;
+use std::{collections::HashMap, time::SystemTime};
 
 use axum::{
     extract::{Path, Query, State},
@@ -14,7 +14,7 @@ use maud::{DOCTYPE, Markup, html};
 use serde::Deserialize;
 
 use crate::{
-    analysis::inventory::EndpointRow,
+    analysis::inventory::{EndpointFilter, EndpointRow},
     console::{
         ConsoleError, Listed, SharedState, chart,
         filters::{self, EndpointQuery, PAGE_SIZE, SessionQuery, TimelineQuery},
@@ -210,13 +210,14 @@ pub async fn sessions(
     Ok(layout("Sessions", body).into_response())
 }
 
-/// A count per value of one statistic, each a link that filters the timeline by it.
-fn stat_links<'a>(
+/// The values of one statistic (with their counts where the summary keeps them), each a link
+/// that filters the timeline by it.
+fn stat_links(
     id: &str,
     timeline: &TimelineQuery,
     name: &'static str,
     active: Option<&str>,
-    values: impl Iterator<Item = (String, &'a u64)>,
+    values: impl Iterator<Item = (String, Option<u64>)>,
 ) -> Markup {
     html! {
         ul.stats {
@@ -226,7 +227,7 @@ fn stat_links<'a>(
                         class=[(active == Some(value.as_str())).then_some("active")] {
                         (value)
                     }
-                    " " span.count { (count) }
+                    @if let Some(count) = count { " " span.count { (count) } }
                 }
             }
         }
@@ -245,23 +246,41 @@ pub async fn session(
         .session(id, MAX_TIMELINE, move |e| filter.matches(e))
         .await?;
     let s = listed.summary();
+    // The hosts' rows only: what the requests' details can name.
+    let mut endpoints = state.endpoints(EndpointFilter::default()).await?;
+    endpoints.retain(|row| {
+        s.hosts
+            .iter()
+            .any(|h| h.trim().eq_ignore_ascii_case(&row.host))
+    });
     let body = html! {
         @if let Listed::Central(central) = &listed {
             p.muted.central { "From the central store; seen by the sensors "
                 @for (i, host) in central.host_ids.iter().enumerate() { @if i > 0 { ", " } (host) } "." }
         }
-        (session_body(s, &exchanges, matched, &timeline))
+        (session_body(s, &exchanges, matched, &timeline, &endpoints))
     };
     Ok(layout(&format!("Session {}", s.session_id), body))
 }
 
-/// The session page's content (apart from the handler, for the tests).
+/// The session page's content (apart from the handler, for the tests). `endpoints`: the
+/// inventory's rows, whose figures each request's details show for its endpoint.
 pub fn session_body(
     s: &SessionSummary,
     exchanges: &[StoredExchange],
     matched: usize,
     timeline: &TimelineQuery,
+    endpoints: &[EndpointRow],
 ) -> Markup {
+    let by_key: HashMap<(&str, &str, &str), &EndpointRow> = endpoints
+        .iter()
+        .map(|r| ((r.host.as_str(), r.method.as_str(), r.endpoint.as_str()), r))
+        .collect();
+    let insight = |e: &StoredExchange| {
+        let host = e.host.as_deref()?.trim().to_ascii_lowercase();
+        let key = (host.as_str(), e.method.as_deref()?, e.endpoint.as_deref()?);
+        by_key.get(&key).copied()
+    };
     let id = &s.session_id;
     let list = |values: &[String]| {
         html! {
@@ -306,17 +325,20 @@ pub fn session_body(
             div.stat-groups {
                 div { h3 { "Methods" }
                     (stat_links(id, timeline, "method", timeline.method.as_deref(),
-                        s.methods.iter().map(|(m, n)| (m.clone(), n)))) }
+                        s.methods.iter().map(|(m, n)| (m.clone(), Some(*n))))) }
                 div { h3 { "Statuses" }
                     (stat_links(id, timeline, "status", timeline.status.as_deref(),
-                        s.statuses.iter().map(|(c, n)| (c.to_string(), n)))) }
+                        s.statuses.iter().map(|(c, n)| (c.to_string(), Some(*n))))) }
                 div { h3 { "Endpoints" }
                     (stat_links(id, timeline, "endpoint", timeline.endpoint.as_deref(),
-                        s.endpoints.iter().take(20).map(|(e, n)| (endpoint_of(e), n)))) }
+                        s.endpoints.iter().take(20).map(|(e, n)| (endpoint_of(e), Some(*n))))) }
+                div { h3 { "Client IPs" }
+                    (stat_links(id, timeline, "ip", timeline.ip.as_deref(),
+                        s.client_ips.iter().map(|ip| (ip.clone(), None)))) }
                 @if !s.attacks.is_empty() {
                     div { h3 { "Attacks" }
                         (stat_links(id, timeline, "attack", timeline.attack.as_deref(),
-                            s.attacks.iter().map(|(c, n)| (c.as_str().to_owned(), n)))) }
+                            s.attacks.iter().map(|(c, n)| (c.as_str().to_owned(), Some(*n))))) }
                 }
             }
         }
@@ -379,9 +401,27 @@ pub fn session_body(
                         (report::shorten(e.uri.as_deref().unwrap_or("-"), 120)) " → "
                         (e.status_code.map_or_else(|| "-".into(), |c| c.to_string()))
                     }
+                    @if let Some(row) = insight(e) { (endpoint_insight(row)) }
                     (record_fields(&e.to_json(id)))
                 }
             }
+        }
+    }
+}
+
+/// What the inventory says about a request's endpoint, over all its calls.
+fn endpoint_insight(row: &EndpointRow) -> Markup {
+    let ms = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.1}"));
+    html! {
+        p.insight {
+            "Endpoint " span.endpoint { (row.method) " " (report::shorten(&row.endpoint, 100)) } ": "
+            (row.calls) " calls in " (row.sessions) " sessions, latency p50/p95/p99 "
+            (ms(row.latency_ms.p50)) " / " (ms(row.latency_ms.p95)) " / " (ms(row.latency_ms.p99)) " ms"
+            @if let Some(status) = row.spec_status { ", " (status.name()) }
+            ", risk " (row.risk)
+            @if !row.risk_reasons.is_empty() { " (" (row.risk_reasons.join("; ")) ")" }
+            @if !row.sensitive.is_empty() { ", sensitive: " (row.sensitive.join(", ")) }
+            @if !row.auth.is_empty() { ", auth: " (row.auth.join(", ")) }
         }
     }
 }
@@ -719,7 +759,10 @@ pub fn login(with_token: bool, error: Option<&str>) -> Html<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::{SessionSignals, Signal};
+    use crate::{
+        analysis::inventory::{Inventory, facts::ExchangeFacts},
+        record::{SessionSignals, Signal},
+    };
 
     const PAYLOADS: [&str; 3] = [
         "<script>alert(1)</script>",
@@ -792,7 +835,22 @@ mod tests {
                 },
                 ..SessionSummary::default()
             };
-            let page = session_body(&summary, &[e], 1, &TimelineQuery::default()).into_string();
+            // The inventory's row of the request's endpoint, shown in its details.
+            let mut inventory = Inventory::new(Default::default(), Vec::new());
+            let facts = ExchangeFacts {
+                host: payload.to_ascii_lowercase(),
+                method: "GET".into(),
+                duration_ms: Some(2.0),
+                ..ExchangeFacts::default()
+            };
+            inventory.observe_facts(&facts, format!("/items/{payload}"), "s1");
+            let rows = inventory.rows();
+            let page =
+                session_body(&summary, &[e], 1, &TimelineQuery::default(), &rows).into_string();
+            assert!(
+                page.contains("1 calls in 1 sessions, latency p50/p95/p99"),
+                "{page}"
+            );
             assert!(!page.contains("<script>alert"), "{page}");
             assert!(!page.contains("<img"), "{page}");
             assert!(!page.contains("href=\"javascript"), "{page}");
@@ -834,8 +892,14 @@ mod tests {
                 ..SessionSummary::default()
             };
             let plain = exchange("plain");
-            let page = session_body(&summary, &[attacked, plain], 2, &TimelineQuery::default())
-                .into_string();
+            let page = session_body(
+                &summary,
+                &[attacked, plain],
+                2,
+                &TimelineQuery::default(),
+                &[],
+            )
+            .into_string();
             assert!(!page.contains("<script>alert"), "{page}");
             assert!(!page.contains("<img"), "{page}");
             assert!(page.contains("sqli@request.path"), "{page}");
@@ -853,7 +917,7 @@ mod tests {
             attacks: Some("1".into()),
             ..TimelineQuery::default()
         };
-        let page = session_body(&SessionSummary::default(), &[], 0, &toggled).into_string();
+        let page = session_body(&SessionSummary::default(), &[], 0, &toggled, &[]).into_string();
         assert!(page.contains("href=\"/sessions/?method=GET\""), "{page}");
     }
 
@@ -881,7 +945,6 @@ mod tests {
 
     #[test]
     fn the_endpoints_page_shows_rows_as_text() {
-        use crate::analysis::inventory::{Inventory, facts::ExchangeFacts};
         let mut inventory = Inventory::new(Default::default(), Vec::new());
         for payload in PAYLOADS {
             let facts = ExchangeFacts {
