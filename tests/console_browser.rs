@@ -75,15 +75,13 @@ fn wait_for_port(ns: &str, port: u16) -> bool {
     })
 }
 
-fn start_ui(ns: &str, data_dir: &Path, port: u16, token_file: Option<&Path>) -> Guard {
+fn start_ui(ns: &str, data_dir: &Path, port: u16, options: &[&Path]) -> Guard {
     let mut command = TestNet::command(ns, BIN);
     command
         .args(["ui", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
         .arg(data_dir)
+        .args(options)
         .stdout(Stdio::null());
-    if let Some(file) = token_file {
-        command.arg("--token-file").arg(file);
-    }
     let ui = Guard(command.spawn().unwrap());
     assert!(wait_for_port(ns, port), "apisessions ui listens on {port}");
     ui
@@ -283,7 +281,9 @@ fn the_console_shows_live_sessions_and_never_runs_captured_script() {
     );
 
     let ns = net.server_ns.clone();
-    let _ui = start_ui(&ns, &dir, UI_PORT, None);
+    // The endpoints page compares the inventory with the demo API's own document.
+    let spec = repo().join("xtask/demo/openapi.yaml");
+    let _ui = start_ui(&ns, &dir, UI_PORT, &[Path::new("--spec"), &spec]);
 
     // The JSON API and the CLI: the same objects.
     let (status, head, body) = get(&ns, UI_PORT, "/api/v1/sessions", None);
@@ -355,9 +355,14 @@ fn the_console_shows_live_sessions_and_never_runs_captured_script() {
         "some but not all six attacker requests have findings: {attacked}"
     );
 
-    // The inventory: the API gives what `endpoints --json` prints.
-    let endpoints: Vec<serde_json::Value> =
-        serde_json::from_str(&cli(BIN, &["endpoints", "--json"], &dir)).unwrap();
+    // The inventory: the API gives what `endpoints --json --spec` prints.
+    let spec_arg = spec.to_str().unwrap();
+    let endpoints_cli = |more: &[&str]| -> Vec<serde_json::Value> {
+        let mut args = vec!["endpoints", "--json", "--spec", spec_arg];
+        args.extend_from_slice(more);
+        serde_json::from_str(&cli(BIN, &args, &dir)).unwrap()
+    };
+    let endpoints = endpoints_cli(&[]);
     let (status, _, body) = get(&ns, UI_PORT, "/api/v1/endpoints", None);
     assert_eq!(status, 200, "{body}");
     let api_endpoints: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
@@ -377,6 +382,21 @@ fn the_console_shows_live_sessions_and_never_runs_captured_script() {
         endpoints.iter().filter(|e| e["method"] == "POST").collect();
     assert!(!cli_post.is_empty() && cli_post.len() < endpoints.len());
     assert_eq!(api_post.iter().collect::<Vec<_>>(), cli_post);
+    for status in ["shadow", "zombie", "orphan"] {
+        let (_, _, body) = get(
+            &ns,
+            UI_PORT,
+            &format!("/api/v1/endpoints?status={status}"),
+            None,
+        );
+        let api: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+        let cli_rows = endpoints_cli(&["--status", status]);
+        assert!(
+            !cli_rows.is_empty(),
+            "the demo's traffic has {status} endpoints"
+        );
+        assert_eq!(api, cli_rows, "/api/v1/endpoints?status={status}");
+    }
 
     // /metrics: valid text with every counter of `stats`.
     let (status, _, metrics) = get(&ns, UI_PORT, "/metrics", None);
@@ -396,7 +416,12 @@ fn the_console_shows_live_sessions_and_never_runs_captured_script() {
     // With a token: nothing without it, everything with it.
     let token_file = dir.join("console-token");
     fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
-    let _token_ui = start_ui(&ns, &dir, TOKEN_UI_PORT, Some(&token_file));
+    let _token_ui = start_ui(
+        &ns,
+        &dir,
+        TOKEN_UI_PORT,
+        &[Path::new("--token-file"), &token_file],
+    );
     assert_eq!(get(&ns, TOKEN_UI_PORT, "/api/v1/sessions", None).0, 401);
     assert_eq!(
         get(
@@ -708,6 +733,8 @@ async fn browse(
             assert_eq!(cell(p).await, ms(&json["latency_ms"][p]), "{p} of {json}");
         }
         assert_eq!(cell("score").await, json["risk"].to_string(), "{json}");
+        let spec_status = json["spec_status"].as_str().unwrap_or("-");
+        assert_eq!(cell("spec").await, spec_status, "{json}");
     }
     let injected = browser
         .execute(

@@ -21,6 +21,11 @@ pub struct UiArgs {
     /// (`Authorization: Bearer TOKEN`, or the login form's cookie).
     #[arg(long, value_name = "FILE")]
     token_file: Option<PathBuf>,
+    /// Compare the inventory with this OpenAPI document (3.0, 3.1 or Swagger 2.0; YAML or
+    /// JSON) for every host on the endpoints page, instead of the configuration's [[api.specs]]
+    /// (as `endpoints --spec`).
+    #[arg(long, value_name = "FILE")]
+    spec: Option<PathBuf>,
     /// Where sessions come from: the local store, or with --central the fleet's (the
     /// configuration's [central]). The configuration also names the OpenAPI documents
     /// ([[api.specs]]) the endpoints page compares the local inventory with.
@@ -44,7 +49,12 @@ pub fn ui(args: UiArgs) -> Result<()> {
     let options = ConsoleOptions {
         token,
         inventory: InventorySetup {
-            specs: inventory::load_configured_specs(&config, args.source.config.config.as_deref())?,
+            specs: match &args.spec {
+                Some(file) => inventory::load_specs([("*", file.as_path())])?,
+                None => {
+                    inventory::load_configured_specs(&config, args.source.config.config.as_deref())?
+                }
+            },
             config: config.inventory.clone(),
         },
         central: central.map(|query| CentralSource {
