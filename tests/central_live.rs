@@ -297,7 +297,7 @@ fn one_user_across_two_hosts_through_an_outage_and_a_kill() {
         assert_eq!(central, local, "{}", host.name);
     }
     // `ui --central`: the fleet's sessions, as `sessions --central` and `show --central` give
-    // them; the filters the central store cannot answer are refused, not ignored.
+    // them; the filter the central store cannot answer (slow) is refused, not ignored.
     let mut ui = Guard(
         TestNet::command(&net.server_ns, BIN)
             .args([
@@ -356,15 +356,29 @@ fn one_user_across_two_hosts_through_an_outage_and_a_kill() {
         70,
         "the details of the 70 requests of both hosts"
     );
-    let (status, _, body) = http_get(
-        &net.server_ns,
-        UI_PORT,
-        "/api/v1/sessions?min_risk=10",
-        None,
-    );
+    // The fleet's risk and attack filters, as the CLI's; slow requests are counted locally.
+    for (query, args) in [
+        ("attacks=1", &["--attacks"][..]),
+        ("min_risk=0", &["--min-risk", "0"][..]),
+        ("attack=xss", &["--attack", "xss"][..]),
+    ] {
+        let mut cli = vec!["sessions", "--central", "--json", "--limit", "0"];
+        cli.extend_from_slice(args);
+        let fleet: serde_json::Value = serde_json::from_str(&hosts[0].cli(&cli)).unwrap();
+        let (status, _, body) = http_get(
+            &net.server_ns,
+            UI_PORT,
+            &format!("/api/v1/sessions?{query}"),
+            None,
+        );
+        assert_eq!(status, 200, "{body}");
+        let api: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(api, fleet, "{query}");
+    }
+    let (status, _, body) = http_get(&net.server_ns, UI_PORT, "/api/v1/sessions?slow=1", None);
     assert_eq!(status, 400);
     assert!(
-        body.contains("min_risk") && body.contains("local store"),
+        body.contains("slow") && body.contains("local store"),
         "{body}"
     );
     ui.stop();

@@ -13,7 +13,10 @@ use std::{
 
 use apisessions::{
     config::CentralSection,
-    record::{Assignment, KeyKind, SessionSummary, StoredExchange},
+    record::{
+        Assignment, AttackClass, Finding, KeyKind, SessionSignals, SessionSummary, Signal,
+        SignalName, StoredExchange,
+    },
     ship::{
         CentralError, CentralQuery, Client, ExchangeFilter, Shipper, ShipperSettings,
         rows::{ExchangeRow, SessionRow, exchange_id},
@@ -580,6 +583,149 @@ fn hostile_filter_values_find_exactly_their_rows() {
         6,
         "table intact"
     );
+}
+
+#[test]
+fn risk_signal_and_attack_filters_answer_as_the_local_store() {
+    let server = ClickHouse::start("threats");
+    let dir = TempDir::new("threats");
+    let section = central(&server, "apisessions", "h1");
+    let mut store = Store::open(&dir.0, 1 << 30).unwrap();
+    store.enable_outbox();
+    let finding = |class: AttackClass| Finding {
+        class,
+        point: "request.query.q".into(),
+        excerpt: "q".into(),
+        rule: "test".into(),
+    };
+    let signals = |risk: u8, name: SignalName| {
+        Some(Box::new(SessionSignals {
+            risk,
+            signals: vec![Signal {
+                name,
+                score: risk,
+                // A reason that spells another signal's name must not match it.
+                reason: r#"looks like {"name":"auth_failures"}"#.into(),
+            }],
+        }))
+    };
+    // 1: xss and sqli, risk 90 (attacks); 2: sqli, risk 20 (errors); 3: nothing.
+    let mut records = Vec::new();
+    for (n, session, classes, abuse) in [
+        (
+            0,
+            1,
+            vec![AttackClass::Xss],
+            signals(90, SignalName::Attacks),
+        ),
+        (1, 1, vec![AttackClass::Sqli], None),
+        (
+            2,
+            2,
+            vec![AttackClass::Sqli],
+            signals(20, SignalName::Errors),
+        ),
+        (3, 3, vec![], None),
+    ] {
+        let mut e = exchange(n, "192.0.2.7", "/q", 200);
+        e.attacks = classes.into_iter().map(finding).collect();
+        let mut a = assignment(session, None);
+        a.signals = abuse;
+        records.push((e, a));
+    }
+    store.write(&records).unwrap();
+    let shipper = Shipper::spawn(store.share(), &section, fast_settings(&section, 1000)).unwrap();
+    assert!(wait_until(Duration::from_secs(30), || {
+        shipper.counters.exchanges_shipped.load(Ordering::Relaxed) == 4
+    }));
+    shipper.stop();
+
+    let query = CentralQuery::new(&section).unwrap();
+    for (filter, expected) in [
+        (SessionFilter::default(), vec![3, 2, 1]),
+        (
+            SessionFilter {
+                attacks: true,
+                ..SessionFilter::default()
+            },
+            vec![2, 1],
+        ),
+        (
+            SessionFilter {
+                attack: Some(AttackClass::Xss),
+                ..SessionFilter::default()
+            },
+            vec![1],
+        ),
+        (
+            SessionFilter {
+                attack: Some(AttackClass::Sqli),
+                ..SessionFilter::default()
+            },
+            vec![2, 1],
+        ),
+        (
+            SessionFilter {
+                attack: Some(AttackClass::Rce),
+                ..SessionFilter::default()
+            },
+            vec![],
+        ),
+        (
+            SessionFilter {
+                min_risk: Some(50),
+                ..SessionFilter::default()
+            },
+            vec![1],
+        ),
+        (
+            SessionFilter {
+                min_risk: Some(20),
+                ..SessionFilter::default()
+            },
+            vec![2, 1],
+        ),
+        (
+            SessionFilter {
+                signal: Some(SignalName::Errors),
+                ..SessionFilter::default()
+            },
+            vec![2],
+        ),
+        (
+            SessionFilter {
+                signal: Some(SignalName::Attacks),
+                ..SessionFilter::default()
+            },
+            vec![1],
+        ),
+        (
+            SessionFilter {
+                signal: Some(SignalName::AuthFailures),
+                ..SessionFilter::default()
+            },
+            vec![],
+        ),
+    ] {
+        let expected: Vec<String> = expected
+            .iter()
+            .map(|s| assignment(*s, None).session_id)
+            .collect();
+        let local: Vec<String> = store
+            .list(&filter)
+            .unwrap()
+            .into_iter()
+            .map(|s| s.session_id)
+            .collect();
+        assert_eq!(local, expected, "local store, {filter:?}");
+        let central: Vec<String> = query
+            .sessions(&filter, None)
+            .unwrap()
+            .into_iter()
+            .map(|s| s.summary.session_id)
+            .collect();
+        assert_eq!(central, expected, "central store, {filter:?}");
+    }
 }
 
 #[test]

@@ -9,6 +9,11 @@
 //! Reads use `FINAL`, so a row shipped twice counts once even before ClickHouse merged it
 //! away, and a session is the merge of its hosts' latest rows ([`CentralSession::merge`]):
 //! filters apply to the merged session (`--ip` of one host and `--status` of another find it).
+//! Risk, signals and attack counts only grow from one version of a row to the next, and the
+//! merge keeps the highest: "some row has it" is the merged session's answer. Signals and
+//! attacks are JSON text (`[{"name":"errors",...}]`, `[["xss",2]]`); their names are a fixed
+//! vocabulary and a quote inside a reason is escaped (`\"`), so a search for `{"name":"X"`
+//! or `["X",` finds exactly the sessions that have X (18.16 has no JSON functions for arrays).
 
 use std::collections::HashMap;
 
@@ -31,7 +36,11 @@ WITH
     (SELECT method FROM params) AS p_method,
     (SELECT status FROM params) AS p_status,
     (SELECT user FROM params) AS p_user,
-    (SELECT host_id FROM params) AS p_host_id
+    (SELECT host_id FROM params) AS p_host_id,
+    (SELECT min_risk FROM params) AS p_min_risk,
+    (SELECT signal FROM params) AS p_signal,
+    (SELECT attacks FROM params) AS p_attacks,
+    (SELECT attack FROM params) AS p_attack
 SELECT session_id, min(start_ns) AS first_ns
 FROM {db}.sessions FINAL
 GROUP BY session_id
@@ -45,10 +54,17 @@ HAVING max(end_ns) >= p_since AND min(start_ns) <= p_until
     AND (p_status = 0 OR has(groupUniqArrayArray(statuses.code), p_status))
     AND (p_user = '' OR has(groupUniqArray(user), p_user))
     AND (p_host_id = '' OR has(groupUniqArray(host_id), p_host_id))
+    AND max(risk) >= p_min_risk
+    AND (p_signal = '' OR arrayExists(
+        s -> position(s, concat('{\"name\":\"', p_signal, '\"')) > 0, groupArray(signals)))
+    AND (p_attacks = 0 OR arrayExists(a -> a != '[]', groupArray(attacks)))
+    AND (p_attack = '' OR arrayExists(
+        a -> position(a, concat('[\"', p_attack, '\",')) > 0, groupArray(attacks)))
 ORDER BY first_ns DESC, session_id";
 
 const FILTER_STRUCTURE: &str = "since_ns UInt64, until_ns UInt64, ip String, host String, \
-     endpoint String, method String, status UInt16, user String, host_id String";
+     endpoint String, method String, status UInt16, user String, host_id String, \
+     min_risk UInt8, signal String, attacks UInt8, attack String";
 
 const SESSION_ROWS: &str =
     "SELECT * FROM {db}.sessions FINAL WHERE session_id IN (SELECT session_id FROM ids)";
@@ -114,6 +130,10 @@ impl CentralQuery {
                 "status": filter.status.unwrap_or(0),
                 "user": text(&filter.user),
                 "host_id": host_id.unwrap_or_default(),
+                "min_risk": filter.min_risk.unwrap_or(0),
+                "signal": filter.signal.map_or("", |s| s.as_str()),
+                "attacks": u8::from(filter.attacks),
+                "attack": filter.attack.map_or("", |c| c.as_str()),
             })],
         };
         let mut sql = self.sql(SESSION_IDS);
