@@ -79,13 +79,41 @@ pub fn link(path: &str, pairs: &[(&str, &str)], changes: &[(&str, Option<&str>)]
     }
 }
 
+/// A query's fields by name, in URL order.
+type Fields<'a, const N: usize> = [(&'static str, &'a Option<String>); N];
+
+/// The fields present and not blank (trimmed), in order.
+fn present<'a, const N: usize>(fields: Fields<'a, N>) -> Vec<(&'static str, &'a str)> {
+    fields
+        .into_iter()
+        .filter_map(|(name, value)| {
+            value
+                .as_deref()
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .map(|v| (name, v))
+        })
+        .collect()
+}
+
+/// The value of the field `name` among `pairs`.
+pub fn value_of<'a>(pairs: &[(&str, &'a str)], name: &str) -> Option<&'a str> {
+    pairs.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)
+}
+
+/// Whether some field is present but blank (a submitted form's empty fields).
+fn any_blank<const N: usize>(fields: Fields<'_, N>) -> bool {
+    fields
+        .into_iter()
+        .any(|(_, v)| v.as_deref().is_some_and(|v| v.trim().is_empty()))
+}
+
 fn bad(name: &str, value: &str, why: impl std::fmt::Display) -> String {
     format!("filter {name}={value:?}: {why}")
 }
 
 impl SessionQuery {
-    /// The filter fields in URL order, present and non-empty only.
-    pub fn pairs(&self) -> Vec<(&'static str, &str)> {
+    fn fields(&self) -> Fields<'_, 16> {
         [
             ("since", &self.since),
             ("until", &self.until),
@@ -104,22 +132,15 @@ impl SessionQuery {
             ("page", &self.page),
             ("limit", &self.limit),
         ]
-        .into_iter()
-        .filter_map(|(name, value)| {
-            value
-                .as_deref()
-                .map(str::trim)
-                .filter(|v| !v.is_empty())
-                .map(|v| (name, v))
-        })
-        .collect()
+    }
+
+    /// The filter fields in URL order, present and non-empty only.
+    pub fn pairs(&self) -> Vec<(&'static str, &str)> {
+        present(self.fields())
     }
 
     fn get(&self, name: &str) -> Option<&str> {
-        self.pairs()
-            .into_iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, v)| v)
+        value_of(&self.pairs(), name)
     }
 
     /// The query string of these filters with `changes` applied (`None` removes a field), e.g.
@@ -131,28 +152,7 @@ impl SessionQuery {
     /// Whether some field is present but blank (a submitted form's empty fields): the list then
     /// redirects to [`SessionQuery::link`]'s shorter URL, the one to share.
     pub fn has_blanks(&self) -> bool {
-        let present = [
-            &self.since,
-            &self.until,
-            &self.host,
-            &self.user,
-            &self.ip,
-            &self.status,
-            &self.method,
-            &self.endpoint,
-            &self.min_risk,
-            &self.signal,
-            &self.attacks,
-            &self.attack,
-            &self.slow,
-            &self.session,
-            &self.page,
-            &self.limit,
-        ]
-        .into_iter()
-        .filter(|v| v.is_some())
-        .count();
-        present > self.pairs().len()
+        any_blank(self.fields())
     }
 
     /// Whether any filter (besides paging) is set.
@@ -256,17 +256,14 @@ impl TimelineQuery {
 
     /// The fields in URL order, present and non-empty only.
     pub fn pairs(&self) -> Vec<(&'static str, &str)> {
-        [
+        present([
             ("method", &self.method),
             ("status", &self.status),
             ("endpoint", &self.endpoint),
             ("ip", &self.ip),
             ("attack", &self.attack),
             ("attacks", &self.attacks),
-        ]
-        .into_iter()
-        .filter_map(|(name, value)| Self::value(value).map(|v| (name, v)))
-        .collect()
+        ])
     }
 
     pub fn any(&self) -> bool {
@@ -310,8 +307,7 @@ pub struct EndpointQuery {
 }
 
 impl EndpointQuery {
-    /// The fields in URL order, present and non-empty only.
-    pub fn pairs(&self) -> Vec<(&'static str, &str)> {
+    fn fields(&self) -> Fields<'_, 5> {
         [
             ("host", &self.host),
             ("status", &self.status),
@@ -319,37 +315,20 @@ impl EndpointQuery {
             ("method", &self.method),
             ("endpoint", &self.endpoint),
         ]
-        .into_iter()
-        .filter_map(|(name, value)| {
-            value
-                .as_deref()
-                .map(str::trim)
-                .filter(|v| !v.is_empty())
-                .map(|v| (name, v))
-        })
-        .collect()
+    }
+
+    /// The fields in URL order, present and non-empty only.
+    pub fn pairs(&self) -> Vec<(&'static str, &str)> {
+        present(self.fields())
     }
 
     fn get(&self, name: &str) -> Option<&str> {
-        self.pairs()
-            .into_iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, v)| v)
+        value_of(&self.pairs(), name)
     }
 
     /// Whether some field is present but blank: the page then redirects to the shorter URL.
     pub fn has_blanks(&self) -> bool {
-        let present = [
-            &self.host,
-            &self.status,
-            &self.since,
-            &self.method,
-            &self.endpoint,
-        ]
-        .into_iter()
-        .filter(|v| v.is_some())
-        .count();
-        present > self.pairs().len()
+        any_blank(self.fields())
     }
 
     pub fn parse(&self, now: SystemTime) -> Result<EndpointFilter, String> {

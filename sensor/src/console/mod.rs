@@ -112,7 +112,7 @@ pub struct ConsoleState {
     data_dir: PathBuf,
     store: StoreSource,
     central: Option<CentralSource>,
-    inventory: Arc<InventorySetup>,
+    inventory: InventorySetup,
     token: Option<Token>,
     /// Requests served at once at most; more get 503 (see `server::limit`).
     in_flight: tokio::sync::Semaphore,
@@ -139,7 +139,7 @@ impl ConsoleState {
             data_dir: data_dir.to_path_buf(),
             store,
             central: options.central,
-            inventory: Arc::new(options.inventory),
+            inventory: options.inventory,
             token: options.token,
             in_flight: tokio::sync::Semaphore::new(MAX_IN_FLIGHT),
         })

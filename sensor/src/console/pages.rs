@@ -93,11 +93,8 @@ pub async fn sessions(
     let filter_link =
         |name: &'static str, value: &str| query.link("/", &[(name, Some(value)), ("page", None)]);
     let field = |name: &'static str, label: &str, hint: &str| {
-        let value = query
-            .pairs()
-            .into_iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, v)| v);
+        let pairs = query.pairs();
+        let value = filters::value_of(&pairs, name);
         html! {
             label { (label) input type="text" name=(name) value=[value] placeholder=(hint); }
         }
@@ -581,7 +578,7 @@ pub async fn endpoints(
 /// The endpoints page's content (apart from the handler, for the tests).
 pub fn endpoints_body(query: &EndpointQuery, rows: &[EndpointRow]) -> Markup {
     let pairs = query.pairs();
-    let value = |name: &str| pairs.iter().find(|(n, _)| *n == name).map(|(_, v)| *v);
+    let value = |name: &str| filters::value_of(&pairs, name);
     let field = |name: &'static str, label: &str, hint: &str| {
         html! { label { (label) input type="text" name=(name) value=[value(name)] placeholder=(hint); } }
     };
