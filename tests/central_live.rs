@@ -19,10 +19,29 @@ use std::{
     time::Duration,
 };
 
-use common::{TestNet, clickhouse::ClickHouse, in_namespace, sh, start_daemon_in, wait_until};
+use common::{
+    TestNet, clickhouse::ClickHouse, http_get, in_namespace, sh, start_daemon_in, wait_until,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_apisessions");
 const PORTS: [u16; 2] = [8080, 8081];
+const UI_PORT: u16 = 7890;
+
+/// A child process killed on drop (the test may fail half-way).
+struct Guard(Child);
+
+impl Guard {
+    fn stop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
 
 struct Host {
     name: &'static str,
@@ -277,6 +296,88 @@ fn one_user_across_two_hosts_through_an_outage_and_a_kill() {
             .collect();
         assert_eq!(central, local, "{}", host.name);
     }
+    // `ui --central`: the fleet's sessions, as `sessions --central` and `show --central` give
+    // them.
+    let mut ui = Guard(
+        TestNet::command(&net.server_ns, BIN)
+            .args([
+                "ui",
+                "--central",
+                "--listen",
+                &format!("127.0.0.1:{UI_PORT}"),
+            ])
+            .arg("--config")
+            .arg(&hosts[0].config)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || in_namespace(
+            &net.server_ns,
+            || { TcpStream::connect(("127.0.0.1", UI_PORT)).is_ok() }
+        )),
+        "ui --central listens"
+    );
+    let fleet: Vec<serde_json::Value> =
+        serde_json::from_str(&hosts[0].cli(&["sessions", "--central", "--json", "--limit", "0"]))
+            .unwrap();
+    let (status, _, body) = http_get(&net.server_ns, UI_PORT, "/api/v1/sessions", None);
+    assert_eq!(status, 200, "{body}");
+    let api: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        api, fleet,
+        "GET /api/v1/sessions = sessions --central --json"
+    );
+    let id = fleet[0]["session_id"].as_str().unwrap();
+    let show: serde_json::Value =
+        serde_json::from_str(&hosts[0].cli(&["show", id, "--central", "--json"])).unwrap();
+    let (status, _, body) = http_get(
+        &net.server_ns,
+        UI_PORT,
+        &format!("/api/v1/sessions/{id}"),
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    let api: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        api, show,
+        "GET /api/v1/sessions/{{id}} = show --central --json"
+    );
+    assert_eq!(api["exchanges"].as_array().unwrap().len(), 70);
+    let (status, _, page) = http_get(&net.server_ns, UI_PORT, &format!("/sessions/{id}"), None);
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("seen by the sensors host-a, host-b"),
+        "{page}"
+    );
+    assert_eq!(
+        page.matches("<details id=\"x").count(),
+        70,
+        "the details of the 70 requests of both hosts"
+    );
+    // The fleet's risk, attack and slow filters, as the CLI's.
+    for (query, args) in [
+        ("attacks=1", &["--attacks"][..]),
+        ("min_risk=0", &["--min-risk", "0"][..]),
+        ("attack=xss", &["--attack", "xss"][..]),
+        ("slow=1", &["--slow"][..]),
+    ] {
+        let mut cli = vec!["sessions", "--central", "--json", "--limit", "0"];
+        cli.extend_from_slice(args);
+        let fleet: serde_json::Value = serde_json::from_str(&hosts[0].cli(&cli)).unwrap();
+        let (status, _, body) = http_get(
+            &net.server_ns,
+            UI_PORT,
+            &format!("/api/v1/sessions?{query}"),
+            None,
+        );
+        assert_eq!(status, 200, "{body}");
+        let api: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(api, fleet, "{query}");
+    }
+    ui.stop();
+
     // The password is in no output of the daemon's and not in stats.
     for host in &hosts {
         let stats = fs::read_to_string(host.dir.join("stats.json")).unwrap();

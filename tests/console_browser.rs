@@ -4,24 +4,30 @@
 //! store inside the server namespace, and Debian's chromium, driven through chromedriver
 //! (WebDriver), reads it there: the list shows every session, a filter typed into the form
 //! narrows it, the session page shows the timeline, and the payloads are text (no dialog, no
-//! injected element). Also: the JSON API agrees with `sessions --json` and `show --json`,
+//! injected element); the attacks-only toggle hides the requests without findings and the list
+//! filters by attack class; the endpoints page shows the figures of `endpoints --json`, a
+//! payload in a path as text, and is reached from a request's endpoint. Also: the JSON API
+//! agrees with `sessions --json`, `show --json` and `endpoints --json`,
 //! `/metrics` is valid text, a token guards the console, and an open address without a token
 //! is refused. The session page's screenshot goes to target/console-session.png (and to
-//! docs/console-session.png with APISESSIONS_UPDATE_SCREENSHOT=1).
+//! docs/console-session.png with APISESSIONS_UPDATE_SCREENSHOT=1); the attacker's requests
+//! (attacks only) and the endpoints page to target/console-attacks.png and
+//! target/console-endpoints.png.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
 use std::{
     fs,
-    io::{Read as _, Write as _},
     net::TcpStream,
     path::Path,
     process::{Child, Stdio},
     time::Duration,
 };
 
-use common::{DemoApi, TestNet, cli, in_namespace, request, start_daemon_in, wait_until};
+use common::{
+    DemoApi, TestNet, cli, http_get as get, in_namespace, request, start_daemon_in, wait_until,
+};
 use fantoccini::{Client, ClientBuilder, Locator};
 
 const PORT: u16 = 8080;
@@ -63,43 +69,19 @@ impl Drop for Guard {
     }
 }
 
-/// A GET on the console from inside `ns`: (status, headers, body).
-fn get(ns: &str, port: u16, path: &str, token: Option<&str>) -> (u16, String, String) {
-    in_namespace(ns, || {
-        let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(20)))
-            .unwrap();
-        let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
-        write!(
-            stream,
-            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Connection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut response = Vec::new();
-        stream.read_to_end(&mut response).unwrap();
-        let text = String::from_utf8(response).unwrap();
-        let (head, body) = text.split_once("\r\n\r\n").unwrap();
-        let status = head[9..12].parse().unwrap();
-        (status, head.to_owned(), body.to_owned())
-    })
-}
-
 fn wait_for_port(ns: &str, port: u16) -> bool {
     wait_until(Duration::from_secs(20), || {
         in_namespace(ns, || TcpStream::connect(("127.0.0.1", port)).is_ok())
     })
 }
 
-fn start_ui(ns: &str, data_dir: &Path, port: u16, token_file: Option<&Path>) -> Guard {
+fn start_ui(ns: &str, data_dir: &Path, port: u16, options: &[&Path]) -> Guard {
     let mut command = TestNet::command(ns, BIN);
     command
         .args(["ui", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
         .arg(data_dir)
+        .args(options)
         .stdout(Stdio::null());
-    if let Some(file) = token_file {
-        command.arg("--token-file").arg(file);
-    }
     let ui = Guard(command.spawn().unwrap());
     assert!(wait_for_port(ns, port), "apisessions ui listens on {port}");
     ui
@@ -229,6 +211,11 @@ fn the_console_shows_live_sessions_and_never_runs_captured_script() {
             "",
             "",
         );
+        // A path with the payload unencoded (httparse takes it; so does the server): the
+        // endpoint template keeps it, and the endpoints page must show it as text.
+        attacker("GET", &format!("/api{SCRIPT}"), IMG, "", "");
+        // And one request without findings in the attacker's session, for the toggle.
+        attacker("GET", "/api/products", "console-test-attacker/1.0", "", "");
     });
     let sessions_json = || -> Vec<serde_json::Value> {
         serde_json::from_str(&cli(BIN, &["sessions", "--json", "--limit", "0"], &dir)).unwrap()
@@ -238,9 +225,9 @@ fn the_console_shows_live_sessions_and_never_runs_captured_script() {
             .iter()
             .map(|s| s["requests"].as_u64().unwrap())
             .sum::<u64>()
-            >= 13
+            >= 15
     });
-    assert!(stored, "13 exchanges stored: {:#?}", sessions_json());
+    assert!(stored, "15 exchanges stored: {:#?}", sessions_json());
     // The daemon's own console reads its store while it runs.
     let (status, _, body) = get(&net.server_ns, DAEMON_UI_PORT, "/api/v1/sessions", None);
     assert_eq!(status, 200, "{body}");
@@ -294,7 +281,9 @@ fn the_console_shows_live_sessions_and_never_runs_captured_script() {
     );
 
     let ns = net.server_ns.clone();
-    let _ui = start_ui(&ns, &dir, UI_PORT, None);
+    // The endpoints page compares the inventory with the demo API's own document.
+    let spec = repo().join("xtask/demo/openapi.yaml");
+    let _ui = start_ui(&ns, &dir, UI_PORT, &[Path::new("--spec"), &spec]);
 
     // The JSON API and the CLI: the same objects.
     let (status, head, body) = get(&ns, UI_PORT, "/api/v1/sessions", None);
@@ -323,6 +312,91 @@ fn the_console_shows_live_sessions_and_never_runs_captured_script() {
     let (_, _, body) = get(&ns, UI_PORT, "/api/v1/sessions?method=POST", None);
     let api_posting: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
     assert_eq!(api_posting.len(), posting.len());
+    // The attack filters: as `sessions --attack xss` / `--attacks`.
+    let by_class = |args: &[&str]| -> Vec<String> {
+        let mut all = vec!["sessions", "--json", "--limit", "0"];
+        all.extend_from_slice(args);
+        serde_json::from_str::<Vec<serde_json::Value>>(&cli(BIN, &all, &dir))
+            .unwrap()
+            .iter()
+            .map(|s| s["session_id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let xss_sessions = by_class(&["--attack", "xss"]);
+    assert_eq!(
+        xss_sessions,
+        std::slice::from_ref(&attacker_id),
+        "only the attacker's session has xss findings"
+    );
+    for (query, cli_args) in [
+        ("attack=xss", &["--attack", "xss"][..]),
+        ("attacks=1", &["--attacks"][..]),
+        ("attack=sqli", &["--attack", "sqli"][..]),
+    ] {
+        let (status, _, body) = get(&ns, UI_PORT, &format!("/api/v1/sessions?{query}"), None);
+        assert_eq!(status, 200, "{body}");
+        let ids: Vec<String> = serde_json::from_str::<Vec<serde_json::Value>>(&body)
+            .unwrap()
+            .iter()
+            .map(|s| s["session_id"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(ids, by_class(cli_args), "/api/v1/sessions?{query}");
+    }
+    // The attacker's requests with findings: as `show --attacks-only`.
+    let attacked: serde_json::Value = serde_json::from_str(&cli(
+        BIN,
+        &["show", &attacker_id, "--json", "--attacks-only"],
+        &dir,
+    ))
+    .unwrap();
+    let attacked = attacked["exchanges"].as_array().unwrap().len();
+    assert!(
+        (1..6).contains(&attacked),
+        "some but not all six attacker requests have findings: {attacked}"
+    );
+
+    // The inventory: the API gives what `endpoints --json --spec` prints.
+    let spec_arg = spec.to_str().unwrap();
+    let endpoints_cli = |more: &[&str]| -> Vec<serde_json::Value> {
+        let mut args = vec!["endpoints", "--json", "--spec", spec_arg];
+        args.extend_from_slice(more);
+        serde_json::from_str(&cli(BIN, &args, &dir)).unwrap()
+    };
+    let endpoints = endpoints_cli(&[]);
+    let (status, _, body) = get(&ns, UI_PORT, "/api/v1/endpoints", None);
+    assert_eq!(status, 200, "{body}");
+    let api_endpoints: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        api_endpoints, endpoints,
+        "GET /api/v1/endpoints = endpoints --json"
+    );
+    assert!(
+        endpoints
+            .iter()
+            .any(|e| e["endpoint"] == format!("/api{SCRIPT}")),
+        "the payload path is an endpoint: {endpoints:#?}"
+    );
+    let (_, _, body) = get(&ns, UI_PORT, "/api/v1/endpoints?method=POST", None);
+    let api_post: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+    let cli_post: Vec<&serde_json::Value> =
+        endpoints.iter().filter(|e| e["method"] == "POST").collect();
+    assert!(!cli_post.is_empty() && cli_post.len() < endpoints.len());
+    assert_eq!(api_post.iter().collect::<Vec<_>>(), cli_post);
+    for status in ["shadow", "zombie", "orphan"] {
+        let (_, _, body) = get(
+            &ns,
+            UI_PORT,
+            &format!("/api/v1/endpoints?status={status}"),
+            None,
+        );
+        let api: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+        let cli_rows = endpoints_cli(&["--status", status]);
+        assert!(
+            !cli_rows.is_empty(),
+            "the demo's traffic has {status} endpoints"
+        );
+        assert_eq!(api, cli_rows, "/api/v1/endpoints?status={status}");
+    }
 
     // /metrics: valid text with every counter of `stats`.
     let (status, _, metrics) = get(&ns, UI_PORT, "/metrics", None);
@@ -342,7 +416,12 @@ fn the_console_shows_live_sessions_and_never_runs_captured_script() {
     // With a token: nothing without it, everything with it.
     let token_file = dir.join("console-token");
     fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
-    let _token_ui = start_ui(&ns, &dir, TOKEN_UI_PORT, Some(&token_file));
+    let _token_ui = start_ui(
+        &ns,
+        &dir,
+        TOKEN_UI_PORT,
+        &[Path::new("--token-file"), &token_file],
+    );
     assert_eq!(get(&ns, TOKEN_UI_PORT, "/api/v1/sessions", None).0, 401);
     assert_eq!(
         get(
@@ -382,6 +461,8 @@ fn the_console_shows_live_sessions_and_never_runs_captured_script() {
                 &attacker_id,
                 &busiest,
                 &posting,
+                attacked,
+                &endpoints,
             ))
     });
     let out = repo().join("target/console-session.png");
@@ -399,6 +480,8 @@ async fn browse(
     attacker: &str,
     busiest: &str,
     posting: &[String],
+    attacked: usize,
+    endpoints: &[serde_json::Value],
 ) -> Vec<u8> {
     let mut capabilities = serde_json::Map::new();
     capabilities.insert(
@@ -488,11 +571,7 @@ async fn browse(
         .find_all(Locator::Css("table.timeline tbody tr"))
         .await
         .unwrap();
-    assert_eq!(
-        rows.len(),
-        4,
-        "the attacker's four requests in the timeline"
-    );
+    assert_eq!(rows.len(), 6, "the attacker's six requests in the timeline");
     assert!(
         browser.get_alert_text().await.is_err(),
         "no alert() dialog opened"
@@ -512,6 +591,193 @@ async fn browse(
     for payload in [IMG, SCRIPT, JS] {
         assert!(text.contains(payload), "{payload} shown as text");
     }
+    // A request's details carry its endpoint's figures from the inventory.
+    let orders = endpoints
+        .iter()
+        .find(|e| e["method"] == "POST" && e["endpoint"] == "/api/orders")
+        .unwrap();
+    let insight = format!(
+        "Endpoint POST /api/orders: {} calls in {} sessions",
+        orders["calls"], orders["sessions"]
+    );
+    assert!(text.contains(&insight), "{insight} in {text}");
+    // Attack marks, as the CLI writes them (class@point).
+    let marks = browser
+        .find_all(Locator::Css("table.timeline td.attacks span.attack"))
+        .await
+        .unwrap();
+    assert!(marks.len() >= attacked);
+    for mark in &marks {
+        let mark = mark.text().await.unwrap();
+        assert!(mark.contains("@request"), "{mark}");
+    }
+
+    // The attacks-only toggle: the requests with findings, and only them.
+    browser
+        .find(Locator::Css("p.toggle a.toggle"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_for_url(&browser, |url| url.ends_with("?attacks=1")).await;
+    let rows = browser
+        .find_all(Locator::Css("table.timeline tbody tr"))
+        .await
+        .unwrap();
+    assert_eq!(
+        rows.len(),
+        attacked,
+        "attacks only: as `show --attacks-only`"
+    );
+    browser
+        .execute(
+            "document.querySelector('section.timeline').scrollIntoView()",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let shot = browser.screenshot().await.unwrap();
+    fs::write(repo().join("target/console-attacks.png"), shot).unwrap();
+    for row in &rows {
+        let cell = row.find(Locator::Css("td.attacks")).await.unwrap();
+        assert!(
+            cell.text().await.unwrap().contains('@'),
+            "a finding in every row"
+        );
+    }
+    // Off again: all six.
+    browser
+        .find(Locator::Css("p.toggle a.toggle.active"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_for_url(&browser, |url| {
+        url.ends_with(&format!("/sessions/{attacker}"))
+    })
+    .await;
+    assert_eq!(
+        browser
+            .find_all(Locator::Css("table.timeline tbody tr"))
+            .await
+            .unwrap()
+            .len(),
+        6
+    );
+
+    // A request's endpoint links to its row of the endpoints page.
+    browser
+        .find(Locator::Css(
+            "table.timeline td.endpoint a[href*='method=POST']",
+        ))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_for_url(&browser, |url| url.contains("/endpoints?")).await;
+    let linked = browser
+        .find_all(Locator::Css("table.endpoints tbody tr"))
+        .await
+        .unwrap();
+    assert_eq!(linked.len(), 1, "the request's own endpoint");
+    let cell = linked[0].find(Locator::Css("td.endpoint")).await.unwrap();
+    assert_eq!(cell.text().await.unwrap(), "/api/orders");
+
+    // The list filtered by attack class: the attacker alone, its classes counted.
+    browser.goto(&format!("{base}/?attack=xss")).await.unwrap();
+    let listed = browser.find_all(Locator::Css("td.id a")).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].text().await.unwrap(), attacker);
+    let counts = browser
+        .find(Locator::Css("td.attacks"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(counts.contains("xss "), "{counts}");
+
+    // The endpoints page: every row of `endpoints --json`, with its figures, payloads as text.
+    browser.goto(&format!("{base}/endpoints")).await.unwrap();
+    assert!(
+        browser.get_alert_text().await.is_err(),
+        "no alert() dialog opened"
+    );
+    let rows = browser
+        .find_all(Locator::Css("table.endpoints tbody tr"))
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), endpoints.len());
+    let ms = |v: &serde_json::Value| v.as_f64().map_or("-".to_owned(), |v| format!("{v:.1}"));
+    for (row, json) in rows.iter().zip(endpoints) {
+        let cell = |class: &'static str| async move {
+            row.find(Locator::Css(&format!("td.{class}")))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        };
+        assert_eq!(cell("method").await, json["method"].as_str().unwrap());
+        assert_eq!(cell("endpoint").await, json["endpoint"].as_str().unwrap());
+        assert_eq!(cell("calls").await, json["calls"].to_string(), "{json}");
+        assert_eq!(
+            cell("sessions").await,
+            json["sessions"].to_string(),
+            "{json}"
+        );
+        for p in ["p50", "p95", "p99"] {
+            assert_eq!(cell(p).await, ms(&json["latency_ms"][p]), "{p} of {json}");
+        }
+        assert_eq!(cell("score").await, json["risk"].to_string(), "{json}");
+        let spec_status = json["spec_status"].as_str().unwrap_or("-");
+        assert_eq!(cell("spec").await, spec_status, "{json}");
+    }
+    let injected = browser
+        .execute(
+            "return [document.querySelectorAll('img, script, [onerror], iframe').length, \
+             document.querySelector('table.endpoints').textContent]",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(injected[0], 0, "no injected element on the endpoints page");
+    let shot = browser.screenshot().await.unwrap();
+    fs::write(repo().join("target/console-endpoints.png"), shot).unwrap();
+    assert!(
+        injected[1]
+            .as_str()
+            .unwrap()
+            .contains(&format!("/api{SCRIPT}"))
+    );
+    // Its filter form narrows the rows, and the URL keeps the filter.
+    browser
+        .find(Locator::Css("input[name=method]"))
+        .await
+        .unwrap()
+        .send_keys("POST")
+        .await
+        .unwrap();
+    browser
+        .find(Locator::Css("form.filters button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_for_url(&browser, |url| url.ends_with("/endpoints?method=POST")).await;
+    let narrowed = browser
+        .find_all(Locator::Css("table.endpoints tbody tr"))
+        .await
+        .unwrap()
+        .len();
+    assert_eq!(
+        narrowed,
+        endpoints.iter().filter(|e| e["method"] == "POST").count()
+    );
 
     // The busiest ordinary session: its statistics filter the timeline; the screenshot.
     browser

@@ -12,13 +12,16 @@ use std::{
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    analysis::attacks::{AttacksConfig, AttacksError, Detector},
+    analysis::{
+        attacks::{AttacksConfig, AttacksError, Detector},
+        inventory,
+    },
     capture::{
         CaptureError, CaptureOptions, Clock, Interface, Segment, Sensor,
         ports::{PortPolicy, listening_ports},
     },
     config::{Config, Ports},
-    console::{self, ConsoleError, ConsoleState, Token},
+    console::{self, ConsoleError, ConsoleOptions, ConsoleState, InventorySetup, Token},
     container::ContainerIndex,
     dump,
     exchange::now_ns,
@@ -242,13 +245,27 @@ fn live_pipeline(
 /// Starts the `--ui` and `--metrics` servers on the daemon's runtime; they end with it. Bound
 /// here, before the capture starts, so that an address in use stops the daemon at once.
 async fn start_servers(
-    servers: &[ServerOptions],
+    live: &LiveOptions,
+    config: &Config,
     data_dir: &Path,
     store: &Arc<Store>,
 ) -> Result<(), LiveError> {
-    for server in servers {
+    if live.servers.is_empty() {
+        return Ok(());
+    }
+    let setup = InventorySetup {
+        config: config.inventory.clone(),
+        specs: inventory::load_configured_specs(config, live.config_file.as_deref())
+            .map_err(PipelineError::Spec)?,
+    };
+    for server in &live.servers {
         let listener = console::bind(server.listen, server.token.as_ref()).await?;
-        let state = ConsoleState::shared(data_dir, Arc::clone(store), server.token.clone());
+        let options = ConsoleOptions {
+            token: server.token.clone(),
+            inventory: setup.clone(),
+            central: None,
+        };
+        let state = ConsoleState::shared(data_dir, Arc::clone(store), options);
         let router = if server.metrics_only {
             console::metrics_router(state)
         } else {
@@ -343,7 +360,7 @@ async fn daemon(
     let mut sigterm = signal(SignalKind::terminate()).map_err(LiveError::Signals)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(LiveError::Signals)?;
     let (pipeline, store, shipper) = live_pipeline(&live, &config, &data_dir, &options)?;
-    start_servers(&live.servers, &data_dir, &store).await?;
+    start_servers(&live, &config, &data_dir, &store).await?;
     // With no interface named, the sensor follows the interfaces that come and go (containers).
     let follow_interfaces = config.capture.interfaces.is_empty();
     let (mut sensor, mut segments) =

@@ -15,10 +15,14 @@ use crate::{
 
 /// `2026-11-29T15:04:03Z` from ns since the epoch (seconds are enough in tables).
 pub fn time_s(ns: u64) -> String {
-    let text = rfc3339_ns(ns);
-    match text.split_once('.') {
+    seconds(&rfc3339_ns(ns))
+}
+
+/// An RFC 3339 UTC time with its fraction of a second dropped (`…:03.123456Z` -> `…:03Z`).
+pub fn seconds(rfc3339: &str) -> String {
+    match rfc3339.split_once('.') {
         Some((seconds, _)) => format!("{seconds}Z"),
-        None => text,
+        None => rfc3339.to_owned(),
     }
 }
 
@@ -102,10 +106,7 @@ pub fn endpoints_table(rows: &[EndpointRow]) -> String {
     };
     for row in rows {
         let class = |c: &str| row.status_classes.get(c).copied().unwrap_or(0);
-        let last_seen = row.last_seen.as_deref().map_or("-".to_owned(), |t| {
-            t.split_once('.')
-                .map_or(t.to_owned(), |(s, _)| format!("{s}Z"))
-        });
+        let last_seen = row.last_seen.as_deref().map_or("-".to_owned(), seconds);
         let _ = writeln!(
             out,
             "{:<20}  {:<7}  {:<36}  {:>7}  {:>8}  {:>6}  {:>6}  {:>6}  {:>8}  {:>8}  {:>8}  {:<12}  {:<20}  {:<10}  {:>4}  {}",

@@ -663,3 +663,25 @@ impl Drop for DemoApi {
         let _ = self.child.wait();
     }
 }
+
+/// A GET on a console (`apisessions ui`) on loopback inside `ns`: (status, head, body).
+pub fn http_get(ns: &str, port: u16, path: &str, token: Option<&str>) -> (u16, String, String) {
+    in_namespace(ns, || {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Connection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).unwrap();
+        let text = String::from_utf8(response).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        let status = head[9..12].parse().unwrap();
+        (status, head.to_owned(), body.to_owned())
+    })
+}

@@ -288,16 +288,19 @@ pub fn run(ui: bool) -> Result<()> {
     if ui {
         // The namespace goes first: Ctrl-C ends this process too, before any drop would run.
         drop(ns);
-        serve_console(&apisessions, &data_dir)?;
+        serve_console(&apisessions, &data_dir, &scripts.join("openapi.yaml"))?;
     }
     Ok(())
 }
 
-/// `apisessions ui` over the demo's store until Ctrl-C (which the console gets too).
-fn serve_console(apisessions: &Path, data_dir: &Path) -> Result<()> {
+/// `apisessions ui` over the demo's store until Ctrl-C (which the console gets too); its
+/// endpoints page compares the inventory with the demo's document, as `endpoints --spec` above.
+fn serve_console(apisessions: &Path, data_dir: &Path, spec: &Path) -> Result<()> {
     println!("\n== demo: the console: http://{UI_LISTEN}/   (Ctrl-C stops it)");
     let mut console = Command::new(apisessions)
-        .args(["ui", "--listen", UI_LISTEN, "--data-dir"])
+        .args(["ui", "--listen", UI_LISTEN, "--spec"])
+        .arg(spec)
+        .arg("--data-dir")
         .arg(data_dir)
         .stdout(Stdio::null())
         .spawn()

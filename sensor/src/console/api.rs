@@ -1,5 +1,6 @@
 //! The JSON API under `/api/v1/`: the objects of `sessions --json` and `show --json`
-//! ([`SessionSummary::to_json`], [`StoredExchange::to_json`]) and of `stats --json`.
+//! ([`SessionSummary::to_json`], [`StoredExchange::to_json`]), of `endpoints --json`
+//! ([`EndpointRow`]) and of `stats --json`.
 
 use std::time::SystemTime;
 
@@ -11,14 +12,13 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::{
+    analysis::inventory::EndpointRow,
     console::{
-        ConsoleError, SharedState,
-        filters::{API_DEFAULT_LIMIT, API_MAX_LIMIT, SessionQuery},
+        ConsoleError, Listed, SharedState,
+        filters::{API_DEFAULT_LIMIT, API_MAX_LIMIT, EndpointQuery, SessionQuery},
     },
-    record::SessionSummary,
     report,
     stats::StatsReport,
-    store::SessionFilter,
 };
 
 /// `GET /api/v1/sessions`: the list's filters as query parameters, `limit` (default 1000, at
@@ -31,20 +31,21 @@ pub async fn sessions(
         .parse(SystemTime::now(), API_DEFAULT_LIMIT)
         .map_err(ConsoleError::BadRequest)?;
     let (list, _) = state.sessions(filters).await?;
-    Ok(Json(list.iter().map(SessionSummary::to_json).collect()))
+    Ok(Json(list.iter().map(Listed::to_json).collect()))
 }
 
-/// `GET /api/v1/sessions/{id}`: what `show --json` prints.
+/// `GET /api/v1/sessions/{id}`: what `show --json` prints (`show --central --json` with
+/// `ui --central`).
 pub async fn session(
     State(state): State<SharedState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ConsoleError> {
     crate::store::id_bytes(&id)?;
-    let (summary, exchanges, _) = state.session(id, usize::MAX, |_| true).await?;
-    let mut object = summary.to_json();
+    let (listed, exchanges, _) = state.session(id, usize::MAX, |_| true).await?;
+    let mut object = listed.to_json();
     object["exchanges"] = exchanges
         .iter()
-        .map(|e| e.to_json(&summary.session_id))
+        .map(|e| e.to_json(&listed.summary().session_id))
         .collect();
     Ok(Json(object))
 }
@@ -58,8 +59,7 @@ pub struct ExchangesQuery {
 }
 
 /// `GET /api/v1/exchanges`: NDJSON records (as `export`), of one `session` or of the sessions
-/// active between `since` and `until`, newest session first, at most `limit` (default 1000,
-/// at most 10000).
+/// active between `since` and `until`, at most `limit` (default 1000, at most 10000).
 pub async fn exchanges(
     State(state): State<SharedState>,
     Query(query): Query<ExchangesQuery>,
@@ -82,38 +82,22 @@ pub async fn exchanges(
     if let Some(id) = &query.session {
         crate::store::id_bytes(id)?;
     }
-    let session = query.session.clone();
     let records = state
-        .read(move |store| {
-            let ids: Vec<String> = match session {
-                Some(id) => vec![id],
-                None => store
-                    .list(&SessionFilter {
-                        since_ns: Some(since),
-                        until_ns: Some(until),
-                        ..SessionFilter::default()
-                    })?
-                    .into_iter()
-                    .map(|s| s.session_id)
-                    .collect(),
-            };
-            let mut records = Vec::new();
-            for id in &ids {
-                store.exchanges(id, |e| {
-                    if (since..=until).contains(&e.ts_ns) {
-                        records.push(e.to_json(id));
-                    }
-                    records.len() < limit
-                })?;
-                if records.len() >= limit {
-                    break;
-                }
-            }
-            Ok(records)
-        })
-        .await?
-        .unwrap_or_default();
+        .exchanges(query.session, (since, until), limit)
+        .await?;
     Ok(Json(records))
+}
+
+/// `GET /api/v1/endpoints`: what `endpoints --json` prints, with its filters (`host`, `status`,
+/// `since`) and `method`, `endpoint`.
+pub async fn endpoints(
+    State(state): State<SharedState>,
+    Query(query): Query<EndpointQuery>,
+) -> Result<Json<Vec<EndpointRow>>, ConsoleError> {
+    let filter = query
+        .parse(SystemTime::now())
+        .map_err(ConsoleError::BadRequest)?;
+    Ok(Json(state.endpoints(filter).await?))
 }
 
 /// `GET /api/v1/stats`: what `stats --json` prints.

@@ -5,7 +5,12 @@ use std::time::SystemTime;
 
 use serde::Deserialize;
 
-use crate::{record::SignalName, report, store::SessionFilter};
+use crate::{
+    analysis::inventory::EndpointFilter,
+    record::{SignalName, SpecStatus},
+    report,
+    store::SessionFilter,
+};
 
 /// Sessions per page of the list (the API's default `limit`).
 pub const PAGE_SIZE: usize = 50;
@@ -30,6 +35,12 @@ pub struct SessionQuery {
     pub endpoint: Option<String>,
     pub min_risk: Option<String>,
     pub signal: Option<String>,
+    /// Any value but `0`: sessions with attack findings (`sessions --attacks`).
+    pub attacks: Option<String>,
+    /// Sessions with findings of this class (`sessions --attack CLASS`).
+    pub attack: Option<String>,
+    /// Any value but `0`: sessions with slow requests (`sessions --slow`).
+    pub slow: Option<String>,
     pub session: Option<String>,
     pub page: Option<String>,
     pub limit: Option<String>,
@@ -46,13 +57,63 @@ pub struct Filters {
     pub page_size: usize,
 }
 
+/// `path` with the query string of `pairs` with `changes` applied (`None` removes a field);
+/// every value percent-encoded.
+pub fn link(path: &str, pairs: &[(&str, &str)], changes: &[(&str, Option<&str>)]) -> String {
+    let mut query = form_urlencoded::Serializer::new(String::new());
+    for (name, value) in pairs {
+        if !changes.iter().any(|(n, _)| n == name) {
+            query.append_pair(name, value);
+        }
+    }
+    for (name, value) in changes {
+        if let Some(value) = value {
+            query.append_pair(name, value);
+        }
+    }
+    let query = query.finish();
+    if query.is_empty() {
+        path.to_owned()
+    } else {
+        format!("{path}?{query}")
+    }
+}
+
+/// A query's fields by name, in URL order.
+type Fields<'a, const N: usize> = [(&'static str, &'a Option<String>); N];
+
+/// The fields present and not blank (trimmed), in order.
+fn present<'a, const N: usize>(fields: Fields<'a, N>) -> Vec<(&'static str, &'a str)> {
+    fields
+        .into_iter()
+        .filter_map(|(name, value)| {
+            value
+                .as_deref()
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .map(|v| (name, v))
+        })
+        .collect()
+}
+
+/// The value of the field `name` among `pairs`.
+pub fn value_of<'a>(pairs: &[(&str, &'a str)], name: &str) -> Option<&'a str> {
+    pairs.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)
+}
+
+/// Whether some field is present but blank (a submitted form's empty fields).
+fn any_blank<const N: usize>(fields: Fields<'_, N>) -> bool {
+    fields
+        .into_iter()
+        .any(|(_, v)| v.as_deref().is_some_and(|v| v.trim().is_empty()))
+}
+
 fn bad(name: &str, value: &str, why: impl std::fmt::Display) -> String {
     format!("filter {name}={value:?}: {why}")
 }
 
 impl SessionQuery {
-    /// The filter fields in URL order, present and non-empty only.
-    pub fn pairs(&self) -> Vec<(&'static str, &str)> {
+    fn fields(&self) -> Fields<'_, 16> {
         [
             ("since", &self.since),
             ("until", &self.until),
@@ -64,72 +125,34 @@ impl SessionQuery {
             ("endpoint", &self.endpoint),
             ("min_risk", &self.min_risk),
             ("signal", &self.signal),
+            ("attacks", &self.attacks),
+            ("attack", &self.attack),
+            ("slow", &self.slow),
             ("session", &self.session),
             ("page", &self.page),
             ("limit", &self.limit),
         ]
-        .into_iter()
-        .filter_map(|(name, value)| {
-            value
-                .as_deref()
-                .map(str::trim)
-                .filter(|v| !v.is_empty())
-                .map(|v| (name, v))
-        })
-        .collect()
+    }
+
+    /// The filter fields in URL order, present and non-empty only.
+    pub fn pairs(&self) -> Vec<(&'static str, &str)> {
+        present(self.fields())
     }
 
     fn get(&self, name: &str) -> Option<&str> {
-        self.pairs()
-            .into_iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, v)| v)
+        value_of(&self.pairs(), name)
     }
 
     /// The query string of these filters with `changes` applied (`None` removes a field), e.g.
     /// the next page or one more filter; every value percent-encoded.
     pub fn link(&self, path: &str, changes: &[(&str, Option<&str>)]) -> String {
-        let mut query = form_urlencoded::Serializer::new(String::new());
-        for (name, value) in self.pairs() {
-            if !changes.iter().any(|(n, _)| *n == name) {
-                query.append_pair(name, value);
-            }
-        }
-        for (name, value) in changes {
-            if let Some(value) = value {
-                query.append_pair(name, value);
-            }
-        }
-        let query = query.finish();
-        if query.is_empty() {
-            path.to_owned()
-        } else {
-            format!("{path}?{query}")
-        }
+        link(path, &self.pairs(), changes)
     }
 
     /// Whether some field is present but blank (a submitted form's empty fields): the list then
     /// redirects to [`SessionQuery::link`]'s shorter URL, the one to share.
     pub fn has_blanks(&self) -> bool {
-        let present = [
-            &self.since,
-            &self.until,
-            &self.host,
-            &self.user,
-            &self.ip,
-            &self.status,
-            &self.method,
-            &self.endpoint,
-            &self.min_risk,
-            &self.signal,
-            &self.session,
-            &self.page,
-            &self.limit,
-        ]
-        .into_iter()
-        .filter(|v| v.is_some())
-        .count();
-        present > self.pairs().len()
+        any_blank(self.fields())
     }
 
     /// Whether any filter (besides paging) is set.
@@ -212,13 +235,18 @@ impl SessionQuery {
     }
 }
 
-/// The session page's filters on its own timeline (its statistics link to them).
+/// The session page's filters on its own timeline (its statistics link to them), and the
+/// "attacks only" toggle (`show --attacks-only`).
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
 pub struct TimelineQuery {
     pub method: Option<String>,
     pub status: Option<String>,
     pub endpoint: Option<String>,
     pub ip: Option<String>,
+    /// Requests with findings of this attack class.
+    pub attack: Option<String>,
+    /// Any value but `0`: only the requests with attack findings.
+    pub attacks: Option<String>,
 }
 
 impl TimelineQuery {
@@ -226,10 +254,30 @@ impl TimelineQuery {
         field.as_deref().map(str::trim).filter(|v| !v.is_empty())
     }
 
+    /// The fields in URL order, present and non-empty only.
+    pub fn pairs(&self) -> Vec<(&'static str, &str)> {
+        present([
+            ("method", &self.method),
+            ("status", &self.status),
+            ("endpoint", &self.endpoint),
+            ("ip", &self.ip),
+            ("attack", &self.attack),
+            ("attacks", &self.attacks),
+        ])
+    }
+
     pub fn any(&self) -> bool {
-        [&self.method, &self.status, &self.endpoint, &self.ip]
-            .into_iter()
-            .any(|f| Self::value(f).is_some())
+        !self.pairs().is_empty()
+    }
+
+    pub fn attacks_only(&self) -> bool {
+        Self::value(&self.attacks).is_some_and(|v| v != "0")
+    }
+
+    /// The session page's URL with these filters and `changes` applied (`None` removes one);
+    /// every value percent-encoded.
+    pub fn link(&self, id: &str, changes: &[(&str, Option<&str>)]) -> String {
+        link(&format!("/sessions/{id}"), &self.pairs(), changes)
     }
 
     pub fn matches(&self, e: &crate::record::StoredExchange) -> bool {
@@ -240,6 +288,67 @@ impl TimelineQuery {
         }) && Self::value(&self.status).is_none_or(|s| e.status_code.unwrap_or(0).to_string() == s)
             && Self::value(&self.endpoint).is_none_or(|p| e.endpoint.as_deref() == Some(p))
             && Self::value(&self.ip).is_none_or(|ip| e.client_ip == ip)
+            && Self::value(&self.attack)
+                .is_none_or(|class| e.attacks.iter().any(|f| f.class.as_str() == class))
+            && (!self.attacks_only() || !e.attacks.is_empty())
+    }
+}
+
+/// The endpoints page's filters (those of `apisessions endpoints`, and the method and template
+/// a request's link names).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+pub struct EndpointQuery {
+    pub host: Option<String>,
+    /// The spec status: `documented`, `shadow`, `zombie` or `orphan`.
+    pub status: Option<String>,
+    pub since: Option<String>,
+    pub method: Option<String>,
+    pub endpoint: Option<String>,
+}
+
+impl EndpointQuery {
+    fn fields(&self) -> Fields<'_, 5> {
+        [
+            ("host", &self.host),
+            ("status", &self.status),
+            ("since", &self.since),
+            ("method", &self.method),
+            ("endpoint", &self.endpoint),
+        ]
+    }
+
+    /// The fields in URL order, present and non-empty only.
+    pub fn pairs(&self) -> Vec<(&'static str, &str)> {
+        present(self.fields())
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        value_of(&self.pairs(), name)
+    }
+
+    /// Whether some field is present but blank: the page then redirects to the shorter URL.
+    pub fn has_blanks(&self) -> bool {
+        any_blank(self.fields())
+    }
+
+    pub fn parse(&self, now: SystemTime) -> Result<EndpointFilter, String> {
+        Ok(EndpointFilter {
+            host: self.get("host").map(str::to_owned),
+            status: self
+                .get("status")
+                .map(|v| {
+                    SpecStatus::from_name(v).ok_or_else(|| {
+                        bad("status", v, "not one of documented, shadow, zombie, orphan")
+                    })
+                })
+                .transpose()?,
+            since_ns: self
+                .get("since")
+                .map(|v| report::parse_time(v, now).map_err(|e| bad("since", v, e)))
+                .transpose()?,
+            method: self.get("method").map(str::to_owned),
+            endpoint: self.get("endpoint").map(str::to_owned),
+        })
     }
 }
 
@@ -304,6 +413,52 @@ mod tests {
             let err = query(q).parse(SystemTime::now(), 50).unwrap_err();
             assert!(err.starts_with(&format!("filter {name}=")), "{q}: {err}");
         }
+    }
+
+    #[test]
+    fn the_list_filters_by_attacks() {
+        let f = query("attacks=1&attack=path_traversal&slow=1")
+            .parse(SystemTime::now(), 50)
+            .unwrap();
+        assert!(f.filter.attacks && f.filter.slow);
+        assert_eq!(
+            f.filter.attack,
+            Some(crate::record::AttackClass::PathTraversal)
+        );
+        let err = query("attack=nope")
+            .parse(SystemTime::now(), 50)
+            .unwrap_err();
+        assert!(err.starts_with("filter attack="), "{err}");
+        assert!(query("attack=").has_blanks());
+        assert_eq!(
+            query("attack=xss&page=2").link("/", &[("page", None)]),
+            "/?attack=xss"
+        );
+    }
+
+    #[test]
+    fn endpoint_filters_parse_and_name_bad_values() {
+        let f = EndpointQuery {
+            host: Some("API.test".into()),
+            status: Some("shadow".into()),
+            method: Some("get".into()),
+            endpoint: Some("/users/{id}".into()),
+            since: Some(" ".into()),
+        }
+        .parse(SystemTime::now())
+        .unwrap();
+        assert_eq!(f.status, Some(SpecStatus::Shadow));
+        assert_eq!(f.host.as_deref(), Some("API.test"));
+        assert_eq!(f.since_ns, None);
+        let bad = EndpointQuery {
+            status: Some("hidden".into()),
+            ..EndpointQuery::default()
+        };
+        assert!(
+            bad.parse(SystemTime::now())
+                .unwrap_err()
+                .starts_with("filter status=")
+        );
     }
 
     #[test]

@@ -12,6 +12,11 @@
 //! - [`filters`]: the list's filters as query parameters, and links that keep them.
 //! - [`pages`] and [`chart`]: HTML pages and the session's requests/latency chart (SVG).
 //! - [`api`]: the JSON API. [`metrics`]: every statistics counter for Prometheus.
+//! - [`source`]: where the pages read: the local store, or with `ui --central` the fleet's
+//!   central store for sessions and exchanges ([`CentralSource`]). The endpoints page shows the
+//!   inventory the local store holds, compared with the configuration's OpenAPI documents
+//!   ([`InventorySetup`]) as `apisessions endpoints` does; the status page and `/metrics`
+//!   this host's statistics.
 
 pub mod api;
 pub mod auth;
@@ -20,6 +25,7 @@ pub mod filters;
 pub mod metrics;
 pub mod pages;
 pub mod server;
+pub mod source;
 
 use std::{
     path::{Path, PathBuf},
@@ -33,12 +39,15 @@ use axum::{
 
 pub use auth::{AuthError, Token};
 pub use server::{bind, metrics_router, router, serve};
+pub use source::{CentralSource, InventorySetup, Listed};
 
 use crate::{
-    record::{SessionSummary, StoredExchange},
+    analysis::inventory::StateError,
+    ship::CentralError,
     stats::StatsError,
     store::{Store, StoreError},
 };
+use source::StoreSource;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConsoleError {
@@ -48,6 +57,10 @@ pub enum ConsoleError {
     Stats(#[from] StatsError),
     #[error(transparent)]
     Auth(#[from] AuthError),
+    #[error("reading the endpoint inventory")]
+    Inventory(#[from] StateError),
+    #[error("the central store: {0}")]
+    Central(#[from] CentralError),
     #[error("{0}")]
     BadRequest(String),
     #[error("{0}")]
@@ -69,9 +82,10 @@ impl IntoResponse for ConsoleError {
         let status = match &self {
             Self::BadRequest(_) | Self::Store(StoreError::BadId(_)) => StatusCode::BAD_REQUEST,
             Self::NotFound(_) | Self::Stats(StatsError::Missing(_)) => StatusCode::NOT_FOUND,
+            Self::Central(_) => StatusCode::BAD_GATEWAY,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        if status == StatusCode::INTERNAL_SERVER_ERROR {
+        if status.is_server_error() {
             log::error!("console: {self}");
         }
         // Plain text (and nosniff, see `server`): a message may quote what the request held.
@@ -84,19 +98,21 @@ impl IntoResponse for ConsoleError {
     }
 }
 
-/// Where the console reads sessions from.
-enum StoreSource {
-    /// The daemon's own handle (`run --ui`).
-    Shared(Arc<Store>),
-    /// Opened read-only at the first request that finds a store there (`apisessions ui` may
-    /// start before the daemon has written anything).
-    Dir(Mutex<Option<Arc<Store>>>),
+/// What a console is given besides where its store is.
+#[derive(Default)]
+pub struct ConsoleOptions {
+    pub token: Option<Token>,
+    pub inventory: InventorySetup,
+    /// `ui --central`: sessions and exchanges from the fleet's central store.
+    pub central: Option<CentralSource>,
 }
 
 /// What every handler shares.
 pub struct ConsoleState {
     data_dir: PathBuf,
     store: StoreSource,
+    central: Option<CentralSource>,
+    inventory: InventorySetup,
     token: Option<Token>,
     /// Requests served at once at most; more get 503 (see `server::limit`).
     in_flight: tokio::sync::Semaphore,
@@ -109,20 +125,22 @@ pub const MAX_IN_FLIGHT: usize = 32;
 
 impl ConsoleState {
     /// A console over the store in `data_dir`, opened read-only when first needed.
-    pub fn new(data_dir: &Path, token: Option<Token>) -> SharedState {
-        Self::with_source(data_dir, StoreSource::Dir(Mutex::new(None)), token)
+    pub fn new(data_dir: &Path, options: ConsoleOptions) -> SharedState {
+        Self::with_source(data_dir, StoreSource::Dir(Mutex::new(None)), options)
     }
 
     /// A console over a store this process already has open (the daemon's).
-    pub fn shared(data_dir: &Path, store: Arc<Store>, token: Option<Token>) -> SharedState {
-        Self::with_source(data_dir, StoreSource::Shared(store), token)
+    pub fn shared(data_dir: &Path, store: Arc<Store>, options: ConsoleOptions) -> SharedState {
+        Self::with_source(data_dir, StoreSource::Shared(store), options)
     }
 
-    fn with_source(data_dir: &Path, store: StoreSource, token: Option<Token>) -> SharedState {
+    fn with_source(data_dir: &Path, store: StoreSource, options: ConsoleOptions) -> SharedState {
         Arc::new(Self {
             data_dir: data_dir.to_path_buf(),
             store,
-            token,
+            central: options.central,
+            inventory: options.inventory,
+            token: options.token,
             in_flight: tokio::sync::Semaphore::new(MAX_IN_FLIGHT),
         })
     }
@@ -131,93 +149,8 @@ impl ConsoleState {
         &self.data_dir
     }
 
-    /// The store, or None while nothing has been stored in the data directory.
-    fn store(&self) -> Result<Option<Arc<Store>>, StoreError> {
-        match &self.store {
-            StoreSource::Shared(store) => Ok(Some(Arc::clone(store))),
-            StoreSource::Dir(opened) => {
-                let mut opened = opened
-                    .lock()
-                    .map_err(|_| StoreError::Missing(self.data_dir.clone()))?;
-                if opened.is_none() {
-                    match Store::open_read_only(&self.data_dir) {
-                        Ok(store) => *opened = Some(Arc::new(store)),
-                        Err(StoreError::Missing(_)) => return Ok(None),
-                        Err(e) => return Err(e),
-                    }
-                }
-                Ok(opened.clone())
-            }
-        }
-    }
-
-    /// Runs `read` on the store on a blocking thread (LMDB reads are blocking calls); None
-    /// while there is no store yet.
-    async fn read<T, F>(self: &Arc<Self>, read: F) -> Result<Option<T>, ConsoleError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Store) -> Result<T, ConsoleError> + Send + 'static,
-    {
-        let state = Arc::clone(self);
-        tokio::task::spawn_blocking(move || match state.store()? {
-            Some(store) => read(&store).map(Some),
-            None => Ok(None),
-        })
-        .await
-        .map_err(|e| ConsoleError::Internal(e.to_string()))?
-    }
-
-    /// Sessions matching `filters`: one page's worth and whether another page follows.
-    async fn sessions(
-        self: &Arc<Self>,
-        filters: filters::Filters,
-    ) -> Result<(Vec<SessionSummary>, bool), ConsoleError> {
-        let (page, page_size) = (filters.page, filters.page_size);
-        let list = self
-            .read(move |store| {
-                Ok(match &filters.session {
-                    Some(id) => store
-                        .session(id)?
-                        .filter(|s| filters.filter.matches(s))
-                        .into_iter()
-                        .collect(),
-                    None => store.list(&filters.filter)?,
-                })
-            })
-            .await?
-            .unwrap_or_default();
-        let skip = (page - 1).saturating_mul(page_size);
-        let more = list.len() > skip.saturating_add(page_size);
-        Ok((list.into_iter().skip(skip).take(page_size).collect(), more))
-    }
-
-    /// One session and up to `max` of its exchanges that `keep` accepts, with how many it has
-    /// that `keep` accepts in all.
-    async fn session(
-        self: &Arc<Self>,
-        id: String,
-        max: usize,
-        keep: impl Fn(&StoredExchange) -> bool + Send + 'static,
-    ) -> Result<(SessionSummary, Vec<StoredExchange>, usize), ConsoleError> {
-        let found = self
-            .read(move |store| {
-                let Some(summary) = store.session(&id)? else {
-                    return Ok(None);
-                };
-                let (mut exchanges, mut matched) = (Vec::new(), 0usize);
-                store.exchanges(&id, |e| {
-                    if keep(&e) {
-                        matched += 1;
-                        if exchanges.len() < max {
-                            exchanges.push(e);
-                        }
-                    }
-                    true
-                })?;
-                Ok(Some((summary, exchanges, matched)))
-            })
-            .await?
-            .flatten();
-        found.ok_or_else(|| ConsoleError::NotFound("no such session".into()))
+    /// Whether sessions come from the central store (`ui --central`).
+    pub fn is_central(&self) -> bool {
+        self.central.is_some()
     }
 }

@@ -1,9 +1,9 @@
-//! The HTML pages: the sessions list, a session, the status page, the login form. Built with
-//! maud, which escapes every inserted value: captured text is always text, never markup. Links
-//! that carry captured values put them in query strings, percent-encoded
-//! ([`SessionQuery::link`]); no captured value ever becomes a URL of its own.
+//! The HTML pages: the sessions list, a session, the endpoints, the status page, the login
+//! form. Built with maud, which escapes every inserted value: captured text is always text,
+//! never markup. Links that carry captured values put them in query strings, percent-encoded
+//! ([`filters::link`]); no captured value ever becomes a URL of its own.
 
-use std::time::SystemTime;
+use std::{collections::HashMap, time::SystemTime};
 
 use axum::{
     extract::{Path, Query, State},
@@ -14,11 +14,12 @@ use maud::{DOCTYPE, Markup, html};
 use serde::Deserialize;
 
 use crate::{
+    analysis::inventory::{EndpointFilter, EndpointRow},
     console::{
-        ConsoleError, SharedState, chart,
-        filters::{PAGE_SIZE, SessionQuery, TimelineQuery},
+        ConsoleError, Listed, SharedState, chart,
+        filters::{self, EndpointQuery, PAGE_SIZE, SessionQuery, TimelineQuery},
     },
-    record::{SessionSummary, SignalName, StoredExchange},
+    record::{AttackClass, Finding, SessionSummary, SignalName, SpecStatus, StoredExchange},
     report::{self, Exporter, Format},
     stats::{StatsError, StatsReport},
 };
@@ -41,7 +42,10 @@ fn layout(title: &str, body: Markup) -> Html<String> {
                 body {
                     header.top {
                         a.brand href="/" { "apisessions" }
-                        nav { a href="/" { "Sessions" } a href="/status" { "Status" } }
+                        nav {
+                            a href="/" { "Sessions" } a href="/endpoints" { "Endpoints" }
+                            a href="/status" { "Status" }
+                        }
                     }
                     main { (body) }
                 }
@@ -89,17 +93,14 @@ pub async fn sessions(
     let filter_link =
         |name: &'static str, value: &str| query.link("/", &[(name, Some(value)), ("page", None)]);
     let field = |name: &'static str, label: &str, hint: &str| {
-        let value = query
-            .pairs()
-            .into_iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, v)| v);
+        let pairs = query.pairs();
+        let value = filters::value_of(&pairs, name);
         html! {
             label { (label) input type="text" name=(name) value=[value] placeholder=(hint); }
         }
     };
     let body = html! {
-        h1 { "Sessions" }
+        h1 { "Sessions" @if state.is_central() { " " span.muted { "(the fleet's central store)" } } }
         form.filters method="get" action="/" {
             (field("since", "since", "1h or RFC 3339"))
             (field("until", "until", "RFC 3339"))
@@ -119,7 +120,20 @@ pub async fn sessions(
                     }
                 }
             }
+            label { "attack class"
+                select name="attack" {
+                    option value="" { "any" }
+                    @for class in AttackClass::ALL {
+                        option value=(class.as_str())
+                            selected[query.attack.as_deref() == Some(class.as_str())] { (class.as_str()) }
+                    }
+                }
+            }
             (field("session", "session id", ""))
+            label.check { input type="checkbox" name="attacks" value="1"
+                checked[query.attacks.as_deref().is_some_and(|v| v != "0")]; "with attacks" }
+            label.check { input type="checkbox" name="slow" value="1"
+                checked[query.slow.as_deref().is_some_and(|v| v != "0")]; "with slow requests" }
             button type="submit" { "Filter" }
             @if query.any() { a.clear href="/" { "clear filters" } }
         }
@@ -133,15 +147,23 @@ pub async fn sessions(
                     th { "Client IP" } th { "Host" } th { "Top endpoints" }
                 } }
                 tbody {
-                    @for s in &list {
+                    @for listed in &list {
+                        @let s = listed.summary();
                         tr {
                             td.id { a href={"/sessions/" (s.session_id)} { (s.session_id) } }
                             td { (report::time_s(s.start_ns)) }
                             td { (report::duration(s.end_ns.saturating_sub(s.start_ns))) }
                             td.num { (s.requests) }
-                            // Hook: the attacks issue adds per-class counts to the summary;
-                            // their sum goes here.
-                            td.num.muted { "-" }
+                            td.num.attacks {
+                                @if s.attacks.is_empty() { span.muted { "0" } } @else {
+                                    span.total { (s.attack_count()) }
+                                    @for (class, count) in &s.attacks {
+                                        a.attack href=(filter_link("attack", class.as_str())) {
+                                            (class.as_str()) " " (count)
+                                        }
+                                    }
+                                }
+                            }
                             td.num { (risk(s.abuse.risk)) }
                             td {
                                 @match &s.user {
@@ -185,39 +207,24 @@ pub async fn sessions(
     Ok(layout("Sessions", body).into_response())
 }
 
-/// A count per value of one statistic, each a link that filters the timeline by it.
-fn stat_links<'a>(
+/// The values of one statistic (with their counts where the summary keeps them), each a link
+/// that filters the timeline by it.
+fn stat_links(
     id: &str,
     timeline: &TimelineQuery,
     name: &'static str,
     active: Option<&str>,
-    values: impl Iterator<Item = (String, &'a u64)>,
+    values: impl Iterator<Item = (String, Option<u64>)>,
 ) -> Markup {
-    let link = |value: &str| {
-        let mut query = form_urlencoded::Serializer::new(String::new());
-        for (n, v) in [
-            ("method", &timeline.method),
-            ("status", &timeline.status),
-            ("endpoint", &timeline.endpoint),
-            ("ip", &timeline.ip),
-        ] {
-            if n != name
-                && let Some(v) = v.as_deref().filter(|v| !v.is_empty())
-            {
-                query.append_pair(n, v);
-            }
-        }
-        query.append_pair(name, value);
-        format!("/sessions/{id}?{}", query.finish())
-    };
     html! {
         ul.stats {
             @for (value, count) in values {
                 li {
-                    a href=(link(&value)) class=[(active == Some(value.as_str())).then_some("active")] {
+                    a href=(timeline.link(id, &[(name, Some(&value))]))
+                        class=[(active == Some(value.as_str())).then_some("active")] {
                         (value)
                     }
-                    " " span.count { (count) }
+                    @if let Some(count) = count { " " span.count { (count) } }
                 }
             }
         }
@@ -232,22 +239,45 @@ pub async fn session(
 ) -> Result<Html<String>, ConsoleError> {
     crate::store::id_bytes(&id)?;
     let filter = timeline.clone();
-    let (s, exchanges, matched) = state
+    let (listed, exchanges, matched) = state
         .session(id, MAX_TIMELINE, move |e| filter.matches(e))
         .await?;
-    Ok(layout(
-        &format!("Session {}", s.session_id),
-        session_body(&s, &exchanges, matched, &timeline),
-    ))
+    let s = listed.summary();
+    // The hosts' rows only: what the requests' details can name.
+    let mut endpoints = state.endpoints(EndpointFilter::default()).await?;
+    endpoints.retain(|row| {
+        s.hosts
+            .iter()
+            .any(|h| h.trim().eq_ignore_ascii_case(&row.host))
+    });
+    let body = html! {
+        @if let Listed::Central(central) = &listed {
+            p.muted.central { "From the central store; seen by the sensors "
+                @for (i, host) in central.host_ids.iter().enumerate() { @if i > 0 { ", " } (host) } "." }
+        }
+        (session_body(s, &exchanges, matched, &timeline, &endpoints))
+    };
+    Ok(layout(&format!("Session {}", s.session_id), body))
 }
 
-/// The session page's content (apart from the handler, for the tests).
+/// The session page's content (apart from the handler, for the tests). `endpoints`: the
+/// inventory's rows, whose figures each request's details show for its endpoint.
 pub fn session_body(
     s: &SessionSummary,
     exchanges: &[StoredExchange],
     matched: usize,
     timeline: &TimelineQuery,
+    endpoints: &[EndpointRow],
 ) -> Markup {
+    let by_key: HashMap<(&str, &str, &str), &EndpointRow> = endpoints
+        .iter()
+        .map(|r| ((r.host.as_str(), r.method.as_str(), r.endpoint.as_str()), r))
+        .collect();
+    let insight = |e: &StoredExchange| {
+        let host = e.host.as_deref()?.trim().to_ascii_lowercase();
+        let key = (host.as_str(), e.method.as_deref()?, e.endpoint.as_deref()?);
+        by_key.get(&key).copied()
+    };
     let id = &s.session_id;
     let list = |values: &[String]| {
         html! {
@@ -292,14 +322,21 @@ pub fn session_body(
             div.stat-groups {
                 div { h3 { "Methods" }
                     (stat_links(id, timeline, "method", timeline.method.as_deref(),
-                        s.methods.iter().map(|(m, n)| (m.clone(), n)))) }
+                        s.methods.iter().map(|(m, n)| (m.clone(), Some(*n))))) }
                 div { h3 { "Statuses" }
                     (stat_links(id, timeline, "status", timeline.status.as_deref(),
-                        s.statuses.iter().map(|(c, n)| (c.to_string(), n)))) }
+                        s.statuses.iter().map(|(c, n)| (c.to_string(), Some(*n))))) }
                 div { h3 { "Endpoints" }
                     (stat_links(id, timeline, "endpoint", timeline.endpoint.as_deref(),
-                        s.endpoints.iter().take(20).map(|(e, n)| (endpoint_of(e), n)))) }
-                // Hook: the attacks issue's per-class counts become one more group here.
+                        s.endpoints.iter().take(20).map(|(e, n)| (endpoint_of(e), Some(*n))))) }
+                div { h3 { "Client IPs" }
+                    (stat_links(id, timeline, "ip", timeline.ip.as_deref(),
+                        s.client_ips.iter().map(|ip| (ip.clone(), None)))) }
+                @if !s.attacks.is_empty() {
+                    div { h3 { "Attacks" }
+                        (stat_links(id, timeline, "attack", timeline.attack.as_deref(),
+                            s.attacks.iter().map(|(c, n)| (c.as_str().to_owned(), Some(*n))))) }
+                }
             }
         }
         section.chart {
@@ -312,6 +349,15 @@ pub fn session_body(
                 "Download: " a href={"/sessions/" (id) "/export?format=csv"} { "CSV" } " · "
                 a href={"/sessions/" (id) "/export?format=har"} { "HAR" } " · "
                 a href={"/api/v1/sessions/" (id)} { "JSON" }
+            }
+            p.toggle {
+                @if timeline.attacks_only() {
+                    a.toggle.active href=(timeline.link(id, &[("attacks", None)])) { "Attacks only ✓" }
+                    " " span.muted { "(showing the requests with attack findings; click for all)" }
+                } @else {
+                    a.toggle href=(timeline.link(id, &[("attacks", Some("1"))])) { "Attacks only" }
+                    " " span.muted { "(" (s.attack_count()) " findings in this session)" }
+                }
             }
             @if matched > exchanges.len() {
                 p.muted { "The first " (exchanges.len()) " of " (matched) " requests; the downloads hold them all." }
@@ -327,12 +373,16 @@ pub fn session_body(
                             td.num { a href={"#x" (i)} { (i + 1) } }
                             td { (crate::exchange::rfc3339_ns(e.ts_ns)) }
                             td { (e.method.as_deref().unwrap_or("-")) }
-                            td.endpoint { (report::shorten(e.endpoint.as_deref().unwrap_or("-"), 80)) }
+                            td.endpoint {
+                                @match endpoint_link(e) {
+                                    Some(link) => a href=(link) { (report::shorten(e.endpoint.as_deref().unwrap_or("-"), 80)) },
+                                    None => (report::shorten(e.endpoint.as_deref().unwrap_or("-"), 80)),
+                                }
+                            }
                             td.num { (e.status_code.map_or_else(|| "-".into(), |c| c.to_string())) }
                             td.num { (ms(e.ttfb_us)) }
                             td.num { (bytes(e.response_body_len.unwrap_or(0))) }
-                            // Hook: the attacks issue's findings per exchange (class at point).
-                            td.muted { "-" }
+                            td.attacks { (attack_marks(&e.attacks)) }
                             td { (flags(e)) }
                         }
                     }
@@ -348,6 +398,7 @@ pub fn session_body(
                         (report::shorten(e.uri.as_deref().unwrap_or("-"), 120)) " → "
                         (e.status_code.map_or_else(|| "-".into(), |c| c.to_string()))
                     }
+                    @if let Some(row) = insight(e) { (endpoint_insight(row)) }
                     (record_fields(&e.to_json(id)))
                 }
             }
@@ -355,8 +406,59 @@ pub fn session_body(
     }
 }
 
+/// What the inventory says about a request's endpoint, over all its calls.
+fn endpoint_insight(row: &EndpointRow) -> Markup {
+    let ms = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.1}"));
+    html! {
+        p.insight {
+            "Endpoint " span.endpoint { (row.method) " " (report::shorten(&row.endpoint, 100)) } ": "
+            (row.calls) " calls in " (row.sessions) " sessions, latency p50/p95/p99 "
+            (ms(row.latency_ms.p50)) " / " (ms(row.latency_ms.p95)) " / " (ms(row.latency_ms.p99)) " ms"
+            @if let Some(status) = row.spec_status { ", " (status.name()) }
+            ", risk " (row.risk)
+            @if !row.risk_reasons.is_empty() { " (" (row.risk_reasons.join("; ")) ")" }
+            @if !row.sensitive.is_empty() { ", sensitive: " (row.sensitive.join(", ")) }
+            @if !row.auth.is_empty() { ", auth: " (row.auth.join(", ")) }
+        }
+    }
+}
+
+/// Findings per request as the CLI shows them, `class@point`; the excerpt in the details.
+fn attack_marks(findings: &[Finding]) -> Markup {
+    const SHOWN: usize = 6;
+    html! {
+        @if findings.is_empty() { span.muted { "-" } }
+        @for f in findings.iter().take(SHOWN) {
+            span.attack { (f.class.as_str()) "@" (report::shorten(&f.point, 60)) }
+        }
+        @if findings.len() > SHOWN { span.muted { "+" (findings.len() - SHOWN) } }
+    }
+}
+
+/// The endpoints page's row of this request's endpoint (its host, method and template).
+fn endpoint_link(e: &StoredExchange) -> Option<String> {
+    let endpoint = e.endpoint.as_deref()?;
+    let mut pairs = Vec::new();
+    if let Some(host) = e.host.as_deref() {
+        pairs.push(("host", host));
+    }
+    if let Some(method) = e.method.as_deref() {
+        pairs.push(("method", method));
+    }
+    pairs.push(("endpoint", endpoint));
+    Some(filters::link("/endpoints", &pairs, &[]))
+}
+
 fn flags(e: &StoredExchange) -> String {
     let mut flags = Vec::new();
+    if e.slow {
+        flags.push("slow");
+    }
+    match e.spec_status {
+        Some(SpecStatus::Shadow) => flags.push("shadow"),
+        Some(SpecStatus::Zombie) => flags.push("zombie"),
+        _ => {}
+    }
     if e.status_code.is_none() {
         flags.push("no response");
     }
@@ -388,9 +490,22 @@ fn record_fields(record: &serde_json::Value) -> Markup {
                 @for (name, value) in object {
                     dt { (name) }
                     dd {
-                        @match value.as_object() {
-                            Some(params) if !params.is_empty() => {
+                        @match (value.as_object(), value.as_array()) {
+                            (Some(params), _) if !params.is_empty() => {
                                 @for (k, v) in params { span.value { (k) " = " (text(v)) } }
+                            }
+                            (_, Some(findings)) if name == "attacks" && !findings.is_empty() => {
+                                table.findings {
+                                    thead { tr { th { "Class" } th { "Point" } th { "Excerpt" } th { "Rule" } } }
+                                    tbody {
+                                        @for f in findings {
+                                            tr {
+                                                td { (text(&f["class"])) } td.endpoint { (text(&f["point"])) }
+                                                td.excerpt { (text(&f["excerpt"])) } td { (text(&f["rule"])) }
+                                            }
+                                        }
+                                    }
+                                }
                             }
                             _ => (text(value)),
                         }
@@ -415,7 +530,8 @@ pub async fn export(
     crate::store::id_bytes(&id)?;
     let name = query.format.as_deref().unwrap_or("csv");
     let format: Format = name.parse().map_err(ConsoleError::BadRequest)?;
-    let (s, exchanges, _) = state.session(id, usize::MAX, |_| true).await?;
+    let (listed, exchanges, _) = state.session(id, usize::MAX, |_| true).await?;
+    let s = listed.summary();
     let mut out = Vec::new();
     let mut exporter = Exporter::new(&mut out, format);
     for e in &exchanges {
@@ -441,6 +557,106 @@ pub async fn export(
         out,
     )
         .into_response())
+}
+
+/// `GET /endpoints`: the inventory as `apisessions endpoints` lists it, with its filters.
+pub async fn endpoints(
+    State(state): State<SharedState>,
+    Query(query): Query<EndpointQuery>,
+) -> Result<Response, ConsoleError> {
+    if query.has_blanks() {
+        let short = filters::link("/endpoints", &query.pairs(), &[]);
+        return Ok(Redirect::to(&short).into_response());
+    }
+    let filter = query
+        .parse(SystemTime::now())
+        .map_err(ConsoleError::BadRequest)?;
+    let rows = state.endpoints(filter).await?;
+    Ok(layout("Endpoints", endpoints_body(&query, &rows)).into_response())
+}
+
+/// The endpoints page's content (apart from the handler, for the tests).
+pub fn endpoints_body(query: &EndpointQuery, rows: &[EndpointRow]) -> Markup {
+    let pairs = query.pairs();
+    let value = |name: &str| filters::value_of(&pairs, name);
+    let field = |name: &'static str, label: &str, hint: &str| {
+        html! { label { (label) input type="text" name=(name) value=[value(name)] placeholder=(hint); } }
+    };
+    let list = |kinds: &[&str]| {
+        if kinds.is_empty() {
+            "-".to_owned()
+        } else {
+            kinds.join(", ")
+        }
+    };
+    let ms = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.1}"));
+    let statuses = [
+        SpecStatus::Documented,
+        SpecStatus::Shadow,
+        SpecStatus::Zombie,
+        SpecStatus::Orphan,
+    ];
+    html! {
+        h1 { "Endpoints" }
+        form.filters method="get" action="/endpoints" {
+            (field("host", "host", "api.example"))
+            label { "spec status"
+                select name="status" {
+                    option value="" { "any" }
+                    @for status in statuses {
+                        option value=(status.name()) selected[value("status") == Some(status.name())] { (status.name()) }
+                    }
+                }
+            }
+            (field("since", "called since", "1h or RFC 3339"))
+            (field("method", "method", "GET"))
+            (field("endpoint", "endpoint", "/users/{id}"))
+            button type="submit" { "Filter" }
+            @if !pairs.is_empty() { a.clear href="/endpoints" { "clear filters" } }
+        }
+        p {
+            (rows.len()) " endpoints. "
+            a href=(filters::link("/api/v1/endpoints", &pairs, &[])) { "JSON" }
+        }
+        @if rows.is_empty() {
+            p.muted { "No endpoints match." }
+        } @else {
+            table.endpoints {
+                thead { tr {
+                    th { "Host" } th { "Method" } th { "Endpoint" } th.num { "Calls" } th.num { "Sessions" }
+                    th { "Statuses" } th.num { "p50 ms" } th.num { "p95 ms" } th.num { "p99 ms" }
+                    th { "Auth" } th { "Sensitive" } th { "Spec" } th.num { "Risk" } th { "Last seen (UTC)" }
+                } }
+                tbody {
+                    @for row in rows {
+                        tr class=[row.spec_status.filter(|s| matches!(s, SpecStatus::Shadow | SpecStatus::Zombie)).map(|s| s.name())] {
+                            td.host { (report::shorten(&row.host, 40)) }
+                            td.method { (row.method) }
+                            td.endpoint {
+                                // The sessions that called it (the list's filters).
+                                a href=(filters::link("/", &[("host", &row.host), ("method", &row.method), ("endpoint", &row.endpoint)], &[])) {
+                                    (report::shorten(&row.endpoint, 100))
+                                }
+                            }
+                            td.num.calls { (row.calls) }
+                            td.num.sessions { (row.sessions) }
+                            td.statuses {
+                                @for s in &row.statuses { span.value { (s.status) " ×" (s.count) } }
+                            }
+                            td.num.p50 { (ms(row.latency_ms.p50)) }
+                            td.num.p95 { (ms(row.latency_ms.p95)) }
+                            td.num.p99 { (ms(row.latency_ms.p99)) }
+                            td.auth { (list(&row.auth)) }
+                            td.sensitive { (list(&row.sensitive)) }
+                            td.spec { (row.spec_status.map_or("-", |s| s.name())) }
+                            td.num.score title=(row.risk_reasons.join("; ")) { (row.risk) }
+                            td.seen { (row.last_seen.as_deref().map_or_else(|| "-".to_owned(), report::seconds)) }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Statistics that count something lost, cut or refused: highlighted when not zero.
@@ -540,7 +756,10 @@ pub fn login(with_token: bool, error: Option<&str>) -> Html<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::{SessionSignals, Signal};
+    use crate::{
+        analysis::inventory::{Inventory, facts::ExchangeFacts},
+        record::{SessionSignals, Signal},
+    };
 
     const PAYLOADS: [&str; 3] = [
         "<script>alert(1)</script>",
@@ -613,7 +832,22 @@ mod tests {
                 },
                 ..SessionSummary::default()
             };
-            let page = session_body(&summary, &[e], 1, &TimelineQuery::default()).into_string();
+            // The inventory's row of the request's endpoint, shown in its details.
+            let mut inventory = Inventory::new(Default::default(), Vec::new());
+            let facts = ExchangeFacts {
+                host: payload.to_ascii_lowercase(),
+                method: "GET".into(),
+                duration_ms: Some(2.0),
+                ..ExchangeFacts::default()
+            };
+            inventory.observe_facts(&facts, format!("/items/{payload}"), "s1");
+            let rows = inventory.rows();
+            let page =
+                session_body(&summary, &[e], 1, &TimelineQuery::default(), &rows).into_string();
+            assert!(
+                page.contains("1 calls in 1 sessions, latency p50/p95/p99"),
+                "{page}"
+            );
             assert!(!page.contains("<script>alert"), "{page}");
             assert!(!page.contains("<img"), "{page}");
             assert!(!page.contains("href=\"javascript"), "{page}");
@@ -626,6 +860,120 @@ mod tests {
                 "{page}"
             );
         }
+    }
+
+    fn finding(class: AttackClass, point: &str, excerpt: &str) -> Finding {
+        Finding {
+            class,
+            point: point.into(),
+            excerpt: excerpt.into(),
+            rule: "test-rule".into(),
+        }
+    }
+
+    #[test]
+    fn attack_marks_and_findings_are_text() {
+        for payload in PAYLOADS {
+            let mut attacked = exchange(payload);
+            attacked.attacks = vec![
+                finding(
+                    AttackClass::Xss,
+                    &format!("request.query.{payload}"),
+                    payload,
+                ),
+                finding(AttackClass::Sqli, "request.path", payload),
+            ];
+            let summary = SessionSummary {
+                session_id: "cd".repeat(16),
+                attacks: vec![(AttackClass::Xss, 1), (AttackClass::Sqli, 1)],
+                ..SessionSummary::default()
+            };
+            let plain = exchange("plain");
+            let page = session_body(
+                &summary,
+                &[attacked, plain],
+                2,
+                &TimelineQuery::default(),
+                &[],
+            )
+            .into_string();
+            assert!(!page.contains("<script>alert"), "{page}");
+            assert!(!page.contains("<img"), "{page}");
+            assert!(page.contains("sqli@request.path"), "{page}");
+            assert!(page.contains("xss@request.query."), "{page}");
+            // The toggle and the class statistic keep the page's other filters.
+            assert!(page.contains("href=\"/sessions/cdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcd?attacks=1\""));
+            assert!(page.contains("?attack=sqli\""), "{page}");
+            // The details: the findings' table, excerpts escaped.
+            assert!(page.contains("<table class=\"findings\">"), "{page}");
+            // A request's endpoint links to its row of the endpoints page, percent-encoded.
+            assert!(page.contains("href=\"/endpoints?host="), "{page}");
+        }
+        let toggled = TimelineQuery {
+            method: Some("GET".into()),
+            attacks: Some("1".into()),
+            ..TimelineQuery::default()
+        };
+        let page = session_body(&SessionSummary::default(), &[], 0, &toggled, &[]).into_string();
+        assert!(page.contains("href=\"/sessions/?method=GET\""), "{page}");
+    }
+
+    #[test]
+    fn the_timeline_toggle_keeps_attacked_requests_only() {
+        let mut attacked = exchange("a");
+        attacked
+            .attacks
+            .push(finding(AttackClass::Sqli, "request.query.id", "' or 1=1"));
+        let plain = exchange("b");
+        let only: TimelineQuery = serde_urlencoded::from_str("attacks=1&method=get").unwrap();
+        assert!(only.attacks_only() && only.any());
+        assert!(only.matches(&attacked) && !only.matches(&plain));
+        let off: TimelineQuery = serde_urlencoded::from_str("attacks=0").unwrap();
+        assert!(off.matches(&plain));
+        let class: TimelineQuery = serde_urlencoded::from_str("attack=sqli").unwrap();
+        assert!(class.matches(&attacked) && !class.matches(&plain));
+        let xss: TimelineQuery = serde_urlencoded::from_str("attack=xss").unwrap();
+        assert!(!xss.matches(&attacked));
+        assert_eq!(
+            only.link("ab", &[("attacks", None), ("endpoint", Some("/a b"))]),
+            "/sessions/ab?method=get&endpoint=%2Fa+b"
+        );
+    }
+
+    #[test]
+    fn the_endpoints_page_shows_rows_as_text() {
+        let mut inventory = Inventory::new(Default::default(), Vec::new());
+        for payload in PAYLOADS {
+            let facts = ExchangeFacts {
+                host: payload.to_ascii_lowercase(),
+                method: "GET".into(),
+                uri: format!("/{payload}"),
+                status: Some(200),
+                duration_ms: Some(3.0),
+                ..ExchangeFacts::default()
+            };
+            inventory.observe_facts(&facts, format!("/{payload}"), "s1");
+        }
+        let rows = inventory.rows();
+        assert_eq!(rows.len(), 3);
+        let query = EndpointQuery {
+            host: Some(PAYLOADS[1].into()),
+            ..EndpointQuery::default()
+        };
+        let page = endpoints_body(&query, &rows).into_string();
+        assert!(!page.contains("<script>alert"), "{page}");
+        assert!(!page.contains("<img"), "{page}");
+        assert!(!page.contains("href=\"javascript"), "{page}");
+        assert!(
+            page.contains("/&lt;script&gt;alert(1)&lt;/script&gt;"),
+            "{page}"
+        );
+        assert!(page.contains("3 endpoints."), "{page}");
+        // The filter field keeps its value, escaped as an attribute.
+        assert!(
+            page.contains("value=\"&quot;&gt;&lt;img src=x onerror=alert(1)&gt;\""),
+            "{page}"
+        );
     }
 
     #[test]

@@ -30,10 +30,12 @@ pub fn router(state: SharedState) -> Router {
         .route("/", get(pages::sessions))
         .route("/sessions/{id}", get(pages::session))
         .route("/sessions/{id}/export", get(pages::export))
+        .route("/endpoints", get(pages::endpoints))
         .route("/status", get(pages::status))
         .route("/api/v1/sessions", get(api::sessions))
         .route("/api/v1/sessions/{id}", get(api::session))
         .route("/api/v1/exchanges", get(api::exchanges))
+        .route("/api/v1/endpoints", get(api::endpoints))
         .route("/api/v1/stats", get(api::stats))
         .route("/metrics", get(metrics::metrics))
         .route_layer(middleware::from_fn_with_state(
@@ -136,7 +138,7 @@ mod tests {
     use tower::ServiceExt as _;
 
     use super::*;
-    use crate::console::ConsoleState;
+    use crate::console::{ConsoleOptions, ConsoleState};
 
     /// (status, headers, body) of one request to a console over `dir`.
     async fn call(
@@ -173,11 +175,23 @@ mod tests {
     #[tokio::test]
     async fn every_response_carries_the_security_headers() {
         let dir = data_dir("headers");
-        let state = ConsoleState::new(&dir, None);
+        let state = ConsoleState::new(&dir, ConsoleOptions::default());
         for (uri, status, holds) in [
             ("/", StatusCode::OK, "No sessions match."),
             ("/status", StatusCode::OK, "No statistics"),
             ("/api/v1/sessions", StatusCode::OK, "[]"),
+            ("/endpoints", StatusCode::OK, "No endpoints match."),
+            ("/api/v1/endpoints", StatusCode::OK, "[]"),
+            (
+                "/api/v1/endpoints?status=hidden",
+                StatusCode::BAD_REQUEST,
+                "filter status=",
+            ),
+            (
+                "/?attack=%3Cscript%3E",
+                StatusCode::BAD_REQUEST,
+                "filter attack=\"<script>\"",
+            ),
             ("/metrics", StatusCode::OK, "apisessions_daemon_running 0"),
             ("/nothing-here", StatusCode::NOT_FOUND, "no such page"),
             (
@@ -214,7 +228,13 @@ mod tests {
     async fn a_token_guards_everything_but_the_login() {
         let dir = data_dir("token");
         let token = Token::new("0123456789abcdef-token").unwrap();
-        let state = ConsoleState::new(&dir, Some(token));
+        let state = ConsoleState::new(
+            &dir,
+            ConsoleOptions {
+                token: Some(token),
+                ..ConsoleOptions::default()
+            },
+        );
         let (status, headers, _) = call(&state, "GET", "/", &[], "").await;
         assert_eq!(status, StatusCode::SEE_OTHER);
         assert_eq!(headers[header::LOCATION], "/login");

@@ -226,18 +226,7 @@ pub fn restored_inventory(
     config_file: Option<&Path>,
     store: &Store,
 ) -> Result<Inventory, PipelineError> {
-    let paths: Vec<_> = config
-        .api
-        .specs
-        .iter()
-        .map(|s| {
-            (
-                s.host.as_str(),
-                s.path(config_file.unwrap_or(Path::new(""))),
-            )
-        })
-        .collect();
-    let specs = inventory::load_specs(paths.iter().map(|(h, p)| (*h, p.as_path())))?;
+    let specs = inventory::load_configured_specs(config, config_file)?;
     let mut inventory = Inventory::new(config.inventory.clone(), specs);
     if let Some(bytes) = store.inventory().map_err(PipelineError::LoadInventory)? {
         match InventoryState::decode(&bytes) {

@@ -105,6 +105,22 @@ pub struct InventoryCounters {
     pub learner: LearnerCounters,
 }
 
+/// Loads the specs of the configuration's `[[api.specs]]` (relative paths are relative to
+/// `config_file`'s directory).
+pub fn load_configured_specs(
+    config: &crate::config::Config,
+    config_file: Option<&std::path::Path>,
+) -> Result<Vec<HostSpec>, spec::SpecError> {
+    let config_file = config_file.unwrap_or(std::path::Path::new(""));
+    let paths: Vec<_> = config
+        .api
+        .specs
+        .iter()
+        .map(|s| (s.host.as_str(), s.path(config_file)))
+        .collect();
+    load_specs(paths.iter().map(|(h, p)| (*h, p.as_path())))
+}
+
 /// Loads the specs configured in `[[api.specs]]` (or given with `--spec`, host `*`), each for
 /// its host; the first spec that covers a host is the one used for it.
 pub fn load_specs<'a>(
@@ -136,7 +152,7 @@ impl InventoryCounters {
 }
 
 /// A spec configured for a host.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct HostSpec {
     /// Compared with the request's Host (lower case); without a port it matches any port.
     pub host: String,
@@ -353,6 +369,49 @@ impl Inventory {
         });
         rows
     }
+}
+
+/// Which endpoints `apisessions endpoints` (and the console's endpoints page) list.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EndpointFilter {
+    /// Of this host (case-insensitive); rows of a `*` spec (`--spec`) always match.
+    pub host: Option<String>,
+    pub status: Option<SpecStatus>,
+    /// Called at or after this time; orphans, never called, are kept.
+    pub since_ns: Option<u64>,
+    /// Of this method (case-insensitive).
+    pub method: Option<String>,
+    /// Of this template, exactly.
+    pub endpoint: Option<String>,
+}
+
+impl EndpointFilter {
+    pub fn matches(&self, row: &EndpointRow) -> bool {
+        self.host
+            .as_ref()
+            .is_none_or(|h| row.host.eq_ignore_ascii_case(h) || row.host == "*")
+            && self.status.is_none_or(|s| row.spec_status == Some(s))
+            && self.since_ns.is_none_or(|t| {
+                row.spec_status == Some(SpecStatus::Orphan)
+                    || row
+                        .last_seen
+                        .as_deref()
+                        .is_some_and(|seen| seen_since(seen, t))
+            })
+            && self
+                .method
+                .as_ref()
+                .is_none_or(|m| row.method.eq_ignore_ascii_case(m))
+            && self.endpoint.as_ref().is_none_or(|e| row.endpoint == *e)
+    }
+}
+
+/// Whether an RFC 3339 time is at or after `since_ns`.
+fn seen_since(seen: &str, since_ns: u64) -> bool {
+    humantime::parse_rfc3339_weak(seen)
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .is_some_and(|d| d.as_nanos() as u64 >= since_ns)
 }
 
 /// One endpoint as `apisessions endpoints --json` prints it.

@@ -3,12 +3,12 @@
 
 use std::{
     io::{self, Write as _},
-    path::{Path, PathBuf},
+    path::PathBuf,
 };
 
 use anyhow::{Context as _, Result};
 use apisessions::{
-    analysis::inventory::{self, Inventory, InventoryState, openapi_out},
+    analysis::inventory::{self, EndpointFilter, Inventory, InventoryState, openapi_out},
     record::SpecStatus,
     report,
     store::Store,
@@ -53,16 +53,7 @@ pub fn endpoints(args: EndpointsArgs) -> Result<()> {
     let config = args.config.load()?;
     let specs = match &args.spec {
         Some(file) => inventory::load_specs([("*", file.as_path())])?,
-        None => {
-            let config_file = args.config.config.as_deref().unwrap_or(Path::new(""));
-            let paths: Vec<(&str, PathBuf)> = config
-                .api
-                .specs
-                .iter()
-                .map(|s| (s.host.as_str(), s.path(config_file)))
-                .collect();
-            inventory::load_specs(paths.iter().map(|(h, p)| (*h, p.as_path())))?
-        }
+        None => inventory::load_configured_specs(&config, args.config.config.as_deref())?,
     };
     let mut inventory = Inventory::new(config.inventory.clone(), specs);
     let data_dir = args.data.resolve(&config);
@@ -72,21 +63,16 @@ pub fn endpoints(args: EndpointsArgs) -> Result<()> {
             .with_context(|| format!("reading the endpoint inventory in {}", data_dir.display()))?;
         inventory.merge(&state);
     }
-    let since = args.since.map(|w| w.0);
+    let filter = EndpointFilter {
+        host: args.host.clone(),
+        status: args.status,
+        since_ns: args.since.map(|w| w.0),
+        ..EndpointFilter::default()
+    };
     let rows: Vec<_> = inventory
         .rows()
         .into_iter()
-        .filter(|row| {
-            args.host
-                .as_ref()
-                .is_none_or(|h| row.host.eq_ignore_ascii_case(h) || row.host == "*")
-                && args.status.is_none_or(|s| row.spec_status == Some(s))
-                // Orphans were never called: `--since` does not hide them.
-                && since.is_none_or(|t| {
-                    row.spec_status == Some(SpecStatus::Orphan)
-                        || row.last_seen.as_deref().is_some_and(|seen| seen_since(seen, t))
-                })
-        })
+        .filter(|row| filter.matches(row))
         .collect();
     let mut out = io::stdout().lock();
     if args.openapi {
@@ -100,12 +86,4 @@ pub fn endpoints(args: EndpointsArgs) -> Result<()> {
         write!(out, "{}", report::endpoints_table(&rows))?;
     }
     Ok(())
-}
-
-/// Whether an RFC 3339 time is at or after `since_ns`.
-fn seen_since(seen: &str, since_ns: u64) -> bool {
-    humantime::parse_rfc3339_weak(seen)
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .is_some_and(|d| d.as_nanos() as u64 >= since_ns)
 }

@@ -58,7 +58,8 @@ enum Command {
     /// Check whether this host can run the sensor: kernel, capabilities, configuration,
     /// interfaces, ports, data directory; one line per check, with the fix.
     Doctor(doctor::DoctorArgs),
-    /// Serve the web console (sessions, a session's timeline, status, JSON API, /metrics).
+    /// Serve the web console (sessions, a session's timeline, endpoints, status, JSON API,
+    /// /metrics).
     Ui(ui::UiArgs),
 }
 
