@@ -17,7 +17,7 @@ use crate::{
         CaptureError, CaptureOptions, Clock, Interface, Segment, Sensor,
         ports::{PortPolicy, listening_ports},
     },
-    config::{Config, Ports},
+    config::{CaptureOverrides, Config, Ports, reload::Reload},
     console::{self, ConsoleError, ConsoleState, Token},
     container::ContainerIndex,
     dump,
@@ -73,8 +73,11 @@ pub struct LiveOptions {
     pub summary_interval: u64,
     /// The user to continue as when started as root (see [`crate::privilege::target_user`]).
     pub user: Option<String>,
-    /// The configuration file, which `[[api.specs]]` files are relative to.
+    /// The configuration file, which `[[api.specs]]` files are relative to and SIGHUP reads
+    /// again.
     pub config_file: Option<PathBuf>,
+    /// The command line's capture flags, laid over the file at every reload too.
+    pub overrides: CaptureOverrides,
     /// Web servers next to the capture: the console (`--ui`), `/metrics` alone (`--metrics`).
     pub servers: Vec<ServerOptions>,
 }
@@ -334,7 +337,7 @@ impl Feed {
 
 async fn daemon(
     live: LiveOptions,
-    config: Config,
+    mut config: Config,
     data_dir: PathBuf,
     options: CaptureOptions,
     mut ports: PortPolicy,
@@ -342,6 +345,9 @@ async fn daemon(
 ) -> Result<(), LiveError> {
     let mut sigterm = signal(SignalKind::terminate()).map_err(LiveError::Signals)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(LiveError::Signals)?;
+    // Installed before anything slow: SIGHUP's default action would end the daemon.
+    let mut sighup = signal(SignalKind::hangup()).map_err(LiveError::Signals)?;
+    let mut reloads = ReloadCounters::default();
     let (pipeline, store, shipper) = live_pipeline(&live, &config, &data_dir, &options)?;
     start_servers(&live.servers, &data_dir, &store).await?;
     // With no interface named, the sensor follows the interfaces that come and go (containers).
@@ -367,6 +373,7 @@ async fn daemon(
     refresh_report(&mut report, &sensor)?;
     // The ports watched from the start are in the first report already.
     report.ports = ports.status();
+    report.set_stage("config", reloads.snapshot());
     report.write(&data_dir)?;
     log::info!(
         "capturing {} on {}; statistics in {}",
@@ -420,6 +427,15 @@ async fn daemon(
                 feed.report(&mut report);
                 summary.log(&report, summary_every);
             }
+            _ = sighup.recv() => {
+                if let Some(reloaded) = reload(&live, &config, &mut feed.pipeline, &mut ports, &mut reloads) {
+                    config = reloaded;
+                    // The kernel watches the new ports from now, not from the next tick.
+                    follow_ports(&mut ports, &mut sensor, &mut feed.pipeline, config.capture.ports == Ports::Auto);
+                    report.ports = ports.status();
+                }
+                report.set_stage("config", reloads.snapshot());
+            }
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
         }
@@ -454,6 +470,81 @@ async fn daemon(
     report.write(&data_dir)?;
     log::info!("stopped");
     Ok(())
+}
+
+/// Configuration reloads (SIGHUP), for `stats`.
+#[derive(Debug, Default)]
+struct ReloadCounters {
+    /// Files read again and applied (what applies live; see [`crate::config::reload`]).
+    applied: u64,
+    /// Files that could not be read or were invalid: the running configuration stayed.
+    rejected: u64,
+}
+
+impl ReloadCounters {
+    fn snapshot(&self) -> [(&'static str, u64); 2] {
+        [
+            ("reloads", self.applied),
+            ("reloads_rejected", self.rejected),
+        ]
+    }
+}
+
+/// SIGHUP: reads the configuration file again and applies what can change live (see
+/// [`crate::config::reload`]); returns the configuration now in force. An unreadable or invalid
+/// file changes nothing: logged with its file, line, column and reason, and counted.
+fn reload(
+    live: &LiveOptions,
+    running: &Config,
+    pipeline: &mut Pipeline,
+    ports: &mut PortPolicy,
+    counters: &mut ReloadCounters,
+) -> Option<Config> {
+    let Some(path) = &live.config_file else {
+        log::warn!("SIGHUP: started without --config, there is no file to read again");
+        counters.rejected += 1;
+        return None;
+    };
+    let reject = |counters: &mut ReloadCounters, e: &dyn std::error::Error| {
+        counters.rejected += 1;
+        let cause = e.source().map(|s| format!(": {s}")).unwrap_or_default();
+        log::error!("reload rejected, the running configuration stays in force: {e}{cause}");
+    };
+    let new = match Config::load(path) {
+        Ok(new) => new,
+        Err(e) => {
+            reject(counters, &e);
+            return None;
+        }
+    };
+    let reload = Reload::new(running, new, &live.overrides);
+    if let Err(e) = pipeline.reconfigure(&reload.config) {
+        reject(counters, &e);
+        return None;
+    }
+    let capture = &reload.config.capture;
+    ports.reconfigure(
+        capture.ports.listed(),
+        &capture.exclude_ports,
+        capture.ports == Ports::Auto && !capture.all_ports,
+    );
+    counters.applied += 1;
+    log::info!(
+        "reloaded {}: {}",
+        path.display(),
+        match reload.applied.is_empty() {
+            true => "nothing that applies live changed".to_owned(),
+            false => format!("{} in force", reload.applied.join(", ")),
+        }
+    );
+    if !reload.at_restart.is_empty() {
+        log::warn!(
+            "{} changed in {}: in force after a restart",
+            reload.at_restart.join(", "),
+            path.display()
+        );
+    }
+    Some(reload.config)
 }
 
 /// Keeps the watched ports in step: the decoder's verdicts on the ports' connections, the

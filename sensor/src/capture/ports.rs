@@ -150,6 +150,17 @@ impl PortPolicy {
         }
     }
 
+    /// Takes a reloaded configuration's ports; [`PortPolicy::changes`] then says what the
+    /// kernel must be told. Listeners already known are kept while `auto` stays on.
+    pub fn reconfigure(&mut self, configured: &[u16], excluded: &[u16], auto: bool) {
+        self.configured = configured.iter().copied().collect();
+        self.excluded = excluded.iter().copied().collect();
+        if !auto {
+            self.listeners.clear();
+        }
+        self.auto = auto;
+    }
+
     /// Takes the current listeners (with `auto`; ignored otherwise).
     pub fn listeners(&mut self, ports: &BTreeSet<u16>, past_bound: u64) {
         if !self.auto {
