@@ -30,6 +30,7 @@
 //! docs/BENCHMARKS.md. Nothing here is a test: the targets are reported against, never asserted.
 
 mod host;
+mod hostile;
 pub(crate) mod offline;
 mod probe;
 mod report;
@@ -86,6 +87,8 @@ pub struct Options {
     pub baseline: Option<PathBuf>,
     /// The same earlier build's `store_fill` example, for the store's ingest (absolute path).
     pub baseline_fill: Option<PathBuf>,
+    /// Only the hostile-load scenario (hostile.rs) instead of the measurements.
+    pub hostile: bool,
 }
 
 /// `cargo xtask bench` arguments.
@@ -146,6 +149,12 @@ pub struct BenchArgs {
     /// of the import rate (an import stores what it decodes).
     #[arg(long, value_name = "BIN", requires = "baseline")]
     baseline_fill: Option<PathBuf>,
+    /// Instead of the measurements: a SYN flood, random bytes and held connections against
+    /// the watched port beside a normal client; the sensor's RSS, its drop counters, and
+    /// whether the normal client's exchanges were all decoded (3 × --duration seconds; 1 ×
+    /// with --quick).
+    #[arg(long, conflicts_with_all = ["baseline", "loopback", "nat", "profile"])]
+    hostile: bool,
 }
 
 impl Options {
@@ -194,6 +203,7 @@ impl Options {
             },
             baseline: executable(args.baseline, "--baseline")?,
             baseline_fill: executable(args.baseline_fill, "--baseline-fill")?,
+            hostile: args.hostile,
         })
     }
 }
@@ -392,6 +402,9 @@ pub fn run(options: &Options) -> Result<()> {
     host::install_interrupt_handler();
     println!("xtask: building the release binary for the measurements");
     crate::build(true)?;
+    if options.hostile {
+        return hostile::run(options);
+    }
     if options.store_exchanges > 0 {
         store::build()?;
     }
