@@ -23,6 +23,7 @@ use super::{
     Options, PORT,
     host::{Net, Nginx, Proc, check_interrupt, sleep, wait_for},
     probe::{self, Counters},
+    report::Machine,
 };
 use crate::{binary, workspace_root};
 
@@ -156,6 +157,7 @@ pub fn run(options: &Options) -> Result<()> {
         net.server_ip
     );
 
+    let machine = Machine::read();
     let prefix = client_prefix(&net.server_ip);
     let mut floods = Vec::new();
     for mode in ["syn", "garbage", "hold"] {
@@ -239,11 +241,13 @@ pub fn run(options: &Options) -> Result<()> {
     let mut text = String::new();
     writeln!(
         text,
-        "### Hostile load · `cargo xtask bench --hostile` · {seconds} s\n"
+        "## {} · {} · hostile load (`cargo xtask bench --hostile`, {seconds} s)\n",
+        machine.date, machine.commit
     )?;
+    writeln!(text, "- Machine: {}", machine.line())?;
     writeln!(
         text,
-        "Flood (mode, connections or packets, bytes): {}",
+        "- Flood (mode, packets or connections, bytes): {}",
         flood_lines.join("; ")
     )?;
     writeln!(
