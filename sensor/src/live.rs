@@ -348,6 +348,7 @@ async fn daemon(
     // Installed before anything slow: SIGHUP's default action would end the daemon.
     let mut sighup = signal(SignalKind::hangup()).map_err(LiveError::Signals)?;
     let mut reloads = ReloadCounters::default();
+    let mut stats_file = StatsFile::default();
     let (pipeline, store, shipper) = live_pipeline(&live, &config, &data_dir, &options)?;
     start_servers(&live.servers, &data_dir, &store).await?;
     // With no interface named, the sensor follows the interfaces that come and go (containers).
@@ -420,7 +421,7 @@ async fn daemon(
                 feed.report(&mut report);
                 report.ports = ports.status();
                 report.set_stage("ports", ports.counters.snapshot());
-                report.write(&data_dir)?;
+                stats_file.write(&mut report, &data_dir);
             }
             _ = summary_tick.tick(), if live.summary_interval > 0 => {
                 refresh_report(&mut report, &sensor)?;
@@ -428,10 +429,12 @@ async fn daemon(
                 summary.log(&report, summary_every);
             }
             _ = sighup.recv() => {
-                if let Some(reloaded) = reload(&live, &config, &mut feed.pipeline, &mut ports, &mut reloads) {
+                let pipeline = &mut feed.pipeline;
+                if let Some(reloaded) = reload(&live, &config, pipeline, &mut ports, &mut reloads) {
                     config = reloaded;
                     // The kernel watches the new ports from now, not from the next tick.
-                    follow_ports(&mut ports, &mut sensor, &mut feed.pipeline, config.capture.ports == Ports::Auto);
+                    let auto = config.capture.ports == Ports::Auto;
+                    follow_ports(&mut ports, &mut sensor, pipeline, auto);
                     report.ports = ports.status();
                 }
                 report.set_stage("config", reloads.snapshot());
@@ -467,9 +470,45 @@ async fn daemon(
     feed.report(&mut report);
     report.running = false;
     report.updated = rfc3339(SystemTime::now());
-    report.write(&data_dir)?;
+    stats_file.write(&mut report, &data_dir);
     log::info!("stopped");
     Ok(())
+}
+
+/// The statistics file, rewritten every second. Once the daemon runs, a failed write (a full
+/// disk) must not stop capture: it is logged when it starts and ends, and counted.
+#[derive(Debug, Default)]
+struct StatsFile {
+    /// Writes that failed since the last one that succeeded.
+    failing: u64,
+    /// Writes that failed in all (`stats.write_errors`).
+    write_errors: u64,
+}
+
+impl StatsFile {
+    fn write(&mut self, report: &mut StatsReport, data_dir: &Path) {
+        report.set_stage("stats", [("write_errors", self.write_errors)]);
+        match report.write(data_dir) {
+            Ok(()) if self.failing > 0 => {
+                log::info!(
+                    "statistics written again after {} failed writes",
+                    self.failing
+                );
+                self.failing = 0;
+            }
+            Ok(()) => {}
+            Err(e) => {
+                if self.failing == 0 {
+                    let cause = std::error::Error::source(&e)
+                        .map(|s| format!(": {s}"))
+                        .unwrap_or_default();
+                    log::error!("{e}{cause}; capture goes on, the statistics wait");
+                }
+                self.failing += 1;
+                self.write_errors += 1;
+            }
+        }
+    }
 }
 
 /// Configuration reloads (SIGHUP), for `stats`.

@@ -7,7 +7,10 @@
 //! head. Meanwhile a normal client (curl, one request at a time) fetches a file from nginx.
 //! Measured: the daemon's RSS (sampled, and its peak), the counters that say what it dropped
 //! and why, and whether every request of the normal client that got its response was decoded
-//! and stored. The figures are printed and, unless `--quick`, appended to docs/BENCHMARKS.md.
+//! and stored. Then the disk fills: a second sensor's data directory on a 256 KiB tmpfs under a
+//! paced client's load (400 requests/s), grown to 256 MiB for a second load; every exchange
+//! must be stored or counted as lost, writing must resume, and `sessions` and `prune` must work
+//! afterwards. The figures are printed and, unless `--quick`, appended to docs/BENCHMARKS.md.
 
 use std::{
     fmt::Write as _,
@@ -27,8 +30,9 @@ use super::{
 };
 use crate::{binary, workspace_root};
 
-/// One flood mode per process: `syn`, `garbage` or `hold` (argv: mode, address, port,
-/// seconds, spoofed-source prefix). Prints `mode count bytes` at the end.
+/// One load per process: the floods `syn`, `garbage` or `hold`, or the disk phase's `paced`
+/// requests (argv: mode, address, port, seconds, then the spoofed sources' prefix or the
+/// phase's tag). Prints `mode count bytes` at the end.
 const FLOOD_PY: &str = r#"
 import os, random, socket, struct, sys, time
 mode, dst, port, seconds, prefix = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), sys.argv[5]
@@ -75,6 +79,25 @@ elif mode == "garbage":
             size += len(data)
         except OSError:
             time.sleep(0.01)
+elif mode == "paced":
+    # The disk phase's load: one keep-alive connection, 400 requests a second at most (a rate
+    # the sensor takes whole on a busy two-CPU machine), tagged with the phase (argv[5]).
+    import http.client
+    conn = http.client.HTTPConnection(dst, port, timeout=5)
+    start = time.time()
+    while time.time() < end:
+        try:
+            conn.request("GET", "/static/item.json?phase=%s&n=%d" % (prefix, count))
+            response = conn.getresponse()
+            size += len(response.read())
+            if response.status == 200:
+                count += 1
+        except (OSError, http.client.HTTPException):
+            conn.close()
+            conn = http.client.HTTPConnection(dst, port, timeout=5)
+        ahead = count / 400.0 - (time.time() - start)
+        if ahead > 0:
+            time.sleep(ahead)
 elif mode == "hold":
     held = []
     while time.time() < end:
@@ -219,6 +242,8 @@ pub fn run(options: &Options) -> Result<()> {
         );
     }
     let counters = Counters::read(&data_dir)?;
+    // The flood's sensor is gone: the next phase has the interface to itself.
+    let disk = disk_full(&net, &work, seconds / 3)?;
     let stored = Command::new(binary(true))
         .args(["export", "--format", "ndjson", "--data-dir"])
         .arg(&data_dir)
@@ -279,6 +304,7 @@ pub fn run(options: &Options) -> Result<()> {
                 .join(", ")
         }
     )?;
+    text.push_str(&disk.text);
     let verdict = if decoded == answered {
         "every answered request of the normal client was decoded and stored"
     } else {
@@ -296,7 +322,181 @@ pub fn run(options: &Options) -> Result<()> {
     if decoded != answered {
         bail!("{verdict}");
     }
+    if !disk.held {
+        bail!("the full disk cost more than its counters say, or writing did not resume");
+    }
     Ok(())
+}
+
+/// A tmpfs mounted for the disk-full phase, unmounted on drop.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Result<Self> {
+        fs::create_dir_all(dir)?;
+        crate::status(
+            Command::new("mount")
+                .args([
+                    "-t",
+                    "tmpfs",
+                    "-o",
+                    &format!("size={size},mode=0700"),
+                    "tmpfs",
+                ])
+                .arg(dir),
+        )?;
+        Ok(Self(dir.to_path_buf()))
+    }
+
+    fn resize(&self, size: &str) -> Result<()> {
+        crate::status(
+            Command::new("mount")
+                .args(["-o", &format!("remount,size={size}")])
+                .arg(&self.0),
+        )
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+struct DiskOutcome {
+    text: String,
+    /// Decoding went on, the loss equals the store's loss counters, writing resumed, and the
+    /// store stayed readable and prunable.
+    held: bool,
+}
+
+/// The data directory on a 256 KiB tmpfs while a paced client loads nginx: the store fills.
+/// Then the tmpfs grows and a second load follows. Every exchange of the first load is stored
+/// or counted as lost; every exchange of the second is stored; `sessions` and `prune` work
+/// afterwards.
+fn disk_full(net: &Net, work: &Path, seconds: u64) -> Result<DiskOutcome> {
+    let seconds = seconds.max(8);
+    let data_dir = work.join("disk");
+    let tmpfs = Tmpfs::mount(&data_dir, "256k")?;
+    let log = fs::File::create(work.join("sensor-disk.log"))?;
+    let mut sensor = Proc::spawn(
+        "apisessions (disk full)",
+        net.server(binary(true))
+            .args(["run", "--iface", &net.iface, "--port", &PORT.to_string()])
+            .args(["--summary-interval", "0", "--data-dir"])
+            .arg(&data_dir)
+            .stdout(Stdio::null())
+            .stderr(log),
+    )?;
+    let stats = data_dir.join("stats.json");
+    wait_for("the sensor to attach", Duration::from_secs(30), || {
+        stats.exists() || !sensor.running()
+    })?;
+    println!(
+        "xtask: hostile: the data directory on a 256 KiB tmpfs, {seconds} s of load; then 256 MiB"
+    );
+    let paced = |phase: &str| -> Result<u64> {
+        let out = net
+            .client("python3")
+            .arg(work.join("flood.py"))
+            .args(["paced", &net.server_ip, &PORT.to_string()])
+            .arg(seconds.to_string())
+            .arg(phase)
+            .output()
+            .context("the paced client")?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.split_whitespace()
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .with_context(|| format!("the paced client printed no count: {text}"))
+    };
+    let full_requests = paced("full")?;
+    let alive_when_full = sensor.running();
+    tmpfs.resize("256m")?;
+    sleep(Duration::from_secs(2))?;
+    let after_requests = paced("after")?;
+    sleep(Duration::from_secs(3))?;
+    let exit = sensor.stop(Duration::from_secs(60))?;
+    let counters = Counters::read(&data_dir)?;
+    let app = binary(true);
+    let exported = Command::new(&app)
+        .args(["export", "--format", "ndjson", "--data-dir"])
+        .arg(&data_dir)
+        .output()
+        .context("apisessions export")?;
+    let exported = String::from_utf8_lossy(&exported.stdout);
+    let stored = |phase: &str| {
+        let needle = format!("phase={phase}");
+        exported.lines().filter(|l| l.contains(&needle)).count() as u64
+    };
+    let (stored_full, stored_after) = (stored("full"), stored("after"));
+    let readable = Command::new(&app)
+        .args(["sessions", "--limit", "5", "--data-dir"])
+        .arg(&data_dir)
+        .status()
+        .is_ok_and(|s| s.success());
+    let prunable = Command::new(&app)
+        .args(["prune", "--older-than", "1h", "--data-dir"])
+        .arg(&data_dir)
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    drop(tmpfs);
+
+    let decoded = counters.get("http", "exchanges");
+    let lost = counters.get("store", "exchanges_lost_write_error")
+        + counters.get("store", "exchanges_dropped_queue_full");
+    let held = alive_when_full
+        && exit.success()
+        && decoded == full_requests + after_requests
+        && stored_full + lost == full_requests
+        && stored_after == after_requests
+        && readable
+        && prunable;
+    let mut text = String::new();
+    writeln!(
+        text,
+        "
+Disk full (data directory on a 256 KiB tmpfs, {seconds} s of 400 requests/s; then 256 MiB \
+         and {seconds} s more):
+
+| figure | value |
+|---|---|"
+    )?;
+    writeln!(
+        text,
+        "| requests while full: answered / stored / counted lost | {full_requests} / {stored_full} / {lost} |"
+    )?;
+    writeln!(
+        text,
+        "| requests after the space returned: answered / stored | {after_requests} / {stored_after} |"
+    )?;
+    writeln!(text, "| http.exchanges (decoded in all) | {decoded} |")?;
+    for (stage, name) in [
+        ("kernel", "ring_full"),
+        ("reassembly", "gaps"),
+        ("store", "write_errors"),
+        ("store", "map_full_errors"),
+        ("stats", "write_errors"),
+    ] {
+        writeln!(text, "| {stage}.{name} | {} |", counters.get(stage, name))?;
+    }
+    writeln!(
+        text,
+        "| daemon alive while full / clean exit / `sessions` / `prune` afterwards | {alive_when_full} / {} / {readable} / {prunable} |",
+        exit.success()
+    )?;
+    writeln!(
+        text,
+        "
+Disk verdict: {}.",
+        if held {
+            "decoding went on, every exchange stored or counted, writing resumed"
+        } else {
+            "NOT as expected (see the figures)"
+        }
+    )?;
+    Ok(DiskOutcome { text, held })
 }
 
 /// The spoofed sources: the client's /24 (the server's SYN-ACKs to them go unanswered).
