@@ -103,6 +103,11 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("npm", "/usr/bin/npm"),
     // The central-store tests run a private server (tests/common/clickhouse.rs); 18.16 here.
     ("clickhouse-server", "/usr/sbin/clickhouse-server"),
+    // The package test (tests/deb_package.rs): `systemd-analyze verify` of the unit, and the
+    // maintainer scripts' adduser and deb-systemd-helper inside its throwaway root.
+    ("systemd", "/usr/bin/systemd-analyze"),
+    ("adduser", "/usr/sbin/adduser"),
+    ("init-system-helpers", "/usr/bin/deb-systemd-helper"),
 ];
 
 /// PyPI and npm packages of tests/frameworks_live.rs, installed into [`frameworks_dir`] once and
