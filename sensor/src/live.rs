@@ -20,7 +20,7 @@ use crate::{
         CaptureError, CaptureOptions, Clock, Interface, Segment, Sensor,
         ports::{PortPolicy, listening_ports},
     },
-    config::{Config, Ports},
+    config::{CaptureOverrides, Config, Ports, reload::Reload},
     console::{self, ConsoleError, ConsoleOptions, ConsoleState, InventorySetup, Token},
     container::ContainerIndex,
     dump,
@@ -76,8 +76,11 @@ pub struct LiveOptions {
     pub summary_interval: u64,
     /// The user to continue as when started as root (see [`crate::privilege::target_user`]).
     pub user: Option<String>,
-    /// The configuration file, which `[[api.specs]]` files are relative to.
+    /// The configuration file, which `[[api.specs]]` files are relative to and SIGHUP reads
+    /// again.
     pub config_file: Option<PathBuf>,
+    /// The command line's capture flags, laid over the file at every reload too.
+    pub overrides: CaptureOverrides,
     /// Web servers next to the capture: the console (`--ui`), `/metrics` alone (`--metrics`).
     pub servers: Vec<ServerOptions>,
 }
@@ -351,7 +354,7 @@ impl Feed {
 
 async fn daemon(
     live: LiveOptions,
-    config: Config,
+    mut config: Config,
     data_dir: PathBuf,
     options: CaptureOptions,
     mut ports: PortPolicy,
@@ -359,6 +362,10 @@ async fn daemon(
 ) -> Result<(), LiveError> {
     let mut sigterm = signal(SignalKind::terminate()).map_err(LiveError::Signals)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(LiveError::Signals)?;
+    // Installed before anything slow: SIGHUP's default action would end the daemon.
+    let mut sighup = signal(SignalKind::hangup()).map_err(LiveError::Signals)?;
+    let mut reloads = ReloadCounters::default();
+    let mut stats_file = StatsFile::default();
     let (pipeline, store, shipper) = live_pipeline(&live, &config, &data_dir, &options)?;
     start_servers(&live, &config, &data_dir, &store).await?;
     // With no interface named, the sensor follows the interfaces that come and go (containers).
@@ -384,6 +391,7 @@ async fn daemon(
     refresh_report(&mut report, &sensor)?;
     // The ports watched from the start are in the first report already.
     report.ports = ports.status();
+    report.set_stage("config", reloads.snapshot());
     report.write(&data_dir)?;
     log::info!(
         "capturing {} on {}; statistics in {}",
@@ -430,12 +438,23 @@ async fn daemon(
                 feed.report(&mut report);
                 report.ports = ports.status();
                 report.set_stage("ports", ports.counters.snapshot());
-                report.write(&data_dir)?;
+                stats_file.write(&mut report, &data_dir);
             }
             _ = summary_tick.tick(), if live.summary_interval > 0 => {
                 refresh_report(&mut report, &sensor)?;
                 feed.report(&mut report);
                 summary.log(&report, summary_every);
+            }
+            _ = sighup.recv() => {
+                let pipeline = &mut feed.pipeline;
+                if let Some(reloaded) = reload(&live, &config, pipeline, &mut ports, &mut reloads) {
+                    config = reloaded;
+                    // The kernel watches the new ports from now, not from the next tick.
+                    let auto = config.capture.ports == Ports::Auto;
+                    follow_ports(&mut ports, &mut sensor, pipeline, auto);
+                    report.ports = ports.status();
+                }
+                report.set_stage("config", reloads.snapshot());
             }
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
@@ -468,9 +487,120 @@ async fn daemon(
     feed.report(&mut report);
     report.running = false;
     report.updated = rfc3339(SystemTime::now());
-    report.write(&data_dir)?;
+    stats_file.write(&mut report, &data_dir);
     log::info!("stopped");
     Ok(())
+}
+
+/// The statistics file, rewritten every second. Once the daemon runs, a failed write (a full
+/// disk) must not stop capture: it is logged when it starts and ends, and counted.
+#[derive(Debug, Default)]
+struct StatsFile {
+    /// Writes that failed since the last one that succeeded.
+    failing: u64,
+    /// Writes that failed in all (`stats.write_errors`).
+    write_errors: u64,
+}
+
+impl StatsFile {
+    fn write(&mut self, report: &mut StatsReport, data_dir: &Path) {
+        report.set_stage("stats", [("write_errors", self.write_errors)]);
+        match report.write(data_dir) {
+            Ok(()) if self.failing > 0 => {
+                log::info!(
+                    "statistics written again after {} failed writes",
+                    self.failing
+                );
+                self.failing = 0;
+            }
+            Ok(()) => {}
+            Err(e) => {
+                if self.failing == 0 {
+                    let cause = std::error::Error::source(&e)
+                        .map(|s| format!(": {s}"))
+                        .unwrap_or_default();
+                    log::error!("{e}{cause}; capture goes on, the statistics wait");
+                }
+                self.failing += 1;
+                self.write_errors += 1;
+            }
+        }
+    }
+}
+
+/// Configuration reloads (SIGHUP), for `stats`.
+#[derive(Debug, Default)]
+struct ReloadCounters {
+    /// Files read again and applied (what applies live; see [`crate::config::reload`]).
+    applied: u64,
+    /// Files that could not be read or were invalid: the running configuration stayed.
+    rejected: u64,
+}
+
+impl ReloadCounters {
+    fn snapshot(&self) -> [(&'static str, u64); 2] {
+        [
+            ("reloads", self.applied),
+            ("reloads_rejected", self.rejected),
+        ]
+    }
+}
+
+/// SIGHUP: reads the configuration file again and applies what can change live (see
+/// [`crate::config::reload`]); returns the configuration now in force. An unreadable or invalid
+/// file changes nothing: logged with its file, line, column and reason, and counted.
+fn reload(
+    live: &LiveOptions,
+    running: &Config,
+    pipeline: &mut Pipeline,
+    ports: &mut PortPolicy,
+    counters: &mut ReloadCounters,
+) -> Option<Config> {
+    let Some(path) = &live.config_file else {
+        log::warn!("SIGHUP: started without --config, there is no file to read again");
+        counters.rejected += 1;
+        return None;
+    };
+    let reject = |counters: &mut ReloadCounters, e: &dyn std::error::Error| {
+        counters.rejected += 1;
+        let cause = e.source().map(|s| format!(": {s}")).unwrap_or_default();
+        log::error!("reload rejected, the running configuration stays in force: {e}{cause}");
+    };
+    let new = match Config::load(path) {
+        Ok(new) => new,
+        Err(e) => {
+            reject(counters, &e);
+            return None;
+        }
+    };
+    let reload = Reload::new(running, new, &live.overrides);
+    if let Err(e) = pipeline.reconfigure(&reload.config) {
+        reject(counters, &e);
+        return None;
+    }
+    let capture = &reload.config.capture;
+    ports.reconfigure(
+        capture.ports.listed(),
+        &capture.exclude_ports,
+        capture.ports == Ports::Auto && !capture.all_ports,
+    );
+    counters.applied += 1;
+    log::info!(
+        "reloaded {}: {}",
+        path.display(),
+        match reload.applied.is_empty() {
+            true => "nothing that applies live changed".to_owned(),
+            false => format!("{} in force", reload.applied.join(", ")),
+        }
+    );
+    if !reload.at_restart.is_empty() {
+        log::warn!(
+            "{} changed in {}: in force after a restart",
+            reload.at_restart.join(", "),
+            path.display()
+        );
+    }
+    Some(reload.config)
 }
 
 /// Keeps the watched ports in step: the decoder's verdicts on the ports' connections, the

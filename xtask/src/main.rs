@@ -49,6 +49,10 @@ enum Task {
         #[arg(long)]
         ui: bool,
     },
+    /// Build the Debian package (a release build, then cargo-deb): target/debian/*.deb with the
+    /// binary, the hardened systemd unit, /etc/apisessions/config.toml and the maintainer
+    /// scripts (sensor/debian/).
+    Deb,
     /// Run every cargo-fuzz target for a while (installs cargo-fuzz if missing).
     Fuzz {
         /// Seconds per target.
@@ -99,6 +103,11 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("npm", "/usr/bin/npm"),
     // The central-store tests run a private server (tests/common/clickhouse.rs); 18.16 here.
     ("clickhouse-server", "/usr/sbin/clickhouse-server"),
+    // The package test (tests/deb_package.rs): `systemd-analyze verify` of the unit, and the
+    // maintainer scripts' adduser and deb-systemd-helper inside its throwaway root.
+    ("systemd", "/usr/bin/systemd-analyze"),
+    ("adduser", "/usr/sbin/adduser"),
+    ("init-system-helpers", "/usr/bin/deb-systemd-helper"),
 ];
 
 /// PyPI and npm packages of tests/frameworks_live.rs, installed into [`frameworks_dir`] once and
@@ -112,6 +121,10 @@ const PYPI_PACKAGES: &[&str] = &[
 ];
 const NPM_PACKAGES: &[&str] = &["express@4", "express-session@1", "cookie-session@2"];
 
+/// cargo-deb, which builds the Debian package (`cargo xtask deb`, the package test): pinned, so
+/// the package's layout and maintainer-script snippets change only when this does.
+const CARGO_DEB_VERSION: &str = "3.8.0";
+
 /// The nightly that is known to work, for machines without any nightly.
 const KNOWN_GOOD_NIGHTLY: &str = "nightly-2026-05-19";
 
@@ -122,6 +135,7 @@ fn main() {
         Task::Build { release } => setup().and_then(|()| build(release)),
         Task::Run { release, args } => setup().and_then(|()| run(release, &args)),
         Task::Demo { ui } => setup().and_then(|()| demo::run(ui)),
+        Task::Deb => setup().and_then(|()| package(Profile::Release).map(|_| ())),
         Task::Fuzz { seconds, target } => setup().and_then(|()| fuzz(seconds, target.as_deref())),
         Task::Test { args } => setup().and_then(|()| test(&args)),
         Task::Bench(args) => setup().and_then(|()| bench::run(&bench::Options::new(args)?)),
@@ -180,7 +194,76 @@ fn setup() -> Result<()> {
     ensure_bpffs()?;
     ensure_packages(TEST_PACKAGES)?;
     ensure_framework_packages()?;
-    Ok(())
+    ensure_cargo_deb()
+}
+
+/// Installs cargo-deb [`CARGO_DEB_VERSION`] unless that version is there.
+fn ensure_cargo_deb() -> Result<()> {
+    let installed = Command::new("cargo")
+        .args(["deb", "--version"])
+        .stderr(Stdio::null())
+        .output()
+        .is_ok_and(|out| {
+            out.status.success()
+                && String::from_utf8_lossy(&out.stdout)
+                    .split_whitespace()
+                    .any(|word| word == CARGO_DEB_VERSION)
+        });
+    if installed {
+        return Ok(());
+    }
+    println!("xtask: installing cargo-deb {CARGO_DEB_VERSION} (builds the Debian package)");
+    status(Command::new("cargo").args([
+        "install",
+        "cargo-deb",
+        "--locked",
+        "--version",
+        CARGO_DEB_VERSION,
+    ]))
+    .context("cargo-deb could not be installed; it needs crates.io access")
+}
+
+/// Which build goes into a package.
+#[derive(Clone, Copy)]
+enum Profile {
+    /// `cargo xtask deb`: what users install.
+    Release,
+    /// The package test's: the debug binary `cargo test` builds anyway (cargo-deb warns that it
+    /// is meant for releases), fast compression; the unit, the configuration and the scripts
+    /// are the same.
+    Test,
+}
+
+/// Where the test suite finds the package built for it (tests/deb_package.rs reads it).
+const TEST_PACKAGE_ENV: &str = "APISESSIONS_TEST_DEB";
+
+/// Builds the binary, then the package with cargo-deb; returns the .deb's path.
+fn package(profile: Profile) -> Result<PathBuf> {
+    let root = workspace_root();
+    let (release, out) = match profile {
+        Profile::Release => (true, root.join("target/debian")),
+        Profile::Test => (false, root.join("target/debian-test")),
+    };
+    build(release)?;
+    let mut cmd = Command::new("cargo");
+    cmd.args(["deb", "--package", "apisessions", "--no-build", "--output"])
+        .arg(&out)
+        .current_dir(&root);
+    if !release {
+        cmd.args(["--profile", "dev", "--fast"]);
+    }
+    let printed = output(&mut cmd)?;
+    let deb = printed
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|line| line.ends_with(".deb"))
+        .map(PathBuf::from)
+        .with_context(|| format!("cargo deb named no package: {printed}"))?;
+    if release {
+        println!("xtask: {}", deb.display());
+    }
+    Ok(deb)
 }
 
 /// Where the framework tests find their PyPI venv (`venv/`) and npm modules (`node/`).
@@ -481,10 +564,13 @@ fn test(args: &[String]) -> Result<()> {
         bail!("the tests load eBPF programs and create network namespaces: run them as root");
     }
     let root = workspace_root();
+    // tests/deb_package.rs inspects, installs (into a throwaway root) and removes this one.
+    let deb = package(Profile::Test)?;
     status(
         Command::new("cargo")
             .arg("test")
             .args(args)
+            .env(TEST_PACKAGE_ENV, &deb)
             .current_dir(&root),
     )?;
     if args.is_empty() {

@@ -150,6 +150,17 @@ impl PortPolicy {
         }
     }
 
+    /// Takes a reloaded configuration's ports; [`PortPolicy::changes`] then says what the
+    /// kernel must be told. Listeners already known are kept while `auto` stays on.
+    pub fn reconfigure(&mut self, configured: &[u16], excluded: &[u16], auto: bool) {
+        self.configured = configured.iter().copied().collect();
+        self.excluded = excluded.iter().copied().collect();
+        if !auto {
+            self.listeners.clear();
+        }
+        self.auto = auto;
+    }
+
     /// Takes the current listeners (with `auto`; ignored otherwise).
     pub fn listeners(&mut self, ports: &BTreeSet<u16>, past_bound: u64) {
         if !self.auto {
@@ -322,5 +333,25 @@ mod tests {
         let mut policy = PortPolicy::new(&[8080], &[], false);
         policy.listeners(&BTreeSet::from([4000]), 0);
         assert_eq!(policy.changes(), [(8080, WATCHED)]);
+    }
+
+    #[test]
+    fn a_reload_adds_and_removes_ports_and_turns_auto_off() {
+        let mut policy = PortPolicy::new(&[8080], &[], true);
+        policy.listeners(&BTreeSet::from([4000]), 0);
+        policy.changes();
+        policy.reconfigure(&[8080, 8081], &[4000], true);
+        let mut changes = policy.changes();
+        changes.sort_unstable();
+        assert_eq!(changes, [(4000, OFF), (8081, WATCHED)], "excluded now");
+        policy.reconfigure(&[9000], &[], false);
+        let mut changes = policy.changes();
+        changes.sort_unstable();
+        assert_eq!(changes, [(8080, OFF), (8081, OFF), (9000, WATCHED)]);
+        policy.listeners(&BTreeSet::from([4000, 5000]), 0);
+        assert!(
+            policy.changes().is_empty(),
+            "listeners ignored without auto"
+        );
     }
 }

@@ -98,6 +98,7 @@ use serde::{Deserialize, Deserializer, de};
 
 pub mod abuse;
 pub mod inventory;
+pub mod reload;
 
 use crate::capture::AttachMode;
 
@@ -134,6 +135,37 @@ pub struct Config {
     pub central: Option<CentralSection>,
     pub api: ApiSection,
     pub inventory: inventory::InventoryConfig,
+}
+
+/// The capture settings `apisessions run` takes from its command line, laid over the file's
+/// at start and again at every reload (the flags keep winning).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CaptureOverrides {
+    pub interfaces: Vec<String>,
+    pub ports: Vec<u16>,
+    pub all_ports: bool,
+    pub attach: Option<AttachMode>,
+    pub snaplen: Option<u32>,
+    pub ring_size: Option<u32>,
+    pub body_cap: Option<usize>,
+}
+
+impl CaptureOverrides {
+    pub fn apply(&self, config: &mut Config) {
+        let capture = &mut config.capture;
+        if !self.interfaces.is_empty() {
+            capture.interfaces = self.interfaces.clone();
+        }
+        if !self.ports.is_empty() {
+            capture.ports = Ports::List(self.ports.clone());
+            capture.all_ports = false;
+        }
+        capture.all_ports |= self.all_ports;
+        capture.attach = self.attach.unwrap_or(capture.attach);
+        capture.snaplen = self.snaplen.unwrap_or(capture.snaplen);
+        capture.ring_size = self.ring_size.unwrap_or(capture.ring_size);
+        capture.body_cap = self.body_cap.unwrap_or(capture.body_cap);
+    }
 }
 
 /// `[api]`: the API's own documents.

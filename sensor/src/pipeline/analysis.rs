@@ -11,7 +11,7 @@ use lru::LruCache;
 use crate::{
     analysis::{
         abuse::{self, AbuseConfig, AbuseTracker},
-        attacks::{AttackClass, Detector},
+        attacks::{AttackClass, AttacksConfig, AttacksError, Detector},
         inventory::{self, Inventory, InventoryState},
     },
     config::Config,
@@ -114,6 +114,24 @@ impl Analysis {
     pub fn with_containers(mut self, containers: ContainerIndex) -> Self {
         self.containers = Some(containers);
         self
+    }
+
+    /// Takes a reloaded configuration's sessions, parameters, secrets, attack and abuse
+    /// settings; active sessions and their abuse state go on. Nothing changes on an error.
+    pub fn reconfigure(&mut self, config: &Config) -> Result<(), AttacksError> {
+        let attacks = match config.attacks.enabled {
+            true => Some(Detector::new(&AttacksConfig::from_config(config))?),
+            false => None,
+        };
+        self.attacks = attacks;
+        self.sessionizer.set_config(SessionConfig::from(config));
+        self.redaction = Redaction::new(config.secrets.store_raw, &config.secrets.names);
+        match (&mut self.abuse, config.abuse.enabled) {
+            (Some(tracker), true) => tracker.set_config(config.abuse.clone()),
+            (None, true) => self.abuse = Some(AbuseTracker::new(config.abuse.clone())),
+            (_, false) => self.abuse = None,
+        }
+        Ok(())
     }
 
     pub fn sessionizer(&self) -> &Sessionizer {

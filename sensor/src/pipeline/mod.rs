@@ -26,6 +26,8 @@ use std::{
 };
 
 use crate::{
+    analysis::attacks::AttacksError,
+    config::Config,
     exchange::Exchange,
     flow::{FlowConfig, FlowTable},
     nat::NatTable,
@@ -260,6 +262,14 @@ impl Pipeline {
 
     /// Which server ports turned out to speak HTTP or not, since the last call (see
     /// [`FlowTable::take_port_verdicts`]).
+    /// Takes a reloaded configuration (see [`crate::config::reload`] for what applies live).
+    /// Nothing changes on an error.
+    pub fn reconfigure(&mut self, config: &Config) -> Result<(), AttacksError> {
+        self.analysis.reconfigure(config)?;
+        self.proxy.set_config(ProxyConfig::from(config));
+        Ok(())
+    }
+
     pub fn take_port_verdicts(&mut self) -> Vec<(u16, bool)> {
         self.flows.take_port_verdicts()
     }

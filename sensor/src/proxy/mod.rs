@@ -90,6 +90,15 @@ impl ProxyStage {
         }
     }
 
+    /// Takes a reloaded configuration's trusted peers and forwarding headers. Joining keeps the
+    /// start's settings (it holds exchanges in flight): `join` changes apply at the next start.
+    pub fn set_config(&mut self, config: ProxyConfig) {
+        self.config = ProxyConfig {
+            join: self.config.join.clone(),
+            ..config
+        };
+    }
+
     /// Sets the host's own addresses (see [`host_addresses`]); used only if they are trusted.
     pub fn set_host_addresses(&mut self, mut addresses: Vec<IpAddr>) {
         addresses.sort_unstable();

@@ -246,6 +246,12 @@ impl Sessionizer {
         }
     }
 
+    /// Takes a reloaded configuration: exchanges from now on are grouped by its keys and split
+    /// by its timeout; the active sessions and links stay.
+    pub fn set_config(&mut self, config: SessionConfig) {
+        self.config = config;
+    }
+
     /// Continues from `loaded` (a store's state, newest first) and from now on notes what
     /// changes, for [`Sessionizer::take_changes`]: sessions go on across restarts and imports.
     pub fn restore(&mut self, loaded: crate::record::LoadedState) {

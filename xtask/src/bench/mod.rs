@@ -31,6 +31,7 @@
 
 mod analysis;
 mod host;
+mod hostile;
 pub(crate) mod offline;
 mod probe;
 mod report;
@@ -89,6 +90,8 @@ pub struct Options {
     pub baseline: Option<PathBuf>,
     /// The same earlier build's `store_fill` example, for the store's ingest (absolute path).
     pub baseline_fill: Option<PathBuf>,
+    /// Only the hostile-load scenario (hostile.rs) instead of the measurements.
+    pub hostile: bool,
 }
 
 /// `cargo xtask bench` arguments.
@@ -136,7 +139,7 @@ pub struct BenchArgs {
     /// Only the analysis phase: attack detection's and the inventory's CPU per exchange on the
     /// offline phase's generated capture, and the detector's corpus rates (no network, no
     /// eBPF; a few minutes). Appended to docs/BENCHMARKS.md as its own section.
-    #[arg(long, conflicts_with_all = ["baseline", "profile"])]
+    #[arg(long, conflicts_with_all = ["baseline", "profile", "hostile"])]
     analysis_only: bool,
     /// Before each overhead run, wait up to this long for the machine to be quiet (other
     /// processes using less than a quarter of a CPU), then run anyway (default 15; 2 with
@@ -154,6 +157,12 @@ pub struct BenchArgs {
     /// of the import rate (an import stores what it decodes).
     #[arg(long, value_name = "BIN", requires = "baseline")]
     baseline_fill: Option<PathBuf>,
+    /// Instead of the measurements: a SYN flood, random bytes and held connections against
+    /// the watched port beside a normal client; the sensor's RSS, its drop counters, and
+    /// whether the normal client's exchanges were all decoded (3 × --duration seconds; 1 ×
+    /// with --quick).
+    #[arg(long, conflicts_with_all = ["baseline", "loopback", "nat", "profile"])]
+    hostile: bool,
 }
 
 impl Options {
@@ -203,6 +212,7 @@ impl Options {
             },
             baseline: executable(args.baseline, "--baseline")?,
             baseline_fill: executable(args.baseline_fill, "--baseline-fill")?,
+            hostile: args.hostile,
         })
     }
 }
@@ -404,6 +414,9 @@ pub fn run(options: &Options) -> Result<()> {
     host::install_interrupt_handler();
     println!("xtask: building the release binary for the measurements");
     crate::build(true)?;
+    if options.hostile {
+        return hostile::run(options);
+    }
     if options.store_exchanges > 0 {
         store::build()?;
     }

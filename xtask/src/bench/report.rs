@@ -105,7 +105,7 @@ impl Machine {
         }
     }
 
-    pub(super) fn line(&self) -> String {
+    pub fn line(&self) -> String {
         format!(
             "{}, {} CPUs, {:.0} GiB, Linux {}; load average at start {}",
             self.cpu_model, self.cpus, self.memory_gib, self.kernel, self.load_at_start

@@ -92,6 +92,20 @@ impl AbuseTracker {
         }
     }
 
+    /// Takes a reloaded configuration (thresholds, weights, bounds); the sessions' state stays,
+    /// within the new bound.
+    pub fn set_config(&mut self, config: AbuseConfig) {
+        let bound = NonZeroUsize::new(config.max_sessions).unwrap_or(NonZeroUsize::MIN);
+        if bound < self.sessions.cap() {
+            let before = self.sessions.len();
+            self.sessions.resize(bound);
+            self.counters.sessions_evicted += (before - self.sessions.len()) as u64;
+        } else {
+            self.sessions.resize(bound);
+        }
+        self.config = config;
+    }
+
     /// Takes one exchange of a session; the session's signals when they changed.
     pub fn observe(
         &mut self,

@@ -6,7 +6,7 @@ use std::{net::SocketAddr, path::PathBuf};
 use anyhow::Result;
 use apisessions::{
     capture::AttachMode,
-    config::{Config, Ports},
+    config::{CaptureOverrides, Config},
     live::{self, LiveOptions, ServerOptions},
 };
 use clap::Args;
@@ -73,22 +73,23 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
+    /// The capture flags given, which win over the configuration file (at reloads too).
+    fn overrides(&self) -> CaptureOverrides {
+        CaptureOverrides {
+            interfaces: self.interfaces.clone(),
+            ports: self.ports.clone(),
+            all_ports: self.all_ports,
+            attach: self.attach,
+            snaplen: self.snaplen,
+            ring_size: self.ring_size,
+            body_cap: self.body_cap,
+        }
+    }
+
     /// The configuration file with this command line's flags laid over it.
     fn settings(&self) -> Result<Config> {
         let mut config = self.config.load()?;
-        let capture = &mut config.capture;
-        if !self.interfaces.is_empty() {
-            capture.interfaces = self.interfaces.clone();
-        }
-        if !self.ports.is_empty() {
-            capture.ports = Ports::List(self.ports.clone());
-            capture.all_ports = false;
-        }
-        capture.all_ports |= self.all_ports;
-        capture.attach = self.attach.unwrap_or(capture.attach);
-        capture.snaplen = self.snaplen.unwrap_or(capture.snaplen);
-        capture.ring_size = self.ring_size.unwrap_or(capture.ring_size);
-        capture.body_cap = self.body_cap.unwrap_or(capture.body_cap);
+        self.overrides().apply(&mut config);
         Ok(config)
     }
 }
@@ -122,6 +123,7 @@ pub fn run(args: RunArgs) -> Result<()> {
             .chain(args.metrics.map(|a| server(a, true)))
             .collect(),
         config_file: args.config.config.clone(),
+        overrides: args.overrides(),
     };
     Ok(live::run(config, data_dir, options)?)
 }
