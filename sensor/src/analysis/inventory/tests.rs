@@ -159,9 +159,10 @@ fn endpoints_are_bounded_and_counted() {
         ..InventoryConfig::default()
     };
     let mut inv = Inventory::new(config, Vec::new());
+    // Ten endpoints of different lengths (ten values at one position would be learned as one).
     for i in 0..10 {
         inv.observe(
-            &exchange("GET", &format!("/r{i}"), &[], b"", 200, b"", 0, 1),
+            &exchange("GET", &"/r".repeat(i + 1), &[], b"", 200, b"", 0, 1),
             "s",
         );
     }

@@ -6,7 +6,7 @@ use anyhow::{Context as _, Result};
 use apisessions::{record::StoredExchange, report, ship::ExchangeFilter, store::Store};
 use clap::Args;
 
-use crate::args::SourceArgs;
+use crate::args::{SourceArgs, endpoint_resolver};
 
 #[derive(Args)]
 pub struct ShowArgs {
@@ -48,8 +48,11 @@ pub fn show(args: ShowArgs) -> Result<()> {
         }
         None => {
             let store = Store::open_read_only(&args.source.data_dir(&config))?;
-            let summary = store.session(&args.session_id)?.with_context(missing)?;
-            store.exchanges(&args.session_id, |e| {
+            let resolver = endpoint_resolver(&config, &store)?;
+            let mut summary = store.session(&args.session_id)?.with_context(missing)?;
+            resolver.summary(&mut summary);
+            store.exchanges(&args.session_id, |mut e| {
+                resolver.record(&mut e);
                 exchanges.push(e);
                 true
             })?;
