@@ -35,6 +35,7 @@ pub use auth::{AuthError, Token};
 pub use server::{bind, metrics_router, router, serve};
 
 use crate::{
+    analysis::inventory::{EndpointResolver, InventoryConfig},
     record::{SessionSummary, StoredExchange},
     stats::StatsError,
     store::{Store, StoreError},
@@ -183,6 +184,13 @@ impl ConsoleState {
                         .collect(),
                     None => store.list(&filters.filter)?,
                 })
+                .map(|mut list: Vec<SessionSummary>| {
+                    let resolver = endpoint_resolver(store);
+                    for summary in &mut list {
+                        resolver.summary(summary);
+                    }
+                    list
+                })
             })
             .await?
             .unwrap_or_default();
@@ -201,11 +209,14 @@ impl ConsoleState {
     ) -> Result<(SessionSummary, Vec<StoredExchange>, usize), ConsoleError> {
         let found = self
             .read(move |store| {
-                let Some(summary) = store.session(&id)? else {
+                let Some(mut summary) = store.session(&id)? else {
                     return Ok(None);
                 };
+                let resolver = endpoint_resolver(store);
+                resolver.summary(&mut summary);
                 let (mut exchanges, mut matched) = (Vec::new(), 0usize);
-                store.exchanges(&id, |e| {
+                store.exchanges(&id, |mut e| {
+                    resolver.record(&mut e);
                     if keep(&e) {
                         matched += 1;
                         if exchanges.len() < max {
@@ -220,4 +231,16 @@ impl ConsoleState {
             .flatten();
         found.ok_or_else(|| ConsoleError::NotFound("no such session".into()))
     }
+}
+
+/// The store's endpoints as the template learner knows them now (the console has no
+/// configuration: the learner's default thresholds); as written when the stored inventory is
+/// missing or unreadable.
+fn endpoint_resolver(store: &Store) -> EndpointResolver {
+    store
+        .inventory()
+        .ok()
+        .flatten()
+        .and_then(|state| EndpointResolver::new(&InventoryConfig::default(), Some(&state)).ok())
+        .unwrap_or_default()
 }

@@ -603,6 +603,50 @@ mod tests {
     }
 
     #[test]
+    fn learned_and_spec_endpoints_round_trip_in_few_bytes() {
+        let s = session();
+        let first_pass = postcard::to_allocvec(&Block::new(&[&exchange()], &s).0).unwrap();
+        let mut e = exchange();
+        e.uri = Some("/users/alice.smith/orders/42?x=1".into());
+        e.endpoint = Some("/users/{param}/orders/{id}".into());
+        assert_eq!(round_trip(&e, &s), e);
+        let learned = postcard::to_allocvec(&Block::new(&[&e], &s).0).unwrap();
+        // The mask of segment 2 in place of the endpoint's text.
+        let uri_growth = "/users/alice.smith/orders/42?x=1".len() - "/users/42?page=2".len();
+        assert!(learned.len() <= first_pass.len() + uri_growth + 3);
+        e.endpoint = Some("/api/v3/user/{username}".into());
+        assert_eq!(round_trip(&e, &s), e);
+        // Endpoints that are neither: none with a URI, an odd one.
+        e.endpoint = None;
+        assert_eq!(round_trip(&e, &s), e);
+        e.endpoint = Some("/users/{param}/{param}/x".into());
+        assert_eq!(round_trip(&e, &s), e);
+        assert_eq!(learned_mask("/a/b/c", "/{param}/b/{param}"), Some(0b1010));
+        assert_eq!(learned_mask("/a/b", "/a/b/{param}"), None);
+        assert_eq!(learned_mask("/a/b", "/x/b"), None);
+    }
+
+    #[test]
+    fn format_7_blocks_read_with_the_first_pass() {
+        let s = session();
+        let mut e = exchange();
+        e.endpoint = Some("/users/{param}".into());
+        let (block, first_ns) = Block::new(&[&e], &s);
+        // A format 7 value: the exchanges alone.
+        let old = postcard::to_extend(&block.exchanges, vec![7]).unwrap();
+        let back: Vec<_> = Block::decode(&old)
+            .unwrap()
+            .expand(first_ns, &s)
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(back[0].endpoint.as_deref(), Some("/users/{id}"));
+        for unreadable in [&[6u8, 0][..], &[FORMAT_VERSION + 1, 0][..], &[]] {
+            let err = Block::decode(unreadable).unwrap_err();
+            assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+        }
+    }
+
+    #[test]
     fn a_reference_past_the_session_list_is_an_error() {
         let e = exchange();
         let disk = DiskExchange::new(&e, &session());
