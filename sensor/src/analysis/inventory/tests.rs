@@ -819,7 +819,7 @@ fn readers_resolve_what_was_written_before_the_learner_knew() {
     let bytes = inv.state().encode().unwrap();
     let resolver = EndpointResolver::new(&InventoryConfig::default(), Some(&bytes)).unwrap();
 
-    let mut record = crate::record::StoredExchange {
+    let mut record = StoredExchange {
         method: Some("PUT".into()),
         host: Some("Shop.test:8080".into()),
         uri: Some("/user/theUser".into()),
@@ -829,14 +829,14 @@ fn readers_resolve_what_was_written_before_the_learner_knew() {
     resolver.record(&mut record);
     assert_eq!(record.endpoint.as_deref(), Some("/user/{param}"));
     // Another method's position was not learned; a spec's template is the spec's.
-    let mut get = crate::record::StoredExchange {
+    let mut get = StoredExchange {
         method: Some("GET".into()),
         endpoint: Some("/user/theUser".into()),
         ..record.clone()
     };
     resolver.record(&mut get);
     assert_eq!(get.endpoint.as_deref(), Some("/user/theUser"));
-    let mut documented = crate::record::StoredExchange {
+    let mut documented = StoredExchange {
         endpoint: Some("/user/{username}".into()),
         spec_status: Some(SpecStatus::Documented),
         ..record.clone()
@@ -873,7 +873,7 @@ fn readers_resolve_what_was_written_before_the_learner_knew() {
     );
     // No state: as written.
     let none = EndpointResolver::new(&InventoryConfig::default(), None).unwrap();
-    let mut again = crate::record::StoredExchange {
+    let mut again = StoredExchange {
         endpoint: Some("/user/theUser".into()),
         ..record
     };
