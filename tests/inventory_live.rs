@@ -293,6 +293,9 @@ for method, uri, template, kind, operation, deprecated, headers, body in request
                       "operation": operation, "deprecated": deprecated, "status": r.status}))
 "##;
 
+/// Some of the user names the Petstore client sends.
+const USER_NAMES: &[&str] = &["/theUser", "/heidi", "/mallory", "/alice.smith", "/dave99"];
+
 /// Operations the Petstore test never calls: its orphans.
 const PETSTORE_ORPHANS: &[&str] = &["uploadFile", "createUsersWithListInput"];
 
@@ -611,5 +614,29 @@ fn petstore_served_by_prism_maps_every_request_and_learns_its_templates() {
     );
     assert!(share >= 0.98, "{misses:?}");
     assert_rows_as_constructed(&learned, &["--spec", spec.to_str().unwrap()], &doc, &sent);
+    // The session (one client) lists the learned templates only, and is found by them and by a
+    // path that reads as one, though its first user names were written literally.
+    for wanted in ["/user/{param}", "/user/heidi"] {
+        let found: Vec<serde_json::Value> = serde_json::from_str(&cli(
+            BIN,
+            &["sessions", "--json", "--endpoint", wanted],
+            &learned,
+        ))
+        .unwrap();
+        assert_eq!(found.len(), 1, "sessions --endpoint {wanted}");
+        let listed: Vec<&str> = found[0]["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["endpoint"].as_str().unwrap())
+            .collect();
+        assert!(listed.contains(&"GET /user/{param}"), "{listed:?}");
+        assert!(
+            !listed
+                .iter()
+                .any(|e| USER_NAMES.iter().any(|u| e.ends_with(u))),
+            "{listed:?}"
+        );
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
