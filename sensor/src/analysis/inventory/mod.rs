@@ -370,6 +370,10 @@ impl Inventory {
 #[derive(Debug, Default)]
 pub struct EndpointResolver {
     learner: TemplateLearner,
+    /// Resolved endpoints by host, method and written endpoint: a reader resolves the same few
+    /// thousand endpoints over and over, and each resolution judges every position on its way.
+    /// Bounded by [`Self::MEMO`]; past it, resolved anew each time.
+    memo: std::cell::RefCell<std::collections::HashMap<String, String>>,
 }
 
 impl EndpointResolver {
@@ -380,9 +384,15 @@ impl EndpointResolver {
         if let Some(bytes) = state {
             learner.merge(&InventoryState::decode(bytes)?.templates);
         }
-        Ok(Self { learner })
+        Ok(Self {
+            learner,
+            memo: Default::default(),
+        })
     }
 
+    const MEMO: usize = 1 << 16;
+
+    /// The record's endpoint as the learner writes it now (a spec's template as it is).
     pub fn record(&self, record: &mut StoredExchange) {
         if matches!(
             record.spec_status,
@@ -425,8 +435,8 @@ impl EndpointResolver {
         summary.sort();
     }
 
-    /// Whether a session has an endpoint that reads as `wanted` (a template or a path) reads,
-    /// for `sessions --endpoint`.
+    /// Whether a session has an endpoint that reads as `wanted` (a template or a path), for
+    /// `sessions --endpoint`.
     pub fn touches(&self, summary: &SessionSummary, wanted: &str) -> bool {
         let wanted = crate::endpoint::template(wanted);
         summary.endpoints.iter().any(|(key, _)| {
@@ -441,8 +451,8 @@ impl EndpointResolver {
         })
     }
 
-    /// The start of `wanted` that every endpoint reading as it was written with: up to its
-    /// first placeholder, or to the first position the learner turned variable; what
+    /// The start that every endpoint reading as `wanted` was written with: up to its first
+    /// placeholder, or to the first position the learner turned variable; what
     /// `sessions --endpoint` looks up in the store's endpoint index.
     pub fn lookup_prefix<'w>(&self, wanted: &'w str) -> &'w str {
         let mut end = wanted.find('{').unwrap_or(wanted.len());
@@ -455,8 +465,18 @@ impl EndpointResolver {
     }
 
     fn resolve(&self, host: &str, method: &str, endpoint: &str) -> String {
-        self.learner
-            .resolve(host, facts::method_key(method), endpoint)
+        let key = format!("{host}\0{method}\0{endpoint}");
+        if let Some(known) = self.memo.borrow().get(&key) {
+            return known.clone();
+        }
+        let resolved = self
+            .learner
+            .resolve(host, facts::method_key(method), endpoint);
+        let mut memo = self.memo.borrow_mut();
+        if memo.len() < Self::MEMO {
+            memo.insert(key, resolved.clone());
+        }
+        resolved
     }
 }
 
