@@ -100,6 +100,15 @@ impl SourceArgs {
     pub fn data_dir(&self, config: &Config) -> PathBuf {
         self.data.resolve(config)
     }
+
+    /// For answers from the central store: the endpoints as this host's template learner knows
+    /// them now, like the local answers; as shipped where there is no local store.
+    pub fn central_resolver(&self, config: &Config) -> Result<EndpointResolver> {
+        match Store::open_read_only(&self.data_dir(config)) {
+            Ok(store) => endpoint_resolver(config, &store),
+            Err(_) => Ok(EndpointResolver::default()),
+        }
+    }
 }
 
 /// Reads the store's endpoints as the template learner knows them now (see

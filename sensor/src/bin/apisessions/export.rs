@@ -43,9 +43,12 @@ pub fn export(args: ExportArgs) -> Result<()> {
             until_ns: Some(until),
             host_id: args.source.host_id.clone(),
         };
+        let resolver = args.source.central_resolver(&config)?;
         let mut result = Ok(());
         central.exchanges(&filter, |row| {
-            result = exporter.write(&row.session_id, &row.to_stored());
+            let mut exchange = row.to_stored();
+            resolver.record(&mut exchange);
+            result = exporter.write(&row.session_id, &exchange);
             result.is_ok()
         })?;
         return finish(result.and_then(|()| exporter.finish()));

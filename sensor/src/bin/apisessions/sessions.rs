@@ -94,7 +94,11 @@ pub fn sessions(args: SessionsArgs) -> Result<()> {
             anyhow::bail!("--slow is answered from the local store only (not with --central)");
         }
         // The fleet's sessions: each merged across the hosts that saw it (`host_ids`).
-        let list = central.sessions(&filter, args.source.host_id.as_deref())?;
+        let mut list = central.sessions(&filter, args.source.host_id.as_deref())?;
+        let resolver = args.source.central_resolver(&config)?;
+        for session in &mut list {
+            resolver.summary(&mut session.summary);
+        }
         if args.json {
             let array: Vec<serde_json::Value> = list.iter().map(|s| s.to_json()).collect();
             serde_json::to_writer_pretty(&mut out, &array)?;

@@ -33,14 +33,18 @@ pub fn show(args: ShowArgs) -> Result<()> {
     let mut exchanges: Vec<StoredExchange> = Vec::new();
     let (summary, mut object) = match central {
         Some(central) => {
-            let session = central.session(&args.session_id)?.with_context(missing)?;
+            let resolver = args.source.central_resolver(&config)?;
+            let mut session = central.session(&args.session_id)?.with_context(missing)?;
+            resolver.summary(&mut session.summary);
             let filter = ExchangeFilter {
                 session_id: Some(args.session_id.clone()),
                 host_id: args.source.host_id.clone(),
                 ..ExchangeFilter::default()
             };
             central.exchanges(&filter, |row| {
-                exchanges.push(row.to_stored());
+                let mut exchange = row.to_stored();
+                resolver.record(&mut exchange);
+                exchanges.push(exchange);
                 true
             })?;
             let object = session.to_json();
