@@ -11,6 +11,10 @@ pub const MAX_SEGMENT: usize = 64;
 /// Longest template, in bytes, the cut marker included.
 pub const MAX_ENDPOINT: usize = 256;
 const CUT_MARKER: &str = "…";
+/// The placeholder the template learner (`analysis::inventory::templates`) writes for a
+/// segment position whose values vary (user names, slugs, e-mails): the second pass after this
+/// module's, which the store recognises to keep learned templates in a few bytes.
+pub const PARAM: &str = "{param}";
 
 /// The templated path of `uri` (query and fragment dropped).
 pub fn template(uri: &str) -> String {

@@ -113,13 +113,20 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
 /// PyPI and npm packages of tests/frameworks_live.rs, installed into [`frameworks_dir`] once and
 /// reused for as long as these lists stay the same. sqlmap (pinned: tests/data/attacks/sqli.txt
 /// is generated from its payload files) is the attack tool of the attack-detection tests.
+/// Stoplight's Prism is the spec-driven mock server of the inventory's public-spec test
+/// (tests/inventory_live.rs).
 const PYPI_PACKAGES: &[&str] = &[
     "Django~=5.2.0",
     "Flask~=3.1.0",
     "Flask-Login~=0.6.3",
     "sqlmap==1.10.10",
 ];
-const NPM_PACKAGES: &[&str] = &["express@4", "express-session@1", "cookie-session@2"];
+const NPM_PACKAGES: &[&str] = &[
+    "express@4",
+    "express-session@1",
+    "cookie-session@2",
+    "@stoplight/prism-cli@5",
+];
 
 /// cargo-deb, which builds the Debian package (`cargo xtask deb`, the package test): pinned, so
 /// the package's layout and maintainer-script snippets change only when this does.

@@ -38,9 +38,13 @@ impl Default for InventoryConfig {
 pub struct LearnerConfig {
     /// Distinct values a position must show before it can be variable.
     pub min_distinct: usize,
-    /// Distinct values per hundred calls a position must show to be variable: many calls over
-    /// few values are a handful of resources (`/api/users`, `/api/orders`), not a parameter.
+    /// Distinct values per hundred calls a position of words must show to be variable: many
+    /// calls over few values are a handful of resources (`/api/users`, `/api/orders`), not a
+    /// parameter. Not needed where half the values have digits or punctuation (dates, e-mails).
     pub min_distinct_per_100: u64,
+    /// Distinct values that make a position variable however often each is called (slugs,
+    /// word-like user names): more than an API's fixed routes side by side.
+    pub many_distinct: usize,
     /// Calls a position must have seen before it can be variable.
     pub min_samples: u64,
     /// Distinct values tracked per position; a position that reaches it is variable.
@@ -56,9 +60,10 @@ pub struct LearnerConfig {
 impl Default for LearnerConfig {
     fn default() -> Self {
         Self {
-            min_distinct: 10,
-            min_distinct_per_100: 25,
-            min_samples: 20,
+            min_distinct: 5,
+            min_distinct_per_100: 50,
+            many_distinct: 48,
+            min_samples: 5,
             max_values: 64,
             max_positions: 4096,
             hot_min: 3,

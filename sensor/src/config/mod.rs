@@ -71,9 +71,10 @@
 //! max_body_fields = 128          # per endpoint
 //!
 //! [inventory.templates]          # the template learner (see analysis::inventory::templates)
-//! min_distinct = 10
-//! min_distinct_per_100 = 25
-//! min_samples = 20
+//! min_distinct = 5
+//! min_distinct_per_100 = 50
+//! many_distinct = 48
+//! min_samples = 5
 //! max_values = 64
 //! max_positions = 4096
 //! hot_min = 3
@@ -746,6 +747,13 @@ impl Config {
             );
             return Err(invalid(find(text, "min_distinct", 1), reason));
         }
+        if learner.many_distinct < learner.min_distinct {
+            let reason = format!(
+                "many_distinct ({}) must be at least min_distinct ({})",
+                learner.many_distinct, learner.min_distinct
+            );
+            return Err(invalid(find(text, "many_distinct", 1), reason));
+        }
         let mut names = std::collections::HashSet::new();
         for parameter in &self.parameters {
             if parameter.name.is_empty() {
@@ -1034,7 +1042,7 @@ slow_floor_ms = 250
 max_endpoints = 500
 
 [inventory.templates]
-min_distinct = 5
+min_distinct = 8
 
 [attacks]
 enabled = false
@@ -1091,7 +1099,7 @@ max_bytes = 4096
         );
         assert_eq!(config.inventory.slow_floor_ms, 250);
         assert_eq!(config.inventory.max_endpoints, 500);
-        assert_eq!(config.inventory.templates.min_distinct, 5);
+        assert_eq!(config.inventory.templates.min_distinct, 8);
         assert_eq!(config.inventory.templates.max_values, 64);
         let attacks = &config.attacks;
         assert!(!attacks.enabled);
@@ -1234,6 +1242,11 @@ max_bytes = 4096
                 "[inventory.templates]\nmin_distinct = 100\n",
                 "test.toml:2:1:",
                 "min_distinct (100) <= max_values (64)",
+            ),
+            (
+                "[inventory.templates]\nmin_distinct = 8\nmany_distinct = 6\n",
+                "test.toml:3:1:",
+                "many_distinct (6) must be at least min_distinct (8)",
             ),
             (
                 "[inventory.templates]\nmin_distinctt = 1\n",

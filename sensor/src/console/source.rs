@@ -10,7 +10,8 @@ use serde_json::Value;
 use super::{ConsoleError, ConsoleState, filters::Filters};
 use crate::{
     analysis::inventory::{
-        EndpointFilter, EndpointRow, HostSpec, Inventory, InventoryConfig, InventoryState,
+        EndpointFilter, EndpointResolver, EndpointRow, HostSpec, Inventory, InventoryConfig,
+        InventoryState,
     },
     record::{SessionSummary, StoredExchange},
     ship::{CentralQuery, CentralSession, ExchangeFilter},
@@ -148,7 +149,7 @@ impl ConsoleState {
                 let Some(store) = state.store()? else {
                     return Ok(Vec::new());
                 };
-                let list = match &filters.session {
+                let mut list: Vec<SessionSummary> = match &filters.session {
                     Some(id) => store
                         .session(id)?
                         .filter(|s| filters.filter.matches(s))
@@ -156,6 +157,10 @@ impl ConsoleState {
                         .collect(),
                     None => store.list(&filters.filter)?,
                 };
+                let resolver = endpoint_resolver(&store);
+                for summary in &mut list {
+                    resolver.summary(summary);
+                }
                 Ok(list.into_iter().map(Listed::Local).collect())
             })
             .await?;
@@ -198,10 +203,15 @@ impl ConsoleState {
                     let Some(store) = state.store()? else {
                         return Ok(None);
                     };
-                    let Some(summary) = store.session(&id)? else {
+                    let Some(mut summary) = store.session(&id)? else {
                         return Ok(None);
                     };
-                    store.exchanges(&id, take)?;
+                    let resolver = endpoint_resolver(&store);
+                    resolver.summary(&mut summary);
+                    store.exchanges(&id, |mut e| {
+                        resolver.record(&mut e);
+                        take(e)
+                    })?;
                     Listed::Local(summary)
                 };
                 Ok(Some((listed, exchanges, matched)))
@@ -248,8 +258,10 @@ impl ConsoleState {
                     .map(|s| s.session_id)
                     .collect(),
             };
+            let resolver = endpoint_resolver(&store);
             for id in &ids {
-                store.exchanges(id, |e| {
+                store.exchanges(id, |mut e| {
+                    resolver.record(&mut e);
                     if (since..=until).contains(&e.ts_ns) {
                         records.push(e.to_json(id));
                     }
@@ -286,4 +298,16 @@ impl ConsoleState {
         })
         .await
     }
+}
+
+/// The store's endpoints as the template learner knows them now (the console has no
+/// configuration: the learner's default thresholds); as written when the stored inventory is
+/// missing or unreadable.
+fn endpoint_resolver(store: &Store) -> EndpointResolver {
+    store
+        .inventory()
+        .ok()
+        .flatten()
+        .and_then(|state| EndpointResolver::new(&InventoryConfig::default(), Some(&state)).ok())
+        .unwrap_or_default()
 }

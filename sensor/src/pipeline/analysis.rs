@@ -183,10 +183,13 @@ impl Analysis {
             };
             assignment.signals = tracker.observe(exchange, &record, context).map(Box::new);
         }
-        // `record.endpoint` stays the first-pass template: the store indexes sessions by it.
+        // The record's endpoint becomes the inventory's: the spec's template, else the learned
+        // one (readers refine it later with what the learner knows then, see
+        // `inventory::EndpointResolver`). Abuse signals above count the first pass.
         if let Some(inventory) = &mut self.inventory
             && let Some(verdict) = inventory.observe(exchange, &assignment.session_id)
         {
+            record.endpoint = Some(verdict.template);
             record.spec_status = verdict.spec_status;
             record.slow = verdict.slow;
         }

@@ -39,7 +39,7 @@ pub const SECRET_NAMES: &[&str] = &[
 ];
 
 /// One exchange as stored.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct StoredExchange {
     pub ts_ns: u64,
     /// The real client: named by a trusted proxy's forwarding header, else the peer.

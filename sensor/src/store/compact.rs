@@ -9,15 +9,19 @@
 //!   [`SessionSummary`]); the lists only grow, so an index stays valid for the session's life;
 //! - to the fixed tables below, or to the standard reason phrase of the status code.
 //!
-//! Left out entirely: the endpoint (a pure function of the URI, [`endpoint::template`]); the start
-//! time is kept as nanoseconds after the block's first (in the key). Values not found in a list
-//! are stored inline.
+//! The endpoint is usually the first pass of the URI ([`endpoint::template`]) or that with some
+//! segments replaced by the learner's [`endpoint::PARAM`], so it is kept as nothing or as a bit
+//! mask of those segments ([`Endpoint`]); only a spec's template is kept as text. The start time
+//! is kept as nanoseconds after the block's first (in the key). Values not found in a list are
+//! stored inline.
+//!
+//! Format 7 blocks (before the endpoints were kept) are read with the first pass as endpoint.
 
 use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
 
-use super::{SessionSummary, StoreError, StoredExchange};
+use super::{FORMAT_VERSION, SessionSummary, StoreError, StoredExchange, payload};
 use crate::{
     endpoint,
     record::{Finding, SpecStatus},
@@ -220,11 +224,12 @@ impl<'a> DiskExchange<'a> {
         }
     }
 
-    /// The exchange again, from its start time (the key's) and its session.
-    pub(super) fn expand(
+    /// The exchange again, from its start time (the key's), its session and its endpoint.
+    fn expand(
         self,
         ts_ns: u64,
         session: &SessionSummary,
+        endpoint: Endpoint,
     ) -> Result<StoredExchange, StoreError> {
         let status_msg = match self.status_msg {
             Reason::Absent => None,
@@ -267,7 +272,7 @@ impl<'a> DiskExchange<'a> {
             peer_port,
             method: self.method.resolve(METHODS, "method")?,
             host: self.host.resolve(&session.hosts, "host")?,
-            endpoint: uri.as_deref().map(endpoint::template),
+            endpoint: endpoint.expand(uri.as_deref()),
             uri,
             version: self.version.resolve(VERSIONS, "version")?,
             user_agent: self
@@ -304,18 +309,93 @@ impl<'a> DiskExchange<'a> {
     }
 }
 
+/// An exchange's endpoint as stored, against the first pass of its URI.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+enum Endpoint<'a> {
+    /// [`endpoint::template`] of the URI (none without a URI).
+    FirstPass,
+    /// The first pass with the segments of these bits (bit i: segment i, counted from the empty
+    /// one before the first `/`) replaced by [`endpoint::PARAM`]: a learned template.
+    Learned(u64),
+    /// Anything else (a spec's template), as it is.
+    Other(Cow<'a, str>),
+}
+
+impl<'a> Endpoint<'a> {
+    fn of(e: &'a StoredExchange) -> Self {
+        let first = e.uri.as_deref().map(endpoint::template);
+        match (&e.endpoint, first) {
+            (None, None) => Self::FirstPass,
+            (Some(stored), Some(first)) if *stored == first => Self::FirstPass,
+            (Some(stored), Some(first)) => match learned_mask(&first, stored) {
+                Some(mask) => Self::Learned(mask),
+                None => Self::Other(Cow::Borrowed(stored)),
+            },
+            (Some(stored), None) => Self::Other(Cow::Borrowed(stored)),
+            // An exchange without an endpoint but with a URI: none stays none.
+            (None, Some(_)) => Self::Other(Cow::Borrowed("")),
+        }
+    }
+
+    fn expand(self, uri: Option<&str>) -> Option<String> {
+        match self {
+            Self::FirstPass => uri.map(endpoint::template),
+            Self::Learned(mask) => uri.map(|uri| {
+                let first = endpoint::template(uri);
+                let segments: Vec<&str> = first
+                    .split('/')
+                    .enumerate()
+                    .map(|(i, s)| {
+                        if i < 64 && mask & (1 << i) != 0 {
+                            endpoint::PARAM
+                        } else {
+                            s
+                        }
+                    })
+                    .collect();
+                segments.join("/")
+            }),
+            Self::Other(text) if text.is_empty() => None,
+            Self::Other(text) => Some(text.into_owned()),
+        }
+    }
+}
+
+/// The bits of the segments where `learned` has [`endpoint::PARAM`] and `first` something
+/// else, when that is the only difference (and within the first 64 segments).
+fn learned_mask(first: &str, learned: &str) -> Option<u64> {
+    let (mut a, mut b) = (first.split('/'), learned.split('/'));
+    let mut mask = 0u64;
+    for i in 0.. {
+        match (a.next(), b.next()) {
+            (None, None) => return Some(mask),
+            (Some(x), Some(y)) if x == y => {}
+            (Some(_), Some(y)) if y == endpoint::PARAM && i < 64 => mask |= 1 << i,
+            _ => return None,
+        }
+    }
+    None
+}
+
 /// Exchanges of one session from one transaction, in time order: the value under one key, whose
 /// start time is the first exchange's.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(super) struct Block<'a> {
     /// (nanoseconds after the first exchange's start, exchange)
     exchanges: Vec<(u64, DiskExchange<'a>)>,
+    /// The exchanges' endpoints, in the same order; empty when every one is the first pass
+    /// (and in format 7 blocks, which end before it).
+    endpoints: Vec<Endpoint<'a>>,
 }
 
 impl<'a> Block<'a> {
     /// The block of `exchanges` (in time order) and the first one's start time, for the key.
     pub(super) fn new(exchanges: &[&'a StoredExchange], session: &SessionSummary) -> (Self, u64) {
         let first_ns = exchanges.first().map_or(0, |e| e.ts_ns);
+        let mut endpoints: Vec<Endpoint> = exchanges.iter().map(|e| Endpoint::of(e)).collect();
+        if endpoints.iter().all(|e| *e == Endpoint::FirstPass) {
+            endpoints.clear();
+        }
         let block = Self {
             exchanges: exchanges
                 .iter()
@@ -326,8 +406,27 @@ impl<'a> Block<'a> {
                     )
                 })
                 .collect(),
+            endpoints,
         };
         (block, first_ns)
+    }
+
+    /// A stored block, of this format or of format 7.
+    pub(super) fn decode(bytes: &'a [u8]) -> Result<Self, StoreError> {
+        let corrupt = |e: postcard::Error| StoreError::Corrupt {
+            what: "exchanges",
+            reason: e.to_string(),
+        };
+        match payload(bytes, "exchanges")? {
+            (FORMAT_VERSION, rest) => postcard::from_bytes(rest).map_err(corrupt),
+            // Format 7: the same exchanges, no endpoints after them.
+            (_, rest) => postcard::from_bytes(rest)
+                .map(|exchanges| Self {
+                    exchanges,
+                    endpoints: Vec::new(),
+                })
+                .map_err(corrupt),
+        }
     }
 
     /// The exchanges again, from the key's start time and their session.
@@ -336,9 +435,11 @@ impl<'a> Block<'a> {
         first_ns: u64,
         session: &SessionSummary,
     ) -> impl Iterator<Item = Result<StoredExchange, StoreError>> {
-        self.exchanges
-            .into_iter()
-            .map(move |(after, e)| e.expand(first_ns.saturating_add(after), session))
+        let mut endpoints = self.endpoints.into_iter();
+        self.exchanges.into_iter().map(move |(after, e)| {
+            let endpoint = endpoints.next().unwrap_or(Endpoint::FirstPass);
+            e.expand(first_ns.saturating_add(after), session, endpoint)
+        })
     }
 }
 
@@ -398,9 +499,15 @@ mod tests {
     }
 
     fn round_trip(e: &StoredExchange, s: &SessionSummary) -> StoredExchange {
-        let bytes = postcard::to_allocvec(&DiskExchange::new(e, s)).unwrap();
-        let disk: DiskExchange = postcard::from_bytes(&bytes).unwrap();
-        disk.expand(e.ts_ns, s).unwrap()
+        let (block, first_ns) = Block::new(&[e], s);
+        let bytes = postcard::to_extend(&block, vec![FORMAT_VERSION]).unwrap();
+        let mut back: Vec<_> = Block::decode(&bytes)
+            .unwrap()
+            .expand(first_ns, s)
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(back.len(), 1);
+        back.remove(0)
     }
 
     #[test]
@@ -496,11 +603,55 @@ mod tests {
     }
 
     #[test]
+    fn learned_and_spec_endpoints_round_trip_in_few_bytes() {
+        let s = session();
+        let first_pass = postcard::to_allocvec(&Block::new(&[&exchange()], &s).0).unwrap();
+        let mut e = exchange();
+        e.uri = Some("/users/alice.smith/orders/42?x=1".into());
+        e.endpoint = Some("/users/{param}/orders/{id}".into());
+        assert_eq!(round_trip(&e, &s), e);
+        let learned = postcard::to_allocvec(&Block::new(&[&e], &s).0).unwrap();
+        // The mask of segment 2 in place of the endpoint's text.
+        let uri_growth = "/users/alice.smith/orders/42?x=1".len() - "/users/42?page=2".len();
+        assert!(learned.len() <= first_pass.len() + uri_growth + 3);
+        e.endpoint = Some("/api/v3/user/{username}".into());
+        assert_eq!(round_trip(&e, &s), e);
+        // Endpoints that are neither: none with a URI, an odd one.
+        e.endpoint = None;
+        assert_eq!(round_trip(&e, &s), e);
+        e.endpoint = Some("/users/{param}/{param}/x".into());
+        assert_eq!(round_trip(&e, &s), e);
+        assert_eq!(learned_mask("/a/b/c", "/{param}/b/{param}"), Some(0b1010));
+        assert_eq!(learned_mask("/a/b", "/a/b/{param}"), None);
+        assert_eq!(learned_mask("/a/b", "/x/b"), None);
+    }
+
+    #[test]
+    fn format_7_blocks_read_with_the_first_pass() {
+        let s = session();
+        let mut e = exchange();
+        e.endpoint = Some("/users/{param}".into());
+        let (block, first_ns) = Block::new(&[&e], &s);
+        // A format 7 value: the exchanges alone.
+        let old = postcard::to_extend(&block.exchanges, vec![7]).unwrap();
+        let back: Vec<_> = Block::decode(&old)
+            .unwrap()
+            .expand(first_ns, &s)
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(back[0].endpoint.as_deref(), Some("/users/{id}"));
+        for unreadable in [&[6u8, 0][..], &[FORMAT_VERSION + 1, 0][..], &[]] {
+            let err = Block::decode(unreadable).unwrap_err();
+            assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+        }
+    }
+
+    #[test]
     fn a_reference_past_the_session_list_is_an_error() {
         let e = exchange();
         let disk = DiskExchange::new(&e, &session());
         let err = disk
-            .expand(e.ts_ns, &SessionSummary::default())
+            .expand(e.ts_ns, &SessionSummary::default(), Endpoint::FirstPass)
             .unwrap_err();
         assert!(err.to_string().contains("client_ip"), "{err}");
     }

@@ -3,7 +3,7 @@
 //! behind the format byte. The writer replaces it now and then; `apisessions endpoints` reads
 //! it from another process, and the next run merges it into its inventory.
 
-use super::{FORMAT_VERSION, Store, StoreError, lmdb, put};
+use super::{FORMAT_VERSION, Store, StoreError, lmdb, payload, put};
 
 const KEY: &[u8] = b"state";
 
@@ -30,12 +30,6 @@ impl Store {
         let Some(value) = db.get(&txn, KEY).map_err(lmdb("reading the inventory"))? else {
             return Ok(None);
         };
-        match value.split_first() {
-            Some((&FORMAT_VERSION, state)) => Ok(Some(state.to_vec())),
-            _ => Err(StoreError::Corrupt {
-                what: "inventory",
-                reason: format!("not of store format {FORMAT_VERSION}"),
-            }),
-        }
+        payload(value, "inventory").map(|(_, state)| Some(state.to_vec()))
     }
 }

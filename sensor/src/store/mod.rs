@@ -49,8 +49,14 @@ use keys::{
 };
 use state::StateDbs;
 
-/// First byte of every stored value; bump it when a stored type changes incompatibly.
-pub const FORMAT_VERSION: u8 = 7;
+/// First byte of every stored value; bump it when a stored type changes incompatibly, and read
+/// the older values on (see [`payload`]) or raise [`OLDEST_READABLE_FORMAT`].
+///
+/// 8: exchange blocks keep their exchanges' endpoints (learned and spec templates).
+pub const FORMAT_VERSION: u8 = 8;
+/// The oldest format this build reads: a store written by an older build is read on, and new
+/// values are written in [`FORMAT_VERSION`] next to the old ones.
+pub const OLDEST_READABLE_FORMAT: u8 = 7;
 /// Default LMDB map size: address space, not disk (the file grows as data comes).
 pub const DEFAULT_MAP_SIZE: usize = 32 << 30;
 const STORE_DIR: &str = "store";
@@ -167,17 +173,27 @@ fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
 }
 
 fn decode<T: DeserializeOwned>(bytes: &[u8], what: &'static str) -> Result<T, StoreError> {
+    let (_, rest) = payload(bytes, what)?;
+    postcard::from_bytes(rest).map_err(|e| StoreError::Corrupt {
+        what,
+        reason: e.to_string(),
+    })
+}
+
+/// A stored value's format and the bytes after its format byte, when this build reads that
+/// format. Values of [`OLDEST_READABLE_FORMAT`] and later decode as this format's, except
+/// exchange blocks (see `compact::Block::decode`).
+fn payload<'b>(bytes: &'b [u8], what: &'static str) -> Result<(u8, &'b [u8]), StoreError> {
     match bytes.split_first() {
-        Some((&FORMAT_VERSION, rest)) => {
-            postcard::from_bytes(rest).map_err(|e| StoreError::Corrupt {
-                what,
-                reason: e.to_string(),
-            })
+        Some((&version, rest)) if (OLDEST_READABLE_FORMAT..=FORMAT_VERSION).contains(&version) => {
+            Ok((version, rest))
         }
         Some((version, _)) => Err(StoreError::Corrupt {
             what,
             reason: format!(
-                "written in store format {version}, this build reads format {FORMAT_VERSION};                  move the store directory aside to start a new one"
+                "written in store format {version}, this build reads formats \
+                 {OLDEST_READABLE_FORMAT} to {FORMAT_VERSION}; move the store directory aside to \
+                 start a new one"
             ),
         }),
         None => Err(StoreError::Corrupt {
@@ -655,6 +671,20 @@ impl Store {
 
     /// Sessions matching `filter`, newest first, at most `filter.limit` (0: all).
     pub fn list(&self, filter: &SessionFilter) -> Result<Vec<SessionSummary>, StoreError> {
+        self.list_where(filter, None, |_| true)
+    }
+
+    /// Sessions matching `filter` and `keep`, newest first, at most `filter.limit`. With
+    /// `endpoint_prefix` and no user or IP in `filter`, sessions are looked up through the
+    /// indexed endpoints that start with it: the literal part of a template before its first
+    /// placeholder, for an endpoint that `keep` recognises however it was written (a learned
+    /// template reads the same as the literal paths written before the learner knew it).
+    pub fn list_where(
+        &self,
+        filter: &SessionFilter,
+        endpoint_prefix: Option<&str>,
+        keep: impl Fn(&SessionSummary) -> bool,
+    ) -> Result<Vec<SessionSummary>, StoreError> {
         let txn = self.read()?;
         let limit = if filter.limit == 0 {
             usize::MAX
@@ -673,7 +703,18 @@ impl Store {
             ),
         ]
         .into_iter()
-        .find_map(|(value, db)| value.as_ref().map(|v| (v.clone(), db)));
+        .find_map(|(value, db)| value.as_ref().map(|v| (index_prefix(v), db)));
+        let by_prefix = filter.user.is_none() && filter.ip.is_none();
+        let (index, scan_limit) = match endpoint_prefix {
+            // Prefix order is not time order: every match is read, the newest kept below.
+            Some(prefix) if by_prefix => (
+                Some((prefix.as_bytes().to_vec(), self.by_endpoint)),
+                usize::MAX,
+            ),
+            _ => (index, limit),
+        };
+        // Through a prefix a session can come up under several endpoints.
+        let mut seen = std::collections::HashSet::new();
         // One unreadable summary must not hide every other session: it is skipped and
         // reported once, unless nothing was readable (a store of another format, say).
         let (mut unreadable, mut readable) = (Vec::new(), 0usize);
@@ -681,10 +722,13 @@ impl Store {
             let Ok(id) = <[u8; 16]>::try_from(id) else {
                 return Ok(true);
             };
+            if !seen.insert(id) {
+                return Ok(true);
+            }
             match self.summary(&txn, &id) {
                 Ok(Some(mut summary)) => {
                     readable += 1;
-                    if filter.matches(&summary) {
+                    if filter.matches(&summary) && keep(&summary) {
                         summary.sort();
                         out.push(summary);
                     }
@@ -693,11 +737,10 @@ impl Store {
                 Err(e @ StoreError::Corrupt { .. }) => unreadable.push((id, e)),
                 Err(e) => return Err(e),
             }
-            Ok(out.len() < limit)
+            Ok(out.len() < scan_limit)
         };
         match index {
-            Some((value, db)) => {
-                let prefix = index_prefix(&value);
+            Some((prefix, db)) => {
                 for entry in db.rev_prefix_iter(&txn, &prefix).map_err(lmdb("read"))? {
                     let (key, ()) = entry.map_err(lmdb("read"))?;
                     if !visit(&key[key.len() - 16..])? {
@@ -730,6 +773,7 @@ impl Store {
         }
         // Index order is by first-indexed start; present newest activity first.
         out.sort_by_key(|s| std::cmp::Reverse(s.start_ns));
+        out.truncate(limit);
         Ok(out)
     }
 
@@ -770,7 +814,7 @@ impl Store {
                     what: "exchange key",
                     reason: format!("{} bytes", key.len()),
                 })?;
-            for exchange in decode::<Block>(bytes, "exchanges")?.expand(ts_ns, &session) {
+            for exchange in Block::decode(bytes)?.expand(ts_ns, &session) {
                 if !visit(exchange?) {
                     return Ok(());
                 }

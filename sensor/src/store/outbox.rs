@@ -24,9 +24,7 @@ use std::ops::Bound;
 
 use heed::{Database, RwTxn, types::Bytes};
 
-use super::{
-    Store, StoreError, StoredExchange, compact::Block, decode, keys::EXCHANGE_KEY, lmdb, put,
-};
+use super::{Store, StoreError, StoredExchange, compact::Block, keys::EXCHANGE_KEY, lmdb, put};
 use crate::exchange::now_ns;
 use crate::store::SessionSummary;
 
@@ -253,7 +251,7 @@ impl Store {
                     .get(&txn, block_key)
                     .map_err(lmdb("reading an exchange block"))?,
             ) {
-                for exchange in decode::<Block>(bytes, "exchanges")?.expand(first_ns, summary) {
+                for exchange in Block::decode(bytes)?.expand(first_ns, summary) {
                     block.push(exchange?);
                 }
             }

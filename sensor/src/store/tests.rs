@@ -208,6 +208,53 @@ fn sessions_are_listed_newest_first_and_filtered() {
 }
 
 #[test]
+fn sessions_are_found_through_an_endpoint_prefix_newest_first() {
+    let dir = TempDir::new("prefix");
+    let store = populated(&dir);
+    // Session 4 wrote a learned template, the others first-pass ones.
+    let mut learned = record("192.0.2.50", 120, "GET", "/users/alice.smith", 200);
+    learned.endpoint = Some("/users/{param}".into());
+    store.write(&[(learned, assignment(4, None))]).unwrap();
+    let under_users = |s: &SessionSummary| s.endpoints.iter().any(|(k, _)| k.contains(" /users/"));
+    let all = SessionFilter::default();
+    let found = store
+        .list_where(&all, Some("/users/"), under_users)
+        .unwrap();
+    assert_eq!(
+        ids(&found),
+        [id(4), id(1), id(3)],
+        "each once, newest first"
+    );
+    let two = SessionFilter {
+        limit: 2,
+        ..SessionFilter::default()
+    };
+    let found = store
+        .list_where(&two, Some("/users/"), under_users)
+        .unwrap();
+    assert_eq!(ids(&found), [id(4), id(1)], "the newest within the limit");
+    // `keep` decides; the filter's other fields still apply.
+    let found = store.list_where(&all, Some("/users/"), |_| true).unwrap();
+    assert_eq!(ids(&found), [id(4), id(1), id(3)]);
+    let bob = SessionFilter {
+        user: Some("bob".into()),
+        ..SessionFilter::default()
+    };
+    assert!(
+        store
+            .list_where(&bob, Some("/users/"), under_users)
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .list_where(&all, Some("/nothing"), |_| true)
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[test]
 fn a_session_shows_its_exchanges_in_time_order_without_raw_secrets() {
     let dir = TempDir::new("show");
     let store = populated(&dir);

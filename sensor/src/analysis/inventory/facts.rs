@@ -123,6 +123,20 @@ fn bounded(text: &str, max: usize) -> &str {
     &text[..end]
 }
 
+/// The host an exchange counts under: its Host header (trimmed, lower case, bounded), else the
+/// server's address (`server`, called only then).
+pub fn host_key(header: Option<&str>, server: impl FnOnce() -> String) -> String {
+    header
+        .map(|h| bounded(h.trim(), MAX_HOST).to_ascii_lowercase())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(server)
+}
+
+/// The method as the inventory keeps it.
+pub fn method_key(method: &str) -> &str {
+    bounded(method, MAX_METHOD)
+}
+
 /// Query parameters and JSON fields taken from one exchange at most.
 const MAX_PARAMS_PER_EXCHANGE: usize = 64;
 
@@ -161,15 +175,10 @@ impl ExchangeFacts {
     /// The facts of `exchange`; None without a request (nothing to attribute it to).
     pub fn from_exchange(exchange: &Exchange, scanner: &Scanner) -> Option<ExchangeFacts> {
         let request = exchange.request.as_ref()?;
-        let host = request
-            .meta
-            .header("host")
-            .map(|h| bounded(h.trim(), MAX_HOST).to_ascii_lowercase())
-            .filter(|h| !h.is_empty())
-            .unwrap_or_else(|| exchange.server.to_string());
+        let host = host_key(request.meta.header("host"), || exchange.server.to_string());
         let mut facts = ExchangeFacts {
             host,
-            method: bounded(&request.method, MAX_METHOD).to_owned(),
+            method: method_key(&request.method).to_owned(),
             uri: request.uri.clone(),
             start_ns: exchange.start_ns(),
             status: exchange.response.as_ref().and_then(|r| r.status),

@@ -35,7 +35,10 @@ use self::{
     types::TypeSet,
 };
 pub use crate::config::inventory::InventoryConfig;
-use crate::exchange::{Exchange, rfc3339_ns};
+use crate::{
+    exchange::{Exchange, rfc3339_ns},
+    record::{SessionSummary, StoredExchange},
+};
 
 /// The per-endpoint bounds the configuration sets.
 fn caps(config: &InventoryConfig) -> EndpointCaps {
@@ -65,9 +68,11 @@ pub struct InventoryState {
     pub templates: templates::LearnerState,
 }
 
-/// First byte of an encoded [`InventoryState`]; bump it when the state's types change
-/// incompatibly (a state of another version is not read: the inventory starts anew).
-const STATE_VERSION: u8 = 1;
+/// First byte of an encoded [`InventoryState`]; bump it when the state's types or their meaning
+/// change incompatibly (a state of another version is not read: the inventory starts anew).
+///
+/// 2: the learner's value ids carry a shape bit.
+const STATE_VERSION: u8 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -412,6 +417,126 @@ fn seen_since(seen: &str, since_ns: u64) -> bool {
         .ok()
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .is_some_and(|d| d.as_nanos() as u64 >= since_ns)
+}
+
+/// Stored records' and sessions' endpoints as the learner writes them now, for the readers
+/// (`export`, `show`, `sessions`, the console).
+///
+/// A record keeps the template learned when it was written; a position that became variable
+/// only later (the first user names seen under `/users/`) reads as the parameter it turned out
+/// to be, the same way [`Inventory::rows`] regroups the inventory. Spec templates stay as they
+/// are.
+#[derive(Debug, Default)]
+pub struct EndpointResolver {
+    learner: TemplateLearner,
+    /// Resolved endpoints by host, method and written endpoint: a reader resolves the same few
+    /// thousand endpoints over and over, and each resolution judges every position on its way.
+    /// Bounded by [`Self::MEMO`]; past it, resolved anew each time.
+    memo: std::cell::RefCell<std::collections::HashMap<String, String>>,
+}
+
+impl EndpointResolver {
+    /// From the inventory state a store holds (`Store::inventory`); without one, endpoints are
+    /// read as they were written.
+    pub fn new(config: &InventoryConfig, state: Option<&[u8]>) -> Result<Self, StateError> {
+        let mut learner = TemplateLearner::new(config.templates.clone());
+        if let Some(bytes) = state {
+            learner.merge(&InventoryState::decode(bytes)?.templates);
+        }
+        Ok(Self {
+            learner,
+            memo: Default::default(),
+        })
+    }
+
+    const MEMO: usize = 1 << 16;
+
+    /// The record's endpoint as the learner writes it now (a spec's template as it is).
+    pub fn record(&self, record: &mut StoredExchange) {
+        if matches!(
+            record.spec_status,
+            Some(SpecStatus::Documented | SpecStatus::Zombie)
+        ) {
+            return;
+        }
+        let (Some(method), Some(endpoint)) = (&record.method, &record.endpoint) else {
+            return;
+        };
+        let host = facts::host_key(record.host.as_deref(), || {
+            record.server_ip.parse().map_or_else(
+                |_| record.server_ip.clone(),
+                |ip| std::net::SocketAddr::new(ip, record.server_port).to_string(),
+            )
+        });
+        record.endpoint = Some(self.resolve(&host, method, endpoint));
+    }
+
+    /// The session's endpoint counts ("METHOD endpoint") under the templates of now, merged
+    /// where several written ones resolve to one; most frequent first.
+    pub fn summary(&self, summary: &mut SessionSummary) {
+        let hosts: Vec<String> = summary
+            .hosts
+            .iter()
+            .map(|h| facts::host_key(Some(h), String::new))
+            .collect();
+        let mut merged: BTreeMap<String, u64> = BTreeMap::new();
+        for (key, count) in summary.endpoints.drain(..) {
+            let resolved = key.split_once(' ').and_then(|(method, endpoint)| {
+                hosts
+                    .iter()
+                    .map(|host| self.resolve(host, method, endpoint))
+                    .find(|resolved| resolved != endpoint)
+                    .map(|resolved| format!("{method} {resolved}"))
+            });
+            *merged.entry(resolved.unwrap_or(key)).or_default() += count;
+        }
+        summary.endpoints = merged.into_iter().collect();
+        summary.sort();
+    }
+
+    /// Whether a session has an endpoint that reads as `wanted` (a template or a path), for
+    /// `sessions --endpoint`.
+    pub fn touches(&self, summary: &SessionSummary, wanted: &str) -> bool {
+        let wanted = crate::endpoint::template(wanted);
+        summary.endpoints.iter().any(|(key, _)| {
+            key.split_once(' ').is_some_and(|(method, endpoint)| {
+                endpoint == wanted
+                    || summary.hosts.iter().any(|host| {
+                        let host = facts::host_key(Some(host), String::new);
+                        let resolved = self.resolve(&host, method, endpoint);
+                        resolved == wanted || resolved == self.resolve(&host, method, &wanted)
+                    })
+            })
+        })
+    }
+
+    /// The start that every endpoint reading as `wanted` was written with: up to its first
+    /// placeholder, or to the first position the learner turned variable; what
+    /// `sessions --endpoint` looks up in the store's endpoint index.
+    pub fn lookup_prefix<'w>(&self, wanted: &'w str) -> &'w str {
+        let mut end = wanted.find('{').unwrap_or(wanted.len());
+        for prefix in self.learner.variable_prefixes() {
+            if prefix.len() < end && wanted.starts_with(prefix) {
+                end = prefix.len();
+            }
+        }
+        &wanted[..end]
+    }
+
+    fn resolve(&self, host: &str, method: &str, endpoint: &str) -> String {
+        let key = format!("{host}\0{method}\0{endpoint}");
+        if let Some(known) = self.memo.borrow().get(&key) {
+            return known.clone();
+        }
+        let resolved = self
+            .learner
+            .resolve(host, facts::method_key(method), endpoint);
+        let mut memo = self.memo.borrow_mut();
+        if memo.len() < Self::MEMO {
+            memo.insert(key, resolved.clone());
+        }
+        resolved
+    }
 }
 
 /// One endpoint as `apisessions endpoints --json` prints it.

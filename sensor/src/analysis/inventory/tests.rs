@@ -159,9 +159,10 @@ fn endpoints_are_bounded_and_counted() {
         ..InventoryConfig::default()
     };
     let mut inv = Inventory::new(config, Vec::new());
+    // Ten endpoints of different lengths (ten values at one position would be learned as one).
     for i in 0..10 {
         inv.observe(
-            &exchange("GET", &format!("/r{i}"), &[], b"", 200, b"", 0, 1),
+            &exchange("GET", &"/r".repeat(i + 1), &[], b"", 200, b"", 0, 1),
             "s",
         );
     }
@@ -789,4 +790,93 @@ fn a_spec_given_later_names_the_rows_it_documents_and_only_they_are_orphans() {
             ),
         ]
     );
+}
+
+/// What `export`, `show` and `sessions` read: the records written before a position was learned
+/// read as the learned template, spec templates as they are, and a session's endpoint counts
+/// merge under it.
+#[test]
+fn readers_resolve_what_was_written_before_the_learner_knew() {
+    let mut inv = inventory();
+    let host = [("Host", "Shop.test:8080")];
+    let names = [
+        "theUser",
+        "heidi",
+        "mallory",
+        "carol-w",
+        "bob_jones",
+        "judy-lee",
+    ];
+    let written: Vec<String> = names
+        .iter()
+        .map(|name| {
+            let e = exchange("PUT", &format!("/user/{name}"), &host, b"", 200, b"", 0, 1);
+            inv.observe(&e, "s").unwrap().template
+        })
+        .collect();
+    assert_eq!(written[0], "/user/theUser");
+    assert_eq!(written[5], "/user/{param}");
+    let bytes = inv.state().encode().unwrap();
+    let resolver = EndpointResolver::new(&InventoryConfig::default(), Some(&bytes)).unwrap();
+
+    let mut record = StoredExchange {
+        method: Some("PUT".into()),
+        host: Some("Shop.test:8080".into()),
+        uri: Some("/user/theUser".into()),
+        endpoint: Some(written[0].clone()),
+        ..Default::default()
+    };
+    resolver.record(&mut record);
+    assert_eq!(record.endpoint.as_deref(), Some("/user/{param}"));
+    // Another method's position was not learned; a spec's template is the spec's.
+    let mut get = StoredExchange {
+        method: Some("GET".into()),
+        endpoint: Some("/user/theUser".into()),
+        ..record.clone()
+    };
+    resolver.record(&mut get);
+    assert_eq!(get.endpoint.as_deref(), Some("/user/theUser"));
+    let mut documented = StoredExchange {
+        endpoint: Some("/user/{username}".into()),
+        spec_status: Some(SpecStatus::Documented),
+        ..record.clone()
+    };
+    resolver.record(&mut documented);
+    assert_eq!(documented.endpoint.as_deref(), Some("/user/{username}"));
+
+    let mut summary = SessionSummary {
+        hosts: vec!["Shop.test:8080".into()],
+        endpoints: vec![
+            ("PUT /user/theUser".into(), 1),
+            ("PUT /user/heidi".into(), 2),
+            ("PUT /user/{param}".into(), 3),
+            ("GET /user/theUser".into(), 1),
+        ],
+        ..SessionSummary::default()
+    };
+    assert!(resolver.touches(&summary, "/user/{param}"));
+    assert!(
+        resolver.touches(&summary, "/user/mallory"),
+        "a path reads as its template"
+    );
+    assert!(!resolver.touches(&summary, "/order/{param}"));
+    assert_eq!(resolver.lookup_prefix("/user/{param}"), "/user/");
+    assert_eq!(resolver.lookup_prefix("/user/theUser"), "/user/");
+    assert_eq!(resolver.lookup_prefix("/order/x"), "/order/x");
+    resolver.summary(&mut summary);
+    assert_eq!(
+        summary.endpoints,
+        [
+            ("PUT /user/{param}".to_owned(), 6),
+            ("GET /user/theUser".to_owned(), 1)
+        ]
+    );
+    // No state: as written.
+    let none = EndpointResolver::new(&InventoryConfig::default(), None).unwrap();
+    let mut again = StoredExchange {
+        endpoint: Some("/user/theUser".into()),
+        ..record
+    };
+    none.record(&mut again);
+    assert_eq!(again.endpoint.as_deref(), Some("/user/theUser"));
 }

@@ -8,7 +8,9 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use apisessions::{config::Config, ship::CentralQuery};
+use apisessions::{
+    analysis::inventory::EndpointResolver, config::Config, ship::CentralQuery, store::Store,
+};
 use clap::Args;
 
 /// A point in time: an age like `1h` or `30m` (that long ago), or an RFC 3339 time.
@@ -98,4 +100,25 @@ impl SourceArgs {
     pub fn data_dir(&self, config: &Config) -> PathBuf {
         self.data.resolve(config)
     }
+
+    /// For answers from the central store: the endpoints as this host's template learner knows
+    /// them now, like the local answers; as shipped where there is no local store.
+    pub fn central_resolver(&self, config: &Config) -> Result<EndpointResolver> {
+        match Store::open_read_only(&self.data_dir(config)) {
+            Ok(store) => endpoint_resolver(config, &store),
+            Err(_) => Ok(EndpointResolver::default()),
+        }
+    }
+}
+
+/// Reads the store's endpoints as the template learner knows them now (see
+/// [`EndpointResolver`]); an inventory this build cannot read leaves them as written.
+pub fn endpoint_resolver(config: &Config, store: &Store) -> Result<EndpointResolver> {
+    let state = store.inventory()?;
+    Ok(
+        EndpointResolver::new(&config.inventory, state.as_deref()).unwrap_or_else(|e| {
+            log::warn!("the stored endpoint inventory is not readable ({e}): endpoints as written");
+            EndpointResolver::default()
+        }),
+    )
 }

@@ -10,7 +10,7 @@ use apisessions::{
 };
 use clap::Args;
 
-use crate::args::{SourceArgs, When};
+use crate::args::{SourceArgs, When, endpoint_resolver};
 
 #[derive(Args)]
 pub struct ExportArgs {
@@ -43,14 +43,18 @@ pub fn export(args: ExportArgs) -> Result<()> {
             until_ns: Some(until),
             host_id: args.source.host_id.clone(),
         };
+        let resolver = args.source.central_resolver(&config)?;
         let mut result = Ok(());
         central.exchanges(&filter, |row| {
-            result = exporter.write(&row.session_id, &row.to_stored());
+            let mut exchange = row.to_stored();
+            resolver.record(&mut exchange);
+            result = exporter.write(&row.session_id, &exchange);
             result.is_ok()
         })?;
         return finish(result.and_then(|()| exporter.finish()));
     }
     let store = Store::open_read_only(&args.source.data_dir(&config))?;
+    let resolver = endpoint_resolver(&config, &store)?;
     let ids: Vec<String> = match &args.session {
         Some(id) => vec![id.clone()],
         None => {
@@ -74,10 +78,11 @@ pub fn export(args: ExportArgs) -> Result<()> {
     // on with the others, and fails at the end so that a script notices.
     let mut unreadable = 0;
     for id in &ids {
-        let read = store.exchanges(id, |exchange| {
+        let read = store.exchanges(id, |mut exchange| {
             if exchange.ts_ns < since || exchange.ts_ns > until {
                 return true;
             }
+            resolver.record(&mut exchange);
             result = exporter.write(id, &exchange);
             result.is_ok()
         });

@@ -10,7 +10,7 @@ use apisessions::{
 };
 use clap::Args;
 
-use crate::args::{SourceArgs, When};
+use crate::args::{SourceArgs, When, endpoint_resolver};
 
 #[derive(Args)]
 pub struct SessionsArgs {
@@ -91,7 +91,11 @@ pub fn sessions(args: SessionsArgs) -> Result<()> {
     let mut out = io::stdout().lock();
     if let Some(central) = central {
         // The fleet's sessions: each merged across the hosts that saw it (`host_ids`).
-        let list = central.sessions(&filter, args.source.host_id.as_deref())?;
+        let mut list = central.sessions(&filter, args.source.host_id.as_deref())?;
+        let resolver = args.source.central_resolver(&config)?;
+        for session in &mut list {
+            resolver.summary(&mut session.summary);
+        }
         if args.json {
             let array: Vec<serde_json::Value> = list.iter().map(|s| s.to_json()).collect();
             serde_json::to_writer_pretty(&mut out, &array)?;
@@ -103,7 +107,22 @@ pub fn sessions(args: SessionsArgs) -> Result<()> {
         return Ok(());
     }
     let store = Store::open_read_only(&args.source.data_dir(&config))?;
-    let list = store.list(&filter)?;
+    let resolver = endpoint_resolver(&config, &store)?;
+    let mut list = match &filter.endpoint {
+        // Also the sessions that wrote the endpoint as a path before the learner knew it.
+        Some(wanted) => {
+            let filter = SessionFilter {
+                endpoint: None,
+                ..filter.clone()
+            };
+            let prefix = resolver.lookup_prefix(wanted);
+            store.list_where(&filter, Some(prefix), |s| resolver.touches(s, wanted))?
+        }
+        None => store.list(&filter)?,
+    };
+    for summary in &mut list {
+        resolver.summary(summary);
+    }
     if args.json {
         let array: Vec<serde_json::Value> = list.iter().map(SessionSummary::to_json).collect();
         serde_json::to_writer_pretty(&mut out, &array)?;

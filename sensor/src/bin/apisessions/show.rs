@@ -6,7 +6,7 @@ use anyhow::{Context as _, Result};
 use apisessions::{record::StoredExchange, report, ship::ExchangeFilter, store::Store};
 use clap::Args;
 
-use crate::args::SourceArgs;
+use crate::args::{SourceArgs, endpoint_resolver};
 
 #[derive(Args)]
 pub struct ShowArgs {
@@ -33,14 +33,18 @@ pub fn show(args: ShowArgs) -> Result<()> {
     let mut exchanges: Vec<StoredExchange> = Vec::new();
     let (summary, mut object) = match central {
         Some(central) => {
-            let session = central.session(&args.session_id)?.with_context(missing)?;
+            let resolver = args.source.central_resolver(&config)?;
+            let mut session = central.session(&args.session_id)?.with_context(missing)?;
+            resolver.summary(&mut session.summary);
             let filter = ExchangeFilter {
                 session_id: Some(args.session_id.clone()),
                 host_id: args.source.host_id.clone(),
                 ..ExchangeFilter::default()
             };
             central.exchanges(&filter, |row| {
-                exchanges.push(row.to_stored());
+                let mut exchange = row.to_stored();
+                resolver.record(&mut exchange);
+                exchanges.push(exchange);
                 true
             })?;
             let object = session.to_json();
@@ -48,8 +52,11 @@ pub fn show(args: ShowArgs) -> Result<()> {
         }
         None => {
             let store = Store::open_read_only(&args.source.data_dir(&config))?;
-            let summary = store.session(&args.session_id)?.with_context(missing)?;
-            store.exchanges(&args.session_id, |e| {
+            let resolver = endpoint_resolver(&config, &store)?;
+            let mut summary = store.session(&args.session_id)?.with_context(missing)?;
+            resolver.summary(&mut summary);
+            store.exchanges(&args.session_id, |mut e| {
+                resolver.record(&mut e);
                 exchanges.push(e);
                 true
             })?;
