@@ -64,9 +64,12 @@ impl Anomalies {
     /// RFC 9112 5.2): most servers reject it, some join it, and smuggling plays on the
     /// difference. The decoder joins it, as the RFC lets a recipient do.
     pub const OBS_FOLD: Self = Self(1 << 6);
+    /// A CR not followed by LF inside a head: some servers end a line there, others read it as
+    /// part of the value. The decoder reads it as a space (RFC 9112 2.2).
+    pub const BARE_CR: Self = Self(1 << 7);
 
     /// Each flag with the name used in findings (`rule`).
-    pub const NAMED: [(Self, &'static str); 7] = [
+    pub const NAMED: [(Self, &'static str); 8] = [
         (Self::LENGTH_AND_CHUNKED, "protocol-length-and-chunked"),
         (Self::LENGTH_CONFLICT, "protocol-length-conflict"),
         (Self::LENGTH_INVALID, "protocol-length-invalid"),
@@ -77,6 +80,7 @@ impl Anomalies {
         (Self::CHUNK_SIZE_INVALID, "protocol-chunk-size-invalid"),
         (Self::BARE_LF, "protocol-bare-lf"),
         (Self::OBS_FOLD, "protocol-obs-fold"),
+        (Self::BARE_CR, "protocol-bare-cr"),
     ];
 
     pub fn insert(&mut self, flag: Self) {

@@ -394,9 +394,11 @@ impl MessageParser {
 
     fn parse_head(&mut self, config: &HttpConfig, counters: &mut HttpCounters) -> Result<Head, ()> {
         let mut head = std::mem::take(&mut self.buf);
-        // httparse refuses folded header lines (in requests); joined, the message decodes as a
-        // server that accepts folding reads it, and the fold is recorded.
+        // httparse refuses folded header lines (in requests) and a bare CR; joined, and the CR
+        // read as a space, the message decodes as a lenient server reads it, and each is
+        // recorded: a request hidden behind either would otherwise be missing from the record.
         let folded = unfold_headers(&mut head);
+        let bare_cr = blank_bare_cr(&mut head);
         let mut truncated = false;
         let result = loop {
             match parse_owned(self.kind, &head, config.max_headers) {
@@ -468,6 +470,9 @@ impl MessageParser {
         }
         if folded {
             anomalies.insert(Anomalies::OBS_FOLD);
+        }
+        if bare_cr {
+            anomalies.insert(Anomalies::BARE_CR);
         }
         let meta = self.meta();
         meta.anomalies = anomalies;
@@ -942,6 +947,25 @@ fn unfold_headers(head: &mut [u8]) -> bool {
     // Whitespace right after the start line is no fold (nothing to continue): left for
     // httparse to refuse (RFC 9112 2.2).
     folded
+}
+
+/// Replaces each CR in `head` that no LF follows with a space, in place (RFC 9112 2.2 lets a
+/// recipient do so). Returns whether there was one.
+fn blank_bare_cr(head: &mut [u8]) -> bool {
+    let mut found = false;
+    let mut from = 0;
+    while let Some(offset) = head
+        .get(from..)
+        .and_then(|rest| memchr::memchr(b'\r', rest))
+    {
+        let i = from + offset;
+        if head.get(i + 1) != Some(&b'\n') {
+            head[i] = b' ';
+            found = true;
+        }
+        from = i + 1;
+    }
+    found
 }
 
 /// A head line ended by LF alone (httparse accepts it, as RFC 9112 2.2 allows a recipient to).

@@ -637,6 +637,11 @@ fn framing_anomalies_are_recorded_on_the_request() {
             b"POST /k HTTP/1.1\r\nContent-Length: 1\r\n\t0\r\n\r\n",
             "POST /k 1.1 protocol-length-invalid protocol-obs-fold => 200 body=0:",
         ),
+        // A bare CR inside a value: read as a space, recorded.
+        (
+            b"GET /l HTTP/1.1\r\nX-Note: a\rb\r\nHost: x\r\n\r\n",
+            "GET /l 1.1 protocol-bare-cr => 200 body=0:",
+        ),
         // Ordinary framing: nothing recorded.
         (
             b"POST /h HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
