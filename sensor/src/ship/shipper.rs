@@ -22,7 +22,7 @@ use std::{
 use super::{
     CentralError,
     client::Client,
-    rows::{ExchangeRow, SessionRow, exchange_id},
+    rows::{EXCHANGE_COLUMNS, ExchangeRow, SessionRow, exchange_id},
     schema,
 };
 use crate::{
@@ -282,7 +282,8 @@ impl Shipper {
         };
         let batch = Batch::new(&self.settings.host_id, &entries)?;
         if !batch.exchanges.is_empty() {
-            self.client.insert("exchanges", &batch.exchanges)?;
+            self.client
+                .insert_row_binary("exchanges", EXCHANGE_COLUMNS, &batch.exchanges)?;
         }
         if !batch.sessions.is_empty() {
             self.client.insert("sessions", &batch.sessions)?;
@@ -331,7 +332,9 @@ enum Shipped {
 
 /// One insert's bodies.
 struct Batch {
+    /// RowBinary ([`EXCHANGE_COLUMNS`]).
     exchanges: Vec<u8>,
+    /// JSONEachRow.
     sessions: Vec<u8>,
     exchange_count: u64,
     session_count: u64,
@@ -359,10 +362,8 @@ impl Batch {
             }
             for (position, exchange) in entry.exchanges.iter().enumerate() {
                 let id = exchange_id(host_id, &entry.block_key, position);
-                let row = ExchangeRow::new(host_id, id, &session.session_id, exchange);
-                serde_json::to_writer(&mut batch.exchanges, &row)
-                    .map_err(|e| CentralError::BadAnswer(e.to_string()))?;
-                batch.exchanges.push(b'\n');
+                ExchangeRow::new(host_id, id, &session.session_id, exchange)
+                    .write_row_binary(&mut batch.exchanges);
                 batch.exchange_count += 1;
             }
             // Entries were read in one transaction: every summary of a session is the same.
