@@ -1,6 +1,6 @@
 //! `cargo xtask bench`: what the sensor costs and what it misses, measured side by side.
 //!
-//! Three phases, each in alternating rounds so that drift on a shared machine hits every
+//! Five phases, each in alternating rounds so that drift on a shared machine hits every
 //! configuration alike; figures are medians with their min and max over the rounds.
 //!
 //! 1. Overhead: nginx (Debian's package, a fixed number of workers) under wrk at saturation,
@@ -87,7 +87,7 @@ pub struct Options {
     pub central_exchanges: u64,
     /// Seconds of steady load per lag run of the central phase.
     pub central_lag_seconds: u64,
-    /// Only the central phase (no root, namespaces, nginx or eBPF needed).
+    /// Only the central phase (no namespaces, nginx or eBPF; writes target/bench/central.*).
     pub central_only: bool,
     /// Longest wait for a quiet machine before an overhead run.
     pub quiet_wait: Duration,
