@@ -618,9 +618,9 @@ fn every_exchange_column_survives_the_trip_through_the_server() {
         e.server_netns = Some(u64::MAX - n);
         e.server_cgroup = Some(format!("/system.slice/{text}"));
         e.request_truncated = true;
-        e.gap = n % 2 == 1;
+        e.gap = !n.is_multiple_of(2);
         e.joined = true;
-        e.slow = n % 2 == 0;
+        e.slow = n.is_multiple_of(2);
         e.params = vec![
             ("a".into(), (*text).to_owned()),
             ((*text).to_owned(), String::new()),
