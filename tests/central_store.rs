@@ -585,6 +585,96 @@ fn hostile_filter_values_find_exactly_their_rows() {
     );
 }
 
+/// Every column of an exchange reaches the server and comes back as the local store has it,
+/// whatever bytes the captured values hold (the insert is RowBinary: lengths, not escaping).
+#[test]
+fn every_exchange_column_survives_the_trip_through_the_server() {
+    let server = ClickHouse::start("columns");
+    let dir = TempDir::new("columns");
+    let section = central(&server, "apisessions", "h1");
+    let mut store = Store::open(&dir.0, 1 << 30).unwrap();
+    store.enable_outbox();
+    let awkward = [
+        "tab\there, newline\nthere, cr\r, nul\0 end",
+        "quotes ' \" ` and \\ backslashes \\\\ \\N \\t",
+        "[1,'a'] {\"json\": null} ; DROP TABLE x; --",
+        "non-ASCII: é 日本 😀 \u{7f} \u{1b}[31m",
+        "",
+    ];
+    let long = "x".repeat(70_000);
+    let mut records = Vec::new();
+    for (n, text) in awkward.iter().chain([&long.as_str()]).enumerate() {
+        let n = n as u64;
+        let mut e = exchange(n, "2001:db8::1", &format!("/items/{n}?q={text}"), 200);
+        e.user_agent = Some((*text).to_owned());
+        e.referrer = Some(format!("https://r.test/{text}"));
+        e.status_msg = Some((*text).to_owned());
+        e.method = (n != 1).then(|| "PATCH".into());
+        e.status_code = (n != 2).then_some(599);
+        e.ttfb_us = (n != 3).then_some(u64::from(u32::MAX) + n);
+        e.upstream_us = Some(7);
+        e.upstream_ip = Some("10.9.9.9".into());
+        e.upstream_port = Some(u16::MAX);
+        e.server_netns = Some(u64::MAX - n);
+        e.server_cgroup = Some(format!("/system.slice/{text}"));
+        e.request_truncated = true;
+        e.gap = !n.is_multiple_of(2);
+        e.joined = true;
+        e.slow = n.is_multiple_of(2);
+        e.params = vec![
+            ("a".into(), (*text).to_owned()),
+            ((*text).to_owned(), String::new()),
+            ("c".into(), "3".into()),
+        ];
+        e.attacks.push(Finding {
+            class: AttackClass::Xss,
+            point: "request.query.q".into(),
+            excerpt: (*text).to_owned(),
+            rule: "r1".into(),
+        });
+        e.spec_status = Some(apisessions::record::SpecStatus::Shadow);
+        records.push((e, assignment(n as u8 + 1, Some(text))));
+    }
+    store.write(&records).unwrap();
+    let total = records.len() as u64;
+    let shipper = Shipper::spawn(store.share(), &section, fast_settings(&section, 1000)).unwrap();
+    assert!(wait_until(Duration::from_secs(30), || {
+        shipper.counters.exchanges_shipped.load(Ordering::Relaxed) == total
+    }));
+    shipper.stop();
+
+    let query = CentralQuery::new(&section).unwrap();
+    for n in 0..total {
+        let session_id = assignment(n as u8 + 1, None).session_id;
+        let mut local = Vec::new();
+        store
+            .exchanges(&session_id, |e| {
+                local.push(e);
+                true
+            })
+            .unwrap();
+        let mut central = Vec::new();
+        let filter = ExchangeFilter {
+            session_id: Some(session_id.clone()),
+            ..ExchangeFilter::default()
+        };
+        query
+            .exchanges(&filter, |row| {
+                central.push(row.to_stored());
+                true
+            })
+            .unwrap();
+        for e in &mut central {
+            assert!(e.exchange_id.take().is_some(), "an exchange id");
+        }
+        for e in &mut local {
+            e.exchange_id = None;
+        }
+        assert_eq!(local.len(), 1, "{n}");
+        assert_eq!(central, local, "exchange {n}");
+    }
+}
+
 /// `--min-risk`, `--signal`, `--attacks`, `--attack` and `--slow` answered by the server find
 /// exactly what the local store finds for the same filter.
 #[test]

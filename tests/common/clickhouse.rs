@@ -1,6 +1,6 @@
 //! A real ClickHouse server (Debian's `clickhouse-server`, 18.16 on the test machines) for the
 //! central-store tests: its own directory, loopback ports of its own, a generated config with
-//! one password-protected user, no systemd. Stopped and removed on drop; [`ClickHouse::stop`]
+//! one password-protected user (tests/common/clickhouse_config.rs), no systemd. Stopped and removed on drop; [`ClickHouse::stop`]
 //! and [`ClickHouse::start_again`] make outages (same data, same port).
 
 use std::{
@@ -58,55 +58,8 @@ impl ClickHouse {
         let password = format!("pw'\"\\{:08x}", std::process::id());
         let password_file = dir.join("password");
         fs::write(&password_file, format!("{password}\n")).unwrap();
-        let d = dir.display();
-        fs::write(
-            dir.join("config.xml"),
-            format!(
-                r#"<?xml version="1.0"?>
-<yandex>
-  <logger><level>warning</level><log>{d}/server.log</log><errorlog>{d}/error.log</errorlog></logger>
-  <listen_host>127.0.0.1</listen_host>
-  <http_port>{http_port}</http_port>
-  <tcp_port>{tcp_port}</tcp_port>
-  <path>{d}/data/</path>
-  <tmp_path>{d}/tmp/</tmp_path>
-  <user_files_path>{d}/user_files/</user_files_path>
-  <format_schema_path>{d}/format_schemas/</format_schema_path>
-  <users_config>{d}/users.xml</users_config>
-  <default_profile>default</default_profile>
-  <default_database>default</default_database>
-  <mark_cache_size>268435456</mark_cache_size>
-  <timezone>UTC</timezone>
-</yandex>
-"#
-            ),
-        )
-        .unwrap();
-        let xml_password = password
-            .replace('&', "&amp;")
-            .replace('<', "&lt;")
-            .replace('"', "&quot;")
-            .replace('\'', "&apos;");
-        fs::write(
-            dir.join("users.xml"),
-            format!(
-                r#"<?xml version="1.0"?>
-<yandex>
-  <profiles><default></default></profiles>
-  <users>
-    <{USER}>
-      <password>{xml_password}</password>
-      <networks><ip>127.0.0.1</ip></networks>
-      <profile>default</profile>
-      <quota>default</quota>
-    </{USER}>
-  </users>
-  <quotas><default></default></quotas>
-</yandex>
-"#
-            ),
-        )
-        .unwrap();
+        super::clickhouse_config::write_server_config(&dir, http_port, tcp_port, USER, &password)
+            .unwrap();
         let mut server = Self {
             dir,
             http_port,

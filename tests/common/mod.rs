@@ -17,6 +17,7 @@ use std::{
 };
 
 pub mod clickhouse;
+pub mod clickhouse_config;
 
 static NEXT_ID: AtomicU32 = AtomicU32::new(1);
 

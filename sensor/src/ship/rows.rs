@@ -211,6 +211,135 @@ impl ExchangeRow {
     }
 }
 
+/// The columns [`ExchangeRow::write_row_binary`] writes, in its order: the insert names them,
+/// so the table's own column order (which later migrations extend) does not matter.
+pub const EXCHANGE_COLUMNS: &str = "host_id, exchange_id, ts, ts_ns, session_id, client_ip, \
+     client_port, server_ip, server_port, peer_ip, peer_port, method, host, uri, endpoint, \
+     version, user_agent, referrer, request_content_type, response_content_type, status_code, \
+     status_msg, request_body_len, response_body_len, ttfb_ms, duration_ms, request_truncated, \
+     response_truncated, gap, joined, upstream_ms, upstream_ip, upstream_port, server_netns, \
+     server_cgroup, params.name, params.value, attacks, spec_status, slow";
+
+/// ClickHouse's RowBinary encoding (the same on 18.16 and current releases): integers and
+/// floats little-endian, a string as its LEB128 length and its bytes (no escaping: any byte
+/// travels as it is), a `Nullable` as a 1 (NULL) or a 0 byte followed by the value, an array
+/// as its LEB128 length and its elements. The server parses it without looking at the content,
+/// which is what makes it the cheap insert format (JSONEachRow parsing dominated inserts).
+struct RowBinary<'a>(&'a mut Vec<u8>);
+
+impl RowBinary<'_> {
+    fn length(&mut self, mut n: usize) {
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                self.0.push(byte);
+                return;
+            }
+            self.0.push(byte | 0x80);
+        }
+    }
+
+    fn text(&mut self, value: &str) {
+        self.length(value.len());
+        self.0.extend_from_slice(value.as_bytes());
+    }
+
+    fn u8(&mut self, value: u8) {
+        self.0.push(value);
+    }
+
+    fn u16(&mut self, value: u16) {
+        self.0.extend_from_slice(&value.to_le_bytes());
+    }
+
+    fn u32(&mut self, value: u32) {
+        self.0.extend_from_slice(&value.to_le_bytes());
+    }
+
+    fn u64(&mut self, value: u64) {
+        self.0.extend_from_slice(&value.to_le_bytes());
+    }
+
+    fn f64(&mut self, value: f64) {
+        self.0.extend_from_slice(&value.to_le_bytes());
+    }
+
+    /// A `Nullable(T)`: NULL, or the value written by `write`.
+    fn nullable<T: Copy>(&mut self, value: Option<T>, write: impl FnOnce(&mut Self, T)) {
+        match value {
+            None => self.0.push(1),
+            Some(v) => {
+                self.0.push(0);
+                write(self, v);
+            }
+        }
+    }
+
+    fn nullable_text(&mut self, value: Option<&String>) {
+        self.nullable(value, |w, v| w.text(v));
+    }
+
+    fn texts(&mut self, values: &[String]) {
+        self.length(values.len());
+        for value in values {
+            self.text(value);
+        }
+    }
+}
+
+impl ExchangeRow {
+    /// Appends the row in RowBinary, the columns in [`EXCHANGE_COLUMNS`]' order.
+    pub fn write_row_binary(&self, out: &mut Vec<u8>) {
+        let mut w = RowBinary(out);
+        w.text(&self.host_id);
+        w.text(&self.exchange_id);
+        // DateTime is a UInt32 of unix seconds (good until 2106).
+        w.u32(u32::try_from(self.ts).unwrap_or(u32::MAX));
+        w.u64(self.ts_ns);
+        w.text(&self.session_id);
+        w.text(&self.client_ip);
+        w.u16(self.client_port);
+        w.text(&self.server_ip);
+        w.u16(self.server_port);
+        w.text(&self.peer_ip);
+        w.u16(self.peer_port);
+        for text in [
+            &self.method,
+            &self.host,
+            &self.uri,
+            &self.endpoint,
+            &self.version,
+            &self.user_agent,
+            &self.referrer,
+            &self.request_content_type,
+            &self.response_content_type,
+        ] {
+            w.nullable_text(text.as_ref());
+        }
+        w.nullable(self.status_code, RowBinary::u16);
+        w.nullable_text(self.status_msg.as_ref());
+        w.nullable(self.request_body_len, RowBinary::u64);
+        w.nullable(self.response_body_len, RowBinary::u64);
+        w.nullable(self.ttfb_ms, RowBinary::f64);
+        w.nullable(self.duration_ms, RowBinary::f64);
+        w.u8(self.request_truncated);
+        w.u8(self.response_truncated);
+        w.u8(self.gap);
+        w.u8(self.joined);
+        w.nullable(self.upstream_ms, RowBinary::f64);
+        w.nullable_text(self.upstream_ip.as_ref());
+        w.nullable(self.upstream_port, RowBinary::u16);
+        w.nullable(self.server_netns, RowBinary::u64);
+        w.nullable_text(self.server_cgroup.as_ref());
+        w.texts(&self.params_name);
+        w.texts(&self.params_value);
+        w.text(&self.attacks);
+        w.nullable_text(self.spec_status.as_ref());
+        w.u8(self.slow);
+    }
+}
+
 /// One session (part) as one host saw it. Hosts that share the session secret give one user
 /// the same session id, so a session of the fleet is the merge of its hosts' rows.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -419,6 +548,34 @@ fn add_counts<K: PartialEq>(into: &mut Vec<(K, u64)>, from: Vec<(K, u64)>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn row_binary_names_every_column_of_the_row_once() {
+        let row = ExchangeRow::new("h", "id".into(), "s", &exchange());
+        let json = serde_json::to_value(&row).unwrap();
+        let mut fields: Vec<&str> = json
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let mut columns: Vec<&str> = EXCHANGE_COLUMNS.split(',').map(str::trim).collect();
+        fields.sort_unstable();
+        columns.sort_unstable();
+        assert_eq!(columns, fields);
+    }
+
+    #[test]
+    fn row_binary_encodes_lengths_nulls_and_little_endian() {
+        let mut out = Vec::new();
+        let mut w = RowBinary(&mut out);
+        w.text(&"x".repeat(300));
+        w.nullable(None::<u16>, RowBinary::u16);
+        w.nullable(Some(0x0102u16), RowBinary::u16);
+        w.texts(&["ab".into()]);
+        assert_eq!(&out[..2], &[0xac, 0x02]);
+        assert_eq!(&out[302..], &[1, 0, 0x02, 0x01, 1, 2, b'a', b'b']);
+    }
 
     fn exchange() -> StoredExchange {
         StoredExchange {

@@ -3,7 +3,8 @@
 //! It only reads LMDB (read transactions next to the writer's) and writes its cursor in a small
 //! transaction of its own, so capture never waits for it. The cursor advances only after
 //! ClickHouse acknowledged the inserts of a batch (exchanges, then their sessions' latest
-//! summaries); until then the batch is retried with capped exponential backoff and jitter, and
+//! summaries); while the server inserts a full batch, the next one is read and encoded, so that
+//! a backlog drains with the shipper's and the server's work overlapping; until then the batch is retried with capped exponential backoff and jitter, and
 //! the store's retention is the buffer: an outage shorter than it loses nothing. What pruning
 //! removed before it could be shipped is counted (`exchanges_lost_pruned`, kept in the outbox
 //! across restarts) and logged at ERROR.
@@ -22,7 +23,7 @@ use std::{
 use super::{
     CentralError,
     client::Client,
-    rows::{ExchangeRow, SessionRow, exchange_id},
+    rows::{EXCHANGE_COLUMNS, ExchangeRow, SessionRow, exchange_id},
     schema,
 };
 use crate::{
@@ -146,6 +147,8 @@ pub struct Shipper {
     failing: Option<String>,
     /// The outbox status was read once (see `update_status`).
     status_read: bool,
+    /// The batch after the last one acknowledged, read while that one was inserted.
+    prepared: Option<Prepared>,
 }
 
 impl Shipper {
@@ -167,6 +170,7 @@ impl Shipper {
             stop,
             failing: None,
             status_read: false,
+            prepared: None,
         };
         let thread = thread::Builder::new()
             .name("central-shipper".into())
@@ -274,19 +278,46 @@ impl Shipper {
         }
     }
 
-    /// One batch: read, insert, advance.
-    fn ship_once(&self) -> Result<Shipped, CentralError> {
-        let entries = self.store.outbox_read(self.settings.batch_size)?;
+    /// Reads and encodes the entries after `after` (None: after the cursor).
+    fn prepare(&self, after: Option<u64>) -> Result<Option<Prepared>, CentralError> {
+        let entries = self
+            .store
+            .outbox_read_after(after, self.settings.batch_size)?;
         let Some(last) = entries.last().map(|e| e.sequence) else {
-            return Ok(Shipped::Nothing);
+            return Ok(None);
         };
-        let batch = Batch::new(&self.settings.host_id, &entries)?;
-        if !batch.exchanges.is_empty() {
-            self.client.insert("exchanges", &batch.exchanges)?;
-        }
-        if !batch.sessions.is_empty() {
-            self.client.insert("sessions", &batch.sessions)?;
-        }
+        Ok(Some(Prepared {
+            last,
+            batch: Batch::new(&self.settings.host_id, &entries)?,
+        }))
+    }
+
+    /// One batch: read (or take the one prepared meanwhile), insert, advance. While the server
+    /// inserts a full batch (a backlog), the next one is read and encoded on this thread, so
+    /// that the shipper's work and the server's overlap; it is kept only if this batch was
+    /// acknowledged and the cursor moved past it.
+    fn ship_once(&mut self) -> Result<Shipped, CentralError> {
+        let current = match self.prepared.take() {
+            Some(prepared) => prepared,
+            None => match self.prepare(None)? {
+                Some(prepared) => prepared,
+                None => return Ok(Shipped::Nothing),
+            },
+        };
+        let Prepared { last, batch } = current;
+        let full = batch.exchange_count as usize >= self.settings.batch_size;
+        let client = &self.client;
+        let (inserted, next) = thread::scope(|scope| {
+            let insert = scope.spawn(|| batch.insert(client));
+            let next = full.then(|| self.prepare(Some(last)));
+            let inserted = insert.join().unwrap_or_else(|_| {
+                Err(CentralError::Unreachable(
+                    "the insert thread panicked".into(),
+                ))
+            });
+            (inserted, next)
+        });
+        inserted?;
         self.store.outbox_advance(last, batch.lost)?;
         let c = &self.counters;
         c.inserts.fetch_add(1, Ordering::Relaxed);
@@ -296,7 +327,8 @@ impl Shipper {
             .fetch_add(batch.session_count, Ordering::Relaxed);
         c.last_success_unix
             .store(now_ns() / 1_000_000_000, Ordering::Relaxed);
-        let full = batch.exchange_count as usize >= self.settings.batch_size;
+        // A failed read of the next batch is retried from the cursor next time.
+        self.prepared = next.and_then(Result::ok).flatten();
         Ok(if full { Shipped::Full } else { Shipped::Some })
     }
 
@@ -329,9 +361,17 @@ enum Shipped {
     Full,
 }
 
+/// A batch read and encoded, and the sequence number of its last outbox entry.
+struct Prepared {
+    last: u64,
+    batch: Batch,
+}
+
 /// One insert's bodies.
 struct Batch {
+    /// RowBinary ([`EXCHANGE_COLUMNS`]).
     exchanges: Vec<u8>,
+    /// JSONEachRow.
     sessions: Vec<u8>,
     exchange_count: u64,
     session_count: u64,
@@ -340,6 +380,17 @@ struct Batch {
 }
 
 impl Batch {
+    /// Inserts the exchanges, then their sessions' summaries.
+    fn insert(&self, client: &Client) -> Result<(), CentralError> {
+        if !self.exchanges.is_empty() {
+            client.insert_row_binary("exchanges", EXCHANGE_COLUMNS, &self.exchanges)?;
+        }
+        if !self.sessions.is_empty() {
+            client.insert("sessions", &self.sessions)?;
+        }
+        Ok(())
+    }
+
     fn new(host_id: &str, entries: &[OutboxEntry]) -> Result<Self, CentralError> {
         let mut batch = Self {
             exchanges: Vec::new(),
@@ -359,10 +410,8 @@ impl Batch {
             }
             for (position, exchange) in entry.exchanges.iter().enumerate() {
                 let id = exchange_id(host_id, &entry.block_key, position);
-                let row = ExchangeRow::new(host_id, id, &session.session_id, exchange);
-                serde_json::to_writer(&mut batch.exchanges, &row)
-                    .map_err(|e| CentralError::BadAnswer(e.to_string()))?;
-                batch.exchanges.push(b'\n');
+                ExchangeRow::new(host_id, id, &session.session_id, exchange)
+                    .write_row_binary(&mut batch.exchanges);
                 batch.exchange_count += 1;
             }
             // Entries were read in one transaction: every summary of a session is the same.

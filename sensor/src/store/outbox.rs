@@ -220,11 +220,32 @@ impl Store {
     /// Entries after the cursor in commit order, until they hold `max_exchanges` exchanges
     /// (at least one entry if any is pending), read in one read transaction.
     pub fn outbox_read(&self, max_exchanges: usize) -> Result<Vec<OutboxEntry>, StoreError> {
+        self.outbox_read_after(None, max_exchanges)
+    }
+
+    /// [`Store::outbox_read`] of the entries after sequence number `after` (None: after the
+    /// cursor): the shipper reads the next batch while the server inserts the one before.
+    pub fn outbox_read_after(
+        &self,
+        after: Option<u64>,
+        max_exchanges: usize,
+    ) -> Result<Vec<OutboxEntry>, StoreError> {
         let dbs = self.outbox_dbs()?;
         let txn = self.read()?;
         let mut out = Vec::new();
         let mut exchanges = 0usize;
-        for entry in dbs.log.iter(&txn).map_err(lmdb("reading the outbox"))? {
+        let lower = after.map(u64::to_be_bytes);
+        let range = (
+            lower
+                .as_ref()
+                .map_or(Bound::Unbounded, |l| Bound::Excluded(&l[..])),
+            Bound::Unbounded,
+        );
+        for entry in dbs
+            .log
+            .range(&txn, &range)
+            .map_err(lmdb("reading the outbox"))?
+        {
             if exchanges >= max_exchanges {
                 break;
             }
@@ -424,6 +445,14 @@ mod tests {
         // A bound of 16 exchanges stops after the first block.
         let first = shipper.outbox_read(16).unwrap();
         assert_eq!(first.len(), 1);
+        // The next batch, read while the first is in flight: the entries after it.
+        let next = shipper
+            .outbox_read_after(Some(first[0].sequence), 1000)
+            .unwrap();
+        assert_eq!(
+            next.iter().map(|e| e.sequence).collect::<Vec<_>>(),
+            [all[1].sequence, all[2].sequence]
+        );
         // Reading does not consume; advancing does.
         assert_eq!(shipper.outbox_read(1000).unwrap().len(), 3);
         shipper.outbox_advance(first[0].sequence, 0).unwrap();

@@ -216,7 +216,7 @@ impl AnalysisOutcome {
     /// The report's section (its heading included).
     pub fn markdown(&self) -> Result<String> {
         let mut md = String::new();
-        writeln!(md, "\n## 5. Analysis stages\n")?;
+        writeln!(md, "\n## 6. Analysis stages\n")?;
         writeln!(
             md,
             "`analysis_cost` (sensor/examples/) decodes `{}` ({} exchanges, the offline phase's \

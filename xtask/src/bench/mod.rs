@@ -1,6 +1,6 @@
 //! `cargo xtask bench`: what the sensor costs and what it misses, measured side by side.
 //!
-//! Three phases, each in alternating rounds so that drift on a shared machine hits every
+//! Five phases, each in alternating rounds so that drift on a shared machine hits every
 //! configuration alike; figures are medians with their min and max over the rounds.
 //!
 //! 1. Overhead: nginx (Debian's package, a fixed number of workers) under wrk at saturation,
@@ -19,6 +19,10 @@
 //!    second, bytes on disk per exchange), and the CLI's `sessions --limit 50`, `--ip`,
 //!    `--endpoint` and `show` of a 10,000-request session timed at a tenth of the size and at the
 //!    full size (default 1M and 10M exchanges).
+//! 5. Central store: the shipper draining a backlog of generated exchanges from the LMDB outbox
+//!    into a private `clickhouse-server` (exchanges acknowledged per second), and its lag at a
+//!    steady 10,000 exchanges per second (see central.rs). `--central-only` runs this phase
+//!    alone.
 //!
 //! With `--baseline BIN` (an earlier release build of `apisessions`), the overhead rounds run
 //! that binary's sensor as one more configuration and the offline rounds its import beside this
@@ -30,6 +34,7 @@
 //! docs/BENCHMARKS.md. Nothing here is a test: the targets are reported against, never asserted.
 
 mod analysis;
+mod central;
 mod host;
 mod hostile;
 pub(crate) mod offline;
@@ -82,6 +87,12 @@ pub struct Options {
     pub store_exchanges: u64,
     /// Only the analysis phase (no network, no eBPF): its section alone.
     pub analysis_only: bool,
+    /// Exchanges in the central phase's backlog; 0 skips the phase.
+    pub central_exchanges: u64,
+    /// Seconds of steady load per lag run of the central phase.
+    pub central_lag_seconds: u64,
+    /// Only the central phase (no namespaces, nginx or eBPF; writes target/bench/central.*).
+    pub central_only: bool,
     /// Longest wait for a quiet machine before an overhead run.
     pub quiet_wait: Duration,
     /// Fractions of the mix's saturation rate for the completeness levels (1.0: no pacing).
@@ -141,6 +152,18 @@ pub struct BenchArgs {
     /// eBPF; a few minutes). Appended to docs/BENCHMARKS.md as its own section.
     #[arg(long, conflicts_with_all = ["baseline", "profile", "hostile"])]
     analysis_only: bool,
+    /// Exchanges in the backlog the central phase ships into a private clickhouse-server
+    /// (default 1,000,000; 100,000 with --quick); 0 skips the phase.
+    #[arg(long, value_name = "N")]
+    central_exchanges: Option<u64>,
+    /// Seconds of steady 10,000 exchanges/s per lag run of the central phase (default 30; 10
+    /// with --quick).
+    #[arg(long, value_name = "SECS")]
+    central_lag_seconds: Option<u64>,
+    /// Run only the central phase (shipping throughput and lag); its figures are appended to
+    /// docs/BENCHMARKS.md as an entry of their own (unless --quick).
+    #[arg(long, conflicts_with_all = ["baseline", "profile", "analysis_only", "hostile"])]
+    central_only: bool,
     /// Before each overhead run, wait up to this long for the machine to be quiet (other
     /// processes using less than a quarter of a CPU), then run anyway (default 15; 2 with
     /// --quick).
@@ -204,6 +227,16 @@ impl Options {
                 10_000_000
             }),
             analysis_only: args.analysis_only,
+            central_exchanges: args.central_exchanges.unwrap_or(if quick {
+                100_000
+            } else {
+                1_000_000
+            }),
+            central_lag_seconds: args
+                .central_lag_seconds
+                .unwrap_or(if quick { 10 } else { 30 })
+                .max(1),
+            central_only: args.central_only,
             quiet_wait: Duration::from_secs(args.quiet_wait.unwrap_or(if quick { 2 } else { 15 })),
             levels: if quick {
                 vec![0.25, 1.0]
@@ -404,6 +437,9 @@ pub fn run(options: &Options) -> Result<()> {
     if options.analysis_only {
         return run_analysis_only(options);
     }
+    if options.central_only {
+        return run_central_only(options);
+    }
     if !is_root() {
         bail!("the bench loads eBPF programs and creates network namespaces: run it as root");
     }
@@ -421,6 +457,9 @@ pub fn run(options: &Options) -> Result<()> {
         store::build()?;
     }
     analysis::build()?;
+    if options.central_exchanges > 0 {
+        central::build()?;
+    }
     let out_dir = workspace_root().join("target").join("bench");
     let work = out_dir.join("work");
     let _ = fs::remove_dir_all(&work);
@@ -435,7 +474,7 @@ pub fn run(options: &Options) -> Result<()> {
     println!("xtask: bench on {}", net.describe());
     println!(
         "xtask: {} rounds of {} s per run; overhead: {}; then completeness at {} rate levels; \
-         then offline import against tshark; then the store",
+         then offline import against tshark; then the store; then the central store",
         options.rounds,
         options.duration.as_secs(),
         Config::measured(options)
@@ -493,6 +532,22 @@ pub fn run(options: &Options) -> Result<()> {
         None
     };
 
+    let central = if options.central_exchanges > 0 {
+        println!(
+            "xtask: central: shipping a backlog of {} exchanges; lag at {} exchanges/s",
+            options.central_exchanges,
+            central::LAG_RATE
+        );
+        Some(central::run(
+            &work,
+            options.central_exchanges,
+            options.central_lag_seconds,
+            options.rounds,
+        )?)
+    } else {
+        None
+    };
+
     let report = report::Report {
         options: options.clone(),
         machine,
@@ -503,6 +558,7 @@ pub fn run(options: &Options) -> Result<()> {
         offline,
         store,
         analysis: Some(analysis),
+        central,
         elapsed: started.elapsed(),
         baseline_version: options.baseline.as_deref().map(version_of),
     };
@@ -563,11 +619,59 @@ fn run_analysis_only(options: &Options) -> Result<()> {
         started.elapsed().as_secs_f64()
     ));
     // The section's own heading is the report's; under the run's heading it is one level down.
-    text.push_str(&section.replacen("\n## 5. Analysis stages\n", "", 1));
+    text.push_str(&section.replacen("\n## 6. Analysis stages\n", "", 1));
     fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     println!(
         "xtask: appended this run's analysis section to {}",
         path.display()
+    );
+    Ok(())
+}
+
+/// `--central-only`: the central phase on its own, with a report of its own.
+fn run_central_only(options: &Options) -> Result<()> {
+    if options.central_exchanges == 0 {
+        bail!("--central-only with --central-exchanges 0 measures nothing");
+    }
+    host::install_interrupt_handler();
+    println!("xtask: building the release example for the central phase");
+    central::build()?;
+    let out_dir = workspace_root().join("target").join("bench");
+    let work = out_dir.join("work");
+    let _ = fs::remove_dir_all(&work);
+    fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    let started = Instant::now();
+    let machine = report::Machine::read();
+    let outcome = central::run(
+        &work,
+        options.central_exchanges,
+        options.central_lag_seconds,
+        options.rounds,
+    )?;
+    let benchmarks = workspace_root().join("docs").join("BENCHMARKS.md");
+    let (markdown, json) = report::central_only(
+        &machine,
+        &command_line(),
+        &outcome,
+        started.elapsed(),
+        (!options.quick).then_some(benchmarks.as_path()),
+    )?;
+    let _ = fs::remove_dir_all(&work);
+    let md_path = out_dir.join("central.md");
+    let json_path = out_dir.join("central.json");
+    fs::write(&md_path, &markdown).with_context(|| format!("writing {}", md_path.display()))?;
+    fs::write(&json_path, serde_json::to_string_pretty(&json)?)
+        .with_context(|| format!("writing {}", json_path.display()))?;
+    println!("\n{markdown}");
+    println!(
+        "xtask: wrote {} and {}{}",
+        md_path.display(),
+        json_path.display(),
+        if options.quick {
+            " (--quick: docs/BENCHMARKS.md left as it is)"
+        } else {
+            "; appended the figures to docs/BENCHMARKS.md"
+        }
     );
     Ok(())
 }

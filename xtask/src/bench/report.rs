@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use super::{
     CompletenessOutcome, CompletenessRun, Config, Options, OverheadOutcome, OverheadRun, SensorRun,
     analysis::{ATTACKS_GOAL_NS, AnalysisOutcome},
+    central::CentralOutcome,
     offline::OfflineOutcome,
     store::{StoreLevel, StoreOutcome},
 };
@@ -188,6 +189,7 @@ pub struct Report {
     pub offline: Option<OfflineOutcome>,
     pub store: Option<StoreOutcome>,
     pub analysis: Option<AnalysisOutcome>,
+    pub central: Option<CentralOutcome>,
     pub elapsed: Duration,
     /// `--version` of the `--baseline` binary.
     pub baseline_version: Option<String>,
@@ -638,6 +640,7 @@ fn targets(
     levels: &[LevelSummary],
     offline: Option<&OfflineSummary>,
     store: Option<&StoreOutcome>,
+    central: Option<&CentralOutcome>,
 ) -> Vec<Target> {
     let mut list = Vec::new();
     let loss = |name: &str| {
@@ -820,6 +823,7 @@ fn targets(
         },
     });
     store_targets(store, &mut list);
+    central_targets(central, &mut list);
     list
 }
 
@@ -865,7 +869,13 @@ impl Report {
         let overhead = summarize_overhead(&self.overhead.runs, &configs);
         let levels = summarize_levels(&self.options, &self.completeness.runs);
         let offline = self.offline.as_ref().map(summarize_offline);
-        let mut targets = targets(&overhead, &levels, offline.as_ref(), self.store.as_ref());
+        let mut targets = targets(
+            &overhead,
+            &levels,
+            offline.as_ref(),
+            self.store.as_ref(),
+            self.central.as_ref(),
+        );
         targets.push(analysis_target(self.analysis.as_ref()));
         let comparisons = self.comparisons();
         let o = &self.options;
@@ -1279,6 +1289,10 @@ impl Report {
         if let Some(analysis) = &self.analysis {
             md.push_str(&analysis.markdown()?);
         }
+        if let Some(central) = &self.central {
+            writeln!(md, "\n## 5. Central store\n")?;
+            central_section(&mut md, central)?;
+        }
         writeln!(md, "\n## Reproduce\n\n```sh\n{}\n```", self.command)?;
 
         let json = json!({
@@ -1359,6 +1373,7 @@ impl Report {
                 })).collect::<Vec<_>>(),
             })),
             "analysis": self.analysis.as_ref().map(AnalysisOutcome::json),
+            "central": self.central.as_ref().map(central_json),
             "store": self.store.as_ref().map(|store| json!({
                 "show_requests": store.show_requests,
                 "transaction_exchanges": store.transaction_exchanges,
@@ -1407,7 +1422,13 @@ impl Report {
         let overhead = summarize_overhead(&self.overhead.runs, &configs);
         let levels = summarize_levels(&self.options, &self.completeness.runs);
         let offline = self.offline.as_ref().map(summarize_offline);
-        let mut targets = targets(&overhead, &levels, offline.as_ref(), self.store.as_ref());
+        let mut targets = targets(
+            &overhead,
+            &levels,
+            offline.as_ref(),
+            self.store.as_ref(),
+            self.central.as_ref(),
+        );
         targets.push(analysis_target(self.analysis.as_ref()));
         let comparisons = self.comparisons();
         let mut text = match fs::read_to_string(path) {
@@ -1547,6 +1568,9 @@ impl Report {
                 "| inventory ns per exchange (bench traffic) | {} |",
                 analysis.inventory_ns.show(0)
             )?;
+        }
+        if let Some(central) = &self.central {
+            central_rows(&mut text, central)?;
         }
         writeln!(text, "\n| target | goal | measured | verdict |")?;
         writeln!(text, "|---|---|---|---|")?;
@@ -1810,6 +1834,199 @@ impl Report {
     }
 }
 
+/// The central phase's goals (issue 13): shipping ≥ 100,000 exchanges/s per sensor, and under
+/// 5 s of lag at a steady 10,000 requests/s (the p95 of the lag samples, median over rounds).
+fn central_targets(central: Option<&CentralOutcome>, list: &mut Vec<Target>) {
+    let Some(c) = central else {
+        list.push(Target {
+            name: "central shipping, lag",
+            target: "see the issue".into(),
+            measured: "not measured".into(),
+            met: None,
+            conclusive: true,
+            note: "central phase skipped (--central-exchanges 0)".into(),
+        });
+        return;
+    };
+    let rate = Spread::of(c.throughput.iter().copied());
+    list.push(Target {
+        name: "central shipping (exchanges acknowledged per second)",
+        target: "≥ 100,000".into(),
+        measured: num(rate.median, 0),
+        met: Some(rate.median >= 100_000.0),
+        conclusive: true,
+        note: format!(
+            "{:.0} % of the goal; a backlog of {} exchanges, rounds {}",
+            rate.median / 1000.0,
+            num(c.exchanges as f64, 0),
+            rate.show(0)
+        ),
+    });
+    let p95 = Spread::of(c.lag.iter().map(|l| l.p95_ms / 1000.0));
+    let all_shipped = c.lag.iter().all(|l| l.all_shipped);
+    list.push(Target {
+        name: "central lag at 10,000 requests/s (p95)",
+        target: "< 5 s".into(),
+        measured: format!("{} s", num(p95.median, 2)),
+        met: Some(p95.median < 5.0 && all_shipped),
+        conclusive: true,
+        note: format!(
+            "rounds {}; median lag {} s{}",
+            p95.show(2),
+            Spread::of(c.lag.iter().map(|l| l.median_ms / 1000.0)).show(2),
+            if all_shipped {
+                ""
+            } else {
+                "; NOT everything was shipped"
+            }
+        ),
+    });
+}
+
+/// The central phase's section of the report.
+fn central_section(md: &mut String, c: &CentralOutcome) -> Result<()> {
+    writeln!(
+        md,
+        "`central_ship` (sensor/examples/) runs the library's shipper (batch size {}, interval \
+         {} ms: the `[central]` defaults) against a private {} on loopback, from an empty \
+         database and a fresh store each time. Throughput: a backlog of {} generated exchanges \
+         (2,000 active sessions over the last hour) in the outbox, timed from the shipper's \
+         start (schema creation included) until the server acknowledged the last one. Lag: {} \
+         exchanges/s stored for {} s (a commit every 50 ms) with the shipper running; every \
+         100 ms the age of the oldest exchange the server has not acknowledged (0 when none is \
+         pending), from its commit into the local store.\n",
+        num(c.batch_size as f64, 0),
+        c.interval_ms,
+        c.server,
+        num(c.exchanges as f64, 0),
+        num(super::central::LAG_RATE as f64, 0),
+        c.lag_seconds
+    )?;
+    central_rows(md, c)
+}
+
+/// The central phase's figures as table rows (`| figure | median (min–max) |`).
+fn central_rows(text: &mut String, c: &CentralOutcome) -> Result<()> {
+    if !text.ends_with("|\n") {
+        writeln!(text, "| figure | median (min–max) |")?;
+        writeln!(text, "|---|---|")?;
+    }
+    let spread = |f: &dyn Fn(&super::central::LagRun) -> f64| Spread::of(c.lag.iter().map(f));
+    writeln!(
+        text,
+        "| central shipping exchanges/s, a backlog of {} | {} |",
+        num(c.exchanges as f64, 0),
+        Spread::of(c.throughput.iter().copied()).show(0)
+    )?;
+    writeln!(
+        text,
+        "| central lag ms at {} exchanges/s: median | {} |",
+        num(spread(&|l| l.rate).median, 0),
+        spread(&|l| l.median_ms).show(0)
+    )?;
+    writeln!(
+        text,
+        "| central lag ms: p95 | {} |",
+        spread(&|l| l.p95_ms).show(0)
+    )?;
+    writeln!(
+        text,
+        "| central lag ms: max | {} |",
+        spread(&|l| l.max_ms).show(0)
+    )?;
+    writeln!(
+        text,
+        "| central lag: largest `lag_seconds` in stats | {} |",
+        spread(&|l| l.counter_max_s as f64).show(0)
+    )?;
+    Ok(())
+}
+
+fn central_json(c: &CentralOutcome) -> Value {
+    json!({
+        "server": c.server,
+        "batch_size": c.batch_size,
+        "interval_ms": c.interval_ms,
+        "backlog_exchanges": c.exchanges,
+        "throughput_exchanges_per_s": Spread::of(c.throughput.iter().copied()).json(),
+        "throughput_runs": c.throughput,
+        "lag_seconds": c.lag_seconds,
+        "lag_rate": super::central::LAG_RATE,
+        "lag_runs": c.lag.iter().map(|l| json!({
+            "rate": l.rate, "median_ms": l.median_ms, "p95_ms": l.p95_ms, "max_ms": l.max_ms,
+            "stats_lag_seconds_max": l.counter_max_s, "drain_s": l.drain_s,
+            "all_shipped": l.all_shipped,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// A run of the central phase alone (`--central-only`): its report (Markdown, JSON), and its
+/// entry appended to docs/BENCHMARKS.md unless `append_to` is None.
+pub fn central_only(
+    machine: &Machine,
+    command: &str,
+    central: &CentralOutcome,
+    elapsed: Duration,
+    append_to: Option<&Path>,
+) -> Result<(String, Value)> {
+    let mut targets = Vec::new();
+    central_targets(Some(central), &mut targets);
+    let mut entry = String::new();
+    writeln!(entry, "- Machine: {}", machine.line())?;
+    writeln!(
+        entry,
+        "- Command: `{command}` (the central phase only; {} round(s), {:.0} s in all)\n",
+        central.throughput.len(),
+        elapsed.as_secs_f64()
+    )?;
+    central_rows(&mut entry, central)?;
+    writeln!(entry, "\n| target | goal | measured | verdict |")?;
+    writeln!(entry, "|---|---|---|---|")?;
+    for t in &targets {
+        writeln!(
+            entry,
+            "| {} | {} | {} | {} ({}) |",
+            t.name,
+            t.target,
+            t.measured,
+            verdict(t),
+            t.note
+        )?;
+    }
+    let mut md = format!(
+        "# apisessions bench (central store), {}\n\n- Commit: {}\n",
+        machine.date, machine.commit
+    );
+    md.push_str(&entry);
+    writeln!(md, "\n## Central store\n")?;
+    central_section(&mut md, central)?;
+    if let Some(path) = append_to {
+        let mut text = fs::read_to_string(path).unwrap_or_else(|_| BENCHMARKS_HEADER.to_owned());
+        if !text.ends_with('\n') {
+            text.push('\n');
+        }
+        writeln!(
+            text,
+            "\n## {} · {} (central store only)\n",
+            machine.date, machine.commit
+        )?;
+        text.push_str(&entry);
+        fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    let json = json!({
+        "date": machine.date,
+        "commit": machine.commit,
+        "command": command,
+        "elapsed_s": elapsed.as_secs_f64(),
+        "targets": targets.iter().map(|t| json!({
+            "name": t.name, "target": t.target, "measured": t.measured,
+            "verdict": verdict(t), "note": t.note,
+        })).collect::<Vec<_>>(),
+        "central": central_json(central),
+    });
+    Ok((md, json))
+}
+
 const BENCHMARKS_HEADER: &str = concat!(
     "# Benchmarks\n",
     "\n",
@@ -1830,6 +2047,8 @@ const BENCHMARKS_HEADER: &str = concat!(
     "4. **Store and queries**: exchanges committed per second, bytes on disk per exchange, and the\n",
     "   latency of `sessions --limit 50`, `--ip`, `--endpoint` and `show` of a 10,000-request\n",
     "   session at 1M and 10M stored exchanges (generated).\n",
+    "5. **Central store**: exchanges per second the shipper moves from the LMDB outbox into a local\n",
+    "   `clickhouse-server`, and its lag at a steady 10,000 exchanges per second.\n",
     "\n",
     "Each figure is the median (min–max) over the rounds. The full report of a run (every round, the\n",
     "counters, a perf profile of the daemon with `--profile`) is in `target/bench/report.md` and\n",
@@ -1838,7 +2057,7 @@ const BENCHMARKS_HEADER: &str = concat!(
     "saturation ≤ 5 % (stretch 2 %) and below tcpdump's; sensor CPU ≤ 5 µs per exchange, kernel and\n",
     "user space together; completeness 100 % with zero unexplained loss; import ≥ 10× tshark; ingest\n",
     "≥ 200k exchanges/s; `sessions --limit 50` ≤ 50 ms and `show` ≤ 100 ms at 10M stored; ≤ 300 bytes\n",
-    "per exchange.\n",
+    "per exchange; central shipping ≥ 100,000 exchanges/s per sensor and lag < 5 s at 10,000/s.\n",
     "\n",
     "The machine these ran on is shared with other work. The bench waits for a quiet moment before\n",
     "each overhead run and records how many CPUs other processes used during it; a throughput verdict\n",
