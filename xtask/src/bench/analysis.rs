@@ -17,7 +17,7 @@ use anyhow::{Context as _, Result, bail};
 use serde_json::{Value, json};
 
 use super::{host::check_interrupt, offline, report::Spread};
-use crate::{status, workspace_root};
+use crate::workspace_root;
 
 /// Exchanges of the generated capture the stages are timed on: the offline phase's traffic,
 /// a size whose decoded exchanges fit in memory at once.
@@ -46,26 +46,11 @@ pub struct AnalysisOutcome {
 }
 
 fn cost_binary() -> PathBuf {
-    workspace_root()
-        .join("target")
-        .join("release")
-        .join("examples")
-        .join("analysis_cost")
+    super::example_binary("analysis_cost")
 }
 
 pub fn build() -> Result<()> {
-    status(
-        Command::new("cargo")
-            .args([
-                "build",
-                "--release",
-                "--package",
-                "apisessions",
-                "--example",
-                "analysis_cost",
-            ])
-            .current_dir(workspace_root()),
-    )
+    super::build_example("analysis_cost")
 }
 
 /// `runs` runs of `analysis_cost` on the generated capture of `exchanges` exchanges (each run

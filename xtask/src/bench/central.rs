@@ -27,7 +27,6 @@ use anyhow::{Context as _, Result, bail};
 use serde_json::Value;
 
 use super::host::{Proc, check_interrupt, wait_for};
-use crate::{status, workspace_root};
 
 #[path = "../../../tests/common/clickhouse_config.rs"]
 mod clickhouse_config;
@@ -171,26 +170,11 @@ pub struct CentralOutcome {
 }
 
 fn ship_binary() -> PathBuf {
-    workspace_root()
-        .join("target")
-        .join("release")
-        .join("examples")
-        .join("central_ship")
+    super::example_binary("central_ship")
 }
 
 pub fn build() -> Result<()> {
-    status(
-        Command::new("cargo")
-            .args([
-                "build",
-                "--release",
-                "--package",
-                "apisessions",
-                "--example",
-                "central_ship",
-            ])
-            .current_dir(workspace_root()),
-    )
+    super::build_example("central_ship")
 }
 
 fn ship(server: &Server, data_dir: &Path, args: &[String]) -> Result<Value> {

@@ -676,6 +676,32 @@ fn run_central_only(options: &Options) -> Result<()> {
     Ok(())
 }
 
+/// Builds one of the sensor crate's examples (sensor/examples/) from the release profile: the
+/// phases' measuring programs.
+fn build_example(name: &str) -> Result<()> {
+    crate::status(
+        std::process::Command::new("cargo")
+            .args([
+                "build",
+                "--release",
+                "--package",
+                "apisessions",
+                "--example",
+                name,
+            ])
+            .current_dir(workspace_root()),
+    )
+}
+
+/// Where [`build_example`] puts `name`.
+fn example_binary(name: &str) -> PathBuf {
+    workspace_root()
+        .join("target")
+        .join("release")
+        .join("examples")
+        .join(name)
+}
+
 /// Whether the baseline build runs before this one in `round`: in every other round, so that
 /// what the first run leaves behind (caches, writeback, heat) falls on both alike.
 pub fn baseline_first(round: u32) -> bool {

@@ -22,7 +22,7 @@ use anyhow::{Context as _, Result, bail};
 use serde_json::Value;
 
 use super::{baseline_first, host::check_interrupt};
-use crate::{binary, status, workspace_root};
+use crate::binary;
 
 /// What `store_fill` prints when done (one JSON object).
 #[derive(Clone, Debug)]
@@ -108,26 +108,11 @@ pub struct StoreOutcome {
 pub const SHOW_REQUESTS: u64 = 10_000;
 
 fn fill_binary() -> PathBuf {
-    workspace_root()
-        .join("target")
-        .join("release")
-        .join("examples")
-        .join("store_fill")
+    super::example_binary("store_fill")
 }
 
 pub fn build() -> Result<()> {
-    status(
-        Command::new("cargo")
-            .args([
-                "build",
-                "--release",
-                "--package",
-                "apisessions",
-                "--example",
-                "store_fill",
-            ])
-            .current_dir(workspace_root()),
-    )
+    super::build_example("store_fill")
 }
 
 fn fill(program: &Path, data_dir: &Path, exchanges: u64) -> Result<Fill> {
