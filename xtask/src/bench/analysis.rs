@@ -206,12 +206,16 @@ impl AnalysisOutcome {
             md,
             "`analysis_cost` (sensor/examples/) decodes `{}` ({} exchanges, the offline phase's \
              traffic) and times each stage alone over every exchange, 3 rounds per run; the \
-             figure is the mean per exchange of each round (median, min–max over all rounds), \
-             and the median of single calls.\n",
+             figure is the thread's CPU time per exchange of each round (median, min–max over \
+             all rounds: time spent descheduled on a busy machine does not count), and the \
+             median wall time of single calls.\n",
             self.file.display(),
             self.exchanges
         )?;
-        writeln!(md, "| stage | ns per exchange | single call median (ns) |")?;
+        writeln!(
+            md,
+            "| stage | CPU ns per exchange | single call median (wall ns) |"
+        )?;
         writeln!(md, "|---|---|---|")?;
         writeln!(
             md,
