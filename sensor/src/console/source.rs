@@ -123,6 +123,15 @@ impl ConsoleState {
         }
     }
 
+    /// The endpoints of this host's stored inventory, for records and sessions read from the
+    /// central store too (as `sessions --central` reads them); as written without a store.
+    fn local_resolver(&self) -> EndpointResolver {
+        match self.store() {
+            Ok(Some(store)) => endpoint_resolver(&store),
+            _ => EndpointResolver::default(),
+        }
+    }
+
     /// Runs `work` on a blocking thread.
     async fn blocking<T, F>(self: &Arc<Self>, work: F) -> Result<T, ConsoleError>
     where
@@ -144,7 +153,14 @@ impl ConsoleState {
         let list = self
             .blocking(move |state| {
                 if let Some(central) = &state.central {
-                    return central.sessions(&filters);
+                    let mut list = central.sessions(&filters)?;
+                    let resolver = state.local_resolver();
+                    for listed in &mut list {
+                        if let Listed::Central(session) = listed {
+                            resolver.summary(&mut session.summary);
+                        }
+                    }
+                    return Ok(list);
                 }
                 let Some(store) = state.store()? else {
                     return Ok(Vec::new());
@@ -190,14 +206,19 @@ impl ConsoleState {
                     true
                 };
                 let listed = if let Some(central) = &state.central {
-                    let Some(session) = central.query.session(&id)? else {
+                    let Some(mut session) = central.query.session(&id)? else {
                         return Ok(None);
                     };
+                    let resolver = state.local_resolver();
+                    resolver.summary(&mut session.summary);
                     let filter = ExchangeFilter {
                         session_id: Some(id),
                         ..ExchangeFilter::default()
                     };
-                    central.exchanges(filter, |_, e| take(e))?;
+                    central.exchanges(filter, |_, mut e| {
+                        resolver.record(&mut e);
+                        take(e)
+                    })?;
                     Listed::Central(session)
                 } else {
                     let Some(store) = state.store()? else {
@@ -237,7 +258,9 @@ impl ConsoleState {
                     until_ns: Some(until),
                     ..ExchangeFilter::default()
                 };
-                central.exchanges(filter, |id, e| {
+                let resolver = state.local_resolver();
+                central.exchanges(filter, |id, mut e| {
+                    resolver.record(&mut e);
                     records.push(e.to_json(id));
                     records.len() < limit
                 })?;
