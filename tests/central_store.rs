@@ -15,7 +15,7 @@ use apisessions::{
     config::CentralSection,
     record::{
         Assignment, AttackClass, Finding, KeyKind, SessionSignals, SessionSummary, Signal,
-        SignalName, StoredExchange,
+        SignalName, SpecStatus, StoredExchange,
     },
     ship::{
         CentralError, CentralQuery, Client, ExchangeFilter, Shipper, ShipperSettings,
@@ -632,7 +632,7 @@ fn every_exchange_column_survives_the_trip_through_the_server() {
             excerpt: (*text).to_owned(),
             rule: "r1".into(),
         });
-        e.spec_status = Some(apisessions::record::SpecStatus::Shadow);
+        e.spec_status = Some(SpecStatus::Shadow);
         records.push((e, assignment(n as u8 + 1, Some(text))));
     }
     store.write(&records).unwrap();
@@ -935,4 +935,100 @@ fn shipping_throughput() {
         server.number("SELECT count() FROM apisessions.exchanges FINAL"),
         total
     );
+}
+
+/// `endpoints --central`: the central store's aggregate of what the sensors shipped, per host,
+/// method and endpoint.
+#[test]
+fn the_fleets_endpoints_are_aggregated_from_the_shipped_exchanges() {
+    let server = ClickHouse::start("endpoints");
+    let dir = TempDir::new("endpoints");
+    let section = central(&server, "apisessions", "h1");
+    let mut store = Store::open(&dir.0, 1 << 30).unwrap();
+    store.enable_outbox();
+    // /a: three calls from two sessions (200, 200, 404), one recorded as shadow; /b: one slow
+    // 500 of 10 ms.
+    let mut records = Vec::new();
+    for (n, status, session) in [(0, 200, 1), (1, 200, 1), (2, 404, 2)] {
+        let mut e = exchange(n, "192.0.2.20", "/a", status);
+        e.spec_status = (n == 2).then_some(SpecStatus::Shadow);
+        records.push((e, assignment(session, None)));
+    }
+    let mut b = exchange(3, "192.0.2.21", "/b", 500);
+    b.duration_us = Some(10_000);
+    b.slow = true;
+    records.push((b, assignment(3, None)));
+    store.write(&records).unwrap();
+    let shipper = Shipper::spawn(store.share(), &section, fast_settings(&section, 1000)).unwrap();
+    assert!(wait_until(Duration::from_secs(30), || {
+        shipper.counters.exchanges_shipped.load(Ordering::Relaxed) == 4
+    }));
+    shipper.stop();
+
+    let query = CentralQuery::new(&section).unwrap();
+    let rows = query.endpoints(None, None, None).unwrap();
+    let summary: Vec<_> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.host.as_str(),
+                r.method.as_str(),
+                r.endpoint.as_str(),
+                r.calls,
+                r.sessions,
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("api.test", "GET", "/a", 3, 2),
+            ("api.test", "GET", "/b", 1, 1)
+        ]
+    );
+    let a = &rows[0];
+    let statuses: Vec<(u16, u64)> = a.statuses.iter().map(|s| (s.status, s.count)).collect();
+    assert_eq!(statuses, [(200, 2), (404, 1)]);
+    assert_eq!(a.status_classes.get("2xx"), Some(&2));
+    assert_eq!(a.status_classes.get("4xx"), Some(&1));
+    assert_eq!(a.latency_ms.p50, Some(2.5));
+    assert_eq!(a.ttfb_ms.p99, Some(1.5));
+    assert_eq!(a.spec_status, Some(SpecStatus::Shadow));
+    assert_eq!(a.slow, 0);
+    assert_eq!(
+        a.first_seen.as_deref(),
+        Some(apisessions::exchange::rfc3339_ns(records[0].0.ts_ns).as_str())
+    );
+    assert_eq!(
+        a.last_seen.as_deref(),
+        Some(apisessions::exchange::rfc3339_ns(records[2].0.ts_ns).as_str())
+    );
+    let b = &rows[1];
+    assert_eq!(b.latency_ms.p50, Some(10.0));
+    assert_eq!(b.status_classes.get("5xx"), Some(&1));
+    assert_eq!(b.slow, 1);
+    assert_eq!(b.spec_status, None);
+
+    // The filters: a host in any case, a host id, a time.
+    assert_eq!(
+        query.endpoints(None, Some("API.TEST"), None).unwrap().len(),
+        2
+    );
+    assert!(
+        query
+            .endpoints(None, Some("other.test"), None)
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(query.endpoints(None, None, Some("h1")).unwrap().len(), 2);
+    assert!(
+        query
+            .endpoints(None, None, Some("h1' OR ''='"))
+            .unwrap()
+            .is_empty()
+    );
+    let since = records[3].0.ts_ns;
+    let recent = query.endpoints(Some(since), None, None).unwrap();
+    assert_eq!(recent.len(), 1);
+    assert_eq!(recent[0].endpoint, "/b");
 }

@@ -20,8 +20,10 @@ use super::{
     rows::{CentralSession, ExchangeRow, SessionRow},
 };
 use crate::{
+    analysis::inventory::{EndpointRow, Sizes, StatusCount, aggregate::Percentiles},
     config::CentralSection,
-    record::{AttackClass, SignalName},
+    exchange::rfc3339_ns,
+    record::{AttackClass, SignalName, SpecStatus},
     store::SessionFilter,
 };
 
@@ -79,6 +81,41 @@ WHERE (p_session = '' OR session_id = p_session)
     AND ts_ns >= p_since AND ts_ns <= p_until
     AND (p_host_id = '' OR host_id = p_host_id)
 ORDER BY ts_ns, host_id, exchange_id";
+
+/// `endpoints --central`: one row per host, method and endpoint of the exchanges shipped. A
+/// request without a Host is keyed by its server address, as the sensors' inventory keys it.
+/// Statuses as a map (`sumMap`: codes and counts; 0 for no response); percentiles exact over the
+/// rows, none where no exchange had the timing.
+const ENDPOINTS: &str = "
+WITH
+    (SELECT since_ns FROM params) AS p_since,
+    (SELECT host FROM params) AS p_host,
+    (SELECT host_id FROM params) AS p_host_id
+SELECT
+    ifNull(host, concat(server_ip, ':', toString(server_port))) AS host_key,
+    assumeNotNull(method) AS method_name,
+    assumeNotNull(endpoint) AS endpoint_name,
+    count() AS calls,
+    uniqExact(session_id) AS sessions,
+    sumMap([ifNull(status_code, 0)], [toUInt64(1)]) AS statuses,
+    if(count(duration_ms) = 0, emptyArrayFloat64(),
+        quantiles(0.5, 0.95, 0.99)(duration_ms)) AS latency,
+    if(count(ttfb_ms) = 0, emptyArrayFloat64(), quantiles(0.5, 0.95, 0.99)(ttfb_ms)) AS ttfb,
+    toUInt64(ifNull(avg(request_body_len), 0)) AS request_avg,
+    ifNull(max(request_body_len), 0) AS request_max,
+    toUInt64(ifNull(avg(response_body_len), 0)) AS response_avg,
+    ifNull(max(response_body_len), 0) AS response_max,
+    sum(slow) AS slow_calls,
+    min(ts_ns) AS first_ns,
+    max(ts_ns) AS last_ns,
+    groupUniqArray(assumeNotNull(spec_status)) AS spec_statuses
+FROM {db}.exchanges FINAL
+WHERE ts_ns >= p_since
+    AND method IS NOT NULL AND endpoint IS NOT NULL
+    AND (p_host = '' OR lower(ifNull(host, '')) = lower(p_host))
+    AND (p_host_id = '' OR host_id = p_host_id)
+GROUP BY host_key, method_name, endpoint_name
+ORDER BY calls DESC, host_key, method_name, endpoint_name";
 
 /// Which exchanges `export --central` (or `show --central`) wants.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -204,6 +241,32 @@ impl CentralQuery {
         Ok(parts)
     }
 
+    /// The fleet's endpoints (`endpoints --central`): the exchanges since `since_ns` (of
+    /// `host`, as shipped by `host_id`) grouped by host, method and endpoint as the sensors
+    /// wrote them, most called first. Calls, distinct sessions, statuses, latency and TTFB
+    /// percentiles (exact, over the rows), sizes, slow calls, first and last seen, and the spec
+    /// status the sensors recorded; what only a sensor's inventory knows (authentication,
+    /// sensitive kinds, parameters, risk) is left empty.
+    pub fn endpoints(
+        &self,
+        since_ns: Option<u64>,
+        host: Option<&str>,
+        host_id: Option<&str>,
+    ) -> Result<Vec<EndpointRow>, CentralError> {
+        let params = ExternalTable {
+            name: "params",
+            structure: "since_ns UInt64, host String, host_id String",
+            rows: vec![serde_json::json!({
+                "since_ns": since_ns.unwrap_or(0),
+                "host": host.unwrap_or_default(),
+                "host_id": host_id.unwrap_or_default(),
+            })],
+        };
+        let rows: Vec<EndpointAggregate> =
+            self.client.select_all(&self.sql(ENDPOINTS), &[params])?;
+        Ok(rows.into_iter().map(EndpointAggregate::into_row).collect())
+    }
+
     /// Exchanges matching `filter` in time order (then host, then id), each once; `visit`
     /// returns false to stop. `row.to_stored()` gives what the report prints.
     pub fn exchanges(
@@ -222,5 +285,95 @@ impl CentralQuery {
             })],
         };
         self.client.select(&self.sql(EXCHANGES), &[params], visit)
+    }
+}
+
+/// One row of [`ENDPOINTS`].
+#[derive(Deserialize)]
+struct EndpointAggregate {
+    host_key: String,
+    method_name: String,
+    endpoint_name: String,
+    calls: u64,
+    sessions: u64,
+    /// Status codes (0: no response) and their counts.
+    statuses: (Vec<u16>, Vec<u64>),
+    latency: Vec<f64>,
+    ttfb: Vec<f64>,
+    request_avg: u64,
+    request_max: u64,
+    response_avg: u64,
+    response_max: u64,
+    slow_calls: u64,
+    first_ns: u64,
+    last_ns: u64,
+    spec_statuses: Vec<String>,
+}
+
+impl EndpointAggregate {
+    fn into_row(self) -> EndpointRow {
+        let percentiles = |values: &[f64]| {
+            let at = |i: usize| values.get(i).copied().filter(|v| v.is_finite());
+            Percentiles {
+                p50: at(0),
+                p95: at(1),
+                p99: at(2),
+            }
+        };
+        let (codes, counts) = self.statuses;
+        let mut statuses = Vec::new();
+        let mut status_classes = std::collections::BTreeMap::new();
+        for (&status, &count) in codes.iter().zip(&counts) {
+            let class = match status / 100 {
+                2 => "2xx",
+                3 => "3xx",
+                4 => "4xx",
+                5 => "5xx",
+                _ => "other",
+            };
+            *status_classes.entry(class).or_default() += count;
+            if status != 0 {
+                statuses.push(StatusCount { status, count });
+            }
+        }
+        statuses.sort_by_key(|s| s.status);
+        // Hosts may disagree (one with a spec, one without): the most telling status wins.
+        let spec_status = [
+            SpecStatus::Zombie,
+            SpecStatus::Shadow,
+            SpecStatus::Documented,
+        ]
+        .into_iter()
+        .find(|s| self.spec_statuses.iter().any(|name| name == s.name()));
+        EndpointRow {
+            host: self.host_key,
+            method: self.method_name,
+            endpoint: self.endpoint_name,
+            calls: self.calls,
+            sessions: self.sessions,
+            statuses,
+            status_classes,
+            latency_ms: percentiles(&self.latency),
+            ttfb_ms: percentiles(&self.ttfb),
+            request_bytes: Sizes {
+                avg: self.request_avg,
+                max: self.request_max,
+            },
+            response_bytes: Sizes {
+                avg: self.response_avg,
+                max: self.response_max,
+            },
+            auth: Vec::new(),
+            sensitive: Vec::new(),
+            sensitive_request: Vec::new(),
+            sensitive_response: Vec::new(),
+            params: Vec::new(),
+            spec_status,
+            risk: 0,
+            risk_reasons: Vec::new(),
+            slow: self.slow_calls,
+            first_seen: Some(rfc3339_ns(self.first_ns)),
+            last_seen: Some(rfc3339_ns(self.last_ns)),
+        }
     }
 }

@@ -8,14 +8,17 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use apisessions::{
-    analysis::inventory::{self, EndpointFilter, Inventory, InventoryState, openapi_out},
+    analysis::inventory::{
+        self, EndpointFilter, EndpointRow, Inventory, InventoryState, openapi_out,
+    },
+    config::Config,
     record::SpecStatus,
     report,
     store::Store,
 };
 use clap::Args;
 
-use crate::args::{ConfigArg, DataDirArg, When};
+use crate::args::{SourceArgs, When};
 
 #[derive(Args)]
 pub struct EndpointsArgs {
@@ -39,9 +42,7 @@ pub struct EndpointsArgs {
     #[arg(long)]
     openapi: bool,
     #[command(flatten)]
-    config: ConfigArg,
-    #[command(flatten)]
-    data: DataDirArg,
+    source: SourceArgs,
 }
 
 fn parse_status(name: &str) -> Result<SpecStatus, String> {
@@ -50,30 +51,32 @@ fn parse_status(name: &str) -> Result<SpecStatus, String> {
 }
 
 pub fn endpoints(args: EndpointsArgs) -> Result<()> {
-    let config = args.config.load()?;
-    let specs = match &args.spec {
-        Some(file) => inventory::load_specs([("*", file.as_path())])?,
-        None => inventory::load_configured_specs(&config, args.config.config.as_deref())?,
-    };
-    let mut inventory = Inventory::new(config.inventory.clone(), specs);
-    let data_dir = args.data.resolve(&config);
-    let store = Store::open_read_only(&data_dir)?;
-    if let Some(bytes) = store.inventory()? {
-        let state = InventoryState::decode(&bytes)
-            .with_context(|| format!("reading the endpoint inventory in {}", data_dir.display()))?;
-        inventory.merge(&state);
-    }
+    let (central, config) = args.source.central()?;
     let filter = EndpointFilter {
         host: args.host.clone(),
         status: args.status,
         since_ns: args.since.map(|w| w.0),
         ..EndpointFilter::default()
     };
-    let rows: Vec<_> = inventory
-        .rows()
-        .into_iter()
-        .filter(|row| filter.matches(row))
-        .collect();
+    let rows: Vec<_> = match central {
+        Some(central) => {
+            if args.spec.is_some() {
+                anyhow::bail!(
+                    "--spec compares this host's inventory: run endpoints --spec without --central"
+                );
+            }
+            central
+                .endpoints(
+                    filter.since_ns,
+                    args.host.as_deref(),
+                    args.source.host_id.as_deref(),
+                )?
+                .into_iter()
+                .filter(|row| filter.matches(row))
+                .collect()
+        }
+        None => local_rows(&args, &config, &filter)?,
+    };
     let mut out = io::stdout().lock();
     if args.openapi {
         let host = args.host.as_deref();
@@ -86,4 +89,30 @@ pub fn endpoints(args: EndpointsArgs) -> Result<()> {
         write!(out, "{}", report::endpoints_table(&rows))?;
     }
     Ok(())
+}
+
+/// This host's inventory (the store's, with the specs of --spec or the configuration), rows
+/// that `filter` accepts.
+fn local_rows(
+    args: &EndpointsArgs,
+    config: &Config,
+    filter: &EndpointFilter,
+) -> Result<Vec<EndpointRow>> {
+    let specs = match &args.spec {
+        Some(file) => inventory::load_specs([("*", file.as_path())])?,
+        None => inventory::load_configured_specs(config, args.source.config.config.as_deref())?,
+    };
+    let mut inventory = Inventory::new(config.inventory.clone(), specs);
+    let data_dir = args.source.data_dir(config);
+    let store = Store::open_read_only(&data_dir)?;
+    if let Some(bytes) = store.inventory()? {
+        let state = InventoryState::decode(&bytes)
+            .with_context(|| format!("reading the endpoint inventory in {}", data_dir.display()))?;
+        inventory.merge(&state);
+    }
+    Ok(inventory
+        .rows()
+        .into_iter()
+        .filter(|row| filter.matches(row))
+        .collect())
 }

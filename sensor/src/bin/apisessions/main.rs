@@ -48,6 +48,12 @@ enum Command {
     Show(show::ShowArgs),
     /// The API inventory: endpoints learned from traffic, with latency, auth, sensitive data
     /// and spec status; or the discovered API as an OpenAPI 3.1 document.
+    ///
+    /// With --central, the fleet's endpoints as the central store aggregates the exchanges
+    /// every sensor shipped (calls, sessions, statuses, exact latency percentiles, sizes, slow
+    /// calls, first and last seen, the spec status the sensors recorded); authentication,
+    /// sensitive kinds, parameters and risk are known only to each sensor's own inventory and
+    /// are left empty there, and --spec is not available.
     Endpoints(endpoints::EndpointsArgs),
     /// Write stored exchanges as NDJSON, CSV or HAR.
     Export(export::ExportArgs),
