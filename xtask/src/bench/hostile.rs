@@ -317,7 +317,9 @@ pub fn run(options: &Options) -> Result<()> {
     if options.quick {
         println!("xtask: --quick: docs/BENCHMARKS.md left as it is (a smoke run is no result)");
     } else {
-        append(&workspace_root().join("docs/BENCHMARKS.md"), &text)?;
+        let path = workspace_root().join("docs/BENCHMARKS.md");
+        super::report::append_entry(&path, &text)?;
+        println!("xtask: appended the figures to {}", path.display());
     }
     if decoded != answered {
         bail!("{verdict}");
@@ -518,16 +520,4 @@ fn rss_kib(pid: u32) -> Result<u64> {
 
 fn mib(kib: u64) -> String {
     format!("{:.1}", kib as f64 / 1024.0)
-}
-
-fn append(path: &Path, section: &str) -> Result<()> {
-    let mut text = fs::read_to_string(path).unwrap_or_default();
-    if !text.ends_with('\n') {
-        text.push('\n');
-    }
-    text.push('\n');
-    text.push_str(section);
-    fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
-    println!("xtask: appended the figures to {}", path.display());
-    Ok(())
 }

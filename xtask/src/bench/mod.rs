@@ -604,23 +604,19 @@ fn run_analysis_only(options: &Options) -> Result<()> {
     }
     let machine = report::Machine::read();
     let path = workspace_root().join("docs").join("BENCHMARKS.md");
-    let mut text =
-        fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    if !text.ends_with('\n') {
-        text.push('\n');
-    }
-    text.push_str(&format!(
-        "\n## {} · {} · analysis stages\n\n- Machine: {}\n- Command: `{}` ({} runs, {:.0} s)\n",
+    let entry = format!(
+        "## {} · {} · analysis stages\n\n- Machine: {}\n- Command: `{}` ({} runs, {:.0} s)\n{}",
         machine.date,
         machine.commit,
         machine.line(),
         command_line(),
         options.rounds,
-        started.elapsed().as_secs_f64()
-    ));
-    // The section's own heading is the report's; under the run's heading it is one level down.
-    text.push_str(&section.replacen("\n## 6. Analysis stages\n", "", 1));
-    fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        started.elapsed().as_secs_f64(),
+        // The section's own heading is the report's; under the run's heading it is one level
+        // down.
+        section.replacen("\n## 6. Analysis stages\n", "", 1)
+    );
+    report::append_entry(&path, &entry)?;
     println!(
         "xtask: appended this run's analysis section to {}",
         path.display()

@@ -2001,17 +2001,11 @@ pub fn central_only(
     writeln!(md, "\n## Central store\n")?;
     central_section(&mut md, central)?;
     if let Some(path) = append_to {
-        let mut text = fs::read_to_string(path).unwrap_or_else(|_| BENCHMARKS_HEADER.to_owned());
-        if !text.ends_with('\n') {
-            text.push('\n');
-        }
-        writeln!(
-            text,
-            "\n## {} · {} (central store only)\n",
+        let heading = format!(
+            "## {} · {} (central store only)\n\n",
             machine.date, machine.commit
-        )?;
-        text.push_str(&entry);
-        fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+        );
+        append_entry(path, &(heading + &entry))?;
     }
     let json = json!({
         "date": machine.date,
@@ -2025,6 +2019,18 @@ pub fn central_only(
         "central": central_json(central),
     });
     Ok((md, json))
+}
+
+/// Appends one entry (its `## ` heading first) to docs/BENCHMARKS.md at `path`, after a blank
+/// line; a missing file starts with the file's header.
+pub fn append_entry(path: &Path, entry: &str) -> Result<()> {
+    let mut text = fs::read_to_string(path).unwrap_or_else(|_| BENCHMARKS_HEADER.to_owned());
+    if !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text.push('\n');
+    text.push_str(entry);
+    fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }
 
 const BENCHMARKS_HEADER: &str = concat!(
