@@ -263,6 +263,32 @@ impl FlowTable {
         };
         let rst = segment.has(tcp_flags::RST);
         let (segment_src_port, segment_dst_port) = (segment.src.port(), segment.dst.port());
+        let mut events = std::mem::take(&mut self.events);
+        if segment.has(tcp_flags::ACK) {
+            // What this side acknowledged of the other direction: holes there that it passes
+            // were lost by the capture, not by the network (see `Stream::acknowledged`).
+            let other_side = side.other();
+            flow.streams[other_side as usize].acknowledged(
+                segment.ack,
+                segment.ts_ns,
+                &self.config.stream,
+                &mut self.stream_counters,
+                &mut events,
+            );
+            for event in events.drain(..) {
+                flow.http.on_event(
+                    other_side,
+                    event,
+                    &self.config.http,
+                    &mut self.http_counters,
+                    out,
+                );
+            }
+            if side == Side::Client {
+                let acked = flow.streams[Side::Server as usize].offset_of_seq(segment.ack);
+                flow.http.set_client_acked(acked);
+            }
+        }
         let piece = Piece {
             ts_ns: segment.ts_ns,
             seq: segment.seq,
@@ -272,7 +298,6 @@ impl FlowTable {
             missing: segment.missing,
             payload: segment.payload,
         };
-        let mut events = std::mem::take(&mut self.events);
         let index = side as usize;
         flow.streams[index].push(
             piece,
@@ -302,11 +327,8 @@ impl FlowTable {
         }
         if rst {
             // A reset ends the whole connection, not only the direction that sent it.
-            let (other, other_side) = match side {
-                Side::Client => (1, Side::Server),
-                Side::Server => (0, Side::Client),
-            };
-            flow.streams[other].finish(
+            let other_side = side.other();
+            flow.streams[other_side as usize].finish(
                 segment.ts_ns,
                 EndReason::Reset,
                 &mut self.stream_counters,

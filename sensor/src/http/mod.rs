@@ -61,6 +61,8 @@ pub struct HttpCounters {
     pub headers_truncated: u64,
     pub bodies_truncated: u64,
     pub messages_with_gaps: u64,
+    /// Requests whose responses a gap swallowed whole, found by the client's acknowledgements.
+    pub responses_lost_in_gaps: u64,
     /// Heads cut by a gap whose start line (and headers before the cut) were still reported.
     pub heads_salvaged: u64,
     /// Messages cut short by a gap or by the end of the connection.
@@ -91,6 +93,7 @@ impl HttpCounters {
             ("headers_truncated", self.headers_truncated),
             ("bodies_truncated", self.bodies_truncated),
             ("messages_with_gaps", self.messages_with_gaps),
+            ("responses_lost_in_gaps", self.responses_lost_in_gaps),
             ("heads_salvaged", self.heads_salvaged),
             ("truncated_messages", self.truncated_messages),
             ("bad_framing", self.bad_framing),
@@ -113,6 +116,9 @@ struct Slot {
     response: Option<Response>,
     response_done: bool,
     interim: Vec<u16>,
+    /// How many bytes of the server's stream the client had acknowledged when it sent the
+    /// request: its response starts at or after that offset.
+    acked: Option<u64>,
 }
 
 /// Whether the first bytes a side of a connection sent are HTTP/1.x (or HTTP/2's preface):
@@ -169,6 +175,15 @@ pub enum Side {
     Server,
 }
 
+impl Side {
+    pub fn other(self) -> Side {
+        match self {
+            Side::Client => Side::Server,
+            Side::Server => Side::Client,
+        }
+    }
+}
+
 /// The HTTP state of one TCP connection.
 #[derive(Debug)]
 pub struct HttpConnection {
@@ -179,6 +194,16 @@ pub struct HttpConnection {
     requests: MessageParser,
     responses: MessageParser,
     slots: VecDeque<Slot>,
+    /// Stream offset of the next byte each side's parser gets (counted as reassembly counts).
+    offsets: [u64; 2],
+    /// Offset of the server's stream the client's latest segment acknowledged.
+    client_acked: Option<u64>,
+    /// Where the response head just parsed ended in the server's stream.
+    response_head_end: u64,
+    /// A gap broke a side's framing: requests or responses may have been lost whole, so
+    /// pairing in order may be wrong. Exchanges are marked `gap` until the connection is
+    /// between exchanges again with both sides in step.
+    unaligned: bool,
 }
 
 impl HttpConnection {
@@ -190,12 +215,23 @@ impl HttpConnection {
             requests: MessageParser::new(Kind::Request),
             responses: MessageParser::new(Kind::Response),
             slots: VecDeque::new(),
+            offsets: [0; 2],
+            client_acked: None,
+            response_head_end: 0,
+            unaligned: false,
         }
     }
 
     /// Records where NAT sent the connection (the translated destination).
     pub fn set_upstream(&mut self, upstream: SocketAddr) {
         self.upstream = Some(upstream);
+    }
+
+    /// The client's latest segment acknowledged the server's stream up to `offset` (as
+    /// reassembly counts it). Requests remember it: after a gap lost responses, it tells which
+    /// request the next response answers.
+    pub fn set_client_acked(&mut self, offset: Option<u64>) {
+        self.client_acked = offset;
     }
 
     /// Both directions stopped decoding (tunnel or not HTTP): no more exchanges can come.
@@ -216,10 +252,17 @@ impl HttpConnection {
                 self.data(side, bytes, ts_ns, config, counters, out)
             }
             StreamEvent::Gap { ts_ns, len } => {
+                let offset = &mut self.offsets[side as usize];
+                // Reassembly counts from the first byte after an unknown start.
+                *offset = len.map_or(0, |len| offset.saturating_add(len));
                 let progress = self.parser(side).gap(len, ts_ns, config, counters);
                 if let Some(progress) = progress {
                     self.handle(side, progress, ts_ns, config, counters, out);
                 }
+                if self.parser(side).lost_in_gap() {
+                    self.unaligned = true;
+                }
+                self.realign();
             }
             StreamEvent::End { ts_ns, .. } => {
                 if let Some(progress) = self.parser(side).finish(ts_ns, counters) {
@@ -247,6 +290,8 @@ impl HttpConnection {
         out: &mut Vec<Exchange>,
     ) {
         let mut pos = 0;
+        // Stream offset of `input[0]`.
+        let mut base = self.offsets[side as usize];
         let mut stalled = false;
         while pos < input.len() {
             if side == Side::Server && self.responses.is_idle() {
@@ -262,6 +307,8 @@ impl HttpConnection {
                 .feed(&input[pos..], ts_ns, config, counters);
             pos += used;
             if let Some(mut replay) = self.parser(side).take_replay() {
+                // Bytes consumed before, fed again: they come from just before `pos`.
+                base = (base + pos as u64).saturating_sub(replay.len() as u64);
                 replay.extend_from_slice(&input[pos..]);
                 input = replay;
                 pos = 0;
@@ -277,7 +324,26 @@ impl HttpConnection {
                 continue;
             }
             stalled = false;
+            if side == Side::Server {
+                self.response_head_end = base + pos as u64;
+            }
             self.handle(side, progress, ts_ns, config, counters, out);
+        }
+        self.offsets[side as usize] = base + input.len() as u64;
+        self.realign();
+    }
+
+    /// Ends the unaligned state once nothing is pending and both sides wait for a message in
+    /// step: from there on, requests and responses pair in order again.
+    fn realign(&mut self) {
+        if self.unaligned
+            && self.slots.is_empty()
+            && self.requests.is_idle()
+            && self.responses.is_idle()
+            && !self.requests.lost_in_gap()
+            && !self.responses.lost_in_gap()
+        {
+            self.unaligned = false;
         }
     }
 
@@ -353,6 +419,7 @@ impl HttpConnection {
         self.slots.push_back(Slot {
             method: head.method,
             http09: head.version == "0.9",
+            acked: self.client_acked,
             ..Slot::default()
         });
         // Requests without a length have no body (they are never delimited by close).
@@ -362,6 +429,9 @@ impl HttpConnection {
     /// Pairs a response head with the oldest unanswered request and returns its framing
     /// (RFC 9112 6.3).
     fn response_head(&mut self, head: &Head, counters: &mut HttpCounters) -> Framing {
+        if self.responses.message_after_gap() {
+            self.skip_unanswerable(counters);
+        }
         if !self.slots.iter().any(|s| !s.response_done) {
             counters.responses_without_request += 1;
             self.slots.push_back(Slot {
@@ -386,6 +456,37 @@ impl HttpConnection {
         head.body_framing(Framing::UntilClose, counters)
     }
 
+    /// A response found after a gap that broke the responses' framing: the responses before it
+    /// may be lost whole. The client's acknowledgements say which: a request sent after the
+    /// client had received bytes up to `acked` is answered at or after that offset, so this
+    /// response (whose head ends at `response_head_end`) answers the newest group of requests
+    /// sent with the same acknowledgement below that, oldest first. Unanswered requests before
+    /// that group lost their responses: they are closed as such, marked `gap`. Without
+    /// acknowledgements (capture files without them, forged ones) the order stays.
+    fn skip_unanswerable(&mut self, counters: &mut HttpCounters) {
+        let end = self.response_head_end;
+        let newest = self
+            .slots
+            .iter()
+            .filter(|s| !s.response_done)
+            .filter_map(|s| s.acked)
+            .filter(|acked| *acked < end)
+            .max();
+        let Some(newest) = newest else {
+            return;
+        };
+        for slot in self.slots.iter_mut().filter(|s| !s.response_done) {
+            if slot.acked.is_some_and(|acked| acked == newest) {
+                break;
+            }
+            slot.response_done = true;
+            counters.responses_lost_in_gaps += 1;
+            if let Some(request) = slot.request.as_mut() {
+                request.meta.gap = true;
+            }
+        }
+    }
+
     /// Emits exchanges from the front while they are complete, keeping pipelined order.
     fn emit_ready(&mut self, counters: &mut HttpCounters, out: &mut Vec<Exchange>) {
         while self
@@ -399,7 +500,19 @@ impl HttpConnection {
         }
     }
 
-    fn emit(&self, slot: Slot, counters: &mut HttpCounters, out: &mut Vec<Exchange>) {
+    fn emit(&self, mut slot: Slot, counters: &mut HttpCounters, out: &mut Vec<Exchange>) {
+        if self.unaligned {
+            // Paired while requests or responses may be missing: the pairing is uncertain.
+            for meta in [
+                slot.request.as_mut().map(|r| &mut r.meta),
+                slot.response.as_mut().map(|r| &mut r.meta),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                meta.gap = true;
+            }
+        }
         if slot.request.is_some() && slot.response.is_none() {
             counters.requests_without_response += 1;
         }

@@ -168,6 +168,12 @@ pub struct MessageParser {
     skipped: u64,
     /// The current head was salvaged from a gap: its framing cannot be trusted.
     salvaged: bool,
+    /// A gap of lost bytes broke the framing: the next message is found by scanning, so it may
+    /// be a false start inside a lost message's body, and messages may be missing before it.
+    /// That message is marked `gap`.
+    lost_in_gap: bool,
+    /// The message in progress began while `lost_in_gap` was set.
+    message_after_gap: bool,
     /// Bytes already consumed that must be fed again, ahead of the rest of the input (a failed
     /// head may contain the next message's start).
     replay: Vec<u8>,
@@ -187,6 +193,8 @@ impl MessageParser {
             skipped: 0,
             replay: Vec::new(),
             salvaged: false,
+            lost_in_gap: false,
+            message_after_gap: false,
         }
     }
 
@@ -197,6 +205,17 @@ impl MessageParser {
 
     pub fn is_passthrough(&self) -> bool {
         self.state == State::Passthrough
+    }
+
+    /// Whether a gap broke this direction's framing and no message has started since: the next
+    /// one is found by scanning (see `lost_in_gap`).
+    pub fn lost_in_gap(&self) -> bool {
+        self.lost_in_gap
+    }
+
+    /// Whether the message in progress was found by scanning after a gap (see `lost_in_gap`).
+    pub fn message_after_gap(&self) -> bool {
+        self.message_after_gap
     }
 
     /// Waiting for a head with nothing of it buffered: between messages.
@@ -320,8 +339,10 @@ impl MessageParser {
             if blank > 0 {
                 return (blank, Progress::NeedMore);
             }
+            self.message_after_gap = std::mem::take(&mut self.lost_in_gap);
             *self.meta() = MessageMeta {
                 start_ns: ts_ns,
+                gap: self.message_after_gap,
                 ..MessageMeta::default()
             };
             self.in_message = true;
@@ -676,6 +697,7 @@ impl MessageParser {
                 }
                 self.lose_sync(counters);
                 self.at_line_start = true;
+                self.lost_in_gap = len.is_some();
                 salvaged
             }
             _ => {
@@ -684,6 +706,8 @@ impl MessageParser {
                 self.lose_sync(counters);
                 // After a gap, data may start right at a message boundary.
                 self.at_line_start = true;
+                // A capture that starts mid-stream (`len: None`) loses nothing it could report.
+                self.lost_in_gap = len.is_some();
                 partial
             }
         }

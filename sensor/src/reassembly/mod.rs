@@ -80,6 +80,9 @@ pub struct StreamCounters {
     pub gap_bytes: u64,
     /// Holes given up because the out-of-order buffer was full.
     pub buffer_overflows: u64,
+    /// Holes given up because the receiver acknowledged bytes past them: it had them, so they
+    /// were lost on the capture path (a full ring buffer, a dropping tap) and never come again.
+    pub holes_acknowledged: u64,
     /// Streams first seen without their SYN.
     pub started_mid_stream: u64,
     /// Segments after the stream ended.
@@ -98,6 +101,7 @@ impl StreamCounters {
             ("gaps", self.gaps),
             ("gap_bytes", self.gap_bytes),
             ("buffer_overflows", self.buffer_overflows),
+            ("holes_acknowledged", self.holes_acknowledged),
             ("started_mid_stream", self.started_mid_stream),
             ("late_segments", self.late_segments),
         ]
@@ -152,6 +156,13 @@ impl Stream {
     /// Out-of-order bytes held now.
     pub fn buffered(&self) -> usize {
         self.buffered
+    }
+
+    /// Offset of the byte with sequence number `seq` in this stream (an acknowledgement's
+    /// byte, say), once the stream's start is known and if `seq` is not before it.
+    pub fn offset_of_seq(&self, seq: u32) -> Option<u64> {
+        let next_seq = self.next_seq?;
+        u64::try_from(self.offset_of(next_seq, seq)).ok()
     }
 
     /// Offset of `seq` relative to the next byte to deliver, allowing for wrap-around: TCP
@@ -263,10 +274,54 @@ impl Stream {
         }
         if piece.rst {
             self.finish(piece.ts_ns, EndReason::Reset, counters, out);
-        } else if self.fin_offset.is_some_and(|fin| fin <= self.next_offset) {
+        } else {
+            self.end_after_fin(piece.ts_ns, out);
+        }
+    }
+
+    /// The receiver acknowledged every byte before sequence number `ack` (a segment of the other
+    /// direction said so). TCP acknowledges cumulatively, so a hole below `ack` was delivered to
+    /// the receiver: it was lost on the capture path (a full ring buffer, a dropping tap) and no
+    /// retransmission will fill it. It becomes a gap now, instead of holding the stream until a
+    /// buffer bound or the connection's end; bytes not seen at all before `ack` (a lost tail)
+    /// too. Without loss an acknowledgement never passes the next byte to deliver, because the
+    /// capture sees data before the receiver can acknowledge it.
+    pub fn acknowledged(
+        &mut self,
+        ack: u32,
+        ts_ns: u64,
+        limits: &StreamLimits,
+        counters: &mut StreamCounters,
+        out: &mut Vec<StreamEvent>,
+    ) {
+        let Some(next_seq) = self.next_seq else {
+            return;
+        };
+        if self.ended {
+            return;
+        }
+        let mut acked = self.offset_of(next_seq, ack);
+        // The FIN takes a sequence number of its own, and no byte follows it.
+        if let Some(fin) = self.fin_offset {
+            acked = acked.min(fin as i64);
+        }
+        let ahead = acked - self.next_offset as i64;
+        // Any segment can carry a forged acknowledgement: one further ahead than a stream may
+        // jump is not believed.
+        if ahead <= 0 || ahead as u64 > limits.max_jump {
+            return;
+        }
+        counters.holes_acknowledged += 1;
+        self.give_up_until(acked as u64, ts_ns, counters, out);
+        self.end_after_fin(ts_ns, out);
+    }
+
+    /// Ends the stream once every byte before its FIN was delivered.
+    fn end_after_fin(&mut self, ts_ns: u64, out: &mut Vec<StreamEvent>) {
+        if !self.ended && self.fin_offset.is_some_and(|fin| fin <= self.next_offset) {
             self.ended = true;
             out.push(StreamEvent::End {
-                ts_ns: piece.ts_ns,
+                ts_ns,
                 reason: EndReason::Fin,
             });
         }
@@ -499,6 +554,55 @@ mod tests {
         let (text, counters) = run(vec![piece(5000, b"middle"), piece(5006, b" on")]);
         assert_eq!(text, "<?>middle on|CaptureEnd");
         assert_eq!(counters.started_mid_stream, 1);
+    }
+
+    #[test]
+    fn an_acknowledged_hole_is_a_gap_at_once() {
+        let limits = StreamLimits::default();
+        let mut stream = Stream::default();
+        let mut counters = StreamCounters::default();
+        let mut out = Vec::new();
+        // Bytes 6..10 never reach the capture; the ones after them wait for them.
+        for p in [syn(0), piece(1, b"hello"), piece(11, b"world")] {
+            stream.push(p, &limits, &mut counters, &mut out);
+        }
+        assert_eq!(render(&out), "hello");
+        // The receiver acknowledges only what it has: up to the hole, nothing changes.
+        stream.acknowledged(6, 2, &limits, &mut counters, &mut out);
+        assert_eq!(
+            (render(&out).as_str(), counters.holes_acknowledged),
+            ("hello", 0)
+        );
+        // Past the hole: the receiver had those bytes, so the capture lost them.
+        stream.acknowledged(16, 2, &limits, &mut counters, &mut out);
+        assert_eq!(render(&out), "hello<5>world");
+        assert_eq!((counters.holes_acknowledged, counters.gap_bytes), (1, 5));
+        // A lost tail: bytes acknowledged that the capture never saw at all.
+        stream.acknowledged(20, 3, &limits, &mut counters, &mut out);
+        assert_eq!(render(&out), "hello<5>world<4>");
+        // Old and forged acknowledgements change nothing.
+        for ack in [3, 20, 20 + (8 << 20) + 1, 0x8000_0000] {
+            stream.acknowledged(ack, 4, &limits, &mut counters, &mut out);
+        }
+        assert_eq!(render(&out), "hello<5>world<4>");
+        assert_eq!(counters.holes_acknowledged, 2);
+    }
+
+    #[test]
+    fn an_acknowledged_fin_ends_a_stream_with_a_hole() {
+        let limits = StreamLimits::default();
+        let mut stream = Stream::default();
+        let mut counters = StreamCounters::default();
+        let mut out = Vec::new();
+        let mut fin = piece(8, b"end");
+        fin.fin = true;
+        for p in [syn(0), piece(1, b"abc"), fin] {
+            stream.push(p, &limits, &mut counters, &mut out);
+        }
+        // The acknowledgement of the FIN counts one past the last byte.
+        stream.acknowledged(12, 5, &limits, &mut counters, &mut out);
+        assert_eq!(render(&out), "abc<4>end|Fin");
+        assert!(stream.ended());
     }
 
     #[test]
