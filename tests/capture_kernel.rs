@@ -466,6 +466,11 @@ fn a_tiny_ring_drops_and_every_drop_is_counted() {
         delivered, c["events_submitted"],
         "every submitted event is read back"
     );
+    assert_eq!(c["ring_full_bytes"], 200 * c["ring_full"]);
+    assert_eq!(
+        c["bytes_submitted"] + c["ring_full_bytes"],
+        200 * u64::from(tries)
+    );
 }
 
 /// The loopback device BPF_PROG_TEST_RUN attaches its packets to.

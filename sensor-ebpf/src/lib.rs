@@ -202,7 +202,9 @@ pub mod counter {
     pub const MUTED_SEGMENTS: u32 = 13;
     /// Their TCP payload bytes.
     pub const MUTED_BYTES: u32 = 14;
-    pub const COUNT: u32 = 15;
+    /// Payload bytes of the events lost because the ring was full (`RING_FULL`).
+    pub const RING_FULL_BYTES: u32 = 15;
+    pub const COUNT: u32 = 16;
 
     /// Stable names, in index order, as `apisessions stats` shows them.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -221,6 +223,7 @@ pub mod counter {
         "copies_skipped",
         "muted_segments",
         "muted_bytes",
+        "ring_full_bytes",
     ];
 }
 

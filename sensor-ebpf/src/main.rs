@@ -385,7 +385,10 @@ fn submit(buf: &EventBuf, len: usize, wakeup_bytes: u32) {
             count(counter::EVENTS_SUBMITTED, 1);
             count(counter::BYTES_SUBMITTED, len as u64);
         }
-        Err(_) => count(counter::RING_FULL, 1),
+        Err(_) => {
+            count(counter::RING_FULL, 1);
+            count(counter::RING_FULL_BYTES, len as u64);
+        }
     }
 }
 

@@ -27,7 +27,7 @@ pub struct CaptureOptions {
     pub snaplen: u32,
     /// Ring-buffer size in bytes: a power of two, at least one page.
     pub ring_bytes: u32,
-    /// Ring fill level that forces a reader wakeup.
+    /// Ring fill level that forces a reader wakeup (at most a quarter of the ring).
     pub wakeup_bytes: u32,
 }
 
@@ -123,7 +123,10 @@ impl CaptureProgram {
             } else {
                 0
             },
-            wakeup_bytes: options.wakeup_bytes,
+            // A threshold the ring cannot reach would leave a small ring to the reader's timer
+            // alone (found with a 256 KiB ring: 87 % of a burst lost). A quarter of the ring
+            // leaves room for the bytes that arrive while the reader wakes.
+            wakeup_bytes: options.wakeup_bytes.min(options.ring_bytes / 4),
             _reserved: 0,
         };
         let mut program = Self {
