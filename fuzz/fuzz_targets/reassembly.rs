@@ -18,11 +18,12 @@ fuzz_target!(|data: &[u8]| {
     };
     let mut table = FlowTable::new(config);
     let mut out = Vec::new();
-    // Segments of 8 header bytes (flow, direction, flags, seq, length) and their payload.
+    // Segments of 12 header bytes (flow, direction, seq, flags, length, ack) and their payload.
+    // Acknowledgements near the other direction's bytes are what declares capture loss.
     let mut rest = data;
     let mut ts = 0u64;
-    while rest.len() >= 8 {
-        let (header, tail) = rest.split_at(8);
+    while rest.len() >= 12 {
+        let (header, tail) = rest.split_at(12);
         ts += u64::from(header[0] & 0x0f) * 1_000_000_000;
         let client_port = 40000 + u16::from(header[0] >> 6);
         let (client, server) = (format!("10.0.0.2:{client_port}"), "10.0.0.1:80".to_owned());
@@ -35,7 +36,7 @@ fuzz_target!(|data: &[u8]| {
                 src: src.parse().unwrap(),
                 dst: dst.parse().unwrap(),
                 seq,
-                ack: 0,
+                ack: u32::from_be_bytes([header[8], header[9], header[10], header[11]]),
                 flags: header[6],
                 payload: tail[..len].to_vec(),
                 missing: u32::from(header[1] >> 4),
