@@ -173,7 +173,7 @@ pub struct ExchangeFacts {
 
 impl ExchangeFacts {
     /// The facts of `exchange`; None without a request (nothing to attribute it to).
-    pub fn from_exchange(exchange: &Exchange, scanner: &Scanner) -> Option<ExchangeFacts> {
+    pub fn from_exchange(exchange: &Exchange, scanner: &mut Scanner) -> Option<ExchangeFacts> {
         let request = exchange.request.as_ref()?;
         let host = host_key(request.meta.header("host"), || exchange.server.to_string());
         let mut facts = ExchangeFacts {
@@ -394,7 +394,7 @@ pub(crate) mod tests {
             1_000_000_000,
             12,
         );
-        let facts = ExchangeFacts::from_exchange(&e, &Scanner::new()).unwrap();
+        let facts = ExchangeFacts::from_exchange(&e, &mut Scanner::new()).unwrap();
         assert_eq!(facts.host, "api.example.com");
         assert_eq!(facts.status, Some(201));
         assert_eq!(facts.duration_ms, Some(12.0));
@@ -421,11 +421,11 @@ pub(crate) mod tests {
 
         let long_host = format!("{}.example", "é".repeat(300));
         let odd = exchange("GET", "/", &[("Host", &long_host)], b"", 200, b"", 0, 1);
-        let facts = ExchangeFacts::from_exchange(&odd, &Scanner::new()).unwrap();
+        let facts = ExchangeFacts::from_exchange(&odd, &mut Scanner::new()).unwrap();
         assert!(facts.host.len() <= MAX_HOST && facts.host.starts_with('é'));
 
         let anonymous = exchange("GET", "/", &[], b"", 200, b"", 0, 1);
-        let facts = ExchangeFacts::from_exchange(&anonymous, &Scanner::new()).unwrap();
+        let facts = ExchangeFacts::from_exchange(&anonymous, &mut Scanner::new()).unwrap();
         assert_eq!(facts.auth.names(), ["none"]);
         assert_eq!(facts.host, "10.0.0.2:80");
         let set: AuthSet = serde_json::from_str(r#"["basic","none"]"#).unwrap();

@@ -256,7 +256,7 @@ impl Inventory {
 
     /// Counts an exchange; its template, spec status and slowness for its record.
     pub fn observe(&mut self, exchange: &Exchange, session_id: &str) -> Option<Verdict> {
-        let Some(facts) = ExchangeFacts::from_exchange(exchange, &self.scanner) else {
+        let Some(facts) = ExchangeFacts::from_exchange(exchange, &mut self.scanner) else {
             self.counters.exchanges_without_request += 1;
             return None;
         };

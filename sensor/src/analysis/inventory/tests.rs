@@ -696,7 +696,7 @@ fn scan_throughput() {
         body.push_str(r#"{"id":12345,"name":"Widget deluxe","price":19.99,"created":"2024-01-15T10:00:00Z","tags":["a","b"],"owner":{"id":"550e8400-e29b-41d4-a716-446655440000","active":true}},"#);
     }
     body.push_str("{}]");
-    let scanner = Scanner::new();
+    let mut scanner = Scanner::new();
     let rounds = 2000;
     let start = std::time::Instant::now();
     for _ in 0..rounds {
@@ -721,7 +721,7 @@ fn scan_throughput() {
     );
     let start = std::time::Instant::now();
     for _ in 0..rounds {
-        std::hint::black_box(ExchangeFacts::from_exchange(&e, &scanner));
+        std::hint::black_box(ExchangeFacts::from_exchange(&e, &mut scanner));
     }
     println!(
         "facts of an exchange with 16 KiB JSON request and response: {:.1} us",
