@@ -144,6 +144,9 @@ const METHODS: &[&[u8]] = &[
     b"REPORT ",
     b"PURGE ",
 ];
+/// Largest Content-Length or chunk size taken as valid: servers keep lengths in signed 64 bits
+/// (nginx's `off_t`, Go's `int64`, Java's `long`) and reject anything larger with a 400.
+const MAX_LENGTH: u64 = i64::MAX as u64;
 /// Longest pattern a resync scan must see whole.
 const MAX_START_PATTERN: usize = 16;
 /// Longest failed head whose bytes are scanned again for a message start.
@@ -177,6 +180,9 @@ pub struct MessageParser {
     /// Bytes already consumed that must be fed again, ahead of the rest of the input (a failed
     /// head may contain the next message's start).
     replay: Vec<u8>,
+    /// A request on this connection had a head or framing origins read differently or reject
+    /// (see [`Anomalies::AFTER_AMBIGUOUS`]): every later request is flagged.
+    after_ambiguous: bool,
 }
 
 impl MessageParser {
@@ -195,6 +201,7 @@ impl MessageParser {
             salvaged: false,
             lost_in_gap: false,
             message_after_gap: false,
+            after_ambiguous: false,
         }
     }
 
@@ -421,6 +428,7 @@ impl MessageParser {
         let folded = unfold_headers(&mut head);
         let bare_cr = blank_bare_cr(&mut head);
         let mut truncated = false;
+        let mut invalid_header = false;
         let result = loop {
             match parse_owned(self.kind, &head, config.max_headers) {
                 Err(httparse::Error::TooManyHeaders) if !truncated => {
@@ -428,6 +436,19 @@ impl MessageParser {
                     truncated = true;
                     counters.headers_truncated += 1;
                     head = cut_after_lines(&head, config.max_headers + 1);
+                }
+                Err(httparse::Error::HeaderName | httparse::Error::HeaderValue)
+                    if self.kind == Kind::Request && !invalid_header =>
+                {
+                    // The origin answers such a request (400, RFC 9112 5.1) and logs it: it
+                    // stays in the record without the lines no parser accepts, flagged.
+                    match without_invalid_header_lines(&head) {
+                        Some(kept) => {
+                            invalid_header = true;
+                            head = kept;
+                        }
+                        None => break Err(httparse::Error::HeaderName),
+                    }
                 }
                 other => break other,
             }
@@ -454,7 +475,11 @@ impl MessageParser {
         for (name, value) in headers.iter() {
             if name.eq_ignore_ascii_case("content-length") {
                 let digits = value.trim();
-                let parsed = digits.parse::<u64>().map_err(|_| ());
+                let parsed = digits
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|len| *len <= MAX_LENGTH)
+                    .ok_or(());
                 // `parse` takes a leading `+`; the grammar is digits only (RFC 9110 8.6).
                 if parsed.is_err() || !digits.bytes().all(|b| b.is_ascii_digit()) {
                     anomalies.insert(Anomalies::LENGTH_INVALID);
@@ -480,7 +505,9 @@ impl MessageParser {
                 }
             }
         }
-        if transfer_encodings > 1 {
+        // Repeated, or in HTTP/1.0, which has no Transfer-Encoding: RFC 9112 6.1 asks for the
+        // framing to be treated as faulty (nginx answers 400).
+        if transfer_encodings > 1 || (transfer_encodings > 0 && version == "1.0") {
             anomalies.insert(Anomalies::TRANSFER_ENCODING_INVALID);
         }
         if transfer_encodings > 0 && content_length.is_some() {
@@ -494,6 +521,15 @@ impl MessageParser {
         }
         if bare_cr {
             anomalies.insert(Anomalies::BARE_CR);
+        }
+        if invalid_header {
+            anomalies.insert(Anomalies::HEADER_INVALID);
+        }
+        if self.kind == Kind::Request {
+            if self.after_ambiguous {
+                anomalies.insert(Anomalies::AFTER_AMBIGUOUS);
+            }
+            self.after_ambiguous |= anomalies.is_ambiguous();
         }
         let meta = self.meta();
         meta.anomalies = anomalies;
@@ -560,13 +596,16 @@ impl MessageParser {
                         Ok(httparse::Status::Complete((_, 0))) => {
                             self.state = State::Chunked(Chunk::Trailer);
                         }
-                        Ok(httparse::Status::Complete((_, size))) => {
+                        // Beyond a signed 64-bit size no server takes it (nginx, Go, Java keep
+                        // sizes signed): invalid, as past 64 bits.
+                        Ok(httparse::Status::Complete((_, size))) if size <= MAX_LENGTH => {
                             self.state = State::Chunked(Chunk::Data(size));
                         }
                         _ => {
                             // Hand the message on, cut and marked, rather than lose it with
                             // the sync: a broken chunk size is itself a smuggling sign that
                             // the attack detector reports.
+                            self.after_ambiguous = true;
                             let meta = self.meta();
                             meta.anomalies.insert(Anomalies::CHUNK_SIZE_INVALID);
                             meta.truncated = true;
@@ -990,6 +1029,37 @@ fn blank_bare_cr(head: &mut [u8]) -> bool {
         from = i + 1;
     }
     found
+}
+
+/// `head` without the header lines httparse refuses on their own (whitespace before the colon,
+/// a name outside the token characters, a control character in a value); `None` if every line
+/// passes (the fault is elsewhere). Each line is parsed once: linear in the head's length.
+fn without_invalid_header_lines(head: &[u8]) -> Option<Vec<u8>> {
+    let first_line_end = memchr::memchr(b'\n', head)? + 1;
+    let mut kept = head[..first_line_end].to_vec();
+    let mut dropped = false;
+    let mut probe = Vec::new();
+    for line in head[first_line_end..].split_inclusive(|b| *b == b'\n') {
+        if line == b"\r\n" || line == b"\n" {
+            // The blank line ending the head.
+            kept.extend_from_slice(line);
+            break;
+        }
+        probe.clear();
+        probe.extend_from_slice(b"GET / HTTP/1.1\r\n");
+        probe.extend_from_slice(line);
+        probe.extend_from_slice(b"\r\n");
+        let mut one = [httparse::EMPTY_HEADER; 1];
+        if matches!(
+            httparse::Request::new(&mut one).parse(&probe),
+            Ok(httparse::Status::Complete(_))
+        ) {
+            kept.extend_from_slice(line);
+        } else {
+            dropped = true;
+        }
+    }
+    dropped.then_some(kept)
 }
 
 /// A head line ended by LF alone (httparse accepts it, as RFC 9112 2.2 allows a recipient to).

@@ -1,0 +1,552 @@
+//! Request smuggling and framing abuse against a real origin: nginx in a namespace, the
+//! `apisessions run` daemon on its port, and each case written byte for byte on a connection of
+//! its own (Content-Length with Transfer-Encoding in both orders and with obfuscated codings,
+//! conflicting, overflowing and malformed lengths, chunk sizes past 64 bits, chunk extensions,
+//! obsolete line folding, bare CR and LF, a request hidden in a body behind a CL/TE
+//! disagreement, pipelining).
+//!
+//! nginx's access log is the ground truth of what the origin read on each connection (matched
+//! by the client's port). For every case: each request nginx parsed is in the sensor's record
+//! with its method and target; the case's framing anomaly is flagged on it; and a request in
+//! the record that nginx never parsed (it answered 400 and closed) carries a `protocol`
+//! finding. The table of both readings is printed (docs/BENCHMARKS.md keeps it).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::{
+    collections::BTreeSet,
+    fs,
+    io::{Read as _, Write as _},
+    net::{Shutdown, TcpStream},
+    path::PathBuf,
+    process::{Child, Stdio},
+    time::Duration,
+};
+
+use common::{TestNet, exported, in_namespace, sh, start_daemon, wait_until};
+
+const PORT: u16 = 8080;
+const BIN: &str = env!("CARGO_BIN_EXE_apisessions");
+
+/// One framing-abuse case: the exact bytes of one connection.
+struct Case {
+    name: &'static str,
+    bytes: Vec<u8>,
+    /// The `protocol-*` rule the sensor must report on the case's first request; `None` for a
+    /// well-formed control.
+    rule: Option<&'static str>,
+    /// A request hidden behind the first one that the sensor must record, flagged.
+    hidden: Option<&'static str>,
+}
+
+fn case(name: &'static str, rule: Option<&'static str>, bytes: impl Into<Vec<u8>>) -> Case {
+    Case {
+        name,
+        bytes: bytes.into(),
+        rule,
+        hidden: None,
+    }
+}
+
+impl Case {
+    fn hiding(self, target: &'static str) -> Self {
+        Self {
+            hidden: Some(target),
+            ..self
+        }
+    }
+}
+
+/// A complete request for a smuggled target, to hide inside a body.
+fn smuggled(path: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: origin\r\n\r\n")
+}
+
+fn cases() -> Vec<Case> {
+    const H: &str = "Host: origin\r\n";
+    let chunked_body = "5\r\nhello\r\n0\r\n\r\n";
+    // A chunked body holding a whole request as data: a CL reader sees the request.
+    let hidden = smuggled("/te-cl-smuggled");
+    let te_cl_body = format!("{:x}\r\n{hidden}\r\n0\r\n\r\n", hidden.len());
+    // "0\r\n\r\n" ends a chunked body; what follows is a request for a TE reader.
+    let cl_te_body = format!("0\r\n\r\n{}", smuggled("/cl-te-smuggled"));
+    let cl_cl_body = smuggled("/cl-cl-smuggled");
+    let te_te_body = smuggled("/te-te-smuggled");
+    vec![
+        case(
+            "control",
+            None,
+            format!("GET /control HTTP/1.1\r\n{H}\r\n"),
+        ),
+        case(
+            "pipelined",
+            None,
+            format!(
+                "GET /pipe-1 HTTP/1.1\r\n{H}\r\nPOST /pipe-2 HTTP/1.1\r\n{H}Content-Length: 5\r\n\r\nhelloGET /pipe-3 HTTP/1.1\r\n{H}\r\n"
+            ),
+        ),
+        case(
+            "chunked",
+            None,
+            format!(
+                "POST /chunked HTTP/1.1\r\n{H}Transfer-Encoding: chunked\r\n\r\n{chunked_body}"
+            ),
+        ),
+        case(
+            "chunk-extension",
+            None,
+            format!(
+                "POST /chunk-ext HTTP/1.1\r\n{H}Transfer-Encoding: chunked\r\n\r\n5;name=value\r\nhello\r\n0;last\r\n\r\n"
+            ),
+        ),
+        case(
+            "cl-then-te",
+            Some("protocol-length-and-chunked"),
+            format!(
+                "POST /cl-then-te HTTP/1.1\r\n{H}Content-Length: 15\r\nTransfer-Encoding: chunked\r\n\r\n{chunked_body}"
+            ),
+        ),
+        case(
+            "te-then-cl",
+            Some("protocol-length-and-chunked"),
+            format!(
+                "POST /te-then-cl HTTP/1.1\r\n{H}Transfer-Encoding: chunked\r\nContent-Length: 15\r\n\r\n{chunked_body}"
+            ),
+        ),
+        case(
+            "te-xchunked",
+            Some("protocol-transfer-encoding-invalid"),
+            format!(
+                "POST /te-xchunked HTTP/1.1\r\n{H}Transfer-Encoding: xchunked\r\nContent-Length: 15\r\n\r\n{chunked_body}"
+            ),
+        ),
+        case(
+            "te-chunked-identity",
+            Some("protocol-transfer-encoding-invalid"),
+            format!(
+                "POST /te-chunked-identity HTTP/1.1\r\n{H}Transfer-Encoding: chunked, identity\r\nContent-Length: 15\r\n\r\n{chunked_body}"
+            ),
+        ),
+        case(
+            "te-tab",
+            Some("protocol-length-and-chunked"),
+            format!(
+                "POST /te-tab HTTP/1.1\r\n{H}Transfer-Encoding:\tchunked\r\nContent-Length: 15\r\n\r\n{chunked_body}"
+            ),
+        ),
+        case(
+            "te-space-before-colon",
+            Some("protocol-header-invalid"),
+            format!(
+                "POST /te-space-colon HTTP/1.1\r\n{H}Transfer-Encoding : chunked\r\nContent-Length: 15\r\n\r\n{chunked_body}"
+            ),
+        ),
+        case(
+            "te-http10",
+            Some("protocol-transfer-encoding-invalid"),
+            format!(
+                "POST /te-http10 HTTP/1.0\r\n{H}Transfer-Encoding: chunked\r\n\r\n{chunked_body}"
+            ),
+        ),
+        case(
+            "cl-conflict",
+            Some("protocol-length-conflict"),
+            format!(
+                "POST /cl-conflict HTTP/1.1\r\n{H}Content-Length: 5\r\nContent-Length: 6\r\n\r\nhello!"
+            ),
+        ),
+        case(
+            "cl-repeated-same",
+            None,
+            format!(
+                "POST /cl-repeated HTTP/1.1\r\n{H}Content-Length: 5\r\nContent-Length: 5\r\n\r\nhello"
+            ),
+        ),
+        case(
+            "cl-overflow-u64",
+            Some("protocol-length-invalid"),
+            format!(
+                "POST /cl-overflow HTTP/1.1\r\n{H}Content-Length: 18446744073709551616\r\n\r\nhello"
+            ),
+        ),
+        case(
+            "cl-over-i64",
+            Some("protocol-length-invalid"),
+            format!(
+                "POST /cl-over-i64 HTTP/1.1\r\n{H}Content-Length: 9223372036854775808\r\n\r\nhello"
+            ),
+        ),
+        case(
+            "cl-negative",
+            Some("protocol-length-invalid"),
+            format!("POST /cl-negative HTTP/1.1\r\n{H}Content-Length: -1\r\n\r\nhello"),
+        ),
+        case(
+            "cl-plus",
+            Some("protocol-length-invalid"),
+            format!("POST /cl-plus HTTP/1.1\r\n{H}Content-Length: +5\r\n\r\nhello"),
+        ),
+        case(
+            "cl-garbage",
+            Some("protocol-length-invalid"),
+            format!("POST /cl-garbage HTTP/1.1\r\n{H}Content-Length: 5abc\r\n\r\nhello"),
+        ),
+        case(
+            "chunk-overflow-u64",
+            Some("protocol-chunk-size-invalid"),
+            format!(
+                "POST /chunk-overflow HTTP/1.1\r\n{H}Transfer-Encoding: chunked\r\n\r\n10000000000000005\r\nhello\r\n0\r\n\r\n"
+            ),
+        ),
+        case(
+            "chunk-over-i64",
+            Some("protocol-chunk-size-invalid"),
+            format!(
+                "POST /chunk-over-i64 HTTP/1.1\r\n{H}Transfer-Encoding: chunked\r\n\r\n8000000000000005\r\nhello\r\n0\r\n\r\n"
+            ),
+        ),
+        case(
+            "obs-fold",
+            Some("protocol-obs-fold"),
+            format!("GET /obs-fold HTTP/1.1\r\n{H}X-Folded: first\r\n second\r\n\r\n"),
+        ),
+        case(
+            "obs-fold-te",
+            Some("protocol-obs-fold"),
+            format!(
+                "POST /obs-fold-te HTTP/1.1\r\n{H}Transfer-Encoding:\r\n chunked\r\n\r\n{chunked_body}"
+            ),
+        ),
+        case(
+            "bare-cr",
+            Some("protocol-bare-cr"),
+            format!("GET /bare-cr HTTP/1.1\r\n{H}X-Value: a\rb\r\n\r\n"),
+        ),
+        case(
+            "bare-lf",
+            Some("protocol-bare-lf"),
+            "GET /bare-lf HTTP/1.1\nHost: origin\n\nGET /bare-lf-2 HTTP/1.1\nHost: origin\n\n",
+        ),
+        case(
+            "cl-te-smuggle",
+            Some("protocol-length-and-chunked"),
+            format!(
+                "POST /cl-te HTTP/1.1\r\n{H}Content-Length: {}\r\nTransfer-Encoding: chunked\r\n\r\n{cl_te_body}",
+                cl_te_body.len()
+            ),
+        )
+        .hiding("/cl-te-smuggled"),
+        case(
+            "te-cl-smuggle",
+            Some("protocol-length-and-chunked"),
+            format!(
+                "POST /te-cl HTTP/1.1\r\n{H}Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n{te_cl_body}"
+            ),
+        ),
+        case(
+            "cl-cl-smuggle",
+            Some("protocol-length-conflict"),
+            format!(
+                "POST /cl-cl HTTP/1.1\r\n{H}Content-Length: 0\r\nContent-Length: {}\r\n\r\n{cl_cl_body}",
+                cl_cl_body.len()
+            ),
+        )
+        .hiding("/cl-cl-smuggled"),
+        case(
+            "te-te-smuggle",
+            Some("protocol-transfer-encoding-invalid"),
+            format!(
+                "POST /te-te HTTP/1.1\r\n{H}Transfer-Encoding: chunked\r\nTransfer-Encoding: x\r\nContent-Length: {}\r\n\r\n{te_te_body}",
+                te_te_body.len()
+            ),
+        ),
+    ]
+}
+
+/// A real nginx answering 200 on every path, logging each request it parsed with the client's
+/// port (one connection per case), its status and the request line.
+struct Origin {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Origin {
+    fn start(net: &TestNet) -> Self {
+        let dir = std::env::temp_dir().join(format!("apis-smuggling-{}", net.server_ns));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        // `return` discards a request body as nginx frames it, so a request after it on the
+        // connection is parsed where nginx thinks the body ends.
+        let conf = format!(
+            "daemon off;\nmaster_process off;\nuser root;\npid {d}/nginx.pid;\nerror_log {d}/error.log info;\n\
+             events {{ worker_connections 64; }}\n\
+             http {{\n log_format smuggling escape=json \
+             '{{\"port\":$remote_port,\"status\":$status,\"length\":$request_length,\"request\":\"$request\"}}';\n\
+             access_log {d}/access.log smuggling;\n client_body_temp_path {d}/body;\n\
+             proxy_temp_path {d}/proxy;\n fastcgi_temp_path {d}/fastcgi;\n uwsgi_temp_path {d}/uwsgi;\n\
+             scgi_temp_path {d}/scgi;\n\
+             server {{ listen {v4}:{PORT}; location / {{ return 200 \"ok\\n\"; }} }}\n}}\n",
+            d = dir.display(),
+            v4 = net.server_v4,
+        );
+        fs::write(dir.join("nginx.conf"), conf).unwrap();
+        let child = TestNet::command(&net.server_ns, "/usr/sbin/nginx")
+            .arg("-c")
+            .arg(dir.join("nginx.conf"))
+            .arg("-p")
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("nginx (install it: `cargo xtask setup` does, as root)");
+        let origin = Self { child, dir };
+        let addr = net.server_addr(false, PORT);
+        let up = wait_until(Duration::from_secs(10), || {
+            in_namespace(&net.client_ns, || TcpStream::connect(addr).is_ok())
+        });
+        assert!(up, "nginx listens on {addr}");
+        origin
+    }
+
+    /// (client port, status, request line) of each request nginx logged.
+    fn log(&self) -> Vec<(u16, u16, String)> {
+        fs::read_to_string(self.dir.join("access.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(|line| {
+                let v: serde_json::Value = serde_json::from_str(line).unwrap();
+                (
+                    v["port"].as_u64().unwrap() as u16,
+                    v["status"].as_u64().unwrap() as u16,
+                    v["request"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    }
+
+    fn nginx_version() -> String {
+        let out = std::process::Command::new("/usr/sbin/nginx")
+            .arg("-v")
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stderr).trim().to_owned()
+    }
+}
+
+impl Drop for Origin {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Writes `bytes` on a new connection, ends the sending side and reads until nginx closes: the
+/// client's port and the number of responses (status lines) it got.
+fn send(addr: std::net::SocketAddr, bytes: &[u8]) -> (u16, usize) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let port = stream.local_addr().unwrap().port();
+    stream.write_all(bytes).unwrap();
+    // The end of the input ends every body nginx still waits for: each case is over when
+    // nginx closes.
+    let _ = stream.shutdown(Shutdown::Write);
+    let mut response = Vec::new();
+    // A reset (nginx closing with unread bytes) ends the read as well as a FIN.
+    let _ = stream.read_to_end(&mut response);
+    let responses = response
+        .windows(9)
+        .filter(|w| w.starts_with(b"HTTP/1.") && w[8] == b' ')
+        .count();
+    (port, responses)
+}
+
+/// A request as one side read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Read {
+    method: String,
+    target: String,
+    status: Option<u16>,
+    /// The sensor's `protocol-*` findings.
+    rules: Vec<String>,
+}
+
+fn nginx_reading(log: &[(u16, u16, String)], port: u16) -> Vec<Read> {
+    log.iter()
+        .filter(|(p, _, _)| *p == port)
+        .map(|(_, status, line)| {
+            let mut words = line.split(' ');
+            Read {
+                method: words.next().unwrap_or_default().to_owned(),
+                target: words.next().unwrap_or_default().to_owned(),
+                status: Some(*status),
+                rules: Vec::new(),
+            }
+        })
+        .collect()
+}
+
+fn sensor_reading(records: &[serde_json::Value], port: u16) -> Vec<Read> {
+    let mut reads: Vec<(String, Read)> = records
+        .iter()
+        .filter(|r| r["client_port"] == port)
+        .map(|r| {
+            let rules = r["attacks"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|f| f["rule"].as_str())
+                .filter(|rule| rule.starts_with("protocol-"))
+                .map(str::to_owned)
+                .collect();
+            (
+                r["ts"].as_str().unwrap_or_default().to_owned(),
+                Read {
+                    method: r["method"].as_str().unwrap_or_default().to_owned(),
+                    target: r["uri"].as_str().unwrap_or_default().to_owned(),
+                    status: r["status_code"].as_u64().map(|s| s as u16),
+                    rules,
+                },
+            )
+        })
+        .collect();
+    reads.sort_by(|a, b| a.0.cmp(&b.0));
+    reads.into_iter().map(|(_, read)| read).collect()
+}
+
+fn show(reads: &[Read]) -> String {
+    if reads.is_empty() {
+        return "(none)".into();
+    }
+    reads
+        .iter()
+        .map(|r| {
+            let status = r.status.map_or("-".to_owned(), |s| s.to_string());
+            format!("{} {} {status}", r.method, r.target)
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[test]
+fn framing_abuse_is_decoded_as_the_origin_reads_it_and_flagged() {
+    let net = TestNet::new();
+    let origin = Origin::start(&net);
+    let data_dir: PathBuf =
+        std::env::temp_dir().join(format!("apis-smuggling-data-{}", net.server_ns));
+    let _ = fs::remove_dir_all(&data_dir);
+    let mut daemon = start_daemon(&net, BIN, &[PORT], &data_dir);
+
+    let cases = cases();
+    let addr = net.server_addr(false, PORT);
+    let sent: Vec<(u16, usize)> = in_namespace(&net.client_ns, || {
+        cases.iter().map(|c| send(addr, &c.bytes)).collect()
+    });
+
+    let log = origin.log();
+    // Every request nginx parsed is in the record before the daemon stops.
+    let all_recorded = |records: &[serde_json::Value]| {
+        sent.iter().all(|(port, _)| {
+            let sensor = sensor_reading(records, *port);
+            nginx_reading(&log, *port)
+                .iter()
+                .filter(|n| !n.method.is_empty())
+                .all(|n| {
+                    sensor
+                        .iter()
+                        .any(|s| s.method == n.method && s.target == n.target)
+                })
+        })
+    };
+    wait_until(Duration::from_secs(15), || {
+        all_recorded(&exported(BIN, &data_dir))
+    });
+    sh("kill", &["-TERM", &daemon.id().to_string()]);
+    assert!(daemon.wait().unwrap().success());
+    let records = exported(BIN, &data_dir);
+
+    println!("{}", Origin::nginx_version());
+    println!("| case | nginx's reading | sensor's reading | flagged |");
+    println!("|---|---|---|---|");
+    let mut failures = Vec::new();
+    for (case, (port, responses)) in cases.iter().zip(&sent) {
+        let nginx = nginx_reading(&log, *port);
+        let sensor = sensor_reading(&records, *port);
+        let flags: Vec<&str> = sensor
+            .iter()
+            .flat_map(|r| r.rules.iter().map(String::as_str))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        println!(
+            "| {} | {} ({responses} responses) | {} | {} |",
+            case.name,
+            show(&nginx),
+            show(&sensor),
+            if flags.is_empty() {
+                "no".to_owned()
+            } else {
+                flags.join(", ")
+            }
+        );
+        // Every request nginx parsed is in the record, with its method and target.
+        for n in nginx.iter().filter(|n| !n.method.is_empty()) {
+            if !sensor
+                .iter()
+                .any(|s| s.method == n.method && s.target == n.target)
+            {
+                failures.push(format!(
+                    "{}: nginx read {} {}, the sensor did not",
+                    case.name, n.method, n.target
+                ));
+            }
+        }
+        // The case's anomaly is flagged on its first request.
+        match (case.rule, sensor.first()) {
+            (Some(rule), Some(first)) if !first.rules.iter().any(|r| r == rule) => {
+                failures.push(format!(
+                    "{}: {rule} not reported ({:?})",
+                    case.name, first.rules
+                ));
+            }
+            (Some(rule), None) => {
+                failures.push(format!("{}: nothing recorded, {rule} expected", case.name))
+            }
+            (None, _) if !flags.is_empty() => {
+                failures.push(format!(
+                    "{}: a well-formed case flagged {flags:?}",
+                    case.name
+                ));
+            }
+            _ => {}
+        }
+        // A request hidden behind the first is recorded, flagged as following it.
+        if let Some(target) = case.hidden {
+            let flagged = sensor.iter().any(|s| {
+                s.target == target
+                    && s.rules
+                        .iter()
+                        .any(|r| r == "protocol-after-ambiguous-message")
+            });
+            if !flagged {
+                failures.push(format!("{}: {target} not recorded flagged", case.name));
+            }
+        }
+        // A request nginx never parsed is only in the record flagged.
+        for s in &sensor {
+            let parsed = nginx
+                .iter()
+                .any(|n| n.method == s.method && n.target == s.target);
+            if !parsed && s.rules.is_empty() {
+                failures.push(format!(
+                    "{}: {} {} recorded unflagged, nginx never parsed it",
+                    case.name, s.method, s.target
+                ));
+            }
+        }
+    }
+    let _ = fs::remove_dir_all(&data_dir);
+    assert!(failures.is_empty(), "{failures:#?}");
+}
