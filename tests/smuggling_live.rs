@@ -19,14 +19,13 @@ use std::{
     fs,
     io::{Read as _, Write as _},
     net::{Shutdown, TcpStream},
-    path::PathBuf,
-    process::{Child, Stdio},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
     time::Duration,
 };
 
 use common::{TestNet, exported, in_namespace, sh, start_daemon, wait_until};
 
-const PORT: u16 = 8080;
 const BIN: &str = env!("CARGO_BIN_EXE_apisessions");
 
 /// One framing-abuse case: the exact bytes of one connection.
@@ -243,7 +242,8 @@ fn cases() -> Vec<Case> {
             format!(
                 "POST /te-cl HTTP/1.1\r\n{H}Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n{te_cl_body}"
             ),
-        ),
+        )
+        .hiding("/te-cl-smuggled"),
         case(
             "cl-cl-smuggle",
             Some("protocol-length-conflict"),
@@ -264,16 +264,19 @@ fn cases() -> Vec<Case> {
     ]
 }
 
-/// A real nginx answering 200 on every path, logging each request it parsed with the client's
-/// port (one connection per case), its status and the request line.
+/// A real origin server in the server namespace, logging each request it parsed as a JSON line
+/// (client port, status, request line): one connection per case, so the port names the case.
 struct Origin {
+    name: &'static str,
+    port: u16,
     child: Child,
     dir: PathBuf,
 }
 
 impl Origin {
-    fn start(net: &TestNet) -> Self {
-        let dir = std::env::temp_dir().join(format!("apis-smuggling-{}", net.server_ns));
+    /// nginx answering 200 on every path.
+    fn nginx(net: &TestNet, port: u16) -> Self {
+        let dir = std::env::temp_dir().join(format!("apis-smuggling-nginx-{}", net.server_ns));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
         // `return` discards a request body as nginx frames it, so a request after it on the
@@ -282,11 +285,11 @@ impl Origin {
             "daemon off;\nmaster_process off;\nuser root;\npid {d}/nginx.pid;\nerror_log {d}/error.log info;\n\
              events {{ worker_connections 64; }}\n\
              http {{\n log_format smuggling escape=json \
-             '{{\"port\":$remote_port,\"status\":$status,\"length\":$request_length,\"request\":\"$request\"}}';\n\
+             '{{\"port\":$remote_port,\"status\":$status,\"request\":\"$request\"}}';\n\
              access_log {d}/access.log smuggling;\n client_body_temp_path {d}/body;\n\
              proxy_temp_path {d}/proxy;\n fastcgi_temp_path {d}/fastcgi;\n uwsgi_temp_path {d}/uwsgi;\n\
              scgi_temp_path {d}/scgi;\n\
-             server {{ listen {v4}:{PORT}; location / {{ return 200 \"ok\\n\"; }} }}\n}}\n",
+             server {{ listen {v4}:{port}; location / {{ return 200 \"ok\\n\"; }} }}\n}}\n",
             d = dir.display(),
             v4 = net.server_v4,
         );
@@ -299,37 +302,66 @@ impl Origin {
             .stdout(Stdio::null())
             .spawn()
             .expect("nginx (install it: `cargo xtask setup` does, as root)");
-        let origin = Self { child, dir };
-        let addr = net.server_addr(false, PORT);
+        Self::started(net, "nginx", port, child, dir)
+    }
+
+    /// Python's http.server (tests/data/smuggling/origin.py): Content-Length framing only.
+    fn python(net: &TestNet, port: u16) -> Self {
+        let dir = std::env::temp_dir().join(format!("apis-smuggling-python-{}", net.server_ns));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let script =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data/smuggling/origin.py");
+        let child = TestNet::command(&net.server_ns, "python3")
+            .arg(script)
+            .arg(net.server_v4.to_string())
+            .arg(port.to_string())
+            .arg(dir.join("access.log"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Self::started(net, "python", port, child, dir)
+    }
+
+    fn started(net: &TestNet, name: &'static str, port: u16, child: Child, dir: PathBuf) -> Self {
+        let origin = Self {
+            name,
+            port,
+            child,
+            dir,
+        };
+        let addr = net.server_addr(false, port);
         let up = wait_until(Duration::from_secs(10), || {
             in_namespace(&net.client_ns, || TcpStream::connect(addr).is_ok())
         });
-        assert!(up, "nginx listens on {addr}");
+        assert!(up, "{name} listens on {addr}");
         origin
     }
 
-    /// (client port, status, request line) of each request nginx logged.
-    fn log(&self) -> Vec<(u16, u16, String)> {
+    /// What the origin read on the connection from `client_port`: the requests it logged whose
+    /// line has a method and an origin-form target (a line it refused is no request).
+    fn reading(&self, client_port: u16) -> Vec<Read> {
         fs::read_to_string(self.dir.join("access.log"))
             .unwrap_or_default()
             .lines()
-            .map(|line| {
-                let v: serde_json::Value = serde_json::from_str(line).unwrap();
-                (
-                    v["port"].as_u64().unwrap() as u16,
-                    v["status"].as_u64().unwrap() as u16,
-                    v["request"].as_str().unwrap().to_owned(),
-                )
+            .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+            .filter(|v| v["port"] == client_port)
+            .filter_map(|v| {
+                let line = v["request"].as_str().unwrap_or_default();
+                let mut words = line.split(' ');
+                let (method, target) = (words.next()?, words.next()?);
+                let is_request = !method.is_empty()
+                    && method.bytes().all(|b| b.is_ascii_uppercase())
+                    && target.starts_with('/');
+                is_request.then(|| Read {
+                    method: method.to_owned(),
+                    target: target.to_owned(),
+                    status: v["status"].as_u64().map(|s| s as u16),
+                    rules: Vec::new(),
+                })
             })
             .collect()
-    }
-
-    fn nginx_version() -> String {
-        let out = std::process::Command::new("/usr/sbin/nginx")
-            .arg("-v")
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stderr).trim().to_owned()
     }
 }
 
@@ -341,8 +373,14 @@ impl Drop for Origin {
     }
 }
 
-/// Writes `bytes` on a new connection, ends the sending side and reads until nginx closes: the
-/// client's port and the number of responses (status lines) it got.
+fn version(program: &str, arg: &str) -> String {
+    let out = Command::new(program).arg(arg).output().unwrap();
+    let text = [out.stdout, out.stderr].concat();
+    String::from_utf8_lossy(&text).trim().to_owned()
+}
+
+/// Writes `bytes` on a new connection, ends the sending side and reads until the origin
+/// closes: the client's port and the number of responses (status lines) it got.
 fn send(addr: std::net::SocketAddr, bytes: &[u8]) -> (u16, usize) {
     let mut stream = TcpStream::connect(addr).unwrap();
     stream
@@ -350,11 +388,11 @@ fn send(addr: std::net::SocketAddr, bytes: &[u8]) -> (u16, usize) {
         .unwrap();
     let port = stream.local_addr().unwrap().port();
     stream.write_all(bytes).unwrap();
-    // The end of the input ends every body nginx still waits for: each case is over when
-    // nginx closes.
+    // The end of the input ends every body the origin still waits for: each case is over
+    // when it closes.
     let _ = stream.shutdown(Shutdown::Write);
     let mut response = Vec::new();
-    // A reset (nginx closing with unread bytes) ends the read as well as a FIN.
+    // A reset (closing with unread bytes) ends the read as well as a FIN.
     let _ = stream.read_to_end(&mut response);
     let responses = response
         .windows(9)
@@ -373,25 +411,17 @@ struct Read {
     rules: Vec<String>,
 }
 
-fn nginx_reading(log: &[(u16, u16, String)], port: u16) -> Vec<Read> {
-    log.iter()
-        .filter(|(p, _, _)| *p == port)
-        .map(|(_, status, line)| {
-            let mut words = line.split(' ');
-            Read {
-                method: words.next().unwrap_or_default().to_owned(),
-                target: words.next().unwrap_or_default().to_owned(),
-                status: Some(*status),
-                rules: Vec::new(),
-            }
-        })
-        .collect()
+impl Read {
+    fn same_request(&self, other: &Read) -> bool {
+        self.method == other.method && self.target == other.target
+    }
 }
 
-fn sensor_reading(records: &[serde_json::Value], port: u16) -> Vec<Read> {
+/// The sensor's exchanges on the connection from `client_port`, in order.
+fn sensor_reading(records: &[serde_json::Value], client_port: u16) -> Vec<Read> {
     let mut reads: Vec<(String, Read)> = records
         .iter()
-        .filter(|r| r["client_port"] == port)
+        .filter(|r| r["client_port"] == client_port)
         .map(|r| {
             let rules = r["attacks"]
                 .as_array()
@@ -430,121 +460,126 @@ fn show(reads: &[Read]) -> String {
         .join(", ")
 }
 
+/// Checks one case against one origin's reading; prints its table row, returns its failures.
+fn judge(case: &Case, origin: &Origin, origin_read: &[Read], sensor: &[Read]) -> Vec<String> {
+    let mut failures = Vec::new();
+    let name = format!("{} ({})", case.name, origin.name);
+    let flags: BTreeSet<&str> = sensor
+        .iter()
+        .flat_map(|r| r.rules.iter().map(String::as_str))
+        .collect();
+    let flags: Vec<&str> = flags.into_iter().collect();
+    println!(
+        "| {} | {} | {} | {} |",
+        case.name,
+        show(origin_read),
+        show(sensor),
+        if flags.is_empty() {
+            "no".to_owned()
+        } else {
+            flags.join(", ")
+        }
+    );
+    // Every request the origin parsed is in the record, with its method and target.
+    for o in origin_read {
+        if !sensor.iter().any(|s| s.same_request(o)) {
+            failures.push(format!(
+                "{name}: the origin read {} {}, the sensor did not",
+                o.method, o.target
+            ));
+        }
+    }
+    // The case's anomaly is flagged on its first request.
+    match (case.rule, sensor.first()) {
+        (Some(rule), Some(first)) if !first.rules.iter().any(|r| r == rule) => {
+            failures.push(format!("{name}: {rule} not reported ({:?})", first.rules));
+        }
+        (Some(rule), None) => failures.push(format!("{name}: nothing recorded, {rule} expected")),
+        (None, _) if !flags.is_empty() => {
+            failures.push(format!("{name}: a well-formed case flagged {flags:?}"));
+        }
+        _ => {}
+    }
+    // A request hidden behind the first is recorded, flagged as following it.
+    if let Some(target) = case.hidden {
+        let flagged = sensor.iter().any(|s| {
+            s.target == target
+                && s.rules
+                    .iter()
+                    .any(|r| r == "protocol-after-ambiguous-message")
+        });
+        if !flagged {
+            failures.push(format!("{name}: {target} not recorded flagged"));
+        }
+    }
+    // A request the origin never parsed is only in the record flagged.
+    for s in sensor {
+        if !origin_read.iter().any(|o| o.same_request(s)) && s.rules.is_empty() {
+            failures.push(format!(
+                "{name}: {} {} recorded unflagged, the origin never parsed it",
+                s.method, s.target
+            ));
+        }
+    }
+    failures
+}
+
 #[test]
 fn framing_abuse_is_decoded_as_the_origin_reads_it_and_flagged() {
     let net = TestNet::new();
-    let origin = Origin::start(&net);
-    let data_dir: PathBuf =
-        std::env::temp_dir().join(format!("apis-smuggling-data-{}", net.server_ns));
+    let origins = [Origin::nginx(&net, 8080), Origin::python(&net, 8081)];
+    let data_dir = std::env::temp_dir().join(format!("apis-smuggling-data-{}", net.server_ns));
     let _ = fs::remove_dir_all(&data_dir);
-    let mut daemon = start_daemon(&net, BIN, &[PORT], &data_dir);
+    let ports: Vec<u16> = origins.iter().map(|o| o.port).collect();
+    let mut daemon = start_daemon(&net, BIN, &ports, &data_dir);
 
     let cases = cases();
-    let addr = net.server_addr(false, PORT);
-    let sent: Vec<(u16, usize)> = in_namespace(&net.client_ns, || {
-        cases.iter().map(|c| send(addr, &c.bytes)).collect()
+    // Per origin, per case: the client's port and the responses it got.
+    let sent: Vec<Vec<(u16, usize)>> = in_namespace(&net.client_ns, || {
+        origins
+            .iter()
+            .map(|origin| {
+                let addr = net.server_addr(false, origin.port);
+                cases.iter().map(|c| send(addr, &c.bytes)).collect()
+            })
+            .collect()
     });
 
-    let log = origin.log();
-    // Every request nginx parsed is in the record before the daemon stops.
+    // Every request an origin parsed is in the record before the daemon stops.
     let all_recorded = |records: &[serde_json::Value]| {
-        sent.iter().all(|(port, _)| {
-            let sensor = sensor_reading(records, *port);
-            nginx_reading(&log, *port)
-                .iter()
-                .filter(|n| !n.method.is_empty())
-                .all(|n| {
-                    sensor
-                        .iter()
-                        .any(|s| s.method == n.method && s.target == n.target)
-                })
+        origins.iter().zip(&sent).all(|(origin, sent)| {
+            sent.iter().all(|(port, _)| {
+                let sensor = sensor_reading(records, *port);
+                origin
+                    .reading(*port)
+                    .iter()
+                    .all(|o| sensor.iter().any(|s| s.same_request(o)))
+            })
         })
     };
-    wait_until(Duration::from_secs(15), || {
+    wait_until(Duration::from_secs(10), || {
         all_recorded(&exported(BIN, &data_dir))
     });
     sh("kill", &["-TERM", &daemon.id().to_string()]);
     assert!(daemon.wait().unwrap().success());
     let records = exported(BIN, &data_dir);
 
-    println!("{}", Origin::nginx_version());
-    println!("| case | nginx's reading | sensor's reading | flagged |");
-    println!("|---|---|---|---|");
     let mut failures = Vec::new();
-    for (case, (port, responses)) in cases.iter().zip(&sent) {
-        let nginx = nginx_reading(&log, *port);
-        let sensor = sensor_reading(&records, *port);
-        let flags: Vec<&str> = sensor
-            .iter()
-            .flat_map(|r| r.rules.iter().map(String::as_str))
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
+    for (origin, sent) in origins.iter().zip(&sent) {
+        let program = if origin.name == "nginx" {
+            version("/usr/sbin/nginx", "-v")
+        } else {
+            version("python3", "--version")
+        };
+        println!("\n{program}\n");
         println!(
-            "| {} | {} ({responses} responses) | {} | {} |",
-            case.name,
-            show(&nginx),
-            show(&sensor),
-            if flags.is_empty() {
-                "no".to_owned()
-            } else {
-                flags.join(", ")
-            }
+            "| case | {}'s reading | sensor's reading | flagged |",
+            origin.name
         );
-        // Every request nginx parsed is in the record, with its method and target.
-        for n in nginx.iter().filter(|n| !n.method.is_empty()) {
-            if !sensor
-                .iter()
-                .any(|s| s.method == n.method && s.target == n.target)
-            {
-                failures.push(format!(
-                    "{}: nginx read {} {}, the sensor did not",
-                    case.name, n.method, n.target
-                ));
-            }
-        }
-        // The case's anomaly is flagged on its first request.
-        match (case.rule, sensor.first()) {
-            (Some(rule), Some(first)) if !first.rules.iter().any(|r| r == rule) => {
-                failures.push(format!(
-                    "{}: {rule} not reported ({:?})",
-                    case.name, first.rules
-                ));
-            }
-            (Some(rule), None) => {
-                failures.push(format!("{}: nothing recorded, {rule} expected", case.name))
-            }
-            (None, _) if !flags.is_empty() => {
-                failures.push(format!(
-                    "{}: a well-formed case flagged {flags:?}",
-                    case.name
-                ));
-            }
-            _ => {}
-        }
-        // A request hidden behind the first is recorded, flagged as following it.
-        if let Some(target) = case.hidden {
-            let flagged = sensor.iter().any(|s| {
-                s.target == target
-                    && s.rules
-                        .iter()
-                        .any(|r| r == "protocol-after-ambiguous-message")
-            });
-            if !flagged {
-                failures.push(format!("{}: {target} not recorded flagged", case.name));
-            }
-        }
-        // A request nginx never parsed is only in the record flagged.
-        for s in &sensor {
-            let parsed = nginx
-                .iter()
-                .any(|n| n.method == s.method && n.target == s.target);
-            if !parsed && s.rules.is_empty() {
-                failures.push(format!(
-                    "{}: {} {} recorded unflagged, nginx never parsed it",
-                    case.name, s.method, s.target
-                ));
-            }
+        println!("|---|---|---|---|");
+        for (case, (port, _)) in cases.iter().zip(sent) {
+            let sensor = sensor_reading(&records, *port);
+            failures.extend(judge(case, origin, &origin.reading(*port), &sensor));
         }
     }
     let _ = fs::remove_dir_all(&data_dir);

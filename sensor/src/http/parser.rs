@@ -183,6 +183,49 @@ pub struct MessageParser {
     /// A request on this connection had a head or framing origins read differently or reject
     /// (see [`Anomalies::AFTER_AMBIGUOUS`]): every later request is flagged.
     after_ambiguous: bool,
+    /// A chunked request that also has a valid Content-Length: what a server reading the length
+    /// instead takes for the next request.
+    length_reading: Option<LengthReading>,
+    /// The request a length reader finds in the body of the request just completed.
+    hidden: Option<Request>,
+}
+
+/// The raw body bytes of a chunked request from where its Content-Length says it ends, for the
+/// request a server reading that length would parse there (TE.CL smuggling).
+#[derive(Debug)]
+struct LengthReading {
+    /// Body bytes still inside the length.
+    skip: u64,
+    /// The bytes after it, at most [`REPLAY_MAX`].
+    after: Vec<u8>,
+}
+
+impl LengthReading {
+    fn observe(&mut self, raw: &[u8]) {
+        let skipped = self.skip.min(raw.len() as u64) as usize;
+        self.skip -= skipped as u64;
+        let rest = &raw[skipped..];
+        let room = REPLAY_MAX.saturating_sub(self.after.len());
+        self.after.extend_from_slice(&rest[..rest.len().min(room)]);
+    }
+
+    /// The request head starting right after the length, if a whole one is there; flagged.
+    fn hidden_request(&self, ts_ns: u64, config: &HttpConfig) -> Option<Request> {
+        if !looks_like_request(&self.after) {
+            return None;
+        }
+        // Parsed on the side: the decoder's counters are about the stream as it reads it.
+        let mut counters = HttpCounters::default();
+        let mut parser = MessageParser::new(Kind::Request);
+        let (_, Progress::Head(_)) = parser.feed(&self.after, ts_ns, config, &mut counters) else {
+            return None;
+        };
+        let Some(Progress::Request(mut request)) = parser.set_framing(Framing::None, ts_ns) else {
+            return None;
+        };
+        request.meta.anomalies.insert(Anomalies::AFTER_AMBIGUOUS);
+        Some(request)
+    }
 }
 
 impl MessageParser {
@@ -202,7 +245,15 @@ impl MessageParser {
             lost_in_gap: false,
             message_after_gap: false,
             after_ambiguous: false,
+            length_reading: None,
+            hidden: None,
         }
+    }
+
+    /// The request a server reading the Content-Length of the chunked request just completed
+    /// would parse inside its body (see [`LengthReading`]).
+    pub fn take_hidden(&mut self) -> Option<Request> {
+        self.hidden.take()
     }
 
     /// Bytes to feed again before the rest of the current input, if any.
@@ -292,7 +343,17 @@ impl MessageParser {
                     (take, Progress::NeedMore)
                 }
             }
-            State::Chunked(chunk) => self.feed_chunked(chunk, input, ts_ns, config, counters),
+            State::Chunked(chunk) => {
+                let (used, progress) = self.feed_chunked(chunk, input, ts_ns, config, counters);
+                if let Some(reading) = &mut self.length_reading {
+                    reading.observe(&input[..used]);
+                    if matches!(progress, Progress::Request(_)) {
+                        self.hidden = reading.hidden_request(ts_ns, config);
+                        self.length_reading = None;
+                    }
+                }
+                (used, progress)
+            }
             State::UntilClose => {
                 self.body(input, config, counters);
                 (input.len(), Progress::NeedMore)
@@ -530,6 +591,13 @@ impl MessageParser {
                 anomalies.insert(Anomalies::AFTER_AMBIGUOUS);
             }
             self.after_ambiguous |= anomalies.is_ambiguous();
+            self.length_reading = match (chunked, content_length) {
+                (true, Some(Ok(skip))) => Some(LengthReading {
+                    skip,
+                    after: Vec::new(),
+                }),
+                _ => None,
+            };
         }
         let meta = self.meta();
         meta.anomalies = anomalies;

@@ -851,6 +851,22 @@ fn requests_behind_ambiguous_framing_stay_in_the_record_flagged() {
             "GET /s 1.1 protocol-after-ambiguous-message => 200 body=0:",
         ],
     );
+    // TE.CL: read as chunked, the request a Content-Length reader finds in the body (here
+    // Python's http.server, which answers both) is recorded after it, flagged.
+    check(
+        &[
+            (
+                C,
+                b"POST /t HTTP/1.1\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n13\r\nGET /s HTTP/1.1\r\n\r\n\r\n0\r\n\r\n",
+            ),
+            (S, ok),
+            (S, ok),
+        ],
+        &[
+            "POST /t 1.1 body=19:GET /s HTTP/1.1\r\n\r\n protocol-length-and-chunked => 200 body=0:",
+            "GET /s 1.1 protocol-after-ambiguous-message => 200 body=0:",
+        ],
+    );
     // A bare LF is accepted by servers (RFC 9112 2.2): what follows is not flagged for it.
     check(
         &[
