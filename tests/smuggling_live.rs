@@ -480,13 +480,19 @@ fn judge(case: &Case, origin: &Origin, origin_read: &[Read], sensor: &[Read]) ->
             flags.join(", ")
         }
     );
-    // Every request the origin parsed is in the record, with its method and target.
+    // Every request the origin parsed is in the record, with its method and target, and
+    // paired with the origin's answer to it if the record has one.
     for o in origin_read {
-        if !sensor.iter().any(|s| s.same_request(o)) {
-            failures.push(format!(
+        match sensor.iter().find(|s| s.same_request(o)) {
+            None => failures.push(format!(
                 "{name}: the origin read {} {}, the sensor did not",
                 o.method, o.target
-            ));
+            )),
+            Some(s) if s.status.is_some() && s.status != o.status => failures.push(format!(
+                "{name}: {} {} paired with {:?}, the origin answered {:?}",
+                o.method, o.target, s.status, o.status
+            )),
+            Some(_) => {}
         }
     }
     // The case's anomaly is flagged on its first request.
