@@ -1,14 +1,16 @@
-//! Request smuggling and framing abuse against a real origin: nginx in a namespace, the
-//! `apisessions run` daemon on its port, and each case written byte for byte on a connection of
-//! its own (Content-Length with Transfer-Encoding in both orders and with obfuscated codings,
-//! conflicting, overflowing and malformed lengths, chunk sizes past 64 bits, chunk extensions,
-//! obsolete line folding, bare CR and LF, a request hidden in a body behind a CL/TE
+//! Request smuggling and framing abuse against real origins: nginx, and Python's `http.server`
+//! (which frames a body by Content-Length alone), in a namespace with the `apisessions run`
+//! daemon on both ports. Each case is written byte for byte on a connection of its own
+//! (Content-Length with Transfer-Encoding in both orders and with obfuscated codings,
+//! conflicting, overflowing and malformed lengths, chunk sizes past 63 and 64 bits, chunk
+//! extensions, obsolete line folding, bare CR and LF, requests hidden behind a CL/TE
 //! disagreement, pipelining).
 //!
-//! nginx's access log is the ground truth of what the origin read on each connection (matched
-//! by the client's port). For every case: each request nginx parsed is in the sensor's record
-//! with its method and target; the case's framing anomaly is flagged on it; and a request in
-//! the record that nginx never parsed (it answered 400 and closed) carries a `protocol`
+//! Each origin's access log is the ground truth of what it read on each connection (matched by
+//! the client's port). For every case and origin: each request the origin parsed is in the
+//! sensor's record with its method, target and the origin's status; the case's framing anomaly
+//! is flagged on the first request; a smuggled request is recorded, flagged; and a request in
+//! the record that the origin never parsed (nginx answers 400 and closes) carries a `protocol`
 //! finding. The table of both readings is printed (docs/BENCHMARKS.md keeps it).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
