@@ -74,6 +74,8 @@ fn cases() -> Vec<Case> {
     let cl_te_body = format!("0\r\n\r\n{}", smuggled("/cl-te-smuggled"));
     let cl_cl_body = smuggled("/cl-cl-smuggled");
     let te_te_body = smuggled("/te-te-smuggled");
+    // A chunked body ending before the length does: a lenient chunked reader sees the request.
+    let te_x_body = format!("0\r\n\r\n{}", smuggled("/te-x-smuggled"));
     vec![
         case(
             "control",
@@ -263,6 +265,15 @@ fn cases() -> Vec<Case> {
                 te_te_body.len()
             ),
         ),
+        case(
+            "te-xchunked-smuggle",
+            Some("protocol-transfer-encoding-invalid"),
+            format!(
+                "POST /te-x HTTP/1.1\r\n{H}Transfer-Encoding: xchunked\r\nContent-Length: {}\r\n\r\n{te_x_body}",
+                te_x_body.len()
+            ),
+        )
+        .hiding("/te-x-smuggled"),
     ]
 }
 

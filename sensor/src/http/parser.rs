@@ -183,41 +183,71 @@ pub struct MessageParser {
     /// A request on this connection had a head or framing origins read differently or reject
     /// (see [`Anomalies::AFTER_AMBIGUOUS`]): every later request is flagged.
     after_ambiguous: bool,
-    /// A chunked request that also has a valid Content-Length: what a server reading the length
-    /// instead takes for the next request.
-    length_reading: Option<LengthReading>,
-    /// The request a length reader finds in the body of the request just completed.
+    /// A request whose body another server would frame the other way (see [`OtherReading`]).
+    other_reading: Option<OtherReading>,
+    /// The request that other reading finds in the body of the request just completed.
     hidden: Option<Request>,
 }
 
-/// The raw body bytes of a chunked request from where its Content-Length says it ends, for the
-/// request a server reading that length would parse there (TE.CL smuggling).
+/// A request with both framings, read the way the decoder did not: the raw body bytes, for the
+/// request another server would parse after the body as it frames it. TE.CL smuggling: the
+/// decoder reads chunked, a server reading the Content-Length finds a request inside the
+/// chunks. TE.TE: an obfuscated Transfer-Encoding the decoder does not take for chunked (it
+/// reads the length), a lenient server does, and finds a request after the last chunk.
 #[derive(Debug)]
-struct LengthReading {
-    /// Body bytes still inside the length.
-    skip: u64,
-    /// The bytes after it, at most [`REPLAY_MAX`].
-    after: Vec<u8>,
+struct OtherReading {
+    /// `Some(n)`: the other server reads `n` bytes of body; `None`: it reads chunks.
+    length: Option<u64>,
+    /// With a length, the body bytes after it; with chunks, the body from its start. At most
+    /// [`REPLAY_MAX`].
+    bytes: Vec<u8>,
 }
 
-impl LengthReading {
+impl OtherReading {
     fn observe(&mut self, raw: &[u8]) {
-        let skipped = self.skip.min(raw.len() as u64) as usize;
-        self.skip -= skipped as u64;
-        let rest = &raw[skipped..];
-        let room = REPLAY_MAX.saturating_sub(self.after.len());
-        self.after.extend_from_slice(&rest[..rest.len().min(room)]);
+        let mut rest = raw;
+        if let Some(skip) = &mut self.length {
+            let skipped = (*skip).min(raw.len() as u64) as usize;
+            *skip -= skipped as u64;
+            rest = &raw[skipped..];
+        }
+        let room = REPLAY_MAX.saturating_sub(self.bytes.len());
+        self.bytes.extend_from_slice(&rest[..rest.len().min(room)]);
     }
 
-    /// The request head starting right after the length, if a whole one is there; flagged.
+    /// The request head starting where the other reading ends the body, if a whole one is
+    /// there; flagged.
     fn hidden_request(&self, ts_ns: u64, config: &HttpConfig) -> Option<Request> {
-        if !looks_like_request(&self.after) {
-            return None;
-        }
         // Parsed on the side: the decoder's counters are about the stream as it reads it.
         let mut counters = HttpCounters::default();
+        let after = match self.length {
+            Some(_) => &self.bytes[..],
+            None => {
+                let mut chunks = MessageParser::new(Kind::Request);
+                chunks.state = State::Chunked(Chunk::Size);
+                chunks.in_message = true;
+                let mut at = 0;
+                loop {
+                    let (used, progress) =
+                        chunks.feed(&self.bytes[at..], ts_ns, config, &mut counters);
+                    at += used;
+                    match progress {
+                        Progress::Request(r)
+                            if !r.meta.anomalies.contains(Anomalies::CHUNK_SIZE_INVALID) =>
+                        {
+                            break self.bytes.get(at..)?;
+                        }
+                        Progress::NeedMore if used > 0 && at < self.bytes.len() => {}
+                        _ => return None,
+                    }
+                }
+            }
+        };
+        if !looks_like_request(after) {
+            return None;
+        }
         let mut parser = MessageParser::new(Kind::Request);
-        let (_, Progress::Head(_)) = parser.feed(&self.after, ts_ns, config, &mut counters) else {
+        let (_, Progress::Head(_)) = parser.feed(after, ts_ns, config, &mut counters) else {
             return None;
         };
         let Some(Progress::Request(mut request)) = parser.set_framing(Framing::None, ts_ns) else {
@@ -245,13 +275,13 @@ impl MessageParser {
             lost_in_gap: false,
             message_after_gap: false,
             after_ambiguous: false,
-            length_reading: None,
+            other_reading: None,
             hidden: None,
         }
     }
 
-    /// The request a server reading the Content-Length of the chunked request just completed
-    /// would parse inside its body (see [`LengthReading`]).
+    /// The request a server framing the body of the request just completed the other way would
+    /// parse (see [`OtherReading`]).
     pub fn take_hidden(&mut self) -> Option<Request> {
         self.hidden.take()
     }
@@ -330,7 +360,8 @@ impl MessageParser {
         config: &HttpConfig,
         counters: &mut HttpCounters,
     ) -> (usize, Progress) {
-        match self.state {
+        let in_body = matches!(self.state, State::Length(_) | State::Chunked(_));
+        let (used, progress) = match self.state {
             State::Head => self.feed_head(input, ts_ns, config, counters),
             State::AwaitFraming => (0, Progress::NeedMore),
             State::Length(remaining) => {
@@ -343,17 +374,7 @@ impl MessageParser {
                     (take, Progress::NeedMore)
                 }
             }
-            State::Chunked(chunk) => {
-                let (used, progress) = self.feed_chunked(chunk, input, ts_ns, config, counters);
-                if let Some(reading) = &mut self.length_reading {
-                    reading.observe(&input[..used]);
-                    if matches!(progress, Progress::Request(_)) {
-                        self.hidden = reading.hidden_request(ts_ns, config);
-                        self.length_reading = None;
-                    }
-                }
-                (used, progress)
-            }
+            State::Chunked(chunk) => self.feed_chunked(chunk, input, ts_ns, config, counters),
             State::UntilClose => {
                 self.body(input, config, counters);
                 (input.len(), Progress::NeedMore)
@@ -363,7 +384,15 @@ impl MessageParser {
                 counters.tunnel_bytes += input.len() as u64;
                 (input.len(), Progress::NeedMore)
             }
+        };
+        if in_body && let Some(reading) = &mut self.other_reading {
+            reading.observe(&input[..used]);
+            if matches!(progress, Progress::Request(_)) {
+                self.hidden = reading.hidden_request(ts_ns, config);
+                self.other_reading = None;
+            }
         }
+        (used, progress)
     }
 
     fn body(&mut self, bytes: &[u8], config: &HttpConfig, counters: &mut HttpCounters) {
@@ -533,6 +562,7 @@ impl MessageParser {
         // before (see `Anomalies`).
         let mut anomalies = Anomalies::default();
         let mut transfer_encodings = 0;
+        let mut mentions_chunked = false;
         for (name, value) in headers.iter() {
             if name.eq_ignore_ascii_case("content-length") {
                 let digits = value.trim();
@@ -557,6 +587,8 @@ impl MessageParser {
                 };
             } else if name.eq_ignore_ascii_case("transfer-encoding") {
                 transfer_encodings += 1;
+                // Lenient servers take any coding that says chunked for chunked.
+                mentions_chunked |= value.to_ascii_lowercase().contains("chunked");
                 chunked = value
                     .rsplit(',')
                     .next()
@@ -591,10 +623,14 @@ impl MessageParser {
                 anomalies.insert(Anomalies::AFTER_AMBIGUOUS);
             }
             self.after_ambiguous |= anomalies.is_ambiguous();
-            self.length_reading = match (chunked, content_length) {
-                (true, Some(Ok(skip))) => Some(LengthReading {
-                    skip,
-                    after: Vec::new(),
+            self.other_reading = match (chunked, content_length) {
+                (true, Some(Ok(length))) => Some(OtherReading {
+                    length: Some(length),
+                    bytes: Vec::new(),
+                }),
+                (false, Some(Ok(_))) if mentions_chunked => Some(OtherReading {
+                    length: None,
+                    bytes: Vec::new(),
                 }),
                 _ => None,
             };

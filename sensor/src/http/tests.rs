@@ -867,6 +867,22 @@ fn requests_behind_ambiguous_framing_stay_in_the_record_flagged() {
             "GET /s 1.1 protocol-after-ambiguous-message => 200 body=0:",
         ],
     );
+    // TE.TE: a coding the decoder does not take for chunked, so it reads the length; the
+    // request a lenient server reading chunks finds after the last one is recorded, flagged.
+    check(
+        &[
+            (
+                C,
+                b"POST /x HTTP/1.1\r\nTransfer-Encoding: chunked, identity\r\nContent-Length: 24\r\n\r\n0\r\n\r\nGET /s HTTP/1.1\r\n\r\n",
+            ),
+            (S, ok),
+            (S, ok),
+        ],
+        &[
+            "POST /x 1.1 body=24:0\r\n\r\nGET /s HTTP/1.1\r\n\r\n protocol-length-and-chunked protocol-transfer-encoding-invalid => 200 body=0:",
+            "GET /s 1.1 protocol-after-ambiguous-message => 200 body=0:",
+        ],
+    );
     // A bare LF is accepted by servers (RFC 9112 2.2): what follows is not flagged for it.
     check(
         &[
