@@ -52,11 +52,13 @@ impl Anomalies {
     pub const LENGTH_AND_CHUNKED: Self = Self(1);
     /// Content-Length repeated with different values.
     pub const LENGTH_CONFLICT: Self = Self(1 << 1);
-    /// A Content-Length that is not plain digits or overflows 64 bits.
+    /// A Content-Length that is not plain digits or exceeds a signed 64-bit number (what
+    /// servers keep lengths in; nginx answers 400 past it).
     pub const LENGTH_INVALID: Self = Self(1 << 2);
-    /// A Transfer-Encoding with an unknown or repeated coding, or `chunked` not last.
+    /// A Transfer-Encoding with an unknown or repeated coding, or `chunked` not last, or in an
+    /// HTTP/1.0 message.
     pub const TRANSFER_ENCODING_INVALID: Self = Self(1 << 3);
-    /// A chunk-size line that is not hex digits or overflows 64 bits.
+    /// A chunk-size line that is not hex digits or exceeds a signed 64-bit number.
     pub const CHUNK_SIZE_INVALID: Self = Self(1 << 4);
     /// A head line ended by a bare LF (no CR), which front ends and back ends read differently.
     pub const BARE_LF: Self = Self(1 << 5);
@@ -67,9 +69,18 @@ impl Anomalies {
     /// A CR not followed by LF inside a head: some servers end a line there, others read it as
     /// part of the value. The decoder reads it as a space (RFC 9112 2.2).
     pub const BARE_CR: Self = Self(1 << 7);
+    /// A header line no recipient may accept (whitespace before the colon, a name outside the
+    /// token characters, a control character in a value; RFC 9112 5.1 asks for a 400). The
+    /// decoder leaves the line out and keeps the message: the request stays in the record.
+    pub const HEADER_INVALID: Self = Self(1 << 8);
+    /// The request follows, on the same connection, one whose framing or head an origin must
+    /// reject (any flag above but a bare LF). A server that rejects that one closes the
+    /// connection and never reads this one; a server that reads the first one differently may
+    /// read this one where the decoder did not: the smuggled request of CL.TE and CL.CL attacks.
+    pub const AFTER_AMBIGUOUS: Self = Self(1 << 9);
 
     /// Each flag with the name used in findings (`rule`).
-    pub const NAMED: [(Self, &'static str); 8] = [
+    pub const NAMED: [(Self, &'static str); 10] = [
         (Self::LENGTH_AND_CHUNKED, "protocol-length-and-chunked"),
         (Self::LENGTH_CONFLICT, "protocol-length-conflict"),
         (Self::LENGTH_INVALID, "protocol-length-invalid"),
@@ -81,6 +92,8 @@ impl Anomalies {
         (Self::BARE_LF, "protocol-bare-lf"),
         (Self::OBS_FOLD, "protocol-obs-fold"),
         (Self::BARE_CR, "protocol-bare-cr"),
+        (Self::HEADER_INVALID, "protocol-header-invalid"),
+        (Self::AFTER_AMBIGUOUS, "protocol-after-ambiguous-message"),
     ];
 
     pub fn insert(&mut self, flag: Self) {
@@ -93,6 +106,13 @@ impl Anomalies {
 
     pub fn is_empty(self) -> bool {
         self.0 == 0
+    }
+
+    /// Whether origins may read the message in different ways or must reject it: any flag but
+    /// a bare LF (RFC 9112 2.2 lets a recipient accept it, and servers do) and
+    /// [`Self::AFTER_AMBIGUOUS`] (which is about an earlier message).
+    pub fn is_ambiguous(self) -> bool {
+        self.0 & !(Self::BARE_LF.0 | Self::AFTER_AMBIGUOUS.0) != 0
     }
 
     /// The names of the flags set, in [`Self::NAMED`] order.

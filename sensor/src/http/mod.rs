@@ -372,6 +372,24 @@ impl HttpConnection {
                     slot.request = Some(request);
                     slot.request_done = true;
                 }
+                // A request a Content-Length reader finds in that body (TE.CL smuggling):
+                // recorded after it, flagged, so that no reading hides it.
+                if let Some(hidden) = self.requests.take_hidden() {
+                    counters.requests += 1;
+                    self.open_slot(
+                        Slot {
+                            method: MethodKind::of(&hidden.method),
+                            request: Some(hidden),
+                            request_done: true,
+                            // Sent with the request it hides in.
+                            acked: self.client_acked,
+                            ..Slot::default()
+                        },
+                        config,
+                        counters,
+                        out,
+                    );
+                }
                 self.emit_ready(counters, out);
             }
             Progress::Response(mut response) => {
@@ -410,20 +428,36 @@ impl HttpConnection {
         counters: &mut HttpCounters,
         out: &mut Vec<Exchange>,
     ) -> Framing {
+        self.open_slot(
+            Slot {
+                method: head.method,
+                http09: head.version == "0.9",
+                acked: self.client_acked,
+                ..Slot::default()
+            },
+            config,
+            counters,
+            out,
+        );
+        // Requests without a length have no body (they are never delimited by close).
+        head.body_framing(Framing::None, counters)
+    }
+
+    /// Queues a request's slot, within the bound of waiting requests.
+    fn open_slot(
+        &mut self,
+        slot: Slot,
+        config: &HttpConfig,
+        counters: &mut HttpCounters,
+        out: &mut Vec<Exchange>,
+    ) {
         if self.slots.len() >= config.max_pending
             && let Some(oldest) = self.slots.pop_front()
         {
             counters.pending_overflow += 1;
             self.emit(oldest, counters, out);
         }
-        self.slots.push_back(Slot {
-            method: head.method,
-            http09: head.version == "0.9",
-            acked: self.client_acked,
-            ..Slot::default()
-        });
-        // Requests without a length have no body (they are never delimited by close).
-        head.body_framing(Framing::None, counters)
+        self.slots.push_back(slot);
     }
 
     /// Pairs a response head with the oldest unanswered request and returns its framing

@@ -144,6 +144,9 @@ const METHODS: &[&[u8]] = &[
     b"REPORT ",
     b"PURGE ",
 ];
+/// Largest Content-Length or chunk size taken as valid: servers keep lengths in signed 64 bits
+/// (nginx's `off_t`, Go's `int64`, Java's `long`) and reject anything larger with a 400.
+const MAX_LENGTH: u64 = i64::MAX as u64;
 /// Longest pattern a resync scan must see whole.
 const MAX_START_PATTERN: usize = 16;
 /// Longest failed head whose bytes are scanned again for a message start.
@@ -177,6 +180,82 @@ pub struct MessageParser {
     /// Bytes already consumed that must be fed again, ahead of the rest of the input (a failed
     /// head may contain the next message's start).
     replay: Vec<u8>,
+    /// A request on this connection had a head or framing origins read differently or reject
+    /// (see [`Anomalies::AFTER_AMBIGUOUS`]): every later request is flagged.
+    after_ambiguous: bool,
+    /// A request whose body another server would frame the other way (see [`OtherReading`]).
+    other_reading: Option<OtherReading>,
+    /// The request that other reading finds in the body of the request just completed.
+    hidden: Option<Request>,
+}
+
+/// A request with both framings, read the way the decoder did not: the raw body bytes, for the
+/// request another server would parse after the body as it frames it. TE.CL smuggling: the
+/// decoder reads chunked, a server reading the Content-Length finds a request inside the
+/// chunks. TE.TE: an obfuscated Transfer-Encoding the decoder does not take for chunked (it
+/// reads the length), a lenient server does, and finds a request after the last chunk.
+#[derive(Debug)]
+struct OtherReading {
+    /// `Some(n)`: the other server reads `n` bytes of body; `None`: it reads chunks.
+    length: Option<u64>,
+    /// With a length, the body bytes after it; with chunks, the body from its start. At most
+    /// [`REPLAY_MAX`].
+    bytes: Vec<u8>,
+}
+
+impl OtherReading {
+    fn observe(&mut self, raw: &[u8]) {
+        let mut rest = raw;
+        if let Some(skip) = &mut self.length {
+            let skipped = (*skip).min(raw.len() as u64) as usize;
+            *skip -= skipped as u64;
+            rest = &raw[skipped..];
+        }
+        let room = REPLAY_MAX.saturating_sub(self.bytes.len());
+        self.bytes.extend_from_slice(&rest[..rest.len().min(room)]);
+    }
+
+    /// The request head starting where the other reading ends the body, if a whole one is
+    /// there; flagged.
+    fn hidden_request(&self, ts_ns: u64, config: &HttpConfig) -> Option<Request> {
+        // Parsed on the side: the decoder's counters are about the stream as it reads it.
+        let mut counters = HttpCounters::default();
+        let after = match self.length {
+            Some(_) => &self.bytes[..],
+            None => {
+                let mut chunks = MessageParser::new(Kind::Request);
+                chunks.state = State::Chunked(Chunk::Size);
+                chunks.in_message = true;
+                let mut at = 0;
+                loop {
+                    let (used, progress) =
+                        chunks.feed(&self.bytes[at..], ts_ns, config, &mut counters);
+                    at += used;
+                    match progress {
+                        Progress::Request(r)
+                            if !r.meta.anomalies.contains(Anomalies::CHUNK_SIZE_INVALID) =>
+                        {
+                            break self.bytes.get(at..)?;
+                        }
+                        Progress::NeedMore if used > 0 && at < self.bytes.len() => {}
+                        _ => return None,
+                    }
+                }
+            }
+        };
+        if !looks_like_request(after) {
+            return None;
+        }
+        let mut parser = MessageParser::new(Kind::Request);
+        let (_, Progress::Head(_)) = parser.feed(after, ts_ns, config, &mut counters) else {
+            return None;
+        };
+        let Some(Progress::Request(mut request)) = parser.set_framing(Framing::None, ts_ns) else {
+            return None;
+        };
+        request.meta.anomalies.insert(Anomalies::AFTER_AMBIGUOUS);
+        Some(request)
+    }
 }
 
 impl MessageParser {
@@ -195,7 +274,16 @@ impl MessageParser {
             salvaged: false,
             lost_in_gap: false,
             message_after_gap: false,
+            after_ambiguous: false,
+            other_reading: None,
+            hidden: None,
         }
+    }
+
+    /// The request a server framing the body of the request just completed the other way would
+    /// parse (see [`OtherReading`]).
+    pub fn take_hidden(&mut self) -> Option<Request> {
+        self.hidden.take()
     }
 
     /// Bytes to feed again before the rest of the current input, if any.
@@ -272,7 +360,8 @@ impl MessageParser {
         config: &HttpConfig,
         counters: &mut HttpCounters,
     ) -> (usize, Progress) {
-        match self.state {
+        let in_body = matches!(self.state, State::Length(_) | State::Chunked(_));
+        let (used, progress) = match self.state {
             State::Head => self.feed_head(input, ts_ns, config, counters),
             State::AwaitFraming => (0, Progress::NeedMore),
             State::Length(remaining) => {
@@ -295,7 +384,15 @@ impl MessageParser {
                 counters.tunnel_bytes += input.len() as u64;
                 (input.len(), Progress::NeedMore)
             }
+        };
+        if in_body && let Some(reading) = &mut self.other_reading {
+            reading.observe(&input[..used]);
+            if matches!(progress, Progress::Request(_)) {
+                self.hidden = reading.hidden_request(ts_ns, config);
+                self.other_reading = None;
+            }
         }
+        (used, progress)
     }
 
     fn body(&mut self, bytes: &[u8], config: &HttpConfig, counters: &mut HttpCounters) {
@@ -421,6 +518,7 @@ impl MessageParser {
         let folded = unfold_headers(&mut head);
         let bare_cr = blank_bare_cr(&mut head);
         let mut truncated = false;
+        let mut invalid_header = false;
         let result = loop {
             match parse_owned(self.kind, &head, config.max_headers) {
                 Err(httparse::Error::TooManyHeaders) if !truncated => {
@@ -428,6 +526,19 @@ impl MessageParser {
                     truncated = true;
                     counters.headers_truncated += 1;
                     head = cut_after_lines(&head, config.max_headers + 1);
+                }
+                Err(httparse::Error::HeaderName | httparse::Error::HeaderValue)
+                    if self.kind == Kind::Request && !invalid_header =>
+                {
+                    // The origin answers such a request (400, RFC 9112 5.1) and logs it: it
+                    // stays in the record without the lines no parser accepts, flagged.
+                    match without_invalid_header_lines(&head) {
+                        Some(kept) => {
+                            invalid_header = true;
+                            head = kept;
+                        }
+                        None => break Err(httparse::Error::HeaderName),
+                    }
                 }
                 other => break other,
             }
@@ -451,10 +562,15 @@ impl MessageParser {
         // before (see `Anomalies`).
         let mut anomalies = Anomalies::default();
         let mut transfer_encodings = 0;
+        let mut mentions_chunked = false;
         for (name, value) in headers.iter() {
             if name.eq_ignore_ascii_case("content-length") {
                 let digits = value.trim();
-                let parsed = digits.parse::<u64>().map_err(|_| ());
+                let parsed = digits
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|len| *len <= MAX_LENGTH)
+                    .ok_or(());
                 // `parse` takes a leading `+`; the grammar is digits only (RFC 9110 8.6).
                 if parsed.is_err() || !digits.bytes().all(|b| b.is_ascii_digit()) {
                     anomalies.insert(Anomalies::LENGTH_INVALID);
@@ -471,6 +587,8 @@ impl MessageParser {
                 };
             } else if name.eq_ignore_ascii_case("transfer-encoding") {
                 transfer_encodings += 1;
+                // Lenient servers take any coding that says chunked for chunked.
+                mentions_chunked |= value.to_ascii_lowercase().contains("chunked");
                 chunked = value
                     .rsplit(',')
                     .next()
@@ -480,7 +598,9 @@ impl MessageParser {
                 }
             }
         }
-        if transfer_encodings > 1 {
+        // Repeated, or in HTTP/1.0, which has no Transfer-Encoding: RFC 9112 6.1 asks for the
+        // framing to be treated as faulty (nginx answers 400).
+        if transfer_encodings > 1 || (transfer_encodings > 0 && version == "1.0") {
             anomalies.insert(Anomalies::TRANSFER_ENCODING_INVALID);
         }
         if transfer_encodings > 0 && content_length.is_some() {
@@ -494,6 +614,26 @@ impl MessageParser {
         }
         if bare_cr {
             anomalies.insert(Anomalies::BARE_CR);
+        }
+        if invalid_header {
+            anomalies.insert(Anomalies::HEADER_INVALID);
+        }
+        if self.kind == Kind::Request {
+            if self.after_ambiguous {
+                anomalies.insert(Anomalies::AFTER_AMBIGUOUS);
+            }
+            self.after_ambiguous |= anomalies.is_ambiguous();
+            self.other_reading = match (chunked, content_length) {
+                (true, Some(Ok(length))) => Some(OtherReading {
+                    length: Some(length),
+                    bytes: Vec::new(),
+                }),
+                (false, Some(Ok(_))) if mentions_chunked => Some(OtherReading {
+                    length: None,
+                    bytes: Vec::new(),
+                }),
+                _ => None,
+            };
         }
         let meta = self.meta();
         meta.anomalies = anomalies;
@@ -560,13 +700,16 @@ impl MessageParser {
                         Ok(httparse::Status::Complete((_, 0))) => {
                             self.state = State::Chunked(Chunk::Trailer);
                         }
-                        Ok(httparse::Status::Complete((_, size))) => {
+                        // Beyond a signed 64-bit size no server takes it (nginx, Go, Java keep
+                        // sizes signed): invalid, as past 64 bits.
+                        Ok(httparse::Status::Complete((_, size))) if size <= MAX_LENGTH => {
                             self.state = State::Chunked(Chunk::Data(size));
                         }
                         _ => {
                             // Hand the message on, cut and marked, rather than lose it with
                             // the sync: a broken chunk size is itself a smuggling sign that
                             // the attack detector reports.
+                            self.after_ambiguous = true;
                             let meta = self.meta();
                             meta.anomalies.insert(Anomalies::CHUNK_SIZE_INVALID);
                             meta.truncated = true;
@@ -990,6 +1133,37 @@ fn blank_bare_cr(head: &mut [u8]) -> bool {
         from = i + 1;
     }
     found
+}
+
+/// `head` without the header lines httparse refuses on their own (whitespace before the colon,
+/// a name outside the token characters, a control character in a value); `None` if every line
+/// passes (the fault is elsewhere). Each line is parsed once: linear in the head's length.
+fn without_invalid_header_lines(head: &[u8]) -> Option<Vec<u8>> {
+    let first_line_end = memchr::memchr(b'\n', head)? + 1;
+    let mut kept = head[..first_line_end].to_vec();
+    let mut dropped = false;
+    let mut probe = Vec::new();
+    for line in head[first_line_end..].split_inclusive(|b| *b == b'\n') {
+        if line == b"\r\n" || line == b"\n" {
+            // The blank line ending the head.
+            kept.extend_from_slice(line);
+            break;
+        }
+        probe.clear();
+        probe.extend_from_slice(b"GET / HTTP/1.1\r\n");
+        probe.extend_from_slice(line);
+        probe.extend_from_slice(b"\r\n");
+        let mut one = [httparse::EMPTY_HEADER; 1];
+        if matches!(
+            httparse::Request::new(&mut one).parse(&probe),
+            Ok(httparse::Status::Complete(_))
+        ) {
+            kept.extend_from_slice(line);
+        } else {
+            dropped = true;
+        }
+    }
+    dropped.then_some(kept)
 }
 
 /// A head line ended by LF alone (httparse accepts it, as RFC 9112 2.2 allows a recipient to).

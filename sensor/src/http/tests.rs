@@ -815,3 +815,152 @@ fn a_request_line_inside_a_body_after_a_lost_head_is_marked() {
     ]);
     assert_eq!(run.exchanges, ["GET /quoted 1.1 gap => 204 body=0: gap"]);
 }
+
+#[test]
+fn requests_behind_ambiguous_framing_stay_in_the_record_flagged() {
+    let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+    let bad = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n";
+    // CL.TE: read as chunked (RFC 9112 6.3), the request after the body is decoded, and
+    // flagged: an origin that rejects the first request closes before reading it.
+    check(
+        &[
+            (
+                C,
+                b"POST /a HTTP/1.1\r\nContent-Length: 24\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /s HTTP/1.1\r\n\r\n",
+            ),
+            (S, ok),
+            (S, ok),
+        ],
+        &[
+            "POST /a 1.1 protocol-length-and-chunked => 200 body=0:",
+            "GET /s 1.1 protocol-after-ambiguous-message => 200 body=0:",
+        ],
+    );
+    // CL.CL: conflicting lengths mean no known length; the would-be body is a request.
+    check(
+        &[
+            (
+                C,
+                b"POST /b HTTP/1.1\r\nContent-Length: 0\r\nContent-Length: 19\r\n\r\nGET /s HTTP/1.1\r\n\r\n",
+            ),
+            (S, bad),
+            (S, ok),
+        ],
+        &[
+            "POST /b 1.1 protocol-length-conflict => 400 body=0:",
+            "GET /s 1.1 protocol-after-ambiguous-message => 200 body=0:",
+        ],
+    );
+    // TE.CL: read as chunked, the request a Content-Length reader finds in the body (here
+    // Python's http.server, which answers both) is recorded after it, flagged.
+    check(
+        &[
+            (
+                C,
+                b"POST /t HTTP/1.1\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n13\r\nGET /s HTTP/1.1\r\n\r\n\r\n0\r\n\r\n",
+            ),
+            (S, ok),
+            (S, ok),
+        ],
+        &[
+            "POST /t 1.1 body=19:GET /s HTTP/1.1\r\n\r\n protocol-length-and-chunked => 200 body=0:",
+            "GET /s 1.1 protocol-after-ambiguous-message => 200 body=0:",
+        ],
+    );
+    // TE.TE: a coding the decoder does not take for chunked, so it reads the length; the
+    // request a lenient server reading chunks finds after the last one is recorded, flagged.
+    check(
+        &[
+            (
+                C,
+                b"POST /x HTTP/1.1\r\nTransfer-Encoding: chunked, identity\r\nContent-Length: 24\r\n\r\n0\r\n\r\nGET /s HTTP/1.1\r\n\r\n",
+            ),
+            (S, ok),
+            (S, ok),
+        ],
+        &[
+            "POST /x 1.1 body=24:0\r\n\r\nGET /s HTTP/1.1\r\n\r\n protocol-length-and-chunked protocol-transfer-encoding-invalid => 200 body=0:",
+            "GET /s 1.1 protocol-after-ambiguous-message => 200 body=0:",
+        ],
+    );
+    // A bare LF is accepted by servers (RFC 9112 2.2): what follows is not flagged for it.
+    check(
+        &[
+            (C, b"GET /c HTTP/1.1\nHost: x\n\nGET /d HTTP/1.1\r\n\r\n"),
+            (S, ok),
+            (S, ok),
+        ],
+        &[
+            "GET /c 1.1 protocol-bare-lf => 200 body=0:",
+            "GET /d 1.1 => 200 body=0:",
+        ],
+    );
+}
+
+#[test]
+fn a_header_line_no_parser_accepts_keeps_the_request_flagged() {
+    let bad = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n";
+    // Whitespace before the colon (RFC 9112 5.1: 400): the line is left out, the rest of the
+    // head frames the message, and the request is recorded (nginx logs it with its 400).
+    check(
+        &[
+            (
+                C,
+                b"POST /h HTTP/1.1\r\nHost: x\r\nTransfer-Encoding : chunked\r\nContent-Length: 2\r\n\r\nhi",
+            ),
+            (S, bad),
+        ],
+        &["POST /h 1.1 body=2:hi protocol-header-invalid => 400 body=0:"],
+    );
+    // A control character in a value.
+    check(
+        &[
+            (C, b"GET /v HTTP/1.1\r\nX-A: a\x01b\r\nHost: x\r\n\r\n"),
+            (S, bad),
+        ],
+        &["GET /v 1.1 protocol-header-invalid => 400 body=0:"],
+    );
+}
+
+#[test]
+fn lengths_past_a_signed_64_bit_number_are_invalid() {
+    let bad = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n";
+    // nginx (off_t), Go (int64) and Java (long) answer 400: not a body of 2^63 bytes that
+    // would swallow the rest of the connection.
+    check(
+        &[
+            (
+                C,
+                b"POST /c HTTP/1.1\r\nContent-Length: 9223372036854775808\r\n\r\n",
+            ),
+            (S, bad),
+        ],
+        &["POST /c 1.1 protocol-length-invalid => 400 body=0:"],
+    );
+    check(
+        &[
+            (
+                C,
+                b"POST /k HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n8000000000000000\r\n",
+            ),
+            (S, bad),
+        ],
+        &["POST /k 1.1 trunc protocol-chunk-size-invalid => 400 body=0:"],
+    );
+}
+
+#[test]
+fn transfer_encoding_in_http_1_0_is_flagged() {
+    let bad = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n";
+    // Transfer-Encoding in HTTP/1.0 (RFC 9112 6.1: faulty framing), still read as chunked.
+    check(
+        &[
+            (
+                C,
+                b"POST /t HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
+            ),
+            (S, bad),
+        ],
+        &["POST /t 1.0 body=2:hi protocol-transfer-encoding-invalid => 400 body=0:"],
+    );
+}
