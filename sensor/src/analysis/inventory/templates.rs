@@ -29,7 +29,9 @@
 //! Positions are never evicted: forgetting a learned position would split its endpoint again.
 //! Given the same input order the output is the same (no hashing order or clock is involved).
 
-use std::collections::{BTreeMap, HashMap};
+use std::{collections::BTreeMap, hash::RandomState};
+
+use hashbrown::{Equivalent, HashMap};
 
 use serde::{Deserialize, Serialize};
 
@@ -56,6 +58,36 @@ struct PositionKey {
     segments: usize,
     /// The learned template of the segments before this position.
     prefix: String,
+}
+
+/// A [`PositionKey`] borrowed from the request at hand: looking a position up allocates nothing.
+/// Hashes as the key it stands for (the derived `Hash` of `&str` and `String` agree).
+#[derive(Hash)]
+struct PositionRef<'a> {
+    host: &'a str,
+    method: &'a str,
+    segments: usize,
+    prefix: &'a str,
+}
+
+impl PositionRef<'_> {
+    fn to_key(&self) -> PositionKey {
+        PositionKey {
+            host: self.host.to_owned(),
+            method: self.method.to_owned(),
+            segments: self.segments,
+            prefix: self.prefix.to_owned(),
+        }
+    }
+}
+
+impl Equivalent<PositionKey> for PositionRef<'_> {
+    fn equivalent(&self, key: &PositionKey) -> bool {
+        self.segments == key.segments
+            && self.prefix == key.prefix
+            && self.method == key.method
+            && self.host == key.host
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -136,7 +168,8 @@ pub struct LearnerState {
 #[derive(Debug, Default)]
 pub struct TemplateLearner {
     config: LearnerConfig,
-    positions: HashMap<PositionKey, Position>,
+    /// Keyed with std's randomly seeded SipHash: the keys are request paths.
+    positions: HashMap<PositionKey, Position, RandomState>,
     counters: LearnerCounters,
 }
 
@@ -144,7 +177,7 @@ impl TemplateLearner {
     pub fn new(config: LearnerConfig) -> Self {
         Self {
             config,
-            positions: HashMap::new(),
+            positions: HashMap::default(),
             counters: LearnerCounters::default(),
         }
     }
@@ -219,13 +252,18 @@ impl TemplateLearner {
     }
 
     /// Counts `value` at `key`; whether it is a parameter there now.
-    fn observe(&mut self, key: PositionKey, value: &str) -> bool {
+    fn observe(&mut self, key: PositionRef<'_>, value: &str) -> bool {
         let config = &self.config;
-        if !self.positions.contains_key(&key) && self.positions.len() >= config.max_positions {
-            self.counters.positions_untracked += 1;
-            return false;
+        if !self.positions.contains_key(&key) {
+            if self.positions.len() >= config.max_positions {
+                self.counters.positions_untracked += 1;
+                return false;
+            }
+            self.positions.insert(key.to_key(), Position::default());
         }
-        let position = self.positions.entry(key).or_default();
+        let Some(position) = self.positions.get_mut(&key) else {
+            return false;
+        };
         position.total += 1;
         let id = value_id(value);
         if let Some(count) = position.values.get_mut(&id) {
@@ -249,7 +287,7 @@ fn rewrite(
     host: &str,
     method: &str,
     template: &str,
-    mut is_param: impl FnMut(PositionKey, &str) -> bool,
+    mut is_param: impl FnMut(PositionRef<'_>, &str) -> bool,
 ) -> String {
     let segments = template.split('/').count();
     let mut out = String::with_capacity(template.len());
@@ -257,11 +295,11 @@ fn rewrite(
         if i > 0 {
             out.push('/');
         }
-        let key = PositionKey {
-            host: host.to_owned(),
-            method: method.to_owned(),
+        let key = PositionRef {
+            host,
+            method,
             segments,
-            prefix: out.clone(),
+            prefix: &out,
         };
         if is_learnable(segment) && is_param(key, segment) {
             out.push_str(PARAM);
