@@ -122,6 +122,8 @@ pub struct Detector {
     headers: Vec<String>,
     max_bytes: usize,
     secret_names: Vec<String>,
+    /// [`SECRET_PARTS`] in any ASCII case, in one pass over a name.
+    secret_parts: aho_corasick::AhoCorasick,
 }
 
 impl Detector {
@@ -137,16 +139,21 @@ impl Detector {
                 .iter()
                 .map(|n| n.to_ascii_lowercase())
                 .collect(),
+            secret_parts: aho_corasick::AhoCorasick::builder()
+                .ascii_case_insensitive(true)
+                .build(SECRET_PARTS)
+                .map_err(AttacksError::Prefilter)?,
         })
     }
 
     /// Whether the values of inputs named `name` are secrets (their excerpts are hashed).
+    /// Called for every header and parameter: no allocation.
     pub fn is_secret_name(&self, name: &str) -> bool {
-        let lower = name.to_ascii_lowercase();
-        crate::record::SECRET_NAMES.contains(&lower.as_str())
-            || MORE_SECRET_NAMES.contains(&lower.as_str())
-            || SECRET_PARTS.iter().any(|part| lower.contains(part))
-            || self.secret_names.contains(&lower)
+        let named = |secret: &str| secret.eq_ignore_ascii_case(name);
+        self.secret_parts.is_match(name)
+            || crate::record::SECRET_NAMES.iter().any(|s| named(s))
+            || MORE_SECRET_NAMES.iter().any(|s| named(s))
+            || self.secret_names.iter().any(|s| named(s))
     }
 
     /// Inspects a request. `secret_excerpt` turns the value of a secret input into what may be
