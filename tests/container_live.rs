@@ -323,6 +323,86 @@ fn published_port_through_ipv6_dnat_is_one_exchange_per_request() {
     published_port_is_one_exchange_per_request(true);
 }
 
+/// A published port added by a reload (SIGHUP) is this host's server from then on, as if it had
+/// been configured at the start: each request through the DNAT rule is one exchange of the
+/// client calling the host's address and port, in one session, and the NAT stage knows the
+/// port is served here (no conntrack lookups). Dropped by the next reload, it is no longer
+/// captured.
+#[test]
+fn a_published_port_added_by_reload_is_captured_as_served_here() {
+    let dir = temp_dir("natreload");
+    let mut host = ContainerHost::new();
+    host.publish(false);
+    let c1 = host.c1.clone();
+    host.serve(&c1, &dir.join("www"));
+    let data = dir.join("data");
+    let conf = dir.join("config.toml");
+    let write_config =
+        |ports: &str| fs::write(&conf, format!("[capture]\nports = {ports}\n")).unwrap();
+    write_config("[9999]");
+    let conf_arg = conf.display().to_string();
+    host.daemon = Some(start_daemon_in(
+        &host.host,
+        BIN,
+        &["--config", &conf_arg],
+        &data,
+    ));
+    let pid = host.daemon.as_ref().unwrap().id().to_string();
+    let ports = || {
+        let stats: serde_json::Value =
+            serde_json::from_slice(&fs::read(data.join("stats.json")).unwrap_or_default())
+                .unwrap_or_default();
+        stats["ports"].clone()
+    };
+    let base = format!("http://{}:8080", host.v4(214, 1));
+    assert_eq!(
+        host.get_items(&host.client, &base, 1),
+        ["200"],
+        "not watched yet"
+    );
+
+    write_config("[9999, 8080]");
+    sh("kill", &["-HUP", &pid]);
+    let added = || ports()["8080"] == "configured";
+    assert!(wait_until(Duration::from_secs(10), added), "8080 watched");
+    assert_eq!(host.get_items(&host.client, &base, 3), vec!["200"; 3]);
+    let stored = || exported(BIN, &data).len() == 3;
+    assert!(wait_until(Duration::from_secs(10), stored), "stored");
+    // The statistics of a second later: segments still in flight when a later reload drops
+    // the port are judged by the new set, so this is the moment to count.
+    thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        counter(BIN, &data, "nat", "lookups"),
+        0,
+        "served here: {}",
+        fs::read_to_string(data.join("stats.json")).unwrap()
+    );
+
+    write_config("[9999]");
+    sh("kill", &["-HUP", &pid]);
+    let dropped = || counter(BIN, &data, "config", "reloads") == 2 && ports().get("8080").is_none();
+    assert!(wait_until(Duration::from_secs(10), dropped), "8080 dropped");
+    assert_eq!(host.get_items(&host.client, &base, 5), vec!["200"; 5]);
+    host.stop_daemon();
+
+    let exchanges = exported(BIN, &data);
+    let uris: Vec<_> = exchanges.iter().map(|e| field(e, "uri").clone()).collect();
+    assert_eq!(
+        uris,
+        ["/items/1", "/items/2", "/items/3"],
+        "only the requests while 8080 was watched: {exchanges:#?}"
+    );
+    for e in &exchanges {
+        assert_eq!(field(e, "client_ip"), host.v4(214, 2).as_str());
+        assert_eq!(field(e, "server_ip"), host.v4(214, 1).as_str());
+        assert_eq!(field(e, "server_port"), 8080);
+        assert_eq!(field(e, "status_code"), 200);
+        assert_eq!(field(e, "session_id"), field(&exchanges[0], "session_id"));
+    }
+    assert_eq!(counter(BIN, &data, "flows", "direction_guessed"), 0);
+    let _ = fs::remove_dir_all(&dir);
+}
+
 /// A container calling another on the same bridge crosses two bridge ports: captured once,
 /// with no NAT and so no upstream.
 #[test]

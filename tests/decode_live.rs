@@ -14,7 +14,7 @@ use std::{
 };
 
 use apisessions::{
-    capture::{AttachMode, Clock},
+    capture::{AttachMode, Clock, ServerPorts},
     exchange::Exchange,
     flow::{FlowConfig, FlowTable},
     pipeline::{Collect, Pipeline},
@@ -251,7 +251,7 @@ fn every_exchange_is_decoded_once_with_its_status_and_lengths() {
 
     let clock = Clock::new();
     let mut table = FlowTable::new(FlowConfig {
-        server_ports: vec![PORT],
+        server_ports: ServerPorts::new(&[PORT]),
         ..FlowConfig::default()
     });
     let mut exchanges = Vec::new();
@@ -327,7 +327,7 @@ fn import_of_a_capture_reports_what_the_live_path_reports() {
 
     let clock = Clock::new();
     let mut table = FlowTable::new(FlowConfig {
-        server_ports: vec![PORT],
+        server_ports: ServerPorts::new(&[PORT]),
         ..FlowConfig::default()
     });
     let mut live = Vec::new();
@@ -340,7 +340,7 @@ fn import_of_a_capture_reports_what_the_live_path_reports() {
     let collected = Collect::default();
     let mut pipeline = Pipeline::decoder(
         FlowConfig {
-            server_ports: vec![PORT],
+            server_ports: ServerPorts::new(&[PORT]),
             ..FlowConfig::default()
         },
         apisessions::proxy::ProxyConfig::default(),

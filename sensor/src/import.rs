@@ -12,7 +12,7 @@ use std::{
 };
 
 use crate::{
-    capture::DEFAULT_PORTS,
+    capture::ServerPorts,
     config::{Config, Ports},
     flow::{FlowConfig, FlowTable},
     http::HttpConfig,
@@ -146,9 +146,9 @@ pub fn pipeline(
         // Without ports given, HTTP is found by content on any port; the configured ports
         // still tell client from server where the handshake was not captured.
         server_ports: match (&settings.capture.ports, options.ports.is_empty()) {
-            (_, false) => options.ports.clone(),
-            (Ports::List(ports), true) => ports.clone(),
-            (Ports::Auto, true) => DEFAULT_PORTS.to_vec(),
+            (_, false) => ServerPorts::new(&options.ports),
+            (Ports::List(ports), true) => ServerPorts::new(ports),
+            (Ports::Auto, true) => ServerPorts::default(),
         },
         only_server_ports: !options.ports.is_empty(),
         http: HttpConfig {

@@ -17,7 +17,7 @@ use crate::{
         inventory,
     },
     capture::{
-        CaptureError, CaptureOptions, Clock, Interface, Segment, Sensor,
+        CaptureError, CaptureOptions, Clock, Interface, Segment, Sensor, ServerPorts,
         ports::{PortPolicy, listening_ports},
     },
     config::{CaptureOverrides, Config, Ports, reload::Reload},
@@ -157,12 +157,14 @@ const HOST_REFRESH_SECS: u64 = 10;
 
 /// The live pipeline: NAT renaming, the flows, the proxy stage, sessions continued from the
 /// store, container identity, the store writer (pruning included) and, with `--dump`, the
-/// exchange lines.
+/// exchange lines. `server_ports` is the port policy's set: the flows and NAT go by the ports
+/// the kernel watches now, after reloads and as listeners come and go.
 fn live_pipeline(
     live: &LiveOptions,
     config: &Config,
     data_dir: &Path,
     options: &CaptureOptions,
+    server_ports: ServerPorts,
 ) -> Result<(Pipeline, Arc<Store>, Option<ShipperHandle>), LiveError> {
     // Sessions that were active when the daemon last stopped go on (a restart, an upgrade, a
     // crash): what is still within the inactivity timeout is loaded back.
@@ -205,7 +207,7 @@ fn live_pipeline(
         }
     };
     let flows = FlowTable::new(FlowConfig {
-        server_ports: options.ports.clone(),
+        server_ports: server_ports.clone(),
         // The kernel already keeps to the watched ports; with --all-ports every port counts.
         only_server_ports: false,
         http: HttpConfig {
@@ -217,7 +219,7 @@ fn live_pipeline(
     let nat = NatTable::new(
         conntrack,
         NatConfig {
-            server_ports: options.ports.clone(),
+            server_ports,
             all_ports: options.all_ports,
             ..NatConfig::default()
         },
@@ -366,7 +368,8 @@ async fn daemon(
     let mut sighup = signal(SignalKind::hangup()).map_err(LiveError::Signals)?;
     let mut reloads = ReloadCounters::default();
     let mut stats_file = StatsFile::default();
-    let (pipeline, store, shipper) = live_pipeline(&live, &config, &data_dir, &options)?;
+    let (pipeline, store, shipper) =
+        live_pipeline(&live, &config, &data_dir, &options, ports.server_ports())?;
     start_servers(&live, &config, &data_dir, &store).await?;
     // With no interface named, the sensor follows the interfaces that come and go (containers).
     let follow_interfaces = config.capture.interfaces.is_empty();

@@ -39,7 +39,7 @@ use netlink_packet_netfilter::{
 use netlink_sys::{Socket, SocketAddr as NetlinkAddr, protocols::NETLINK_NETFILTER};
 use sensor_ebpf::tcp_flags;
 
-use crate::segment::TcpSegment;
+use crate::{capture::ServerPorts, segment::TcpSegment};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NatError {
@@ -335,7 +335,8 @@ pub struct NatConfig {
     pub cache_entries: usize,
     /// The watched ports: a connection to one of them on an address of this host is served
     /// here, and its segments are not looked up (see [`NatTable::resolve`]).
-    pub server_ports: Vec<u16>,
+    /// Live, the set the port policy keeps in step with the kernel (see [`ServerPorts`]).
+    pub server_ports: ServerPorts,
     /// Every port is watched (`--all-ports`): every port of this host's addresses counts.
     pub all_ports: bool,
 }
@@ -344,7 +345,7 @@ impl Default for NatConfig {
     fn default() -> Self {
         Self {
             cache_entries: 65_536,
-            server_ports: crate::capture::DEFAULT_PORTS.to_vec(),
+            server_ports: ServerPorts::default(),
             all_ports: false,
         }
     }
@@ -393,7 +394,7 @@ impl NatTable {
     }
 
     fn is_server_port(&self, port: u16) -> bool {
-        self.config.all_ports || self.config.server_ports.contains(&port)
+        self.config.all_ports || self.config.server_ports.contains(port)
     }
 
     /// A watched port on one of this host's addresses: a server of this host.
@@ -445,8 +446,8 @@ impl NatTable {
         let towards_server = if syn {
             !ack
         } else {
-            self.config.server_ports.contains(&segment.dst.port())
-                && !self.config.server_ports.contains(&segment.src.port())
+            self.config.server_ports.contains(segment.dst.port())
+                && !self.config.server_ports.contains(segment.src.port())
         };
         let (src, dst) = if towards_server {
             (segment.dst, segment.src)
@@ -607,6 +608,26 @@ mod tests {
         table.resolve(&mut s);
         assert_eq!(s, before);
         assert_eq!(table.counters.lookups, 0);
+    }
+
+    #[test]
+    fn a_port_added_to_the_shared_set_is_served_here_at_once() {
+        let ports = ServerPorts::new(&[80]);
+        let mut table = NatTable::new(
+            None,
+            NatConfig {
+                server_ports: ports.clone(),
+                ..NatConfig::default()
+            },
+        );
+        table.set_host_addresses(vec![addr(PUBLISHED).ip()]);
+        let published = addr(PUBLISHED);
+        assert!(!table.served_here(published), "{published} not watched yet");
+        // What a reload adding the published port does, through the port policy.
+        ports.insert(published.port());
+        assert!(table.served_here(published));
+        ports.remove(published.port());
+        assert!(!table.served_here(published), "removed again");
     }
 
     #[test]

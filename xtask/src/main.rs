@@ -521,6 +521,8 @@ const FUZZ_TARGETS: &[&str] = &[
     "proxy_headers",
     "inventory",
     "attack_detector",
+    "session_keys",
+    "config",
 ];
 
 /// Builds the fuzz targets (as the test suite does) without running them.

@@ -21,6 +21,7 @@ use tokio::{
 pub use attach::AttachMode;
 pub use event::{Clock, Segment};
 pub use interface::Interface;
+pub use ports::ServerPorts;
 pub use program::{CaptureOptions, CaptureProgram, DEFAULT_PORTS, KernelCounters};
 pub use reader::ReaderCounters;
 use topology::Topology;

@@ -10,7 +10,11 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    fs, io,
+    fmt, fs, io,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -56,6 +60,75 @@ pub fn parse_listeners(table: &str) -> impl Iterator<Item = u16> + '_ {
         u16::from_str_radix(port, 16).ok()
     })
 }
+
+/// The ports of this host's servers as the user-space stages go by them: the flow table (which
+/// end of a connection is the server when its handshake was not seen) and the NAT stage (which
+/// connections are served here and need no lookup). One set, shared: [`PortPolicy`] writes it
+/// as it tells the kernel, so a port a reload or a new listener adds counts in every stage at
+/// once, and a port dropped stops counting. A clone is another handle on the same set.
+///
+/// A bit per port (8 KiB): a lookup per segment costs one load whatever the number of ports.
+#[derive(Clone)]
+pub struct ServerPorts(Arc<[AtomicU64; 1024]>);
+
+impl ServerPorts {
+    pub fn new(ports: &[u16]) -> Self {
+        let set = Self(Arc::new(std::array::from_fn(|_| AtomicU64::new(0))));
+        for port in ports {
+            set.insert(*port);
+        }
+        set
+    }
+
+    fn word_bit(port: u16) -> (usize, u64) {
+        (usize::from(port / 64), 1 << (port % 64))
+    }
+
+    pub fn contains(&self, port: u16) -> bool {
+        let (word, bit) = Self::word_bit(port);
+        // Relaxed: a port is a fact on its own; nothing else is published with it.
+        self.0[word].load(Ordering::Relaxed) & bit != 0
+    }
+
+    pub fn insert(&self, port: u16) {
+        let (word, bit) = Self::word_bit(port);
+        self.0[word].fetch_or(bit, Ordering::Relaxed);
+    }
+
+    pub fn remove(&self, port: u16) {
+        let (word, bit) = Self::word_bit(port);
+        self.0[word].fetch_and(!bit, Ordering::Relaxed);
+    }
+
+    /// The ports in the set, in order.
+    pub fn to_vec(&self) -> Vec<u16> {
+        (0..=u16::MAX).filter(|port| self.contains(*port)).collect()
+    }
+}
+
+impl Default for ServerPorts {
+    /// The well-known HTTP ports ([`super::DEFAULT_PORTS`]).
+    fn default() -> Self {
+        Self::new(&super::DEFAULT_PORTS)
+    }
+}
+
+impl fmt::Debug for ServerPorts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set().entries(self.to_vec()).finish()
+    }
+}
+
+impl PartialEq for ServerPorts {
+    fn eq(&self, other: &Self) -> bool {
+        self.0
+            .iter()
+            .zip(other.0.iter())
+            .all(|(a, b)| a.load(Ordering::Relaxed) == b.load(Ordering::Relaxed))
+    }
+}
+
+impl Eq for ServerPorts {}
 
 /// Why a port is watched, or why not.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -135,6 +208,8 @@ pub struct PortPolicy {
     listeners: BTreeMap<u16, Listener>,
     /// What the kernel was last told, by port.
     applied: BTreeMap<u16, PortReason>,
+    /// The ports of `applied`, for the user-space stages (see [`ServerPorts`]).
+    server_ports: ServerPorts,
     pub counters: PortCounters,
 }
 
@@ -146,8 +221,15 @@ impl PortPolicy {
             auto,
             listeners: BTreeMap::new(),
             applied: BTreeMap::new(),
+            server_ports: ServerPorts::new(&[]),
             counters: PortCounters::default(),
         }
+    }
+
+    /// The set of server ports this policy keeps in step with the kernel: give it to the flow
+    /// table and the NAT stage.
+    pub fn server_ports(&self) -> ServerPorts {
+        self.server_ports.clone()
     }
 
     /// Takes a reloaded configuration's ports; [`PortPolicy::changes`] then says what the
@@ -237,7 +319,8 @@ impl PortPolicy {
     }
 
     /// The slot changes that bring the kernel to [`PortPolicy::wanted`]: (port, slot value);
-    /// remembered as applied.
+    /// remembered as applied, and in force in [`PortPolicy::server_ports`] at once (a muted
+    /// port is still a server's, only its segments are not handed over).
     pub fn changes(&mut self) -> Vec<(u16, u8)> {
         let wanted = self.wanted();
         let mut changes = Vec::new();
@@ -252,6 +335,12 @@ impl PortPolicy {
             }
         }
         self.applied = wanted;
+        for (port, slot) in &changes {
+            match *slot {
+                sensor_ebpf::port::OFF => self.server_ports.remove(*port),
+                _ => self.server_ports.insert(*port),
+            }
+        }
         changes
     }
 
@@ -289,6 +378,33 @@ mod tests {
         let port = listener.local_addr().unwrap().port();
         let (ports, _) = listening_ports().unwrap();
         assert!(ports.contains(&port), "{port} in {ports:?}");
+    }
+
+    #[test]
+    fn server_ports_follow_what_the_kernel_is_told() {
+        let mut policy = PortPolicy::new(&[8080], &[], false);
+        let ports = policy.server_ports();
+        assert!(!ports.contains(8080), "nothing applied yet");
+        policy.changes();
+        assert_eq!(ports.to_vec(), [8080]);
+        // A reload adds 61080 and drops 8080: in force once the kernel is told.
+        policy.reconfigure(&[61080], &[], false);
+        assert_eq!(ports.to_vec(), [8080]);
+        policy.changes();
+        assert_eq!(ports.to_vec(), [61080]);
+        // An excluded port is no server port, however it was added.
+        policy.reconfigure(&[61080, 9000], &[9000], false);
+        policy.changes();
+        assert_eq!(ports.to_vec(), [61080]);
+        // Listeners found with `auto` count too, muted ones included (still servers).
+        policy.reconfigure(&[], &[], true);
+        policy.listeners(&BTreeSet::from([0, 5432, u16::MAX]), 0);
+        policy.changes();
+        policy.verdict(5432, false, 1);
+        policy.verdict(5432, false, 2);
+        assert_eq!(policy.changes(), [(5432, MUTED)]);
+        assert_eq!(ports.to_vec(), [0, 5432, u16::MAX]);
+        assert_eq!(format!("{ports:?}"), "{0, 5432, 65535}");
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! Applied at once (the stages take a new configuration without losing their state: open
 //! flows, active sessions, abuse state and the inventory stay as they are):
 //! `capture.ports`, `capture.exclude_ports`, `[sessions]`, `[[parameters]]`, `[secrets]`,
-//! `[proxy]` except `join`/`join_window`, `[attacks]`, `[abuse]`.
+//! `[proxy]` except `join`/`join_window`, `[attacks]`, `[abuse]`. The ports reach the kernel's
+//! port map and, through the same step, the flow table's and NAT stage's server ports (one set
+//! the port policy keeps: [`crate::capture::ServerPorts`]).
 //!
 //! At the next start (they decide what is loaded and attached, or where state lives):
 //! `capture.interfaces`, `capture.all_ports`, `capture.attach`, `capture.snaplen`,

@@ -16,6 +16,7 @@ use std::{
 };
 
 use crate::{
+    capture::ServerPorts,
     exchange::Exchange,
     http::{
         HttpConfig, HttpConnection, HttpCounters, Side,
@@ -30,8 +31,9 @@ use sensor_ebpf::tcp_flags;
 /// Settings of the flow table.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FlowConfig {
-    /// Ports known to be servers: they tell client from server when the SYN was not seen.
-    pub server_ports: Vec<u16>,
+    /// Ports known to be servers: they tell client from server when the SYN was not seen. Live,
+    /// the set the port policy keeps in step with the kernel (a reload's ports count at once).
+    pub server_ports: ServerPorts,
     /// Decode only connections on `server_ports` (otherwise HTTP is recognised on any port).
     pub only_server_ports: bool,
     pub max_flows: usize,
@@ -45,7 +47,7 @@ pub struct FlowConfig {
 impl Default for FlowConfig {
     fn default() -> Self {
         Self {
-            server_ports: crate::capture::DEFAULT_PORTS.to_vec(),
+            server_ports: ServerPorts::default(),
             only_server_ports: false,
             max_flows: 65_536,
             idle_timeout: Duration::from_secs(300),
@@ -175,7 +177,7 @@ impl FlowTable {
     }
 
     fn is_server_port(&self, port: u16) -> bool {
-        self.config.server_ports.contains(&port)
+        self.config.server_ports.contains(port)
     }
 
     /// Decides which end is the client of a new connection, from its first segment.
@@ -479,7 +481,7 @@ mod tests {
     #[test]
     fn without_a_syn_the_request_line_tells_the_client_on_any_port() {
         let mut table = FlowTable::new(FlowConfig {
-            server_ports: vec![],
+            server_ports: ServerPorts::new(&[]),
             ..FlowConfig::default()
         });
         let mut out = Vec::new();
@@ -510,6 +512,56 @@ mod tests {
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].client, "10.0.0.1:9".parse().unwrap());
         assert_eq!(table.stream_counters.started_mid_stream, 2);
+    }
+
+    #[test]
+    fn a_server_port_added_after_the_start_tells_the_client_of_a_connection_picked_up_mid_body() {
+        // A reload watches 61080 (above the ephemeral range) while a client is in the middle of
+        // sending a body: nothing in the first bytes says who is who, only the port does.
+        let ports = ServerPorts::new(&[8080]);
+        let mut table = FlowTable::new(FlowConfig {
+            server_ports: ports.clone(),
+            ..FlowConfig::default()
+        });
+        ports.insert(61080);
+        let (client, server) = ("10.0.0.2:40000", "10.0.0.1:61080");
+        let mut out = Vec::new();
+        for (src, dst, seq, payload, ts) in [
+            // Resynchronising starts a message at a line's start only: the body ends a line.
+            (client, server, 1, &b"rest of a body\r\n"[..], 1),
+            (
+                server,
+                client,
+                1,
+                b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+                2,
+            ),
+            (client, server, 17, b"GET /next HTTP/1.1\r\n\r\n", 3),
+            (server, client, 39, b"HTTP/1.1 204 No\r\n\r\n", 4),
+        ] {
+            table.push(segment(src, dst, seq, 0, payload, ts), &mut out);
+        }
+        table.finish(&mut out);
+        let next = out
+            .iter()
+            .find(|e| e.request.as_ref().is_some_and(|r| r.uri == "/next"))
+            .unwrap_or_else(|| panic!("/next decoded: {out:?}"));
+        assert_eq!(next.client, client.parse().unwrap());
+        assert_eq!(next.server, server.parse().unwrap());
+        assert_eq!(table.counters.direction_guessed, 0);
+
+        // Dropped again: the next such connection's ends are guessed (the higher port is the
+        // client's, wrongly here).
+        ports.remove(61080);
+        let mut table = FlowTable::new(FlowConfig {
+            server_ports: ports,
+            ..FlowConfig::default()
+        });
+        table.push(
+            segment(client, server, 1, 0, b"rest of a body", 1),
+            &mut out,
+        );
+        assert_eq!(table.counters.direction_guessed, 1);
     }
 
     #[test]
@@ -595,7 +647,7 @@ mod tests {
     #[test]
     fn only_server_ports_filters_other_connections() {
         let config = FlowConfig {
-            server_ports: vec![8080],
+            server_ports: ServerPorts::new(&[8080]),
             only_server_ports: true,
             ..FlowConfig::default()
         };

@@ -260,16 +260,17 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Which server ports turned out to speak HTTP or not, since the last call (see
-    /// [`FlowTable::take_port_verdicts`]).
     /// Takes a reloaded configuration (see [`crate::config::reload`] for what applies live).
-    /// Nothing changes on an error.
+    /// Nothing changes on an error. The ports are not part of it: the flows and NAT read the
+    /// port policy's set ([`crate::capture::ServerPorts`]), which the daemon updates.
     pub fn reconfigure(&mut self, config: &Config) -> Result<(), AttacksError> {
         self.analysis.reconfigure(config)?;
         self.proxy.set_config(ProxyConfig::from(config));
         Ok(())
     }
 
+    /// Which server ports turned out to speak HTTP or not, since the last call (see
+    /// [`FlowTable::take_port_verdicts`]).
     pub fn take_port_verdicts(&mut self) -> Vec<(u16, bool)> {
         self.flows.take_port_verdicts()
     }
