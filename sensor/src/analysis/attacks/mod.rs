@@ -196,7 +196,7 @@ impl Detector {
             let findings = &mut inspection.findings;
             if findings
                 .iter()
-                .any(|f| f.class == class && f.point == point.path)
+                .any(|f| f.class == class && f.point == point.path())
             {
                 return;
             }
@@ -211,7 +211,7 @@ impl Detector {
             };
             findings.push(Finding {
                 class,
-                point: point.path.clone(),
+                point: point.path(),
                 excerpt,
                 rule: rule.to_owned(),
             });
@@ -281,12 +281,9 @@ fn names_own_site(point: &Point<'_>, host: Option<&str>) -> bool {
     let Some(host) = host.filter(|h| !h.is_empty()) else {
         return false;
     };
-    let header = point
-        .path
-        .strip_prefix("request.header.")
-        .is_some_and(|name| {
-            name.eq_ignore_ascii_case("referer") || name.eq_ignore_ascii_case("origin")
-        });
+    let header = point.kind == Kind::Header
+        && (point.name.eq_ignore_ascii_case("referer")
+            || point.name.eq_ignore_ascii_case("origin"));
     let authority = point
         .value
         .split_once("://")
@@ -324,7 +321,7 @@ fn offsite_redirect(point: &Point<'_>, value: &str, host: Option<&str>) -> Optio
     if !matches!(point.kind, Kind::Query | Kind::Form) {
         return None;
     }
-    let name = point.path.rsplit('.').next()?;
+    let name = point.name.rsplit('.').next()?;
     if !REDIRECT_NAMES.iter().any(|n| n.eq_ignore_ascii_case(name)) {
         return None;
     }

@@ -80,11 +80,21 @@ impl Kind {
 #[derive(Debug)]
 pub struct Point<'a> {
     pub kind: Kind,
-    /// Key path (`request.query.id`).
-    pub path: String,
+    /// Where the value is, up to its name (`request.query.`, `request.path`).
+    pub prefix: &'static str,
+    /// Its name after `prefix` (a parameter, a header, a JSON path), borrowed where it can be:
+    /// the key path is only needed for findings, and most requests have none.
+    pub name: Cow<'a, str>,
     pub value: Cow<'a, str>,
     /// A secret-named field (or a cookie): its excerpt must be hashed.
     pub secret: bool,
+}
+
+impl Point<'_> {
+    /// Key path (`request.query.id`).
+    pub fn path(&self) -> String {
+        [self.prefix, &self.name].concat()
+    }
 }
 
 /// Which headers carry client input, and which names are secrets.
@@ -111,18 +121,14 @@ pub fn collect<'r>(
         Some((p, q)) => (p, q.split('#').next().unwrap_or(q)),
         None => (uri.split('#').next().unwrap_or(uri), ""),
     };
-    walk.push(
-        Kind::Path,
-        || "request.path".into(),
-        Cow::Borrowed(path),
-        false,
-    );
+    walk.push(Kind::Path, "request.path", "", Cow::Borrowed(path), false);
     // Segments only where one could hold an injection (anything beyond a plain word or id):
     // libinjection runs per segment, and most paths are `/users/42`.
     for segment in path.split('/').filter(|s| !is_plain(s)) {
         walk.push(
             Kind::Segment,
-            || "request.path".into(),
+            "request.path",
+            "",
             Cow::Borrowed(segment),
             false,
         );
@@ -141,7 +147,8 @@ pub fn collect<'r>(
                 // and which cookie is one is the application's business.
                 walk.push(
                     Kind::Cookie,
-                    || format!("request.cookie.{cookie}"),
+                    "request.cookie.",
+                    cookie,
                     Cow::Borrowed(value),
                     true,
                 );
@@ -162,7 +169,8 @@ pub fn collect<'r>(
         };
         walk.push(
             kind,
-            || format!("request.header.{name}"),
+            "request.header.",
+            name,
             Cow::Borrowed(value),
             (selection.is_secret)(name),
         );
@@ -174,6 +182,9 @@ pub fn collect<'r>(
 
 /// Headers that carry client input besides User-Agent and cookies (the list).
 const CLIENT_HEADERS: &[&str] = &["referer", "x-forwarded-for", "origin"];
+
+/// Where JSON body values are (their path follows).
+const JSON_PREFIX: &str = "request.body.json";
 
 /// Body bytes decoded for inspection at most (a compressed body may expand to far more).
 const BODY_DECODE_LIMIT: usize = 256 * 1024;
@@ -192,11 +203,12 @@ struct Walk<'o, 'r> {
 }
 
 impl<'r> Walk<'_, 'r> {
-    /// Adds a point if the bounds allow; the key path is only built for points kept.
+    /// Adds a point if the bounds allow.
     fn push(
         &mut self,
         kind: Kind,
-        path: impl FnOnce() -> String,
+        prefix: &'static str,
+        name: impl Into<Cow<'r, str>>,
         value: Cow<'r, str>,
         secret: bool,
     ) {
@@ -210,7 +222,8 @@ impl<'r> Walk<'_, 'r> {
         self.budget -= value.len();
         self.out.push(Point {
             kind,
-            path: path(),
+            prefix,
+            name: name.into(),
             value,
             secret,
         });
@@ -218,31 +231,33 @@ impl<'r> Walk<'_, 'r> {
 
     /// `name=value&...` pairs (a query string or a form body), decoded once with `+` as space
     /// (what the application's framework does); borrowed where nothing was escaped.
-    fn pairs(&mut self, kind: Kind, prefix: &str, text: &'r str, is_secret: &dyn Fn(&str) -> bool) {
+    fn pairs(
+        &mut self,
+        kind: Kind,
+        prefix: &'static str,
+        text: &'r str,
+        is_secret: &dyn Fn(&str) -> bool,
+    ) {
         for (name, value) in form_urlencoded::parse(text.as_bytes()) {
-            self.pair(kind, prefix, &name, value, is_secret);
+            self.pair(kind, prefix, name, value, is_secret);
         }
     }
 
     fn pair(
         &mut self,
         kind: Kind,
-        prefix: &str,
-        name: &str,
+        prefix: &'static str,
+        name: Cow<'r, str>,
         value: Cow<'r, str>,
         is_secret: &dyn Fn(&str) -> bool,
     ) {
         // Operators in names (`user[$ne]=`) are NoSQL injection; names are inspected only when
         // they are more than a plain word.
-        if !is_plain(name) {
-            self.push(
-                Kind::Name,
-                || format!("{prefix}{name}"),
-                Cow::Owned(name.to_owned()),
-                false,
-            );
+        if !is_plain(&name) {
+            self.push(Kind::Name, prefix, name.clone(), name.clone(), false);
         }
-        self.push(kind, || format!("{prefix}{name}"), value, is_secret(name));
+        let secret = is_secret(&name);
+        self.push(kind, prefix, name, value, secret);
     }
 
     fn body(&mut self, request: &'r Request, is_secret: &dyn Fn(&str) -> bool) {
@@ -275,7 +290,8 @@ impl<'r> Walk<'_, 'r> {
         let trimmed = text.trim_start();
         if content_type.contains("json") || (content_type.is_empty() && trimmed.starts_with('{')) {
             if let Ok(value) = serde_json::from_str::<Value>(&text) {
-                let mut path = String::from("request.body.json");
+                // The JSON path after `request.body.json`.
+                let mut path = String::new();
                 self.json(&value, &mut path, 0, false, is_secret);
                 return;
             }
@@ -287,8 +303,14 @@ impl<'r> Walk<'_, 'r> {
                 // A decoded body is owned here: so are its pairs.
                 Cow::Owned(text) => {
                     for (name, value) in form_urlencoded::parse(text.as_bytes()) {
-                        let value = Cow::Owned(value.into_owned());
-                        self.pair(Kind::Form, "request.body.form.", &name, value, is_secret);
+                        let (name, value) = (name.into_owned(), value.into_owned());
+                        self.pair(
+                            Kind::Form,
+                            "request.body.form.",
+                            Cow::Owned(name),
+                            Cow::Owned(value),
+                            is_secret,
+                        );
                     }
                 }
             }
@@ -297,10 +319,10 @@ impl<'r> Walk<'_, 'r> {
             || trimmed.starts_with("<?xml")
             || trimmed.starts_with("<!DOCTYPE")
         {
-            self.push(Kind::Xml, || "request.body.xml".into(), text, false);
+            self.push(Kind::Xml, "request.body.xml", "", text, false);
             return;
         }
-        self.push(Kind::Body, || "request.body".into(), text, false);
+        self.push(Kind::Body, "request.body", "", text, false);
     }
 
     fn json(
@@ -319,7 +341,8 @@ impl<'r> Walk<'_, 'r> {
             Value::String(text) => {
                 self.push(
                     Kind::Json,
-                    || path.clone(),
+                    JSON_PREFIX,
+                    path.clone(),
                     Cow::Owned(text.clone()),
                     secret,
                 );
@@ -339,7 +362,13 @@ impl<'r> Walk<'_, 'r> {
                     path.push('.');
                     path.push_str(key);
                     if !is_plain(key) {
-                        self.push(Kind::Name, || path.clone(), Cow::Owned(key.clone()), false);
+                        self.push(
+                            Kind::Name,
+                            JSON_PREFIX,
+                            path.clone(),
+                            Cow::Owned(key.clone()),
+                            false,
+                        );
                     }
                     self.json(item, path, depth + 1, secret || is_secret(key), is_secret);
                     path.truncate(len);
