@@ -10,7 +10,9 @@
 //!   snaplen truncation) when no segment was retransmitted;
 //! - the decoder: every stored exchange is one the clients sent (no request made up from body
 //!   bytes), none twice, and every exchange not marked `gap` has the response its request asked
-//!   for (the sizes differ, so a shifted pairing shows). Losses are marked `gap`.
+//!   for (the sizes differ, so a shifted pairing shows). Losses are marked `gap`. The clients
+//!   connect before the burst: a connection whose SYN and SYN-ACK were both lost is known to
+//!   pair in order unmarked (README, capture loss).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -21,6 +23,7 @@ use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
     net::{SocketAddr, TcpStream},
     path::Path,
+    sync::{Arc, Barrier},
     thread,
     time::Duration,
 };
@@ -35,9 +38,13 @@ const SIZES: [usize; 5] = [700, 3_000, 9_000, 30_000, 120_000];
 const CLIENTS: usize = 6;
 const REQUESTS: usize = 60;
 
-/// One keep-alive connection's requests; returns the payload bytes it sent and received.
-fn client(server: SocketAddr, id: usize) -> u64 {
+/// One keep-alive connection's requests, once every client is connected (`ready`); returns
+/// the payload bytes it sent and received.
+fn client(server: SocketAddr, id: usize, ready: &Barrier) -> u64 {
     let stream = TcpStream::connect(server).unwrap();
+    // Handshakes happen before the burst: a connection whose SYN and SYN-ACK both fall in a
+    // full ring is not this test's subject (see the README's note on capture loss).
+    ready.wait();
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
@@ -123,12 +130,14 @@ fn a_full_ring_is_counted_exactly_and_its_gaps_are_marked() {
     let retransmitted_before = retransmitted(&net.server_ns) + retransmitted(&net.client_ns);
 
     let server = net.server_addr(false, PORT);
+    let ready = Arc::new(Barrier::new(CLIENTS));
     let clients: Vec<_> = (0..CLIENTS)
         .map(|id| {
             let ns = net.client_ns.clone();
+            let ready = Arc::clone(&ready);
             thread::spawn(move || {
                 TestNet::enter(&ns);
-                client(server, id)
+                client(server, id, &ready)
             })
         })
         .collect();
@@ -183,7 +192,10 @@ fn a_full_ring_is_counted_exactly_and_its_gaps_are_marked() {
     }
     // Capture loss is not network loss: the receivers acknowledged what the capture missed.
     assert!(stage("reassembly", "holes_acknowledged") > 0);
-    assert!(stage("reassembly", "gap_bytes") <= k("ring_full_bytes") + k("bytes_truncated"));
+    // A FIN takes a sequence number: one the ring lost, acknowledged by the peer, reads as a
+    // lost byte (at most one per direction of each connection).
+    let fins = 2 * CLIENTS as u64;
+    assert!(stage("reassembly", "gap_bytes") <= k("ring_full_bytes") + k("bytes_truncated") + fins);
 
     // The decoder's side.
     let mut sent = BTreeMap::new();
@@ -196,11 +208,17 @@ fn a_full_ring_is_counted_exactly_and_its_gaps_are_marked() {
     let records = exported(BIN, &data_dir);
     let mut seen = BTreeSet::new();
     let (mut marked, mut paired) = (0, 0);
+    // Exchanges the loss touched without a mark: a response alone, a request alone, or a
+    // response that is not its request's. There must be none.
+    let mut unmarked = Vec::new();
     for record in &records {
         let Some(uri) = record["uri"].as_str() else {
             // A response whose request was lost: it must say so.
-            assert_eq!(record["gap"], true, "{record}");
-            marked += 1;
+            if record["gap"] == true {
+                marked += 1;
+            } else {
+                unmarked.push(record.to_string());
+            }
             continue;
         };
         let size = sent.get(uri);
@@ -210,20 +228,24 @@ fn a_full_ring_is_counted_exactly_and_its_gaps_are_marked() {
             marked += 1;
             continue;
         }
-        assert_eq!(record["status_code"], 200, "{record}");
-        assert_eq!(
-            record["response_body_len"].as_u64(),
-            size.copied(),
-            "an exchange not marked gap has the response its request asked for: {record}"
-        );
-        paired += 1;
+        // An exchange not marked gap has the response its request asked for.
+        if record["status_code"] == 200 && record["response_body_len"].as_u64() == size.copied() {
+            paired += 1;
+        } else {
+            unmarked.push(record.to_string());
+        }
     }
     println!(
         "{} requests sent; {} exchanges stored: {paired} whole and paired right, {marked} marked \
-         gap; {} requests not stored",
+         gap, {} touched by the loss and not marked; {} requests not stored",
         sent.len(),
         records.len(),
+        unmarked.len(),
         sent.len() - seen.len()
+    );
+    assert!(
+        unmarked.is_empty(),
+        "exchanges touched by the loss without a mark: {unmarked:#?}"
     );
     assert!(marked > 0, "the ring's loss must show on exchanges");
     assert!(paired > 0, "exchanges outside the loss decode whole");

@@ -244,7 +244,13 @@ impl FlowTable {
                 Flow {
                     client,
                     streams: [Stream::default(), Stream::default()],
-                    http: HttpConnection::new(client, server),
+                    http: {
+                        let mut http = HttpConnection::new(client, server);
+                        if segment.has(tcp_flags::SYN) {
+                            http.set_seen_from_start();
+                        }
+                        http
+                    },
                     last_ns: segment.ts_ns,
                     buffered: 0,
                     classify: segment.has(tcp_flags::SYN),
@@ -277,15 +283,14 @@ impl FlowTable {
                 &mut self.stream_counters,
                 &mut events,
             );
-            for event in events.drain(..) {
-                flow.http.on_event(
-                    other_side,
-                    event,
-                    &self.config.http,
-                    &mut self.http_counters,
-                    out,
-                );
-            }
+            decode(
+                &mut flow.http,
+                other_side,
+                &mut events,
+                &self.config.http,
+                &mut self.http_counters,
+                out,
+            );
             if side == Side::Client {
                 let acked = flow.streams[Side::Server as usize].offset_of_seq(segment.ack);
                 flow.http.set_client_acked(acked);
@@ -323,10 +328,14 @@ impl FlowTable {
                 self.counters.port_verdicts_dropped += 1;
             }
         }
-        for event in events.drain(..) {
-            flow.http
-                .on_event(side, event, &self.config.http, &mut self.http_counters, out);
-        }
+        decode(
+            &mut flow.http,
+            side,
+            &mut events,
+            &self.config.http,
+            &mut self.http_counters,
+            out,
+        );
         if rst {
             // A reset ends the whole connection, not only the direction that sent it.
             let other_side = side.other();
@@ -336,15 +345,14 @@ impl FlowTable {
                 &mut self.stream_counters,
                 &mut events,
             );
-            for event in events.drain(..) {
-                flow.http.on_event(
-                    other_side,
-                    event,
-                    &self.config.http,
-                    &mut self.http_counters,
-                    out,
-                );
-            }
+            decode(
+                &mut flow.http,
+                other_side,
+                &mut events,
+                &self.config.http,
+                &mut self.http_counters,
+                out,
+            );
         }
         self.events = events;
         let buffered = flow.streams[0].buffered() + flow.streams[1].buffered();
@@ -394,16 +402,39 @@ impl FlowTable {
         };
         self.buffered -= flow.buffered;
         let mut events = std::mem::take(&mut self.events);
-        for (index, side) in [(0, Side::Client), (1, Side::Server)] {
-            flow.streams[index].finish(ts_ns, reason, &mut self.stream_counters, &mut events);
-            for event in events.drain(..) {
-                flow.http
-                    .on_event(side, event, &self.config.http, &mut self.http_counters, out);
-            }
+        for side in [Side::Client, Side::Server] {
+            flow.streams[side as usize].finish(
+                ts_ns,
+                reason,
+                &mut self.stream_counters,
+                &mut events,
+            );
+            decode(
+                &mut flow.http,
+                side,
+                &mut events,
+                &self.config.http,
+                &mut self.http_counters,
+                out,
+            );
         }
         flow.http
             .finish(ts_ns, &self.config.http, &mut self.http_counters, out);
         self.events = events;
+    }
+}
+
+/// Hands one side's stream events to the connection's decoder, leaving `events` empty.
+fn decode(
+    http: &mut HttpConnection,
+    side: Side,
+    events: &mut Vec<StreamEvent>,
+    config: &HttpConfig,
+    counters: &mut HttpCounters,
+    out: &mut Vec<Exchange>,
+) {
+    for event in events.drain(..) {
+        http.on_event(side, event, config, counters, out);
     }
 }
 

@@ -204,6 +204,11 @@ pub struct HttpConnection {
     /// pairing in order may be wrong. Exchanges are marked `gap` until the connection is
     /// between exchanges again with both sides in step.
     unaligned: bool,
+    /// The connection's handshake was seen (see [`Self::set_seen_from_start`]).
+    seen_from_start: bool,
+    /// The capture lost bytes of this connection: a request or a response missing from an
+    /// exchange was most likely lost with them.
+    lost_bytes: bool,
 }
 
 impl HttpConnection {
@@ -219,12 +224,20 @@ impl HttpConnection {
             client_acked: None,
             response_head_end: 0,
             unaligned: false,
+            seen_from_start: false,
+            lost_bytes: false,
         }
     }
 
     /// Records where NAT sent the connection (the translated destination).
     pub fn set_upstream(&mut self, upstream: SocketAddr) {
         self.upstream = Some(upstream);
+    }
+
+    /// The connection was seen from its handshake (a SYN of either side): a direction whose
+    /// start is missing lost it to the capture, rather than began before the capture did.
+    pub fn set_seen_from_start(&mut self) {
+        self.seen_from_start = true;
     }
 
     /// The client's latest segment acknowledged the server's stream up to `offset` (as
@@ -255,7 +268,13 @@ impl HttpConnection {
                 let offset = &mut self.offsets[side as usize];
                 // Reassembly counts from the first byte after an unknown start.
                 *offset = len.map_or(0, |len| offset.saturating_add(len));
+                self.lost_bytes |= len.is_some() || self.seen_from_start;
                 let progress = self.parser(side).gap(len, ts_ns, config, counters);
+                if len.is_none() && self.seen_from_start {
+                    // A direction that starts unseen on a connection whose handshake was seen
+                    // lost its SYN (and what followed) to the capture: a loss like any other.
+                    self.parser(side).mark_lost_in_gap();
+                }
                 if let Some(progress) = progress {
                     self.handle(side, progress, ts_ns, config, counters, out);
                 }
@@ -265,7 +284,8 @@ impl HttpConnection {
                 self.realign();
             }
             StreamEvent::End { ts_ns, .. } => {
-                if let Some(progress) = self.parser(side).finish(ts_ns, counters) {
+                let after_loss = self.lost_bytes;
+                if let Some(progress) = self.parser(side).finish(ts_ns, after_loss, counters) {
                     self.handle(side, progress, ts_ns, config, counters, out);
                 }
                 self.parser(side).passthrough();
@@ -535,8 +555,10 @@ impl HttpConnection {
     }
 
     fn emit(&self, mut slot: Slot, counters: &mut HttpCounters, out: &mut Vec<Exchange>) {
-        if self.unaligned {
-            // Paired while requests or responses may be missing: the pairing is uncertain.
+        let half = slot.request.is_none() || slot.response.is_none();
+        if self.unaligned || (half && self.lost_bytes) {
+            // Paired while requests or responses may be missing: the pairing is uncertain. Or
+            // half an exchange on a connection that lost bytes: the other half went with them.
             for meta in [
                 slot.request.as_mut().map(|r| &mut r.meta),
                 slot.response.as_mut().map(|r| &mut r.meta),
@@ -573,7 +595,8 @@ impl HttpConnection {
         out: &mut Vec<Exchange>,
     ) {
         for side in [Side::Client, Side::Server] {
-            if let Some(progress) = self.parser(side).finish(ts_ns, counters) {
+            let after_loss = self.lost_bytes;
+            if let Some(progress) = self.parser(side).finish(ts_ns, after_loss, counters) {
                 self.handle(side, progress, ts_ns, config, counters, out);
             }
             self.parser(side).passthrough();

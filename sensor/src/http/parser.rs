@@ -301,6 +301,14 @@ impl MessageParser {
         self.lost_in_gap
     }
 
+    /// Declares the gap just reported a loss of the capture's, though its length is unknown:
+    /// the next message is marked as after any other loss.
+    pub fn mark_lost_in_gap(&mut self) {
+        if self.state == State::Resync {
+            self.lost_in_gap = true;
+        }
+    }
+
     /// Whether the message in progress was found by scanning after a gap (see `lost_in_gap`).
     pub fn message_after_gap(&self) -> bool {
         self.message_after_gap
@@ -897,7 +905,14 @@ impl MessageParser {
 
     /// The stream ended. A body that runs until close completes; any other message in progress
     /// is handed over incomplete.
-    pub fn finish(&mut self, ts_ns: u64, counters: &mut HttpCounters) -> Option<Progress> {
+    /// `after_loss`: the capture lost bytes of this connection, so a message the end cuts
+    /// short most likely lost its rest with them: it is marked `gap` too.
+    pub fn finish(
+        &mut self,
+        ts_ns: u64,
+        after_loss: bool,
+        counters: &mut HttpCounters,
+    ) -> Option<Progress> {
         match self.state {
             State::UntilClose => Some(self.complete(ts_ns)),
             State::Passthrough | State::Resync => None,
@@ -905,7 +920,9 @@ impl MessageParser {
                 let head_parsed = self.state != State::Head;
                 if self.in_message && head_parsed {
                     counters.truncated_messages += 1;
-                    self.meta().truncated = true;
+                    let meta = self.meta();
+                    meta.truncated = true;
+                    meta.gap |= after_loss;
                     Some(self.complete(ts_ns))
                 } else {
                     if self.in_message {

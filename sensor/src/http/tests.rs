@@ -964,3 +964,41 @@ fn transfer_encoding_in_http_1_0_is_flagged() {
         &["POST /t 1.0 body=2:hi protocol-transfer-encoding-invalid => 400 body=0:"],
     );
 }
+
+#[test]
+fn a_lost_handshake_reply_is_a_loss_on_a_connection_seen_from_its_start() {
+    let config = HttpConfig::default();
+    let mut counters = HttpCounters::default();
+    let steps = |connection: &mut HttpConnection, counters: &mut HttpCounters| {
+        let mut out = Vec::new();
+        for (side, event) in [
+            data(C, b"GET /1 HTTP/1.1\r\n\r\n", 1),
+            data(C, b"GET /2 HTTP/1.1\r\n\r\n", 2),
+            // The SYN-ACK and the first response were not captured.
+            (
+                S,
+                StreamEvent::Gap {
+                    ts_ns: 3,
+                    len: None,
+                },
+            ),
+            data(S, b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n2", 4),
+        ] {
+            connection.on_event(side, event, &config, counters, &mut out);
+        }
+        connection.finish(9, &config, counters, &mut out);
+        out.iter().map(render).collect::<Vec<_>>()
+    };
+    let mut seen = HttpConnection::new(addr("10.0.0.2:40000"), addr("10.0.0.1:80"));
+    seen.set_seen_from_start();
+    assert_eq!(
+        steps(&mut seen, &mut counters),
+        ["GET /1 1.1 gap => 200 body=1:2 gap", "GET /2 1.1 gap => -"]
+    );
+    // Picked up mid-connection, the capture simply started late: nothing is marked.
+    let mut late = HttpConnection::new(addr("10.0.0.2:40000"), addr("10.0.0.1:80"));
+    assert_eq!(
+        steps(&mut late, &mut counters),
+        ["GET /1 1.1 => 200 body=1:2", "GET /2 1.1 => -"]
+    );
+}

@@ -443,11 +443,14 @@ impl Stream {
         if self.ended {
             return;
         }
-        if let Some(last) = self
+        // Up to the last byte held, or to the FIN if one was seen past it: the bytes before a
+        // FIN were sent, so the ones never seen are a gap too.
+        let last = self
             .pending
             .last_key_value()
             .map(|(start, p)| start + p.len())
-        {
+            .max(self.fin_offset);
+        if let Some(last) = last {
             self.give_up_until(last, ts_ns, counters, out);
         }
         self.ended = true;
@@ -586,6 +589,15 @@ mod tests {
         }
         assert_eq!(render(&out), "hello<5>world<4>");
         assert_eq!(counters.holes_acknowledged, 2);
+    }
+
+    #[test]
+    fn bytes_missing_before_a_fin_are_a_gap_at_the_end() {
+        let mut fin = piece(9, b"");
+        fin.fin = true;
+        let (text, counters) = run(vec![syn(0), piece(1, b"abc"), fin]);
+        assert_eq!(text, "abc<5>|CaptureEnd");
+        assert_eq!(counters.gap_bytes, 5);
     }
 
     #[test]
