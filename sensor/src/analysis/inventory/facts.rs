@@ -174,9 +174,17 @@ pub struct ExchangeFacts {
 impl ExchangeFacts {
     /// The facts of `exchange`; None without a request (nothing to attribute it to).
     pub fn from_exchange(exchange: &Exchange, scanner: &mut Scanner) -> Option<ExchangeFacts> {
+        let mut facts = Self::head(exchange)?;
+        facts.scan(exchange, scanner, true);
+        Some(facts)
+    }
+
+    /// What identifies the exchange's endpoint, its timings and sizes, before any scan; None
+    /// without a request.
+    pub fn head(exchange: &Exchange) -> Option<ExchangeFacts> {
         let request = exchange.request.as_ref()?;
         let host = host_key(request.meta.header("host"), || exchange.server.to_string());
-        let mut facts = ExchangeFacts {
+        Some(ExchangeFacts {
             host,
             method: method_key(&request.method).to_owned(),
             uri: request.uri.clone(),
@@ -187,8 +195,17 @@ impl ExchangeFacts {
             request_bytes: request.meta.body_len,
             response_bytes: exchange.response.as_ref().map_or(0, |r| r.meta.body_len),
             ..ExchangeFacts::default()
-        };
+        })
+    }
 
+    /// Parameters, auth kinds and sensitive kinds. `bodies`: whether bodies are scanned for
+    /// sensitive data too (the inventory samples them on busy endpoints); headers, the query
+    /// and the parameters in bodies always are.
+    pub fn scan(&mut self, exchange: &Exchange, scanner: &mut Scanner, bodies: bool) {
+        let Some(request) = exchange.request.as_ref() else {
+            return;
+        };
+        let facts = self;
         let mut request_findings = scanner.scan_message(request.meta.all_headers(), None, b"");
         facts.auth = auth_of(&request.meta);
         if let Some((_, query)) = request.uri.split_once('?') {
@@ -212,7 +229,9 @@ impl ExchangeFacts {
 
         if let Some(body) = decoded_body(&request.meta) {
             let content_type = request.meta.header("content-type");
-            request_findings.merge(scanner.scan_message([], content_type, &body));
+            if bodies {
+                request_findings.merge(scanner.scan_message([], content_type, &body));
+            }
             let ct = content_type.unwrap_or("").to_ascii_lowercase();
             if ct.contains("json") || (ct.is_empty() && body.first() == Some(&b'{')) {
                 if let Ok(json) = serde_json::from_slice::<serde_json::Value>(&body) {
@@ -233,7 +252,10 @@ impl ExchangeFacts {
         facts.capped |= request_findings.capped;
 
         if let Some(response) = &exchange.response {
-            let body = decoded_body(&response.meta).unwrap_or_default();
+            let body = match bodies {
+                true => decoded_body(&response.meta).unwrap_or_default(),
+                false => Default::default(),
+            };
             let found: Findings = scanner.scan_message(
                 response.meta.all_headers(),
                 response.meta.header("content-type"),
@@ -242,7 +264,6 @@ impl ExchangeFacts {
             facts.response_sensitive = found.kinds;
             facts.capped |= found.capped;
         }
-        Some(facts)
     }
 
     /// One entry per place and name, whatever the repeats (`tags=a&tags=b`, the elements of

@@ -73,6 +73,10 @@ pub struct InventoryState {
 ///
 /// 2: the learner's value ids carry a shape bit.
 const STATE_VERSION: u8 = 2;
+/// An endpoint's exchanges whose bodies are all scanned for sensitive data; after them, one in
+/// [`BODY_SCAN_EVERY`] is.
+const BODY_SCAN_WARMUP: u64 = 256;
+const BODY_SCAN_EVERY: u64 = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -107,6 +111,9 @@ pub struct InventoryCounters {
     pub endpoints_untracked: u64,
     /// Exchanges whose scan or parameter list hit a bound.
     pub exchanges_capped: u64,
+    /// Exchanges whose bodies were not scanned for sensitive data (see
+    /// [`Inventory::observe`]: busy endpoints are sampled).
+    pub body_scans_sampled_out: u64,
     pub learner: LearnerCounters,
 }
 
@@ -149,6 +156,7 @@ impl InventoryCounters {
             ("exchanges_without_request", self.exchanges_without_request),
             ("endpoints_untracked", self.endpoints_untracked),
             ("exchanges_capped", self.exchanges_capped),
+            ("body_scans_sampled_out", self.body_scans_sampled_out),
             ("positions_untracked", self.learner.positions_untracked),
             ("values_untracked", self.learner.values_untracked),
             ("positions_saturated", self.learner.positions_saturated),
@@ -256,17 +264,36 @@ impl Inventory {
 
     /// Counts an exchange; its template, spec status and slowness for its record.
     pub fn observe(&mut self, exchange: &Exchange, session_id: &str) -> Option<Verdict> {
-        let Some(facts) = ExchangeFacts::from_exchange(exchange, &mut self.scanner) else {
+        let Some(mut facts) = ExchangeFacts::head(exchange) else {
             self.counters.exchanges_without_request += 1;
             return None;
         };
         let (template, spec_status) = self.template(&facts.host, &facts.method, &facts.uri);
+        let bodies = self.body_scan_due(&facts, &template);
+        self.counters.body_scans_sampled_out += u64::from(!bodies);
+        facts.scan(exchange, &mut self.scanner, bodies);
         let slow = self.observe_facts(&facts, template.clone(), session_id);
         Some(Verdict {
             template,
             spec_status,
             slow,
         })
+    }
+
+    /// Whether this exchange's bodies are scanned for sensitive data: always on an endpoint's
+    /// first [`BODY_SCAN_WARMUP`] exchanges, then one in [`BODY_SCAN_EVERY`]. Scanning bodies
+    /// is the inventory's largest cost, and an endpoint's kinds are a set that a busy endpoint
+    /// fills in its first exchanges; a kind that shows up only later is found a few calls on.
+    fn body_scan_due(&self, facts: &ExchangeFacts, template: &str) -> bool {
+        let key = EndpointKey {
+            host: facts.host.clone(),
+            method: facts.method.clone(),
+            template: template.to_owned(),
+        };
+        self.aggregate
+            .endpoints
+            .get(&key)
+            .is_none_or(|s| s.calls < BODY_SCAN_WARMUP || s.calls % BODY_SCAN_EVERY == 0)
     }
 
     /// Counts an exchange's facts under `template` (the pipeline's own, or from

@@ -87,6 +87,45 @@ fn rows_count_what_was_seen() {
 }
 
 #[test]
+fn busy_endpoints_have_their_bodies_sampled_and_a_late_kind_is_still_found() {
+    let mut inv = inventory();
+    let host = [("Host", "shop.test")];
+    let total = BODY_SCAN_WARMUP + 4 * BODY_SCAN_EVERY;
+    // The first exchanges carry no personal data; the last few dozen carry an e-mail address
+    // in the response body and a card number in the request body.
+    let late = BODY_SCAN_WARMUP + BODY_SCAN_EVERY / 2;
+    for i in 0..total {
+        let (request, response): (&[u8], &[u8]) = match i >= late {
+            true => (
+                br#"{"card":"4111 1111 1111 1111"}"#,
+                br#"{"email":"jane@example.com"}"#,
+            ),
+            false => (br#"{"card":"none"}"#, br#"{"email":"none"}"#),
+        };
+        let e = exchange(
+            "POST",
+            "/orders",
+            &host,
+            request,
+            200,
+            response,
+            1_700_000_000_000_000_000 + i * 1_000_000,
+            5,
+        );
+        inv.observe(&e, "s1").unwrap();
+    }
+    // Exchanges number 0..WARMUP are scanned whole, then every BODY_SCAN_EVERY-th.
+    let scanned = BODY_SCAN_WARMUP + (total - BODY_SCAN_WARMUP).div_ceil(BODY_SCAN_EVERY);
+    assert_eq!(inv.counters.body_scans_sampled_out, total - scanned);
+    let row = serde_json::to_value(&inv.rows()[0]).unwrap();
+    assert_eq!(row["calls"], total);
+    assert_eq!(row["sensitive_response"], json!(["email"]));
+    assert_eq!(row["sensitive_request"], json!(["payment_card"]));
+    // Parameters are counted on every exchange, sampled or not.
+    assert_eq!(row["params"][0]["count"], total);
+}
+
+#[test]
 fn slow_is_judged_against_the_endpoints_own_p99_after_enough_samples() {
     let mut inv = inventory();
     let observe = |inv: &mut Inventory, ms: u64| {
