@@ -17,7 +17,7 @@ use crate::{
     config::Config,
     container::ContainerIndex,
     exchange::Exchange,
-    record::{Assignment, Redaction, Secret, StoredExchange},
+    record::{Assignment, Redaction, Secret, SessionSignals, StoredExchange},
     sessions::{SessionConfig, Sessionizer},
     store::Store,
 };
@@ -147,8 +147,14 @@ impl Analysis {
     }
 
     /// The exchange's record and session.
-    pub fn analyse(&mut self, exchange: &Exchange) -> (StoredExchange, Assignment) {
-        let (mut record, mut assignment) = self.sessionizer.record(exchange, &self.redaction);
+    /// `handed_at`: where the record will wait in the batch for the store, if it goes there
+    /// (see [`Self::take_signal_updates`]).
+    pub fn analyse(
+        &mut self,
+        exchange: &Exchange,
+        handed_at: Option<usize>,
+    ) -> (StoredExchange, Assignment) {
+        let (mut record, assignment) = self.sessionizer.record(exchange, &self.redaction);
         // On the request as it came (before redaction): a payload in a secret-named field is
         // found too, and kept as its keyed hash.
         if let (Some(detector), Some(request)) = (&self.attacks, &exchange.request) {
@@ -181,7 +187,7 @@ impl Analysis {
                 fallback: assignment.key_kind.is_fallback(),
                 attacks: record.attacks.len() as u32,
             };
-            assignment.signals = tracker.observe(exchange, &record, context).map(Box::new);
+            tracker.observe(exchange, &record, context, handed_at);
         }
         // The record's endpoint becomes the inventory's: the spec's template, else the learned
         // one (readers refine it later with what the learner knows then, see
@@ -194,6 +200,15 @@ impl Analysis {
             record.slow = verdict.slow;
         }
         (record, assignment)
+    }
+
+    /// Sessions' abuse signals that changed since the last call, by where their newest record
+    /// waits in the batch (see [`AbuseTracker::take_updates`]).
+    pub fn take_signal_updates(&mut self) -> Vec<(usize, SessionSignals)> {
+        self.abuse
+            .as_mut()
+            .map(AbuseTracker::take_updates)
+            .unwrap_or_default()
     }
 
     pub fn snapshot(&self) -> Vec<(&'static str, Vec<(&'static str, u64)>)> {

@@ -214,7 +214,8 @@ impl Pipeline {
         }
         for exchange in self.ready.drain(..) {
             self.exchanges += 1;
-            let (record, assignment) = self.analysis.analyse(&exchange);
+            let handed_at = self.store.is_some().then_some(self.pending.exchanges.len());
+            let (record, assignment) = self.analysis.analyse(&exchange, handed_at);
             for sink in &mut self.sinks {
                 sink.exchange(&exchange, &record, &assignment)
                     .map_err(PipelineError::Output)?;
@@ -242,6 +243,7 @@ impl Pipeline {
         let Some(store) = &self.store else {
             return Ok(());
         };
+        attach_signal_updates(&mut self.analysis, &mut self.pending);
         self.pending.state = self.analysis.sessionizer_mut().take_changes();
         let (at, counted) = self.inventory_handed;
         if self.exchanges > counted && (self.stopping || at.elapsed() >= INVENTORY_EVERY) {
@@ -264,6 +266,8 @@ impl Pipeline {
     /// Nothing changes on an error. The ports are not part of it: the flows and NAT read the
     /// port policy's set ([`crate::capture::ServerPorts`]), which the daemon updates.
     pub fn reconfigure(&mut self, config: &Config) -> Result<(), AttacksError> {
+        // A smaller bound on sessions evicts some: what they found goes to the batch first.
+        attach_signal_updates(&mut self.analysis, &mut self.pending);
         self.analysis.reconfigure(config)?;
         self.proxy.set_config(ProxyConfig::from(config));
         Ok(())
@@ -313,5 +317,14 @@ impl Pipeline {
             stages.push(("store", counters.snapshot()));
         }
         stages
+    }
+}
+
+/// The abuse signals that changed go with their sessions' newest records in the batch.
+fn attach_signal_updates(analysis: &mut Analysis, pending: &mut Batch) {
+    for (index, signals) in analysis.take_signal_updates() {
+        if let Some((_, assignment)) = pending.exchanges.get_mut(index) {
+            assignment.signals = Some(Box::new(signals));
+        }
     }
 }

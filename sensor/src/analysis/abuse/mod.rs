@@ -77,6 +77,10 @@ pub struct AbuseTracker {
     sessions: LruCache<String, SessionState>,
     rotation: RotationTracker,
     baselines: EndpointBaselines,
+    /// Sessions with readings not yet handed on ([`Self::take_updates`]), and the updates of
+    /// such sessions evicted meanwhile.
+    unreported: Vec<String>,
+    evicted_updates: Vec<(usize, SessionSignals)>,
     pub counters: AbuseCounters,
 }
 
@@ -87,6 +91,8 @@ impl AbuseTracker {
             sessions: LruCache::new(bound),
             rotation: RotationTracker::new(4096),
             baselines: EndpointBaselines::new(4096),
+            unreported: Vec::new(),
+            evicted_updates: Vec::new(),
             config,
             counters: AbuseCounters::default(),
         }
@@ -106,15 +112,18 @@ impl AbuseTracker {
         self.config = config;
     }
 
-    /// Takes one exchange of a session; the session's signals when they changed.
+    /// Takes one exchange of a session. `handed_at`: where the exchange waits in the batch on
+    /// its way to the store, for the session's signals to go along ([`Self::take_updates`]);
+    /// None when nothing stores them (the signals are then not computed).
     pub fn observe(
         &mut self,
         exchange: &Exchange,
         record: &StoredExchange,
         context: Context<'_>,
-    ) -> Option<SessionSignals> {
+        handed_at: Option<usize>,
+    ) {
         if !self.config.enabled {
-            return None;
+            return;
         }
         let ts_ns = record.ts_ns;
         let client: IpAddr = exchange.client_addr().ip();
@@ -133,13 +142,20 @@ impl AbuseTracker {
         };
         if !self.sessions.contains(context.session_id) {
             self.counters.sessions_tracked += 1;
-            if self.sessions.len() == self.sessions.cap().get() {
+            let evicted = self
+                .sessions
+                .push(context.session_id.to_owned(), SessionState::default());
+            if let Some((_, mut state)) = evicted {
                 self.counters.sessions_evicted += 1;
+                // Its last readings go with its last exchange, still in the batch.
+                if let Some(signals) = state.take_update(&self.config) {
+                    self.evicted_updates.push((state.handed_at, signals));
+                }
             }
-            self.sessions
-                .put(context.session_id.to_owned(), SessionState::default());
         }
-        let state = self.sessions.get_mut(context.session_id)?;
+        let Some(state) = self.sessions.get_mut(context.session_id) else {
+            return;
+        };
         // A session teaches the baselines only with its first requests: one that takes a lot
         // must not make a lot look usual.
         let teach = state.taught < state::TEACH_REQUESTS;
@@ -155,13 +171,34 @@ impl AbuseTracker {
             &mut self.counters,
         );
         state.session_rotation = state.session_rotation.max(rotation);
-        let signals = state.signals(&self.config);
-        if state.last_emitted.as_ref() == Some(&signals) {
-            return None;
+        let Some(handed_at) = handed_at else {
+            return;
+        };
+        // Scores on every exchange, reasons in words once per hand-over.
+        let reading = state.reading(&self.config);
+        if !state.unreported() {
+            self.unreported.push(context.session_id.to_owned());
         }
-        state.last_emitted = Some(signals.clone());
-        self.counters.updates += 1;
-        Some(signals)
+        state.keep(&reading);
+        state.handed_at = handed_at;
+    }
+
+    /// The sessions' signals that changed since the last call, each with where its session's
+    /// newest exchange waits in the batch: the store takes them with that exchange (each
+    /// signal at its strongest, as [`crate::record::SessionSignals::merge`] does).
+    pub fn take_updates(&mut self) -> Vec<(usize, SessionSignals)> {
+        let mut updates = std::mem::take(&mut self.evicted_updates);
+        for id in std::mem::take(&mut self.unreported) {
+            // `peek`: handing on is not a use of the session.
+            let Some(state) = self.sessions.peek_mut(&id) else {
+                continue; // evicted, and handed on then
+            };
+            if let Some(signals) = state.take_update(&self.config) {
+                updates.push((state.handed_at, signals));
+            }
+        }
+        self.counters.updates += updates.len() as u64;
+        updates
     }
 }
 

@@ -121,7 +121,12 @@ pub(super) struct SessionState {
     pub(super) session_rotation: u32,
     /// Requests of this session counted in the baselines (see [`TEACH_REQUESTS`]).
     pub(super) taught: u32,
-    pub(super) last_emitted: Option<SessionSignals>,
+    /// What was last handed on, and the readings kept since ([`Self::keep`]).
+    last_emitted: Option<Reading>,
+    unreported: Option<Reading>,
+    /// Where the session's newest exchange waits in the pipeline's batch: its update goes along
+    /// with it.
+    pub(super) handed_at: usize,
 }
 
 impl SessionState {
@@ -300,25 +305,21 @@ impl SessionState {
         }
     }
 
-    /// The session's signals and risk as of now.
-    pub(super) fn signals(&self, config: &AbuseConfig) -> SessionSignals {
-        let mut all: Vec<Signal> = Vec::new();
-        let mut add = |name: SignalName, score: u8, reason: &dyn Fn() -> String| {
-            if score > 0 {
-                all.push(Signal {
-                    name,
-                    score,
-                    reason: reason(),
-                });
-            }
+    /// The session's scores and risk as of now, and the numbers their reasons would give:
+    /// no text, no allocation (this runs on every exchange; reasons are written only when the
+    /// signals are handed on, see [`Self::take_update`]).
+    pub(super) fn reading(&self, config: &AbuseConfig) -> Reading {
+        let mut reading = Reading::default();
+        let mut add = |name: SignalName, score: u8, numbers: [f64; 4]| {
+            reading.signals[name as usize] = (score, numbers);
         };
-        if let Some((score, reason)) = &self.agent {
-            add(SignalName::BadUserAgent, *score, &|| reason.clone());
+        if let Some((score, _)) = &self.agent {
+            add(SignalName::BadUserAgent, *score, [0.0; 4]);
         }
         add(
             SignalName::RequestRate,
             config.request_rate.score(f64::from(self.best_rate)),
-            &|| format!("{} requests in 60 s", self.best_rate),
+            [f64::from(self.best_rate), 0.0, 0.0, 0.0],
         );
         if self.gaps + 1 >= config.interval_min_requests && self.gap_mean > 0.0 {
             let sd = (self.gap_m2 / self.gaps as f64).sqrt();
@@ -330,28 +331,24 @@ impl SessionState {
             add(
                 SignalName::RequestInterval,
                 config.request_interval.score(regularity),
-                &|| {
-                    format!(
-                        "{} requests {:.3} s apart ± {:.3} s",
-                        self.gaps + 1,
-                        self.gap_mean / SECOND as f64,
-                        sd / SECOND as f64
-                    )
-                },
+                [(self.gaps + 1) as f64, self.gap_mean, sd, 0.0],
             );
         }
-        if let Some(track) = self.tracks.iter().max_by_key(|t| t.values.best) {
+        if let Some((index, track)) = self
+            .tracks
+            .iter()
+            .enumerate()
+            .max_by_key(|(_, t)| t.values.best)
+        {
             add(
                 SignalName::Enumeration,
                 config.enumeration.score(f64::from(track.values.best)),
-                &|| {
-                    format!(
-                        "{} distinct values of {} in {}",
-                        track.values.best,
-                        track.label,
-                        span(track.values.best_span_ns)
-                    )
-                },
+                [
+                    f64::from(track.values.best),
+                    track.values.best_span_ns as f64,
+                    index as f64,
+                    0.0,
+                ],
             );
         }
         let users = self.users.len() as f64;
@@ -367,26 +364,22 @@ impl SessionState {
                 } else {
                     0
                 }),
-            &|| match &self.login_label {
-                Some(login) => format!(
-                    "{} failed logins on {login} with {} user names; {} responses 401/403",
-                    self.login_failures,
-                    self.users.len(),
-                    self.auth_failures
-                ),
-                None => format!("{} responses 401/403", self.auth_failures),
-            },
+            [
+                self.login_failures as f64,
+                users,
+                self.auth_failures as f64,
+                f64::from(u8::from(self.login_label.is_some())),
+            ],
         );
         add(
             SignalName::WideScope,
             config.wide_scope.score(f64::from(self.endpoints.best)),
-            &|| {
-                format!(
-                    "{} distinct endpoints in {}",
-                    self.endpoints.best,
-                    span(self.endpoints.best_span_ns)
-                )
-            },
+            [
+                f64::from(self.endpoints.best),
+                self.endpoints.best_span_ns as f64,
+                0.0,
+                0.0,
+            ],
         );
         if self.with_status >= config.errors_min_requests {
             let share = 100.0 * self.client_errors as f64 / self.with_status as f64;
@@ -397,12 +390,12 @@ impl SessionState {
                         .not_found_run
                         .score(self.longest_not_found_run as f64),
                 ),
-                &|| {
-                    format!(
-                        "{} of {} responses 4xx ({share:.0} %), {} × 404 in a row",
-                        self.client_errors, self.with_status, self.longest_not_found_run
-                    )
-                },
+                [
+                    self.client_errors as f64,
+                    self.with_status as f64,
+                    self.longest_not_found_run as f64,
+                    0.0,
+                ],
             );
         }
         // Also for a session keyed by its address: it reaches other addresses only through a
@@ -410,46 +403,161 @@ impl SessionState {
         add(
             SignalName::IpRotation,
             config.ip_rotation.score(self.ips.len() as f64),
-            &|| format!("{} client addresses in one session", self.ips.len()),
+            [self.ips.len() as f64, 0.0, 0.0, 0.0],
         );
         add(
             SignalName::SessionRotation,
             config
                 .session_rotation
                 .score(f64::from(self.session_rotation)),
-            &|| {
-                format!(
-                    "{} sessions from one address and User-Agent within {}",
-                    self.session_rotation,
-                    humantime::format_duration(config.rotation_window)
-                )
-            },
+            [f64::from(self.session_rotation), 0.0, 0.0, 0.0],
         );
         if self.bytes >= config.consumption_floor_bytes && self.expected_bytes > 0.0 {
             let ratio = self.bytes as f64 / self.expected_bytes;
             add(
                 SignalName::ExcessiveConsumption,
                 config.excessive_consumption.score(ratio),
-                &|| {
-                    format!(
-                        "{:.1} MiB in responses, {ratio:.0}× what its requests usually get",
-                        self.bytes as f64 / (1 << 20) as f64
-                    )
-                },
+                [self.bytes as f64, ratio, 0.0, 0.0],
             );
         }
         if self.attacks > 0 {
             let score = (50 + 10 * (self.attacks - 1)).min(100) as u8;
-            add(SignalName::Attacks, score, &|| {
-                format!("{} attack findings", self.attacks)
+            add(
+                SignalName::Attacks,
+                score,
+                [self.attacks as f64, 0.0, 0.0, 0.0],
+            );
+        }
+        let mut scores = [(SignalName::Attacks, 0u8); SIGNALS];
+        for (slot, (name, (score, _))) in scores
+            .iter_mut()
+            .zip(SignalName::ALL.iter().zip(&reading.signals))
+        {
+            *slot = (*name, *score);
+        }
+        reading.risk = super::risk(config, &scores);
+        // Only the signals at or above the reporting score are handed on.
+        for (score, _) in &mut reading.signals {
+            if *score < config.report_score {
+                *score = 0;
+            }
+        }
+        reading
+    }
+
+    /// Takes the newest reading into what is to be handed on: each signal at its strongest,
+    /// the newest of equal readings, the risk at its highest (as
+    /// [`SessionSignals::merge`] takes them), so that handing on once later says what handing
+    /// on every reading would have.
+    pub(super) fn keep(&mut self, reading: &Reading) {
+        let kept = self.unreported.get_or_insert_with(Reading::default);
+        kept.risk = kept.risk.max(reading.risk);
+        for (kept, new) in kept.signals.iter_mut().zip(&reading.signals) {
+            if new.0 > 0 && new.0 >= kept.0 {
+                *kept = *new;
+            }
+        }
+    }
+
+    /// Whether readings wait to be handed on.
+    pub(super) fn unreported(&self) -> bool {
+        self.unreported.is_some()
+    }
+
+    /// The signals kept since the last hand-over, with their reasons, when they say anything
+    /// new; none are kept after it.
+    pub(super) fn take_update(&mut self, config: &AbuseConfig) -> Option<SessionSignals> {
+        let reading = self.unreported.take()?;
+        if self.last_emitted == Some(reading) {
+            return None;
+        }
+        self.last_emitted = Some(reading);
+        Some(self.format(&reading, config))
+    }
+
+    /// A reading in words: the reasons give the numbers behind each score.
+    fn format(&self, reading: &Reading, config: &AbuseConfig) -> SessionSignals {
+        let mut signals = Vec::new();
+        for (name, (score, n)) in SignalName::ALL.iter().zip(&reading.signals) {
+            if *score == 0 {
+                continue;
+            }
+            let reason = match name {
+                // Its score only rises, with the agent that raised it: the newest is the one.
+                SignalName::BadUserAgent => self
+                    .agent
+                    .as_ref()
+                    .map(|(_, reason)| reason.clone())
+                    .unwrap_or_default(),
+                SignalName::RequestRate => format!("{} requests in 60 s", n[0]),
+                SignalName::RequestInterval => format!(
+                    "{} requests {:.3} s apart ± {:.3} s",
+                    n[0],
+                    n[1] / SECOND as f64,
+                    n[2] / SECOND as f64
+                ),
+                // Tracks are only ever added: the index names the same one later.
+                SignalName::Enumeration => format!(
+                    "{} distinct values of {} in {}",
+                    n[0],
+                    self.tracks
+                        .get(n[2] as usize)
+                        .map_or("a parameter", |t| t.label.as_str()),
+                    span(n[1] as u64)
+                ),
+                // The login label is set once, the first time there is one.
+                SignalName::AuthFailures => match (&self.login_label, n[3] > 0.0) {
+                    (Some(login), true) => format!(
+                        "{} failed logins on {login} with {} user names; {} responses 401/403",
+                        n[0], n[1], n[2]
+                    ),
+                    _ => format!("{} responses 401/403", n[2]),
+                },
+                SignalName::WideScope => {
+                    format!("{} distinct endpoints in {}", n[0], span(n[1] as u64))
+                }
+                SignalName::Errors => {
+                    let share = 100.0 * n[0] / n[1];
+                    format!(
+                        "{} of {} responses 4xx ({share:.0} %), {} × 404 in a row",
+                        n[0], n[1], n[2]
+                    )
+                }
+                SignalName::IpRotation => format!("{} client addresses in one session", n[0]),
+                SignalName::SessionRotation => format!(
+                    "{} sessions from one address and User-Agent within {}",
+                    n[0],
+                    humantime::format_duration(config.rotation_window)
+                ),
+                SignalName::ExcessiveConsumption => format!(
+                    "{:.1} MiB in responses, {:.0}× what its requests usually get",
+                    n[0] / (1 << 20) as f64,
+                    n[1]
+                ),
+                SignalName::Attacks => format!("{} attack findings", n[0]),
+            };
+            signals.push(Signal {
+                name: *name,
+                score: *score,
+                reason,
             });
         }
-        let scores: Vec<(SignalName, u8)> = all.iter().map(|s| (s.name, s.score)).collect();
-        let risk = super::risk(config, &scores);
-        all.retain(|s| s.score >= config.report_score);
-        all.sort_by(|a, b| b.score.cmp(&a.score).then(a.name.cmp(&b.name)));
-        SessionSignals { risk, signals: all }
+        signals.sort_by(|a, b| b.score.cmp(&a.score).then(a.name.cmp(&b.name)));
+        SessionSignals {
+            risk: reading.risk,
+            signals,
+        }
     }
+}
+
+const SIGNALS: usize = SignalName::ALL.len();
+
+/// A session's scores (by [`SignalName`] order; 0: not reported) and risk, with the numbers of
+/// each score's reason.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub(super) struct Reading {
+    risk: u8,
+    signals: [(u8, [f64; 4]); SIGNALS],
 }
 
 /// A login endpoint, by its path: what clients post credentials to.

@@ -96,7 +96,9 @@ fn session(
             fallback,
             attacks: 0,
         };
-        if let Some(signals) = tracker.observe(&exchange, &record, context) {
+        tracker.observe(&exchange, &record, context, Some(0));
+        // Handed on after every exchange: the newest reading is what the test looks at.
+        if let Some((_, signals)) = tracker.take_updates().pop() {
             last = signals;
         }
     }
@@ -438,8 +440,57 @@ fn unchanged_signals_are_not_handed_on_again() {
         fallback: true,
         attacks: 0,
     };
-    assert!(tracker.observe(&exchange, &record, context).is_some());
-    assert!(tracker.observe(&exchange, &record, context).is_none());
+    tracker.observe(&exchange, &record, context, Some(0));
+    assert_eq!(tracker.take_updates().len(), 1);
+    tracker.observe(&exchange, &record, context, Some(0));
+    assert!(tracker.take_updates().is_empty());
+}
+
+/// Handed on once for many exchanges, the signals say what handing on each reading would
+/// have (each signal at its strongest, the newest of equal ones): the store keeps the same.
+#[test]
+fn signals_handed_on_once_per_batch_merge_like_every_reading() {
+    let calls: Vec<Call<'_>> = (0..400u64)
+        .map(|i| Call {
+            agent: Some("python-requests/2.31"),
+            // A burst, then a slow tail: the rate's score rises, then its reading falls.
+            ..Call::get(
+                T0 + if i < 300 {
+                    i * 20 * MS
+                } else {
+                    6_000 * MS + (i - 300) * 2_000 * MS
+                },
+                "/api/items",
+                if i % 7 == 0 { 404 } else { 200 },
+            )
+        })
+        .collect();
+    let secret = Secret::from_bytes([7; 32]);
+    let run = |every: usize| {
+        let mut tracker = AbuseTracker::new(AbuseConfig::default());
+        let mut stored = SessionSignals::default();
+        for (i, call) in calls.iter().enumerate() {
+            let exchange = exchange(call);
+            let record = StoredExchange::new(&exchange, &secret, &Redaction::default());
+            let context = Context {
+                session_id: "s",
+                fallback: true,
+                attacks: 0,
+            };
+            tracker.observe(&exchange, &record, context, Some(i % every));
+            if (i + 1) % every == 0 || i + 1 == calls.len() {
+                for (at, signals) in tracker.take_updates() {
+                    assert_eq!(at, i % every, "the session's newest exchange in the batch");
+                    stored.merge(&signals);
+                }
+            }
+        }
+        stored
+    };
+    let each = run(1);
+    assert!(each.risk > 0 && !each.signals.is_empty(), "{each:?}");
+    assert_eq!(run(64), each);
+    assert_eq!(run(1000), each);
 }
 
 #[test]
