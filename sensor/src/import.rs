@@ -164,7 +164,7 @@ pub fn pipeline(
         analysis,
     )
     .with_store(
-        StoreWriter::start(store, WriterMode::Import),
+        StoreWriter::start(store, WriterMode::Import).map_err(PipelineError::Writer)?,
         TRANSACTION_EXCHANGES,
     );
     if options.ndjson {

@@ -448,7 +448,7 @@ fn the_writer_stores_every_submitted_batch() {
     let store = Store::open(&dir.0, 1 << 30).unwrap();
     // The records are from 1970: a century of retention keeps the first sweep off them.
     let century = Duration::from_secs(100 * 365 * 24 * 3600);
-    let writer = StoreWriter::start(store, daemon(century));
+    let writer = StoreWriter::start(store, daemon(century)).unwrap();
     for batch in 0..30u64 {
         writer
             .submit(
@@ -481,7 +481,7 @@ fn the_inventory_state_goes_through_the_writer_and_readers_see_the_newest() {
     let dir = TempDir::new("inventory");
     let store = Store::open(&dir.0, 1 << 30).unwrap();
     assert_eq!(store.inventory().unwrap(), None, "nothing written yet");
-    let writer = StoreWriter::start(store, crate::pipeline::WriterMode::Import);
+    let writer = StoreWriter::start(store, crate::pipeline::WriterMode::Import).unwrap();
     for state in [b"first".to_vec(), b"second".to_vec()] {
         let batch = crate::record::Batch {
             inventory: Some(state),
@@ -647,7 +647,7 @@ fn a_record_that_cannot_be_stored_costs_only_itself() {
         txn.commit().unwrap();
     }
     let century = Duration::from_secs(100 * 365 * 24 * 3600);
-    let writer = StoreWriter::start(fresh, daemon(century));
+    let writer = StoreWriter::start(fresh, daemon(century)).unwrap();
     writer.submit(batch.into()).unwrap();
     let counters = Arc::clone(&writer.counters);
     writer.finish().unwrap();

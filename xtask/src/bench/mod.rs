@@ -345,12 +345,30 @@ impl Config {
 #[derive(Clone, Debug)]
 pub struct SensorRun {
     pub cpu: CpuTime,
+    /// By thread name (the daemon names its threads by stage: see [`STAGE_THREADS`]).
+    pub threads: BTreeMap<String, CpuTime>,
     pub bpf: Vec<BpfProg>,
     pub peak_rss_kib: u64,
     pub counters: Counters,
 }
 
+/// The daemon's threads by the stage they run: decoding (the main thread: flows, reassembly,
+/// HTTP, sessions and the analysis stages), the ring's reader (the runtime's workers) and the
+/// store writer.
+pub const STAGE_THREADS: [(&str, &str); 3] = [
+    ("capture-io", "ring reader"),
+    ("apisessions", "decoding + analysis"),
+    ("store-writer", "store"),
+];
+
 impl SensorRun {
+    /// User and sys time of the threads named `name`.
+    pub fn thread_ns(&self, name: &str) -> u64 {
+        self.threads
+            .get(name)
+            .map_or(0, |cpu| cpu.user_ns + cpu.sys_ns)
+    }
+
     pub fn exchanges(&self) -> u64 {
         self.counters.get("http", "exchanges")
     }
@@ -1000,6 +1018,7 @@ fn with_sensor<T>(
     }
     let pid = sensor.pid();
     let cpu_before = CpuTime::of(pid)?;
+    let threads_before = CpuTime::by_thread(pid)?;
     let bpf_before = probe::bpf_programs(pid)?;
     let result = load(pid)?;
     // Let the reader catch up with the kernel before the window closes: what the daemon does
@@ -1016,6 +1035,13 @@ fn with_sensor<T>(
         },
     )?;
     let cpu = CpuTime::of(pid)?.since(cpu_before);
+    let threads = CpuTime::by_thread(pid)?
+        .into_iter()
+        .map(|(name, cpu)| {
+            let before = threads_before.get(&name).copied().unwrap_or_default();
+            (name, cpu.since(before))
+        })
+        .collect();
     let bpf = probe::bpf_delta(&bpf_before, &probe::bpf_programs(pid)?);
     let peak_rss_kib = probe::peak_rss_kib(pid)?;
     let exit = sensor.stop(Duration::from_secs(60))?;
@@ -1032,6 +1058,7 @@ fn with_sensor<T>(
         result,
         SensorRun {
             cpu,
+            threads,
             bpf,
             peak_rss_kib,
             counters,

@@ -23,14 +23,36 @@ pub struct CpuTime {
 
 impl CpuTime {
     pub fn of(pid: u32) -> Result<Self> {
-        let path = format!("/proc/{pid}/stat");
-        let text = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+        Ok(Self::read(&format!("/proc/{pid}/stat"))?.1)
+    }
+
+    /// Per thread name, the CPU time of a process's live threads together (a thread that
+    /// ended is no longer listed: its time is only in [`Self::of`]).
+    pub fn by_thread(pid: u32) -> Result<BTreeMap<String, Self>> {
+        let dir = format!("/proc/{pid}/task");
+        let mut threads: BTreeMap<String, Self> = BTreeMap::new();
+        for entry in fs::read_dir(&dir).with_context(|| format!("listing {dir}"))? {
+            let path = entry.with_context(|| format!("listing {dir}"))?.path();
+            // A thread may end between the listing and the reading.
+            let Ok((name, cpu)) = Self::read(&path.join("stat").to_string_lossy()) else {
+                continue;
+            };
+            let sum = threads.entry(name).or_default();
+            sum.user_ns += cpu.user_ns;
+            sum.sys_ns += cpu.sys_ns;
+        }
+        Ok(threads)
+    }
+
+    /// The command (thread) name and CPU time of a `stat` file of /proc.
+    fn read(path: &str) -> Result<(String, Self)> {
+        let text = fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
         // The command name (field 2) is in parentheses and may hold spaces: count fields from
         // the last ')'. Field 3 (state) is then index 0, utime (14) index 11, stime (15) index 12.
-        let rest = text
+        let (head, rest) = text
             .rsplit_once(')')
-            .map(|(_, rest)| rest)
             .with_context(|| format!("{path} has no command name"))?;
+        let name = head.split_once('(').map_or("", |(_, name)| name).to_owned();
         let fields: Vec<&str> = rest.split_whitespace().collect();
         let ticks = |index: usize| -> Result<u64> {
             fields
@@ -39,10 +61,13 @@ impl CpuTime {
                 .with_context(|| format!("{path}: no CPU time at field {}", index + 3))
         };
         let per_tick = 1_000_000_000 / clock_ticks()?;
-        Ok(Self {
-            user_ns: ticks(11)? * per_tick,
-            sys_ns: ticks(12)? * per_tick,
-        })
+        Ok((
+            name,
+            Self {
+                user_ns: ticks(11)? * per_tick,
+                sys_ns: ticks(12)? * per_tick,
+            },
+        ))
     }
 
     pub fn since(self, earlier: Self) -> Self {

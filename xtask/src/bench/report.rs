@@ -354,6 +354,8 @@ struct SensorSummary {
     losses: BTreeMap<String, u64>,
     /// Per BPF program: runs per exchange and ns per run.
     bpf: BTreeMap<String, (Spread, Spread)>,
+    /// CPU per exchange (user + sys, µs) of each stage's thread ([`super::STAGE_THREADS`]).
+    stages: Vec<(&'static str, Spread)>,
 }
 
 // Figures of one run, shared by the summaries and the comparison with the baseline.
@@ -417,6 +419,10 @@ fn summarize_sensor(sensors: &[(&OverheadRun, &SensorRun)]) -> SensorSummary {
         bpf: bpf_values
             .into_iter()
             .map(|(name, (runs, ns))| (name, (Spread::of(runs), Spread::of(ns))))
+            .collect(),
+        stages: super::STAGE_THREADS
+            .iter()
+            .map(|(thread, stage)| (*stage, per_exchange(&|s| s.thread_ns(thread))))
             .collect(),
     }
 }
@@ -1339,6 +1345,9 @@ impl Report {
                     "sensor_us_per_exchange": {
                         "user": user.json(), "sys": sys.json(), "bpf": bpf.json(), "total": total.json(),
                     },
+                    "sensor_us_per_exchange_by_stage": overhead.sensor.stages.iter()
+                        .map(|(stage, us)| (stage.to_string(), us.json()))
+                        .collect::<serde_json::Map<_, _>>(),
                     "sensor_peak_rss_mib": overhead.sensor.rss_mib.json(),
                     "sensor_cpus_busy": overhead.sensor.cores.json(),
                     "sensor_cpu_over_nginx_cpu": overhead.sensor.vs_nginx.json(),
@@ -1493,6 +1502,22 @@ impl Report {
             text,
             "| sensor µs per exchange, total | {} |",
             total.show(2)
+        )?;
+        let stages = &overhead.sensor.stages;
+        writeln!(
+            text,
+            "| sensor µs per exchange by stage: kernel (BPF) / {} | {} / {} |",
+            stages
+                .iter()
+                .map(|(stage, _)| *stage)
+                .collect::<Vec<_>>()
+                .join(" / "),
+            bpf.show(2),
+            stages
+                .iter()
+                .map(|(_, us)| us.show(2))
+                .collect::<Vec<_>>()
+                .join(" / ")
         )?;
         writeln!(
             text,
@@ -2128,6 +2153,9 @@ fn overhead_run_json(run: &OverheadRun) -> Value {
         "busy_before_cpus": run.busy_before,
         "sensor": run.sensor.as_ref().map(|s| json!({
             "user_ns": s.cpu.user_ns, "sys_ns": s.cpu.sys_ns, "bpf_ns": s.bpf_ns(),
+            "threads_ns": s.threads.iter()
+                .map(|(name, cpu)| (name.clone(), json!(cpu.user_ns + cpu.sys_ns)))
+                .collect::<serde_json::Map<_, _>>(),
             "exchanges": s.exchanges(), "peak_rss_kib": s.peak_rss_kib,
             "bpf_programs": s.bpf.iter().map(|p| json!({
                 "id": p.id, "name": p.name, "run_time_ns": p.run_time_ns, "run_cnt": p.run_cnt,
