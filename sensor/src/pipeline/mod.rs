@@ -153,6 +153,7 @@ impl Pipeline {
         self.store_counters = Some(Arc::clone(&writer.counters));
         self.store = Some(writer);
         self.batch_size = batch_size.max(1);
+        self.pending = Batch::with_capacity(self.batch_size);
         self
     }
 
@@ -258,7 +259,12 @@ impl Pipeline {
             }
             self.inventory_handed = (Instant::now(), self.exchanges);
         }
-        store.submit(std::mem::take(&mut self.pending))?;
+        // The next batch's room at once: growing it by doubling copied every record about
+        // twice (an import's batches are 65,536 records).
+        if !self.pending.is_empty() {
+            let next = Batch::with_capacity(self.batch_size);
+            store.submit(std::mem::replace(&mut self.pending, next))?;
+        }
         Ok(())
     }
 

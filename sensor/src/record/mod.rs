@@ -33,6 +33,14 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// An empty batch with room for `exchanges` records.
+    pub fn with_capacity(exchanges: usize) -> Self {
+        Self {
+            exchanges: Vec::with_capacity(exchanges),
+            ..Self::default()
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.exchanges.is_empty() && self.state.is_empty() && self.inventory.is_none()
     }

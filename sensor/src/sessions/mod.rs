@@ -23,7 +23,9 @@
 pub mod extract;
 pub mod keys;
 
-use std::{borrow::Cow, collections::HashSet, time::Duration};
+use std::{borrow::Cow, collections::HashSet, sync::LazyLock, time::Duration};
+
+use memchr::memmem;
 
 use extract::{
     Credential, json_at, json_body_if, jwt_subject, query_pairs, request_cookies, set_cookies,
@@ -692,9 +694,14 @@ impl Sessionizer {
         // One parse of the body for all the properties, and none for a body that cannot hold
         // them: each name contains "token" or "session", and a key can only be spelled without
         // those bytes by escaping a character.
+        // Searchers built once: building one costs more than searching a small body.
+        static TOKEN: LazyLock<memmem::Finder<'static>> =
+            LazyLock::new(|| memmem::Finder::new(b"token"));
+        static SESSION: LazyLock<memmem::Finder<'static>> =
+            LazyLock::new(|| memmem::Finder::new(b"session"));
         let may_hold = |body: &[u8]| {
-            memchr::memmem::find(body, b"token").is_some()
-                || memchr::memmem::find(body, b"session").is_some()
+            TOKEN.find(body).is_some()
+                || SESSION.find(body).is_some()
                 || memchr::memchr(b'\\', body).is_some()
         };
         if let Some(root) = json_body_if(&response.meta, may_hold) {
