@@ -10,7 +10,9 @@
 //! reasons (Host, forwarding headers, Authorization and Cookie: those are what the inventory's
 //! `auth` kinds describe).
 
-use std::{collections::HashMap, fmt, net::Ipv6Addr, str::FromStr};
+use std::{fmt, net::Ipv6Addr, str::FromStr};
+
+use hashbrown::{Equivalent, HashMap};
 
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 use regex::bytes::{Regex, RegexSet};
@@ -187,15 +189,31 @@ pub struct Scanner {
     /// them, so the validating passes run only for those the set saw. Its indexes: the
     /// `GATE_*` constants, then `plain` in order.
     gate: RegexSet,
-    /// Header values scanned lately, with what they held: most headers repeat the same values
-    /// from request to request (User-Agent, Accept, Content-Type), and a lookup costs a fraction
-    /// of a scan. Bounded: emptied when full.
-    header_memo: HashMap<Box<[u8]>, KindSet>,
+    /// Header lines scanned lately (name and value), with what they held: most headers repeat
+    /// the same values from request to request (User-Agent, Accept, Content-Type), and a lookup
+    /// costs a fraction of a scan. Bounded: emptied when full. Keyed with a randomly seeded
+    /// hash: the lines are the senders'.
+    header_memo: HashMap<HeaderLine, KindSet, foldhash::fast::RandomState>,
 }
 
-/// Header values remembered by [`Scanner::header_memo`] at most, and the longest remembered.
+/// Header lines remembered by [`Scanner::header_memo`] at most, and the longest remembered
+/// (name and value together).
 const HEADER_MEMO_ENTRIES: usize = 4096;
-const HEADER_MEMO_VALUE_MAX: usize = 256;
+const HEADER_MEMO_LINE_MAX: usize = 256;
+
+/// A header's name and value, as [`Scanner::header_memo`] keeps them.
+type HeaderLine = (Box<[u8]>, Box<[u8]>);
+
+/// A header line looked up without copying it: hashes as [`HeaderLine`] does (a tuple hashes
+/// its fields in order, a boxed slice as the slice).
+#[derive(Hash)]
+struct HeaderLineRef<'a>(&'a [u8], &'a [u8]);
+
+impl Equivalent<HeaderLine> for HeaderLineRef<'_> {
+    fn equivalent(&self, key: &HeaderLine) -> bool {
+        *self.0 == *key.0 && *self.1 == *key.1
+    }
+}
 
 /// Indexes in [`Scanner::gate`].
 const GATE_PHONE: usize = 0;
@@ -282,7 +300,7 @@ impl Scanner {
             ),
             password_names,
             gate: RegexSet::empty(),
-            header_memo: HashMap::new(),
+            header_memo: HashMap::default(),
         };
         let gated = [
             &scanner.phone,
@@ -387,10 +405,7 @@ impl Scanner {
                 break;
             }
             scanned += value.len();
-            findings.merge(self.scan_header_value(value.as_bytes()));
-            if !value.is_empty() && self.password_names.is_match(name) {
-                findings.kinds.insert(SensitiveKind::Password);
-            }
+            findings.merge(self.scan_header(name, value));
         }
         if !body.is_empty() && is_text(content_type, body) {
             findings.merge(self.scan_text(body));
@@ -398,22 +413,24 @@ impl Scanner {
         findings
     }
 
-    /// [`Self::scan_text`] of a header value, remembered when short.
-    fn scan_header_value(&mut self, value: &[u8]) -> Findings {
-        if value.len() > HEADER_MEMO_VALUE_MAX {
-            return self.scan_text(value);
+    /// A header line as [`Self::scan_field`] sees a named value, remembered when short.
+    fn scan_header(&mut self, name: &str, value: &str) -> Findings {
+        if name.len() + value.len() > HEADER_MEMO_LINE_MAX {
+            return self.scan_field(name, value);
         }
-        if let Some(kinds) = self.header_memo.get(value) {
+        let line = HeaderLineRef(name.as_bytes(), value.as_bytes());
+        if let Some(kinds) = self.header_memo.get(&line) {
             return Findings {
                 kinds: *kinds,
                 capped: false,
             };
         }
-        let found = self.scan_text(value);
+        let found = self.scan_field(name, value);
         if self.header_memo.len() >= HEADER_MEMO_ENTRIES {
             self.header_memo.clear();
         }
-        self.header_memo.insert(value.into(), found.kinds);
+        self.header_memo
+            .insert((line.0.into(), line.1.into()), found.kinds);
         found
     }
 

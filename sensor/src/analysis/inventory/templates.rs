@@ -29,7 +29,9 @@
 //! Positions are never evicted: forgetting a learned position would split its endpoint again.
 //! Given the same input order the output is the same (no hashing order or clock is involved).
 
-use std::{collections::BTreeMap, hash::RandomState};
+use std::collections::BTreeMap;
+
+use foldhash::fast::RandomState;
 
 use hashbrown::{Equivalent, HashMap};
 
@@ -168,7 +170,8 @@ pub struct LearnerState {
 #[derive(Debug, Default)]
 pub struct TemplateLearner {
     config: LearnerConfig,
-    /// Keyed with std's randomly seeded SipHash: the keys are request paths.
+    /// Keyed with a randomly seeded hash (foldhash, as hashbrown's default): the keys are
+    /// request paths.
     positions: HashMap<PositionKey, Position, RandomState>,
     counters: LearnerCounters,
 }
