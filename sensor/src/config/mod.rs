@@ -13,6 +13,8 @@
 //! snaplen = 65536                # payload bytes per TCP segment
 //! ring_size = 16777216           # kernel ring buffer, a power of two
 //! body_cap = 16384               # body bytes kept per HTTP message
+//! tls = true                     # TLS plaintext through uprobes on OpenSSL (see README)
+//! tls_ports = [443, 8443]        # servers listening here are read in their TLS library
 //!
 //! [storage]
 //! data_dir = "/var/lib/apisessions"
@@ -149,6 +151,8 @@ pub struct CaptureOverrides {
     pub snaplen: Option<u32>,
     pub ring_size: Option<u32>,
     pub body_cap: Option<usize>,
+    /// `--tls-port`: these TLS ports instead of the file's (and TLS capture on).
+    pub tls_ports: Vec<u16>,
 }
 
 impl CaptureOverrides {
@@ -166,6 +170,10 @@ impl CaptureOverrides {
         capture.snaplen = self.snaplen.unwrap_or(capture.snaplen);
         capture.ring_size = self.ring_size.unwrap_or(capture.ring_size);
         capture.body_cap = self.body_cap.unwrap_or(capture.body_cap);
+        if !self.tls_ports.is_empty() {
+            capture.tls_ports = self.tls_ports.clone();
+            capture.tls = true;
+        }
     }
 }
 
@@ -248,7 +256,14 @@ pub struct CaptureSection {
     pub snaplen: u32,
     pub ring_size: u32,
     pub body_cap: usize,
+    /// TLS plaintext through uprobes on the TLS library of the servers on `tls_ports`.
+    pub tls: bool,
+    /// Ports whose servers speak TLS: decoded from their TLS library, never from the wire.
+    pub tls_ports: Vec<u16>,
 }
+
+/// `capture.tls_ports` by default: HTTPS and its usual alternative.
+pub const DEFAULT_TLS_PORTS: [u16; 2] = [443, 8443];
 
 impl Default for CaptureSection {
     fn default() -> Self {
@@ -261,6 +276,8 @@ impl Default for CaptureSection {
             snaplen: sensor_ebpf::DEFAULT_SNAPLEN,
             ring_size: sensor_ebpf::DEFAULT_RING_BYTES,
             body_cap: crate::http::HttpConfig::default().body_cap,
+            tls: true,
+            tls_ports: DEFAULT_TLS_PORTS.to_vec(),
         }
     }
 }
@@ -704,6 +721,22 @@ impl Config {
                 sensor_ebpf::MAX_SNAPLEN
             );
             return Err(invalid(find(text, "snaplen", 1), reason));
+        }
+        if capture.tls_ports.contains(&0) {
+            let reason = "tls_ports: 0 is not a port".into();
+            return Err(invalid(find(text, "tls_ports", 1), reason));
+        }
+        if let Some(port) = capture
+            .ports
+            .listed()
+            .iter()
+            .find(|p| capture.tls && capture.tls_ports.contains(p))
+        {
+            let reason = format!(
+                "port {port} is in both ports and tls_ports: a TLS port is decoded from its TLS \
+                 library, never from the wire"
+            );
+            return Err(invalid(find(text, "tls_ports", 1), reason));
         }
         if !capture.all_ports && capture.ports == Ports::List(Vec::new()) {
             let reason = "no ports to capture (set all_ports = true to take every port)".into();

@@ -336,6 +336,7 @@ mod tests {
             }),
             response: None,
             forwarding: Default::default(),
+            tls: false,
             upstream: None,
         }
     }

@@ -189,6 +189,8 @@ impl ExchangeRow {
             response_truncated: self.response_truncated != 0,
             gap: self.gap != 0,
             joined: self.joined != 0,
+            // The central tables have no TLS column yet.
+            tls: false,
             upstream_us: ms_to_us(self.upstream_ms),
             upstream_ip: self.upstream_ip.clone(),
             upstream_port: self.upstream_port,

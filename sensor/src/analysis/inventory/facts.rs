@@ -371,6 +371,7 @@ pub(crate) mod tests {
                 ..Response::default()
             }),
             forwarding: Default::default(),
+            tls: false,
             upstream: None,
         }
     }
