@@ -84,6 +84,7 @@ fn exchange(n: u64, ip: &str, uri: &str, status: u16) -> StoredExchange {
         attacks: Vec::new(),
         spec_status: None,
         slow: false,
+        tls: false,
         exchange_id: None,
     }
 }
@@ -803,6 +804,7 @@ fn risk_signal_attack_and_slow_filters_answer_as_the_local_store() {
         (
             SessionFilter {
                 slow: true,
+                tls: false,
                 ..SessionFilter::default()
             },
             vec![2],

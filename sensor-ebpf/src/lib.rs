@@ -288,15 +288,46 @@ pub mod tls {
 
     /// Where the socket's fd sits, written by user space (OpenSSL 3.0's layout by default):
     /// `ssl->rbio`, `bio->method`, `method->type` (a socket BIO is `BIO_TYPE_SOCKET`),
-    /// `bio->num` (the fd).
+    /// `bio->num` (the fd); and, when the kernel's BTF gave them (flag `KERNEL_SOCKETS`), the
+    /// kernel offsets ([`koff`]) that lead from the current task and the fd to the socket's
+    /// addresses, so a connection is known even when it closes before user space looks.
     #[repr(C)]
     #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
     pub struct TlsConfig {
         pub rbio_offset: u32,
         pub bio_method_offset: u32,
         pub bio_num_offset: u32,
-        /// `CONFIG_ENABLED` once user space has set everything up.
+        /// `CONFIG_ENABLED` once user space has set everything up; `KERNEL_SOCKETS`.
         pub flags: u32,
+        /// Byte offsets of kernel struct members, indexed by [`koff`].
+        pub kernel: [u32; koff::COUNT],
+    }
+
+    /// `TlsConfig::flags`: the kernel offsets are valid.
+    pub const KERNEL_SOCKETS: u32 = 4;
+
+    /// Indexes of `TlsConfig::kernel`: the path task -> files -> fdtable -> file -> socket ->
+    /// sock_common (addresses, ports, family) -> net -> ns.inum.
+    pub mod koff {
+        pub const TASK_FILES: usize = 0;
+        pub const FILES_FDT: usize = 1;
+        pub const FDT_MAX_FDS: usize = 2;
+        pub const FDT_FD: usize = 3;
+        pub const FILE_PRIVATE_DATA: usize = 4;
+        pub const SOCKET_SK: usize = 5;
+        pub const SKC_FAMILY: usize = 6;
+        /// Local port, host order.
+        pub const SKC_NUM: usize = 7;
+        /// Remote port, network order.
+        pub const SKC_DPORT: usize = 8;
+        pub const SKC_DADDR: usize = 9;
+        pub const SKC_RCV_SADDR: usize = 10;
+        pub const SKC_V6_DADDR: usize = 11;
+        pub const SKC_V6_RCV_SADDR: usize = 12;
+        pub const SKC_NET: usize = 13;
+        /// `net.ns.inum` (both offsets added).
+        pub const NET_NS_INUM: usize = 14;
+        pub const COUNT: usize = 16;
     }
 
     /// `BIO_TYPE_SOCKET` (`5 | BIO_TYPE_SOURCE_SINK | BIO_TYPE_DESCRIPTOR`).
@@ -329,14 +360,24 @@ pub mod tls {
         pub captured_len: u32,
         /// The socket's fd from the SSL's read BIO, -1 when it is not a socket BIO.
         pub fd: i32,
+        /// The socket's own (server) and peer (client) addresses, read in the kernel on a
+        /// connection's first event (`family` 0: not read). IPv4 in the first four bytes.
+        pub local_addr: [u8; 16],
+        pub remote_addr: [u8; 16],
+        /// The socket's network namespace (inode number).
+        pub netns: u32,
+        pub local_port: u16,
+        pub remote_port: u16,
         pub kind: u8,
         pub direction: u8,
         pub flags: u8,
-        pub _pad: [u8; 5],
+        /// 2 (AF_INET), 10 (AF_INET6), or 0 when the addresses were not read.
+        pub family: u8,
+        pub _pad: [u8; 4],
     }
 
     pub const TLS_HEADER_LEN: usize = core::mem::size_of::<TlsEvent>();
-    const _: () = assert!(TLS_HEADER_LEN == 48);
+    const _: () = assert!(TLS_HEADER_LEN == 88);
     const _: () = assert!(TLS_HEADER_LEN + super::MAX_CHUNK <= 32 * 1024);
 
     /// Staging buffer for one TLS event, one per CPU.

@@ -17,8 +17,12 @@ use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, TC_ACT_UNSPEC},
     helpers::{
-        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user, bpf_skb_load_bytes,
-        generated::{bpf_get_attach_cookie, bpf_probe_read_user as bpf_probe_read_user_raw},
+        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user,
+        bpf_skb_load_bytes,
+        generated::{
+            bpf_get_attach_cookie, bpf_get_current_task,
+            bpf_probe_read_user as bpf_probe_read_user_raw,
+        },
     },
     macros::{classifier, map, socket_filter, uprobe, uretprobe},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
@@ -28,7 +32,7 @@ use sensor_ebpf::{
     CONFIG_ALL_PORTS, CONFIG_ENABLED, CaptureConfig, DEFAULT_RING_BYTES, Direction, EventBuf,
     HEADER_LEN, MAX_CHUNK, MAX_CHUNKS_PER_SEGMENT, PORT_SLOTS, counter, event_flags, iface, port,
     tcp_flags,
-    tls::{self, PendingCall, TLS_HEADER_LEN, TlsConfig, TlsEvent, TlsEventBuf},
+    tls::{self, PendingCall, TLS_HEADER_LEN, TlsConfig, TlsEvent, TlsEventBuf, koff},
 };
 
 #[map]
@@ -584,6 +588,63 @@ fn tls_socket_fd(ssl: u64, config: &TlsConfig) -> i32 {
     }
 }
 
+/// Reads the addresses of the socket behind `fd` of the current task into `header`, through the
+/// kernel offsets user space found in BTF. Leaves `family` 0 when any step fails.
+#[inline(always)]
+fn tls_socket(fd: i32, config: &TlsConfig, header: &mut TlsEvent) -> Result<(), i64> {
+    header.family = 0;
+    if config.flags & tls::KERNEL_SOCKETS == 0 || fd < 0 {
+        return Ok(());
+    }
+    let k = &config.kernel;
+    let at = |base: u64, index: usize| base + u64::from(k[index]);
+    // SAFETY: every read goes through the helper, which fails cleanly on a bad address; the
+    // offsets come from this kernel's BTF.
+    unsafe {
+        let task = bpf_get_current_task();
+        let files: u64 = bpf_probe_read_kernel(at(task, koff::TASK_FILES) as *const u64)?;
+        let fdt: u64 = bpf_probe_read_kernel(at(files, koff::FILES_FDT) as *const u64)?;
+        let max_fds: u32 = bpf_probe_read_kernel(at(fdt, koff::FDT_MAX_FDS) as *const u32)?;
+        if fd as u32 >= max_fds {
+            return Ok(());
+        }
+        let fds: u64 = bpf_probe_read_kernel(at(fdt, koff::FDT_FD) as *const u64)?;
+        let file: u64 = bpf_probe_read_kernel((fds + fd as u64 * 8) as *const u64)?;
+        let socket: u64 = bpf_probe_read_kernel(at(file, koff::FILE_PRIVATE_DATA) as *const u64)?;
+        let sk: u64 = bpf_probe_read_kernel(at(socket, koff::SOCKET_SK) as *const u64)?;
+        let family: u16 = bpf_probe_read_kernel(at(sk, koff::SKC_FAMILY) as *const u16)?;
+        match family {
+            AF_INET => {
+                let local: [u8; 4] =
+                    bpf_probe_read_kernel(at(sk, koff::SKC_RCV_SADDR) as *const [u8; 4])?;
+                let remote: [u8; 4] =
+                    bpf_probe_read_kernel(at(sk, koff::SKC_DADDR) as *const [u8; 4])?;
+                header.local_addr = [0; 16];
+                header.remote_addr = [0; 16];
+                header.local_addr[..4].copy_from_slice(&local);
+                header.remote_addr[..4].copy_from_slice(&remote);
+            }
+            AF_INET6 => {
+                header.local_addr =
+                    bpf_probe_read_kernel(at(sk, koff::SKC_V6_RCV_SADDR) as *const [u8; 16])?;
+                header.remote_addr =
+                    bpf_probe_read_kernel(at(sk, koff::SKC_V6_DADDR) as *const [u8; 16])?;
+            }
+            _ => return Ok(()),
+        }
+        header.local_port = bpf_probe_read_kernel(at(sk, koff::SKC_NUM) as *const u16)?;
+        let remote_port: u16 = bpf_probe_read_kernel(at(sk, koff::SKC_DPORT) as *const u16)?;
+        header.remote_port = u16::from_be(remote_port);
+        let net: u64 = bpf_probe_read_kernel(at(sk, koff::SKC_NET) as *const u64)?;
+        header.netns = bpf_probe_read_kernel(at(net, koff::NET_NS_INUM) as *const u32)?;
+        header.family = family as u8;
+    }
+    Ok(())
+}
+
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+
 /// Copies `len` plaintext bytes at `call.buf` into the ring, in chunks. Bytes past the last
 /// chunk, and chunks that cannot be read, are counted; the events' offsets tell user space
 /// where its stream has a gap.
@@ -622,6 +683,11 @@ fn tls_emit(
     buf.header.fd = fd;
     buf.header.kind = tls::KIND_DATA;
     buf.header.direction = direction;
+    // A connection's addresses are read once, on its first event: later ones reuse them.
+    buf.header.family = 0;
+    if new_connection && tls_socket(fd, config, &mut buf.header).is_err() {
+        buf.header.family = 0;
+    }
     for chunk in 0..tls::MAX_CHUNKS_PER_CALL {
         let chunk_offset = chunk * MAX_CHUNK as u32;
         if chunk_offset >= captured {

@@ -408,6 +408,10 @@ async fn daemon(
     let follow_interfaces = config.capture.interfaces.is_empty();
     let (mut sensor, mut segments) =
         Sensor::start(&options, interfaces, config.capture.attach, Some(&data_dir))?;
+    // The policy already counts the TLS ports as applied; the kernel learns them here.
+    for port in tls_ports(&config) {
+        sensor.set_port(*port, sensor_ebpf::port::TLS)?;
+    }
     // TLS capture that cannot start (no uprobes, a locked-down kernel) leaves the rest running.
     let mut plaintext = match tls_ports(&config) {
         [] => None,

@@ -247,12 +247,23 @@ impl CaptureProgram {
                 .ok_or(CaptureError::Missing(names::TLS_CONFIG))?,
         )
         .map_err(|e| CaptureError::load(names::TLS_CONFIG, e))?;
-        let openssl_3_0 = sensor_ebpf::tls::TlsConfig {
+        let mut openssl_3_0 = sensor_ebpf::tls::TlsConfig {
             rbio_offset: 0x10,
             bio_method_offset: 0x08,
             bio_num_offset: 0x38,
             flags: CONFIG_ENABLED,
+            kernel: [0; sensor_ebpf::tls::koff::COUNT],
         };
+        match super::tls::btf::kernel_socket_offsets() {
+            Ok(kernel) => {
+                openssl_3_0.kernel = kernel;
+                openssl_3_0.flags |= sensor_ebpf::tls::KERNEL_SOCKETS;
+            }
+            Err(e) => log::warn!(
+                "TLS: the kernel's struct layout is unknown ({e}); connections are looked up in \
+                 /proc, and one that closes before the lookup is counted as unresolved"
+            ),
+        }
         config
             .set(0, openssl_3_0, 0)
             .map_err(|e| CaptureError::load(names::TLS_CONFIG, e))?;

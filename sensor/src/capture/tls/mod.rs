@@ -7,6 +7,7 @@
 //! plaintext per connection ([`stream`]), which `TcpSegment::from_tls` hands to the same
 //! reassembly, decoder and sessions as the wire's segments.
 
+pub mod btf;
 pub mod library;
 pub mod procfs;
 pub mod stream;

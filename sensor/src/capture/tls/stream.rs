@@ -6,7 +6,11 @@
 //! reused for another one) or the fd changes. Each direction's bytes are numbered from 1, as a
 //! TCP stream after its SYN, so reassembly and the HTTP decoder take them like any capture.
 
-use std::{io, net::SocketAddr, num::NonZeroUsize};
+use std::{
+    io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    num::NonZeroUsize,
+};
 
 use lru::LruCache;
 use sensor_ebpf::{
@@ -18,8 +22,8 @@ use super::procfs::Connection;
 
 /// Connections followed at most; the least recently active one is ended to make room.
 pub const MAX_CONNECTIONS: usize = 65_536;
-/// (process, `SSL*`, fd) whose lookup failed, remembered so that their later events do not read
-/// `/proc` again.
+/// (process, `SSL*`) whose lookup failed (with the fd), remembered so that their later events
+/// do not read `/proc` again; forgotten when the SSL object is freed.
 const MAX_UNRESOLVED: usize = 4096;
 
 /// One decoded TLS ring event.
@@ -83,6 +87,8 @@ pub struct Plaintext {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StreamCounters {
     pub connections: u64,
+    /// Of them, those whose addresses the kernel read (the rest were looked up in `/proc`).
+    pub connections_kernel_addresses: u64,
     pub connections_ended: u64,
     /// Connections ended to stay within [`MAX_CONNECTIONS`].
     pub connections_evicted: u64,
@@ -103,6 +109,10 @@ impl StreamCounters {
     pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
         vec![
             ("connections", self.connections),
+            (
+                "connections_kernel_addresses",
+                self.connections_kernel_addresses,
+            ),
             ("connections_ended", self.connections_ended),
             ("connections_evicted", self.connections_evicted),
             ("fd_changed", self.fd_changed),
@@ -128,7 +138,7 @@ pub type Resolver = Box<dyn FnMut(u32, i32) -> io::Result<Connection> + Send>;
 
 pub struct TlsStreams {
     conns: LruCache<(u32, u64), Conn>,
-    unresolved: LruCache<(u32, u64, i32), ()>,
+    unresolved: LruCache<(u32, u64), i32>,
     resolve: Resolver,
     pub counters: StreamCounters,
 }
@@ -150,6 +160,7 @@ impl TlsStreams {
         let h = record.header;
         let key = (h.pid, h.ssl);
         if h.kind == tls::KIND_FREE {
+            self.unresolved.pop(&key);
             match self.conns.pop(&key) {
                 Some(conn) => {
                     self.counters.connections_ended += 1;
@@ -205,23 +216,30 @@ impl TlsStreams {
         ));
     }
 
-    /// Looks the connection up and starts its streams. A connection whose first call is a read
+    /// Looks the connection up (the addresses the kernel read on its first event, else `/proc`)
+    /// and starts its streams. A connection whose first call is a read
     /// (a server's first call on a new connection is) gets a handshake, so the decoder knows
     /// both directions from their start; one first seen writing began before the capture and
     /// starts mid-stream.
     fn open(&mut self, key: (u32, u64), h: &TlsEvent, out: &mut Vec<Plaintext>) -> bool {
-        let lookup = (h.pid, h.ssl, h.fd);
-        if self.unresolved.get(&lookup).is_some() {
+        if self.unresolved.get(&key) == Some(&h.fd) {
             return false;
         }
-        let id = match (self.resolve)(h.pid, h.fd) {
-            Ok(id) => id,
-            Err(e) => {
-                log::debug!("TLS connection of pid {} fd {}: {e}", h.pid, h.fd);
-                self.unresolved.put(lookup, ());
-                return false;
+        let id = match kernel_connection(h) {
+            Some(id) => {
+                self.counters.connections_kernel_addresses += 1;
+                id
             }
+            None => match (self.resolve)(h.pid, h.fd) {
+                Ok(id) => id,
+                Err(e) => {
+                    log::debug!("TLS connection of pid {} fd {}: {e}", h.pid, h.fd);
+                    self.unresolved.put(key, h.fd);
+                    return false;
+                }
+            },
         };
+        self.unresolved.pop(&key);
         self.counters.connections += 1;
         let conn = Conn {
             id,
@@ -257,6 +275,25 @@ impl TlsStreams {
             end(&conn, now_mono_ns, out);
         }
     }
+}
+
+/// The connection as the kernel read it from the socket, if it did.
+fn kernel_connection(h: &TlsEvent) -> Option<Connection> {
+    let ip = |bytes: [u8; 16]| match h.family {
+        2 => Some(IpAddr::V4(Ipv4Addr::new(
+            bytes[0], bytes[1], bytes[2], bytes[3],
+        ))),
+        10 => {
+            let v6 = Ipv6Addr::from(bytes);
+            Some(v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4))
+        }
+        _ => None,
+    };
+    Some(Connection {
+        client: SocketAddr::new(ip(h.remote_addr)?, h.remote_port),
+        server: SocketAddr::new(ip(h.local_addr)?, h.local_port),
+        netns: u64::from(h.netns),
+    })
 }
 
 fn piece(
@@ -344,7 +381,7 @@ mod tests {
                 kind: tls::KIND_DATA,
                 direction,
                 flags: if more { tls::flags::MORE_CHUNKS } else { 0 },
-                _pad: [0; 5],
+                ..TlsEvent::default()
             },
             payload: payload.to_vec(),
         }
@@ -428,6 +465,40 @@ mod tests {
         assert_eq!(s.counters.unresolved_events, 2);
         assert_eq!(s.counters.unresolved_bytes, 6);
         assert_eq!(s.counters.no_socket_events, 1);
+    }
+
+    #[test]
+    fn the_kernels_addresses_win_over_proc() {
+        let mut s = streams();
+        let mut out = Vec::new();
+        // fd 9 is unknown to /proc (closed already), but the kernel read the socket.
+        let mut event = data(0xd, 9, tls::READ, 3, 0, b"GET", false);
+        event.header.family = 2;
+        event.header.local_addr[..4].copy_from_slice(&[10, 0, 0, 1]);
+        event.header.remote_addr[..4].copy_from_slice(&[10, 0, 0, 2]);
+        event.header.local_port = 443;
+        event.header.remote_port = 50000;
+        event.header.netns = 77;
+        s.push(event, &mut out);
+        let data = out.last().unwrap();
+        assert_eq!(data.src, "10.0.0.2:50000".parse().unwrap());
+        assert_eq!(data.dst, "10.0.0.1:443".parse().unwrap());
+        assert_eq!(data.netns, 77);
+        assert_eq!(s.counters.unresolved_events, 0);
+    }
+
+    #[test]
+    fn a_freed_ssl_is_looked_up_again() {
+        let mut s = streams();
+        let mut out = Vec::new();
+        s.push(data(0xb, 9, tls::READ, 3, 0, b"GET", false), &mut out);
+        let mut free = data(0xb, -1, tls::READ, 0, 0, b"", false);
+        free.header.kind = tls::KIND_FREE;
+        s.push(free, &mut out);
+        // The pointer and the fd number come back for a connection /proc knows.
+        s.push(data(0xb, 5, tls::READ, 3, 0, b"GET", false), &mut out);
+        assert_eq!(s.counters.unresolved_events, 1);
+        assert_eq!(s.counters.connections, 1);
     }
 
     #[test]
