@@ -804,7 +804,6 @@ fn risk_signal_attack_and_slow_filters_answer_as_the_local_store() {
         (
             SessionFilter {
                 slow: true,
-                tls: false,
                 ..SessionFilter::default()
             },
             vec![2],

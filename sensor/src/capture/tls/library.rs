@@ -170,11 +170,7 @@ fn call_targets(f: &Function<'_>) -> BTreeSet<u64> {
 
 /// `push reg` (`50`-`57`, or `41 50`-`41 57` for r8-r15): an instruction the kernel emulates.
 fn starts_with_push(bytes: &[u8]) -> bool {
-    match bytes {
-        [0x50..=0x57, ..] => true,
-        [0x41, 0x50..=0x57, ..] => true,
-        _ => false,
-    }
+    matches!(bytes, [0x50..=0x57, ..] | [0x41, 0x50..=0x57, ..])
 }
 
 /// Where to probe `SSL_free`: OpenSSL 3.0 opens it with `test rdi, rdi; je` (the `je` is
