@@ -35,7 +35,7 @@ use super::{
 };
 use library::Placement;
 pub use stream::Plaintext;
-use stream::{StreamCounters, TlsStreams};
+use stream::{MAX_PREEXISTING, Preexisting, StreamCounters, TlsStreams};
 
 /// Plaintext segments buffered between the TLS reader and the daemon.
 pub const CHANNEL_CAPACITY: usize = 16 * 1024;
@@ -68,11 +68,14 @@ pub struct TlsCapture {
     refused: BTreeSet<(u64, u64)>,
     pids: BTreeSet<u32>,
     pid_map: HashMap<MapData, u32, u8>,
+    /// Connections open when their server's probes came: handed to the streams.
+    preexisting: Preexisting,
     kernel: PerCpuArray<MapData, u64>,
     shared: Arc<Mutex<Shared>>,
     /// Processes on TLS ports without a TLS library this sensor can probe.
     without_library: u64,
     attach_errors: u64,
+    libraries_past_bound: u64,
     pids_past_bound: u64,
     reader: JoinHandle<Result<(), CaptureError>>,
     stop: watch::Sender<bool>,
@@ -89,7 +92,8 @@ impl TlsCapture {
         let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
         let (stop, stop_rx) = watch::channel(false);
         let shared = Arc::new(Mutex::new(Shared::default()));
-        let streams = TlsStreams::new(Box::new(procfs::connection));
+        let preexisting = Preexisting::default();
+        let streams = TlsStreams::new(Box::new(procfs::connection), Arc::clone(&preexisting));
         let reader = tokio::spawn(read(maps.ring, streams, tx, Arc::clone(&shared), stop_rx));
         let mut capture = Self {
             ports,
@@ -97,10 +101,12 @@ impl TlsCapture {
             refused: BTreeSet::new(),
             pids: BTreeSet::new(),
             pid_map: maps.pids,
+            preexisting,
             kernel: maps.counters,
             shared,
             without_library: 0,
             attach_errors: 0,
+            libraries_past_bound: 0,
             pids_past_bound: 0,
             reader,
             stop,
@@ -118,8 +124,14 @@ impl TlsCapture {
         for server in servers {
             let id = server.library_id;
             if !self.attached.contains_key(&id) && !self.refused.contains(&id) {
+                if self.attached.len() >= MAX_LIBRARIES {
+                    log::warn!("TLS: more than {MAX_LIBRARIES} libraries, not probing more");
+                    self.refused.insert(id);
+                    self.libraries_past_bound += 1;
+                    continue;
+                }
                 match attach(program, &server.library) {
-                    Ok(attached) if self.attached.len() < MAX_LIBRARIES => {
+                    Ok(attached) => {
                         log::info!(
                             "TLS: probes on {} (pid {}): {} read/write functions, SSL_free {}",
                             attached.path,
@@ -133,12 +145,11 @@ impl TlsCapture {
                         );
                         self.attached.insert(id, attached);
                     }
-                    Ok(_) => {
-                        log::warn!("TLS: more than {MAX_LIBRARIES} libraries, not probing more");
-                        self.refused.insert(id);
-                    }
                     Err(e) => {
-                        log::warn!("TLS: not probing {}: {e}", server.library.display());
+                        let cause = std::error::Error::source(&e)
+                            .map(|s| format!(": {s}"))
+                            .unwrap_or_default();
+                        log::warn!("TLS: not probing {}: {e}{cause}", server.library.display());
                         self.attach_errors += 1;
                         self.refused.insert(id);
                     }
@@ -148,6 +159,7 @@ impl TlsCapture {
                 pids.insert(server.pid);
             }
         }
+        self.forget_closed_preexisting(&pids);
         for pid in self.pids.difference(&pids) {
             // Gone already is fine.
             let _ = self.pid_map.remove(pid);
@@ -160,10 +172,38 @@ impl TlsCapture {
                     log::debug!("TLS: not capturing pid {pid}: {e}");
                 } else {
                     log::info!("TLS: capturing pid {pid}");
+                    // After the pid is in the kernel's set: anything established later is
+                    // seen from its first call.
+                    let open = procfs::established(*pid, &self.ports);
+                    let mut preexisting = self
+                        .preexisting
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner);
+                    for connection in open {
+                        if preexisting.len() < MAX_PREEXISTING {
+                            preexisting.insert(connection);
+                        }
+                    }
                 }
             }
         }
         self.pids = pids;
+    }
+
+    /// Forgets the connections open before the probes that have closed without a call seen.
+    fn forget_closed_preexisting(&self, pids: &BTreeSet<u32>) {
+        let mut preexisting = self
+            .preexisting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if preexisting.is_empty() {
+            return;
+        }
+        let open: std::collections::HashSet<_> = pids
+            .iter()
+            .flat_map(|pid| procfs::established(*pid, &self.ports))
+            .collect();
+        preexisting.retain(|connection| open.contains(connection));
     }
 
     /// Counters for `stats` (stage `tls`): the kernel's, the reader's, the attachments'.
@@ -180,6 +220,7 @@ impl TlsCapture {
             count(Placement::Exported) as u64,
         ));
         out.push(("attach_errors", self.attach_errors));
+        out.push(("libraries_past_bound", self.libraries_past_bound));
         out.push(("processes", self.pids.len() as u64));
         out.push(("processes_past_bound", self.pids_past_bound));
         out.push(("processes_without_library", self.without_library));

@@ -103,6 +103,22 @@ pub fn connection(pid: u32, fd: i32) -> io::Result<Connection> {
     ))
 }
 
+/// The established connections on `ports` in process `pid`'s network namespace, as (client,
+/// server): what was open before the probes were attached to it.
+pub fn established(pid: u32, ports: &[u16]) -> Vec<(SocketAddr, SocketAddr)> {
+    let proc = PathBuf::from(format!("/proc/{pid}"));
+    let mut found = Vec::new();
+    for table in ["tcp", "tcp6"] {
+        if let Ok(text) = fs::read_to_string(proc.join("net").join(table)) {
+            found.extend(rows(&text).filter_map(|row| {
+                (row.state == ESTABLISHED && ports.contains(&row.local.port()))
+                    .then_some((row.remote, row.local))
+            }));
+        }
+    }
+    found
+}
+
 fn namespace_inode(proc: &Path) -> Option<u64> {
     let link = fs::read_link(proc.join("ns/net")).ok()?;
     let text = link.to_str()?;
@@ -166,6 +182,7 @@ fn ssl_library(proc: &Path) -> Option<(PathBuf, (u64, u64))> {
 }
 
 const LISTEN: u8 = 0x0a;
+const ESTABLISHED: u8 = 0x01;
 
 struct Row {
     local: SocketAddr,

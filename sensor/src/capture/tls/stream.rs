@@ -7,9 +7,11 @@
 //! TCP stream after its SYN, so reassembly and the HTTP decoder take them like any capture.
 
 use std::{
+    collections::HashSet,
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     num::NonZeroUsize,
+    sync::{Arc, Mutex, PoisonError},
 };
 
 use lru::LruCache;
@@ -89,6 +91,8 @@ pub struct StreamCounters {
     pub connections: u64,
     /// Of them, those whose addresses the kernel read (the rest were looked up in `/proc`).
     pub connections_kernel_addresses: u64,
+    /// Of them, those open before their server's probes were attached (started mid-stream).
+    pub connections_preexisting: u64,
     pub connections_ended: u64,
     /// Connections ended to stay within [`MAX_CONNECTIONS`].
     pub connections_evicted: u64,
@@ -113,6 +117,7 @@ impl StreamCounters {
                 "connections_kernel_addresses",
                 self.connections_kernel_addresses,
             ),
+            ("connections_preexisting", self.connections_preexisting),
             ("connections_ended", self.connections_ended),
             ("connections_evicted", self.connections_evicted),
             ("fd_changed", self.fd_changed),
@@ -136,21 +141,30 @@ struct Conn {
 /// Looks up a socket fd of a process: `/proc` live, a table in tests.
 pub type Resolver = Box<dyn FnMut(u32, i32) -> io::Result<Connection> + Send>;
 
+/// Connections (client, server) that were open when their server's probes were attached: their
+/// streams start mid-way (a call in flight then was not seen). Shared with the attaching side.
+pub type Preexisting = Arc<Mutex<HashSet<(SocketAddr, SocketAddr)>>>;
+
+/// Connections remembered as open before the probes at most.
+pub const MAX_PREEXISTING: usize = 65_536;
+
 pub struct TlsStreams {
     conns: LruCache<(u32, u64), Conn>,
     unresolved: LruCache<(u32, u64), i32>,
     resolve: Resolver,
+    preexisting: Preexisting,
     pub counters: StreamCounters,
 }
 
 impl TlsStreams {
-    pub fn new(resolve: Resolver) -> Self {
+    pub fn new(resolve: Resolver, preexisting: Preexisting) -> Self {
         Self {
             conns: LruCache::new(NonZeroUsize::new(MAX_CONNECTIONS).unwrap_or(NonZeroUsize::MIN)),
             unresolved: LruCache::new(
                 NonZeroUsize::new(MAX_UNRESOLVED).unwrap_or(NonZeroUsize::MIN),
             ),
             resolve,
+            preexisting,
             counters: StreamCounters::default(),
         }
     }
@@ -217,10 +231,10 @@ impl TlsStreams {
     }
 
     /// Looks the connection up (the addresses the kernel read on its first event, else `/proc`)
-    /// and starts its streams. A connection whose first call is a read
-    /// (a server's first call on a new connection is) gets a handshake, so the decoder knows
-    /// both directions from their start; one first seen writing began before the capture and
-    /// starts mid-stream.
+    /// and starts its streams. A connection opened after the probes were attached gets a
+    /// handshake, so the decoder knows both directions from their start; one that was open
+    /// before (or first seen writing, which a server's new connection never is) starts
+    /// mid-stream, as a capture that began in its middle.
     fn open(&mut self, key: (u32, u64), h: &TlsEvent, out: &mut Vec<Plaintext>) -> bool {
         if self.unresolved.get(&key) == Some(&h.fd) {
             return false;
@@ -246,7 +260,15 @@ impl TlsStreams {
             fd: h.fd,
             next: [1, 1],
         };
-        if h.direction == tls::READ && h.chunk_offset == 0 {
+        let before = self
+            .preexisting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&(id.client, id.server));
+        if before {
+            self.counters.connections_preexisting += 1;
+        }
+        if !before && h.direction == tls::READ && h.chunk_offset == 0 {
             out.push(piece(&id, true, h.ts_ns, 0, tcp_flags::SYN, Vec::new(), 0));
             let mut syn_ack = piece(
                 &id,
@@ -346,17 +368,24 @@ mod tests {
     const SERVER: &str = "127.0.0.1:8443";
 
     fn streams() -> TlsStreams {
-        TlsStreams::new(Box::new(|pid, fd| {
-            if pid == 7 && fd == 5 {
-                Ok(Connection {
-                    client: CLIENT.parse().unwrap(),
-                    server: SERVER.parse().unwrap(),
-                    netns: 1,
-                })
-            } else {
-                Err(io::Error::other("gone"))
-            }
-        }))
+        streams_with(Preexisting::default())
+    }
+
+    fn streams_with(preexisting: Preexisting) -> TlsStreams {
+        TlsStreams::new(
+            Box::new(|pid, fd| {
+                if pid == 7 && fd == 5 {
+                    Ok(Connection {
+                        client: CLIENT.parse().unwrap(),
+                        server: SERVER.parse().unwrap(),
+                        netns: 1,
+                    })
+                } else {
+                    Err(io::Error::other("gone"))
+                }
+            }),
+            preexisting,
+        )
     }
 
     fn data(
@@ -499,6 +528,23 @@ mod tests {
         s.push(data(0xb, 5, tls::READ, 3, 0, b"GET", false), &mut out);
         assert_eq!(s.counters.unresolved_events, 1);
         assert_eq!(s.counters.connections, 1);
+    }
+
+    #[test]
+    fn a_connection_open_before_the_probes_starts_mid_stream() {
+        let preexisting = Preexisting::default();
+        preexisting
+            .lock()
+            .unwrap()
+            .insert((CLIENT.parse().unwrap(), SERVER.parse().unwrap()));
+        let mut s = streams_with(preexisting.clone());
+        let mut out = Vec::new();
+        s.push(data(0xa, 5, tls::READ, 3, 0, b"GET", false), &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].flags, tcp_flags::PSH);
+        assert_eq!(s.counters.connections_preexisting, 1);
+        // Remembered once: the next connection on the same addresses is a new one.
+        assert!(preexisting.lock().unwrap().is_empty());
     }
 
     #[test]
