@@ -350,6 +350,21 @@ impl Feed {
         }
     }
 
+    /// The `n` pieces [`next_plaintext`] brought; none means the TLS reader ended.
+    fn plaintexts(
+        &mut self,
+        n: usize,
+        rx: &mut Option<mpsc::Receiver<Plaintext>>,
+        arrived: &mut Vec<Plaintext>,
+    ) {
+        if n == 0 {
+            *rx = None;
+        }
+        for piece in arrived.drain(..) {
+            self.plaintext(piece);
+        }
+    }
+
     /// Once a second: idle connections end by the wall clock, records go to the store.
     fn tick(&mut self) {
         self.refresh_host_addresses();
@@ -479,12 +494,7 @@ async fn daemon(
                 }
             }
             n = next_plaintext(&mut plaintext, &mut arrived_plaintext) => {
-                if n == 0 {
-                    plaintext = None;
-                }
-                for piece in arrived_plaintext.drain(..) {
-                    feed.plaintext(piece);
-                }
+                feed.plaintexts(n, &mut plaintext, &mut arrived_plaintext);
             }
             _ = stats_tick.tick() => {
                 if follow_interfaces {
@@ -537,12 +547,7 @@ async fn daemon(
                 result = &mut shutdown => { result?; break; }
                 Some(segment) = segments.recv() => feed.segment(segment),
                 n = next_plaintext(&mut plaintext, &mut arrived_plaintext) => {
-                    if n == 0 {
-                        plaintext = None;
-                    }
-                    for piece in arrived_plaintext.drain(..) {
-                        feed.plaintext(piece);
-                    }
+                    feed.plaintexts(n, &mut plaintext, &mut arrived_plaintext);
                 }
             }
         }
