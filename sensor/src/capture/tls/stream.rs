@@ -556,6 +556,35 @@ mod tests {
         assert_eq!(out[0].flags, tcp_flags::PSH);
     }
 
+    /// Arbitrary events (the kernel's bytes are input like any other): no panic, and every
+    /// piece stays within the connection's numbering.
+    #[test]
+    fn random_events_never_panic() {
+        let mut rng = crate::test_rng::Rng(0x7153);
+        let mut s = streams();
+        let mut out = Vec::new();
+        for _ in 0..20_000 {
+            let payload = rng.bytes(rng.below(40));
+            let mut event = data(
+                [0xa, 0xb, u64::MAX][rng.below(3)],
+                [5, -1, 9, i32::MIN][rng.below(4)],
+                rng.below(2) as u8,
+                [0, 3, u32::MAX, MAX_CHUNK as u32 * 3][rng.below(4)],
+                [0, MAX_CHUNK as u32, u32::MAX][rng.below(3)],
+                &payload,
+                rng.below(2) == 0,
+            );
+            event.header.kind = rng.below(2) as u8;
+            event.header.family = [0, 2, 10, 7][rng.below(4)];
+            event.header.remote_port = rng.next() as u16;
+            s.push(event, &mut out);
+            out.clear();
+        }
+        let mut end = Vec::new();
+        s.finish(1, &mut end);
+        assert!(end.iter().all(|p| p.flags == tcp_flags::FIN));
+    }
+
     #[test]
     fn decode_checks_lengths_and_kinds() {
         let record = data(0xa, 5, tls::READ, 3, 0, b"abc", false);
