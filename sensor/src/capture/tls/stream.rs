@@ -564,16 +564,15 @@ mod tests {
         let mut s = streams();
         let mut out = Vec::new();
         for _ in 0..20_000 {
-            let payload = rng.bytes(rng.below(40));
-            let mut event = data(
-                [0xa, 0xb, u64::MAX][rng.below(3)],
-                [5, -1, 9, i32::MIN][rng.below(4)],
-                rng.below(2) as u8,
-                [0, 3, u32::MAX, MAX_CHUNK as u32 * 3][rng.below(4)],
-                [0, MAX_CHUNK as u32, u32::MAX][rng.below(3)],
-                &payload,
-                rng.below(2) == 0,
-            );
+            let len = rng.below(40);
+            let payload = rng.bytes(len);
+            let ssl = [0xa, 0xb, u64::MAX][rng.below(3)];
+            let fd = [5, -1, 9, i32::MIN][rng.below(4)];
+            let direction = rng.below(2) as u8;
+            let call_len = [0, 3, u32::MAX, MAX_CHUNK as u32 * 3][rng.below(4)];
+            let offset = [0, MAX_CHUNK as u32, u32::MAX][rng.below(3)];
+            let more = rng.below(2) == 0;
+            let mut event = data(ssl, fd, direction, call_len, offset, &payload, more);
             event.header.kind = rng.below(2) as u8;
             event.header.family = [0, 2, 10, 7][rng.below(4)];
             event.header.remote_port = rng.next() as u16;
