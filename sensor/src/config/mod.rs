@@ -1019,6 +1019,25 @@ mod tests {
         assert_eq!(proxy.headers, ["x-forwarded-for", "forwarded", "x-real-ip"]);
         assert!(config.attacks.enabled && config.attacks.headers.is_empty());
         assert_eq!(config.attacks.max_bytes, 64 * 1024);
+        assert!(config.capture.tls);
+        assert_eq!(config.capture.tls_ports, [443, 8443]);
+    }
+
+    #[test]
+    fn tls_settings_and_the_tls_port_flag() {
+        let mut config = parse("[capture]\ntls = false\ntls_ports = [9443]\n").unwrap();
+        assert!(!config.capture.tls);
+        assert_eq!(config.capture.tls_ports, [9443]);
+        // `--tls-port` names the ports and turns TLS capture on.
+        CaptureOverrides {
+            tls_ports: vec![8443, 443],
+            ..CaptureOverrides::default()
+        }
+        .apply(&mut config);
+        assert!(config.capture.tls);
+        assert_eq!(config.capture.tls_ports, [8443, 443]);
+        // A port listed in both is fine while TLS capture is off.
+        assert!(parse("[capture]\ntls = false\nports = [443]\n").is_ok());
     }
 
     #[test]
@@ -1159,6 +1178,21 @@ max_bytes = 4096
                 "[capture]\nports = \"all\"\n",
                 "test.toml:2:9:",
                 "not \"all\"",
+            ),
+            (
+                "[capture]\ntls_ports = [443, 0]\n",
+                "test.toml:2:1:",
+                "0 is not a port",
+            ),
+            (
+                "[capture]\nports = [8443]\ntls_ports = [8443]\n",
+                "test.toml:3:1:",
+                "port 8443 is in both ports and tls_ports",
+            ),
+            (
+                "[capture]\ntls = \"yes\"\n",
+                "test.toml:2:7:",
+                "expected a boolean",
             ),
             (
                 "[storage]\nretention = \"soon\"\n",
