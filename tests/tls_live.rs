@@ -27,9 +27,11 @@ use std::{
 use common::{TestNet, counter, exported, sh, start_daemon_in, wait_until};
 
 const BIN: &str = env!("CARGO_BIN_EXE_apisessions");
-const TLS_PORT: u16 = 8443;
+/// Not the default TLS ports: a daemon follows TLS servers in every network namespace (containers
+/// have their own), so one run beside this test with the defaults must not find this test's.
+const TLS_PORT: u16 = 9443;
 /// The server started after the sensor.
-const LATE_PORT: u16 = 8444;
+const LATE_PORT: u16 = 9444;
 const SMALL: &str = "{\"user\":{\"id\":42,\"name\":\"ada\"}}";
 const MIB: usize = 1 << 20;
 
@@ -396,6 +398,16 @@ fn tls_exchanges_are_decoded_once_with_their_connection() {
     let total: usize = by_uri.values().map(Vec::len).sum();
     assert_eq!(total, seen.len(), "{by_uri:#?}");
     assert!(!by_uri.contains_key("/user.json?early=before"));
+    // `show` marks them like plaintext flags.
+    let session = by_uri["/user.json?curl=1"][0]["session_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let page = common::cli(BIN, &["show", &session], &data);
+    assert!(
+        page.contains("/user.json") && page.contains("[tls]"),
+        "{page}"
+    );
     for (stage, name) in [
         ("tls", "ring_full"),
         ("tls", "bytes_truncated"),

@@ -428,9 +428,12 @@ async fn daemon(
         sensor.set_port(*port, sensor_ebpf::port::TLS)?;
     }
     // TLS capture that cannot start (no uprobes, a locked-down kernel) leaves the rest running.
+    // Following every interface, the sensor sees the containers' traffic too: their TLS servers
+    // (in their own network namespaces) are followed as well. With interfaces named, only the
+    // servers of this namespace, whose traffic those interfaces carry.
     let mut plaintext = match tls_ports(&config) {
         [] => None,
-        ports => match sensor.start_tls(ports.to_vec()) {
+        ports => match sensor.start_tls(ports.to_vec(), follow_interfaces) {
             Ok(rx) => Some(rx),
             Err(e) => {
                 let cause = std::error::Error::source(&e)

@@ -260,12 +260,14 @@ impl Sensor {
     }
 
     /// Starts TLS plaintext capture on the servers of `ports` (the TLS ring must have been sized
-    /// with `CaptureOptions::tls`); their plaintext comes out of the returned channel.
+    /// with `CaptureOptions::tls`); their plaintext comes out of the returned channel. Servers
+    /// in every network namespace with `all_namespaces`, else in the calling thread's only.
     pub fn start_tls(
         &mut self,
         ports: Vec<u16>,
+        all_namespaces: bool,
     ) -> Result<mpsc::Receiver<tls::Plaintext>, CaptureError> {
-        let (capture, rx) = tls::TlsCapture::start(&mut self.program, ports)?;
+        let (capture, rx) = tls::TlsCapture::start(&mut self.program, ports, all_namespaces)?;
         self.tls = Some(capture);
         Ok(rx)
     }

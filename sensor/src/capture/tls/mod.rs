@@ -63,6 +63,8 @@ struct Shared {
 /// A running TLS capture: probes, captured processes, reader.
 pub struct TlsCapture {
     ports: Vec<u16>,
+    /// Only servers in this network namespace (None: every namespace, containers included).
+    netns: Option<u64>,
     attached: BTreeMap<(u64, u64), Attached>,
     /// Library files that could not be probed (not tried again).
     refused: BTreeSet<(u64, u64)>,
@@ -82,12 +84,23 @@ pub struct TlsCapture {
 }
 
 impl TlsCapture {
-    /// Loads the programs, finds the servers on `ports` and starts reading. Must run inside a
-    /// tokio runtime.
+    /// Loads the programs, finds the servers on `ports` (in the calling thread's network
+    /// namespace only, unless `all_namespaces`) and starts reading. Must run inside a tokio
+    /// runtime.
     pub fn start(
         program: &mut CaptureProgram,
         ports: Vec<u16>,
+        all_namespaces: bool,
     ) -> Result<(Self, mpsc::Receiver<Plaintext>), CaptureError> {
+        let netns = match all_namespaces {
+            true => None,
+            false => Some(procfs::own_namespace().ok_or_else(|| {
+                CaptureError::Io(
+                    "reading this thread's network namespace",
+                    std::io::Error::other("/proc/thread-self/ns/net"),
+                )
+            })?),
+        };
         let maps = program.load_tls()?;
         let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
         let (stop, stop_rx) = watch::channel(false);
@@ -97,6 +110,7 @@ impl TlsCapture {
         let reader = tokio::spawn(read(maps.ring, streams, tx, Arc::clone(&shared), stop_rx));
         let mut capture = Self {
             ports,
+            netns,
             attached: BTreeMap::new(),
             refused: BTreeSet::new(),
             pids: BTreeSet::new(),
@@ -118,7 +132,7 @@ impl TlsCapture {
     /// Follows the servers on the TLS ports: probes new library files, captures new processes,
     /// forgets processes that went away.
     pub fn rescan(&mut self, program: &mut CaptureProgram) {
-        let (servers, without_library) = procfs::tls_servers(&self.ports);
+        let (servers, without_library) = procfs::tls_servers(&self.ports, self.netns);
         self.without_library = without_library;
         let mut pids = BTreeSet::new();
         for server in servers {

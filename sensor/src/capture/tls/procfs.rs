@@ -36,10 +36,10 @@ pub struct Connection {
     pub netns: u64,
 }
 
-/// The processes with a listening socket on one of `ports` that have a `libssl.so*` mapped.
-/// Also returns how many processes holding such a socket have no TLS library mapped (statically
-/// linked or another library: not covered).
-pub fn tls_servers(ports: &[u16]) -> (Vec<TlsServer>, u64) {
+/// The processes with a listening socket on one of `ports` that have a `libssl.so*` mapped, in
+/// network namespace `netns` only, or in any. Also returns how many processes holding such a
+/// socket have no TLS library mapped (statically linked or another library: not covered).
+pub fn tls_servers(ports: &[u16], netns: Option<u64>) -> (Vec<TlsServer>, u64) {
     let mut servers = Vec::new();
     let mut without_library = 0;
     // Listening sockets on TLS ports, by network namespace.
@@ -56,11 +56,14 @@ pub fn tls_servers(ports: &[u16]) -> (Vec<TlsServer>, u64) {
             continue;
         };
         let proc = entry.path();
-        let Some(netns) = namespace_inode(&proc) else {
+        let Some(own) = namespace_inode(&proc) else {
             continue;
         };
+        if netns.is_some_and(|only| only != own) {
+            continue;
+        }
         let inodes = listeners
-            .entry(netns)
+            .entry(own)
             .or_insert_with(|| listening_inodes(&proc, ports));
         if inodes.is_empty() || !holds_any_socket(&proc, inodes) {
             continue;
@@ -117,6 +120,11 @@ pub fn established(pid: u32, ports: &[u16]) -> Vec<(SocketAddr, SocketAddr)> {
         }
     }
     found
+}
+
+/// The calling thread's network namespace (inode number).
+pub fn own_namespace() -> Option<u64> {
+    namespace_inode(Path::new("/proc/thread-self"))
 }
 
 fn namespace_inode(proc: &Path) -> Option<u64> {
