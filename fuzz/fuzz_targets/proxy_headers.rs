@@ -39,6 +39,7 @@ fuzz_target!(|data: &[u8]| {
             }),
             response: None,
             forwarding: Default::default(),
+            tls: false,
             upstream: None,
         };
         stage.push(exchange, &mut ready);

@@ -41,6 +41,7 @@ fuzz_target!(|data: &[u8]| {
                 payload: tail[..len].to_vec(),
                 missing: u32::from(header[1] >> 4),
                 upstream: None,
+                tls: header[1] & 2 != 0,
             },
             &mut out,
         );

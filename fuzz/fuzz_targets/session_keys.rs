@@ -119,6 +119,7 @@ fn exchange(flags: u8, input: &[u8], start_ns: u64) -> Exchange {
         request,
         response,
         forwarding: Default::default(),
+        tls: false,
         upstream: None,
     }
 }

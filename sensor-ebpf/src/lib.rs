@@ -41,6 +41,9 @@ pub mod port {
     /// Found to carry something other than HTTP: its segments are counted
     /// (`muted_segments`, `muted_bytes`) but not sent to user space.
     pub const MUTED: u8 = 2;
+    /// A TLS port: its ciphertext is counted (`tls_segments`, `tls_bytes`) but not sent to user
+    /// space; the plaintext comes from the uprobes on the TLS library (see [`super::tls`]).
+    pub const TLS: u8 = 3;
 }
 
 /// Names of the maps and programs in the object, used by user space to find them.
@@ -53,6 +56,13 @@ pub mod names {
     pub const TC_INGRESS: &str = "apis_tc_ingress";
     pub const TC_EGRESS: &str = "apis_tc_egress";
     pub const SOCKET: &str = "apis_socket";
+    pub const TLS_EVENTS: &str = "TLS_EVENTS";
+    pub const TLS_COUNTERS: &str = "TLS_COUNTERS";
+    pub const TLS_CONFIG: &str = "TLS_CONFIG";
+    pub const TLS_PIDS: &str = "TLS_PIDS";
+    pub const TLS_ENTRY: &str = "apis_tls_entry";
+    pub const TLS_RETURN: &str = "apis_tls_return";
+    pub const TLS_FREE: &str = "apis_tls_free";
 }
 
 /// Capture settings written by user space into the one-entry `CONFIG` array.
@@ -204,7 +214,11 @@ pub mod counter {
     pub const MUTED_BYTES: u32 = 14;
     /// Payload bytes of the events lost because the ring was full (`RING_FULL`).
     pub const RING_FULL_BYTES: u32 = 15;
-    pub const COUNT: u32 = 16;
+    /// Segments of TLS ports (`port::TLS`): ciphertext, counted and not sent to user space.
+    pub const TLS_SEGMENTS: u32 = 16;
+    /// Their TCP payload bytes.
+    pub const TLS_BYTES: u32 = 17;
+    pub const COUNT: u32 = 18;
 
     /// Stable names, in index order, as `apisessions stats` shows them.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -224,11 +238,201 @@ pub mod counter {
         "muted_segments",
         "muted_bytes",
         "ring_full_bytes",
+        "tls_segments",
+        "tls_bytes",
     ];
+}
+
+/// TLS plaintext from uprobes on the TLS library (OpenSSL 3): shared types and constants.
+///
+/// An entry probe on the library's read or write function saves the call's arguments per
+/// thread; the return probe reads as many plaintext bytes as the call moved and emits them as
+/// one or more [`TlsEvent`]s in `TLS_EVENTS`. A probe on `SSL_free` emits an end event, so a
+/// reused `SSL*` starts a new stream.
+pub mod tls {
+    /// Chunks emitted for one call at most (`MAX_CHUNK` bytes each): 256 KiB per call. Bytes past
+    /// them are counted (`bytes_truncated`) and the event says how many were left out, so the
+    /// stream gets a gap instead of silently shorter data.
+    pub const MAX_CHUNKS_PER_CALL: u32 = 16;
+    /// Default size of the TLS ring buffer.
+    pub const DEFAULT_RING_BYTES: u32 = 8 * 1024 * 1024;
+    /// Calls in flight (entered, not yet returned) tracked at most, over all threads.
+    pub const MAX_PENDING: u32 = 16 * 1024;
+    /// Processes whose calls are captured at most (the servers on the TLS ports).
+    pub const MAX_PIDS: u32 = 4096;
+
+    /// `TlsEvent::kind`.
+    pub const KIND_DATA: u8 = 0;
+    /// The SSL object was freed: its streams end.
+    pub const KIND_FREE: u8 = 1;
+
+    /// `TlsEvent::direction`: what the process read (from its peer) or wrote (to its peer).
+    pub const READ: u8 = 0;
+    pub const WRITE: u8 = 1;
+
+    /// `TlsEvent::flags`.
+    pub mod flags {
+        /// More chunks of the same call follow.
+        pub const MORE_CHUNKS: u8 = 0x01;
+    }
+
+    /// Attach cookie bits: which argument convention the probed function has.
+    pub mod cookie {
+        /// Direction bit: set for write functions.
+        pub const WRITE: u64 = 1;
+        /// `ssl_read_internal`/`ssl_write_internal`(ssl, buf, size_t num, size_t *done): they
+        /// return 1 on success and the byte count sits in `*done`. Without this bit the
+        /// function is `SSL_read`/`SSL_write`(ssl, buf, int num) returning the byte count.
+        pub const INTERNAL: u64 = 2;
+    }
+
+    /// Where the socket's fd sits, written by user space (OpenSSL 3.0's layout by default):
+    /// `ssl->rbio`, `bio->method`, `method->type` (a socket BIO is `BIO_TYPE_SOCKET`),
+    /// `bio->num` (the fd); and, when the kernel's BTF gave them (flag `KERNEL_SOCKETS`), the
+    /// kernel offsets ([`koff`]) that lead from the current task and the fd to the socket's
+    /// addresses, so a connection is known even when it closes before user space looks.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct TlsConfig {
+        pub rbio_offset: u32,
+        pub bio_method_offset: u32,
+        pub bio_num_offset: u32,
+        /// `CONFIG_ENABLED` once user space has set everything up; `KERNEL_SOCKETS`.
+        pub flags: u32,
+        /// Byte offsets of kernel struct members, indexed by [`koff`].
+        pub kernel: [u32; koff::COUNT],
+    }
+
+    /// `TlsConfig::flags`: the kernel offsets are valid.
+    pub const KERNEL_SOCKETS: u32 = 4;
+
+    /// Indexes of `TlsConfig::kernel`: the path task -> files -> fdtable -> file -> socket ->
+    /// sock_common (addresses, ports, family) -> net -> ns.inum.
+    pub mod koff {
+        pub const TASK_FILES: usize = 0;
+        pub const FILES_FDT: usize = 1;
+        pub const FDT_MAX_FDS: usize = 2;
+        pub const FDT_FD: usize = 3;
+        pub const FILE_PRIVATE_DATA: usize = 4;
+        pub const SOCKET_SK: usize = 5;
+        pub const SKC_FAMILY: usize = 6;
+        /// Local port, host order.
+        pub const SKC_NUM: usize = 7;
+        /// Remote port, network order.
+        pub const SKC_DPORT: usize = 8;
+        pub const SKC_DADDR: usize = 9;
+        pub const SKC_RCV_SADDR: usize = 10;
+        pub const SKC_V6_DADDR: usize = 11;
+        pub const SKC_V6_RCV_SADDR: usize = 12;
+        pub const SKC_NET: usize = 13;
+        /// `net.ns.inum` (both offsets added).
+        pub const NET_NS_INUM: usize = 14;
+        pub const COUNT: usize = 16;
+    }
+
+    /// `BIO_TYPE_SOCKET` (`5 | BIO_TYPE_SOURCE_SINK | BIO_TYPE_DESCRIPTOR`).
+    pub const BIO_TYPE_SOCKET: i32 = 0x0505;
+
+    /// A call between its entry and its return (per thread).
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct PendingCall {
+        pub ssl: u64,
+        pub buf: u64,
+        /// Where the internal functions store the byte count (0 for the exported ones).
+        pub done: u64,
+        pub cookie: u64,
+    }
+
+    /// Header of every TLS ring event; `captured_len` plaintext bytes follow it.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct TlsEvent {
+        pub ts_ns: u64,
+        /// The `SSL*` (with `pid`, the connection's identity while it lives).
+        pub ssl: u64,
+        pub pid: u32,
+        pub tid: u32,
+        /// Bytes the call moved in all.
+        pub call_len: u32,
+        /// Offset of this event's bytes within the call's.
+        pub chunk_offset: u32,
+        pub captured_len: u32,
+        /// The socket's fd from the SSL's read BIO, -1 when it is not a socket BIO.
+        pub fd: i32,
+        /// The socket's own (server) and peer (client) addresses, read in the kernel on a
+        /// connection's first event (`family` 0: not read). IPv4 in the first four bytes.
+        pub local_addr: [u8; 16],
+        pub remote_addr: [u8; 16],
+        /// The socket's network namespace (inode number).
+        pub netns: u32,
+        pub local_port: u16,
+        pub remote_port: u16,
+        pub kind: u8,
+        pub direction: u8,
+        pub flags: u8,
+        /// 2 (AF_INET), 10 (AF_INET6), or 0 when the addresses were not read.
+        pub family: u8,
+        pub _pad: [u8; 4],
+    }
+
+    pub const TLS_HEADER_LEN: usize = core::mem::size_of::<TlsEvent>();
+    const _: () = assert!(TLS_HEADER_LEN == 88);
+    const _: () = assert!(TLS_HEADER_LEN + super::MAX_CHUNK <= 32 * 1024);
+
+    /// Staging buffer for one TLS event, one per CPU.
+    #[repr(C)]
+    pub struct TlsEventBuf {
+        pub header: TlsEvent,
+        pub payload: [u8; super::MAX_CHUNK],
+    }
+
+    /// Indexes of the per-CPU counters in `TLS_COUNTERS`.
+    pub mod counter {
+        /// Read and write calls that returned data, in processes being captured.
+        pub const CALLS: u32 = 0;
+        pub const EVENTS_SUBMITTED: u32 = 1;
+        pub const BYTES_SUBMITTED: u32 = 2;
+        /// Events lost because the TLS ring was full, and their bytes.
+        pub const RING_FULL: u32 = 3;
+        pub const RING_FULL_BYTES: u32 = 4;
+        /// Bytes of calls larger than `MAX_CHUNKS_PER_CALL` chunks, not captured (a gap).
+        pub const BYTES_TRUNCATED: u32 = 5;
+        /// Plaintext that could not be read from the process (`bpf_probe_read_user` failed),
+        /// calls and bytes: the stream gets a gap.
+        pub const READ_ERRORS: u32 = 6;
+        pub const READ_ERROR_BYTES: u32 = 7;
+        /// Calls whose entry could not be tracked (the pending map was full): lost.
+        pub const PENDING_FULL: u32 = 8;
+        /// Returns without a tracked entry (probes attached mid-call): that call's data is lost.
+        pub const MISSED_ENTRY: u32 = 9;
+        /// `SSL_free` calls seen in captured processes.
+        pub const FREES: u32 = 10;
+        /// Calls that returned an error or nothing (no data).
+        pub const EMPTY_CALLS: u32 = 11;
+        pub const COUNT: u32 = 12;
+
+        pub const NAMES: [&str; COUNT as usize] = [
+            "calls",
+            "events_submitted",
+            "bytes_submitted",
+            "ring_full",
+            "ring_full_bytes",
+            "bytes_truncated",
+            "read_errors",
+            "read_error_bytes",
+            "pending_full",
+            "missed_entry",
+            "frees",
+            "empty_calls",
+        ];
+    }
 }
 
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: plain `#[repr(C)]` data without padding-dependent invariants; any bit pattern is valid.
     unsafe impl aya::Pod for super::CaptureConfig {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::tls::TlsConfig {}
 }

@@ -5,6 +5,9 @@
 //! Each turns a TCP segment of a watched flow into one or more ring-buffer events (header +
 //! payload chunk) and never changes or drops the packet itself. Every packet it gives up on, and
 //! every event the ring refuses, is counted in `COUNTERS`.
+//!
+//! Beside them, uprobes on the TLS library (OpenSSL) read the plaintext of the servers on the TLS
+//! ports (see `sensor_ebpf::tls`); their loss is counted in `TLS_COUNTERS`.
 #![no_std]
 #![no_main]
 
@@ -22,6 +25,8 @@ use sensor_ebpf::{
     HEADER_LEN, MAX_CHUNK, MAX_CHUNKS_PER_SEGMENT, PORT_SLOTS, counter, event_flags, iface, port,
     tcp_flags,
 };
+
+mod uprobes;
 
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
@@ -273,7 +278,10 @@ fn tcp(
     if config.flags & CONFIG_ALL_PORTS == 0 {
         let (source, destination) = (port_state(sport), port_state(dport));
         if source != port::WATCHED && destination != port::WATCHED {
-            if source == port::MUTED || destination == port::MUTED {
+            if source == port::TLS || destination == port::TLS {
+                count(counter::TLS_SEGMENTS, 1);
+                count(counter::TLS_BYTES, u64::from(segment_len));
+            } else if source == port::MUTED || destination == port::MUTED {
                 count(counter::MUTED_SEGMENTS, 1);
                 count(counter::MUTED_BYTES, u64::from(segment_len));
             }

@@ -247,6 +247,8 @@ pub struct Exchange {
     /// Where NAT sent the connection (DNAT: a published container port, a Kubernetes Service):
     /// the server that really answered. `server` stays the address the client called.
     pub upstream: Option<SocketAddr>,
+    /// Decoded from TLS plaintext read in the server's TLS library.
+    pub tls: bool,
 }
 
 /// What the proxy stage learned about an exchange: the client a trusted proxy named, and the

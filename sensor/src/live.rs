@@ -9,7 +9,10 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::mpsc,
+};
 
 use crate::{
     analysis::{
@@ -19,6 +22,7 @@ use crate::{
     capture::{
         CaptureError, CaptureOptions, Clock, Interface, Segment, Sensor, ServerPorts,
         ports::{PortPolicy, listening_ports},
+        tls::Plaintext,
     },
     config::{CaptureOverrides, Config, Ports, reload::Reload},
     console::{self, ConsoleError, ConsoleOptions, ConsoleState, InventorySetup, Token},
@@ -104,7 +108,8 @@ pub fn run(config: Config, data_dir: PathBuf, live: LiveOptions) -> Result<(), L
         capture.ports.listed(),
         &capture.exclude_ports,
         capture.ports == Ports::Auto && !capture.all_ports,
-    );
+    )
+    .with_tls(tls_ports(&config));
     if capture.ports == Ports::Auto {
         let (listening, past) = listening_ports().map_err(LiveError::Listeners)?;
         ports.listeners(&listening, past);
@@ -119,6 +124,7 @@ pub fn run(config: Config, data_dir: PathBuf, live: LiveOptions) -> Result<(), L
         all_ports: capture.all_ports,
         snaplen: capture.snaplen,
         ring_bytes: capture.ring_size,
+        tls: !tls_ports(&config).is_empty(),
         ..CaptureOptions::default()
     };
     let interfaces = if capture.interfaces.is_empty() {
@@ -144,6 +150,25 @@ pub fn run(config: Config, data_dir: PathBuf, live: LiveOptions) -> Result<(), L
         .build()
         .map_err(LiveError::Runtime)?;
     runtime.block_on(daemon(live, config, data_dir, options, ports, interfaces))
+}
+
+/// The TLS ports whose servers are read through uprobes (none with `capture.tls = false`).
+fn tls_ports(config: &Config) -> &[u16] {
+    match config.capture.tls {
+        true => &config.capture.tls_ports,
+        false => &[],
+    }
+}
+
+/// The next TLS plaintext pieces, or never without TLS capture.
+async fn next_plaintext(
+    rx: &mut Option<mpsc::Receiver<Plaintext>>,
+    buf: &mut Vec<Plaintext>,
+) -> usize {
+    match rx {
+        Some(rx) => rx.recv_many(buf, SEGMENTS_PER_WAKEUP).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Segments the daemon takes off the capture channel per wakeup at most.
@@ -321,6 +346,29 @@ impl Feed {
         }
     }
 
+    /// A piece of TLS plaintext: the same pipeline as the wire's segments.
+    fn plaintext(&mut self, piece: Plaintext) {
+        let segment = TcpSegment::from_tls(piece, &self.clock);
+        if let Err(e) = self.pipeline.push(segment) {
+            log::error!("{e:#}");
+        }
+    }
+
+    /// The `n` pieces [`next_plaintext`] brought; none means the TLS reader ended.
+    fn plaintexts(
+        &mut self,
+        n: usize,
+        rx: &mut Option<mpsc::Receiver<Plaintext>>,
+        arrived: &mut Vec<Plaintext>,
+    ) {
+        if n == 0 {
+            *rx = None;
+        }
+        for piece in arrived.drain(..) {
+            self.plaintext(piece);
+        }
+    }
+
     /// Once a second: idle connections end by the wall clock, records go to the store.
     fn tick(&mut self) {
         self.refresh_host_addresses();
@@ -379,6 +427,28 @@ async fn daemon(
     let follow_interfaces = config.capture.interfaces.is_empty();
     let (mut sensor, mut segments) =
         Sensor::start(&options, interfaces, config.capture.attach, Some(&data_dir))?;
+    // The policy already counts the TLS ports as applied; the kernel learns them here.
+    for port in tls_ports(&config) {
+        sensor.set_port(*port, sensor_ebpf::port::TLS)?;
+    }
+    // TLS capture that cannot start (no uprobes, a locked-down kernel) leaves the rest running.
+    // Following every interface, the sensor sees the containers' traffic too: their TLS servers
+    // (in their own network namespaces) are followed as well. With interfaces named, only the
+    // servers of this namespace, whose traffic those interfaces carry.
+    let mut plaintext = match tls_ports(&config) {
+        [] => None,
+        ports => match sensor.start_tls(ports.to_vec(), follow_interfaces) {
+            Ok(rx) => Some(rx),
+            Err(e) => {
+                let cause = std::error::Error::source(&e)
+                    .map(|s| format!(": {s}"))
+                    .unwrap_or_default();
+                log::error!("TLS capture did not start, TLS ports stay unread: {e}{cause}");
+                None
+            }
+        },
+    };
+    let mut arrived_plaintext = Vec::with_capacity(SEGMENTS_PER_WAKEUP);
     let mut feed = Feed {
         clock: Clock::new(),
         pipeline,
@@ -430,6 +500,9 @@ async fn daemon(
                     feed.segment(segment);
                 }
             }
+            n = next_plaintext(&mut plaintext, &mut arrived_plaintext) => {
+                feed.plaintexts(n, &mut plaintext, &mut arrived_plaintext);
+            }
             _ = stats_tick.tick() => {
                 if follow_interfaces {
                     if let Err(e) = sensor.rescan() {
@@ -439,6 +512,10 @@ async fn daemon(
                 }
                 feed.tick();
                 ticks += 1;
+                // Servers on the TLS ports that started since (and their libraries).
+                if ticks.is_multiple_of(2) {
+                    sensor.rescan_tls();
+                }
                 let auto = config.capture.ports == Ports::Auto;
                 follow_ports(&mut ports, &mut sensor, &mut feed.pipeline, auto && ticks.is_multiple_of(2));
                 refresh_report(&mut report, &sensor)?;
@@ -476,11 +553,19 @@ async fn daemon(
             tokio::select! {
                 result = &mut shutdown => { result?; break; }
                 Some(segment) = segments.recv() => feed.segment(segment),
+                n = next_plaintext(&mut plaintext, &mut arrived_plaintext) => {
+                    feed.plaintexts(n, &mut plaintext, &mut arrived_plaintext);
+                }
             }
         }
     }
     while let Some(segment) = segments.recv().await {
         feed.segment(segment);
+    }
+    if let Some(rx) = &mut plaintext {
+        while let Some(piece) = rx.recv().await {
+            feed.plaintext(piece);
+        }
     }
     // Everything decoded is committed before the final report says the daemon stopped.
     if let Err(e) = feed.pipeline.finish() {
@@ -660,6 +745,9 @@ fn refresh_report(report: &mut StatsReport, sensor: &Sensor) -> Result<(), LiveE
     let kernel = sensor.kernel_counters()?;
     report.set_stage("kernel", kernel.iter().map(|(name, value)| (*name, *value)));
     report.set_stage("reader", sensor.counters.snapshot());
+    if let Some(tls) = sensor.tls_counters() {
+        report.set_stage("tls", tls);
+    }
     report.set_stage(
         "interfaces",
         [

@@ -540,6 +540,7 @@ mod tests {
             payload: b"x".to_vec(),
             missing: 0,
             upstream: None,
+            tls: false,
         }
     }
 

@@ -274,6 +274,9 @@ pub fn session_page(s: &SessionSummary, exchanges: &[StoredExchange]) -> String 
         if e.slow {
             flags.push_str(" [slow]");
         }
+        if e.tls {
+            flags.push_str(" [tls]");
+        }
         for finding in &e.attacks {
             let _ = write!(flags, " {}@{}", finding.class, printable(&finding.point));
         }
@@ -349,6 +352,7 @@ const CSV_COLUMNS: &[&str] = &[
     "attacks",
     "spec_status",
     "slow",
+    "tls",
 ];
 
 /// Writes exchanges one at a time in the chosen format.
@@ -521,6 +525,7 @@ fn har_entry(session_id: &str, e: &StoredExchange) -> serde_json::Value {
         "_attacks": e.attacks,
         "_spec_status": e.spec_status,
         "_slow": e.slow,
+        "_tls": e.tls,
         "_truncated": e.request_truncated || e.response_truncated,
         "_gap": e.gap,
     })
@@ -567,6 +572,7 @@ mod tests {
             attacks: Vec::new(),
             spec_status: None,
             slow: false,
+            tls: false,
             exchange_id: None,
         }
     }

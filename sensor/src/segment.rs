@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use sensor_ebpf::tcp_flags;
 
-use crate::capture::{Clock, Segment};
+use crate::capture::{Clock, Segment, tls::Plaintext};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TcpSegment {
@@ -26,6 +26,8 @@ pub struct TcpSegment {
     /// Where NAT sent the connection (the container behind a published port), when `src` and
     /// `dst` were renamed to what the client addressed (see [`crate::nat`]).
     pub upstream: Option<SocketAddr>,
+    /// TLS plaintext read from the TLS library (not the wire): its exchanges say `tls: true`.
+    pub tls: bool,
 }
 
 impl TcpSegment {
@@ -70,6 +72,27 @@ impl TcpSegment {
             payload: segment.payload,
             missing,
             upstream: None,
+            tls: false,
+        }
+    }
+
+    /// Converts a piece of TLS plaintext (already numbered like a TCP stream).
+    pub fn from_tls(piece: Plaintext, clock: &Clock) -> Self {
+        let ts_ns = clock
+            .wall(piece.mono_ns)
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        Self {
+            ts_ns,
+            src: piece.src,
+            dst: piece.dst,
+            seq: piece.seq,
+            ack: piece.ack,
+            flags: piece.flags,
+            payload: piece.payload,
+            missing: piece.missing,
+            upstream: None,
+            tls: true,
         }
     }
 }

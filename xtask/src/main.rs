@@ -81,6 +81,8 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("nginx", "/usr/sbin/nginx"),
     ("iproute2", "/usr/sbin/ip"),
     ("curl", "/usr/bin/curl"),
+    // The TLS test's self-signed certificate (tests/tls_live.rs); libssl3 comes with nginx.
+    ("openssl", "/usr/bin/openssl"),
     ("python3", "/usr/bin/python3"),
     ("tcpdump", "/usr/bin/tcpdump"),
     ("tshark", "/usr/bin/tshark"),

@@ -255,6 +255,7 @@ pub fn exchange(rng: &mut Rng, session: &Session, ts_ns: u64) -> StoredExchange 
         attacks: Vec::new(),
         spec_status: None,
         slow: false,
+        tls: false,
         exchange_id: None,
     }
 }

@@ -9,6 +9,7 @@ pub mod interface;
 pub mod ports;
 pub mod program;
 pub mod reader;
+pub mod tls;
 pub mod topology;
 
 use std::{error::Error as StdError, io, path::Path, sync::Arc};
@@ -138,6 +139,8 @@ pub struct Sensor {
     refused: Vec<Interface>,
     /// Bridges and ports as of the last rescan.
     topology: Topology,
+    /// TLS plaintext through uprobes, once started ([`Sensor::start_tls`]).
+    tls: Option<tls::TlsCapture>,
 }
 
 impl Sensor {
@@ -174,6 +177,7 @@ impl Sensor {
                 interfaces_detached: 0,
                 refused: Vec::new(),
                 topology: Topology::read_or_default(),
+                tls: None,
             },
             rx,
         ))
@@ -255,6 +259,31 @@ impl Sensor {
         Ok(())
     }
 
+    /// Starts TLS plaintext capture on the servers of `ports` (the TLS ring must have been sized
+    /// with `CaptureOptions::tls`); their plaintext comes out of the returned channel. Servers
+    /// in every network namespace with `all_namespaces`, else in the calling thread's only.
+    pub fn start_tls(
+        &mut self,
+        ports: Vec<u16>,
+        all_namespaces: bool,
+    ) -> Result<mpsc::Receiver<tls::Plaintext>, CaptureError> {
+        let (capture, rx) = tls::TlsCapture::start(&mut self.program, ports, all_namespaces)?;
+        self.tls = Some(capture);
+        Ok(rx)
+    }
+
+    /// Follows the TLS servers (new processes, new library files); nothing without TLS capture.
+    pub fn rescan_tls(&mut self) {
+        if let Some(tls) = &mut self.tls {
+            tls.rescan(&mut self.program);
+        }
+    }
+
+    /// The TLS capture's counters (stage `tls` of `stats`), if it runs.
+    pub fn tls_counters(&self) -> Option<Vec<(&'static str, u64)>> {
+        self.tls.as_ref().map(tls::TlsCapture::counters)
+    }
+
     pub fn kernel_counters(&self) -> Result<KernelCounters, CaptureError> {
         self.program.counters()
     }
@@ -271,9 +300,15 @@ impl Sensor {
             attachments,
             reader,
             stop,
+            tls,
             ..
         } = self;
         attachments.detach(&mut program).await;
+        if let Some(tls) = tls
+            && let Err(e) = tls.shutdown().await
+        {
+            log::error!("{e}");
+        }
         // send() only fails when the reader already ended; its result tells why below.
         let _ = stop.send(true);
         match reader.await {

@@ -142,6 +142,9 @@ pub enum PortReason {
     Http,
     /// A listener whose connections carried something else: counted in the kernel only.
     Muted,
+    /// A TLS port (`capture.tls_ports`): its ciphertext is counted in the kernel only, its
+    /// plaintext comes from the TLS library's probes.
+    Tls,
 }
 
 impl PortReason {
@@ -151,6 +154,7 @@ impl PortReason {
             Self::Listening => "listening",
             Self::Http => "http",
             Self::Muted => "muted",
+            Self::Tls => "tls",
         }
     }
 
@@ -158,6 +162,7 @@ impl PortReason {
     pub fn slot(self) -> u8 {
         match self {
             Self::Muted => sensor_ebpf::port::MUTED,
+            Self::Tls => sensor_ebpf::port::TLS,
             _ => sensor_ebpf::port::WATCHED,
         }
     }
@@ -203,6 +208,8 @@ impl PortCounters {
 pub struct PortPolicy {
     configured: BTreeSet<u16>,
     excluded: BTreeSet<u16>,
+    /// TLS ports: never decoded from the wire, whatever else says so.
+    tls: BTreeSet<u16>,
     /// Follow the host's listeners (`capture.ports = "auto"`).
     auto: bool,
     listeners: BTreeMap<u16, Listener>,
@@ -218,12 +225,20 @@ impl PortPolicy {
         Self {
             configured: configured.iter().copied().collect(),
             excluded: excluded.iter().copied().collect(),
+            tls: BTreeSet::new(),
             auto,
             listeners: BTreeMap::new(),
             applied: BTreeMap::new(),
             server_ports: ServerPorts::new(&[]),
             counters: PortCounters::default(),
         }
+    }
+
+    /// Marks `ports` as TLS ports (`PortReason::Tls`): they stay servers' ports for the
+    /// user-space stages, and the kernel counts their ciphertext without handing it over.
+    pub fn with_tls(mut self, ports: &[u16]) -> Self {
+        self.tls = ports.iter().copied().collect();
+        self
     }
 
     /// The set of server ports this policy keeps in step with the kernel: give it to the flow
@@ -315,6 +330,9 @@ impl PortPolicy {
             wanted.insert(*port, PortReason::Configured);
         }
         wanted.retain(|port, _| !self.excluded.contains(port));
+        for port in &self.tls {
+            wanted.insert(*port, PortReason::Tls);
+        }
         wanted
     }
 

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{SchedClassifier, SocketFilter},
+    programs::{SchedClassifier, SocketFilter, UProbe},
 };
 use sensor_ebpf::{
     CONFIG_ALL_PORTS, CONFIG_ENABLED, CaptureConfig, DEFAULT_RING_BYTES, DEFAULT_SNAPLEN,
@@ -29,6 +29,9 @@ pub struct CaptureOptions {
     pub ring_bytes: u32,
     /// Ring fill level that forces a reader wakeup (at most a quarter of the ring).
     pub wakeup_bytes: u32,
+    /// TLS plaintext through uprobes will be started ([`CaptureProgram::load_tls`]); without it
+    /// the TLS ring is one page.
+    pub tls: bool,
 }
 
 /// Ports captured when none are configured (the design brief's defaults).
@@ -42,6 +45,7 @@ impl Default for CaptureOptions {
             snaplen: DEFAULT_SNAPLEN,
             ring_bytes: DEFAULT_RING_BYTES,
             wakeup_bytes: DEFAULT_WAKEUP_BYTES,
+            tls: false,
         }
     }
 }
@@ -92,6 +96,14 @@ impl CaptureProgram {
         }
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(names::EVENTS, options.ring_bytes)
+            .map_max_entries(
+                names::TLS_EVENTS,
+                if options.tls {
+                    sensor_ebpf::tls::DEFAULT_RING_BYTES
+                } else {
+                    page_size()
+                },
+            )
             .load(OBJECT)
             .map_err(|e| CaptureError::load("loading the eBPF object", e))?;
         for name in [names::TC_INGRESS, names::TC_EGRESS] {
@@ -220,15 +232,86 @@ impl CaptureProgram {
             .map_err(|e| CaptureError::load(names::SOCKET, e))
     }
 
+    /// Loads the TLS uprobe programs and hands out their maps (once): the ring, the counters,
+    /// the captured processes. The socket-fd layout is OpenSSL 3.0's (`tls::TlsConfig`); a
+    /// library with another one yields events without an fd (counted, not decoded).
+    pub fn load_tls(&mut self) -> Result<TlsMaps, CaptureError> {
+        for name in [names::TLS_ENTRY, names::TLS_RETURN, names::TLS_FREE] {
+            self.uprobe(name)?
+                .load()
+                .map_err(|e| CaptureError::load(name, e))?;
+        }
+        let mut config: Array<_, sensor_ebpf::tls::TlsConfig> = Array::try_from(
+            self.ebpf
+                .map_mut(names::TLS_CONFIG)
+                .ok_or(CaptureError::Missing(names::TLS_CONFIG))?,
+        )
+        .map_err(|e| CaptureError::load(names::TLS_CONFIG, e))?;
+        let mut openssl_3_0 = sensor_ebpf::tls::TlsConfig {
+            rbio_offset: 0x10,
+            bio_method_offset: 0x08,
+            bio_num_offset: 0x38,
+            flags: CONFIG_ENABLED,
+            kernel: [0; sensor_ebpf::tls::koff::COUNT],
+        };
+        match super::tls::btf::kernel_socket_offsets() {
+            Ok(kernel) => {
+                openssl_3_0.kernel = kernel;
+                openssl_3_0.flags |= sensor_ebpf::tls::KERNEL_SOCKETS;
+            }
+            Err(e) => log::warn!(
+                "TLS: the kernel's struct layout is unknown ({e}); connections are looked up in \
+                 /proc, and one that closes before the lookup is counted as unresolved"
+            ),
+        }
+        config
+            .set(0, openssl_3_0, 0)
+            .map_err(|e| CaptureError::load(names::TLS_CONFIG, e))?;
+        let mut take =
+            |name: &'static str| self.ebpf.take_map(name).ok_or(CaptureError::Missing(name));
+        Ok(TlsMaps {
+            ring: RingBuf::try_from(take(names::TLS_EVENTS)?)
+                .map_err(|e| CaptureError::load(names::TLS_EVENTS, e))?,
+            counters: PerCpuArray::try_from(take(names::TLS_COUNTERS)?)
+                .map_err(|e| CaptureError::load(names::TLS_COUNTERS, e))?,
+            pids: HashMap::try_from(take(names::TLS_PIDS)?)
+                .map_err(|e| CaptureError::load(names::TLS_PIDS, e))?,
+        })
+    }
+
+    pub fn uprobe(&mut self, name: &'static str) -> Result<&mut UProbe, CaptureError> {
+        self.ebpf
+            .program_mut(name)
+            .ok_or(CaptureError::Missing(name))?
+            .try_into()
+            .map_err(|e| CaptureError::load(name, e))
+    }
+
     /// The kernel counters, summed over CPUs.
     pub fn counters(&self) -> Result<KernelCounters, CaptureError> {
         read_counters(&self.counters)
     }
 }
 
+/// The maps of the TLS programs (see [`CaptureProgram::load_tls`]).
+pub struct TlsMaps {
+    pub ring: RingBuf<MapData>,
+    pub counters: PerCpuArray<MapData, u64>,
+    /// Captured processes, by tgid.
+    pub pids: HashMap<MapData, u32, u8>,
+}
+
 fn read_counters(map: &PerCpuArray<MapData, u64>) -> Result<KernelCounters, CaptureError> {
+    read_named_counters(map, &counter::NAMES)
+}
+
+/// Per-CPU counters summed, by `names` in index order.
+pub fn read_named_counters(
+    map: &PerCpuArray<MapData, u64>,
+    counter_names: &[&'static str],
+) -> Result<KernelCounters, CaptureError> {
     let mut totals = KernelCounters::new();
-    for (index, name) in counter::NAMES.iter().enumerate() {
+    for (index, name) in counter_names.iter().enumerate() {
         let values = map
             .get(&(index as u32), 0)
             .map_err(|e| CaptureError::load(names::COUNTERS, e))?;

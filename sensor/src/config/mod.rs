@@ -13,6 +13,8 @@
 //! snaplen = 65536                # payload bytes per TCP segment
 //! ring_size = 16777216           # kernel ring buffer, a power of two
 //! body_cap = 16384               # body bytes kept per HTTP message
+//! tls = true                     # TLS plaintext through uprobes on OpenSSL (see README)
+//! tls_ports = [443, 8443]        # servers listening here are read in their TLS library
 //!
 //! [storage]
 //! data_dir = "/var/lib/apisessions"
@@ -149,6 +151,8 @@ pub struct CaptureOverrides {
     pub snaplen: Option<u32>,
     pub ring_size: Option<u32>,
     pub body_cap: Option<usize>,
+    /// `--tls-port`: these TLS ports instead of the file's (and TLS capture on).
+    pub tls_ports: Vec<u16>,
 }
 
 impl CaptureOverrides {
@@ -166,6 +170,10 @@ impl CaptureOverrides {
         capture.snaplen = self.snaplen.unwrap_or(capture.snaplen);
         capture.ring_size = self.ring_size.unwrap_or(capture.ring_size);
         capture.body_cap = self.body_cap.unwrap_or(capture.body_cap);
+        if !self.tls_ports.is_empty() {
+            capture.tls_ports = self.tls_ports.clone();
+            capture.tls = true;
+        }
     }
 }
 
@@ -248,7 +256,14 @@ pub struct CaptureSection {
     pub snaplen: u32,
     pub ring_size: u32,
     pub body_cap: usize,
+    /// TLS plaintext through uprobes on the TLS library of the servers on `tls_ports`.
+    pub tls: bool,
+    /// Ports whose servers speak TLS: decoded from their TLS library, never from the wire.
+    pub tls_ports: Vec<u16>,
 }
+
+/// `capture.tls_ports` by default: HTTPS and its usual alternative.
+pub const DEFAULT_TLS_PORTS: [u16; 2] = [443, 8443];
 
 impl Default for CaptureSection {
     fn default() -> Self {
@@ -261,6 +276,8 @@ impl Default for CaptureSection {
             snaplen: sensor_ebpf::DEFAULT_SNAPLEN,
             ring_size: sensor_ebpf::DEFAULT_RING_BYTES,
             body_cap: crate::http::HttpConfig::default().body_cap,
+            tls: true,
+            tls_ports: DEFAULT_TLS_PORTS.to_vec(),
         }
     }
 }
@@ -705,6 +722,22 @@ impl Config {
             );
             return Err(invalid(find(text, "snaplen", 1), reason));
         }
+        if capture.tls_ports.contains(&0) {
+            let reason = "tls_ports: 0 is not a port".into();
+            return Err(invalid(find(text, "tls_ports", 1), reason));
+        }
+        if let Some(port) = capture
+            .ports
+            .listed()
+            .iter()
+            .find(|p| capture.tls && capture.tls_ports.contains(p))
+        {
+            let reason = format!(
+                "port {port} is in both ports and tls_ports: a TLS port is decoded from its TLS \
+                 library, never from the wire"
+            );
+            return Err(invalid(find(text, "tls_ports", 1), reason));
+        }
         if !capture.all_ports && capture.ports == Ports::List(Vec::new()) {
             let reason = "no ports to capture (set all_ports = true to take every port)".into();
             return Err(invalid(find(text, "ports", 1), reason));
@@ -986,6 +1019,25 @@ mod tests {
         assert_eq!(proxy.headers, ["x-forwarded-for", "forwarded", "x-real-ip"]);
         assert!(config.attacks.enabled && config.attacks.headers.is_empty());
         assert_eq!(config.attacks.max_bytes, 64 * 1024);
+        assert!(config.capture.tls);
+        assert_eq!(config.capture.tls_ports, [443, 8443]);
+    }
+
+    #[test]
+    fn tls_settings_and_the_tls_port_flag() {
+        let mut config = parse("[capture]\ntls = false\ntls_ports = [9443]\n").unwrap();
+        assert!(!config.capture.tls);
+        assert_eq!(config.capture.tls_ports, [9443]);
+        // `--tls-port` names the ports and turns TLS capture on.
+        CaptureOverrides {
+            tls_ports: vec![8443, 443],
+            ..CaptureOverrides::default()
+        }
+        .apply(&mut config);
+        assert!(config.capture.tls);
+        assert_eq!(config.capture.tls_ports, [8443, 443]);
+        // A port listed in both is fine while TLS capture is off.
+        assert!(parse("[capture]\ntls = false\nports = [443]\n").is_ok());
     }
 
     #[test]
@@ -1126,6 +1178,21 @@ max_bytes = 4096
                 "[capture]\nports = \"all\"\n",
                 "test.toml:2:9:",
                 "not \"all\"",
+            ),
+            (
+                "[capture]\ntls_ports = [443, 0]\n",
+                "test.toml:2:1:",
+                "0 is not a port",
+            ),
+            (
+                "[capture]\nports = [8443]\ntls_ports = [8443]\n",
+                "test.toml:3:1:",
+                "port 8443 is in both ports and tls_ports",
+            ),
+            (
+                "[capture]\ntls = \"yes\"\n",
+                "test.toml:2:7:",
+                "expected a boolean",
             ),
             (
                 "[storage]\nretention = \"soon\"\n",

@@ -804,6 +804,7 @@ mod tests {
             attacks: Vec::new(),
             spec_status: None,
             slow: false,
+            tls: false,
             exchange_id: None,
         }
     }

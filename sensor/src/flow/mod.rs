@@ -249,6 +249,9 @@ impl FlowTable {
                         if segment.has(tcp_flags::SYN) {
                             http.set_seen_from_start();
                         }
+                        if segment.tls {
+                            http.set_tls();
+                        }
                         http
                     },
                     last_ns: segment.ts_ns,
@@ -463,6 +466,7 @@ mod tests {
             payload: payload.to_vec(),
             missing: 0,
             upstream: None,
+            tls: false,
         }
     }
 

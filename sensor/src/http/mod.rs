@@ -191,6 +191,8 @@ pub struct HttpConnection {
     server: SocketAddr,
     /// Where NAT sent the connection, if it did.
     upstream: Option<SocketAddr>,
+    /// Plaintext of a TLS connection (read from the TLS library).
+    tls: bool,
     requests: MessageParser,
     responses: MessageParser,
     slots: VecDeque<Slot>,
@@ -217,6 +219,7 @@ impl HttpConnection {
             client,
             server,
             upstream: None,
+            tls: false,
             requests: MessageParser::new(Kind::Request),
             responses: MessageParser::new(Kind::Response),
             slots: VecDeque::new(),
@@ -232,6 +235,11 @@ impl HttpConnection {
     /// Records where NAT sent the connection (the translated destination).
     pub fn set_upstream(&mut self, upstream: SocketAddr) {
         self.upstream = Some(upstream);
+    }
+
+    /// The connection's bytes are TLS plaintext: its exchanges say so.
+    pub fn set_tls(&mut self) {
+        self.tls = true;
     }
 
     /// The connection was seen from its handshake (a SYN of either side): a direction whose
@@ -583,6 +591,7 @@ impl HttpConnection {
             response: slot.response,
             forwarding: Default::default(),
             upstream: self.upstream,
+            tls: self.tls,
         });
     }
 

@@ -351,6 +351,7 @@ mod tests {
             }),
             response: None,
             forwarding: Default::default(),
+            tls: false,
             upstream: None,
         }
     }

@@ -370,6 +370,7 @@ mod tests {
                 ..Response::default()
             }),
             forwarding: Default::default(),
+            tls: false,
             upstream: None,
         }
     }

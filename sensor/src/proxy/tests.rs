@@ -31,6 +31,7 @@ fn exchange(peer: &str, server: &str, headers: &[(&str, &str)], start: u64, end:
             ..Response::default()
         }),
         forwarding: Default::default(),
+        tls: false,
         upstream: None,
     }
 }

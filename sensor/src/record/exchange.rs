@@ -91,6 +91,9 @@ pub struct StoredExchange {
     pub spec_status: Option<SpecStatus>,
     /// Slower than its endpoint's own p99 and the configured floor.
     pub slow: bool,
+    /// Decoded from TLS plaintext (uprobes on the server's TLS library).
+    #[serde(default)]
+    pub tls: bool,
     /// Set by `import`: a deterministic id (see `import::ExchangeIds`) by which the store
     /// recognises an exchange it already holds when the same capture is imported again. Not
     /// part of the stored record.
@@ -157,6 +160,7 @@ impl StoredExchange {
             attacks: Vec::new(),
             spec_status: None,
             slow: false,
+            tls: exchange.tls,
             exchange_id: None,
         }
     }
@@ -203,6 +207,7 @@ impl StoredExchange {
             attacks: &self.attacks,
             spec_status: self.spec_status,
             slow: self.slow,
+            tls: self.tls,
         };
         serde_json::to_value(&record).unwrap_or(serde_json::Value::Null)
     }
@@ -326,4 +331,6 @@ pub struct ExchangeRecord<'a> {
     pub spec_status: Option<SpecStatus>,
     /// Slower than its endpoint's own p99 (and the configured floor).
     pub slow: bool,
+    /// Decoded from TLS plaintext read in the server's TLS library (uprobes).
+    pub tls: bool,
 }

@@ -275,6 +275,7 @@ mod tests {
             client: "10.0.0.2:1".parse().unwrap(),
             server: "10.0.0.1:80".parse().unwrap(),
             forwarding: Default::default(),
+            tls: false,
             upstream: None,
             request: Some(Request {
                 method: "POST".into(),

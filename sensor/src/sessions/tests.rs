@@ -18,6 +18,7 @@ fn exchange(ip: &str, at: u64, headers: &[(&str, &str)]) -> Exchange {
         client: format!("{ip}:40000").parse().unwrap(),
         server: "10.0.0.1:80".parse().unwrap(),
         forwarding: Default::default(),
+        tls: false,
         upstream: None,
         request: Some(Request {
             method: "GET".into(),

@@ -66,6 +66,8 @@ pub struct ExchangeRow {
     pub spec_status: Option<String>,
     #[serde(default)]
     pub slow: u8,
+    #[serde(default)]
+    pub tls: u8,
 }
 
 fn empty_array() -> String {
@@ -157,6 +159,7 @@ impl ExchangeRow {
             attacks: serde_json::to_string(&e.attacks).unwrap_or_else(|_| empty_array()),
             spec_status: e.spec_status.map(|s| s.name().to_owned()),
             slow: e.slow.into(),
+            tls: e.tls.into(),
         }
     }
 
@@ -189,6 +192,7 @@ impl ExchangeRow {
             response_truncated: self.response_truncated != 0,
             gap: self.gap != 0,
             joined: self.joined != 0,
+            tls: self.tls != 0,
             upstream_us: ms_to_us(self.upstream_ms),
             upstream_ip: self.upstream_ip.clone(),
             upstream_port: self.upstream_port,
@@ -218,7 +222,7 @@ pub const EXCHANGE_COLUMNS: &str = "host_id, exchange_id, ts, ts_ns, session_id,
      version, user_agent, referrer, request_content_type, response_content_type, status_code, \
      status_msg, request_body_len, response_body_len, ttfb_ms, duration_ms, request_truncated, \
      response_truncated, gap, joined, upstream_ms, upstream_ip, upstream_port, server_netns, \
-     server_cgroup, params.name, params.value, attacks, spec_status, slow";
+     server_cgroup, params.name, params.value, attacks, spec_status, slow, tls";
 
 /// ClickHouse's RowBinary encoding (the same on 18.16 and current releases): integers and
 /// floats little-endian, a string as its LEB128 length and its bytes (no escaping: any byte
@@ -337,6 +341,7 @@ impl ExchangeRow {
         w.text(&self.attacks);
         w.nullable_text(self.spec_status.as_ref());
         w.u8(self.slow);
+        w.u8(self.tls);
     }
 }
 
@@ -614,6 +619,7 @@ mod tests {
             attacks: Vec::new(),
             spec_status: None,
             slow: false,
+            tls: false,
             exchange_id: None,
         }
     }

@@ -161,6 +161,15 @@ pub const MIGRATIONS: &[Migration] = &[
             definition: "UInt64 DEFAULT 0",
         }],
     },
+    Migration {
+        version: 4,
+        description: "exchanges decoded from TLS plaintext",
+        steps: &[Step::AddColumn {
+            table: "exchanges",
+            column: "tls",
+            definition: "UInt8 DEFAULT 0",
+        }],
+    },
 ];
 
 /// The version the migrations above lead to.

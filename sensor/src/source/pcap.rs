@@ -861,6 +861,7 @@ fn segment(packet: &LaxSlicedPacket<'_>, ts_ns: u64, uncaptured: u64) -> Result<
         payload: tcp.payload().to_vec(),
         missing: u32::try_from(missing).unwrap_or(u32::MAX),
         upstream: None,
+        tls: false,
     })
 }
 

@@ -126,6 +126,7 @@ const RESPONSE_TRUNCATED: u8 = 2;
 const GAP: u8 = 4;
 const JOINED: u8 = 8;
 const SLOW: u8 = 16;
+const TLS: u8 = 32;
 
 /// The connection's peer: nearly always the client itself, else (behind a proxy) mostly an
 /// address of the host, which is in the session's `server_ips`.
@@ -177,7 +178,8 @@ impl<'a> DiskExchange<'a> {
             | flag(e.response_truncated, RESPONSE_TRUNCATED)
             | flag(e.gap, GAP)
             | flag(e.joined, JOINED)
-            | flag(e.slow, SLOW);
+            | flag(e.slow, SLOW)
+            | flag(e.tls, TLS);
         let peer = if e.peer_ip == e.client_ip && e.peer_port == e.client_port {
             Peer::Client
         } else {
@@ -305,6 +307,7 @@ impl<'a> DiskExchange<'a> {
             attacks: self.attacks.into_owned(),
             spec_status: self.spec_status,
             slow: self.flags & SLOW != 0,
+            tls: self.flags & TLS != 0,
         })
     }
 }
@@ -494,6 +497,7 @@ mod tests {
             attacks: Vec::new(),
             spec_status: None,
             slow: false,
+            tls: false,
             exchange_id: None,
         }
     }

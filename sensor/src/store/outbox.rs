@@ -379,6 +379,7 @@ mod tests {
                     client: "192.0.2.1:5000".parse().unwrap(),
                     server: "10.0.0.1:80".parse().unwrap(),
                     forwarding: Default::default(),
+                    tls: false,
                     upstream: None,
                     request: Some(Request {
                         method: "GET".into(),

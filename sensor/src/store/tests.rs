@@ -40,6 +40,7 @@ fn record(ip: &str, at_min: u64, method: &str, uri: &str, status: u16) -> Stored
         client: format!("{ip}:5000").parse().unwrap(),
         server: "10.0.0.1:80".parse().unwrap(),
         forwarding: Default::default(),
+        tls: false,
         upstream: None,
         request: Some(Request {
             method: method.into(),

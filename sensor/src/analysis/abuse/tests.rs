@@ -75,6 +75,7 @@ fn exchange(call: &Call<'_>) -> Exchange {
             },
         }),
         forwarding: Default::default(),
+        tls: false,
         upstream: None,
     }
 }

@@ -392,6 +392,7 @@ pub(crate) mod tests {
                 ..Response::default()
             }),
             forwarding: Default::default(),
+            tls: false,
             upstream: None,
         }
     }

@@ -30,6 +30,10 @@ pub struct RunArgs {
     /// Capture every TCP port.
     #[arg(long, conflicts_with = "ports")]
     all_ports: bool,
+    /// TLS port (repeatable): its servers' plaintext is read through uprobes on their OpenSSL
+    /// library, and the port's ciphertext is only counted. Default: 443, 8443.
+    #[arg(long = "tls-port", value_name = "P", value_parser = clap::value_parser!(u16).range(1..))]
+    tls_ports: Vec<u16>,
     /// Print one line per HTTP exchange to stdout: time, client, method, uri, status, time to
     /// first byte, duration, body sizes and flags.
     #[arg(long)]
@@ -83,6 +87,7 @@ impl RunArgs {
             snaplen: self.snaplen,
             ring_size: self.ring_size,
             body_cap: self.body_cap,
+            tls_ports: self.tls_ports.clone(),
         }
     }
 
