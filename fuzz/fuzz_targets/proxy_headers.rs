@@ -40,6 +40,7 @@ fuzz_target!(|data: &[u8]| {
             response: None,
             forwarding: Default::default(),
             upstream: None,
+            stream_id: None,
         };
         stage.push(exchange, &mut ready);
     }

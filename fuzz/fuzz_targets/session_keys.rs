@@ -120,6 +120,7 @@ fn exchange(flags: u8, input: &[u8], start_ns: u64) -> Exchange {
         response,
         forwarding: Default::default(),
         upstream: None,
+        stream_id: None,
     }
 }
 

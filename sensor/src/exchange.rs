@@ -247,6 +247,8 @@ pub struct Exchange {
     /// Where NAT sent the connection (DNAT: a published container port, a Kubernetes Service):
     /// the server that really answered. `server` stays the address the client called.
     pub upstream: Option<SocketAddr>,
+    /// The HTTP/2 stream the exchange took; None for HTTP/1.x.
+    pub stream_id: Option<u32>,
 }
 
 /// What the proxy stage learned about an exchange: the client a trusted proxy named, and the

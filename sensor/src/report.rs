@@ -567,6 +567,7 @@ mod tests {
             attacks: Vec::new(),
             spec_status: None,
             slow: false,
+            stream_id: None,
             exchange_id: None,
         }
     }

@@ -337,6 +337,7 @@ mod tests {
             response: None,
             forwarding: Default::default(),
             upstream: None,
+            stream_id: None,
         }
     }
 

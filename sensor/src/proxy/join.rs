@@ -371,6 +371,7 @@ mod tests {
             }),
             forwarding: Default::default(),
             upstream: None,
+            stream_id: None,
         }
     }
 

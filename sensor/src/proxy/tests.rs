@@ -32,6 +32,7 @@ fn exchange(peer: &str, server: &str, headers: &[(&str, &str)], start: u64, end:
         }),
         forwarding: Default::default(),
         upstream: None,
+        stream_id: None,
     }
 }
 

@@ -91,6 +91,8 @@ pub struct StoredExchange {
     pub spec_status: Option<SpecStatus>,
     /// Slower than its endpoint's own p99 and the configured floor.
     pub slow: bool,
+    /// The HTTP/2 stream the exchange took; None for HTTP/1.x.
+    pub stream_id: Option<u32>,
     /// Set by `import`: a deterministic id (see `import::ExchangeIds`) by which the store
     /// recognises an exchange it already holds when the same capture is imported again. Not
     /// part of the stored record.
@@ -157,6 +159,7 @@ impl StoredExchange {
             attacks: Vec::new(),
             spec_status: None,
             slow: false,
+            stream_id: exchange.stream_id,
             exchange_id: None,
         }
     }
@@ -203,6 +206,7 @@ impl StoredExchange {
             attacks: &self.attacks,
             spec_status: self.spec_status,
             slow: self.slow,
+            stream_id: self.stream_id,
         };
         serde_json::to_value(&record).unwrap_or(serde_json::Value::Null)
     }
@@ -326,4 +330,6 @@ pub struct ExchangeRecord<'a> {
     pub spec_status: Option<SpecStatus>,
     /// Slower than its endpoint's own p99 (and the configured floor).
     pub slow: bool,
+    /// The HTTP/2 stream the exchange took (its `version` is "HTTP/2"); null for HTTP/1.x.
+    pub stream_id: Option<u32>,
 }

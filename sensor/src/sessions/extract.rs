@@ -276,6 +276,7 @@ mod tests {
             server: "10.0.0.1:80".parse().unwrap(),
             forwarding: Default::default(),
             upstream: None,
+            stream_id: None,
             request: Some(Request {
                 method: "POST".into(),
                 uri: uri.into(),

@@ -19,6 +19,7 @@ fn exchange(ip: &str, at: u64, headers: &[(&str, &str)]) -> Exchange {
         server: "10.0.0.1:80".parse().unwrap(),
         forwarding: Default::default(),
         upstream: None,
+        stream_id: None,
         request: Some(Request {
             method: "GET".into(),
             uri: "/api/items".into(),

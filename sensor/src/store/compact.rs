@@ -16,6 +16,8 @@
 //! stored inline.
 //!
 //! Format 7 blocks (before the endpoints were kept) are read with the first pass as endpoint.
+//! HTTP/2 stream ids come after the endpoints, only in blocks that hold an HTTP/2 exchange:
+//! format 8 blocks written before them end earlier and read as HTTP/1.x.
 
 use std::borrow::Cow;
 
@@ -305,6 +307,8 @@ impl<'a> DiskExchange<'a> {
             attacks: self.attacks.into_owned(),
             spec_status: self.spec_status,
             slow: self.flags & SLOW != 0,
+            // Kept beside the exchanges in the block (see `Block`).
+            stream_id: None,
         })
     }
 }
@@ -386,6 +390,9 @@ pub(super) struct Block<'a> {
     /// The exchanges' endpoints, in the same order; empty when every one is the first pass
     /// (and in format 7 blocks, which end before it).
     endpoints: Vec<Endpoint<'a>>,
+    /// The exchanges' HTTP/2 stream ids, in the same order; empty when none is HTTP/2 (and in
+    /// blocks written before HTTP/2 was decoded, which end before it).
+    stream_ids: Vec<Option<u32>>,
 }
 
 impl<'a> Block<'a> {
@@ -395,6 +402,10 @@ impl<'a> Block<'a> {
         let mut endpoints: Vec<Endpoint> = exchanges.iter().map(|e| Endpoint::of(e)).collect();
         if endpoints.iter().all(|e| *e == Endpoint::FirstPass) {
             endpoints.clear();
+        }
+        let mut stream_ids: Vec<Option<u32>> = exchanges.iter().map(|e| e.stream_id).collect();
+        if stream_ids.iter().all(Option::is_none) {
+            stream_ids.clear();
         }
         let block = Self {
             exchanges: exchanges
@@ -407,6 +418,7 @@ impl<'a> Block<'a> {
                 })
                 .collect(),
             endpoints,
+            stream_ids,
         };
         (block, first_ns)
     }
@@ -417,16 +429,28 @@ impl<'a> Block<'a> {
             what: "exchanges",
             reason: e.to_string(),
         };
-        match payload(bytes, "exchanges")? {
-            (FORMAT_VERSION, rest) => postcard::from_bytes(rest).map_err(corrupt),
-            // Format 7: the same exchanges, no endpoints after them.
-            (_, rest) => postcard::from_bytes(rest)
-                .map(|exchanges| Self {
-                    exchanges,
-                    endpoints: Vec::new(),
-                })
-                .map_err(corrupt),
+        let (version, rest) = payload(bytes, "exchanges")?;
+        let (exchanges, rest) = postcard::take_from_bytes(rest).map_err(corrupt)?;
+        // Format 7: the same exchanges, nothing after them.
+        if version != FORMAT_VERSION || rest.is_empty() {
+            return Ok(Self {
+                exchanges,
+                endpoints: Vec::new(),
+                stream_ids: Vec::new(),
+            });
         }
+        let (endpoints, rest) = postcard::take_from_bytes(rest).map_err(corrupt)?;
+        // Written before HTTP/2 stream ids were: no HTTP/2 exchange in it.
+        let stream_ids = if rest.is_empty() {
+            Vec::new()
+        } else {
+            postcard::from_bytes(rest).map_err(corrupt)?
+        };
+        Ok(Self {
+            exchanges,
+            endpoints,
+            stream_ids,
+        })
     }
 
     /// The exchanges again, from the key's start time and their session.
@@ -436,9 +460,12 @@ impl<'a> Block<'a> {
         session: &SessionSummary,
     ) -> impl Iterator<Item = Result<StoredExchange, StoreError>> {
         let mut endpoints = self.endpoints.into_iter();
+        let mut stream_ids = self.stream_ids.into_iter();
         self.exchanges.into_iter().map(move |(after, e)| {
             let endpoint = endpoints.next().unwrap_or(Endpoint::FirstPass);
+            let stream_id = stream_ids.next().flatten();
             e.expand(first_ns.saturating_add(after), session, endpoint)
+                .map(|e| StoredExchange { stream_id, ..e })
         })
     }
 }
@@ -494,6 +521,7 @@ mod tests {
             attacks: Vec::new(),
             spec_status: None,
             slow: false,
+            stream_id: None,
             exchange_id: None,
         }
     }

@@ -41,6 +41,7 @@ fn record(ip: &str, at_min: u64, method: &str, uri: &str, status: u16) -> Stored
         server: "10.0.0.1:80".parse().unwrap(),
         forwarding: Default::default(),
         upstream: None,
+        stream_id: None,
         request: Some(Request {
             method: method.into(),
             uri: uri.into(),

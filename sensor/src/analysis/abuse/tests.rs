@@ -76,6 +76,7 @@ fn exchange(call: &Call<'_>) -> Exchange {
         }),
         forwarding: Default::default(),
         upstream: None,
+        stream_id: None,
     }
 }
 

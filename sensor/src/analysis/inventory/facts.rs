@@ -372,6 +372,7 @@ pub(crate) mod tests {
             }),
             forwarding: Default::default(),
             upstream: None,
+            stream_id: None,
         }
     }
 
