@@ -84,6 +84,9 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("python3", "/usr/bin/python3"),
     ("tcpdump", "/usr/bin/tcpdump"),
     ("tshark", "/usr/bin/tshark"),
+    // nghttp: concurrent HTTP/2 streams on one connection (tests/http2_live.rs; curl 7.88
+    // fails multiplexing h2c with prior knowledge).
+    ("nghttp2-client", "/usr/bin/nghttp"),
     // editcap: the import tests cut captures into parts.
     ("wireshark-common", "/usr/bin/editcap"),
     // DNAT rules of the container-host tests (iptables over nf_tables; ip6tables comes with it).
@@ -516,6 +519,7 @@ fn run(release: bool, args: &[String]) -> Result<()> {
 /// The fuzz targets in fuzz/Cargo.toml.
 const FUZZ_TARGETS: &[&str] = &[
     "http_decoder",
+    "http2_decoder",
     "reassembly",
     "pcap_source",
     "proxy_headers",
