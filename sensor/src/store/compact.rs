@@ -557,6 +557,38 @@ mod tests {
     }
 
     #[test]
+    fn http2_stream_ids_round_trip_and_older_blocks_have_none() {
+        let http1 = exchange();
+        let mut h2 = exchange();
+        h2.version = Some("HTTP/2".into());
+        h2.stream_id = Some(13);
+        let (block, first_ns) = Block::new(&[&http1, &h2], &session());
+        let bytes = postcard::to_extend(&block, vec![FORMAT_VERSION]).unwrap();
+        let back: Vec<_> = Block::decode(&bytes)
+            .unwrap()
+            .expand(first_ns, &session())
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(back, vec![http1.clone(), h2]);
+        // A block without HTTP/2 costs one byte more than before, and one written before
+        // stream ids were (exchanges and endpoints only) reads as HTTP/1.x.
+        let (block, first_ns) = Block::new(&[&http1], &session());
+        let bytes = postcard::to_extend(&block, vec![FORMAT_VERSION]).unwrap();
+        let older = postcard::to_extend(
+            &(&block.exchanges, &block.endpoints),
+            vec![FORMAT_VERSION],
+        )
+        .unwrap();
+        assert_eq!(bytes.len(), older.len() + 1);
+        let back: Vec<_> = Block::decode(&older)
+            .unwrap()
+            .expand(first_ns, &session())
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(back, vec![http1]);
+    }
+
+    #[test]
     fn listed_values_round_trip_and_shrink() {
         let e = exchange();
         let s = session();
