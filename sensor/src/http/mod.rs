@@ -214,6 +214,15 @@ pub fn speaks_http(side: Side, first: &[u8]) -> Option<bool> {
     }
 }
 
+/// Whether a 101 answers a request to upgrade to h2c: both name it in `Upgrade`.
+fn upgrades_to_h2c(slot: &Slot, response: &Response) -> bool {
+    let names_h2c = |value: Option<&str>| {
+        value.is_some_and(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case("h2c")))
+    };
+    names_h2c(slot.request.as_ref().and_then(|r| r.meta.header("upgrade")))
+        && names_h2c(response.meta.header("upgrade"))
+}
+
 /// Which side of the connection a stream event belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Side {
@@ -561,6 +570,11 @@ impl HttpConnection {
                 self.response_head_end = base + pos as u64;
             }
             self.handle(side, progress, ts_ns, config, counters, out);
+            if let Protocol::H2(h2) = &mut self.protocol {
+                // Upgraded (h2c): the rest is HTTP/2.
+                h2.data(side, &input[pos..], ts_ns, config, counters, out);
+                return;
+            }
         }
         self.offsets[side as usize] = base + input.len() as u64;
         self.realign();
@@ -636,6 +650,9 @@ impl HttpConnection {
                     self.slots[index].interim.push(status.unwrap_or_default());
                     return;
                 }
+                if status == Some(101) && upgrades_to_h2c(&self.slots[index], &response) {
+                    return self.upgrade_to_h2(index, config, counters, out);
+                }
                 let slot = &mut self.slots[index];
                 response.interim = std::mem::take(&mut slot.interim);
                 let connect_ok = slot.method == MethodKind::Connect
@@ -651,6 +668,36 @@ impl HttpConnection {
                 self.emit_ready(counters, out);
             }
         }
+    }
+
+    /// A 101 that switched the connection to HTTP/2 (RFC 7540 3.2; RFC 9113 dropped it, some
+    /// clients and servers still do it): the upgrading request is stream 1, the 101 an interim
+    /// response on it. Requests before it are emitted; the HTTP/1.x decoders stop.
+    fn upgrade_to_h2(
+        &mut self,
+        index: usize,
+        config: &HttpConfig,
+        counters: &mut HttpCounters,
+        out: &mut Vec<Exchange>,
+    ) {
+        let Some(slot) = self.slots.remove(index) else {
+            return;
+        };
+        for earlier in std::mem::take(&mut self.slots) {
+            self.emit(earlier, counters, out);
+        }
+        self.requests.passthrough();
+        self.responses.passthrough();
+        counters.interim_responses += 1;
+        let h2 = H2Connection::upgraded(
+            self.client,
+            self.server,
+            self.upstream,
+            slot.request.unwrap_or_default(),
+            config,
+            counters,
+        );
+        self.protocol = Protocol::H2(Box::new(h2));
     }
 
     /// Opens a slot for a new request and returns its body framing.

@@ -574,11 +574,9 @@ mod tests {
         // stream ids were (exchanges and endpoints only) reads as HTTP/1.x.
         let (block, first_ns) = Block::new(&[&http1], &session());
         let bytes = postcard::to_extend(&block, vec![FORMAT_VERSION]).unwrap();
-        let older = postcard::to_extend(
-            &(&block.exchanges, &block.endpoints),
-            vec![FORMAT_VERSION],
-        )
-        .unwrap();
+        let older =
+            postcard::to_extend(&(&block.exchanges, &block.endpoints), vec![FORMAT_VERSION])
+                .unwrap();
         assert_eq!(bytes.len(), older.len() + 1);
         let back: Vec<_> = Block::decode(&older)
             .unwrap()

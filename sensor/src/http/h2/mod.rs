@@ -50,6 +50,8 @@ pub fn is_preface(first: &[u8]) -> Option<bool> {
 pub struct H2Connection {
     /// Client's and server's frame readers.
     readers: [FrameReader; 2],
+    /// Bytes of the client's preface still to come before its frames (after an upgrade).
+    preface_left: usize,
     streams: Streams,
 }
 
@@ -101,6 +103,7 @@ impl H2Connection {
         counters.h2_connections += 1;
         Self {
             readers: [FrameReader::default(), FrameReader::default()],
+            preface_left: 0,
             streams: Streams {
                 client,
                 server,
@@ -115,6 +118,31 @@ impl H2Connection {
                 stopped: false,
             },
         }
+    }
+
+    /// A connection an HTTP/1.1 request upgraded (`Upgrade: h2c`, answered 101): that request
+    /// is stream 1, its response comes as HTTP/2, and the client's preface is still to come.
+    pub fn upgraded(
+        client: SocketAddr,
+        server: SocketAddr,
+        upstream: Option<SocketAddr>,
+        request: Request,
+        config: &HttpConfig,
+        counters: &mut HttpCounters,
+    ) -> Self {
+        let mut connection = Self::new(client, server, upstream, config, counters);
+        connection.preface_left = PREFACE.len();
+        connection.streams.newest[Side::Client as usize] = 1;
+        connection.streams.open.insert(
+            1,
+            Stream {
+                request: Some(request),
+                request_done: true,
+                interim: vec![101],
+                ..Stream::default()
+            },
+        );
+        connection
     }
 
     pub fn set_upstream(&mut self, upstream: SocketAddr) {
@@ -164,6 +192,17 @@ impl H2Connection {
     ) {
         if self.streams.stopped {
             return;
+        }
+        let mut bytes = bytes;
+        if side == Side::Client && self.preface_left > 0 {
+            let at = PREFACE.len() - self.preface_left;
+            let take = self.preface_left.min(bytes.len());
+            if bytes[..take] != PREFACE[at..at + take] {
+                counters.h2_protocol_errors += 1;
+                return self.streams.stop(ts_ns, counters, out);
+            }
+            self.preface_left -= take;
+            bytes = &bytes[take..];
         }
         let streams = &mut self.streams;
         self.readers[side as usize].feed(bytes, config.h2_max_frame_bytes, |event| {

@@ -690,3 +690,50 @@ fn push_promises_become_exchanges() {
         ],
     );
 }
+
+#[test]
+fn an_upgrade_to_h2c_switches_the_connection() {
+    let request = b"GET /up HTTP/1.1\r\nHost: api.test\r\nConnection: Upgrade, HTTP2-Settings\r\n\
+                    Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n";
+    let mut server =
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n".to_vec();
+    server.extend(settings());
+    server.extend(status(1, false, "200"));
+    server.extend(data(1, true, b"upgraded"));
+    let mut client = client_start();
+    client.extend(get(3, "/next"));
+    let script = [
+        (Side::Client, request.to_vec()),
+        (Side::Server, server),
+        (Side::Client, client),
+        (Side::Server, status(3, true, "204")),
+    ];
+    let counters = check(
+        &script,
+        &[
+            "Some(1) 1.1 GET /up host=api.test => 200 body=8 after 101",
+            "Some(3) HTTP/2 GET /next host=api.test => 204 body=0",
+        ],
+    );
+    assert_eq!((counters.h2_connections, counters.tunnels), (1, 0));
+    // Not to h2c (a WebSocket): the connection stops being decoded, as before.
+    let (exchanges, counters) = run_pieces(
+        &[
+            (
+                Side::Client,
+                b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n".to_vec(),
+            ),
+            (
+                Side::Server,
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n".to_vec(),
+            ),
+            (Side::Client, client_start()),
+        ],
+        usize::MAX,
+    );
+    assert_eq!(
+        render(&exchanges),
+        ["None 1.1 GET /ws host=a => 101 body=0"]
+    );
+    assert_eq!((counters.h2_connections, counters.tunnels), (0, 1));
+}
