@@ -33,11 +33,14 @@ pub enum HpackError {
     TableTooLarge { size: usize, bound: usize },
 }
 
+/// A header field as decoded: name and value bytes.
+type Field = (Box<[u8]>, Box<[u8]>);
+
 /// The decoding context of one direction: its dynamic table.
 #[derive(Debug)]
 pub struct Decoder {
     /// Newest first: index 62 is `entries[0]`.
-    entries: VecDeque<(Box<[u8]>, Box<[u8]>)>,
+    entries: VecDeque<Field>,
     /// Sum of the entries' sizes as HPACK counts them.
     size: usize,
     /// The table's size limit, as the encoder last set it.
@@ -123,7 +126,7 @@ impl Decoder {
     }
 
     /// A literal field whose name index has a `prefix`-bit prefix.
-    fn literal(&self, input: &mut &[u8], prefix: u8) -> Result<(Box<[u8]>, Box<[u8]>), HpackError> {
+    fn literal(&self, input: &mut &[u8], prefix: u8) -> Result<Field, HpackError> {
         let index = integer(input, prefix)?;
         let name = if index == 0 {
             string(input)?
