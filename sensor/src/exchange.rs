@@ -14,7 +14,7 @@ pub struct MessageMeta {
     pub start_ns: u64,
     /// Wall-clock ns of the last byte (0 while incomplete).
     pub end_ns: u64,
-    /// "1.0", "1.1" or "0.9" (empty until known).
+    /// "1.0", "1.1" or "0.9", or "HTTP/2" (`http::h2::VERSION`; empty until known).
     pub version: &'static str,
     /// The headers the decoder parsed, in order, values decoded lossily as UTF-8. With
     /// `headers`, at most the configured number. Read both through [`Self::all_headers`] or
