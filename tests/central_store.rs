@@ -84,7 +84,7 @@ fn exchange(n: u64, ip: &str, uri: &str, status: u16) -> StoredExchange {
         attacks: Vec::new(),
         spec_status: None,
         slow: false,
-        stream_id: None,
+        http2: None,
         exchange_id: None,
     }
 }

@@ -38,6 +38,9 @@ pub struct MessageMeta {
     /// Framing irregularities the decoder saw (request smuggling signs), for the attack
     /// detector's `protocol` findings.
     pub anomalies: Anomalies,
+    /// gRPC messages (length-prefixed) in the body, counted by the HTTP/2 decoder for gRPC
+    /// calls; None for anything else, or when a gap lost their framing.
+    pub grpc_messages: Option<u32>,
 }
 
 /// Framing irregularities in a message: what request smuggling and parser-differential attacks

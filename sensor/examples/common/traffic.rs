@@ -255,7 +255,7 @@ pub fn exchange(rng: &mut Rng, session: &Session, ts_ns: u64) -> StoredExchange 
         attacks: Vec::new(),
         spec_status: None,
         slow: false,
-        stream_id: None,
+        http2: None,
         exchange_id: None,
     }
 }

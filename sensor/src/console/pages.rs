@@ -804,7 +804,7 @@ mod tests {
             attacks: Vec::new(),
             spec_status: None,
             slow: false,
-            stream_id: None,
+            http2: None,
             exchange_id: None,
         }
     }

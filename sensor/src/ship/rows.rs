@@ -206,8 +206,8 @@ impl ExchangeRow {
                 .as_deref()
                 .and_then(crate::record::SpecStatus::from_name),
             slow: self.slow != 0,
-            // Not a column (yet): central rows carry no HTTP/2 stream id.
-            stream_id: None,
+            // Not columns (yet): central rows carry no HTTP/2 stream or gRPC fields.
+            http2: None,
             exchange_id: crate::store::id_bytes(&self.exchange_id).ok(),
         }
     }
@@ -616,7 +616,7 @@ mod tests {
             attacks: Vec::new(),
             spec_status: None,
             slow: false,
-            stream_id: None,
+            http2: None,
             exchange_id: None,
         }
     }

@@ -16,8 +16,8 @@
 //! stored inline.
 //!
 //! Format 7 blocks (before the endpoints were kept) are read with the first pass as endpoint.
-//! HTTP/2 stream ids come after the endpoints, only in blocks that hold an HTTP/2 exchange:
-//! format 8 blocks written before them end earlier and read as HTTP/1.x.
+//! HTTP/2's fields (stream id, gRPC) come after the endpoints, only in blocks that hold an
+//! HTTP/2 exchange: format 8 blocks written before them end earlier and read as HTTP/1.x.
 
 use std::borrow::Cow;
 
@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use super::{FORMAT_VERSION, SessionSummary, StoreError, StoredExchange, payload};
 use crate::{
     endpoint,
-    record::{Finding, SpecStatus},
+    record::{Finding, Http2Record, SpecStatus},
 };
 
 /// Methods stored by number. Append only: the index is what is stored.
@@ -308,7 +308,7 @@ impl<'a> DiskExchange<'a> {
             spec_status: self.spec_status,
             slow: self.flags & SLOW != 0,
             // Kept beside the exchanges in the block (see `Block`).
-            stream_id: None,
+            http2: None,
         })
     }
 }
@@ -390,9 +390,9 @@ pub(super) struct Block<'a> {
     /// The exchanges' endpoints, in the same order; empty when every one is the first pass
     /// (and in format 7 blocks, which end before it).
     endpoints: Vec<Endpoint<'a>>,
-    /// The exchanges' HTTP/2 stream ids, in the same order; empty when none is HTTP/2 (and in
+    /// The exchanges' HTTP/2 fields, in the same order; empty when none is HTTP/2 (and in
     /// blocks written before HTTP/2 was decoded, which end before it).
-    stream_ids: Vec<Option<u32>>,
+    http2: Vec<Option<Cow<'a, Http2Record>>>,
 }
 
 impl<'a> Block<'a> {
@@ -403,9 +403,12 @@ impl<'a> Block<'a> {
         if endpoints.iter().all(|e| *e == Endpoint::FirstPass) {
             endpoints.clear();
         }
-        let mut stream_ids: Vec<Option<u32>> = exchanges.iter().map(|e| e.stream_id).collect();
-        if stream_ids.iter().all(Option::is_none) {
-            stream_ids.clear();
+        let mut http2: Vec<_> = exchanges
+            .iter()
+            .map(|e| e.http2.as_ref().map(Cow::Borrowed))
+            .collect();
+        if http2.iter().all(Option::is_none) {
+            http2.clear();
         }
         let block = Self {
             exchanges: exchanges
@@ -418,7 +421,7 @@ impl<'a> Block<'a> {
                 })
                 .collect(),
             endpoints,
-            stream_ids,
+            http2,
         };
         (block, first_ns)
     }
@@ -436,12 +439,12 @@ impl<'a> Block<'a> {
             return Ok(Self {
                 exchanges,
                 endpoints: Vec::new(),
-                stream_ids: Vec::new(),
+                http2: Vec::new(),
             });
         }
         let (endpoints, rest) = postcard::take_from_bytes(rest).map_err(corrupt)?;
-        // Written before HTTP/2 stream ids were: no HTTP/2 exchange in it.
-        let stream_ids = if rest.is_empty() {
+        // Written before HTTP/2 was decoded: no HTTP/2 exchange in it.
+        let http2 = if rest.is_empty() {
             Vec::new()
         } else {
             postcard::from_bytes(rest).map_err(corrupt)?
@@ -449,7 +452,7 @@ impl<'a> Block<'a> {
         Ok(Self {
             exchanges,
             endpoints,
-            stream_ids,
+            http2,
         })
     }
 
@@ -460,12 +463,12 @@ impl<'a> Block<'a> {
         session: &SessionSummary,
     ) -> impl Iterator<Item = Result<StoredExchange, StoreError>> {
         let mut endpoints = self.endpoints.into_iter();
-        let mut stream_ids = self.stream_ids.into_iter();
+        let mut http2 = self.http2.into_iter();
         self.exchanges.into_iter().map(move |(after, e)| {
             let endpoint = endpoints.next().unwrap_or(Endpoint::FirstPass);
-            let stream_id = stream_ids.next().flatten();
+            let http2 = http2.next().flatten().map(Cow::into_owned);
             e.expand(first_ns.saturating_add(after), session, endpoint)
-                .map(|e| StoredExchange { stream_id, ..e })
+                .map(|e| StoredExchange { http2, ..e })
         })
     }
 }
@@ -521,7 +524,7 @@ mod tests {
             attacks: Vec::new(),
             spec_status: None,
             slow: false,
-            stream_id: None,
+            http2: None,
             exchange_id: None,
         }
     }
@@ -557,11 +560,16 @@ mod tests {
     }
 
     #[test]
-    fn http2_stream_ids_round_trip_and_older_blocks_have_none() {
+    fn http2_fields_round_trip_and_older_blocks_have_none() {
         let http1 = exchange();
         let mut h2 = exchange();
         h2.version = Some("HTTP/2".into());
-        h2.stream_id = Some(13);
+        h2.http2 = Some(Http2Record {
+            stream_id: 13,
+            grpc_status: Some(14),
+            grpc_request_messages: Some(1),
+            grpc_response_messages: Some(0),
+        });
         let (block, first_ns) = Block::new(&[&http1, &h2], &session());
         let bytes = postcard::to_extend(&block, vec![FORMAT_VERSION]).unwrap();
         let back: Vec<_> = Block::decode(&bytes)

@@ -90,6 +90,74 @@ struct Stream {
     response: Option<Response>,
     response_done: bool,
     interim: Vec<u16>,
+    /// A gRPC call's message framing, request's and response's.
+    grpc: Option<[GrpcMessages; 2]>,
+}
+
+impl Stream {
+    /// The message in progress that `side` sends.
+    fn message(&mut self, side: Side) -> Option<&mut MessageMeta> {
+        match side {
+            Side::Client => self
+                .request
+                .as_mut()
+                .filter(|_| !self.request_done)
+                .map(|r| &mut r.meta),
+            Side::Server => self
+                .response
+                .as_mut()
+                .filter(|_| !self.response_done)
+                .map(|r| &mut r.meta),
+        }
+    }
+}
+
+/// Counts gRPC's length-prefixed messages (a flag byte and a 4-byte length, then the message)
+/// in a body however DATA frames cut it.
+#[derive(Debug, Default)]
+struct GrpcMessages {
+    prefix: [u8; 5],
+    prefix_len: usize,
+    /// Bytes of the current message still to come.
+    remaining: u64,
+    messages: u32,
+    /// A gap took bytes: the framing, and so the count, is lost.
+    lost: bool,
+}
+
+impl GrpcMessages {
+    fn feed(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() && !self.lost {
+            if self.remaining > 0 {
+                let take = self.remaining.min(bytes.len() as u64);
+                self.remaining -= take;
+                bytes = &bytes[take as usize..];
+                continue;
+            }
+            let take = (self.prefix.len() - self.prefix_len).min(bytes.len());
+            self.prefix[self.prefix_len..self.prefix_len + take].copy_from_slice(&bytes[..take]);
+            self.prefix_len += take;
+            bytes = &bytes[take..];
+            if self.prefix_len == self.prefix.len() {
+                self.prefix_len = 0;
+                self.messages = self.messages.saturating_add(1);
+                let [_, a, b, c, d] = self.prefix;
+                self.remaining = u64::from(u32::from_be_bytes([a, b, c, d]));
+            }
+        }
+    }
+
+    fn count(&self) -> Option<u32> {
+        (!self.lost).then_some(self.messages)
+    }
+}
+
+/// Whether a request's content type makes it a gRPC call (`application/grpc`, `+proto` etc.).
+fn is_grpc(request: &Request) -> bool {
+    request.meta.header("content-type").is_some_and(|t| {
+        t.get(..16)
+            .is_some_and(|p| p.eq_ignore_ascii_case("application/grpc"))
+    })
 }
 
 impl H2Connection {
@@ -254,8 +322,14 @@ impl Streams {
                 }
             }
             Event::Data(h, bytes) => {
-                if let Some(meta) = self.message(side, h.stream_id) {
+                let Some(stream) = self.open.get_mut(&h.stream_id) else {
+                    return;
+                };
+                if let Some(meta) = stream.message(side) {
                     body(meta, bytes, config, counters);
+                    if let Some(grpc) = &mut stream.grpc {
+                        grpc[side as usize].feed(bytes);
+                    }
                 }
             }
             Event::DataEnd(h) => {
@@ -392,10 +466,12 @@ impl Streams {
                 } else if id % 2 == 1 && self.admit(Side::Client, id, config, counters) {
                     counters.requests += 1;
                     let request = fields.request(block.ts_ns, 0);
+                    let grpc = is_grpc(&request).then(Default::default);
                     self.open.insert(
                         id,
                         Stream {
                             request: Some(request),
+                            grpc,
                             ..Stream::default()
                         },
                     );
@@ -448,19 +524,7 @@ impl Streams {
 
     /// The message in progress that `side` sends on stream `id`.
     fn message(&mut self, side: Side, id: u32) -> Option<&mut MessageMeta> {
-        let stream = self.open.get_mut(&id)?;
-        match side {
-            Side::Client => stream
-                .request
-                .as_mut()
-                .filter(|_| !stream.request_done)
-                .map(|r| &mut r.meta),
-            Side::Server => stream
-                .response
-                .as_mut()
-                .filter(|_| !stream.response_done)
-                .map(|r| &mut r.meta),
-        }
+        self.open.get_mut(&id)?.message(side)
     }
 
     /// `side` ended its half of stream `id`; a stream whose response ended is emitted.
@@ -502,12 +566,18 @@ impl Streams {
         if lost.frame.kind != kind::DATA {
             return;
         }
-        if let Some(meta) = self.message(side, id) {
+        let Some(stream) = self.open.get_mut(&id) else {
+            return;
+        };
+        if let Some(meta) = stream.message(side) {
             meta.body_len += lost.data;
             if !meta.gap {
                 counters.messages_with_gaps += 1;
             }
             meta.gap = true;
+            if let Some(grpc) = &mut stream.grpc {
+                grpc[side as usize].lost |= lost.data > 0;
+            }
         }
         if lost.frame_ended && lost.frame.has(flag::END_STREAM) {
             self.end_message(side, id, ts_ns, counters, out);
@@ -568,7 +638,16 @@ impl Streams {
             mut response,
             response_done,
             interim,
+            grpc,
         } = stream;
+        if let Some([sent, received]) = grpc {
+            if let Some(request) = &mut request {
+                request.meta.grpc_messages = sent.count();
+            }
+            if let Some(response) = &mut response {
+                response.meta.grpc_messages = received.count();
+            }
+        }
         let unfinished = [
             request
                 .as_mut()

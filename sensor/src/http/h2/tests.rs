@@ -737,3 +737,82 @@ fn an_upgrade_to_h2c_switches_the_connection() {
     );
     assert_eq!((counters.h2_connections, counters.tunnels), (0, 1));
 }
+
+#[test]
+fn grpc_messages_are_counted_across_data_frames() {
+    let mut client = client_start();
+    client.extend(headers(
+        1,
+        false,
+        &[
+            (":method", "POST"),
+            (":path", "/echo.Echo/Stream"),
+            (":authority", "g.test"),
+            ("content-type", "application/grpc+proto"),
+        ],
+    ));
+    // Three messages (3, 0 and 300 bytes), their prefixes and bodies cut across frames.
+    let mut messages = vec![0, 0, 0, 0, 3, 1, 2, 3, 0, 0, 0, 0, 0, 1, 0, 0, 1, 44];
+    messages.extend([7; 300]);
+    for (i, piece) in messages.chunks(7).enumerate() {
+        let last = (i + 1) * 7 >= messages.len();
+        client.extend(data(1, last, piece));
+    }
+    let mut server = status(1, false, "200");
+    server.extend(data(1, false, &[0, 0, 0, 0, 1, 9]));
+    server.extend(headers(
+        1,
+        true,
+        &[("grpc-status", "7"), ("grpc-message", "denied")],
+    ));
+    let script = [(Side::Client, client), (Side::Server, server)];
+    for piece in [1, 5, usize::MAX] {
+        let (exchanges, _) = run_pieces(&script, piece);
+        let [exchange] = &exchanges[..] else {
+            panic!("{exchanges:?}");
+        };
+        let (request, response) = (
+            exchange.request.as_ref().unwrap(),
+            exchange.response.as_ref().unwrap(),
+        );
+        assert_eq!(request.meta.grpc_messages, Some(3));
+        assert_eq!(request.meta.body_len, messages.len() as u64);
+        assert_eq!(response.meta.grpc_messages, Some(1));
+        assert_eq!(response.meta.header("grpc-status"), Some("7"));
+        let record = crate::record::StoredExchange::new(
+            exchange,
+            &crate::record::Secret::from_bytes([0; 32]),
+            &crate::record::Redaction::default(),
+        );
+        let json = record.to_json("s");
+        assert_eq!(
+            (
+                &json["stream_id"],
+                &json["grpc_status"],
+                &json["grpc_request_messages"],
+                &json["grpc_response_messages"],
+                &json["endpoint"],
+            ),
+            (
+                &serde_json::json!(1),
+                &serde_json::json!(7),
+                &serde_json::json!(3),
+                &serde_json::json!(1),
+                &serde_json::json!("/echo.Echo/Stream"),
+            )
+        );
+    }
+    // Not gRPC: no count.
+    let mut client = client_start();
+    client.extend(get(1, "/plain"));
+    let mut server = status(1, false, "200");
+    server.extend(data(1, true, &[0, 0, 0, 0, 1, 9]));
+    let (exchanges, _) = run_pieces(
+        &[(Side::Client, client), (Side::Server, server)],
+        usize::MAX,
+    );
+    assert_eq!(
+        exchanges[0].response.as_ref().unwrap().meta.grpc_messages,
+        None
+    );
+}
