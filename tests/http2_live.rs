@@ -10,6 +10,11 @@
 //! streams of one connection. tcpdump captures the same traffic; `import` of that capture must
 //! give the same exchanges, and tshark's HTTP/2 dissector the same (stream, method, path,
 //! status) on each connection.
+//!
+//! gRPC: grpcio's server and client (tests/data/http2/grpc_echo.py, from the PyPI venv that
+//! `cargo xtask setup` installs) make unary, failing, server-streaming and bidirectional calls
+//! on one channel; each is one exchange with its `/echo.Echo/Method` path, `grpc_status` and
+//! message counts as the client saw them.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -402,4 +407,110 @@ fn h2c_streams_are_exchanges_live_and_from_a_capture() {
     assert_eq!(ours, theirs, "ours against tshark's on {}", pcap.display());
     let _ = fs::remove_dir_all(&data_dir);
     let _ = fs::remove_file(&pcap);
+}
+
+/// The PyPI venv's python (`cargo xtask setup` installs grpcio there).
+fn venv_python() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/frameworks/venv/bin/python")
+}
+
+#[test]
+fn grpc_calls_are_exchanges_with_status_and_message_counts() {
+    const GRPC_PORT: u16 = 50051;
+    let net = TestNet::new();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data/http2/grpc_echo.py");
+    let addr = format!("{}:{GRPC_PORT}", net.server_v4);
+    let server = TestNet::command(&net.server_ns, venv_python())
+        .arg(&script)
+        .args(["serve", &addr])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("the PyPI venv with grpcio (`cargo xtask setup`)");
+    let mut server = Stopped(Some(server));
+    let data_dir = std::env::temp_dir().join(format!("apis-grpc-data-{}", net.server_ns));
+    let _ = fs::remove_dir_all(&data_dir);
+    let mut daemon = Stopped(Some(start_daemon(&net, BIN, &[GRPC_PORT], &data_dir)));
+    // The server prints once it listens.
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(server.0.as_mut().unwrap().stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "serving");
+
+    let out = TestNet::command(&net.client_ns, venv_python())
+        .arg(&script)
+        .args(["call", &addr])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // (method, requests, replies, status) as the client saw each call.
+    let calls: Vec<(String, u64, u64, u64)> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (
+                format!("/echo.Echo/{}", f[0]),
+                f[1].parse().unwrap(),
+                f[2].parse().unwrap(),
+                f[3].parse().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(calls.len(), 5, "{calls:?}");
+
+    let recorded = |records: &[serde_json::Value]| -> Vec<(String, u64, u64, u64)> {
+        let mut calls: Vec<(u64, (String, u64, u64, u64))> = records
+            .iter()
+            .map(|r| {
+                let n = |f: &str| r[f].as_u64().unwrap_or(u64::MAX);
+                (
+                    n("stream_id"),
+                    (
+                        r["uri"].as_str().unwrap_or("-").to_owned(),
+                        n("grpc_request_messages"),
+                        n("grpc_response_messages"),
+                        n("grpc_status"),
+                    ),
+                )
+            })
+            .collect();
+        calls.sort();
+        calls.into_iter().map(|(_, c)| c).collect()
+    };
+    wait_until(Duration::from_secs(15), || {
+        recorded(&exported(BIN, &data_dir)).len() >= calls.len()
+    });
+    let mut running = daemon.0.take().unwrap();
+    sh("kill", &["-TERM", &running.id().to_string()]);
+    assert!(running.wait().unwrap().success());
+    let records = exported(BIN, &data_dir);
+    assert_eq!(recorded(&records), calls, "{records:#?}");
+    let ports: BTreeSet<u64> = records
+        .iter()
+        .map(|r| r["client_port"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ports.len(), 1, "one channel, one connection");
+    for r in &records {
+        assert_eq!(r["version"], "HTTP/2", "{r:#}");
+        assert_eq!(r["method"], "POST", "{r:#}");
+        assert_eq!(r["status_code"], 200, "{r:#}");
+        assert_eq!(r["endpoint"], r["uri"], "{r:#}");
+    }
+    let big = records
+        .iter()
+        .filter(|r| r["uri"] == "/echo.Echo/Unary")
+        .map(|r| r["request_body_len"].as_u64().unwrap())
+        .max();
+    assert_eq!(
+        big,
+        Some(5 + 5000),
+        "a message's 5-byte prefix and its 5,000 bytes"
+    );
+    let _ = fs::remove_dir_all(&data_dir);
 }

@@ -117,12 +117,13 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
 /// reused for as long as these lists stay the same. sqlmap (pinned: tests/data/attacks/sqli.txt
 /// is generated from its payload files) is the attack tool of the attack-detection tests.
 /// Stoplight's Prism is the spec-driven mock server of the inventory's public-spec test
-/// (tests/inventory_live.rs).
+/// (tests/inventory_live.rs). grpcio serves and calls gRPC over h2c in tests/http2_live.rs.
 const PYPI_PACKAGES: &[&str] = &[
     "Django~=5.2.0",
     "Flask~=3.1.0",
     "Flask-Login~=0.6.3",
     "sqlmap==1.10.10",
+    "grpcio~=1.85.0",
 ];
 const NPM_PACKAGES: &[&str] = &[
     "express@4",
