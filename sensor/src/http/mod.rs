@@ -16,7 +16,7 @@ use h2::H2Connection;
 use parser::{Framing, Head, Kind, MessageParser, MethodKind, Progress};
 
 use crate::{
-    exchange::{Exchange, Request, Response},
+    exchange::{Exchange, MessageMeta, Request, Response},
     reassembly::StreamEvent,
 };
 
@@ -212,6 +212,23 @@ pub fn speaks_http(side: Side, first: &[u8]) -> Option<bool> {
             }
         }
     }
+}
+
+/// Adds body bytes to a message: all counted in `body_len`, at most `body_cap` kept (the cut
+/// counted once per message).
+fn append_body(
+    meta: &mut MessageMeta,
+    bytes: &[u8],
+    config: &HttpConfig,
+    counters: &mut HttpCounters,
+) {
+    meta.body_len += bytes.len() as u64;
+    let room = config.body_cap.saturating_sub(meta.body.len());
+    if bytes.len() > room && !meta.truncated {
+        meta.truncated = true;
+        counters.bodies_truncated += 1;
+    }
+    meta.body.extend_from_slice(&bytes[..bytes.len().min(room)]);
 }
 
 /// Whether a 101 answers a request to upgrade to h2c: both name it in `Upgrade`.

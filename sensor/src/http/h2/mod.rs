@@ -8,6 +8,10 @@
 //! when RST_STREAM, GOAWAY or the connection's end cut it short. The decoder reads plaintext
 //! bytes: h2c as captured, or h2 once TLS is decrypted, alike.
 //!
+//! A gRPC call (`content-type: application/grpc…`) is such an exchange; its length-prefixed
+//! messages are counted each way, and its `grpc-status` trailer is kept with the response's
+//! headers.
+//!
 //! HPACK state is per connection and cannot be rebuilt from the middle: whatever breaks it (a
 //! gap outside a DATA frame, a header block over the bounds, a decoding error) stops decoding
 //! the connection, counted, rather than risk misreading every later header.
@@ -20,7 +24,7 @@ use std::{collections::BTreeMap, net::SocketAddr};
 use frame::{Event, FrameHeader, FrameReader, Lost, flag, kind};
 use hpack::Decoder;
 
-use super::{HttpConfig, HttpCounters, Side};
+use super::{HttpConfig, HttpCounters, Side, append_body};
 use crate::{
     exchange::{Exchange, HeaderBlock, MessageMeta, Request, Response},
     reassembly::StreamEvent,
@@ -326,7 +330,7 @@ impl Streams {
                     return;
                 };
                 if let Some(meta) = stream.message(side) {
-                    body(meta, bytes, config, counters);
+                    append_body(meta, bytes, config, counters);
                     if let Some(grpc) = &mut stream.grpc {
                         grpc[side as usize].feed(bytes);
                     }
@@ -706,17 +710,6 @@ fn block_fragment(h: FrameHeader, payload: &[u8]) -> Option<(&[u8], Option<u32>)
     }
     let fragment = rest.get(..rest.len().checked_sub(padding)?)?;
     Some((fragment, promised))
-}
-
-/// Adds DATA bytes to a message's body, keeping at most the configured cap.
-fn body(meta: &mut MessageMeta, bytes: &[u8], config: &HttpConfig, counters: &mut HttpCounters) {
-    meta.body_len += bytes.len() as u64;
-    let room = config.body_cap.saturating_sub(meta.body.len());
-    if bytes.len() > room && !meta.truncated {
-        meta.truncated = true;
-        counters.bodies_truncated += 1;
-    }
-    meta.body.extend_from_slice(&bytes[..bytes.len().min(room)]);
 }
 
 /// The fields of one header block, kept within the configured bounds: pseudo-header fields
