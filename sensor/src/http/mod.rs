@@ -410,8 +410,14 @@ impl HttpConnection {
         };
         match (side, event) {
             (Side::Client, StreamEvent::Data { ts_ns, bytes }) => {
-                let (first_ns, mut held) = client.take().unwrap_or((ts_ns, Vec::new()));
-                held.extend_from_slice(&bytes);
+                // Nearly always the first segment tells: taken as it is, not copied.
+                let (first_ns, held) = match client.take() {
+                    Some((first_ns, mut held)) => {
+                        held.extend_from_slice(&bytes);
+                        (first_ns, held)
+                    }
+                    None => (ts_ns, bytes),
+                };
                 match h2::is_preface(&held) {
                     None => {
                         *client = Some((first_ns, held));
@@ -435,15 +441,23 @@ impl HttpConnection {
                         None
                     }
                     Some(false) => {
-                        *client = Some((first_ns, held));
+                        // HTTP/1.x: server bytes held before these go first.
                         self.release(config, counters, out);
-                        None
+                        Some(StreamEvent::Data {
+                            ts_ns: first_ns,
+                            bytes: held,
+                        })
                     }
                 }
             }
             (Side::Server, StreamEvent::Data { ts_ns, bytes }) => {
-                let (first_ns, mut held) = server.take().unwrap_or((ts_ns, Vec::new()));
-                held.extend_from_slice(&bytes);
+                let (first_ns, held) = match server.take() {
+                    Some((first_ns, mut held)) => {
+                        held.extend_from_slice(&bytes);
+                        (first_ns, held)
+                    }
+                    None => (ts_ns, bytes),
+                };
                 let maybe_settings = held.len() < h2::frame::HEADER_LEN
                     || (held[3] == h2::frame::kind::SETTINGS && held[5..9] == [0; 4]);
                 *server = Some((first_ns, held));
