@@ -1,6 +1,6 @@
 //! The HTTP/2 decoder on arbitrary input: HPACK header blocks against a small dynamic table,
-//! and whole conversations (the client's preface, then any frames on either side, with gaps and
-//! ends in between). Nothing may panic, wedge, or let the table outgrow its bound.
+//! and whole conversations (the client's preface, or an HTTP/1.1 upgrade to h2c, then any frames
+//! on either side, with gaps and ends in between). Nothing may panic, wedge, or let the table outgrow its bound.
 #![no_main]
 
 use apisessions::{
@@ -45,8 +45,20 @@ fuzz_target!(|data: &[u8]| {
     let mut connection = HttpConnection::new(client, "10.0.0.1:80".parse().unwrap());
     let mut counters = HttpCounters::default();
     let mut out = Vec::new();
-    let preface = StreamEvent::Data { ts_ns: 0, bytes: PREFACE.to_vec() };
-    connection.on_event(Side::Client, preface, &config, &mut counters, &mut out);
+    // Odd inputs start as an HTTP/1.1 upgrade to h2c, the others with the preface.
+    let start: &[(Side, &[u8])] = if data.first().is_some_and(|b| b & 1 == 1) {
+        &[
+            (Side::Client, b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: h2c\r\n\r\n"),
+            (Side::Server, b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n"),
+            (Side::Client, PREFACE),
+        ]
+    } else {
+        &[(Side::Client, PREFACE)]
+    };
+    for (side, bytes) in start {
+        let event = StreamEvent::Data { ts_ns: 0, bytes: bytes.to_vec() };
+        connection.on_event(*side, event, &config, &mut counters, &mut out);
+    }
     // Records: a control byte (side, kind, length) followed by that many bytes.
     let mut rest = data;
     let mut ts = 0;

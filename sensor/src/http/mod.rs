@@ -40,7 +40,7 @@ pub struct HttpConfig {
     pub h2_max_header_block_bytes: usize,
     /// HTTP/2: largest HPACK dynamic table followed per direction (peers default to 4096).
     pub h2_max_table_bytes: usize,
-    /// HTTP/2: streams followed at once per connection.
+    /// HTTP/2: streams followed at once per connection (nginx allows 128 by default).
     pub h2_max_streams: usize,
 }
 
@@ -55,7 +55,7 @@ impl Default for HttpConfig {
             h2_max_frame_bytes: 64 * 1024,
             h2_max_header_block_bytes: 64 * 1024,
             h2_max_table_bytes: 64 * 1024,
-            h2_max_streams: 256,
+            h2_max_streams: 128,
         }
     }
 }
