@@ -14,8 +14,8 @@ use std::{
 use apisessions::{
     config::CentralSection,
     record::{
-        Assignment, AttackClass, Finding, KeyKind, SessionSignals, SessionSummary, Signal,
-        SignalName, SpecStatus, StoredExchange,
+        Assignment, AttackClass, Finding, Http2Record, KeyKind, SessionSignals, SessionSummary,
+        Signal, SignalName, SpecStatus, StoredExchange,
     },
     ship::{
         CentralError, CentralQuery, Client, ExchangeFilter, Shipper, ShipperSettings,
@@ -85,6 +85,7 @@ fn exchange(n: u64, ip: &str, uri: &str, status: u16) -> StoredExchange {
         spec_status: None,
         slow: false,
         tls: false,
+        http2: None,
         exchange_id: None,
     }
 }
@@ -634,6 +635,13 @@ fn every_exchange_column_survives_the_trip_through_the_server() {
             rule: "r1".into(),
         });
         e.spec_status = Some(SpecStatus::Shadow);
+        // HTTP/2 on every other row, gRPC on some of those.
+        e.http2 = n.is_multiple_of(2).then(|| Http2Record {
+            stream_id: u32::MAX >> 1,
+            grpc_status: (n == 0).then_some(16),
+            grpc_request_messages: (n == 0).then_some(u32::MAX),
+            grpc_response_messages: (n != 4).then_some(0),
+        });
         records.push((e, assignment(n as u8 + 1, Some(text))));
     }
     store.write(&records).unwrap();

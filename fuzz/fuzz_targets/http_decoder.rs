@@ -10,7 +10,14 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     // Small caps so the bounds are reached too.
-    let config = HttpConfig { body_cap: 64, max_head_bytes: 512, max_headers: 8, max_line_bytes: 64, max_pending: 4 };
+    let config = HttpConfig {
+        body_cap: 64,
+        max_head_bytes: 512,
+        max_headers: 8,
+        max_line_bytes: 64,
+        max_pending: 4,
+        ..HttpConfig::default()
+    };
     let mut connection = HttpConnection::new("10.0.0.2:1000".parse().unwrap(), "10.0.0.1:80".parse().unwrap());
     let mut counters = HttpCounters::default();
     let mut out = Vec::new();

@@ -41,6 +41,7 @@ fuzz_target!(|data: &[u8]| {
             forwarding: Default::default(),
             tls: false,
             upstream: None,
+            stream_id: None,
         };
         stage.push(exchange, &mut ready);
     }

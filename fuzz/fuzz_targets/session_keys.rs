@@ -121,6 +121,7 @@ fn exchange(flags: u8, input: &[u8], start_ns: u64) -> Exchange {
         forwarding: Default::default(),
         tls: false,
         upstream: None,
+        stream_id: None,
     }
 }
 

@@ -14,7 +14,7 @@ pub struct MessageMeta {
     pub start_ns: u64,
     /// Wall-clock ns of the last byte (0 while incomplete).
     pub end_ns: u64,
-    /// "1.0", "1.1" or "0.9" (empty until known).
+    /// "1.0", "1.1" or "0.9", or "HTTP/2" (`http::h2::VERSION`; empty until known).
     pub version: &'static str,
     /// The headers the decoder parsed, in order, values decoded lossily as UTF-8. With
     /// `headers`, at most the configured number. Read both through [`Self::all_headers`] or
@@ -38,6 +38,9 @@ pub struct MessageMeta {
     /// Framing irregularities the decoder saw (request smuggling signs), for the attack
     /// detector's `protocol` findings.
     pub anomalies: Anomalies,
+    /// gRPC messages (length-prefixed) in the body, counted by the HTTP/2 decoder for gRPC
+    /// calls; None for anything else, or when a gap lost their framing.
+    pub grpc_messages: Option<u32>,
 }
 
 /// Framing irregularities in a message: what request smuggling and parser-differential attacks
@@ -249,6 +252,8 @@ pub struct Exchange {
     pub upstream: Option<SocketAddr>,
     /// Decoded from TLS plaintext read in the server's TLS library.
     pub tls: bool,
+    /// The HTTP/2 stream the exchange took; None for HTTP/1.x.
+    pub stream_id: Option<u32>,
 }
 
 /// What the proxy stage learned about an exchange: the client a trusted proxy named, and the

@@ -465,7 +465,11 @@ fn har_entry(session_id: &str, e: &StoredExchange) -> serde_json::Value {
                 .collect()
         })
         .unwrap_or_default();
-    let version = format!("HTTP/{}", e.version.as_deref().unwrap_or("1.1"));
+    // HTTP/1.x versions are stored as digits ("1.1"), HTTP/2's whole ("HTTP/2").
+    let version = match e.version.as_deref().unwrap_or("1.1") {
+        whole if whole.starts_with("HTTP/") => whole.to_owned(),
+        digits => format!("HTTP/{digits}"),
+    };
     let (ttfb, duration) = (ms(e.ttfb_us), ms(e.duration_us));
     let request_headers: Vec<serde_json::Value> = [
         header("Host", &e.host),
@@ -573,6 +577,7 @@ mod tests {
             spec_status: None,
             slow: false,
             tls: false,
+            http2: None,
             exchange_id: None,
         }
     }
@@ -714,6 +719,21 @@ mod tests {
                 assert_eq!(first["timings"]["receive"], 1.0);
             }
         }
+    }
+
+    #[test]
+    fn har_versions_of_http1_and_http2() {
+        let mut h2 = sample("/h2", 200);
+        h2.version = Some("HTTP/2".into());
+        let text = export(Format::Har, &[sample("/h1", 200), h2]);
+        let har: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let versions: Vec<&str> = har["log"]["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["request"]["httpVersion"].as_str().unwrap())
+            .collect();
+        assert_eq!(versions, ["HTTP/1.1", "HTTP/2"]);
     }
 
     #[test]

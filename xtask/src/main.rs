@@ -86,6 +86,9 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("python3", "/usr/bin/python3"),
     ("tcpdump", "/usr/bin/tcpdump"),
     ("tshark", "/usr/bin/tshark"),
+    // nghttp: concurrent HTTP/2 streams on one connection (tests/http2_live.rs; curl 7.88
+    // fails multiplexing h2c with prior knowledge).
+    ("nghttp2-client", "/usr/bin/nghttp"),
     // editcap: the import tests cut captures into parts.
     ("wireshark-common", "/usr/bin/editcap"),
     // DNAT rules of the container-host tests (iptables over nf_tables; ip6tables comes with it).
@@ -116,12 +119,13 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
 /// reused for as long as these lists stay the same. sqlmap (pinned: tests/data/attacks/sqli.txt
 /// is generated from its payload files) is the attack tool of the attack-detection tests.
 /// Stoplight's Prism is the spec-driven mock server of the inventory's public-spec test
-/// (tests/inventory_live.rs).
+/// (tests/inventory_live.rs). grpcio serves and calls gRPC over h2c in tests/http2_live.rs.
 const PYPI_PACKAGES: &[&str] = &[
     "Django~=5.2.0",
     "Flask~=3.1.0",
     "Flask-Login~=0.6.3",
     "sqlmap==1.10.10",
+    "grpcio~=1.85.0",
 ];
 const NPM_PACKAGES: &[&str] = &[
     "express@4",
@@ -518,6 +522,7 @@ fn run(release: bool, args: &[String]) -> Result<()> {
 /// The fuzz targets in fuzz/Cargo.toml.
 const FUZZ_TARGETS: &[&str] = &[
     "http_decoder",
+    "http2_decoder",
     "reassembly",
     "pcap_source",
     "proxy_headers",

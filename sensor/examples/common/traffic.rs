@@ -256,6 +256,7 @@ pub fn exchange(rng: &mut Rng, session: &Session, ts_ns: u64) -> StoredExchange 
         spec_status: None,
         slow: false,
         tls: false,
+        http2: None,
         exchange_id: None,
     }
 }

@@ -805,6 +805,7 @@ mod tests {
             spec_status: None,
             slow: false,
             tls: false,
+            http2: None,
             exchange_id: None,
         }
     }

@@ -7,14 +7,16 @@
 //! or incomplete ones when the connection ends.
 
 pub mod content;
+pub mod h2;
 pub mod parser;
 
 use std::{collections::VecDeque, net::SocketAddr};
 
+use h2::H2Connection;
 use parser::{Framing, Head, Kind, MessageParser, MethodKind, Progress};
 
 use crate::{
-    exchange::{Exchange, Request, Response},
+    exchange::{Exchange, MessageMeta, Request, Response},
     reassembly::StreamEvent,
 };
 
@@ -31,6 +33,15 @@ pub struct HttpConfig {
     pub max_line_bytes: usize,
     /// Requests waiting for their response per connection.
     pub max_pending: usize,
+    /// HTTP/2: largest frame other than DATA read (longer ones are skipped by their length;
+    /// a header block among them stops the connection's decoding).
+    pub h2_max_frame_bytes: usize,
+    /// HTTP/2: largest header block (HEADERS and its CONTINUATIONs) decoded.
+    pub h2_max_header_block_bytes: usize,
+    /// HTTP/2: largest HPACK dynamic table followed per direction (peers default to 4096).
+    pub h2_max_table_bytes: usize,
+    /// HTTP/2: streams followed at once per connection (nginx allows 128 by default).
+    pub h2_max_streams: usize,
 }
 
 impl Default for HttpConfig {
@@ -41,6 +52,10 @@ impl Default for HttpConfig {
             max_headers: 128,
             max_line_bytes: 4096,
             max_pending: 64,
+            h2_max_frame_bytes: 64 * 1024,
+            h2_max_header_block_bytes: 64 * 1024,
+            h2_max_table_bytes: 64 * 1024,
+            h2_max_streams: 128,
         }
     }
 }
@@ -75,6 +90,24 @@ pub struct HttpCounters {
     pub pending_overflow: u64,
     /// Streams that never looked like HTTP and were given up on.
     pub not_http_streams: u64,
+    /// Connections that began with the HTTP/2 preface.
+    pub h2_connections: u64,
+    /// HTTP/2 connections joined after their start (HPACK state unknown): skipped.
+    pub h2_midway_skipped: u64,
+    /// HTTP/2 connections whose decoding stopped (one of the causes below, or a gap outside
+    /// a DATA frame): their open streams were emitted as they were, the rest ignored.
+    pub h2_decoding_stopped: u64,
+    pub h2_hpack_errors: u64,
+    pub h2_header_blocks_too_large: u64,
+    /// Frames other than DATA above the bound, skipped by their length.
+    pub h2_frames_too_large: u64,
+    /// Frames out of place (a header block interrupted, a malformed HEADERS, a client push).
+    pub h2_protocol_errors: u64,
+    /// Streams not followed because too many were open on their connection.
+    pub h2_streams_over_limit: u64,
+    pub h2_streams_reset: u64,
+    /// Streams a GOAWAY said were never processed.
+    pub h2_streams_refused: u64,
 }
 
 impl HttpCounters {
@@ -102,6 +135,19 @@ impl HttpCounters {
             ("http09_requests", self.http09_requests),
             ("pending_overflow", self.pending_overflow),
             ("not_http_streams", self.not_http_streams),
+            ("h2_connections", self.h2_connections),
+            ("h2_midway_skipped", self.h2_midway_skipped),
+            ("h2_decoding_stopped", self.h2_decoding_stopped),
+            ("h2_hpack_errors", self.h2_hpack_errors),
+            (
+                "h2_header_blocks_too_large",
+                self.h2_header_blocks_too_large,
+            ),
+            ("h2_frames_too_large", self.h2_frames_too_large),
+            ("h2_protocol_errors", self.h2_protocol_errors),
+            ("h2_streams_over_limit", self.h2_streams_over_limit),
+            ("h2_streams_reset", self.h2_streams_reset),
+            ("h2_streams_refused", self.h2_streams_refused),
         ]
     }
 }
@@ -168,6 +214,32 @@ pub fn speaks_http(side: Side, first: &[u8]) -> Option<bool> {
     }
 }
 
+/// Adds body bytes to a message: all counted in `body_len`, at most `body_cap` kept (the cut
+/// counted once per message).
+fn append_body(
+    meta: &mut MessageMeta,
+    bytes: &[u8],
+    config: &HttpConfig,
+    counters: &mut HttpCounters,
+) {
+    meta.body_len += bytes.len() as u64;
+    let room = config.body_cap.saturating_sub(meta.body.len());
+    if bytes.len() > room && !meta.truncated {
+        meta.truncated = true;
+        counters.bodies_truncated += 1;
+    }
+    meta.body.extend_from_slice(&bytes[..bytes.len().min(room)]);
+}
+
+/// Whether a 101 answers a request to upgrade to h2c: both name it in `Upgrade`.
+fn upgrades_to_h2c(slot: &Slot, response: &Response) -> bool {
+    let names_h2c = |value: Option<&str>| {
+        value.is_some_and(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case("h2c")))
+    };
+    names_h2c(slot.request.as_ref().and_then(|r| r.meta.header("upgrade")))
+        && names_h2c(response.meta.header("upgrade"))
+}
+
 /// Which side of the connection a stream event belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Side {
@@ -211,6 +283,31 @@ pub struct HttpConnection {
     /// The capture lost bytes of this connection: a request or a response missing from an
     /// exchange was most likely lost with them.
     lost_bytes: bool,
+    /// HTTP/1.x or HTTP/2, as the connection's first bytes say.
+    protocol: Protocol,
+}
+
+/// Server bytes held while the client's first bytes may still be the HTTP/2 preface: an
+/// HTTP/2 server may send its SETTINGS first (over TLS it may).
+const MAX_HELD_SERVER_BYTES: usize = 16 * 1024;
+
+/// Which protocol a connection speaks, from its first bytes.
+#[derive(Debug)]
+enum Protocol {
+    /// No client byte seen yet. Holds (time, bytes) of the client's while they are a part of
+    /// the HTTP/2 preface, and of the server's while they may be an HTTP/2 server's first
+    /// frames; both bounded.
+    Undecided {
+        client: Option<(u64, Vec<u8>)>,
+        server: Option<(u64, Vec<u8>)>,
+    },
+    /// A direction's start was not seen: the next bytes tell HTTP/2 frames (skipped, their
+    /// HPACK state unknown) from HTTP/1.x.
+    Joined,
+    Http1,
+    H2(Box<H2Connection>),
+    /// HTTP/2 joined after its start: ignored.
+    Skipped,
 }
 
 impl HttpConnection {
@@ -229,17 +326,27 @@ impl HttpConnection {
             unaligned: false,
             seen_from_start: false,
             lost_bytes: false,
+            protocol: Protocol::Undecided {
+                client: None,
+                server: None,
+            },
         }
     }
 
     /// Records where NAT sent the connection (the translated destination).
     pub fn set_upstream(&mut self, upstream: SocketAddr) {
         self.upstream = Some(upstream);
+        if let Protocol::H2(h2) = &mut self.protocol {
+            h2.set_upstream(upstream);
+        }
     }
 
     /// The connection's bytes are TLS plaintext: its exchanges say so.
     pub fn set_tls(&mut self) {
         self.tls = true;
+        if let Protocol::H2(h2) = &mut self.protocol {
+            h2.set_tls();
+        }
     }
 
     /// The connection was seen from its handshake (a SYN of either side): a direction whose
@@ -257,10 +364,162 @@ impl HttpConnection {
 
     /// Both directions stopped decoding (tunnel or not HTTP): no more exchanges can come.
     pub fn is_passthrough(&self) -> bool {
-        self.requests.is_passthrough() && self.responses.is_passthrough()
+        match &self.protocol {
+            Protocol::H2(h2) => h2.is_stopped(),
+            Protocol::Skipped => true,
+            _ => self.requests.is_passthrough() && self.responses.is_passthrough(),
+        }
     }
 
     pub fn on_event(
+        &mut self,
+        side: Side,
+        event: StreamEvent,
+        config: &HttpConfig,
+        counters: &mut HttpCounters,
+        out: &mut Vec<Exchange>,
+    ) {
+        let event = match &mut self.protocol {
+            Protocol::Http1 => event,
+            Protocol::H2(h2) => return h2.on_event(side, event, config, counters, out),
+            Protocol::Skipped => return,
+            Protocol::Undecided { .. } | Protocol::Joined => {
+                match self.detect(side, event, config, counters, out) {
+                    Some(event) => event,
+                    None => return,
+                }
+            }
+        };
+        self.http1_event(side, event, config, counters, out);
+    }
+
+    /// Decides the protocol from the first bytes, holding them while they do not tell yet.
+    /// Returns the event for the HTTP/1.x decoder, if it is one.
+    fn detect(
+        &mut self,
+        side: Side,
+        event: StreamEvent,
+        config: &HttpConfig,
+        counters: &mut HttpCounters,
+        out: &mut Vec<Exchange>,
+    ) -> Option<StreamEvent> {
+        if let Protocol::Joined = self.protocol {
+            if let StreamEvent::Data { bytes, .. } = &event {
+                if h2::frame::looks_like_frames(bytes) {
+                    counters.h2_midway_skipped += 1;
+                    self.protocol = Protocol::Skipped;
+                    self.requests.passthrough();
+                    self.responses.passthrough();
+                    return None;
+                }
+                self.protocol = Protocol::Http1;
+            }
+            return Some(event);
+        }
+        let Protocol::Undecided { client, server } = &mut self.protocol else {
+            return Some(event);
+        };
+        match (side, event) {
+            (Side::Client, StreamEvent::Data { ts_ns, bytes }) => {
+                // Nearly always the first segment tells: taken as it is, not copied.
+                let (first_ns, held) = match client.take() {
+                    Some((first_ns, mut held)) => {
+                        held.extend_from_slice(&bytes);
+                        (first_ns, held)
+                    }
+                    None => (ts_ns, bytes),
+                };
+                match h2::is_preface(&held) {
+                    None => {
+                        *client = Some((first_ns, held));
+                        None
+                    }
+                    Some(true) => {
+                        let server = server.take();
+                        let mut h2 = Box::new(H2Connection::new(
+                            self.client,
+                            self.server,
+                            self.upstream,
+                            config,
+                            counters,
+                        ));
+                        if self.tls {
+                            h2.set_tls();
+                        }
+                        if let Some((ts_ns, bytes)) = server {
+                            h2.data(Side::Server, &bytes, ts_ns, config, counters, out);
+                        }
+                        let after = &held[h2::PREFACE.len()..];
+                        h2.data(Side::Client, after, ts_ns, config, counters, out);
+                        self.protocol = Protocol::H2(h2);
+                        None
+                    }
+                    Some(false) => {
+                        // HTTP/1.x: server bytes held before these go first.
+                        self.release(config, counters, out);
+                        Some(StreamEvent::Data {
+                            ts_ns: first_ns,
+                            bytes: held,
+                        })
+                    }
+                }
+            }
+            (Side::Server, StreamEvent::Data { ts_ns, bytes }) => {
+                let (first_ns, held) = match server.take() {
+                    Some((first_ns, mut held)) => {
+                        held.extend_from_slice(&bytes);
+                        (first_ns, held)
+                    }
+                    None => (ts_ns, bytes),
+                };
+                let maybe_settings = held.len() < h2::frame::HEADER_LEN
+                    || (held[3] == h2::frame::kind::SETTINGS && held[5..9] == [0; 4]);
+                *server = Some((first_ns, held));
+                if !maybe_settings
+                    || server
+                        .as_ref()
+                        .is_some_and(|(_, h)| h.len() > MAX_HELD_SERVER_BYTES)
+                {
+                    self.release(config, counters, out);
+                }
+                None
+            }
+            (_, event) => {
+                self.release(config, counters, out);
+                if matches!(event, StreamEvent::Gap { len: None, .. }) {
+                    self.protocol = Protocol::Joined;
+                }
+                Some(event)
+            }
+        }
+    }
+
+    /// HTTP/1.x it is: the bytes held while deciding go to its decoder.
+    fn release(
+        &mut self,
+        config: &HttpConfig,
+        counters: &mut HttpCounters,
+        out: &mut Vec<Exchange>,
+    ) {
+        let held = std::mem::replace(&mut self.protocol, Protocol::Http1);
+        let Protocol::Undecided { client, server } = held else {
+            self.protocol = held;
+            return;
+        };
+        for (side, held) in [(Side::Server, server), (Side::Client, client)] {
+            if let Some((ts_ns, bytes)) = held {
+                self.http1_event(
+                    side,
+                    StreamEvent::Data { ts_ns, bytes },
+                    config,
+                    counters,
+                    out,
+                );
+            }
+        }
+    }
+
+    fn http1_event(
         &mut self,
         side: Side,
         event: StreamEvent,
@@ -356,6 +615,11 @@ impl HttpConnection {
                 self.response_head_end = base + pos as u64;
             }
             self.handle(side, progress, ts_ns, config, counters, out);
+            if let Protocol::H2(h2) = &mut self.protocol {
+                // Upgraded (h2c): the rest is HTTP/2.
+                h2.data(side, &input[pos..], ts_ns, config, counters, out);
+                return;
+            }
         }
         self.offsets[side as usize] = base + input.len() as u64;
         self.realign();
@@ -431,6 +695,9 @@ impl HttpConnection {
                     self.slots[index].interim.push(status.unwrap_or_default());
                     return;
                 }
+                if status == Some(101) && upgrades_to_h2c(&self.slots[index], &response) {
+                    return self.upgrade_to_h2(index, config, counters, out);
+                }
                 let slot = &mut self.slots[index];
                 response.interim = std::mem::take(&mut slot.interim);
                 let connect_ok = slot.method == MethodKind::Connect
@@ -446,6 +713,39 @@ impl HttpConnection {
                 self.emit_ready(counters, out);
             }
         }
+    }
+
+    /// A 101 that switched the connection to HTTP/2 (RFC 7540 3.2; RFC 9113 dropped it, some
+    /// clients and servers still do it): the upgrading request is stream 1, the 101 an interim
+    /// response on it. Requests before it are emitted; the HTTP/1.x decoders stop.
+    fn upgrade_to_h2(
+        &mut self,
+        index: usize,
+        config: &HttpConfig,
+        counters: &mut HttpCounters,
+        out: &mut Vec<Exchange>,
+    ) {
+        let Some(slot) = self.slots.remove(index) else {
+            return;
+        };
+        for earlier in std::mem::take(&mut self.slots) {
+            self.emit(earlier, counters, out);
+        }
+        self.requests.passthrough();
+        self.responses.passthrough();
+        counters.interim_responses += 1;
+        let mut h2 = H2Connection::upgraded(
+            self.client,
+            self.server,
+            self.upstream,
+            slot.request.unwrap_or_default(),
+            config,
+            counters,
+        );
+        if self.tls {
+            h2.set_tls();
+        }
+        self.protocol = Protocol::H2(Box::new(h2));
     }
 
     /// Opens a slot for a new request and returns its body framing.
@@ -592,6 +892,7 @@ impl HttpConnection {
             forwarding: Default::default(),
             upstream: self.upstream,
             tls: self.tls,
+            stream_id: None,
         });
     }
 
@@ -603,6 +904,12 @@ impl HttpConnection {
         counters: &mut HttpCounters,
         out: &mut Vec<Exchange>,
     ) {
+        match &mut self.protocol {
+            Protocol::H2(h2) => return h2.finish(ts_ns, counters, out),
+            Protocol::Skipped => return,
+            Protocol::Undecided { .. } => self.release(config, counters, out),
+            Protocol::Joined | Protocol::Http1 => {}
+        }
         for side in [Side::Client, Side::Server] {
             let after_loss = self.lost_bytes;
             if let Some(progress) = self.parser(side).finish(ts_ns, after_loss, counters) {

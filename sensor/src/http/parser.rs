@@ -404,14 +404,7 @@ impl MessageParser {
     }
 
     fn body(&mut self, bytes: &[u8], config: &HttpConfig, counters: &mut HttpCounters) {
-        let meta = self.meta();
-        meta.body_len += bytes.len() as u64;
-        let room = config.body_cap.saturating_sub(meta.body.len());
-        if bytes.len() > room && !meta.truncated {
-            meta.truncated = true;
-            counters.bodies_truncated += 1;
-        }
-        meta.body.extend_from_slice(&bytes[..bytes.len().min(room)]);
+        super::append_body(self.meta(), bytes, config, counters);
     }
 
     fn complete(&mut self, ts_ns: u64) -> Progress {

@@ -353,6 +353,7 @@ mod tests {
             forwarding: Default::default(),
             tls: false,
             upstream: None,
+            stream_id: None,
         }
     }
 

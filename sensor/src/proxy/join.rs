@@ -372,6 +372,7 @@ mod tests {
             forwarding: Default::default(),
             tls: false,
             upstream: None,
+            stream_id: None,
         }
     }
 

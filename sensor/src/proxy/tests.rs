@@ -33,6 +33,7 @@ fn exchange(peer: &str, server: &str, headers: &[(&str, &str)], start: u64, end:
         forwarding: Default::default(),
         tls: false,
         upstream: None,
+        stream_id: None,
     }
 }
 

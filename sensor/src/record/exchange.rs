@@ -94,6 +94,8 @@ pub struct StoredExchange {
     /// Decoded from TLS plaintext (uprobes on the server's TLS library).
     #[serde(default)]
     pub tls: bool,
+    /// What HTTP/2 adds; None for HTTP/1.x.
+    pub http2: Option<Http2Record>,
     /// Set by `import`: a deterministic id (see `import::ExchangeIds`) by which the store
     /// recognises an exchange it already holds when the same capture is imported again. Not
     /// part of the stored record.
@@ -161,6 +163,7 @@ impl StoredExchange {
             spec_status: None,
             slow: false,
             tls: exchange.tls,
+            http2: Http2Record::of(exchange),
             exchange_id: None,
         }
     }
@@ -208,8 +211,37 @@ impl StoredExchange {
             spec_status: self.spec_status,
             slow: self.slow,
             tls: self.tls,
+            stream_id: self.http2.as_ref().map(|h| h.stream_id),
+            grpc_status: self.http2.as_ref().and_then(|h| h.grpc_status),
+            grpc_request_messages: self.http2.as_ref().and_then(|h| h.grpc_request_messages),
+            grpc_response_messages: self.http2.as_ref().and_then(|h| h.grpc_response_messages),
         };
         serde_json::to_value(&record).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// What an HTTP/2 exchange's record adds to HTTP/1.x's.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Http2Record {
+    pub stream_id: u32,
+    /// A gRPC call's status (`grpc-status`, in the trailers or a trailers-only response).
+    pub grpc_status: Option<u16>,
+    /// Length-prefixed gRPC messages in the request and the response body, for gRPC calls.
+    pub grpc_request_messages: Option<u32>,
+    pub grpc_response_messages: Option<u32>,
+}
+
+impl Http2Record {
+    fn of(exchange: &Exchange) -> Option<Self> {
+        let response = exchange.response.as_ref();
+        Some(Self {
+            stream_id: exchange.stream_id?,
+            grpc_status: response
+                .and_then(|r| r.meta.header("grpc-status"))
+                .and_then(|s| s.trim().parse().ok()),
+            grpc_request_messages: exchange.request.as_ref().and_then(|r| r.meta.grpc_messages),
+            grpc_response_messages: response.and_then(|r| r.meta.grpc_messages),
+        })
     }
 }
 
@@ -333,4 +365,10 @@ pub struct ExchangeRecord<'a> {
     pub slow: bool,
     /// Decoded from TLS plaintext read in the server's TLS library (uprobes).
     pub tls: bool,
+    /// The HTTP/2 stream the exchange took (its `version` is "HTTP/2"); null for HTTP/1.x.
+    pub stream_id: Option<u32>,
+    /// gRPC calls (HTTP/2, `application/grpc`): `grpc-status` and the messages each way.
+    pub grpc_status: Option<u16>,
+    pub grpc_request_messages: Option<u32>,
+    pub grpc_response_messages: Option<u32>,
 }

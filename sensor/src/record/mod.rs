@@ -13,7 +13,7 @@ pub mod session;
 pub mod signals;
 pub mod state;
 
-pub use exchange::{Redaction, SECRET_NAMES, StoredExchange};
+pub use exchange::{Http2Record, Redaction, SECRET_NAMES, StoredExchange};
 pub use findings::{AttackClass, Finding, SpecStatus};
 pub(crate) use secret::hex;
 pub use secret::{Secret, SecretError};

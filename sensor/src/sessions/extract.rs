@@ -277,6 +277,7 @@ mod tests {
             forwarding: Default::default(),
             tls: false,
             upstream: None,
+            stream_id: None,
             request: Some(Request {
                 method: "POST".into(),
                 uri: uri.into(),

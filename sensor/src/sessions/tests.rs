@@ -20,6 +20,7 @@ fn exchange(ip: &str, at: u64, headers: &[(&str, &str)]) -> Exchange {
         forwarding: Default::default(),
         tls: false,
         upstream: None,
+        stream_id: None,
         request: Some(Request {
             method: "GET".into(),
             uri: "/api/items".into(),

@@ -11,7 +11,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::record::{SessionSummary, StoredExchange};
+use crate::record::{Http2Record, SessionSummary, StoredExchange};
 
 /// One exchange of one host.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -68,6 +68,15 @@ pub struct ExchangeRow {
     pub slow: u8,
     #[serde(default)]
     pub tls: u8,
+    /// HTTP/2's fields (see [`Http2Record`]); null for HTTP/1.x.
+    #[serde(default)]
+    pub stream_id: Option<u32>,
+    #[serde(default)]
+    pub grpc_status: Option<u16>,
+    #[serde(default)]
+    pub grpc_request_messages: Option<u32>,
+    #[serde(default)]
+    pub grpc_response_messages: Option<u32>,
 }
 
 fn empty_array() -> String {
@@ -160,6 +169,10 @@ impl ExchangeRow {
             spec_status: e.spec_status.map(|s| s.name().to_owned()),
             slow: e.slow.into(),
             tls: e.tls.into(),
+            stream_id: e.http2.as_ref().map(|h| h.stream_id),
+            grpc_status: e.http2.as_ref().and_then(|h| h.grpc_status),
+            grpc_request_messages: e.http2.as_ref().and_then(|h| h.grpc_request_messages),
+            grpc_response_messages: e.http2.as_ref().and_then(|h| h.grpc_response_messages),
         }
     }
 
@@ -210,6 +223,12 @@ impl ExchangeRow {
                 .as_deref()
                 .and_then(crate::record::SpecStatus::from_name),
             slow: self.slow != 0,
+            http2: self.stream_id.map(|stream_id| Http2Record {
+                stream_id,
+                grpc_status: self.grpc_status,
+                grpc_request_messages: self.grpc_request_messages,
+                grpc_response_messages: self.grpc_response_messages,
+            }),
             exchange_id: crate::store::id_bytes(&self.exchange_id).ok(),
         }
     }
@@ -222,7 +241,8 @@ pub const EXCHANGE_COLUMNS: &str = "host_id, exchange_id, ts, ts_ns, session_id,
      version, user_agent, referrer, request_content_type, response_content_type, status_code, \
      status_msg, request_body_len, response_body_len, ttfb_ms, duration_ms, request_truncated, \
      response_truncated, gap, joined, upstream_ms, upstream_ip, upstream_port, server_netns, \
-     server_cgroup, params.name, params.value, attacks, spec_status, slow, tls";
+     server_cgroup, params.name, params.value, attacks, spec_status, slow, tls, stream_id, \
+     grpc_status, grpc_request_messages, grpc_response_messages";
 
 /// ClickHouse's RowBinary encoding (the same on 18.16 and current releases): integers and
 /// floats little-endian, a string as its LEB128 length and its bytes (no escaping: any byte
@@ -342,6 +362,10 @@ impl ExchangeRow {
         w.nullable_text(self.spec_status.as_ref());
         w.u8(self.slow);
         w.u8(self.tls);
+        w.nullable(self.stream_id, RowBinary::u32);
+        w.nullable(self.grpc_status, RowBinary::u16);
+        w.nullable(self.grpc_request_messages, RowBinary::u32);
+        w.nullable(self.grpc_response_messages, RowBinary::u32);
     }
 }
 
@@ -620,6 +644,12 @@ mod tests {
             spec_status: None,
             slow: false,
             tls: false,
+            http2: Some(Http2Record {
+                stream_id: 5,
+                grpc_status: Some(0),
+                grpc_request_messages: Some(1),
+                grpc_response_messages: Some(2),
+            }),
             exchange_id: None,
         }
     }

@@ -170,6 +170,32 @@ pub const MIGRATIONS: &[Migration] = &[
             definition: "UInt8 DEFAULT 0",
         }],
     },
+    Migration {
+        version: 5,
+        description: "HTTP/2 stream and gRPC fields of exchanges",
+        steps: &[
+            Step::AddColumn {
+                table: "exchanges",
+                column: "stream_id",
+                definition: "Nullable(UInt32)",
+            },
+            Step::AddColumn {
+                table: "exchanges",
+                column: "grpc_status",
+                definition: "Nullable(UInt16)",
+            },
+            Step::AddColumn {
+                table: "exchanges",
+                column: "grpc_request_messages",
+                definition: "Nullable(UInt32)",
+            },
+            Step::AddColumn {
+                table: "exchanges",
+                column: "grpc_response_messages",
+                definition: "Nullable(UInt32)",
+            },
+        ],
+    },
 ];
 
 /// The version the migrations above lead to.

@@ -16,6 +16,8 @@
 //! stored inline.
 //!
 //! Format 7 blocks (before the endpoints were kept) are read with the first pass as endpoint.
+//! HTTP/2's fields (stream id, gRPC) come after the endpoints, only in blocks that hold an
+//! HTTP/2 exchange: format 8 blocks written before them end earlier and read as HTTP/1.x.
 
 use std::borrow::Cow;
 
@@ -24,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use super::{FORMAT_VERSION, SessionSummary, StoreError, StoredExchange, payload};
 use crate::{
     endpoint,
-    record::{Finding, SpecStatus},
+    record::{Finding, Http2Record, SpecStatus},
 };
 
 /// Methods stored by number. Append only: the index is what is stored.
@@ -308,6 +310,8 @@ impl<'a> DiskExchange<'a> {
             spec_status: self.spec_status,
             slow: self.flags & SLOW != 0,
             tls: self.flags & TLS != 0,
+            // Kept beside the exchanges in the block (see `Block`).
+            http2: None,
         })
     }
 }
@@ -389,6 +393,9 @@ pub(super) struct Block<'a> {
     /// The exchanges' endpoints, in the same order; empty when every one is the first pass
     /// (and in format 7 blocks, which end before it).
     endpoints: Vec<Endpoint<'a>>,
+    /// The exchanges' HTTP/2 fields, in the same order; empty when none is HTTP/2 (and in
+    /// blocks written before HTTP/2 was decoded, which end before it).
+    http2: Vec<Option<Cow<'a, Http2Record>>>,
 }
 
 impl<'a> Block<'a> {
@@ -398,6 +405,13 @@ impl<'a> Block<'a> {
         let mut endpoints: Vec<Endpoint> = exchanges.iter().map(|e| Endpoint::of(e)).collect();
         if endpoints.iter().all(|e| *e == Endpoint::FirstPass) {
             endpoints.clear();
+        }
+        let mut http2: Vec<_> = exchanges
+            .iter()
+            .map(|e| e.http2.as_ref().map(Cow::Borrowed))
+            .collect();
+        if http2.iter().all(Option::is_none) {
+            http2.clear();
         }
         let block = Self {
             exchanges: exchanges
@@ -410,6 +424,7 @@ impl<'a> Block<'a> {
                 })
                 .collect(),
             endpoints,
+            http2,
         };
         (block, first_ns)
     }
@@ -420,16 +435,28 @@ impl<'a> Block<'a> {
             what: "exchanges",
             reason: e.to_string(),
         };
-        match payload(bytes, "exchanges")? {
-            (FORMAT_VERSION, rest) => postcard::from_bytes(rest).map_err(corrupt),
-            // Format 7: the same exchanges, no endpoints after them.
-            (_, rest) => postcard::from_bytes(rest)
-                .map(|exchanges| Self {
-                    exchanges,
-                    endpoints: Vec::new(),
-                })
-                .map_err(corrupt),
+        let (version, rest) = payload(bytes, "exchanges")?;
+        let (exchanges, rest) = postcard::take_from_bytes(rest).map_err(corrupt)?;
+        // Format 7: the same exchanges, nothing after them.
+        if version != FORMAT_VERSION || rest.is_empty() {
+            return Ok(Self {
+                exchanges,
+                endpoints: Vec::new(),
+                http2: Vec::new(),
+            });
         }
+        let (endpoints, rest) = postcard::take_from_bytes(rest).map_err(corrupt)?;
+        // Written before HTTP/2 was decoded: no HTTP/2 exchange in it.
+        let http2 = if rest.is_empty() {
+            Vec::new()
+        } else {
+            postcard::from_bytes(rest).map_err(corrupt)?
+        };
+        Ok(Self {
+            exchanges,
+            endpoints,
+            http2,
+        })
     }
 
     /// The exchanges again, from the key's start time and their session.
@@ -439,9 +466,12 @@ impl<'a> Block<'a> {
         session: &SessionSummary,
     ) -> impl Iterator<Item = Result<StoredExchange, StoreError>> {
         let mut endpoints = self.endpoints.into_iter();
+        let mut http2 = self.http2.into_iter();
         self.exchanges.into_iter().map(move |(after, e)| {
             let endpoint = endpoints.next().unwrap_or(Endpoint::FirstPass);
+            let http2 = http2.next().flatten().map(Cow::into_owned);
             e.expand(first_ns.saturating_add(after), session, endpoint)
+                .map(|e| StoredExchange { http2, ..e })
         })
     }
 }
@@ -498,6 +528,7 @@ mod tests {
             spec_status: None,
             slow: false,
             tls: false,
+            http2: None,
             exchange_id: None,
         }
     }
@@ -530,6 +561,41 @@ mod tests {
             .collect::<Result<_, _>>()
             .unwrap();
         assert_eq!(back, vec![exchange(), later]);
+    }
+
+    #[test]
+    fn http2_fields_round_trip_and_older_blocks_have_none() {
+        let http1 = exchange();
+        let mut h2 = exchange();
+        h2.version = Some("HTTP/2".into());
+        h2.http2 = Some(Http2Record {
+            stream_id: 13,
+            grpc_status: Some(14),
+            grpc_request_messages: Some(1),
+            grpc_response_messages: Some(0),
+        });
+        let (block, first_ns) = Block::new(&[&http1, &h2], &session());
+        let bytes = postcard::to_extend(&block, vec![FORMAT_VERSION]).unwrap();
+        let back: Vec<_> = Block::decode(&bytes)
+            .unwrap()
+            .expand(first_ns, &session())
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(back, vec![http1.clone(), h2]);
+        // A block without HTTP/2 costs one byte more than before, and one written before
+        // stream ids were (exchanges and endpoints only) reads as HTTP/1.x.
+        let (block, first_ns) = Block::new(&[&http1], &session());
+        let bytes = postcard::to_extend(&block, vec![FORMAT_VERSION]).unwrap();
+        let older =
+            postcard::to_extend(&(&block.exchanges, &block.endpoints), vec![FORMAT_VERSION])
+                .unwrap();
+        assert_eq!(bytes.len(), older.len() + 1);
+        let back: Vec<_> = Block::decode(&older)
+            .unwrap()
+            .expand(first_ns, &session())
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(back, vec![http1]);
     }
 
     #[test]

@@ -381,6 +381,7 @@ mod tests {
                     forwarding: Default::default(),
                     tls: false,
                     upstream: None,
+                    stream_id: None,
                     request: Some(Request {
                         method: "GET".into(),
                         uri: format!("/items/{s}"),

@@ -42,6 +42,7 @@ fn record(ip: &str, at_min: u64, method: &str, uri: &str, status: u16) -> Stored
         forwarding: Default::default(),
         tls: false,
         upstream: None,
+        stream_id: None,
         request: Some(Request {
             method: method.into(),
             uri: uri.into(),

@@ -77,6 +77,7 @@ fn exchange(call: &Call<'_>) -> Exchange {
         forwarding: Default::default(),
         tls: false,
         upstream: None,
+        stream_id: None,
     }
 }
 

@@ -394,6 +394,7 @@ pub(crate) mod tests {
             forwarding: Default::default(),
             tls: false,
             upstream: None,
+            stream_id: None,
         }
     }
 
