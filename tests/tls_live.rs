@@ -86,7 +86,7 @@ impl TlsNginx {
              http {{\n access_log {dir}/access.log;\n client_body_temp_path {dir}/body;\n\
              proxy_temp_path {dir}/proxy;\n fastcgi_temp_path {dir}/fastcgi;\n uwsgi_temp_path {dir}/uwsgi;\n\
              scgi_temp_path {dir}/scgi;\n keepalive_requests 1000;\n default_type application/json;\n\
-             server {{ listen {v4}:{port} ssl; listen [{v6}]:{port} ssl; root {root};\n\
+             server {{ listen {v4}:{port} ssl http2; listen [{v6}]:{port} ssl http2; root {root};\n\
                ssl_certificate {cert}; ssl_certificate_key {key};\n\
                location /uploads/ {{ dav_methods PUT; client_max_body_size 8m; create_full_put_path on; }}\n\
              }}\n}}\n",
@@ -133,8 +133,14 @@ impl Drop for TlsNginx {
 
 /// curl over TLS (HTTP/1.1), all `urls` on one keep-alive connection; what it saw.
 fn curl(net: &TestNet, urls: &[String]) -> Vec<Seen> {
+    curl_with(net, "--http1.1", urls)
+}
+
+/// curl over TLS with a protocol flag (`--http1.1`, `--http2`: ALPN), all `urls` on one
+/// connection; what it saw.
+fn curl_with(net: &TestNet, protocol: &str, urls: &[String]) -> Vec<Seen> {
     let mut cmd = TestNet::command(&net.client_ns, "curl");
-    cmd.args(["-sk", "--http1.1", "-A", "tls-live/1"]);
+    cmd.args(["-sk", protocol, "-A", "tls-live/1"]);
     for url in urls {
         cmd.args(["-o", "/dev/null", url]);
     }
@@ -351,6 +357,11 @@ fn tls_exchanges_are_decoded_once_with_their_connection() {
         &net,
         &[format!("https://{v6}:{TLS_PORT}/user.json?curl=v6")],
     ));
+    // HTTP/2 over TLS (ALPN h2): nginx writes its SETTINGS before it reads the preface.
+    let h2: Vec<String> = (1..=3)
+        .map(|i| format!("https://{v4}:{TLS_PORT}/user.json?h2={i}"))
+        .collect();
+    seen.extend(curl_with(&net, "--http2", &h2));
     let mut python = PythonClient::start(&net, &v4, TLS_PORT);
     seen.extend(python.run("get /user.json?py=1"));
     seen.extend(python.run(&format!("put /uploads/py.bin?py=upload {MIB}")));
@@ -378,7 +389,7 @@ fn tls_exchanges_are_decoded_once_with_their_connection() {
     daemon.stop();
 
     let by_uri = records_by_uri(&data);
-    assert_eq!(seen.len(), 17, "{seen:#?}");
+    assert_eq!(seen.len(), 20, "{seen:#?}");
     for client in &seen {
         let records = by_uri.get(&client.uri).map(Vec::as_slice).unwrap_or(&[]);
         assert_eq!(records.len(), 1, "{}: {records:#?}", client.uri);
@@ -393,7 +404,16 @@ fn tls_exchanges_are_decoded_once_with_their_connection() {
         assert_eq!(r["server_port"], client.server_port, "{r}");
         // (`*_truncated` says the body was longer than the body cap the record keeps.)
         assert_eq!(r["gap"], false, "{r}");
+        let h2 = client.uri.contains("h2=");
+        let version = if h2 { "HTTP/2" } else { "1.1" };
+        assert_eq!(r["version"], version, "{r}");
+        assert_eq!(r["stream_id"].is_u64(), h2, "{r}");
     }
+    // The three HTTP/2 requests took streams 1, 3 and 5 of one connection.
+    let streams: Vec<_> = (1..=3)
+        .map(|i| by_uri[&format!("/user.json?h2={i}")][0]["stream_id"].clone())
+        .collect();
+    assert_eq!(streams, [1, 3, 5]);
     // Nothing else: the exchange before the sensor, and no ciphertext decoded as HTTP.
     let total: usize = by_uri.values().map(Vec::len).sum();
     assert_eq!(total, seen.len(), "{by_uri:#?}");

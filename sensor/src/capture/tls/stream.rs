@@ -232,9 +232,9 @@ impl TlsStreams {
 
     /// Looks the connection up (the addresses the kernel read on its first event, else `/proc`)
     /// and starts its streams. A connection opened after the probes were attached gets a
-    /// handshake, so the decoder knows both directions from their start; one that was open
-    /// before (or first seen writing, which a server's new connection never is) starts
-    /// mid-stream, as a capture that began in its middle.
+    /// handshake, so the decoder knows both directions from their start, whichever side speaks
+    /// first (an HTTP/2 server sends its SETTINGS before it has read the client's preface); one
+    /// that was open before starts mid-stream, as a capture that began in its middle.
     fn open(&mut self, key: (u32, u64), h: &TlsEvent, out: &mut Vec<Plaintext>) -> bool {
         if self.unresolved.get(&key) == Some(&h.fd) {
             return false;
@@ -268,7 +268,7 @@ impl TlsStreams {
         if before {
             self.counters.connections_preexisting += 1;
         }
-        if !before && h.direction == tls::READ && h.chunk_offset == 0 {
+        if !before && h.chunk_offset == 0 {
             out.push(piece(&id, true, h.ts_ns, 0, tcp_flags::SYN, Vec::new(), 0));
             let mut syn_ack = piece(
                 &id,
@@ -547,13 +547,23 @@ mod tests {
         assert!(preexisting.lock().unwrap().is_empty());
     }
 
+    /// An HTTP/2 server writes its SETTINGS before it reads the client's preface: a new
+    /// connection first seen writing still starts with its handshake.
     #[test]
-    fn a_write_first_connection_starts_mid_stream() {
+    fn a_new_connection_first_seen_writing_starts_with_its_handshake() {
         let mut s = streams();
         let mut out = Vec::new();
         s.push(data(0xa, 5, tls::WRITE, 2, 0, b"ok", false), &mut out);
-        assert_eq!(out.len(), 1);
-        assert_eq!(out[0].flags, tcp_flags::PSH);
+        let flags: Vec<u8> = out.iter().map(|p| p.flags).collect();
+        assert_eq!(
+            flags,
+            [
+                tcp_flags::SYN,
+                tcp_flags::SYN | tcp_flags::ACK,
+                tcp_flags::PSH
+            ]
+        );
+        assert_eq!((out[2].src.to_string(), out[2].seq), (SERVER.into(), 1));
     }
 
     /// Arbitrary events (the kernel's bytes are input like any other): no panic, and every
