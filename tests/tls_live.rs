@@ -89,6 +89,7 @@ impl TlsNginx {
              server {{ listen {v4}:{port} ssl http2; listen [{v6}]:{port} ssl http2; root {root};\n\
                ssl_certificate {cert}; ssl_certificate_key {key};\n\
                location /uploads/ {{ dav_methods PUT; client_max_body_size 8m; create_full_put_path on; }}\n\
+               location = /empty {{ return 204; }}\n\
              }}\n}}\n",
             dir = dir.display(),
             v4 = net.server_v4,
@@ -133,14 +134,14 @@ impl Drop for TlsNginx {
 
 /// curl over TLS (HTTP/1.1), all `urls` on one keep-alive connection; what it saw.
 fn curl(net: &TestNet, urls: &[String]) -> Vec<Seen> {
-    curl_with(net, "--http1.1", urls)
+    curl_with(net, &["--http1.1"], urls)
 }
 
-/// curl over TLS with a protocol flag (`--http1.1`, `--http2`: ALPN), all `urls` on one
-/// connection; what it saw.
-fn curl_with(net: &TestNet, protocol: &str, urls: &[String]) -> Vec<Seen> {
+/// curl over TLS with options (`--http1.1`, `--http2`: ALPN; `--parallel`, `-I`), all `urls`
+/// on one connection; what it saw.
+fn curl_with(net: &TestNet, options: &[&str], urls: &[String]) -> Vec<Seen> {
     let mut cmd = TestNet::command(&net.client_ns, "curl");
-    cmd.args(["-sk", protocol, "-A", "tls-live/1"]);
+    cmd.args(["-sk", "-A", "tls-live/1"]).args(options);
     for url in urls {
         cmd.args(["-o", "/dev/null", url]);
     }
@@ -357,11 +358,31 @@ fn tls_exchanges_are_decoded_once_with_their_connection() {
         &net,
         &[format!("https://{v6}:{TLS_PORT}/user.json?curl=v6")],
     ));
-    // HTTP/2 over TLS (ALPN h2): nginx writes its SETTINGS before it reads the preface.
-    let h2: Vec<String> = (1..=3)
+    // HTTP/2 over TLS (ALPN h2): nginx writes its SETTINGS before it reads the preface. Four
+    // concurrent streams on one connection (a 1 MiB download among them), then a HEAD and a
+    // 204 on connections of their own.
+    let mut h2: Vec<String> = (1..=3)
         .map(|i| format!("https://{v4}:{TLS_PORT}/user.json?h2={i}"))
         .collect();
-    seen.extend(curl_with(&net, "--http2", &h2));
+    h2.push(format!("https://{v4}:{TLS_PORT}/mib.bin?h2=big"));
+    let concurrent = curl_with(&net, &["--http2", "--parallel"], &h2);
+    assert!(
+        concurrent
+            .iter()
+            .all(|c| c.client_port == concurrent[0].client_port),
+        "one connection: {concurrent:#?}"
+    );
+    seen.extend(concurrent);
+    seen.extend(curl_with(
+        &net,
+        &["--http2", "-I"],
+        &[format!("https://{v4}:{TLS_PORT}/user.json?h2=head")],
+    ));
+    seen.extend(curl_with(
+        &net,
+        &["--http2"],
+        &[format!("https://{v4}:{TLS_PORT}/empty?h2=204")],
+    ));
     let mut python = PythonClient::start(&net, &v4, TLS_PORT);
     seen.extend(python.run("get /user.json?py=1"));
     seen.extend(python.run(&format!("put /uploads/py.bin?py=upload {MIB}")));
@@ -389,7 +410,7 @@ fn tls_exchanges_are_decoded_once_with_their_connection() {
     daemon.stop();
 
     let by_uri = records_by_uri(&data);
-    assert_eq!(seen.len(), 20, "{seen:#?}");
+    assert_eq!(seen.len(), 23, "{seen:#?}");
     for client in &seen {
         let records = by_uri.get(&client.uri).map(Vec::as_slice).unwrap_or(&[]);
         assert_eq!(records.len(), 1, "{}: {records:#?}", client.uri);
@@ -409,11 +430,16 @@ fn tls_exchanges_are_decoded_once_with_their_connection() {
         assert_eq!(r["version"], version, "{r}");
         assert_eq!(r["stream_id"].is_u64(), h2, "{r}");
     }
-    // The three HTTP/2 requests took streams 1, 3 and 5 of one connection.
-    let streams: Vec<_> = (1..=3)
-        .map(|i| by_uri[&format!("/user.json?h2={i}")][0]["stream_id"].clone())
+    // The four concurrent HTTP/2 requests took streams 1, 3, 5 and 7 of one connection.
+    let mut streams: Vec<u64> = ["/user.json?h2=1", "/user.json?h2=2", "/user.json?h2=3"]
+        .into_iter()
+        .chain(["/mib.bin?h2=big"])
+        .map(|uri| by_uri[uri][0]["stream_id"].as_u64().unwrap())
         .collect();
-    assert_eq!(streams, [1, 3, 5]);
+    streams.sort_unstable();
+    assert_eq!(streams, [1, 3, 5, 7]);
+    assert_eq!(by_uri["/user.json?h2=head"][0]["method"], "HEAD");
+    assert_eq!(by_uri["/empty?h2=204"][0]["status_code"], 204);
     // Nothing else: the exchange before the sensor, and no ciphertext decoded as HTTP.
     let total: usize = by_uri.values().map(Vec::len).sum();
     assert_eq!(total, seen.len(), "{by_uri:#?}");
