@@ -500,6 +500,23 @@ impl Nginx {
     /// phase reads it while nginx runs), or no log at all (the overhead phase: the fastest server
     /// makes the sensor's share look largest).
     pub fn start(net: &Net, dir: &Path, port: u16, workers: u32, log: bool) -> Result<Self> {
+        Self::launch(net, dir, port, workers, log, false)
+    }
+
+    /// The same server over TLS (OpenSSL, a self-signed certificate made with `openssl`), no
+    /// access log: the TLS phase's server.
+    pub fn start_tls(net: &Net, dir: &Path, port: u16, workers: u32) -> Result<Self> {
+        Self::launch(net, dir, port, workers, false, true)
+    }
+
+    fn launch(
+        net: &Net,
+        dir: &Path,
+        port: u16,
+        workers: u32,
+        log: bool,
+        tls: bool,
+    ) -> Result<Self> {
         let _ = fs::remove_dir_all(dir);
         let root = dir.join("root");
         fs::create_dir_all(root.join("static"))
@@ -513,6 +530,29 @@ impl Nginx {
         fs::write(root.join("static/item.json"), item)?;
         fs::write(root.join("static/small.txt"), "hello from nginx\n")?;
         fs::write(root.join("static/page.html"), "<p>page</p>\n".repeat(1365))?;
+        let ssl = if tls {
+            let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+            status(
+                Command::new("openssl")
+                    .args([
+                        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    ])
+                    .args(["-subj", "/CN=apisessions-bench", "-keyout"])
+                    .arg(&key)
+                    .arg("-out")
+                    .arg(&cert)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null()),
+            )
+            .context("making the TLS phase's certificate (openssl)")?;
+            format!(
+                " ssl;\n ssl_certificate {};\n ssl_certificate_key {}",
+                cert.display(),
+                key.display()
+            )
+        } else {
+            String::new()
+        };
         let access_log = log.then(|| dir.join("access.log"));
         let log_line = match &access_log {
             Some(path) => format!("access_log {} bench;", path.display()),
@@ -525,7 +565,7 @@ impl Nginx {
              http {{\n log_format bench '$request_method $request_uri $status';\n {log_line}\n\
              log_not_found off;\n if_modified_since before;\n client_body_temp_path {dir}/body;\n proxy_temp_path {dir}/proxy;\n\
              fastcgi_temp_path {dir}/fastcgi;\n uwsgi_temp_path {dir}/uwsgi;\n scgi_temp_path {dir}/scgi;\n\
-             server {{ listen {ip}:{port} backlog=4096; root {root};\n\
+             server {{ listen {ip}:{port} backlog=4096{ssl}; root {root};\n\
                location /api/items/ {{ default_type application/json;\n\
                  if ($request_method = DELETE) {{ return 204; }}\n\
                  return 200 '{{\"id\":7,\"name\":\"item\",\"tags\":[\"a\",\"b\"]}}'; }}\n\
@@ -548,12 +588,14 @@ impl Nginx {
                 .stdout(Stdio::null()),
         )?;
         let mut nginx = Self { proc, access_log };
-        let probe = format!("http://{}:{port}{OVERHEAD_PATH}", net.server_ip);
+        let scheme = if tls { "https" } else { "http" };
+        let probe = format!("{scheme}://{}:{port}{OVERHEAD_PATH}", net.server_ip);
         wait_for("nginx to answer", Duration::from_secs(15), || {
             nginx.proc.running()
                 && net
                     .client("curl")
-                    .args(["-sf", "-o", "/dev/null", "--max-time", "1", &probe])
+                    // -k: the certificate is the self-signed one above.
+                    .args(["-skf", "-o", "/dev/null", "--max-time", "1", &probe])
                     .stderr(Stdio::null())
                     .status()
                     .is_ok_and(|s| s.success())

@@ -41,6 +41,7 @@ pub(crate) mod offline;
 mod probe;
 mod report;
 mod store;
+mod tls;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -59,9 +60,11 @@ use probe::{BpfProg, Counters, CpuTime, WrkLoad, WrkResult};
 use crate::{binary, is_root, workspace_root};
 
 /// Debian packages the bench needs beyond the tests' (nginx, curl, tcpdump, iproute2): the load
-/// generator, bpftool for the BPF programs' names, tshark for the offline comparison.
+/// generator, bpftool for the BPF programs' names, tshark for the offline comparison, openssl
+/// for the TLS phase's certificate.
 const BENCH_PACKAGES: &[(&str, &str)] = &[
     ("wrk", "/usr/bin/wrk"),
+    ("openssl", "/usr/bin/openssl"),
     ("bpftool", "/usr/sbin/bpftool"),
     ("tshark", "/usr/bin/tshark"),
 ];
@@ -103,6 +106,10 @@ pub struct Options {
     pub baseline_fill: Option<PathBuf>,
     /// Only the hostile-load scenario (hostile.rs) instead of the measurements.
     pub hostile: bool,
+    /// Skip the TLS phase (tls.rs).
+    pub skip_tls: bool,
+    /// Only the TLS phase (no overhead, completeness, offline, store or central phases).
+    pub tls_only: bool,
 }
 
 /// `cargo xtask bench` arguments.
@@ -186,6 +193,14 @@ pub struct BenchArgs {
     /// with --quick).
     #[arg(long, conflicts_with_all = ["baseline", "loopback", "nat", "profile"])]
     hostile: bool,
+    /// Skip the TLS phase: nginx over TLS (OpenSSL) without the sensor and with it following
+    /// the TLS port through its uprobes; the added CPU per TLS request.
+    #[arg(long)]
+    skip_tls: bool,
+    /// Run only the TLS phase (--rounds × 2 runs of --duration seconds); its figures are
+    /// appended to docs/BENCHMARKS.md as an entry of their own (unless --quick).
+    #[arg(long, conflicts_with_all = ["baseline", "profile", "analysis_only", "central_only", "hostile", "nat", "skip_tls"])]
+    tls_only: bool,
 }
 
 impl Options {
@@ -246,6 +261,8 @@ impl Options {
             baseline: executable(args.baseline, "--baseline")?,
             baseline_fill: executable(args.baseline_fill, "--baseline-fill")?,
             hostile: args.hostile,
+            skip_tls: args.skip_tls,
+            tls_only: args.tls_only,
         })
     }
 }
@@ -471,6 +488,9 @@ pub fn run(options: &Options) -> Result<()> {
     if options.hostile {
         return hostile::run(options);
     }
+    if options.tls_only {
+        return tls::run_only(options);
+    }
     if options.store_exchanges > 0 {
         store::build()?;
     }
@@ -512,6 +532,13 @@ pub fn run(options: &Options) -> Result<()> {
 
     let overhead = overhead_phase(options, &net, &work)?;
     let completeness = completeness_phase(options, &net, &work)?;
+    // On a container host (--nat) nginx is behind DNAT; the TLS phase's server is not.
+    let tls = if options.skip_tls || options.nat {
+        None
+    } else {
+        println!("xtask: TLS: nginx over TLS without and with the sensor's uprobes");
+        Some(tls::run(options, &net, &work)?)
+    };
     let topology = describe_topology(options, &net);
     drop(net);
     let offline = if options.offline_exchanges > 0 {
@@ -577,6 +604,7 @@ pub fn run(options: &Options) -> Result<()> {
         store,
         analysis: Some(analysis),
         central,
+        tls,
         elapsed: started.elapsed(),
         baseline_version: options.baseline.as_deref().map(version_of),
     };
@@ -815,7 +843,7 @@ fn overhead_phase(options: &Options, net: &Net, work: &Path) -> Result<OverheadO
                         (Config::Baseline, Some(baseline)) => baseline.clone(),
                         _ => binary(true),
                     };
-                    let (wrk, sensor) = with_sensor(net, work, &program, false, |_| {
+                    let (wrk, sensor) = with_sensor(net, work, &program, false, None, |_| {
                         probe::run_wrk(net, &load(options.duration), &log)
                     })?;
                     (wrk, Some(sensor), None)
@@ -865,7 +893,7 @@ fn profile_sensor(net: &Net, work: &Path, load: &WrkLoad<'_>) -> Result<Vec<(f64
     let data = work.join("perf.data");
     let log = work.join("wrk-profile.txt");
     println!("xtask: profiling the daemon with perf during one more saturation run");
-    with_sensor(net, work, &binary(true), false, |pid| {
+    with_sensor(net, work, &binary(true), false, None, |pid| {
         let mut perf = Proc::spawn(
             "perf record",
             std::process::Command::new("perf")
@@ -968,12 +996,14 @@ fn wait_quiet(limit: Duration) -> Result<f64> {
 }
 
 /// Runs `load` while `PROGRAM run` (this build's `apisessions` or the baseline's) captures, and
-/// measures the daemon over the load window.
+/// measures the daemon over the load window. With `tls_port`, the daemon also follows that
+/// port's TLS server through its uprobes (`--tls-port`), and the load starts once it does.
 fn with_sensor<T>(
     net: &Net,
     work: &Path,
     program: &Path,
     dump: bool,
+    tls_port: Option<u16>,
     load: impl FnOnce(u32) -> Result<T>,
 ) -> Result<(T, SensorRun)> {
     let data_dir = work.join("sensor-data");
@@ -999,6 +1029,12 @@ fn with_sensor<T>(
                     .flatten(),
             )
             .args(["--port", &PORT.to_string()])
+            .args(
+                tls_port
+                    .map(|port| ["--tls-port".to_owned(), port.to_string()])
+                    .into_iter()
+                    .flatten(),
+            )
             .args(["--summary-interval", "0"])
             .args(dump.then_some("--dump"))
             .arg("--data-dir")
@@ -1015,6 +1051,14 @@ fn with_sensor<T>(
             "apisessions exited at start; see {}",
             work.join("sensor.log").display()
         );
+    }
+    if tls_port.is_some() {
+        // The server's master and its workers, found by the daemon's scan of listening sockets.
+        wait_for(
+            "the sensor to follow the TLS server",
+            Duration::from_secs(30),
+            || Counters::read(&data_dir).is_ok_and(|c| c.get("tls", "processes") >= 2),
+        )?;
     }
     let pid = sensor.pid();
     let cpu_before = CpuTime::of(pid)?;
@@ -1167,7 +1211,7 @@ fn completeness_phase(options: &Options, net: &Net, work: &Path) -> Result<Compl
             let script = work.join(format!("mix-{tag}.lua"));
             fs::write(&script, probe::completeness_script(&tag, delay))?;
             let offset = nginx.log_offset()?;
-            let (wrk, sensor) = with_sensor(net, work, &binary(true), true, |_| {
+            let (wrk, sensor) = with_sensor(net, work, &binary(true), true, None, |_| {
                 let result = probe::run_wrk(
                     net,
                     &WrkLoad {

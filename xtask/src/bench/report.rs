@@ -13,6 +13,7 @@ use super::{
     central::CentralOutcome,
     offline::OfflineOutcome,
     store::{StoreLevel, StoreOutcome},
+    tls::TlsOutcome,
 };
 
 /// Where and when the run happened.
@@ -190,6 +191,7 @@ pub struct Report {
     pub store: Option<StoreOutcome>,
     pub analysis: Option<AnalysisOutcome>,
     pub central: Option<CentralOutcome>,
+    pub tls: Option<TlsOutcome>,
     pub elapsed: Duration,
     /// `--version` of the `--baseline` binary.
     pub baseline_version: Option<String>,
@@ -625,15 +627,15 @@ fn summarize_levels(options: &Options, runs: &[CompletenessRun]) -> Vec<LevelSum
 }
 
 /// A target and how the run fared against it.
-struct Target {
-    name: &'static str,
-    target: String,
-    measured: String,
+pub struct Target {
+    pub name: &'static str,
+    pub target: String,
+    pub measured: String,
     /// None: not measured.
-    met: Option<bool>,
+    pub met: Option<bool>,
     /// False when the rounds disagree too much for a verdict either way.
-    conclusive: bool,
-    note: String,
+    pub conclusive: bool,
+    pub note: String,
 }
 
 /// The widest min–max range of a same-round throughput ratio that still allows a verdict from
@@ -860,6 +862,24 @@ fn analysis_target(analysis: Option<&AnalysisOutcome>) -> Target {
     }
 }
 
+/// The targets as the table of a docs/BENCHMARKS.md entry (the verdict with its note).
+pub fn target_table(text: &mut String, targets: &[Target]) -> Result<()> {
+    writeln!(text, "\n| target | goal | measured | verdict |")?;
+    writeln!(text, "|---|---|---|---|")?;
+    for t in targets {
+        writeln!(
+            text,
+            "| {} | {} | {} | {} ({}) |",
+            t.name,
+            t.target,
+            t.measured,
+            verdict(t),
+            t.note
+        )?;
+    }
+    Ok(())
+}
+
 fn verdict(target: &Target) -> &'static str {
     match target.met {
         None => "—",
@@ -883,6 +903,7 @@ impl Report {
             self.central.as_ref(),
         );
         targets.push(analysis_target(self.analysis.as_ref()));
+        super::tls::targets(self.tls.as_ref(), &mut targets);
         let comparisons = self.comparisons();
         let o = &self.options;
         let m = &self.machine;
@@ -1299,6 +1320,10 @@ impl Report {
             writeln!(md, "\n## 5. Central store\n")?;
             central_section(&mut md, central)?;
         }
+        if let Some(tls) = &self.tls {
+            writeln!(md, "\n## 6. TLS\n")?;
+            super::tls::section(&mut md, tls)?;
+        }
         writeln!(md, "\n## Reproduce\n\n```sh\n{}\n```", self.command)?;
 
         let json = json!({
@@ -1383,6 +1408,7 @@ impl Report {
             })),
             "analysis": self.analysis.as_ref().map(AnalysisOutcome::json),
             "central": self.central.as_ref().map(central_json),
+            "tls": self.tls.as_ref().map(super::tls::json),
             "store": self.store.as_ref().map(|store| json!({
                 "show_requests": store.show_requests,
                 "transaction_exchanges": store.transaction_exchanges,
@@ -1439,6 +1465,7 @@ impl Report {
             self.central.as_ref(),
         );
         targets.push(analysis_target(self.analysis.as_ref()));
+        super::tls::targets(self.tls.as_ref(), &mut targets);
         let comparisons = self.comparisons();
         let mut text = match fs::read_to_string(path) {
             Ok(text) => text,
@@ -1597,19 +1624,10 @@ impl Report {
         if let Some(central) = &self.central {
             central_rows(&mut text, central)?;
         }
-        writeln!(text, "\n| target | goal | measured | verdict |")?;
-        writeln!(text, "|---|---|---|---|")?;
-        for t in &targets {
-            writeln!(
-                text,
-                "| {} | {} | {} | {} ({}) |",
-                t.name,
-                t.target,
-                t.measured,
-                verdict(t),
-                t.note
-            )?;
+        if let Some(tls) = &self.tls {
+            super::tls::rows(&mut text, tls)?;
         }
+        target_table(&mut text, &targets)?;
         if let Some(comparisons) = &comparisons {
             // A heading of its own would split this run's entry in two.
             self.write_comparisons(&mut text, "**Against the baseline**", comparisons)?;
@@ -2005,19 +2023,7 @@ pub fn central_only(
         elapsed.as_secs_f64()
     )?;
     central_rows(&mut entry, central)?;
-    writeln!(entry, "\n| target | goal | measured | verdict |")?;
-    writeln!(entry, "|---|---|---|---|")?;
-    for t in &targets {
-        writeln!(
-            entry,
-            "| {} | {} | {} | {} ({}) |",
-            t.name,
-            t.target,
-            t.measured,
-            verdict(t),
-            t.note
-        )?;
-    }
+    target_table(&mut entry, &targets)?;
     let mut md = format!(
         "# apisessions bench (central store), {}\n\n- Commit: {}\n",
         machine.date, machine.commit
@@ -2080,6 +2086,9 @@ const BENCHMARKS_HEADER: &str = concat!(
     "   session at 1M and 10M stored exchanges (generated).\n",
     "5. **Central store**: exchanges per second the shipper moves from the LMDB outbox into a local\n",
     "   `clickhouse-server`, and its lag at a steady 10,000 exchanges per second.\n",
+    "6. **TLS**: the same nginx response over TLS (OpenSSL, keep-alive, 4 connections) without the\n",
+    "   sensor and with it following the TLS port through its uprobes; the added CPU per TLS request\n",
+    "   (nginx's own, where the probes run, plus the daemon's) and which probe placement was used.\n",
     "\n",
     "Each figure is the median (min–max) over the rounds. The full report of a run (every round, the\n",
     "counters, a perf profile of the daemon with `--profile`) is in `target/bench/report.md` and\n",
