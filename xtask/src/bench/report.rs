@@ -1321,7 +1321,7 @@ impl Report {
             central_section(&mut md, central)?;
         }
         if let Some(tls) = &self.tls {
-            writeln!(md, "\n## 6. TLS\n")?;
+            writeln!(md, "\n## 7. TLS\n")?;
             super::tls::section(&mut md, tls)?;
         }
         writeln!(md, "\n## Reproduce\n\n```sh\n{}\n```", self.command)?;
