@@ -7,6 +7,9 @@
 //!   `tls: true`, the status and body lengths the client saw (1 MiB up and down included), and
 //!   the client's own address and port (IPv4 and IPv6);
 //! - keep-alive (curl, Python) and pipelining (two requests in one TLS write);
+//! - HTTP/2 over TLS (ALPN h2): concurrent streams on one connection, HEAD, 204;
+//! - nginx as a TLS reverse proxy in front of a plaintext application on the loopback: one
+//!   exchange per request, the client's hop joined with the proxy's;
 //! - a connection opened before the sensor started is recognised when it is used again;
 //! - a TLS server started after the sensor is found and read;
 //! - the ciphertext on the TLS ports is counted in the kernel, never decoded as HTTP; nothing is
@@ -34,6 +37,9 @@ const TLS_PORT: u16 = 9443;
 const LATE_PORT: u16 = 9444;
 const SMALL: &str = "{\"user\":{\"id\":42,\"name\":\"ada\"}}";
 const MIB: usize = 1 << 20;
+/// The plaintext application behind the main nginx's `/app/` (on the loopback).
+const APP_PORT: u16 = 8081;
+const APP_BODY: &str = "{\"app\":true}";
 
 /// One exchange as the client saw it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -47,14 +53,16 @@ struct Seen {
     server_port: u64,
 }
 
-/// nginx with TLS on `ports` (IPv4 and IPv6), static files and WebDAV PUT, one worker.
+/// nginx with TLS on `ports` (IPv4 and IPv6), static files and WebDAV PUT, one worker; with an
+/// `app` port, also a reverse proxy: `/app/` goes to a plaintext server of its own on that port
+/// of the loopback.
 struct TlsNginx {
     child: Child,
     dir: PathBuf,
 }
 
 impl TlsNginx {
-    fn start(net: &TestNet, name: &str, port: u16) -> Self {
+    fn start(net: &TestNet, name: &str, port: u16, app: Option<u16>) -> Self {
         let dir = std::env::temp_dir().join(format!("apis-tls-{}-{name}", net.server_ns));
         let _ = fs::remove_dir_all(&dir);
         let root = dir.join("root");
@@ -90,7 +98,16 @@ impl TlsNginx {
                ssl_certificate {cert}; ssl_certificate_key {key};\n\
                location /uploads/ {{ dav_methods PUT; client_max_body_size 8m; create_full_put_path on; }}\n\
                location = /empty {{ return 204; }}\n\
-             }}\n}}\n",
+               {proxy}\n\
+             }}\n{app_server}\n}}\n",
+            proxy = app.map_or(String::new(), |p| format!(
+                "location /app/ {{ proxy_pass http://127.0.0.1:{p}; \
+                 proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; }}"
+            )),
+            app_server = app.map_or(String::new(), |p| format!(
+                "server {{ listen 127.0.0.1:{p}; default_type application/json; \
+                 location / {{ return 200 '{APP_BODY}'; }} }}"
+            )),
             dir = dir.display(),
             v4 = net.server_v4,
             v6 = net.server_v6,
@@ -311,7 +328,7 @@ fn records_by_uri(data_dir: &Path) -> BTreeMap<String, Vec<serde_json::Value>> {
 fn tls_exchanges_are_decoded_once_with_their_connection() {
     let net = TestNet::new();
     let data = tempdir("data");
-    let _nginx = TlsNginx::start(&net, "main", TLS_PORT);
+    let _nginx = TlsNginx::start(&net, "main", TLS_PORT, Some(APP_PORT));
     let v4 = net.server_v4.to_string();
     let v6 = format!("[{}]", net.server_v6);
 
@@ -327,8 +344,11 @@ fn tls_exchanges_are_decoded_once_with_their_connection() {
         &[
             "--iface",
             &iface,
+            // The proxy's hop to its application stays on the loopback.
+            "--iface",
+            "lo",
             "--port",
-            "8081",
+            &APP_PORT.to_string(),
             "--tls-port",
             &TLS_PORT.to_string(),
             "--tls-port",
@@ -389,9 +409,20 @@ fn tls_exchanges_are_decoded_once_with_their_connection() {
     seen.extend(python.run("get /mib.bin?py=download"));
     seen.extend(python.run("get /user.json?py=2"));
     seen.extend(python.run("pipeline /user.json?pipe=1 /user.json?pipe=2"));
+    // nginx as a TLS reverse proxy: the client's hop read in its TLS library, the hop to the
+    // application on the loopback through TC; one exchange per request, joined.
+    let proxied: Vec<String> = (1..=2)
+        .map(|i| format!("https://{v4}:{TLS_PORT}/app/item?proxy={i}"))
+        .collect();
+    seen.extend(curl(&net, &proxied));
+    seen.extend(curl_with(
+        &net,
+        &["--http2"],
+        &[format!("https://{v4}:{TLS_PORT}/app/item?h2=proxy")],
+    ));
 
     // A TLS server started after the sensor: found by the next scan.
-    let _late = TlsNginx::start(&net, "late", LATE_PORT);
+    let _late = TlsNginx::start(&net, "late", LATE_PORT, None);
     assert!(
         wait_until(Duration::from_secs(10), || {
             counter(BIN, &data, "tls", "processes") >= 4
@@ -410,7 +441,7 @@ fn tls_exchanges_are_decoded_once_with_their_connection() {
     daemon.stop();
 
     let by_uri = records_by_uri(&data);
-    assert_eq!(seen.len(), 23, "{seen:#?}");
+    assert_eq!(seen.len(), 26, "{seen:#?}");
     for client in &seen {
         let records = by_uri.get(&client.uri).map(Vec::as_slice).unwrap_or(&[]);
         assert_eq!(records.len(), 1, "{}: {records:#?}", client.uri);
@@ -429,6 +460,11 @@ fn tls_exchanges_are_decoded_once_with_their_connection() {
         let version = if h2 { "HTTP/2" } else { "1.1" };
         assert_eq!(r["version"], version, "{r}");
         assert_eq!(r["stream_id"].is_u64(), h2, "{r}");
+        // A proxied request is one exchange: the client's, joined with the proxy's hop to the
+        // application (whose time it keeps as `upstream_ms`).
+        let proxied = client.uri.starts_with("/app/");
+        assert_eq!(r["joined"], proxied, "{r}");
+        assert_eq!(r["upstream_ms"].is_f64(), proxied, "{r}");
     }
     // The four concurrent HTTP/2 requests took streams 1, 3, 5 and 7 of one connection.
     let mut streams: Vec<u64> = ["/user.json?h2=1", "/user.json?h2=2", "/user.json?h2=3"]

@@ -7,7 +7,13 @@
 //! client is one the proxy forwarded it for, the same request body length, and its timing inside
 //! the outer's. The outer one goes on carrying the inner's duration (`upstream_ns`); the inner one is
 //! dropped. An inner exchange whose outer does not come within the window (the proxy's client
-//! side is not captured, e.g. TLS, or the outer took longer) goes on unchanged and is counted.
+//! side is not captured, e.g. TLS in a library the sensor does not read, or the outer took
+//! longer) goes on unchanged and is counted.
+//!
+//! A client's exchange read from TLS plaintext (uprobes in the proxy's TLS library) comes
+//! through another ring than its proxy's hop to the application (TC), so it may arrive first: it
+//! is held for `reorder_ns` after its end, and an upstream exchange that arrives meanwhile is
+//! joined into it the same way.
 //!
 //! Bounds: at most `max_held` exchanges and `max_held_bytes` of them are held; past either the
 //! oldest goes on unjoined (counted). Upstreams none of whose last exchanges could be joined
@@ -36,6 +42,9 @@ pub struct JoinConfig {
     pub unpaired_after: u32,
     /// How long an unpaired upstream's exchanges pass without waiting before it is tried again.
     pub unpaired_for_ns: u64,
+    /// How long a client's exchange read from TLS waits, after its end, for its upstream hop
+    /// from the other ring (both rings are drained every 10 ms).
+    pub reorder_ns: u64,
 }
 
 impl Default for JoinConfig {
@@ -47,6 +56,7 @@ impl Default for JoinConfig {
             slack_ns: 1_000_000,
             unpaired_after: 16,
             unpaired_for_ns: 60_000_000_000,
+            reorder_ns: 200_000_000,
         }
     }
 }
@@ -65,6 +75,17 @@ pub struct JoinCounters {
     pub passed_unpaired: u64,
     /// Exchanges held right now (a gauge).
     pub waiting: u64,
+    /// Clients' exchanges read from TLS, held while their upstream hop may still come through
+    /// the other ring.
+    pub tls_held: u64,
+    /// Of those, joined with an upstream exchange that came after them.
+    pub tls_joined_late: u64,
+}
+
+struct HeldTls {
+    deadline: u64,
+    exchange: Exchange,
+    bytes: usize,
 }
 
 struct Held {
@@ -95,6 +116,10 @@ pub struct Joiner {
     held_bytes: usize,
     seq: u64,
     upstreams: LruCache<SocketAddr, Pairing>,
+    /// Clients' exchanges read from TLS, held until their deadline (arrival order), with their
+    /// size (see [`size_of`]); bounded like the upstream exchanges, on their own.
+    tls_outers: VecDeque<HeldTls>,
+    tls_bytes: usize,
     pub counters: JoinCounters,
 }
 
@@ -114,6 +139,8 @@ impl Joiner {
             upstreams: LruCache::new(
                 std::num::NonZeroUsize::new(MAX_UPSTREAMS).unwrap_or(std::num::NonZeroUsize::MIN),
             ),
+            tls_outers: VecDeque::new(),
+            tls_bytes: 0,
             counters: JoinCounters::default(),
         }
     }
@@ -160,17 +187,78 @@ impl Joiner {
         }
         self.held -= 1;
         self.held_bytes -= inner.bytes;
-        self.counters.joined += 1;
         self.counters.waiting = self.held as u64;
-        self.upstreams
-            .put(inner.exchange.server, Pairing::default());
+        self.absorb(outer, &inner.exchange);
+        true
+    }
+
+    /// `inner` is the hop `outer` made to its upstream: the outer one says so and keeps the
+    /// upstream's time.
+    fn absorb(&mut self, outer: &mut Exchange, inner: &Exchange) {
+        self.counters.joined += 1;
+        self.upstreams.put(inner.server, Pairing::default());
         outer.forwarding.joined = true;
         // Across a chain of proxies the innermost hop's time is kept: the application's.
-        outer.forwarding.upstream_ns = inner
-            .exchange
-            .forwarding
-            .upstream_ns
-            .or_else(|| inner.exchange.duration_ns());
+        outer.forwarding.upstream_ns = inner.forwarding.upstream_ns.or_else(|| inner.duration_ns());
+    }
+
+    /// Holds `outer`, a client's exchange read from TLS that no held upstream exchange fits
+    /// yet, for its upstream hop to come through the other ring.
+    pub fn hold_tls(&mut self, outer: Exchange, out: &mut Vec<Exchange>) {
+        let bytes = size_of(&outer);
+        while self.tls_outers.len() >= self.config.max_held.max(1)
+            || (!self.tls_outers.is_empty() && self.tls_bytes + bytes > self.config.max_held_bytes)
+        {
+            let Some(oldest) = self.pop_tls(0) else {
+                break;
+            };
+            self.counters.unjoined_capacity += 1;
+            out.push(oldest);
+        }
+        self.counters.tls_held += 1;
+        self.tls_bytes += bytes;
+        self.tls_outers.push_back(HeldTls {
+            deadline: outer.end_ns().saturating_add(self.config.reorder_ns),
+            exchange: outer,
+            bytes,
+        });
+    }
+
+    /// Takes the held TLS exchange at `i` out of the queue.
+    fn pop_tls(&mut self, i: usize) -> Option<Exchange> {
+        let held = self.tls_outers.remove(i)?;
+        self.tls_bytes -= held.bytes;
+        Some(held.exchange)
+    }
+
+    /// Joins `inner`, a trusted proxy's upstream exchange forwarded for `clients`, into a held
+    /// client's exchange read from TLS that it fits, and passes that one on; false if none fits.
+    pub fn join_late(
+        &mut self,
+        inner: &Exchange,
+        clients: &[IpAddr],
+        out: &mut Vec<Exchange>,
+    ) -> bool {
+        let slack = self.config.slack_ns;
+        let best = self
+            .tls_outers
+            .iter()
+            .enumerate()
+            .filter(|(_, held)| {
+                clients.contains(&held.exchange.client_addr().ip())
+                    && fits(inner, &held.exchange, slack)
+            })
+            .max_by_key(|(_, held)| {
+                let (status, response_len) = similarity(inner, &held.exchange);
+                (status, response_len, held.exchange.start_ns())
+            })
+            .map(|(i, _)| i);
+        let Some(mut outer) = best.and_then(|i| self.pop_tls(i)) else {
+            return false;
+        };
+        self.absorb(&mut outer, inner);
+        self.counters.tls_joined_late += 1;
+        out.push(outer);
         true
     }
 
@@ -222,6 +310,15 @@ impl Joiner {
 
     /// Passes on, unjoined, every held exchange whose window ended before `now_ns`.
     pub fn expire(&mut self, now_ns: u64, out: &mut Vec<Exchange>) {
+        while self
+            .tls_outers
+            .front()
+            .is_some_and(|held| held.deadline < now_ns)
+        {
+            if let Some(outer) = self.pop_tls(0) {
+                out.push(outer);
+            }
+        }
         while let Some(&(deadline, _, _)) = self.order.front() {
             if deadline >= now_ns {
                 break;
@@ -241,6 +338,8 @@ impl Joiner {
 
     /// Passes on everything held (at the end of the input), counted as timed out.
     pub fn finish(&mut self, out: &mut Vec<Exchange>) {
+        out.extend(self.tls_outers.drain(..).map(|held| held.exchange));
+        self.tls_bytes = 0;
         while !self.order.is_empty() {
             if self.release_front(out).is_some() {
                 self.counters.unjoined_timeout += 1;

@@ -121,12 +121,18 @@ impl ProxyStage {
             return;
         };
         joiner.expire(exchange.end_ns(), ready);
-        joiner.join_into(&mut exchange);
-        if forwarded_for.is_empty() {
-            ready.push(exchange);
+        let joined = joiner.join_into(&mut exchange);
+        if !forwarded_for.is_empty() {
+            // A trusted proxy's upstream hop: joined into its client's exchange if that one,
+            // read from TLS, came first; else it waits for it.
+            if !joiner.join_late(&exchange, &forwarded_for, ready) {
+                joiner.hold(exchange, forwarded_for, ready);
+            }
+        } else if exchange.tls && !joined {
+            // Read from TLS: its upstream hop, if it has one, may still come through TC.
+            joiner.hold_tls(exchange, ready);
         } else {
-            // A trusted proxy's upstream hop: wait for the client's exchange with the proxy.
-            joiner.hold(exchange, forwarded_for, ready);
+            ready.push(exchange);
         }
     }
 
@@ -207,6 +213,8 @@ impl ProxyStage {
             ("join_waiting", join.waiting),
             ("unjoined_timeout", join.unjoined_timeout),
             ("unjoined_capacity", join.unjoined_capacity),
+            ("join_tls_held", join.tls_held),
+            ("join_tls_joined_late", join.tls_joined_late),
             ("join_passed_unpaired", join.passed_unpaired),
         ]);
         list

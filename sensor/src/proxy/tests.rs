@@ -73,7 +73,7 @@ fn a_trusted_peer_names_the_client_and_an_untrusted_one_does_not() {
     );
     assert_eq!(stage.counters.forwarded_clients, 1);
     assert_eq!(stage.counters.forwarded_untrusted, 1);
-    assert_eq!(stage.snapshot().len(), 10);
+    assert_eq!(stage.snapshot().len(), 12);
 }
 
 #[test]
@@ -187,6 +187,75 @@ fn both_hops_give_one_exchange_unless_joining_is_off() {
     assert_eq!(out.len(), 3);
     assert!(out.iter().all(|e| !e.forwarding.joined));
     assert_eq!(out[0].client_addr(), addr("10.200.0.2:0"));
+}
+
+/// A client's exchange read from TLS comes through another ring than its proxy's hop to the
+/// application, and may arrive first: it waits (`reorder_ns`) and the hop is joined into it; a
+/// TLS exchange without a hop goes on once its wait is over.
+#[test]
+fn a_tls_client_exchange_that_arrives_before_its_upstream_hop_is_joined() {
+    let tls = |e: Exchange| Exchange { tls: true, ..e };
+    let mut stage = ProxyStage::new(ProxyConfig::default());
+    let mut ready = Vec::new();
+    stage.push(
+        tls(exchange("10.200.0.2:50000", "10.200.0.1:443", &[], 10, 16)),
+        &mut ready,
+    );
+    assert!(ready.is_empty(), "the TLS exchange waits for its hop");
+    stage.push(
+        exchange(
+            "127.0.0.1:40000",
+            "127.0.0.1:5000",
+            &[("X-Forwarded-For", "10.200.0.2")],
+            11,
+            15,
+        ),
+        &mut ready,
+    );
+    assert_eq!(ready.len(), 1, "joined at once: {ready:?}");
+    assert!(ready[0].tls && ready[0].forwarding.joined);
+    assert_eq!(ready[0].client_addr(), addr("10.200.0.2:50000"));
+    assert_eq!(ready[0].forwarding.upstream_ns, Some(4 * MS));
+
+    // Without a hop: passed on when capture time is past its end and the wait.
+    stage.push(
+        tls(exchange("10.200.0.3:50000", "10.200.0.1:443", &[], 20, 21)),
+        &mut ready,
+    );
+    assert_eq!(ready.len(), 1);
+    stage.expire(21 * MS + JoinConfig::default().reorder_ns - 1, &mut ready);
+    assert_eq!(ready.len(), 1, "still inside its wait");
+    stage.expire(21 * MS + JoinConfig::default().reorder_ns + 1, &mut ready);
+    assert_eq!(ready.len(), 2);
+    assert!(!ready[1].forwarding.joined);
+    let snapshot = stage.snapshot();
+    for counter in [
+        ("joined", 1),
+        ("join_tls_held", 2),
+        ("join_tls_joined_late", 1),
+    ] {
+        assert!(snapshot.contains(&counter), "{counter:?}: {snapshot:?}");
+    }
+
+    // Bounded: past `max_held` the oldest goes on, counted.
+    let mut small = ProxyStage::new(ProxyConfig {
+        join: Some(JoinConfig {
+            max_held: 2,
+            ..JoinConfig::default()
+        }),
+        ..ProxyConfig::default()
+    });
+    let mut ready = Vec::new();
+    for port in [50001, 50002, 50003] {
+        let client = format!("10.200.0.4:{port}");
+        small.push(
+            tls(exchange(&client, "10.200.0.1:443", &[], 30, 31)),
+            &mut ready,
+        );
+    }
+    assert_eq!(ready.len(), 1);
+    assert_eq!(ready[0].client.port(), 50001);
+    assert!(small.snapshot().contains(&("unjoined_capacity", 1)));
 }
 
 #[test]
