@@ -159,6 +159,19 @@ impl TlsCapture {
                         );
                         self.attached.insert(id, attached);
                     }
+                    Err(CaptureError::Permission(_)) if !has_sys_admin() => {
+                        // CAP_PERFMON is not enough: the kernel's uprobe PMU wants
+                        // CAP_SYS_ADMIN, which a daemon that dropped root does not keep.
+                        log::warn!(
+                            "TLS: not probing {}: the kernel attaches uprobes only with \
+                             CAP_SYS_ADMIN, which this daemon does not have (it runs without \
+                             root: `run --user`, the packaged service); run it as root with \
+                             `--user root` to read TLS plaintext. The rest is captured.",
+                            server.library.display()
+                        );
+                        self.attach_errors += 1;
+                        self.refused.insert(id);
+                    }
                     Err(e) => {
                         let cause = std::error::Error::source(&e)
                             .map(|s| format!(": {s}"))
@@ -371,4 +384,14 @@ async fn drain(
     shared.events_malformed += malformed;
     shared.streams = streams.counters.clone();
     true
+}
+
+/// Whether this thread may attach uprobes as far as capabilities go (CAP_SYS_ADMIN).
+fn has_sys_admin() -> bool {
+    caps::has_cap(
+        None,
+        caps::CapSet::Effective,
+        caps::Capability::CAP_SYS_ADMIN,
+    )
+    .unwrap_or(false)
 }
