@@ -341,12 +341,10 @@ impl HttpConnection {
         }
     }
 
-    /// The connection's bytes are TLS plaintext: its exchanges say so.
+    /// The connection's bytes are TLS plaintext: its exchanges say so. Set before its first
+    /// bytes (the flow table does, as it creates the connection), when the protocol is decided.
     pub fn set_tls(&mut self) {
         self.tls = true;
-        if let Protocol::H2(h2) = &mut self.protocol {
-            h2.set_tls();
-        }
     }
 
     /// The connection was seen from its handshake (a SYN of either side): a direction whose
@@ -421,14 +419,7 @@ impl HttpConnection {
         };
         match (side, event) {
             (Side::Client, StreamEvent::Data { ts_ns, bytes }) => {
-                // Nearly always the first segment tells: taken as it is, not copied.
-                let (first_ns, held) = match client.take() {
-                    Some((first_ns, mut held)) => {
-                        held.extend_from_slice(&bytes);
-                        (first_ns, held)
-                    }
-                    None => (ts_ns, bytes),
-                };
+                let (first_ns, held) = held_with(client, ts_ns, bytes);
                 match h2::is_preface(&held) {
                     None => {
                         *client = Some((first_ns, held));
@@ -440,12 +431,10 @@ impl HttpConnection {
                             self.client,
                             self.server,
                             self.upstream,
+                            self.tls,
                             config,
                             counters,
                         ));
-                        if self.tls {
-                            h2.set_tls();
-                        }
                         if let Some((ts_ns, bytes)) = server {
                             h2.data(Side::Server, &bytes, ts_ns, config, counters, out);
                         }
@@ -465,13 +454,7 @@ impl HttpConnection {
                 }
             }
             (Side::Server, StreamEvent::Data { ts_ns, bytes }) => {
-                let (first_ns, held) = match server.take() {
-                    Some((first_ns, mut held)) => {
-                        held.extend_from_slice(&bytes);
-                        (first_ns, held)
-                    }
-                    None => (ts_ns, bytes),
-                };
+                let (first_ns, held) = held_with(server, ts_ns, bytes);
                 let maybe_settings = held.len() < h2::frame::HEADER_LEN
                     || (held[3] == h2::frame::kind::SETTINGS && held[5..9] == [0; 4]);
                 *server = Some((first_ns, held));
@@ -734,17 +717,15 @@ impl HttpConnection {
         self.requests.passthrough();
         self.responses.passthrough();
         counters.interim_responses += 1;
-        let mut h2 = H2Connection::upgraded(
+        let h2 = H2Connection::upgraded(
             self.client,
             self.server,
             self.upstream,
+            self.tls,
             slot.request.unwrap_or_default(),
             config,
             counters,
         );
-        if self.tls {
-            h2.set_tls();
-        }
         self.protocol = Protocol::H2(Box::new(h2));
     }
 
@@ -923,5 +904,17 @@ impl HttpConnection {
     }
 }
 
+/// A direction's first bytes, held while the protocol is undecided, with `bytes` added (when
+/// nothing was held, `bytes` as they are, not copied: nearly always the first segment tells);
+/// with the time of the first of them.
+fn held_with(held: &mut Option<(u64, Vec<u8>)>, ts_ns: u64, bytes: Vec<u8>) -> (u64, Vec<u8>) {
+    match held.take() {
+        Some((first_ns, mut held)) => {
+            held.extend_from_slice(&bytes);
+            (first_ns, held)
+        }
+        None => (ts_ns, bytes),
+    }
+}
 #[cfg(test)]
 mod tests;

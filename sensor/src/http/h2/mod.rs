@@ -167,10 +167,12 @@ fn is_grpc(request: &Request) -> bool {
 }
 
 impl H2Connection {
+    /// `tls`: the bytes are TLS plaintext (read in the server's TLS library).
     pub fn new(
         client: SocketAddr,
         server: SocketAddr,
         upstream: Option<SocketAddr>,
+        tls: bool,
         config: &HttpConfig,
         counters: &mut HttpCounters,
     ) -> Self {
@@ -182,7 +184,7 @@ impl H2Connection {
                 client,
                 server,
                 upstream,
-                tls: false,
+                tls,
                 decoders: [
                     Decoder::new(config.h2_max_table_bytes),
                     Decoder::new(config.h2_max_table_bytes),
@@ -201,11 +203,12 @@ impl H2Connection {
         client: SocketAddr,
         server: SocketAddr,
         upstream: Option<SocketAddr>,
+        tls: bool,
         request: Request,
         config: &HttpConfig,
         counters: &mut HttpCounters,
     ) -> Self {
-        let mut connection = Self::new(client, server, upstream, config, counters);
+        let mut connection = Self::new(client, server, upstream, tls, config, counters);
         connection.preface_left = PREFACE.len();
         connection.streams.newest[Side::Client as usize] = 1;
         connection.streams.open.insert(
@@ -222,11 +225,6 @@ impl H2Connection {
 
     pub fn set_upstream(&mut self, upstream: SocketAddr) {
         self.streams.upstream = Some(upstream);
-    }
-
-    /// The connection's bytes are TLS plaintext: its exchanges say so.
-    pub fn set_tls(&mut self) {
-        self.streams.tls = true;
     }
 
     /// Decoding stopped for good: nothing more can come out of this connection.
