@@ -165,18 +165,11 @@ impl Joiner {
             return false;
         };
         let slack = self.config.slack_ns;
-        let client = outer.client_addr().ip();
         let best = list
             .iter()
             .enumerate()
-            .filter(|(_, held)| {
-                held.clients.contains(&client) && fits(&held.exchange, outer, slack)
-            })
-            .max_by_key(|(_, held)| {
-                let (status, response_len) = similarity(&held.exchange, outer);
-                // The same status and response size first, then the latest start.
-                (status, response_len, held.exchange.start_ns())
-            })
+            .filter(|(_, held)| fits(&held.exchange, &held.clients, outer, slack))
+            .max_by_key(|(_, held)| preference(&held.exchange, outer, &held.exchange))
             .map(|(i, _)| i);
         let Some(i) = best else {
             return false;
@@ -244,14 +237,8 @@ impl Joiner {
             .tls_outers
             .iter()
             .enumerate()
-            .filter(|(_, held)| {
-                clients.contains(&held.exchange.client_addr().ip())
-                    && fits(inner, &held.exchange, slack)
-            })
-            .max_by_key(|(_, held)| {
-                let (status, response_len) = similarity(inner, &held.exchange);
-                (status, response_len, held.exchange.start_ns())
-            })
+            .filter(|(_, held)| fits(inner, clients, &held.exchange, slack))
+            .max_by_key(|(_, held)| preference(inner, &held.exchange, &held.exchange))
             .map(|(i, _)| i);
         let Some(mut outer) = best.and_then(|i| self.pop_tls(i)) else {
             return false;
@@ -386,9 +373,13 @@ impl Joiner {
     }
 }
 
-/// Whether `inner` can be the upstream exchange made for `outer`: same method and target
-/// (the key), same request body length, and its time inside the outer's.
-fn fits(inner: &Exchange, outer: &Exchange, slack: u64) -> bool {
+/// Whether `inner`, forwarded for `clients`, can be the upstream exchange made for `outer`:
+/// the outer's client is one of them, same method and target (the key), same request body
+/// length, and its time inside the outer's.
+fn fits(inner: &Exchange, clients: &[IpAddr], outer: &Exchange, slack: u64) -> bool {
+    if !clients.contains(&outer.client_addr().ip()) {
+        return false;
+    }
     let (Some(inner_request), Some(outer_request)) = (&inner.request, &outer.request) else {
         return false;
     };
@@ -407,13 +398,15 @@ fn fits(inner: &Exchange, outer: &Exchange, slack: u64) -> bool {
     starts_inside && ends_inside
 }
 
-/// (same status, same response body length)
-fn similarity(inner: &Exchange, outer: &Exchange) -> (bool, bool) {
+/// How well a pair that fits matches, greatest best: the same status, then the same response
+/// body length, then the latest start of `held` (the side that waited).
+fn preference(inner: &Exchange, outer: &Exchange, held: &Exchange) -> (bool, bool, u64) {
     let status = |e: &Exchange| e.response.as_ref().map(|r| r.status);
     let length = |e: &Exchange| e.response.as_ref().map(|r| r.meta.body_len);
     (
         status(inner) == status(outer),
         length(inner) == length(outer),
+        held.start_ns(),
     )
 }
 
