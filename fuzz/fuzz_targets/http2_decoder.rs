@@ -8,9 +8,12 @@ use apisessions::{
         HttpConfig, HttpConnection, HttpCounters, Side,
         h2::{PREFACE, hpack},
     },
-    reassembly::{EndReason, StreamEvent},
+    reassembly::StreamEvent,
 };
 use libfuzzer_sys::fuzz_target;
+
+#[path = "common/conversation.rs"]
+mod conversation;
 
 fuzz_target!(|data: &[u8]| {
     // HPACK alone: blocks of the lengths the control bytes give, one context, as a connection
@@ -59,22 +62,12 @@ fuzz_target!(|data: &[u8]| {
         let event = StreamEvent::Data { ts_ns: 0, bytes: bytes.to_vec() };
         connection.on_event(*side, event, &config, &mut counters, &mut out);
     }
-    // Records: a control byte (side, kind, length) followed by that many bytes.
-    let mut rest = data;
-    let mut ts = 0;
-    while let Some((&control, tail)) = rest.split_first() {
-        ts += 1;
-        let side = if control & 1 == 0 { Side::Client } else { Side::Server };
-        let len = usize::from(control >> 3).min(tail.len());
-        let event = match (control >> 1) & 3 {
-            0 | 1 => StreamEvent::Data { ts_ns: ts, bytes: tail[..len].to_vec() },
-            2 => StreamEvent::Gap { ts_ns: ts, len: (len > 0).then_some(len as u64) },
-            _ => StreamEvent::End { ts_ns: ts, reason: EndReason::Fin },
-        };
+    let events = conversation::events(data);
+    let end = events.len() as u64 + 1;
+    for (side, event) in events {
         connection.on_event(side, event, &config, &mut counters, &mut out);
-        rest = &tail[len..];
     }
-    connection.finish(ts + 1, &config, &mut counters, &mut out);
+    connection.finish(end, &config, &mut counters, &mut out);
     assert!(out.iter().all(|e| e.stream_id.is_some()));
     assert_eq!(counters.h2_connections, 1);
 });
