@@ -27,7 +27,7 @@ use std::{
     time::Duration,
 };
 
-use common::{Tcpdump, TestNet, exported, sh, start_daemon, wait_until};
+use common::{Tcpdump, TestNet, exported, sh, spawn_nginx, start_daemon, wait_until};
 
 const BIN: &str = env!("CARGO_BIN_EXE_apisessions");
 const PORT: u16 = 8080;
@@ -64,16 +64,7 @@ impl H2Nginx {
             v4 = net.server_v4,
             root = root.display(),
         );
-        let conf_path = dir.join("nginx.conf");
-        fs::write(&conf_path, conf).unwrap();
-        let child = TestNet::command(&net.server_ns, "/usr/sbin/nginx")
-            .arg("-c")
-            .arg(&conf_path)
-            .arg("-p")
-            .arg(&dir)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("starting nginx (install it: `cargo xtask setup` does, as root)");
+        let child = spawn_nginx(&net.server_ns, &dir, &conf);
         let nginx = Self { child, dir };
         let up = wait_until(Duration::from_secs(10), || {
             curl(

@@ -25,7 +25,7 @@ use std::{
     time::Duration,
 };
 
-use common::{Tcpdump, TestNet, in_namespace, sh, wait_until};
+use common::{Tcpdump, TestNet, in_namespace, sh, spawn_nginx, wait_until};
 
 const APP_PORT: u16 = 5000;
 /// nginx in front of the application.
@@ -111,15 +111,7 @@ impl Host {
             app = forward("app"),
             chain = forward("chain"),
         );
-        fs::write(dir.join("nginx.conf"), conf).unwrap();
-        let nginx = TestNet::command(&net.server_ns, "/usr/sbin/nginx")
-            .arg("-c")
-            .arg(dir.join("nginx.conf"))
-            .arg("-p")
-            .arg(&dir)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("nginx (install it: `cargo xtask setup` does, as root)");
+        let nginx = spawn_nginx(&net.server_ns, &dir, &conf);
         let host = Self { dir, app, nginx };
         let ready = in_namespace(&net.client_ns, || {
             wait_until(Duration::from_secs(10), || {

@@ -26,7 +26,7 @@ use std::{
     time::Duration,
 };
 
-use common::{TestNet, exported, in_namespace, sh, start_daemon, wait_until};
+use common::{TestNet, exported, in_namespace, sh, spawn_nginx, start_daemon, wait_until};
 
 const BIN: &str = env!("CARGO_BIN_EXE_apisessions");
 
@@ -306,15 +306,7 @@ impl Origin {
             d = dir.display(),
             v4 = net.server_v4,
         );
-        fs::write(dir.join("nginx.conf"), conf).unwrap();
-        let child = TestNet::command(&net.server_ns, "/usr/sbin/nginx")
-            .arg("-c")
-            .arg(dir.join("nginx.conf"))
-            .arg("-p")
-            .arg(&dir)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("nginx (install it: `cargo xtask setup` does, as root)");
+        let child = spawn_nginx(&net.server_ns, &dir, &conf);
         Self::started(net, "nginx", port, child, dir)
     }
 

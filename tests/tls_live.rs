@@ -27,7 +27,7 @@ use std::{
     time::Duration,
 };
 
-use common::{TestNet, counter, exported, sh, start_daemon_in, wait_until};
+use common::{TestNet, counter, exported, sh, spawn_nginx, start_daemon_in, wait_until};
 
 const BIN: &str = env!("CARGO_BIN_EXE_apisessions");
 /// Not the default TLS ports: a daemon follows TLS servers in every network namespace (containers
@@ -115,16 +115,7 @@ impl TlsNginx {
             cert = cert.display(),
             key = key.display(),
         );
-        let conf_path = dir.join("nginx.conf");
-        fs::write(&conf_path, conf).unwrap();
-        let child = TestNet::command(&net.server_ns, "/usr/sbin/nginx")
-            .arg("-c")
-            .arg(&conf_path)
-            .arg("-p")
-            .arg(&dir)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("starting nginx (`cargo xtask setup` installs it)");
+        let child = spawn_nginx(&net.server_ns, &dir, &conf);
         let nginx = Self { child, dir };
         // Listening once a TLS client gets an answer.
         let url = format!("https://{}:{port}/user.json", net.server_v4);

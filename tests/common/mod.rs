@@ -191,16 +191,7 @@ impl Nginx {
             v6 = net.server_v6,
             root = root.display(),
         );
-        let conf_path = dir.join("nginx.conf");
-        fs::write(&conf_path, conf).unwrap();
-        let child = TestNet::command(&net.server_ns, nginx_binary())
-            .arg("-c")
-            .arg(&conf_path)
-            .arg("-p")
-            .arg(&dir)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("starting nginx (install it: `cargo xtask setup` does, as root)");
+        let child = spawn_nginx(&net.server_ns, &dir, &conf);
         let nginx = Self { child, root, dir };
         let addr = net.server_addr(false, port);
         let client_ns = net.client_ns.clone();
@@ -222,6 +213,20 @@ impl Drop for Nginx {
         let _ = self.child.wait();
         let _ = fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Writes `conf` as `dir/nginx.conf` and starts nginx on it (prefix `dir`) in namespace `ns`.
+pub fn spawn_nginx(ns: &str, dir: &Path, conf: &str) -> Child {
+    let conf_path = dir.join("nginx.conf");
+    fs::write(&conf_path, conf).unwrap();
+    TestNet::command(ns, nginx_binary())
+        .arg("-c")
+        .arg(&conf_path)
+        .arg("-p")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("starting nginx (install it: `cargo xtask setup` does, as root)")
 }
 
 fn nginx_binary() -> &'static str {
