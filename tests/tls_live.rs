@@ -13,7 +13,10 @@
 //! - a connection opened before the sensor started is recognised when it is used again;
 //! - a TLS server started after the sensor is found and read;
 //! - the ciphertext on the TLS ports is counted in the kernel, never decoded as HTTP; nothing is
-//!   lost, unresolved or cut short.
+//!   lost, unresolved or cut short;
+//! - a daemon that gave up root (`--user nobody`, as the packaged service does) reads a TLS
+//!   server started after it, which it cannot even list: the probes went on the system's
+//!   OpenSSL while it was root, and the kernel picks the server's connections by their port.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -35,6 +38,8 @@ const BIN: &str = env!("CARGO_BIN_EXE_apisessions");
 const TLS_PORT: u16 = 9443;
 /// The server started after the sensor.
 const LATE_PORT: u16 = 9444;
+/// The server started after a daemon without root.
+const UNPRIVILEGED_PORT: u16 = 9445;
 const SMALL: &str = "{\"user\":{\"id\":42,\"name\":\"ada\"}}";
 const MIB: usize = 1 << 20;
 /// The plaintext application behind the main nginx's `/app/` (on the loopback).
@@ -412,7 +417,7 @@ fn tls_exchanges_are_decoded_once_with_their_connection() {
         &[format!("https://{v4}:{TLS_PORT}/app/item?h2=proxy")],
     ));
 
-    // A TLS server started after the sensor: found by the next scan.
+    // A TLS server started after the sensor: read at once, listed by the next scan.
     let _late = TlsNginx::start(&net, "late", LATE_PORT, None);
     assert!(
         wait_until(Duration::from_secs(10), || {
@@ -467,9 +472,13 @@ fn tls_exchanges_are_decoded_once_with_their_connection() {
     assert_eq!(streams, [1, 3, 5, 7]);
     assert_eq!(by_uri["/user.json?h2=head"][0]["method"], "HEAD");
     assert_eq!(by_uri["/empty?h2=204"][0]["status_code"], 204);
-    // Nothing else: the exchange before the sensor, and no ciphertext decoded as HTTP.
+    // Nothing else but the later server's readiness probe (`TlsNginx::start`), read from its
+    // first request: the kernel picks a connection by its port before any scan lists the
+    // server. Not the exchange before the sensor, and no ciphertext decoded as HTTP.
     let total: usize = by_uri.values().map(Vec::len).sum();
-    assert_eq!(total, seen.len(), "{by_uri:#?}");
+    assert_eq!(total, seen.len() + 1, "{by_uri:#?}");
+    assert_eq!(by_uri["/user.json"].len(), 1);
+    assert_eq!(by_uri["/user.json"][0]["server_port"], LATE_PORT);
     assert!(!by_uri.contains_key("/user.json?early=before"));
     // `show` marks them like plaintext flags.
     let session = by_uri["/user.json?curl=1"][0]["session_id"]
@@ -500,6 +509,79 @@ fn tls_exchanges_are_decoded_once_with_their_connection() {
     assert!(counter(BIN, &data, "tls", "libraries") >= 1);
     assert!(counter(BIN, &data, "kernel", "tls_bytes") > 2 * MIB as u64);
     assert!(counter(BIN, &data, "tls", "connections_kernel_addresses") >= 7);
+}
+
+#[test]
+fn a_daemon_without_root_reads_tls_servers_started_after_it() {
+    let net = TestNet::new();
+    let data = tempdir("unprivileged");
+    let daemon = Daemon(Some(start_daemon_in(
+        &net.server_ns,
+        BIN,
+        &[
+            "--iface",
+            &net.server_if,
+            "--tls-port",
+            &UNPRIVILEGED_PORT.to_string(),
+            "--user",
+            "nobody",
+        ],
+        &data,
+    )));
+    assert!(
+        counter(BIN, &data, "tls", "libraries") >= 1,
+        "system OpenSSL probed"
+    );
+    assert_eq!(counter(BIN, &data, "tls", "kernel_port_filter"), 1);
+    // nginx (master and worker as root) after the daemon dropped root: it can list neither.
+    let _nginx = TlsNginx::start(&net, "unprivileged", UNPRIVILEGED_PORT, None);
+    let v4 = net.server_v4.to_string();
+    let mut seen = Vec::new();
+    let keep_alive: Vec<String> = (1..=3)
+        .map(|i| format!("https://{v4}:{UNPRIVILEGED_PORT}/user.json?nobody={i}"))
+        .collect();
+    seen.extend(curl(&net, &keep_alive));
+    seen.extend(curl_with(
+        &net,
+        &["--http2"],
+        &[format!(
+            "https://{v4}:{UNPRIVILEGED_PORT}/mib.bin?nobody=h2"
+        )],
+    ));
+    let mut python = PythonClient::start(&net, &v4, UNPRIVILEGED_PORT);
+    seen.extend(python.run("get /user.json?nobody=py"));
+    drop(python);
+    std::thread::sleep(Duration::from_secs(2));
+    let listed = counter(BIN, &data, "tls", "processes");
+    daemon.stop();
+
+    assert_eq!(listed, 0, "the daemon without root lists no server");
+    let by_uri = records_by_uri(&data);
+    for client in &seen {
+        let records = by_uri.get(&client.uri).map(Vec::as_slice).unwrap_or(&[]);
+        assert_eq!(records.len(), 1, "{}: {records:#?}", client.uri);
+        let r = &records[0];
+        assert_eq!(r["tls"], true, "{r}");
+        assert_eq!(r["status_code"], client.status, "{r}");
+        assert_eq!(r["response_body_len"], client.response_len, "{r}");
+        assert_eq!(r["client_port"], client.client_port, "{r}");
+        assert_eq!(r["server_port"], UNPRIVILEGED_PORT, "{r}");
+        assert_eq!(r["gap"], false, "{r}");
+    }
+    // Beside them only the readiness probe of `TlsNginx::start`; the clients' own side of the
+    // same connections (curl and Python call the same probed library) is skipped.
+    let total: usize = by_uri.values().map(Vec::len).sum();
+    assert_eq!(total, seen.len() + 1, "{by_uri:#?}");
+    assert_eq!(by_uri["/user.json"].len(), 1);
+    assert!(counter(BIN, &data, "tls", "connections_skipped") >= 3);
+    for name in [
+        "ring_full",
+        "unresolved_events",
+        "gap_bytes",
+        "pending_full",
+    ] {
+        assert_eq!(counter(BIN, &data, "tls", name), 0, "tls.{name}");
+    }
 }
 
 fn tempdir(name: &str) -> PathBuf {

@@ -261,6 +261,17 @@ pub mod tls {
     /// Processes whose calls are captured at most (the servers on the TLS ports).
     pub const MAX_PIDS: u32 = 4096;
 
+    /// What the kernel decided of a connection (`TLS_KNOWN` values, by (tgid, `SSL*`)).
+    pub mod verdict {
+        /// Not seen yet (no entry).
+        pub const UNDECIDED: u8 = 0;
+        /// Its calls are captured: a process in `TLS_PIDS`, or a socket on a TLS port.
+        pub const CAPTURED: u8 = 1;
+        /// Its calls are not (a client on this host, another port): the next ones stop at the
+        /// first lookup.
+        pub const SKIPPED: u8 = 2;
+    }
+
     /// `TlsEvent::kind`.
     pub const KIND_DATA: u8 = 0;
     /// The SSL object was freed: its streams end.
@@ -297,14 +308,23 @@ pub mod tls {
         pub rbio_offset: u32,
         pub bio_method_offset: u32,
         pub bio_num_offset: u32,
-        /// `CONFIG_ENABLED` once user space has set everything up; `KERNEL_SOCKETS`.
+        /// `CONFIG_ENABLED` once user space has set everything up; `KERNEL_SOCKETS`,
+        /// `PORT_FILTER`.
         pub flags: u32,
         /// Byte offsets of kernel struct members, indexed by [`koff`].
         pub kernel: [u32; koff::COUNT],
+        /// With `PORT_FILTER`: only sockets in this network namespace (inode number; 0: any).
+        pub netns: u32,
+        pub _pad: u32,
     }
 
     /// `TlsConfig::flags`: the kernel offsets are valid.
     pub const KERNEL_SOCKETS: u32 = 4;
+    /// `TlsConfig::flags` (with `KERNEL_SOCKETS`): a connection is also captured when its
+    /// socket's local port is a TLS port in `PORTS` (and it lives in `TlsConfig::netns`), in
+    /// any process. The kernel then needs no process list, which user space can only keep while
+    /// it may read every process's fds; a daemon that dropped root cannot.
+    pub const PORT_FILTER: u32 = 8;
 
     /// Indexes of `TlsConfig::kernel`: the path task -> files -> fdtable -> file -> socket ->
     /// sock_common (addresses, ports, family) -> net -> ns.inum.
@@ -389,7 +409,7 @@ pub mod tls {
 
     /// Indexes of the per-CPU counters in `TLS_COUNTERS`.
     pub mod counter {
-        /// Read and write calls that returned data, in processes being captured.
+        /// Read and write calls that returned data, in captured connections.
         pub const CALLS: u32 = 0;
         pub const EVENTS_SUBMITTED: u32 = 1;
         pub const BYTES_SUBMITTED: u32 = 2;
@@ -410,7 +430,10 @@ pub mod tls {
         pub const FREES: u32 = 10;
         /// Calls that returned an error or nothing (no data).
         pub const EMPTY_CALLS: u32 = 11;
-        pub const COUNT: u32 = 12;
+        /// Connections seen through the probes and not captured: their socket is not a server's
+        /// on a TLS port (clients on this host), or could not be read.
+        pub const CONNECTIONS_SKIPPED: u32 = 12;
+        pub const COUNT: u32 = 13;
 
         pub const NAMES: [&str; COUNT as usize] = [
             "calls",
@@ -425,6 +448,7 @@ pub mod tls {
             "missed_entry",
             "frees",
             "empty_calls",
+            "connections_skipped",
         ];
     }
 }

@@ -1,5 +1,6 @@
 //! TLS plaintext: uprobes on the TLS library's read and write functions (entry and return) and
-//! on `SSL_free`, for the processes in `TLS_PIDS` (see `sensor_ebpf::tls`).
+//! on `SSL_free`, for the processes in `TLS_PIDS` and, with `PORT_FILTER`, for the connections
+//! whose socket is a server's on a TLS port in any process (see `sensor_ebpf::tls`).
 
 use core::hint::black_box;
 
@@ -41,8 +42,9 @@ static TLS_PIDS: HashMap<u32, u8> = HashMap::with_max_entries(tls::MAX_PIDS, 0);
 #[map]
 static TLS_PENDING: HashMap<u64, PendingCall> = HashMap::with_max_entries(tls::MAX_PENDING, 0);
 
-/// Connections (tgid, SSL*) that already produced an event: the first event of a new one wakes
-/// the reader at once, so that user space looks the socket up while it still exists.
+/// Connections (tgid, SSL*) already decided (`tls::verdict`): captured ones produced an event,
+/// and the first event of a new one wakes the reader at once, so that user space can look the
+/// socket up while it still exists; skipped ones (clients of this host) are not looked at again.
 #[map]
 static TLS_KNOWN: LruHashMap<[u64; 2], u8> = LruHashMap::with_max_entries(tls::MAX_PENDING, 0);
 
@@ -60,30 +62,51 @@ fn tls_count(index: u32, n: u64) {
     }
 }
 
-/// The configuration, if capture is enabled and the current process is one of the servers.
+/// The configuration and `pid_tgid`, if capture is enabled and the current process may hold
+/// captured connections: one of the servers user space listed in `TLS_PIDS` (`listed`), or any
+/// process when the kernel decides by the socket's port (`PORT_FILTER`).
 #[inline(always)]
-fn tls_target() -> Option<(TlsConfig, u64)> {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let tgid = (pid_tgid >> 32) as u32;
-    // SAFETY: plain value lookup.
-    unsafe { TLS_PIDS.get(tgid) }?;
+fn tls_target() -> Option<(TlsConfig, u64, bool)> {
     let config = *TLS_CONFIG.get(0)?;
     if config.flags & CONFIG_ENABLED == 0 {
         return None;
     }
-    Some((config, pid_tgid))
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    // SAFETY: plain value lookup.
+    let listed = unsafe { TLS_PIDS.get(tgid) }.is_some();
+    if !listed && config.flags & tls::PORT_FILTER == 0 {
+        return None;
+    }
+    Some((config, pid_tgid, listed))
+}
+
+/// What the kernel already decided of connection `ssl` of the current process (`tls::verdict`).
+/// A plain byte, not an `Option`: LLVM leaves the payload of a `None` undefined and may still
+/// read it in a branch-free select, which the verifier refuses (an uninitialised register).
+#[inline(always)]
+fn known(pid_tgid: u64, ssl: u64) -> u8 {
+    // SAFETY: plain value lookup.
+    unsafe { TLS_KNOWN.get([pid_tgid >> 32, ssl]) }
+        .copied()
+        .unwrap_or(tls::verdict::UNDECIDED)
 }
 
 /// Entry of a read or write function: remembers its arguments until it returns.
 #[uprobe]
 pub fn apis_tls_entry(ctx: ProbeContext) -> u32 {
-    let Some((_, pid_tgid)) = tls_target() else {
+    let Some((_, pid_tgid, listed)) = tls_target() else {
         return 0;
     };
+    let ssl = ctx.arg::<u64>(0).unwrap_or(0);
+    // A client's connection, once decided, costs one lookup per call from then on.
+    if !listed && known(pid_tgid, ssl) == tls::verdict::SKIPPED {
+        return 0;
+    }
     // SAFETY: the context pointer is valid for the duration of the program.
     let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
     let call = PendingCall {
-        ssl: ctx.arg::<u64>(0).unwrap_or(0),
+        ssl,
         buf: ctx.arg::<u64>(1).unwrap_or(0),
         done: if cookie & tls::cookie::INTERNAL != 0 {
             ctx.arg::<u64>(3).unwrap_or(0)
@@ -101,12 +124,16 @@ pub fn apis_tls_entry(ctx: ProbeContext) -> u32 {
 /// Return of a read or write function: the plaintext it moved goes to the ring.
 #[uretprobe]
 pub fn apis_tls_return(ctx: RetProbeContext) -> u32 {
-    let Some((config, pid_tgid)) = tls_target() else {
+    let Some((config, pid_tgid, listed)) = tls_target() else {
         return 0;
     };
     // SAFETY: plain value lookup; copied out before the entry is removed.
     let Some(call) = (unsafe { TLS_PENDING.get(pid_tgid) }).copied() else {
-        tls_count(tls::counter::MISSED_ENTRY, 1);
+        // Unlisted processes' skipped connections leave no entry on purpose: only a listed
+        // server's missing entry is a call the probes came in the middle of.
+        if listed {
+            tls_count(tls::counter::MISSED_ENTRY, 1);
+        }
         return 0;
     };
     // Absent already is fine: the entry is gone either way.
@@ -138,24 +165,31 @@ pub fn apis_tls_return(ctx: RetProbeContext) -> u32 {
     } else {
         tls::READ
     };
-    let _ = tls_emit(&call, len, direction, pid_tgid, &config);
+    let _ = tls_emit(&call, len, direction, pid_tgid, listed, &config);
     0
 }
 
 /// `SSL_free`: the connection's streams end (the pointer may be reused for another one).
 #[uprobe]
 pub fn apis_tls_free(ctx: ProbeContext) -> u32 {
-    let Some((_, pid_tgid)) = tls_target() else {
+    let Some((_, pid_tgid, listed)) = tls_target() else {
         return 0;
     };
     let ssl = ctx.arg::<u64>(0).unwrap_or(0);
     if ssl == 0 {
         return 0;
     }
-    tls_count(tls::counter::FREES, 1);
     let tgid = pid_tgid >> 32;
-    // Absent is fine: a connection that never carried data.
-    let _ = TLS_KNOWN.remove([tgid, ssl]);
+    // The pointer may come back for another connection, which is decided afresh.
+    let verdict = known(pid_tgid, ssl);
+    if verdict != tls::verdict::UNDECIDED {
+        let _ = TLS_KNOWN.remove([tgid, ssl]);
+    }
+    // A listed server's connection that never carried data ends too (user space ignores it).
+    if !listed && verdict != tls::verdict::CAPTURED {
+        return 0;
+    }
+    tls_count(tls::counter::FREES, 1);
     let event = TlsEvent {
         // SAFETY: helper without arguments.
         ts_ns: unsafe { bpf_ktime_get_ns() },
@@ -255,6 +289,17 @@ fn tls_socket(fd: i32, config: &TlsConfig, header: &mut TlsEvent) -> Result<(), 
     Ok(())
 }
 
+/// Whether the socket the kernel read into `header` is a server's on a TLS port, in the
+/// namespace user space asked for (`PORT_FILTER`). Its local port is then the listening one;
+/// a client on this host has an ephemeral local port and a TLS port at the far end.
+#[inline(always)]
+fn served_on_tls_port(header: &TlsEvent, config: &TlsConfig) -> bool {
+    config.flags & tls::PORT_FILTER != 0
+        && header.family != 0
+        && (config.netns == 0 || header.netns == config.netns)
+        && super::port_state(header.local_port) == sensor_ebpf::port::TLS
+}
+
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 
@@ -267,18 +312,18 @@ fn tls_emit(
     len: u64,
     direction: u8,
     pid_tgid: u64,
+    listed: bool,
     config: &TlsConfig,
 ) -> Result<(), ()> {
-    tls_count(tls::counter::CALLS, 1);
     let tgid = pid_tgid >> 32;
-    let fd = tls_socket_fd(call.ssl, config);
     let key = [tgid, call.ssl];
-    // SAFETY: plain value lookup.
-    let new_connection = unsafe { TLS_KNOWN.get(key) }.is_none();
-    if new_connection {
-        // Full is fine: the LRU map makes room itself.
-        let _ = TLS_KNOWN.insert(key, 1, 0);
+    let verdict = known(pid_tgid, call.ssl);
+    if !listed && verdict == tls::verdict::SKIPPED {
+        return Ok(());
     }
+    // A listed server's connection is captured whatever was decided before it was listed.
+    let new_connection = verdict != tls::verdict::CAPTURED;
+    let fd = tls_socket_fd(call.ssl, config);
     let buf = TLS_SCRATCH.get_ptr_mut(0).ok_or(())?;
     // SAFETY: the per-CPU slot is ours until the program returns.
     let buf = unsafe { &mut *buf };
@@ -298,9 +343,23 @@ fn tls_emit(
     buf.header.direction = direction;
     // A connection's addresses are read once, on its first event: later ones reuse them.
     buf.header.family = 0;
-    if new_connection && tls_socket(fd, config, &mut buf.header).is_err() {
-        buf.header.family = 0;
+    if new_connection {
+        if tls_socket(fd, config, &mut buf.header).is_err() {
+            buf.header.family = 0;
+        }
+        let captured = listed || served_on_tls_port(&buf.header, config);
+        let verdict = match captured {
+            true => tls::verdict::CAPTURED,
+            false => tls::verdict::SKIPPED,
+        };
+        // Full is fine: the LRU map makes room itself.
+        let _ = TLS_KNOWN.insert(key, verdict, 0);
+        if !captured {
+            tls_count(tls::counter::CONNECTIONS_SKIPPED, 1);
+            return Ok(());
+        }
     }
+    tls_count(tls::counter::CALLS, 1);
     for chunk in 0..tls::MAX_CHUNKS_PER_CALL {
         let chunk_offset = chunk * MAX_CHUNK as u32;
         if chunk_offset >= captured {

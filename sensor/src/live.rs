@@ -20,7 +20,8 @@ use crate::{
         inventory,
     },
     capture::{
-        CaptureError, CaptureOptions, Clock, Interface, Segment, Sensor, ServerPorts,
+        CaptureError, CaptureOptions, Clock, Interface, LoadedCapture, Segment, Sensor,
+        ServerPorts,
         ports::{PortPolicy, listening_ports},
         tls::Plaintext,
     },
@@ -136,6 +137,17 @@ pub fn run(config: Config, data_dir: PathBuf, live: LiveOptions) -> Result<(), L
             .map(|name| Interface::by_name(name))
             .collect::<Result<_, _>>()?
     };
+    // While still root: the kernel attaches uprobes (TLS) only with CAP_SYS_ADMIN, given up
+    // below. With no interface named, the sensor follows every interface, the containers'
+    // too, so their TLS servers (in their own network namespaces) are followed as well; with
+    // interfaces named, only the servers of this namespace, whose traffic those carry.
+    let mut loaded = LoadedCapture::load(&options)?;
+    if !tls_ports(&config).is_empty() {
+        loaded.attach_tls(
+            tls_ports(&config).to_vec(),
+            config.capture.interfaces.is_empty(),
+        );
+    }
     // Before any thread starts: capabilities belong to threads, and every thread started from
     // here on inherits the reduced set.
     if let Some(user) = privilege::target_user(live.user.as_deref())? {
@@ -149,7 +161,9 @@ pub fn run(config: Config, data_dir: PathBuf, live: LiveOptions) -> Result<(), L
         .enable_all()
         .build()
         .map_err(LiveError::Runtime)?;
-    runtime.block_on(daemon(live, config, data_dir, options, ports, interfaces))
+    runtime.block_on(daemon(
+        live, config, data_dir, options, ports, interfaces, loaded,
+    ))
 }
 
 /// The TLS ports whose servers are read through uprobes (none with `capture.tls = false`).
@@ -413,6 +427,7 @@ async fn daemon(
     options: CaptureOptions,
     mut ports: PortPolicy,
     interfaces: Vec<Interface>,
+    loaded: LoadedCapture,
 ) -> Result<(), LiveError> {
     let mut sigterm = signal(SignalKind::terminate()).map_err(LiveError::Signals)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(LiveError::Signals)?;
@@ -426,27 +441,22 @@ async fn daemon(
     // With no interface named, the sensor follows the interfaces that come and go (containers).
     let follow_interfaces = config.capture.interfaces.is_empty();
     let (mut sensor, mut segments) =
-        Sensor::start(&options, interfaces, config.capture.attach, Some(&data_dir))?;
-    // The policy already counts the TLS ports as applied; the kernel learns them here.
+        Sensor::start_loaded(loaded, interfaces, config.capture.attach, Some(&data_dir))?;
+    // The policy already counts the TLS ports as applied; the kernel learns them here, before
+    // the TLS programs start deciding by them.
     for port in tls_ports(&config) {
         sensor.set_port(*port, sensor_ebpf::port::TLS)?;
     }
     // TLS capture that cannot start (no uprobes, a locked-down kernel) leaves the rest running.
-    // Following every interface, the sensor sees the containers' traffic too: their TLS servers
-    // (in their own network namespaces) are followed as well. With interfaces named, only the
-    // servers of this namespace, whose traffic those interfaces carry.
-    let mut plaintext = match tls_ports(&config) {
-        [] => None,
-        ports => match sensor.start_tls(ports.to_vec(), follow_interfaces) {
-            Ok(rx) => Some(rx),
-            Err(e) => {
-                let cause = std::error::Error::source(&e)
-                    .map(|s| format!(": {s}"))
-                    .unwrap_or_default();
-                log::error!("TLS capture did not start, TLS ports stay unread: {e}{cause}");
-                None
-            }
-        },
+    let mut plaintext = match sensor.start_tls() {
+        Ok(rx) => rx,
+        Err(e) => {
+            let cause = std::error::Error::source(&e)
+                .map(|s| format!(": {s}"))
+                .unwrap_or_default();
+            log::error!("TLS capture did not start, TLS ports stay unread: {e}{cause}");
+            None
+        }
     };
     let mut arrived_plaintext = Vec::with_capacity(SEGMENTS_PER_WAKEUP);
     let mut feed = Feed {

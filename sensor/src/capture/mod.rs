@@ -74,6 +74,8 @@ impl CaptureError {
     fn load(context: &str, source: impl Into<BoxError>) -> Self {
         let source = source.into();
         if is_permission_error(source.as_ref()) {
+            // The verifier's refusals are EACCES too: its log stays at hand.
+            log::debug!("{context}: {source:?}");
             return Self::Permission(context.to_owned());
         }
         Self::Load {
@@ -123,6 +125,35 @@ fn check_kernel() -> Result<(), CaptureError> {
     Ok(())
 }
 
+/// The capture programs loaded, and the TLS probes attached, with nothing captured yet: what a
+/// daemon does while it is still root. The kernel attaches uprobes only with CAP_SYS_ADMIN,
+/// which the daemon gives up before [`Sensor::start_loaded`]. Needs no tokio runtime.
+pub struct LoadedCapture {
+    program: CaptureProgram,
+    /// The TLS probes, when asked for: attached, or why not.
+    tls: Option<Result<tls::TlsCapture, CaptureError>>,
+}
+
+impl LoadedCapture {
+    pub fn load(options: &CaptureOptions) -> Result<Self, CaptureError> {
+        check_kernel()?;
+        Ok(Self {
+            program: CaptureProgram::load(options)?,
+            tls: None,
+        })
+    }
+
+    /// Attaches the TLS probes for the servers on `ports` (see [`tls::TlsCapture::prepare`]);
+    /// a failure is kept for [`Sensor::start_tls`] to report, the rest of the capture goes on.
+    pub fn attach_tls(&mut self, ports: Vec<u16>, all_namespaces: bool) {
+        self.tls = Some(tls::TlsCapture::prepare(
+            &mut self.program,
+            ports,
+            all_namespaces,
+        ));
+    }
+}
+
 /// A running capture: programs attached, reader task draining the ring.
 pub struct Sensor {
     program: CaptureProgram,
@@ -139,8 +170,10 @@ pub struct Sensor {
     refused: Vec<Interface>,
     /// Bridges and ports as of the last rescan.
     topology: Topology,
-    /// TLS plaintext through uprobes, once started ([`Sensor::start_tls`]).
+    /// TLS plaintext through uprobes, once attached ([`LoadedCapture::attach_tls`]).
     tls: Option<tls::TlsCapture>,
+    /// Why the TLS probes could not be attached, until [`Sensor::start_tls`] says it.
+    tls_error: Option<CaptureError>,
 }
 
 impl Sensor {
@@ -153,9 +186,24 @@ impl Sensor {
         mode: AttachMode,
         state_dir: Option<&Path>,
     ) -> Result<(Self, mpsc::Receiver<Segment>), CaptureError> {
-        check_kernel()?;
+        Self::start_loaded(LoadedCapture::load(options)?, interfaces, mode, state_dir)
+    }
+
+    /// [`Sensor::start`] with the programs loaded already (and the TLS probes attached, if
+    /// asked for, but not started: see [`Sensor::start_tls`]).
+    pub fn start_loaded(
+        loaded: LoadedCapture,
+        interfaces: Vec<Interface>,
+        mode: AttachMode,
+        state_dir: Option<&Path>,
+    ) -> Result<(Self, mpsc::Receiver<Segment>), CaptureError> {
         let mode = mode.resolve();
-        let mut program = CaptureProgram::load(options)?;
+        let LoadedCapture { mut program, tls } = loaded;
+        let (tls, tls_error) = match tls {
+            None => (None, None),
+            Some(Ok(tls)) => (Some(tls), None),
+            Some(Err(e)) => (None, Some(e)),
+        };
         let ring = program.take_ring()?;
         let ledger = attach::QdiscLedger::new(state_dir);
         let attachments = attach::attach(&mut program, &interfaces, mode, ledger)?;
@@ -177,7 +225,8 @@ impl Sensor {
                 interfaces_detached: 0,
                 refused: Vec::new(),
                 topology: Topology::read_or_default(),
-                tls: None,
+                tls,
+                tls_error,
             },
             rx,
         ))
@@ -262,14 +311,17 @@ impl Sensor {
     /// Starts TLS plaintext capture on the servers of `ports` (the TLS ring must have been sized
     /// with `CaptureOptions::tls`); their plaintext comes out of the returned channel. Servers
     /// in every network namespace with `all_namespaces`, else in the calling thread's only.
-    pub fn start_tls(
-        &mut self,
-        ports: Vec<u16>,
-        all_namespaces: bool,
-    ) -> Result<mpsc::Receiver<tls::Plaintext>, CaptureError> {
-        let (capture, rx) = tls::TlsCapture::start(&mut self.program, ports, all_namespaces)?;
-        self.tls = Some(capture);
-        Ok(rx)
+    /// Starts the TLS capture attached before (its plaintext comes out of the receiver), once
+    /// the TLS ports are in the kernel's port map; `None` when none was asked for, the attach
+    /// error when it failed.
+    pub fn start_tls(&mut self) -> Result<Option<mpsc::Receiver<tls::Plaintext>>, CaptureError> {
+        if let Some(e) = self.tls_error.take() {
+            return Err(e);
+        }
+        match &mut self.tls {
+            Some(tls) => tls.start_reading().map(Some),
+            None => Ok(None),
+        }
     }
 
     /// Follows the TLS servers (new processes, new library files); nothing without TLS capture.

@@ -232,51 +232,47 @@ impl CaptureProgram {
             .map_err(|e| CaptureError::load(names::SOCKET, e))
     }
 
-    /// Loads the TLS uprobe programs and hands out their maps (once): the ring, the counters,
-    /// the captured processes. The socket-fd layout is OpenSSL 3.0's (`tls::TlsConfig`); a
-    /// library with another one yields events without an fd (counted, not decoded).
-    pub fn load_tls(&mut self) -> Result<TlsMaps, CaptureError> {
+    /// Loads the TLS uprobe programs and hands out their maps (once): the counters, the
+    /// captured processes, the configuration, and apart the ring. The socket-fd layout is OpenSSL 3.0's
+    /// (`tls::TlsConfig`); a library with another one yields events without an fd (counted, not
+    /// decoded). The programs stay idle until [`TlsMaps::enable`].
+    pub fn load_tls(&mut self) -> Result<(TlsMaps, RingBuf<MapData>), CaptureError> {
         for name in [names::TLS_ENTRY, names::TLS_RETURN, names::TLS_FREE] {
             self.uprobe(name)?
                 .load()
                 .map_err(|e| CaptureError::load(name, e))?;
         }
-        let mut config: Array<_, sensor_ebpf::tls::TlsConfig> = Array::try_from(
-            self.ebpf
-                .map_mut(names::TLS_CONFIG)
-                .ok_or(CaptureError::Missing(names::TLS_CONFIG))?,
-        )
-        .map_err(|e| CaptureError::load(names::TLS_CONFIG, e))?;
-        let mut openssl_3_0 = sensor_ebpf::tls::TlsConfig {
+        let mut settings = sensor_ebpf::tls::TlsConfig {
             rbio_offset: 0x10,
             bio_method_offset: 0x08,
             bio_num_offset: 0x38,
-            flags: CONFIG_ENABLED,
-            kernel: [0; sensor_ebpf::tls::koff::COUNT],
+            ..Default::default()
         };
         match super::tls::btf::kernel_socket_offsets() {
             Ok(kernel) => {
-                openssl_3_0.kernel = kernel;
-                openssl_3_0.flags |= sensor_ebpf::tls::KERNEL_SOCKETS;
+                settings.kernel = kernel;
+                settings.flags |= sensor_ebpf::tls::KERNEL_SOCKETS;
             }
             Err(e) => log::warn!(
                 "TLS: the kernel's struct layout is unknown ({e}); connections are looked up in \
                  /proc, and one that closes before the lookup is counted as unresolved"
             ),
         }
-        config
-            .set(0, openssl_3_0, 0)
-            .map_err(|e| CaptureError::load(names::TLS_CONFIG, e))?;
         let mut take =
             |name: &'static str| self.ebpf.take_map(name).ok_or(CaptureError::Missing(name));
-        Ok(TlsMaps {
-            ring: RingBuf::try_from(take(names::TLS_EVENTS)?)
-                .map_err(|e| CaptureError::load(names::TLS_EVENTS, e))?,
+        let ring = RingBuf::try_from(take(names::TLS_EVENTS)?)
+            .map_err(|e| CaptureError::load(names::TLS_EVENTS, e))?;
+        let mut maps = TlsMaps {
             counters: PerCpuArray::try_from(take(names::TLS_COUNTERS)?)
                 .map_err(|e| CaptureError::load(names::TLS_COUNTERS, e))?,
             pids: HashMap::try_from(take(names::TLS_PIDS)?)
                 .map_err(|e| CaptureError::load(names::TLS_PIDS, e))?,
-        })
+            config: Array::try_from(take(names::TLS_CONFIG)?)
+                .map_err(|e| CaptureError::load(names::TLS_CONFIG, e))?,
+            settings,
+        };
+        maps.write_config()?;
+        Ok((maps, ring))
     }
 
     pub fn uprobe(&mut self, name: &'static str) -> Result<&mut UProbe, CaptureError> {
@@ -293,12 +289,39 @@ impl CaptureProgram {
     }
 }
 
-/// The maps of the TLS programs (see [`CaptureProgram::load_tls`]).
+/// The maps of the TLS programs but their ring (see [`CaptureProgram::load_tls`]).
 pub struct TlsMaps {
-    pub ring: RingBuf<MapData>,
     pub counters: PerCpuArray<MapData, u64>,
     /// Captured processes, by tgid.
     pub pids: HashMap<MapData, u32, u8>,
+    config: Array<MapData, sensor_ebpf::tls::TlsConfig>,
+    settings: sensor_ebpf::tls::TlsConfig,
+}
+
+impl TlsMaps {
+    /// Starts the programs. With the kernel's socket layout known, they also capture any
+    /// process's connection whose socket is a server's on a TLS port (`PORT_FILTER`), in network
+    /// namespace `netns` only when given: servers that user space cannot list still count.
+    pub fn enable(&mut self, netns: Option<u64>) -> Result<(), CaptureError> {
+        self.settings.flags |= CONFIG_ENABLED;
+        if self.settings.flags & sensor_ebpf::tls::KERNEL_SOCKETS != 0 {
+            self.settings.flags |= sensor_ebpf::tls::PORT_FILTER;
+            // Namespace inode numbers are 32-bit in the kernel (`ns_common.inum`).
+            self.settings.netns = netns.map_or(0, |n| n as u32);
+        }
+        self.write_config()
+    }
+
+    /// Whether the kernel decides by the socket's port (see [`Self::enable`]).
+    pub fn port_filter(&self) -> bool {
+        self.settings.flags & sensor_ebpf::tls::PORT_FILTER != 0
+    }
+
+    fn write_config(&mut self) -> Result<(), CaptureError> {
+        self.config
+            .set(0, self.settings, 0)
+            .map_err(|e| CaptureError::load(names::TLS_CONFIG, e))
+    }
 }
 
 fn read_counters(map: &PerCpuArray<MapData, u64>) -> Result<KernelCounters, CaptureError> {

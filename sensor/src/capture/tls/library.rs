@@ -8,7 +8,7 @@
 //! go on the internal functions when both exported ones call the same function and it starts
 //! with a `push`; otherwise on the exported entry points (the measured fallback).
 
-use std::collections::BTreeSet;
+use std::{collections::BTreeSet, os::unix::fs::MetadataExt as _, path::PathBuf};
 
 use object::{Object, ObjectSection, ObjectSymbol};
 
@@ -68,6 +68,29 @@ struct Function<'a> {
     address: u64,
     file_offset: u64,
     bytes: &'a [u8],
+}
+
+/// Where distributions install OpenSSL 3's libssl (Debian and Ubuntu, Fedora and RHEL, Arch).
+const SYSTEM_LIBSSL: &[&str] = &[
+    "/usr/lib/x86_64-linux-gnu/libssl.so.3",
+    "/usr/lib64/libssl.so.3",
+    "/usr/lib/libssl.so.3",
+];
+
+/// The system's OpenSSL library files that exist here, once per file (device, inode): probed at
+/// start whether or not a server maps one yet.
+pub fn system_libraries() -> Vec<(PathBuf, (u64, u64))> {
+    let mut found: Vec<(PathBuf, (u64, u64))> = Vec::new();
+    for path in SYSTEM_LIBSSL {
+        // A missing path is the common case (another distribution's layout).
+        if let Ok(meta) = std::fs::metadata(path) {
+            let id = (meta.dev(), meta.ino());
+            if !found.iter().any(|(_, seen)| *seen == id) {
+                found.push((PathBuf::from(path), id));
+            }
+        }
+    }
+    found
 }
 
 /// Works out the probes for the library in `data` (the whole file).

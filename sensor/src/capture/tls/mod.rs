@@ -1,11 +1,19 @@
 //! TLS plaintext through uprobes on the TLS library (OpenSSL 3, dynamically linked).
 //!
-//! [`TlsCapture::start`] loads the uprobe programs and starts the reader; every
+//! [`TlsCapture::prepare`] loads the uprobe programs and attaches them: to the system's
+//! OpenSSL and to every library the servers on the TLS ports map. It runs while the daemon is
+//! still root, because the kernel attaches uprobes only with CAP_SYS_ADMIN, which the daemon
+//! then gives up. [`TlsCapture::start_reading`] starts the programs and the reader. Every
 //! [`TlsCapture::rescan`] looks for the processes listening on the TLS ports ([`procfs`]),
 //! attaches the probes once per distinct library file they map ([`library`] says where) and
-//! tells the kernel which processes to capture. The reader turns the events into ordered
-//! plaintext per connection ([`stream`]), which `TcpSegment::from_tls` hands to the same
-//! reassembly, decoder and sessions as the wire's segments.
+//! tells the kernel which processes to capture.
+//!
+//! The kernel captures a connection of a listed process, and, where it knows the socket layout
+//! (BTF), any process's connection whose socket is a server's on a TLS port: a daemon that
+//! dropped root can no longer list other users' processes (their fds), but servers started
+//! after it, on a library it probed at start, are still read. The reader turns the events into
+//! ordered plaintext per connection ([`stream`]), which `TcpSegment::from_tls` hands to the
+//! same reassembly, decoder and sessions as the wire's segments.
 
 pub mod btf;
 pub mod library;
@@ -19,7 +27,7 @@ use std::{
 };
 
 use aya::{
-    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{MapData, RingBuf},
     programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
 };
 use sensor_ebpf::{names, tls::counter};
@@ -31,7 +39,7 @@ use tokio::{
 
 use super::{
     CaptureError,
-    program::{CaptureProgram, read_named_counters},
+    program::{CaptureProgram, TlsMaps, read_named_counters},
 };
 use library::Placement;
 pub use stream::Plaintext;
@@ -60,7 +68,13 @@ struct Shared {
     events_malformed: u64,
 }
 
-/// A running TLS capture: probes, captured processes, reader.
+/// The task reading the TLS ring, and how to stop it.
+struct Reader {
+    task: JoinHandle<Result<(), CaptureError>>,
+    stop: watch::Sender<bool>,
+}
+
+/// A TLS capture: probes, captured processes, reader.
 pub struct TlsCapture {
     ports: Vec<u16>,
     /// Only servers in this network namespace (None: every namespace, containers included).
@@ -69,29 +83,33 @@ pub struct TlsCapture {
     /// Library files that could not be probed (not tried again).
     refused: BTreeSet<(u64, u64)>,
     pids: BTreeSet<u32>,
-    pid_map: HashMap<MapData, u32, u8>,
+    maps: TlsMaps,
     /// Connections open when their server's probes came: handed to the streams.
     preexisting: Preexisting,
-    kernel: PerCpuArray<MapData, u64>,
+    /// The processes whose open connections are in `preexisting`: their tables are read again
+    /// to forget the ones that closed, whether or not the process can still be listed.
+    preexisting_from: BTreeSet<u32>,
     shared: Arc<Mutex<Shared>>,
     /// Processes on TLS ports without a TLS library this sensor can probe.
     without_library: u64,
     attach_errors: u64,
     libraries_past_bound: u64,
     pids_past_bound: u64,
-    reader: JoinHandle<Result<(), CaptureError>>,
-    stop: watch::Sender<bool>,
+    /// The ring until the reader takes it, then the reader.
+    ring: Option<RingBuf<MapData>>,
+    reader: Option<Reader>,
 }
 
 impl TlsCapture {
-    /// Loads the programs, finds the servers on `ports` (in the calling thread's network
-    /// namespace only, unless `all_namespaces`) and starts reading. Must run inside a tokio
-    /// runtime.
-    pub fn start(
+    /// Loads the programs and attaches them to the system's OpenSSL and to the libraries of the
+    /// servers on `ports` (in the calling thread's network namespace only, unless
+    /// `all_namespaces`); nothing is captured before [`Self::start_reading`]. Needs
+    /// CAP_SYS_ADMIN to attach (root, before the daemon drops it).
+    pub fn prepare(
         program: &mut CaptureProgram,
         ports: Vec<u16>,
         all_namespaces: bool,
-    ) -> Result<(Self, mpsc::Receiver<Plaintext>), CaptureError> {
+    ) -> Result<Self, CaptureError> {
         let netns = match all_namespaces {
             true => None,
             false => Some(procfs::own_namespace().ok_or_else(|| {
@@ -101,32 +119,60 @@ impl TlsCapture {
                 )
             })?),
         };
-        let maps = program.load_tls()?;
-        let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
-        let (stop, stop_rx) = watch::channel(false);
-        let shared = Arc::new(Mutex::new(Shared::default()));
-        let preexisting = Preexisting::default();
-        let streams = TlsStreams::new(Box::new(procfs::connection), Arc::clone(&preexisting));
-        let reader = tokio::spawn(read(maps.ring, streams, tx, Arc::clone(&shared), stop_rx));
+        let (maps, ring) = program.load_tls()?;
         let mut capture = Self {
             ports,
             netns,
             attached: BTreeMap::new(),
             refused: BTreeSet::new(),
             pids: BTreeSet::new(),
-            pid_map: maps.pids,
-            preexisting,
-            kernel: maps.counters,
-            shared,
+            maps,
+            preexisting: Preexisting::default(),
+            preexisting_from: BTreeSet::new(),
+            shared: Arc::new(Mutex::new(Shared::default())),
             without_library: 0,
             attach_errors: 0,
             libraries_past_bound: 0,
             pids_past_bound: 0,
-            reader,
-            stop,
+            ring: Some(ring),
+            reader: None,
         };
+        // A server that starts after the daemon gave up root (nginx after apisessions at boot)
+        // is read only if its library was probed before: the system's OpenSSL is, always.
+        for (path, id) in library::system_libraries() {
+            capture.probe_library(program, id, &path, None);
+        }
         capture.rescan(program);
-        Ok((capture, rx))
+        Ok(capture)
+    }
+
+    /// Starts the programs and the reader of their ring (once); the plaintext comes out of the
+    /// receiver. Must run inside a tokio runtime.
+    pub fn start_reading(&mut self) -> Result<mpsc::Receiver<Plaintext>, CaptureError> {
+        let ring = self.ring.take().ok_or_else(|| {
+            CaptureError::Io(
+                "starting the TLS reader",
+                std::io::Error::other("it was started before"),
+            )
+        })?;
+        let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+        let (stop, stop_rx) = watch::channel(false);
+        let streams = TlsStreams::new(Box::new(procfs::connection), Arc::clone(&self.preexisting));
+        let task = tokio::spawn(read(ring, streams, tx, Arc::clone(&self.shared), stop_rx));
+        self.reader = Some(Reader { task, stop });
+        self.maps.enable(self.netns)?;
+        if self.maps.port_filter() {
+            log::info!(
+                "TLS: the kernel captures every connection to a server on ports {:?}{}",
+                self.ports,
+                if self.netns.is_some() {
+                    " in this network namespace"
+                } else {
+                    ""
+                }
+            );
+        }
+        Ok(rx)
     }
 
     /// Follows the servers on the TLS ports: probes new library files, captures new processes,
@@ -137,64 +183,20 @@ impl TlsCapture {
         let mut pids = BTreeSet::new();
         for server in servers {
             let id = server.library_id;
-            if !self.attached.contains_key(&id) && !self.refused.contains(&id) {
-                if self.attached.len() >= MAX_LIBRARIES {
-                    log::warn!("TLS: more than {MAX_LIBRARIES} libraries, not probing more");
-                    self.refused.insert(id);
-                    self.libraries_past_bound += 1;
-                    continue;
-                }
-                match attach(program, &server.library) {
-                    Ok(attached) => {
-                        log::info!(
-                            "TLS: probes on {} (pid {}): {} read/write functions, SSL_free {}",
-                            attached.path,
-                            server.pid,
-                            attached.placement.as_str(),
-                            if attached.free_emulated {
-                                "on an emulated instruction"
-                            } else {
-                                "at its entry"
-                            }
-                        );
-                        self.attached.insert(id, attached);
-                    }
-                    Err(CaptureError::Permission(_)) if !has_sys_admin() => {
-                        // CAP_PERFMON is not enough: the kernel's uprobe PMU wants
-                        // CAP_SYS_ADMIN, which a daemon that dropped root does not keep.
-                        log::warn!(
-                            "TLS: not probing {}: the kernel attaches uprobes only with \
-                             CAP_SYS_ADMIN, which this daemon does not have (it runs without \
-                             root: `run --user`, the packaged service); run it as root with \
-                             `--user root` to read TLS plaintext. The rest is captured.",
-                            server.library.display()
-                        );
-                        self.attach_errors += 1;
-                        self.refused.insert(id);
-                    }
-                    Err(e) => {
-                        let cause = std::error::Error::source(&e)
-                            .map(|s| format!(": {s}"))
-                            .unwrap_or_default();
-                        log::warn!("TLS: not probing {}: {e}{cause}", server.library.display());
-                        self.attach_errors += 1;
-                        self.refused.insert(id);
-                    }
-                }
-            }
+            self.probe_library(program, id, &server.library, Some(server.pid));
             if self.attached.contains_key(&id) {
                 pids.insert(server.pid);
             }
         }
-        self.forget_closed_preexisting(&pids);
+        self.forget_closed_preexisting();
         for pid in self.pids.difference(&pids) {
             // Gone already is fine.
-            let _ = self.pid_map.remove(pid);
+            let _ = self.maps.pids.remove(pid);
         }
         self.pids_past_bound = 0;
         for pid in &pids {
             if !self.pids.contains(pid) {
-                if let Err(e) = self.pid_map.insert(pid, 1, 0) {
+                if let Err(e) = self.maps.pids.insert(pid, 1, 0) {
                     self.pids_past_bound += 1;
                     log::debug!("TLS: not capturing pid {pid}: {e}");
                 } else {
@@ -202,6 +204,9 @@ impl TlsCapture {
                     // After the pid is in the kernel's set: anything established later is
                     // seen from its first call.
                     let open = procfs::established(*pid, &self.ports);
+                    if !open.is_empty() {
+                        self.preexisting_from.insert(*pid);
+                    }
                     let mut preexisting = self
                         .preexisting
                         .lock()
@@ -217,16 +222,77 @@ impl TlsCapture {
         self.pids = pids;
     }
 
+    /// Attaches the probes to one library file (once; a refusal is not tried again), on behalf
+    /// of the server `pid` if one uses it.
+    fn probe_library(
+        &mut self,
+        program: &mut CaptureProgram,
+        id: (u64, u64),
+        library: &std::path::Path,
+        pid: Option<u32>,
+    ) {
+        if self.attached.contains_key(&id) || self.refused.contains(&id) {
+            return;
+        }
+        if self.attached.len() >= MAX_LIBRARIES {
+            log::warn!("TLS: more than {MAX_LIBRARIES} libraries, not probing more");
+            self.refused.insert(id);
+            self.libraries_past_bound += 1;
+            return;
+        }
+        match attach(program, library) {
+            Ok(attached) => {
+                log::info!(
+                    "TLS: probes on {}{}: {} read/write functions, SSL_free {}",
+                    attached.path,
+                    pid.map(|pid| format!(" (pid {pid})")).unwrap_or_default(),
+                    attached.placement.as_str(),
+                    if attached.free_emulated {
+                        "on an emulated instruction"
+                    } else {
+                        "at its entry"
+                    }
+                );
+                self.attached.insert(id, attached);
+            }
+            Err(CaptureError::Permission(_)) if !has_sys_admin() => {
+                // CAP_PERFMON is not enough: the kernel's uprobe PMU wants CAP_SYS_ADMIN,
+                // which a daemon that dropped root does not keep.
+                log::warn!(
+                    "TLS: not probing {}: the kernel attaches uprobes only with CAP_SYS_ADMIN, \
+                     which the daemon gave up after start (it runs without root: `run --user`, \
+                     the packaged service). Libraries in use at start are probed; this one \
+                     will be after a restart, or run with `--user root`. The rest is captured.",
+                    library.display()
+                );
+                self.attach_errors += 1;
+                self.refused.insert(id);
+            }
+            Err(e) => {
+                let cause = std::error::Error::source(&e)
+                    .map(|s| format!(": {s}"))
+                    .unwrap_or_default();
+                log::warn!("TLS: not probing {}: {e}{cause}", library.display());
+                self.attach_errors += 1;
+                self.refused.insert(id);
+            }
+        }
+    }
+
     /// Forgets the connections open before the probes that have closed without a call seen.
-    fn forget_closed_preexisting(&self, pids: &BTreeSet<u32>) {
+    /// A process's own table (`/proc/PID/net/tcp`) is readable without privileges, so this goes
+    /// on after the daemon dropped root, when the process itself can no longer be listed.
+    fn forget_closed_preexisting(&mut self) {
         let mut preexisting = self
             .preexisting
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         if preexisting.is_empty() {
+            self.preexisting_from.clear();
             return;
         }
-        let open: std::collections::HashSet<_> = pids
+        let open: std::collections::HashSet<_> = self
+            .preexisting_from
             .iter()
             .flat_map(|pid| procfs::established(*pid, &self.ports))
             .collect();
@@ -251,7 +317,8 @@ impl TlsCapture {
         out.push(("processes", self.pids.len() as u64));
         out.push(("processes_past_bound", self.pids_past_bound));
         out.push(("processes_without_library", self.without_library));
-        match read_named_counters(&self.kernel, &counter::NAMES) {
+        out.push(("kernel_port_filter", u64::from(self.maps.port_filter())));
+        match read_named_counters(&self.maps.counters, &counter::NAMES) {
             Ok(kernel) => out.extend(kernel),
             Err(e) => log::warn!("reading the TLS counters: {e}"),
         }
@@ -264,9 +331,12 @@ impl TlsCapture {
 
     /// Stops the reader after it has drained the ring.
     pub async fn shutdown(self) -> Result<(), CaptureError> {
+        let Some(Reader { task, stop }) = self.reader else {
+            return Ok(());
+        };
         // send() only fails when the reader already ended; its result tells why below.
-        let _ = self.stop.send(true);
-        match self.reader.await {
+        let _ = stop.send(true);
+        match task.await {
             Ok(result) => result,
             Err(e) => Err(CaptureError::Io(
                 "the TLS reader task failed",
