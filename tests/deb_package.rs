@@ -15,7 +15,7 @@ use std::{
     process::Command,
 };
 
-use apisessions::privilege::KEPT;
+use apisessions::privilege::{KEPT, START_ONLY};
 use common::sh;
 
 /// The package under test: `$APISESSIONS_TEST_DEB`, else the newest in target/debian/.
@@ -168,11 +168,16 @@ fn the_unit_verifies_and_keeps_what_the_privilege_drop_keeps() {
         exec.starts_with("/usr/bin/apisessions run --config /etc/apisessions/config.toml"),
         "{exec}"
     );
-    // The same set `run --user` keeps when root starts it (privilege::KEPT), no more.
-    let kept: BTreeSet<String> = KEPT.iter().map(|c| c.to_string()).collect();
+    // The same set `run --user` keeps when root starts it (privilege::KEPT), and what the
+    // start alone uses (privilege::START_ONLY: attaching the TLS probes), no more.
+    let granted: BTreeSet<String> = KEPT
+        .iter()
+        .chain(START_ONLY)
+        .map(|c| c.to_string())
+        .collect();
     for key in ["AmbientCapabilities", "CapabilityBoundingSet"] {
         let listed: BTreeSet<String> = get(key).split_whitespace().map(str::to_owned).collect();
-        assert_eq!(listed, kept, "{key}");
+        assert_eq!(listed, granted, "{key}");
     }
 
     // The packaged configuration is one the daemon accepts.
@@ -232,6 +237,7 @@ kill -TERM "$pid" 2>/dev/null || true
 wait "$daemon" || true
 echo "captured=$(in_root /usr/bin/apisessions export --format ndjson --data-dir /var/lib/apisessions | grep -c deb-test/1 || true)"
 echo "daemon_log=$(tr '\n' '|' <"$T/daemon.log" | cut -c1-400)"
+echo "tls_probed=$(grep -q 'TLS: probes on' "$T/daemon.log" && echo yes || echo no)"
 
 in_root dpkg -r apisessions >"$T/dpkg.log" 2>&1 || { cat "$T/dpkg.log"; exit 1; }
 echo "removed_binary=$(in_root test -e /usr/bin/apisessions && echo present || echo gone)"
@@ -313,7 +319,8 @@ fn dpkg_installs_runs_removes_and_purges_in_a_throwaway_root() {
     assert_eq!(get("config"), "root:644", "{printed}");
     assert_eq!(get("enabled"), "yes", "{printed}");
 
-    // Under the unit's settings: not root, exactly the kept capabilities, and capturing.
+    // Under the unit's settings: not root, exactly the kept capabilities once started (the
+    // start-only ones given up), the TLS probes attached, and capturing.
     let uids: Vec<&str> = get("status_uid").split('/').collect();
     assert!(
         uids.len() == 4 && uids.iter().all(|u| !u.is_empty() && *u != "0"),
@@ -326,6 +333,7 @@ fn dpkg_installs_runs_removes_and_purges_in_a_throwaway_root() {
         "{printed}"
     );
     assert_eq!(get("captured"), "10", "{printed}");
+    assert_eq!(get("tls_probed"), "yes", "{printed}");
 
     for (key, value) in [
         ("removed_binary", "gone"),

@@ -190,6 +190,12 @@ fn capabilities() -> Check {
         if !has(CAP_NET_RAW) {
             detail.push_str(" (without CAP_NET_RAW the socket-filter fallback is not available)");
         }
+        if !admin {
+            detail.push_str(
+                " (without CAP_SYS_ADMIN at start TLS servers are not read: the kernel attaches \
+                 the TLS probes, uprobes, only for it; the daemon gives it up once they are on)",
+            );
+        }
         Check::ok("capabilities", detail)
     } else {
         Check::fail(

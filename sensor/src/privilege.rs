@@ -7,6 +7,9 @@
 //! socket-filter fallback) and `CAP_SYS_PTRACE` (reading other processes' network namespace
 //! for container identity). Everything else is dropped, from the bounding set too, so that not
 //! even an exec could get it back: no `CAP_SYS_ADMIN`, no `CAP_DAC_OVERRIDE`, no `CAP_SETUID`.
+//! `CAP_SYS_ADMIN` serves only the start, before the drop: the kernel attaches the TLS probes
+//! (uprobes) only for it ([`START_ONLY`]). A daemon started without root (the packaged service,
+//! granted `KEPT` and `START_ONLY`) gives up what is beyond `KEPT` at the same point.
 //!
 //! Capabilities belong to threads, and user ids are changed for all threads at once by glibc.
 //! So the drop happens before the daemon starts any thread, and `SECBIT_NO_SETUID_FIXUP` keeps
@@ -31,6 +34,11 @@ pub const KEPT: &[Capability] = &[
     Capability::CAP_NET_RAW,
     Capability::CAP_SYS_PTRACE,
 ];
+
+/// Capabilities the daemon uses only while it starts, before it captures: CAP_SYS_ADMIN, for
+/// the kernel to attach the TLS probes (uprobes; CAP_PERFMON is not enough). The packaged
+/// service grants them beside [`KEPT`]; [`drop_to`] gives them up like everything else.
+pub const START_ONLY: &[Capability] = &[Capability::CAP_SYS_ADMIN];
 
 /// The user a root daemon continues as when none is named, if it exists.
 pub const DEFAULT_USER: &str = "apisessions";
@@ -86,11 +94,12 @@ pub fn target_user(named: Option<&str>) -> Result<Option<User>, PrivilegeError> 
 }
 
 /// Gives `data_dir` (mode 0700) and everything in it to `user`, then continues as `user` with
-/// only [`KEPT`]. Must run before the process starts a second thread. Does nothing unless the
-/// process runs as root.
+/// only [`KEPT`]. Must run before the process starts a second thread. A process that is not
+/// root (the packaged service, started as its user) keeps its user and gives up every
+/// capability beyond [`KEPT`] ([`START_ONLY`]'s included).
 pub fn drop_to(user: &User, data_dir: &Path) -> Result<(), PrivilegeError> {
     if !Uid::effective().is_root() {
-        return Ok(());
+        return shed_beyond_kept();
     }
     give(data_dir, user)?;
     // With NO_SETUID_FIXUP the capabilities stay as they are when the user ids change; the
@@ -150,6 +159,35 @@ pub fn drop_to(user: &User, data_dir: &Path) -> Result<(), PrivilegeError> {
             .collect::<Vec<_>>()
             .join(", ")
     );
+    Ok(())
+}
+
+/// Leaves only the capabilities of [`KEPT`] this process has in its effective and permitted
+/// sets, and none inheritable (the ambient set empties with them). Without CAP_SETPCAP the
+/// bounding set stays, which grants nothing by itself: the service has `NoNewPrivileges`.
+fn shed_beyond_kept() -> Result<(), PrivilegeError> {
+    let capabilities = |step, result: Result<(), caps::errors::CapsError>| {
+        result.map_err(|source| PrivilegeError::Capabilities { step, source })
+    };
+    let permitted =
+        caps::read(None, CapSet::Permitted).map_err(|source| PrivilegeError::Capabilities {
+            step: "reading the permitted set",
+            source,
+        })?;
+    let kept: HashSet<Capability> = KEPT
+        .iter()
+        .copied()
+        .filter(|c| permitted.contains(c))
+        .collect();
+    let shed: Vec<String> = permitted.difference(&kept).map(|c| c.to_string()).collect();
+    if shed.is_empty() {
+        return Ok(());
+    }
+    // Effective first: it may never exceed the permitted set.
+    capabilities("effective", caps::set(None, CapSet::Effective, &kept))?;
+    capabilities("permitted", caps::set(None, CapSet::Permitted, &kept))?;
+    capabilities("inheritable", caps::clear(None, CapSet::Inheritable))?;
+    log::info!("gave up {} after the start", shed.join(", "));
     Ok(())
 }
 
