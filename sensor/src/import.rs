@@ -14,7 +14,10 @@ use std::{
 use crate::{
     capture::ServerPorts,
     config::{Config, Ports},
-    flow::{FlowConfig, FlowTable},
+    flow::{
+        FlowConfig, FlowTable, Flows,
+        shards::{ShardError, ShardedFlows},
+    },
     http::HttpConfig,
     pipeline::{
         Analysis, Clock, NdjsonLines, Pipeline, PipelineError, StoreWriter, WriterMode,
@@ -35,6 +38,8 @@ pub enum ImportError {
     Pipeline(#[from] PipelineError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Shards(#[from] ShardError),
 }
 
 /// Counters of every stage after an import, by stage name.
@@ -117,6 +122,9 @@ pub struct ImportOptions {
     pub ndjson: bool,
     /// The configuration file, which `[[api.specs]]` files are relative to.
     pub config_file: Option<PathBuf>,
+    /// Threads that decode connections (reassembly and HTTP), each a share of them; 1 decodes
+    /// on the pipeline's own thread. The records are the same whatever the number.
+    pub decode_threads: usize,
 }
 
 /// The pipeline of an import into the store in `data_dir` (which must exist): capture time,
@@ -157,9 +165,13 @@ pub fn pipeline(
         },
         ..FlowConfig::default()
     };
+    let flows: Flows = match options.decode_threads {
+        0 | 1 => FlowTable::new(flows).into(),
+        n => ShardedFlows::new(&flows, n)?.into(),
+    };
     let mut pipeline = Pipeline::new(
         Clock::Capture,
-        FlowTable::new(flows),
+        flows,
         ProxyStage::new(ProxyConfig::from(settings)),
         analysis,
     )

@@ -9,6 +9,8 @@
 //! (flow count, buffered bytes: the least recently active flow goes first). Every bound has a
 //! counter.
 
+pub mod shards;
+
 use std::{
     hash::{Hash, Hasher},
     net::SocketAddr,
@@ -104,6 +106,77 @@ struct Flow {
     /// Seen from its SYN and not yet classified: its first bytes will say whether its server
     /// port speaks HTTP (see [`FlowTable::take_port_verdicts`]).
     classify: bool,
+}
+
+/// The flow table on the pipeline's own thread, or spread over worker threads ([`shards`]).
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one per pipeline, and the table is used on every segment: no indirection"
+)]
+pub enum Flows {
+    One(FlowTable),
+    Sharded(shards::ShardedFlows),
+}
+
+impl From<FlowTable> for Flows {
+    fn from(table: FlowTable) -> Self {
+        Self::One(table)
+    }
+}
+
+impl From<shards::ShardedFlows> for Flows {
+    fn from(sharded: shards::ShardedFlows) -> Self {
+        Self::Sharded(sharded)
+    }
+}
+
+impl Flows {
+    /// Feeds one segment; finished exchanges are appended to `out` (spread over workers: those
+    /// of the segments the workers have answered for).
+    pub fn push(&mut self, segment: TcpSegment, out: &mut Vec<Exchange>) {
+        match self {
+            Self::One(table) => table.push(segment, out),
+            Self::Sharded(sharded) => sharded.push(segment, out),
+        }
+    }
+
+    /// Closes the idle flows (see [`FlowTable::expire`]); spread over workers, their exchanges
+    /// come with a later call or [`Self::sync`].
+    pub fn expire(&mut self, now_ns: u64, out: &mut Vec<Exchange>) {
+        match self {
+            Self::One(table) => table.expire(now_ns, out),
+            Self::Sharded(sharded) => sharded.expire(now_ns),
+        }
+    }
+
+    /// Every exchange the segments so far finished is in `out` afterwards.
+    pub fn sync(&mut self, out: &mut Vec<Exchange>) {
+        if let Self::Sharded(sharded) = self {
+            sharded.sync(out);
+        }
+    }
+
+    /// Ends every flow (the capture is over).
+    pub fn finish(&mut self, out: &mut Vec<Exchange>) {
+        match self {
+            Self::One(table) => table.finish(out),
+            Self::Sharded(sharded) => sharded.finish(out),
+        }
+    }
+
+    pub fn take_port_verdicts(&mut self) -> Vec<(u16, bool)> {
+        match self {
+            Self::One(table) => table.take_port_verdicts(),
+            Self::Sharded(sharded) => sharded.take_port_verdicts(),
+        }
+    }
+
+    pub fn snapshot(&self) -> Vec<(&'static str, Vec<(&'static str, u64)>)> {
+        match self {
+            Self::One(table) => table.snapshot(),
+            Self::Sharded(sharded) => sharded.snapshot(),
+        }
+    }
 }
 
 /// Port verdicts held for the daemon at most between two takes (the rest are counted).

@@ -29,7 +29,7 @@ use crate::{
     analysis::attacks::AttacksError,
     config::Config,
     exchange::Exchange,
-    flow::{FlowConfig, FlowTable},
+    flow::{FlowConfig, FlowTable, Flows},
     nat::NatTable,
     proxy::{ProxyConfig, ProxyStage},
     record::{Batch, Redaction, Secret, SecretError},
@@ -75,7 +75,7 @@ pub struct Pipeline {
     clock: Clock,
     /// Live only: connections through NAT renamed to what the client sent.
     nat: Option<NatTable>,
-    flows: FlowTable,
+    flows: Flows,
     proxy: ProxyStage,
     analysis: Analysis,
     sinks: Vec<Box<dyn Sink>>,
@@ -104,11 +104,16 @@ pub struct Pipeline {
 const INVENTORY_EVERY: Duration = Duration::from_secs(10);
 
 impl Pipeline {
-    pub fn new(clock: Clock, flows: FlowTable, proxy: ProxyStage, analysis: Analysis) -> Self {
+    pub fn new(
+        clock: Clock,
+        flows: impl Into<Flows>,
+        proxy: ProxyStage,
+        analysis: Analysis,
+    ) -> Self {
         Self {
             clock,
             nat: None,
-            flows,
+            flows: flows.into(),
             proxy,
             analysis,
             sinks: Vec::new(),
@@ -178,6 +183,7 @@ impl Pipeline {
     /// wall clock (`now_ns`), hands what waits to the store and flushes the sinks.
     pub fn tick(&mut self, now_ns: u64) -> Result<(), PipelineError> {
         self.flows.expire(now_ns, &mut self.decoded);
+        self.flows.sync(&mut self.decoded);
         self.proxy.expire(now_ns, &mut self.ready);
         self.deliver()?;
         self.flush()

@@ -28,12 +28,22 @@ const EXCHANGES_PER_CONNECTION: u64 = 100;
 const OPEN_CONNECTIONS: usize = 64;
 const SERVER_PORT: u16 = 8080;
 
+/// One import of the file on `cores` CPUs (`taskset`) with as many decoding threads.
+#[derive(Clone, Debug, Default)]
+pub struct CoresRun {
+    pub cores: usize,
+    pub seconds: f64,
+    pub exchanges: u64,
+}
+
 /// What one round measured.
 #[derive(Clone, Debug, Default)]
 pub struct OfflineRun {
     pub round: u32,
     pub import_s: f64,
     pub import_exchanges: u64,
+    /// This build's import on 1, 2 and all CPUs, decoding on as many threads.
+    pub cores: Vec<CoresRun>,
     pub tshark_s: f64,
     /// The `--baseline` binary's import of the same file, in the same round.
     pub baseline: Option<(f64, u64)>,
@@ -92,7 +102,7 @@ pub fn run(
         let baseline_import = || -> Result<Option<(f64, u64)>> {
             check_interrupt()?;
             baseline
-                .map(|program| import(program, &file, work))
+                .map(|program| import(program, &file, work, None))
                 .transpose()
         };
         let early = if baseline_first(round) {
@@ -101,17 +111,34 @@ pub fn run(
             None
         };
         check_interrupt()?;
-        let (import_s, import_exchanges) = import(&binary(true), &file, work)?;
+        let (import_s, import_exchanges) = import(&binary(true), &file, work, None)?;
         let baseline = match early {
             Some(done) => Some(done),
             None => baseline_import()?,
         };
+        let mut cores = Vec::new();
+        for n in core_counts() {
+            check_interrupt()?;
+            let (seconds, exchanges) = import(&binary(true), &file, work, Some(n))?;
+            println!(
+                "  round {} import on {n} CPU(s), {n} decoding thread(s): {:>10.0} exchanges/s \
+                 ({seconds:.2} s)",
+                round + 1,
+                exchanges as f64 / seconds
+            );
+            cores.push(CoresRun {
+                cores: n,
+                seconds,
+                exchanges,
+            });
+        }
         check_interrupt()?;
         let (tshark_s, tshark_requests, tshark_responses) = tshark(&file, work)?;
         let run = OfflineRun {
             round,
             import_s,
             import_exchanges,
+            cores,
             tshark_s,
             baseline,
             tshark_responses,
@@ -158,20 +185,43 @@ fn wait(proc: &mut Proc, budget: Duration) -> Result<std::process::ExitStatus> {
     }
 }
 
+/// 1, 2 and all of this machine's CPUs (each once).
+fn core_counts() -> Vec<usize> {
+    let all = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut counts = vec![1, 2.min(all), all];
+    counts.dedup();
+    counts
+}
+
 /// `PROGRAM import FILE --port 8080` into a new data directory (an import also stores what it
-/// decodes): wall time and the exchanges it reports.
-fn import(program: &Path, file: &Path, work: &Path) -> Result<(f64, u64)> {
+/// decodes), with `cores`: on the first that many CPUs (`taskset`) with as many decoding
+/// threads (`--decode-threads`); wall time and the exchanges it reports.
+fn import(program: &Path, file: &Path, work: &Path, cores: Option<usize>) -> Result<(f64, u64)> {
     let data_dir = work.join("import-data");
     let _ = fs::remove_dir_all(&data_dir);
     let log = work.join("import.err");
     let err = fs::File::create(&log).context("creating the import log")?;
+    let mut command = match cores {
+        Some(n) => {
+            let mut taskset = Command::new("taskset");
+            taskset
+                .args(["-c", &format!("0-{}", n.saturating_sub(1))])
+                .arg(program);
+            taskset
+        }
+        None => Command::new(program),
+    };
+    command
+        .arg("import")
+        .arg(file)
+        .args(["--port", &SERVER_PORT.to_string()]);
+    if let Some(n) = cores {
+        command.args(["--decode-threads", &n.to_string()]);
+    }
     let started = Instant::now();
     let mut proc = Proc::spawn(
         "apisessions import",
-        Command::new(program)
-            .arg("import")
-            .arg(file)
-            .args(["--port", &SERVER_PORT.to_string()])
+        command
             .arg("--data-dir")
             .arg(&data_dir)
             .stdout(Stdio::null())

@@ -295,6 +295,8 @@ fn store_targets(store: Option<&StoreOutcome>, list: &mut Vec<Target>) {
 /// The offline phase reduced to figures: exchanges per second of each tool, and their ratio.
 struct OfflineSummary {
     import_rate: Spread,
+    /// This build's import on 1, 2 and all CPUs with as many decoding threads: (CPUs, rate).
+    cores_rate: Vec<(usize, Spread)>,
     tshark_rate: Spread,
     ratio: Spread,
     /// Whether both tools found every exchange in every round.
@@ -305,10 +307,27 @@ fn summarize_offline(offline: &OfflineOutcome) -> OfflineSummary {
     let n = offline.exchanges as f64;
     OfflineSummary {
         import_rate: Spread::of(offline.runs.iter().map(|r| n / r.import_s)),
+        cores_rate: offline
+            .runs
+            .first()
+            .map(|r| r.cores.iter().map(|c| c.cores).collect::<Vec<_>>())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|cores| {
+                let rates = offline
+                    .runs
+                    .iter()
+                    .flat_map(|r| &r.cores)
+                    .filter(|c| c.cores == cores)
+                    .map(|c| n / c.seconds);
+                (cores, Spread::of(rates))
+            })
+            .collect(),
         tshark_rate: Spread::of(offline.runs.iter().map(|r| n / r.tshark_s)),
         ratio: Spread::of(offline.runs.iter().map(|r| r.tshark_s / r.import_s)),
         counts_agree: offline.runs.iter().all(|r| {
             r.import_exchanges == offline.exchanges
+                && r.cores.iter().all(|c| c.exchanges == offline.exchanges)
                 && r.tshark_responses == offline.exchanges
                 && r.tshark_requests == offline.exchanges
         }),
@@ -1234,6 +1253,23 @@ impl Report {
                 summary.tshark_rate.show(0),
                 Spread::of(outcome.runs.iter().map(|r| r.tshark_s)).show(1)
             )?;
+            for (cores, rate) in &summary.cores_rate {
+                writeln!(
+                    md,
+                    "| apisessions import on {cores} CPU(s) (`taskset`), `--decode-threads {cores}` \
+                     | {} | {} |",
+                    rate.show(0),
+                    Spread::of(
+                        outcome
+                            .runs
+                            .iter()
+                            .flat_map(|r| &r.cores)
+                            .filter(|c| c.cores == *cores)
+                            .map(|c| c.seconds)
+                    )
+                    .show(2)
+                )?;
+            }
             writeln!(
                 md,
                 "\nRatio (tshark's time over import's, per round): {}×. Both found every exchange \
@@ -1396,6 +1432,9 @@ impl Report {
                 "exchanges": outcome.exchanges, "packets": outcome.packets,
                 "tshark": outcome.tshark_version,
                 "import_exchanges_per_s": summary.import_rate.json(),
+                "import_exchanges_per_s_by_cpus": summary.cores_rate.iter().map(|(cores, rate)| json!({
+                    "cpus": cores, "decode_threads": cores, "exchanges_per_s": rate.json(),
+                })).collect::<Vec<_>>(),
                 "tshark_exchanges_per_s": summary.tshark_rate.json(),
                 "ratio": summary.ratio.json(), "counts_agree": summary.counts_agree,
                 "runs": outcome.runs.iter().map(|r| json!({
@@ -1586,6 +1625,13 @@ impl Report {
                 summary.tshark_rate.show(0)
             )?;
             writeln!(text, "| import / tshark | {}× |", summary.ratio.show(1))?;
+            for (cores, rate) in &summary.cores_rate {
+                writeln!(
+                    text,
+                    "| import exchanges/s on {cores} CPU(s), {cores} decoding thread(s) | {} |",
+                    rate.show(0)
+                )?;
+            }
         }
         for level in self.store.iter().flat_map(|s| &s.levels) {
             let at = num(level.exchanges as f64, 0);

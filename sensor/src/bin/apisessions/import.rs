@@ -36,6 +36,12 @@ pub struct ImportArgs {
     /// Body bytes kept per message. Default: the configuration's capture.body_cap, else 16384.
     #[arg(long, value_name = "BYTES")]
     body_cap: Option<usize>,
+    /// Threads that decode connections (TCP reassembly and HTTP), each a share of them by a
+    /// hash of the connection; the analysis and the store run beside them. The records are the
+    /// same whatever the number. 1 decodes on the analysis' own thread.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(1..=64))]
+    decode_threads: u16,
     #[command(flatten)]
     config: ConfigArg,
     #[command(flatten)]
@@ -57,6 +63,7 @@ pub fn import(args: ImportArgs) -> Result<()> {
         body_cap: args.body_cap,
         ndjson: args.ndjson,
         config_file: args.config.config.clone(),
+        decode_threads: usize::from(args.decode_threads),
     };
     let mut pipeline = apisessions::import::pipeline(&settings, &data_dir, &options)?;
     let summary = apisessions::import::run(&mut sources, &mut pipeline, |read, _| {
