@@ -2,7 +2,8 @@
 //! on a real veth, ordinary requests around requests whose every captured text is as long as
 //! nginx accepts (paths, queries holding `://`, Host headers, Basic users, JWT subjects, cookie
 //! values used as session keys, User-Agents). Every exchange must be stored, live and through
-//! `import` of tcpdump's capture of the same traffic, and found again by its long values.
+//! `import` of tcpdump's capture of the same traffic, and found again by its long values. Both
+//! decode on several threads (`--decode-threads`), which must change nothing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -11,7 +12,7 @@ use std::{collections::BTreeSet, fs, path::Path, process::Command, time::Duratio
 
 use base64::Engine as _;
 use common::{
-    Nginx, Tcpdump, TestNet, cli, counter, exported, in_namespace, request, sh, start_daemon,
+    Nginx, Tcpdump, TestNet, cli, counter, exported, in_namespace, request, sh, start_daemon_in,
     wait_until,
 };
 
@@ -51,7 +52,19 @@ fn hostile_requests_never_cost_other_exchanges_live_or_imported() {
     let data_dir = std::env::temp_dir().join(format!("apis-store-live-{}", net.server_ns));
     let _ = fs::remove_dir_all(&data_dir);
     let tcpdump = Tcpdump::start(&net, PORT);
-    let mut daemon = start_daemon(&net, BIN, &[PORT], &data_dir);
+    let mut daemon = start_daemon_in(
+        &net.server_ns,
+        BIN,
+        &[
+            "--iface",
+            &net.server_if,
+            "--port",
+            &PORT.to_string(),
+            "--decode-threads",
+            "2",
+        ],
+        &data_dir,
+    );
 
     // Long, but within nginx's 8 KiB header lines, so that every request gets an answer.
     let long_path = format!("/{}", "a".repeat(600));
@@ -188,7 +201,8 @@ fn hostile_requests_never_cost_other_exchanges_live_or_imported() {
     let out = Command::new(BIN)
         .arg("import")
         .arg(&pcap)
-        .args(["--port", &PORT.to_string(), "--data-dir"])
+        .args(["--port", &PORT.to_string(), "--decode-threads", "3"])
+        .arg("--data-dir")
         .arg(&imported_dir)
         .output()
         .unwrap();

@@ -30,7 +30,10 @@ use crate::{
     container::ContainerIndex,
     dump,
     exchange::now_ns,
-    flow::{FlowConfig, FlowTable},
+    flow::{
+        FlowConfig, FlowTable, Flows,
+        shards::{ShardError, ShardedFlows},
+    },
     http::HttpConfig,
     nat::{Conntrack, NatConfig, NatTable},
     pipeline::{self, Analysis, DumpLines, Pipeline, PipelineError, StoreWriter, WriterMode},
@@ -68,6 +71,8 @@ pub enum LiveError {
     Attacks(#[from] AttacksError),
     #[error(transparent)]
     Console(#[from] ConsoleError),
+    #[error(transparent)]
+    Shards(#[from] ShardError),
 }
 
 /// What `apisessions run` prints besides the statistics.
@@ -248,7 +253,7 @@ fn live_pipeline(
             None
         }
     };
-    let flows = FlowTable::new(FlowConfig {
+    let flow_config = FlowConfig {
         server_ports: server_ports.clone(),
         // The kernel already keeps to the watched ports; with --all-ports every port counts.
         only_server_ports: false,
@@ -257,7 +262,11 @@ fn live_pipeline(
             ..HttpConfig::default()
         },
         ..FlowConfig::default()
-    });
+    };
+    let flows: Flows = match config.capture.decode_threads {
+        0 | 1 => FlowTable::new(flow_config).into(),
+        n => ShardedFlows::new(&flow_config, n)?.into(),
+    };
     let nat = NatTable::new(
         conntrack,
         NatConfig {

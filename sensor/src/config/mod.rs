@@ -13,6 +13,7 @@
 //! snaplen = 65536                # payload bytes per TCP segment
 //! ring_size = 16777216           # kernel ring buffer, a power of two
 //! body_cap = 16384               # body bytes kept per HTTP message
+//! decode_threads = 1             # threads decoding connections (reassembly + HTTP), 1-64
 //! tls = true                     # TLS plaintext through uprobes on OpenSSL (see README)
 //! tls_ports = [443, 8443]        # servers listening here are read in their TLS library
 //!
@@ -151,6 +152,7 @@ pub struct CaptureOverrides {
     pub snaplen: Option<u32>,
     pub ring_size: Option<u32>,
     pub body_cap: Option<usize>,
+    pub decode_threads: Option<usize>,
     /// `--tls-port`: these TLS ports instead of the file's (and TLS capture on).
     pub tls_ports: Vec<u16>,
 }
@@ -170,6 +172,7 @@ impl CaptureOverrides {
         capture.snaplen = self.snaplen.unwrap_or(capture.snaplen);
         capture.ring_size = self.ring_size.unwrap_or(capture.ring_size);
         capture.body_cap = self.body_cap.unwrap_or(capture.body_cap);
+        capture.decode_threads = self.decode_threads.unwrap_or(capture.decode_threads);
         if !self.tls_ports.is_empty() {
             capture.tls_ports = self.tls_ports.clone();
             capture.tls = true;
@@ -256,6 +259,9 @@ pub struct CaptureSection {
     pub snaplen: u32,
     pub ring_size: u32,
     pub body_cap: usize,
+    /// Threads that decode connections (reassembly and HTTP), each a share of them by a hash
+    /// of the connection (see `flow::shards`); 1 decodes on the capture's own thread.
+    pub decode_threads: usize,
     /// TLS plaintext through uprobes on the TLS library of the servers on `tls_ports`.
     pub tls: bool,
     /// Ports whose servers speak TLS: decoded from their TLS library, never from the wire.
@@ -276,6 +282,7 @@ impl Default for CaptureSection {
             snaplen: sensor_ebpf::DEFAULT_SNAPLEN,
             ring_size: sensor_ebpf::DEFAULT_RING_BYTES,
             body_cap: crate::http::HttpConfig::default().body_cap,
+            decode_threads: 1,
             tls: true,
             tls_ports: DEFAULT_TLS_PORTS.to_vec(),
         }
@@ -721,6 +728,14 @@ impl Config {
                 sensor_ebpf::MAX_SNAPLEN
             );
             return Err(invalid(find(text, "snaplen", 1), reason));
+        }
+        if !(1..=crate::flow::shards::MAX_WORKERS).contains(&capture.decode_threads) {
+            let reason = format!(
+                "decode_threads {} is not between 1 and {}",
+                capture.decode_threads,
+                crate::flow::shards::MAX_WORKERS
+            );
+            return Err(invalid(find(text, "decode_threads", 1), reason));
         }
         if capture.tls_ports.contains(&0) {
             let reason = "tls_ports: 0 is not a port".into();
@@ -1223,6 +1238,11 @@ max_bytes = 4096
                 "\n\n[capture]\nring_size = 1000\n",
                 "test.toml:4:1:",
                 "power of two",
+            ),
+            (
+                "[capture]\ndecode_threads = 0\n",
+                "test.toml:2:1:",
+                "not between 1 and 64",
             ),
             (
                 "[[parameters]]\nname = \"a\"\npath = \"request.query.a\"\ntype = \"admin\"\n",

@@ -10,7 +10,7 @@
 //!
 //! At the next start (they decide what is loaded and attached, or where state lives):
 //! `capture.interfaces`, `capture.all_ports`, `capture.attach`, `capture.snaplen`,
-//! `capture.ring_size`, `capture.body_cap`, `capture.tls`, `capture.tls_ports`, `[storage]`, `[central]`, `[api]`, `[inventory]`,
+//! `capture.ring_size`, `capture.body_cap`, `capture.decode_threads`, `capture.tls`, `capture.tls_ports`, `[storage]`, `[central]`, `[api]`, `[inventory]`,
 //! `proxy.join`, `proxy.join_window`. The daemon logs which of these changed; they stay as
 //! they were until it restarts.
 
@@ -67,6 +67,7 @@ impl Reload {
         restart!("capture.snaplen", capture.snaplen);
         restart!("capture.ring_size", capture.ring_size);
         restart!("capture.body_cap", capture.body_cap);
+        restart!("capture.decode_threads", capture.decode_threads);
         restart!("capture.tls", capture.tls);
         restart!("capture.tls_ports", capture.tls_ports);
         restart!("proxy.join", proxy.join);

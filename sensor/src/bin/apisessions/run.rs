@@ -55,6 +55,12 @@ pub struct RunArgs {
     /// Body bytes kept per HTTP message. Default: 16384.
     #[arg(long, value_name = "BYTES")]
     body_cap: Option<usize>,
+    /// Threads that decode connections (TCP reassembly and HTTP), each a share of them by a
+    /// hash of the connection: for a host where one core does not keep up. Default: 1 (on the
+    /// capture's own thread).
+    #[arg(long, value_name = "N",
+          value_parser = clap::value_parser!(u16).range(1..=64))]
+    decode_threads: Option<u16>,
     /// Started as root, continue as this user with only the capabilities capture needs.
     /// Default: `apisessions` when that user exists; `root` stays root.
     #[arg(long, value_name = "USER")]
@@ -87,6 +93,7 @@ impl RunArgs {
             snaplen: self.snaplen,
             ring_size: self.ring_size,
             body_cap: self.body_cap,
+            decode_threads: self.decode_threads.map(usize::from),
             tls_ports: self.tls_ports.clone(),
         }
     }
