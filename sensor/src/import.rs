@@ -122,8 +122,9 @@ pub struct ImportOptions {
     pub ndjson: bool,
     /// The configuration file, which `[[api.specs]]` files are relative to.
     pub config_file: Option<PathBuf>,
-    /// Threads that decode connections (reassembly and HTTP), each a share of them; 1 decodes
-    /// on the pipeline's own thread. The records are the same whatever the number.
+    /// Threads that decode connections (reassembly and HTTP) beside the pipeline's own, each a
+    /// share of them; 0 decodes on the pipeline's thread. The records are the same whatever
+    /// the number.
     pub decode_threads: usize,
 }
 
@@ -166,7 +167,7 @@ pub fn pipeline(
         ..FlowConfig::default()
     };
     let flows: Flows = match options.decode_threads {
-        0 | 1 => FlowTable::new(flows).into(),
+        0 => FlowTable::new(flows).into(),
         n => ShardedFlows::new(&flows, n)?.into(),
     };
     let mut pipeline = Pipeline::new(

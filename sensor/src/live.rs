@@ -264,7 +264,7 @@ fn live_pipeline(
         ..FlowConfig::default()
     };
     let flows: Flows = match config.capture.decode_threads {
-        0 | 1 => FlowTable::new(flow_config).into(),
+        0 => FlowTable::new(flow_config).into(),
         n => ShardedFlows::new(&flow_config, n)?.into(),
     };
     let nat = NatTable::new(

@@ -13,7 +13,7 @@
 //! snaplen = 65536                # payload bytes per TCP segment
 //! ring_size = 16777216           # kernel ring buffer, a power of two
 //! body_cap = 16384               # body bytes kept per HTTP message
-//! decode_threads = 1             # threads decoding connections (reassembly + HTTP), 1-64
+//! decode_threads = 0             # threads decoding connections beside the analysis', 0-64
 //! tls = true                     # TLS plaintext through uprobes on OpenSSL (see README)
 //! tls_ports = [443, 8443]        # servers listening here are read in their TLS library
 //!
@@ -259,8 +259,9 @@ pub struct CaptureSection {
     pub snaplen: u32,
     pub ring_size: u32,
     pub body_cap: usize,
-    /// Threads that decode connections (reassembly and HTTP), each a share of them by a hash
-    /// of the connection (see `flow::shards`); 1 decodes on the capture's own thread.
+    /// Threads that decode connections (reassembly and HTTP) beside the analysis' own, each a
+    /// share of them by a hash of the connection (see `flow::shards`); 0 decodes on the
+    /// analysis' thread.
     pub decode_threads: usize,
     /// TLS plaintext through uprobes on the TLS library of the servers on `tls_ports`.
     pub tls: bool,
@@ -282,7 +283,7 @@ impl Default for CaptureSection {
             snaplen: sensor_ebpf::DEFAULT_SNAPLEN,
             ring_size: sensor_ebpf::DEFAULT_RING_BYTES,
             body_cap: crate::http::HttpConfig::default().body_cap,
-            decode_threads: 1,
+            decode_threads: 0,
             tls: true,
             tls_ports: DEFAULT_TLS_PORTS.to_vec(),
         }
@@ -729,9 +730,9 @@ impl Config {
             );
             return Err(invalid(find(text, "snaplen", 1), reason));
         }
-        if !(1..=crate::flow::shards::MAX_WORKERS).contains(&capture.decode_threads) {
+        if capture.decode_threads > crate::flow::shards::MAX_WORKERS {
             let reason = format!(
-                "decode_threads {} is not between 1 and {}",
+                "decode_threads {} is more than {}",
                 capture.decode_threads,
                 crate::flow::shards::MAX_WORKERS
             );
@@ -1240,9 +1241,9 @@ max_bytes = 4096
                 "power of two",
             ),
             (
-                "[capture]\ndecode_threads = 0\n",
+                "[capture]\ndecode_threads = 65\n",
                 "test.toml:2:1:",
-                "not between 1 and 64",
+                "more than 64",
             ),
             (
                 "[[parameters]]\nname = \"a\"\npath = \"request.query.a\"\ntype = \"admin\"\n",

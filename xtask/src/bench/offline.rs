@@ -28,7 +28,8 @@ const EXCHANGES_PER_CONNECTION: u64 = 100;
 const OPEN_CONNECTIONS: usize = 64;
 const SERVER_PORT: u16 = 8080;
 
-/// One import of the file on `cores` CPUs (`taskset`) with as many decoding threads.
+/// One import of the file on `cores` CPUs (`taskset`), with a decoding thread for every CPU
+/// but the analysis' (`--decode-threads cores - 1`).
 #[derive(Clone, Debug, Default)]
 pub struct CoresRun {
     pub cores: usize,
@@ -42,7 +43,7 @@ pub struct OfflineRun {
     pub round: u32,
     pub import_s: f64,
     pub import_exchanges: u64,
-    /// This build's import on 1, 2 and all CPUs, decoding on as many threads.
+    /// This build's import on 1, 2 and all CPUs.
     pub cores: Vec<CoresRun>,
     pub tshark_s: f64,
     /// The `--baseline` binary's import of the same file, in the same round.
@@ -121,9 +122,10 @@ pub fn run(
             check_interrupt()?;
             let (seconds, exchanges) = import(&binary(true), &file, work, Some(n))?;
             println!(
-                "  round {} import on {n} CPU(s), {n} decoding thread(s): {:>10.0} exchanges/s \
-                 ({seconds:.2} s)",
+                "  round {} import on {n} CPU(s), {} decoding thread(s) beside: {:>10.0} \
+                 exchanges/s ({seconds:.2} s)",
                 round + 1,
+                n - 1,
                 exchanges as f64 / seconds
             );
             cores.push(CoresRun {
@@ -194,8 +196,8 @@ fn core_counts() -> Vec<usize> {
 }
 
 /// `PROGRAM import FILE --port 8080` into a new data directory (an import also stores what it
-/// decodes), with `cores`: on the first that many CPUs (`taskset`) with as many decoding
-/// threads (`--decode-threads`); wall time and the exchanges it reports.
+/// decodes), with `cores`: on the first that many CPUs (`taskset`), decoding on a thread for
+/// each but the analysis' (`--decode-threads`); wall time and the exchanges it reports.
 fn import(program: &Path, file: &Path, work: &Path, cores: Option<usize>) -> Result<(f64, u64)> {
     let data_dir = work.join("import-data");
     let _ = fs::remove_dir_all(&data_dir);
@@ -216,7 +218,7 @@ fn import(program: &Path, file: &Path, work: &Path, cores: Option<usize>) -> Res
         .arg(file)
         .args(["--port", &SERVER_PORT.to_string()]);
     if let Some(n) = cores {
-        command.args(["--decode-threads", &n.to_string()]);
+        command.args(["--decode-threads", &n.saturating_sub(1).to_string()]);
     }
     let started = Instant::now();
     let mut proc = Proc::spawn(

@@ -295,7 +295,7 @@ fn store_targets(store: Option<&StoreOutcome>, list: &mut Vec<Target>) {
 /// The offline phase reduced to figures: exchanges per second of each tool, and their ratio.
 struct OfflineSummary {
     import_rate: Spread,
-    /// This build's import on 1, 2 and all CPUs with as many decoding threads: (CPUs, rate).
+    /// This build's import on 1, 2 and all CPUs (a decoding thread for each but one): (CPUs, rate).
     cores_rate: Vec<(usize, Spread)>,
     tshark_rate: Spread,
     ratio: Spread,
@@ -1256,8 +1256,9 @@ impl Report {
             for (cores, rate) in &summary.cores_rate {
                 writeln!(
                     md,
-                    "| apisessions import on {cores} CPU(s) (`taskset`), `--decode-threads {cores}` \
+                    "| apisessions import on {cores} CPU(s) (`taskset`), `--decode-threads {}` \
                      | {} | {} |",
+                    cores - 1,
                     rate.show(0),
                     Spread::of(
                         outcome
@@ -1433,7 +1434,7 @@ impl Report {
                 "tshark": outcome.tshark_version,
                 "import_exchanges_per_s": summary.import_rate.json(),
                 "import_exchanges_per_s_by_cpus": summary.cores_rate.iter().map(|(cores, rate)| json!({
-                    "cpus": cores, "decode_threads": cores, "exchanges_per_s": rate.json(),
+                    "cpus": cores, "decode_threads": cores - 1, "exchanges_per_s": rate.json(),
                 })).collect::<Vec<_>>(),
                 "tshark_exchanges_per_s": summary.tshark_rate.json(),
                 "ratio": summary.ratio.json(), "counts_agree": summary.counts_agree,
@@ -1628,7 +1629,8 @@ impl Report {
             for (cores, rate) in &summary.cores_rate {
                 writeln!(
                     text,
-                    "| import exchanges/s on {cores} CPU(s), {cores} decoding thread(s) | {} |",
+                    "| import exchanges/s on {cores} CPU(s), `--decode-threads {}` | {} |",
+                    cores - 1,
                     rate.show(0)
                 )?;
             }

@@ -37,10 +37,10 @@ pub struct ImportArgs {
     #[arg(long, value_name = "BYTES")]
     body_cap: Option<usize>,
     /// Threads that decode connections (TCP reassembly and HTTP), each a share of them by a
-    /// hash of the connection; the analysis and the store run beside them. The records are the
-    /// same whatever the number. 1 decodes on the analysis' own thread.
-    #[arg(long, value_name = "N", default_value_t = 1,
-          value_parser = clap::value_parser!(u16).range(1..=64))]
+    /// hash of the connection, beside the threads of the analysis and of the store. The
+    /// records are the same whatever the number. 0 decodes on the analysis' own thread.
+    #[arg(long, value_name = "N", default_value_t = 0,
+          value_parser = clap::value_parser!(u16).range(0..=64))]
     decode_threads: u16,
     #[command(flatten)]
     config: ConfigArg,

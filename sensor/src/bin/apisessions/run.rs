@@ -56,10 +56,10 @@ pub struct RunArgs {
     #[arg(long, value_name = "BYTES")]
     body_cap: Option<usize>,
     /// Threads that decode connections (TCP reassembly and HTTP), each a share of them by a
-    /// hash of the connection: for a host where one core does not keep up. Default: 1 (on the
-    /// capture's own thread).
+    /// hash of the connection, beside the analysis' thread: for a host where one core does not
+    /// keep up. Default: 0 (decoding on the analysis' thread).
     #[arg(long, value_name = "N",
-          value_parser = clap::value_parser!(u16).range(1..=64))]
+          value_parser = clap::value_parser!(u16).range(0..=64))]
     decode_threads: Option<u16>,
     /// Started as root, continue as this user with only the capabilities capture needs.
     /// Default: `apisessions` when that user exists; `root` stays root.
