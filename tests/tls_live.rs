@@ -439,19 +439,7 @@ fn tls_exchanges_are_decoded_once_with_their_connection() {
     let by_uri = records_by_uri(&data);
     assert_eq!(seen.len(), 26, "{seen:#?}");
     for client in &seen {
-        let records = by_uri.get(&client.uri).map(Vec::as_slice).unwrap_or(&[]);
-        assert_eq!(records.len(), 1, "{}: {records:#?}", client.uri);
-        let r = &records[0];
-        let client_ip = client.client_ip.trim_start_matches("::ffff:");
-        assert_eq!(r["tls"], true, "{r}");
-        assert_eq!(r["status_code"], client.status, "{r}");
-        assert_eq!(r["response_body_len"], client.response_len, "{r}");
-        assert_eq!(r["request_body_len"], client.request_len, "{r}");
-        assert_eq!(r["client_ip"], client_ip, "{r}");
-        assert_eq!(r["client_port"], client.client_port, "{r}");
-        assert_eq!(r["server_port"], client.server_port, "{r}");
-        // (`*_truncated` says the body was longer than the body cap the record keeps.)
-        assert_eq!(r["gap"], false, "{r}");
+        let r = decoded_once_as_seen(&by_uri, client);
         let h2 = client.uri.contains("h2=");
         let version = if h2 { "HTTP/2" } else { "1.1" };
         assert_eq!(r["version"], version, "{r}");
@@ -558,15 +546,7 @@ fn a_daemon_without_root_reads_tls_servers_started_after_it() {
     assert_eq!(listed, 0, "the daemon without root lists no server");
     let by_uri = records_by_uri(&data);
     for client in &seen {
-        let records = by_uri.get(&client.uri).map(Vec::as_slice).unwrap_or(&[]);
-        assert_eq!(records.len(), 1, "{}: {records:#?}", client.uri);
-        let r = &records[0];
-        assert_eq!(r["tls"], true, "{r}");
-        assert_eq!(r["status_code"], client.status, "{r}");
-        assert_eq!(r["response_body_len"], client.response_len, "{r}");
-        assert_eq!(r["client_port"], client.client_port, "{r}");
-        assert_eq!(r["server_port"], UNPRIVILEGED_PORT, "{r}");
-        assert_eq!(r["gap"], false, "{r}");
+        decoded_once_as_seen(&by_uri, client);
     }
     // Beside them only the readiness probe of `TlsNginx::start`; the clients' own side of the
     // same connections (curl and Python call the same probed library) is skipped.
@@ -582,6 +562,28 @@ fn a_daemon_without_root_reads_tls_servers_started_after_it() {
     ] {
         assert_eq!(counter(BIN, &data, "tls", name), 0, "tls.{name}");
     }
+}
+
+/// The one record of what `client` saw, checked against it: TLS, status, body lengths, the
+/// client's address and port, the server's port, no gap.
+fn decoded_once_as_seen<'a>(
+    by_uri: &'a BTreeMap<String, Vec<serde_json::Value>>,
+    client: &Seen,
+) -> &'a serde_json::Value {
+    let records = by_uri.get(&client.uri).map(Vec::as_slice).unwrap_or(&[]);
+    assert_eq!(records.len(), 1, "{}: {records:#?}", client.uri);
+    let r = &records[0];
+    let client_ip = client.client_ip.trim_start_matches("::ffff:");
+    assert_eq!(r["tls"], true, "{r}");
+    assert_eq!(r["status_code"], client.status, "{r}");
+    assert_eq!(r["response_body_len"], client.response_len, "{r}");
+    assert_eq!(r["request_body_len"], client.request_len, "{r}");
+    assert_eq!(r["client_ip"], client_ip, "{r}");
+    assert_eq!(r["client_port"], client.client_port, "{r}");
+    assert_eq!(r["server_port"], client.server_port, "{r}");
+    // (`*_truncated` says the body was longer than the body cap the record keeps.)
+    assert_eq!(r["gap"], false, "{r}");
+    r
 }
 
 fn tempdir(name: &str) -> PathBuf {
