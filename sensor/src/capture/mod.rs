@@ -308,9 +308,6 @@ impl Sensor {
         Ok(())
     }
 
-    /// Starts TLS plaintext capture on the servers of `ports` (the TLS ring must have been sized
-    /// with `CaptureOptions::tls`); their plaintext comes out of the returned channel. Servers
-    /// in every network namespace with `all_namespaces`, else in the calling thread's only.
     /// Starts the TLS capture attached before (its plaintext comes out of the receiver), once
     /// the TLS ports are in the kernel's port map; `None` when none was asked for, the attach
     /// error when it failed.

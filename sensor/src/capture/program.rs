@@ -233,9 +233,9 @@ impl CaptureProgram {
     }
 
     /// Loads the TLS uprobe programs and hands out their maps (once): the counters, the
-    /// captured processes, the configuration, and apart the ring. The socket-fd layout is OpenSSL 3.0's
-    /// (`tls::TlsConfig`); a library with another one yields events without an fd (counted, not
-    /// decoded). The programs stay idle until [`TlsMaps::enable`].
+    /// captured processes, the configuration, and apart the ring. The socket-fd layout is
+    /// OpenSSL 3.0's (`tls::TlsConfig`); a library with another one yields events without an fd
+    /// (counted, not decoded). The programs stay idle until [`TlsMaps::enable`].
     pub fn load_tls(&mut self) -> Result<(TlsMaps, RingBuf<MapData>), CaptureError> {
         for name in [names::TLS_ENTRY, names::TLS_RETURN, names::TLS_FREE] {
             self.uprobe(name)?
