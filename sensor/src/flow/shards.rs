@@ -224,19 +224,26 @@ impl ShardedFlows {
     /// chunks are out.
     fn hand_out(&mut self, out: &mut Vec<Exchange>) {
         let segments = self.segments;
-        for (worker, share) in self.workers.iter().zip(&mut self.filling) {
-            let chunk = std::mem::take(share);
-            let sent = worker
-                .chunks
-                .as_ref()
-                .is_some_and(|tx| tx.send(chunk).is_ok());
-            if !sent {
-                self.broken = true;
-            }
-        }
         self.items = 0;
         self.segments = 0;
+        if !self.broken {
+            for (worker, share) in self.workers.iter().zip(&mut self.filling) {
+                let chunk = std::mem::take(share);
+                let sent = worker
+                    .chunks
+                    .as_ref()
+                    .is_some_and(|tx| tx.send(chunk).is_ok());
+                if !sent {
+                    self.broken = true;
+                }
+            }
+        }
         if self.broken {
+            // Nothing more is sent once a worker stopped: the others' answers would no longer
+            // be collected, and their bounded queues would fill and block this thread.
+            for share in &mut self.filling {
+                share.clear();
+            }
             self.segments_lost += segments as u64;
             return;
         }
