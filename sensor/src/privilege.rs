@@ -134,21 +134,16 @@ pub fn drop_to(user: &User, data_dir: &Path) -> Result<(), PrivilegeError> {
     switch("gid", setgid(user.gid))?;
     switch("uid", setuid(user.uid))?;
     let kept: HashSet<Capability> = KEPT.iter().copied().collect();
-    let capabilities = |step, result: Result<(), caps::errors::CapsError>| {
-        result.map_err(|source| PrivilegeError::Capabilities { step, source })
-    };
     // The bounding set first: dropping from it needs CAP_SETPCAP, which goes next.
     for capability in caps::all() {
         if !kept.contains(&capability) {
-            capabilities(
+            at_step(
                 "bounding set",
                 caps::drop(None, CapSet::Bounding, capability),
             )?;
         }
     }
-    capabilities("inheritable", caps::clear(None, CapSet::Inheritable))?;
-    capabilities("effective", caps::set(None, CapSet::Effective, &kept))?;
-    capabilities("permitted", caps::set(None, CapSet::Permitted, &kept))?;
+    keep_only(&kept)?;
     log::info!(
         "running as {} (uid {}, gid {}) with {}",
         user.name,
@@ -166,9 +161,6 @@ pub fn drop_to(user: &User, data_dir: &Path) -> Result<(), PrivilegeError> {
 /// sets, and none inheritable (the ambient set empties with them). Without CAP_SETPCAP the
 /// bounding set stays, which grants nothing by itself: the service has `NoNewPrivileges`.
 fn shed_beyond_kept() -> Result<(), PrivilegeError> {
-    let capabilities = |step, result: Result<(), caps::errors::CapsError>| {
-        result.map_err(|source| PrivilegeError::Capabilities { step, source })
-    };
     let permitted =
         caps::read(None, CapSet::Permitted).map_err(|source| PrivilegeError::Capabilities {
             step: "reading the permitted set",
@@ -183,12 +175,26 @@ fn shed_beyond_kept() -> Result<(), PrivilegeError> {
     if shed.is_empty() {
         return Ok(());
     }
-    // Effective first: it may never exceed the permitted set.
-    capabilities("effective", caps::set(None, CapSet::Effective, &kept))?;
-    capabilities("permitted", caps::set(None, CapSet::Permitted, &kept))?;
-    capabilities("inheritable", caps::clear(None, CapSet::Inheritable))?;
+    keep_only(&kept)?;
     log::info!("gave up {} after the start", shed.join(", "));
     Ok(())
+}
+
+/// Leaves `kept` (a subset of the permitted set) as the effective and permitted sets, and
+/// nothing inheritable: the ambient set empties with it.
+fn keep_only(kept: &HashSet<Capability>) -> Result<(), PrivilegeError> {
+    at_step("inheritable", caps::clear(None, CapSet::Inheritable))?;
+    // Effective before permitted: it may never exceed the permitted set.
+    at_step("effective", caps::set(None, CapSet::Effective, kept))?;
+    at_step("permitted", caps::set(None, CapSet::Permitted, kept))
+}
+
+/// A capability call's error, with the step it failed at.
+fn at_step(
+    step: &'static str,
+    result: Result<(), caps::errors::CapsError>,
+) -> Result<(), PrivilegeError> {
+    result.map_err(|source| PrivilegeError::Capabilities { step, source })
 }
 
 /// `dir` (made 0700) and what it holds to `user`.
