@@ -14,10 +14,7 @@ use std::{
 use crate::{
     capture::ServerPorts,
     config::{Config, Ports},
-    flow::{
-        FlowConfig, FlowTable, Flows,
-        shards::{ShardError, ShardedFlows},
-    },
+    flow::{FlowConfig, Flows, shards::ShardError},
     http::HttpConfig,
     pipeline::{
         Analysis, Clock, NdjsonLines, Pipeline, PipelineError, StoreWriter, WriterMode,
@@ -166,10 +163,7 @@ pub fn pipeline(
         },
         ..FlowConfig::default()
     };
-    let flows: Flows = match options.decode_threads {
-        0 => FlowTable::new(flows).into(),
-        n => ShardedFlows::new(&flows, n)?.into(),
-    };
+    let flows = Flows::new(flows, options.decode_threads)?;
     let mut pipeline = Pipeline::new(
         Clock::Capture,
         flows,

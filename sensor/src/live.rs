@@ -30,10 +30,7 @@ use crate::{
     container::ContainerIndex,
     dump,
     exchange::now_ns,
-    flow::{
-        FlowConfig, FlowTable, Flows,
-        shards::{ShardError, ShardedFlows},
-    },
+    flow::{FlowConfig, Flows, shards::ShardError},
     http::HttpConfig,
     nat::{Conntrack, NatConfig, NatTable},
     pipeline::{self, Analysis, DumpLines, Pipeline, PipelineError, StoreWriter, WriterMode},
@@ -263,10 +260,7 @@ fn live_pipeline(
         },
         ..FlowConfig::default()
     };
-    let flows: Flows = match config.capture.decode_threads {
-        0 => FlowTable::new(flow_config).into(),
-        n => ShardedFlows::new(&flow_config, n)?.into(),
-    };
+    let flows = Flows::new(flow_config, config.capture.decode_threads)?;
     let nat = NatTable::new(
         conntrack,
         NatConfig {

@@ -131,6 +131,15 @@ impl From<shards::ShardedFlows> for Flows {
 }
 
 impl Flows {
+    /// One table on the caller's thread (`decode_threads` 0), or spread over that many worker
+    /// threads, each with a share of `config`'s bounds.
+    pub fn new(config: FlowConfig, decode_threads: usize) -> Result<Self, shards::ShardError> {
+        Ok(match decode_threads {
+            0 => Self::One(FlowTable::new(config)),
+            n => Self::Sharded(shards::ShardedFlows::new(&config, n)?),
+        })
+    }
+
     /// Feeds one segment; finished exchanges are appended to `out` (spread over workers: those
     /// of the segments the workers have answered for).
     pub fn push(&mut self, segment: TcpSegment, out: &mut Vec<Exchange>) {
