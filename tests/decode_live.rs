@@ -373,3 +373,144 @@ fn import_of_a_capture_reports_what_the_live_path_reports() {
     assert_eq!(imported, live);
     let _ = std::fs::remove_file(pcap);
 }
+
+const BIN: &str = env!("CARGO_BIN_EXE_apisessions");
+/// The download and the upload of the skipping test: far past the body cap (16 KiB).
+const LARGE_LEN: usize = 8 << 20;
+const UPLOAD_LEN: usize = 4 << 20;
+
+/// Lever 1 of the performance work: once the daemon's decoder has kept a body's first 16 KiB
+/// and knows its length, the kernel sends only the lengths of the segments that carry the
+/// rest. Real nginx, real curl (rate-limited, so the body is still on its way when the daemon
+/// asks, as it is for any body that takes longer than a moment to send): an 8 MiB download
+/// followed by a small one on the same connection, and a 4 MiB upload. The records keep the
+/// exact body lengths without a gap, the small response after the skipped body is decoded
+/// whole, and most of the large bodies never crossed the ring.
+#[test]
+fn a_daemon_has_the_kernel_skip_long_bodies_past_the_cap_and_records_them_whole() {
+    let net = TestNet::new();
+    let nginx = Nginx::start(&net, PORT);
+    std::fs::write(nginx.root.join("large.bin"), vec![b'L'; LARGE_LEN]).unwrap();
+    let data_dir = std::env::temp_dir().join(format!("apis-skip-{}", net.server_ns));
+    let _ = std::fs::remove_dir_all(&data_dir);
+    let upload = data_dir.with_extension("upload");
+    std::fs::write(&upload, vec![b'U'; UPLOAD_LEN]).unwrap();
+    let mut daemon = common::start_daemon(&net, BIN, &[PORT], &data_dir);
+
+    let base = format!("http://{}", net.server_addr(false, PORT));
+    let curl = |args: &[&str]| {
+        let out = TestNet::command(&net.client_ns, "curl")
+            .args(["-sS", "--fail", "--limit-rate", "40M", "-o", "/dev/null"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "curl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    // Two URLs in one curl: one keep-alive connection.
+    curl(&[
+        &format!("{base}/large.bin"),
+        "-o",
+        "/dev/null",
+        &format!("{base}/small.txt"),
+    ]);
+    curl(&[
+        "-T",
+        upload.to_str().unwrap(),
+        &format!("{base}/uploads/up.bin"),
+    ]);
+
+    let records = || common::exported(BIN, &data_dir);
+    assert!(
+        common::wait_until(Duration::from_secs(15), || records().len() >= 3),
+        "three exchanges recorded: {:?}",
+        records()
+    );
+    let records = records();
+    let find = |uri: &str| {
+        records
+            .iter()
+            .find(|r| r["uri"] == uri)
+            .unwrap_or_else(|| panic!("no record of {uri}: {records:?}"))
+    };
+    let (large, small, put) = (
+        find("/large.bin"),
+        find("/small.txt"),
+        find("/uploads/up.bin"),
+    );
+    assert_eq!(
+        (
+            &large["status_code"],
+            &large["response_body_len"],
+            &large["gap"],
+            &large["response_truncated"]
+        ),
+        (
+            &serde_json::json!(200),
+            &serde_json::json!(LARGE_LEN),
+            &serde_json::json!(false),
+            &serde_json::json!(true)
+        ),
+        "{large}"
+    );
+    assert_eq!(small["client_port"], large["client_port"], "one connection");
+    assert_eq!(
+        (
+            &small["status_code"],
+            &small["response_body_len"],
+            &small["gap"]
+        ),
+        (
+            &serde_json::json!(200),
+            &serde_json::json!(common::SMALL_BODY.len()),
+            &serde_json::json!(false)
+        ),
+        "{small}"
+    );
+    assert_eq!(
+        (
+            &put["status_code"],
+            &put["request_body_len"],
+            &put["gap"],
+            &put["request_truncated"]
+        ),
+        (
+            &serde_json::json!(201),
+            &serde_json::json!(UPLOAD_LEN),
+            &serde_json::json!(false),
+            &serde_json::json!(true)
+        ),
+        "{put}"
+    );
+
+    let counter = |stage, name| common::counter(BIN, &data_dir, stage, name);
+    let skipped = counter("kernel", "skipped_bytes");
+    let submitted = counter("kernel", "bytes_submitted");
+    eprintln!("kernel: {skipped} bytes skipped, {submitted} bytes submitted");
+    assert!(counter("flows", "skip_hints") >= 2, "a hint per large body");
+    // Most of the 12 MiB never crossed the ring; what did is the heads, the kept 16 KiB of
+    // each body, and what was sent before the hints arrived.
+    assert!(
+        skipped >= ((LARGE_LEN + UPLOAD_LEN) / 2) as u64,
+        "skipped {skipped}"
+    );
+    assert!(
+        submitted < ((LARGE_LEN + UPLOAD_LEN) / 4) as u64,
+        "submitted {submitted}"
+    );
+    // Every skipped segment reached the decoder as known bytes: none of it is a gap.
+    assert_eq!(counter("reassembly", "gap_bytes"), 0);
+    assert_eq!(
+        counter("reassembly", "skipped_bytes"),
+        counter("http", "body_bytes_skipped")
+    );
+    assert!(counter("http", "body_bytes_skipped") >= skipped / 2);
+
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    let _ = std::fs::remove_dir_all(&data_dir);
+    let _ = std::fs::remove_file(&upload);
+}

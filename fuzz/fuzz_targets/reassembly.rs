@@ -40,6 +40,7 @@ fuzz_target!(|data: &[u8]| {
                 flags: header[6],
                 payload: tail[..len].to_vec(),
                 missing: u32::from(header[1] >> 4),
+                skipped: header[1] & 4 != 0,
                 upstream: None,
                 tls: header[1] & 2 != 0,
             },

@@ -53,6 +53,7 @@ pub mod names {
     pub const CONFIG: &str = "CONFIG";
     pub const PORTS: &str = "PORTS";
     pub const IFACES: &str = "IFACES";
+    pub const SKIP: &str = "SKIP";
     pub const TC_INGRESS: &str = "apis_tc_ingress";
     pub const TC_EGRESS: &str = "apis_tc_egress";
     pub const SOCKET: &str = "apis_socket";
@@ -130,6 +131,47 @@ pub mod event_flags {
     pub const TRUNCATED: u8 = 0x01;
     /// More chunks of the same segment follow in later events.
     pub const MORE_CHUNKS: u8 = 0x02;
+    /// The segment lies wholly inside a range user space asked to skip (`SKIP`): no payload
+    /// follows, `segment_len` says how many bytes the wire carried. They are known, not lost.
+    pub const SKIPPED: u8 = 0x04;
+}
+
+/// Body skipping (`SKIP` map). Once the decoder has kept all it keeps of a message body (the
+/// body cap) and knows from its Content-Length how many bytes are left, it asks the kernel to
+/// send only headers for the segments that carry nothing else: large downloads and uploads
+/// never cross the ring.
+pub mod skip {
+    /// Flows with a skip range at most (LRU: the least recently used one goes first).
+    pub const MAX_FLOWS: u32 = 16 * 1024;
+    /// Segments with less payload are not looked up: the lookup would cost more than their copy,
+    /// and the short exchanges that make up most API traffic never pay for it. Full-size
+    /// Ethernet segments (1448 bytes) and GSO/GRO segments are larger.
+    pub const MIN_SEGMENT: u32 = 1024;
+}
+
+/// One direction of a connection as the TC programs see it on the wire (`SKIP` key).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SkipKey {
+    /// Addresses as in [`SegmentHeader`] (IPv4 in the first four bytes).
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    /// 4 or 6.
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+
+const _: () = assert!(core::mem::size_of::<SkipKey>() == 40);
+
+/// Sequence range `[from, until)` whose segments carry only body bytes user space will not read
+/// (`SKIP` value). Compared with wrap-around: ranges are far below 2^31.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SkipRange {
+    pub from_seq: u32,
+    pub until_seq: u32,
 }
 
 /// Header of every ring-buffer event; `captured_len` payload bytes follow it directly.
@@ -218,7 +260,11 @@ pub mod counter {
     pub const TLS_SEGMENTS: u32 = 16;
     /// Their TCP payload bytes.
     pub const TLS_BYTES: u32 = 17;
-    pub const COUNT: u32 = 18;
+    /// Segments inside a body user space asked to skip (`SKIP`): sent as header-only events.
+    pub const SKIPPED_SEGMENTS: u32 = 18;
+    /// Their TCP payload bytes, which never crossed the ring.
+    pub const SKIPPED_BYTES: u32 = 19;
+    pub const COUNT: u32 = 20;
 
     /// Stable names, in index order, as `apisessions stats` shows them.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -240,6 +286,8 @@ pub mod counter {
         "ring_full_bytes",
         "tls_segments",
         "tls_bytes",
+        "skipped_segments",
+        "skipped_bytes",
     ];
 }
 
@@ -459,4 +507,8 @@ mod user {
     unsafe impl aya::Pod for super::CaptureConfig {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::tls::TlsConfig {}
+    // SAFETY: as above (the key's padding is an explicit, zeroed field).
+    unsafe impl aya::Pod for super::SkipKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SkipRange {}
 }

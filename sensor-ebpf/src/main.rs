@@ -17,13 +17,13 @@ use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, TC_ACT_UNSPEC},
     helpers::{bpf_ktime_get_ns, bpf_skb_load_bytes},
     macros::{classifier, map, socket_filter},
-    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::{SkBuffContext, TcContext, sk_buff::SkBuff},
 };
 use sensor_ebpf::{
     CONFIG_ALL_PORTS, CONFIG_ENABLED, CaptureConfig, DEFAULT_RING_BYTES, Direction, EventBuf,
-    HEADER_LEN, MAX_CHUNK, MAX_CHUNKS_PER_SEGMENT, PORT_SLOTS, counter, event_flags, iface, port,
-    tcp_flags,
+    HEADER_LEN, MAX_CHUNK, MAX_CHUNKS_PER_SEGMENT, PORT_SLOTS, SkipKey, SkipRange, counter,
+    event_flags, iface, port, skip, tcp_flags,
 };
 
 mod uprobes;
@@ -44,6 +44,10 @@ static PORTS: Array<u8> = Array::with_max_entries(PORT_SLOTS, 0);
 /// Per-interface settings (`iface::*` bits) keyed by ifindex; absent means Ethernet.
 #[map]
 static IFACES: HashMap<u32, u32> = HashMap::with_max_entries(1024, 0);
+
+/// Body ranges user space will not read, per wire direction (see `sensor_ebpf::skip`).
+#[map]
+static SKIP: LruHashMap<SkipKey, SkipRange> = LruHashMap::with_max_entries(skip::MAX_FLOWS, 0);
 
 #[map]
 static SCRATCH: PerCpuArray<EventBuf> = PerCpuArray::with_max_entries(1, 0);
@@ -296,10 +300,18 @@ fn tcp(
         count(counter::PURE_ACKS, 1);
         return Ok(());
     }
+    // A segment inside a skipped body goes as a header-only event (see `sensor_ebpf::skip`).
+    let skip = segment_len >= skip::MIN_SEGMENT
+        && flags & (tcp_flags::SYN | tcp_flags::FIN | tcp_flags::RST) == 0
+        && skipped(net, sport, dport, seq, segment_len);
     let snaplen = config.snaplen;
-    let captured = segment_len.min(snaplen);
+    let captured = if skip { 0 } else { segment_len.min(snaplen) };
     let mut extra_flags = 0;
-    if segment_len > snaplen {
+    if skip {
+        count(counter::SKIPPED_SEGMENTS, 1);
+        count(counter::SKIPPED_BYTES, u64::from(segment_len));
+        extra_flags |= event_flags::SKIPPED;
+    } else if segment_len > snaplen {
         count(counter::SEGMENTS_TRUNCATED, 1);
         count(counter::BYTES_TRUNCATED, u64::from(segment_len - snaplen));
         extra_flags |= event_flags::TRUNCATED;
@@ -365,6 +377,31 @@ fn tcp(
         }
     }
     Ok(())
+}
+
+/// Whether the segment lies wholly inside its direction's skip range. A segment at or past the
+/// range's end removes the range: the body is over, and a later connection on the same ports
+/// must not find it.
+#[inline(always)]
+fn skipped(net: &Network, sport: u16, dport: u16, seq: u32, len: u32) -> bool {
+    let key = SkipKey {
+        saddr: net.saddr,
+        daddr: net.daddr,
+        sport,
+        dport,
+        family: net.family,
+        _pad: [0; 3],
+    };
+    // SAFETY: plain value lookup; the value is copied out at once.
+    let Some(range) = (unsafe { SKIP.get(key) }).copied() else {
+        return false;
+    };
+    if seq.wrapping_sub(range.until_seq) as i32 >= 0 {
+        let _ = SKIP.remove(key);
+        return false;
+    }
+    let end = seq.wrapping_add(len);
+    seq.wrapping_sub(range.from_seq) as i32 >= 0 && range.until_seq.wrapping_sub(end) as i32 >= 0
 }
 
 /// Copies header + `len` payload bytes into the ring. Wakes the reader only when this event

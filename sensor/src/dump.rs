@@ -40,6 +40,9 @@ pub fn segment_line(segment: &Segment, clock: &crate::capture::Clock) -> String 
     if segment.truncated {
         let _ = write!(line, " truncated({})", segment.segment_len);
     }
+    if segment.skipped {
+        let _ = write!(line, " skipped({})", segment.segment_len);
+    }
     if !segment.payload.is_empty() {
         let shown = &segment.payload[..segment.payload.len().min(DUMP_PREVIEW)];
         let _ = write!(line, " \"{}\"", shown.escape_ascii());
@@ -132,6 +135,7 @@ mod tests {
             chunk_offset: 16384,
             truncated: false,
             more_chunks: true,
+            skipped: false,
             payload: b"GET / HTTP/1.1\r\n\x00".to_vec(),
         };
         let line = segment_line(&segment, &crate::capture::Clock::new());

@@ -258,6 +258,7 @@ fn live_pipeline(
             body_cap: config.capture.body_cap,
             ..HttpConfig::default()
         },
+        skip_hints: true,
         ..FlowConfig::default()
     };
     let flows = Flows::new(flow_config, config.capture.decode_threads)?;
@@ -511,6 +512,10 @@ async fn daemon(
                 }
                 for segment in arrived.drain(..) {
                     feed.segment(segment);
+                }
+                // At once: the rest of a long body is on its way.
+                for hint in feed.pipeline.take_skip_hints() {
+                    sensor.skip(hint.src, hint.dst, hint.from_seq, hint.until_seq);
                 }
             }
             n = next_plaintext(&mut plaintext, &mut arrived_plaintext) => {

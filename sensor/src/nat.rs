@@ -539,6 +539,7 @@ mod tests {
             flags: tcp_flags::ACK,
             payload: b"x".to_vec(),
             missing: 0,
+            skipped: false,
             upstream: None,
             tls: false,
         }

@@ -23,6 +23,9 @@ pub struct TcpSegment {
     /// Payload bytes that followed `payload` in this segment on the wire but were not captured
     /// (eBPF snaplen, pcap snaplen). Reassembly turns them into a gap.
     pub missing: u32,
+    /// The `missing` bytes were left out on the decoder's request (a long body past the cap):
+    /// known, not lost. Reassembly passes them on as skipped instead of a gap.
+    pub skipped: bool,
     /// Where NAT sent the connection (the container behind a published port), when `src` and
     /// `dst` were renamed to what the client addressed (see [`crate::nat`]).
     pub upstream: Option<SocketAddr>,
@@ -57,7 +60,7 @@ impl TcpSegment {
         let end = segment
             .chunk_offset
             .saturating_add(segment.payload.len() as u32);
-        let missing = if segment.truncated && !segment.more_chunks {
+        let missing = if segment.skipped || (segment.truncated && !segment.more_chunks) {
             segment.segment_len.saturating_sub(end)
         } else {
             0
@@ -71,6 +74,7 @@ impl TcpSegment {
             flags: segment.tcp_flags,
             payload: segment.payload,
             missing,
+            skipped: segment.skipped,
             upstream: None,
             tls: false,
         }
@@ -91,6 +95,7 @@ impl TcpSegment {
             flags: piece.flags,
             payload: piece.payload,
             missing: piece.missing,
+            skipped: false,
             upstream: None,
             tls: true,
         }

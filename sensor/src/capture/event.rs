@@ -32,6 +32,9 @@ pub struct Segment {
     pub truncated: bool,
     /// Further chunks of the same segment follow.
     pub more_chunks: bool,
+    /// The whole payload (`segment_len` bytes) was left out on the decoder's request
+    /// (`sensor_ebpf::skip`): none follows, none is lost.
+    pub skipped: bool,
     pub payload: Vec<u8>,
 }
 
@@ -114,6 +117,7 @@ pub fn decode(bytes: &[u8]) -> Result<Segment, EventError> {
         chunk_offset: header.chunk_offset,
         truncated: header.event_flags & event_flags::TRUNCATED != 0,
         more_chunks: header.event_flags & event_flags::MORE_CHUNKS != 0,
+        skipped: header.event_flags & event_flags::SKIPPED != 0,
         payload: payload.to_vec(),
     })
 }

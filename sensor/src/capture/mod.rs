@@ -12,7 +12,15 @@ pub mod reader;
 pub mod tls;
 pub mod topology;
 
-use std::{error::Error as StdError, io, path::Path, sync::Arc};
+use std::{
+    error::Error as StdError,
+    io,
+    net::{IpAddr, SocketAddr},
+    path::Path,
+    sync::{Arc, atomic::Ordering},
+};
+
+use sensor_ebpf::{SkipKey, SkipRange};
 
 use tokio::{
     sync::{mpsc, watch},
@@ -337,6 +345,33 @@ impl Sensor {
         self.program.counters()
     }
 
+    /// Asks the kernel to send only the lengths of the segments from `src` to `dst` that lie
+    /// wholly in the sequence range `[from_seq, until_seq)` (`sensor_ebpf::skip`): the decoder
+    /// only counts those body bytes. A range the map refuses costs only the saving: it is
+    /// counted (`skip_hints_refused`) and the body crosses the ring whole.
+    pub fn skip(&mut self, src: SocketAddr, dst: SocketAddr, from_seq: u32, until_seq: u32) {
+        let key = match (src.ip(), dst.ip()) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => skip_key(4, &s.octets(), &d.octets()),
+            (IpAddr::V6(s), IpAddr::V6(d)) => skip_key(6, &s.octets(), &d.octets()),
+            _ => return,
+        };
+        let key = SkipKey {
+            sport: src.port(),
+            dport: dst.port(),
+            ..key
+        };
+        let range = SkipRange {
+            from_seq,
+            until_seq,
+        };
+        if let Err(e) = self.program.skip(key, range) {
+            self.counters
+                .skip_hints_refused
+                .fetch_add(1, Ordering::Relaxed);
+            log::debug!("skip range for {src} > {dst}: {e}");
+        }
+    }
+
     /// Watches, mutes or stops watching a port while capturing (`sensor_ebpf::port`).
     pub fn set_port(&mut self, port: u16, state: u8) -> Result<(), CaptureError> {
         self.program.set_port(port, state)
@@ -368,4 +403,16 @@ impl Sensor {
             )),
         }
     }
+}
+
+/// A [`SkipKey`] of the given family, addresses as the kernel writes them (IPv4 in the first four
+/// bytes); ports to be filled in.
+fn skip_key(family: u8, src: &[u8], dst: &[u8]) -> SkipKey {
+    let mut key = SkipKey {
+        family,
+        ..SkipKey::default()
+    };
+    key.saddr[..src.len()].copy_from_slice(src);
+    key.daddr[..dst.len()].copy_from_slice(dst);
+    key
 }

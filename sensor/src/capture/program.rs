@@ -9,7 +9,7 @@ use aya::{
 };
 use sensor_ebpf::{
     CONFIG_ALL_PORTS, CONFIG_ENABLED, CaptureConfig, DEFAULT_RING_BYTES, DEFAULT_SNAPLEN,
-    DEFAULT_WAKEUP_BYTES, MAX_SNAPLEN, counter, names,
+    DEFAULT_WAKEUP_BYTES, MAX_SNAPLEN, SkipKey, SkipRange, counter, names,
 };
 
 use super::CaptureError;
@@ -176,6 +176,19 @@ impl CaptureProgram {
         ports
             .set(u32::from(port), state, 0)
             .map_err(|e| CaptureError::load(names::PORTS, e))
+    }
+
+    /// Asks the programs to send only headers for the segments of one wire direction that lie
+    /// wholly in `range` (`sensor_ebpf::skip`). Takes effect for the next packet.
+    pub fn skip(&mut self, key: SkipKey, range: SkipRange) -> Result<(), CaptureError> {
+        let mut map: HashMap<_, SkipKey, SkipRange> = HashMap::try_from(
+            self.ebpf
+                .map_mut(names::SKIP)
+                .ok_or(CaptureError::Missing(names::SKIP))?,
+        )
+        .map_err(|e| CaptureError::load(names::SKIP, e))?;
+        map.insert(key, range, 0)
+            .map_err(|e| CaptureError::load(names::SKIP, e))
     }
 
     /// Tells the programs how to parse packets of one interface (`sensor_ebpf::iface` bits).

@@ -33,6 +33,8 @@ pub struct ReaderCounters {
     pub events_malformed: AtomicU64,
     pub wakeups: AtomicU64,
     pub timer_drains: AtomicU64,
+    /// Skip ranges the kernel's map refused (`Sensor::skip`): those bodies cross the ring whole.
+    pub skip_hints_refused: AtomicU64,
 }
 
 impl ReaderCounters {
@@ -46,6 +48,10 @@ impl ReaderCounters {
             ),
             ("wakeups", self.wakeups.load(Ordering::Relaxed)),
             ("timer_drains", self.timer_drains.load(Ordering::Relaxed)),
+            (
+                "skip_hints_refused",
+                self.skip_hints_refused.load(Ordering::Relaxed),
+            ),
         ]
     }
 }

@@ -44,6 +44,9 @@ pub struct FlowConfig {
     pub max_buffered_bytes: usize,
     pub stream: StreamLimits,
     pub http: HttpConfig,
+    /// Ask the capture to leave out long bodies past the cap ([`FlowTable::take_skip_hints`]):
+    /// live, where a kernel takes the hints; a capture file has nothing to ask.
+    pub skip_hints: bool,
 }
 
 impl Default for FlowConfig {
@@ -56,6 +59,7 @@ impl Default for FlowConfig {
             max_buffered_bytes: 64 << 20,
             stream: StreamLimits::default(),
             http: HttpConfig::default(),
+            skip_hints: false,
         }
     }
 }
@@ -77,6 +81,10 @@ pub struct FlowCounters {
     pub direction_guessed: u64,
     /// Port verdicts not kept because the daemon had not taken the last ones yet.
     pub port_verdicts_dropped: u64,
+    /// Requests to the capture to leave out the rest of a long body ([`SkipHint`]).
+    pub skip_hints: u64,
+    /// Skip hints not kept because the daemon had not taken the last ones yet.
+    pub skip_hints_dropped: u64,
 }
 
 /// Both addresses, in a canonical order so both directions find the same flow.
@@ -96,16 +104,56 @@ impl Hash for FlowKey {
     }
 }
 
+/// A request to the capture: the segments from `src` to `dst` that lie wholly in the sequence
+/// range `[from_seq, until_seq)` carry only body bytes the decoder will count, not read; it may
+/// send their lengths without their bytes (`sensor_ebpf::skip`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SkipHint {
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+    pub from_seq: u32,
+    pub until_seq: u32,
+}
+
+/// Bodies with less left than this are read to their end: asking costs the daemon a map update,
+/// and a hint takes a moment to arrive, by when a short rest has crossed the ring already.
+const MIN_SKIP_BYTES: u64 = 32 * 1024;
+/// Farthest a hint reaches ahead of the stream (sequence comparisons hold far below 2^31); a
+/// longer body asks again when it gets there.
+const MAX_SKIP_BYTES: u64 = 1 << 30;
+/// Skip hints held for the daemon at most between two takes (the rest are counted).
+const MAX_SKIP_HINTS: usize = 4096;
+
 struct Flow {
     client: SocketAddr,
     /// Client-to-server and server-to-client.
     streams: [Stream; 2],
+    /// End of the last skip range asked for, per side: one hint per body.
+    skip_asked: [Option<u32>; 2],
     http: HttpConnection,
     last_ns: u64,
     buffered: usize,
     /// Seen from its SYN and not yet classified: its first bytes will say whether its server
     /// port speaks HTTP (see [`FlowTable::take_port_verdicts`]).
     classify: bool,
+}
+
+impl Flow {
+    /// The range to ask the capture to skip on `side`, once its decoder counts the rest of a
+    /// long body without reading it; `None` when there is none or it was asked for already.
+    fn skip_hint(&mut self, side: Side, http: &HttpConfig) -> Option<(u32, u32)> {
+        let left = self.http.body_left_to_count(side, http)?;
+        if left < MIN_SKIP_BYTES {
+            return None;
+        }
+        let from_seq = self.streams[side as usize].next_seq()?;
+        let until_seq = from_seq.wrapping_add(left.min(MAX_SKIP_BYTES) as u32);
+        if self.skip_asked[side as usize] == Some(until_seq) {
+            return None;
+        }
+        self.skip_asked[side as usize] = Some(until_seq);
+        Some((from_seq, until_seq))
+    }
 }
 
 /// The flow table on the pipeline's own thread, or spread over worker threads ([`shards`]).
@@ -180,6 +228,13 @@ impl Flows {
         }
     }
 
+    pub fn take_skip_hints(&mut self) -> Vec<SkipHint> {
+        match self {
+            Self::One(table) => table.take_skip_hints(),
+            Self::Sharded(sharded) => sharded.take_skip_hints(),
+        }
+    }
+
     pub fn snapshot(&self) -> Vec<(&'static str, Vec<(&'static str, u64)>)> {
         match self {
             Self::One(table) => table.snapshot(),
@@ -202,6 +257,7 @@ pub struct FlowTable {
     events: Vec<StreamEvent>,
     /// (server port, speaks HTTP) of connections classified since the last take.
     port_verdicts: Vec<(u16, bool)>,
+    skip_hints: Vec<SkipHint>,
     pub counters: FlowCounters,
     pub stream_counters: StreamCounters,
     pub http_counters: HttpCounters,
@@ -216,6 +272,7 @@ impl FlowTable {
             now_ns: 0,
             events: Vec::new(),
             port_verdicts: Vec::new(),
+            skip_hints: Vec::new(),
             counters: FlowCounters::default(),
             stream_counters: StreamCounters::default(),
             http_counters: HttpCounters::default(),
@@ -227,6 +284,11 @@ impl FlowTable {
     /// ports to keep watching.
     pub fn take_port_verdicts(&mut self) -> Vec<(u16, bool)> {
         std::mem::take(&mut self.port_verdicts)
+    }
+
+    /// The skip ranges asked for since the last call (with `skip_hints` on), for the capture.
+    pub fn take_skip_hints(&mut self) -> Vec<SkipHint> {
+        std::mem::take(&mut self.skip_hints)
     }
 
     pub fn active_flows(&self) -> usize {
@@ -251,6 +313,8 @@ impl FlowTable {
                     ("segments_filtered", c.segments_filtered),
                     ("direction_guessed", c.direction_guessed),
                     ("port_verdicts_dropped", c.port_verdicts_dropped),
+                    ("skip_hints", c.skip_hints),
+                    ("skip_hints_dropped", c.skip_hints_dropped),
                 ],
             ),
             ("reassembly", self.stream_counters.snapshot()),
@@ -326,6 +390,7 @@ impl FlowTable {
                 Flow {
                     client,
                     streams: [Stream::default(), Stream::default()],
+                    skip_asked: [None; 2],
                     http: {
                         let mut http = HttpConnection::new(client, server);
                         if segment.has(tcp_flags::SYN) {
@@ -355,7 +420,9 @@ impl FlowTable {
             Side::Server
         };
         let rst = segment.has(tcp_flags::RST);
+        let (segment_src, segment_dst) = (segment.src, segment.dst);
         let (segment_src_port, segment_dst_port) = (segment.src.port(), segment.dst.port());
+        let segment_wire = segment.upstream.is_none() && !segment.tls;
         let mut events = std::mem::take(&mut self.events);
         if segment.has(tcp_flags::ACK) {
             // What this side acknowledged of the other direction: holes there that it passes
@@ -388,6 +455,7 @@ impl FlowTable {
             fin: segment.has(tcp_flags::FIN),
             rst,
             missing: segment.missing,
+            skipped: segment.skipped,
             payload: segment.payload,
         };
         let index = side as usize;
@@ -421,6 +489,26 @@ impl FlowTable {
             &mut self.http_counters,
             out,
         );
+        // Translated (NAT) or decrypted (TLS) segments are not what the wire carries: a hint
+        // in their addresses would match nothing.
+        if self.config.skip_hints && segment_wire {
+            let hint = flow
+                .skip_hint(side, &self.config.http)
+                .map(|(from_seq, until_seq)| SkipHint {
+                    src: segment_src,
+                    dst: segment_dst,
+                    from_seq,
+                    until_seq,
+                });
+            if let Some(hint) = hint {
+                if self.skip_hints.len() < MAX_SKIP_HINTS {
+                    self.counters.skip_hints += 1;
+                    self.skip_hints.push(hint);
+                } else {
+                    self.counters.skip_hints_dropped += 1;
+                }
+            }
+        }
         if rst {
             // A reset ends the whole connection, not only the direction that sent it.
             let other_side = side.other();
@@ -547,6 +635,7 @@ mod tests {
             flags,
             payload: payload.to_vec(),
             missing: 0,
+            skipped: false,
             upstream: None,
             tls: false,
         }
@@ -785,5 +874,122 @@ mod tests {
             (table.active_flows(), table.counters.segments_filtered),
             (0, 1)
         );
+    }
+
+    /// A download of 200 000 bytes: request, head and 20 000 body bytes, then whatever `rest`
+    /// makes of the remaining 180 000 (as the kernel would send them), then the FINs.
+    fn download(config: FlowConfig, rest: &[TcpSegment]) -> (FlowTable, Vec<Exchange>) {
+        use tcp_flags::{ACK, FIN, PSH, SYN};
+        let mut table = FlowTable::new(config);
+        let mut out = Vec::new();
+        let request = b"GET /big HTTP/1.1\r\nHost: h\r\n\r\n";
+        let mut first = DOWNLOAD_HEAD.to_vec();
+        first.extend_from_slice(&[b'a'; 20_000]);
+        for seg in [
+            segment(CLIENT, SERVER, 100, SYN, b"", 1),
+            segment(SERVER, CLIENT, 500, SYN | ACK, b"", 2),
+            segment(CLIENT, SERVER, 101, PSH | ACK, request, 3),
+            segment(SERVER, CLIENT, 501, ACK, &first, 4),
+        ] {
+            table.push(seg, &mut out);
+        }
+        for seg in rest {
+            table.push(seg.clone(), &mut out);
+        }
+        let server_end = BODY_AT + 180_000;
+        table.push(
+            segment(SERVER, CLIENT, server_end, FIN | ACK, b"", 8),
+            &mut out,
+        );
+        let client_end = 101 + request.len() as u32;
+        table.push(
+            segment(CLIENT, SERVER, client_end, FIN | ACK, b"", 9),
+            &mut out,
+        );
+        (table, out)
+    }
+
+    const DOWNLOAD_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 200000\r\n\r\n";
+    /// The seq right after the download's first 20 000 body bytes.
+    const BODY_AT: u32 = 501 + DOWNLOAD_HEAD.len() as u32 + 20_000;
+
+    #[test]
+    fn a_long_body_past_the_cap_asks_to_skip_its_rest_once_and_skipped_bytes_keep_it_whole() {
+        let config = FlowConfig {
+            skip_hints: true,
+            ..FlowConfig::default()
+        };
+        let skipped = TcpSegment {
+            missing: 180_000,
+            skipped: true,
+            ..segment(SERVER, CLIENT, BODY_AT, tcp_flags::ACK, b"", 5)
+        };
+        let (mut table, out) = download(config.clone(), &[skipped]);
+        assert_eq!(
+            table.take_skip_hints(),
+            [SkipHint {
+                src: SERVER.parse().unwrap(),
+                dst: CLIENT.parse().unwrap(),
+                from_seq: BODY_AT,
+                until_seq: BODY_AT + 180_000,
+            }]
+        );
+        assert_eq!(table.counters.skip_hints, 1);
+        assert_eq!(out.len(), 1);
+        let response = out[0].response.as_ref().unwrap();
+        assert_eq!(response.meta.body_len, 200_000);
+        assert_eq!(response.meta.body.len(), config.http.body_cap);
+        assert!(response.meta.truncated && !response.meta.gap);
+        assert_eq!(table.http_counters.body_bytes_skipped, 180_000);
+        assert_eq!(
+            (
+                table.stream_counters.gaps,
+                table.stream_counters.skipped_bytes
+            ),
+            (0, 180_000)
+        );
+
+        // Captured whole instead (the hint came too late): the same record, and no second hint
+        // while the body goes on.
+        let data = |seq: u32, len: usize| {
+            segment(SERVER, CLIENT, seq, tcp_flags::ACK, &vec![b'b'; len], 5)
+        };
+        let (mut table, whole) = download(
+            config,
+            &[data(BODY_AT, 90_000), data(BODY_AT + 90_000, 90_000)],
+        );
+        assert_eq!(table.take_skip_hints().len(), 1);
+        let response = whole[0].response.as_ref().unwrap();
+        assert_eq!(
+            (response.meta.body_len, response.meta.gap),
+            (200_000, false)
+        );
+
+        // A capture file asks for nothing.
+        let (mut table, _) = download(FlowConfig::default(), &[data(BODY_AT, 180_000)]);
+        assert!(table.take_skip_hints().is_empty());
+    }
+
+    #[test]
+    fn skipped_bytes_the_decoder_did_not_ask_for_are_a_gap() {
+        // A marker inside the first 20 000 bytes' range (the state it was asked for is gone):
+        // taken as lost, as a gap of its length.
+        let early = TcpSegment {
+            missing: 180_000,
+            skipped: true,
+            ..segment(SERVER, CLIENT, BODY_AT, tcp_flags::ACK, b"", 5)
+        };
+        let config = FlowConfig {
+            http: HttpConfig {
+                body_cap: 1 << 20,
+                ..HttpConfig::default()
+            },
+            ..FlowConfig::default()
+        };
+        let (table, out) = download(config, &[early]);
+        let response = out[0].response.as_ref().unwrap();
+        assert_eq!(response.meta.body_len, 200_000);
+        assert!(response.meta.gap);
+        assert_eq!(table.http_counters.body_bytes_skipped, 0);
     }
 }

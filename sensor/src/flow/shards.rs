@@ -21,7 +21,7 @@ use std::{
     thread::JoinHandle,
 };
 
-use super::{FlowConfig, FlowTable};
+use super::{FlowConfig, FlowTable, SkipHint};
 use crate::{exchange::Exchange, segment::TcpSegment};
 
 /// Counters by stage and name, as [`FlowTable::snapshot`] gives them.
@@ -49,6 +49,7 @@ struct Answer {
     exchanges: Vec<(u32, Exchange)>,
     snapshot: Snapshot,
     port_verdicts: Vec<(u16, bool)>,
+    skip_hints: Vec<SkipHint>,
 }
 
 struct Worker {
@@ -78,6 +79,7 @@ pub struct ShardedFlows {
     /// Each worker's latest counters.
     snapshots: Vec<Snapshot>,
     port_verdicts: Vec<(u16, bool)>,
+    skip_hints: Vec<SkipHint>,
     /// A worker that stopped answering (it panicked): nothing more is decoded, and the counters
     /// say so.
     broken: bool,
@@ -119,6 +121,7 @@ impl ShardedFlows {
             in_flight: 0,
             newest_ns: 0,
             port_verdicts: Vec::new(),
+            skip_hints: Vec::new(),
             broken: false,
             segments_lost: 0,
             hasher: foldhash::fast::FixedState::with_seed(0),
@@ -170,6 +173,11 @@ impl ShardedFlows {
     /// (server port, speaks HTTP) verdicts the workers reported since the last call.
     pub fn take_port_verdicts(&mut self) -> Vec<(u16, bool)> {
         std::mem::take(&mut self.port_verdicts)
+    }
+
+    /// The workers' skip hints that came with their answers so far.
+    pub fn take_skip_hints(&mut self) -> Vec<SkipHint> {
+        std::mem::take(&mut self.skip_hints)
     }
 
     /// The workers' counters summed by stage and name, as of their latest answers.
@@ -263,6 +271,7 @@ impl ShardedFlows {
                     merged.extend(answer.exchanges.into_iter().map(|(p, e)| (p, index, e)));
                     self.snapshots[index] = answer.snapshot;
                     self.port_verdicts.extend(answer.port_verdicts);
+                    self.skip_hints.extend(answer.skip_hints);
                 }
                 Err(_) => {
                     log::error!("decoding thread {index} stopped; the rest is not decoded");
@@ -316,6 +325,7 @@ fn work(
             exchanges,
             snapshot: table.snapshot(),
             port_verdicts: table.take_port_verdicts(),
+            skip_hints: table.take_skip_hints(),
         };
         if answers.send(answer).is_err() {
             return;

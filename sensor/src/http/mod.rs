@@ -75,6 +75,9 @@ pub struct HttpCounters {
     pub heads_too_large: u64,
     pub headers_truncated: u64,
     pub bodies_truncated: u64,
+    /// Body bytes past the cap that the capture left out on the decoder's request (counted in
+    /// the messages' body lengths, never read).
+    pub body_bytes_skipped: u64,
     pub messages_with_gaps: u64,
     /// Requests whose responses a gap swallowed whole, found by the client's acknowledgements.
     pub responses_lost_in_gaps: u64,
@@ -125,6 +128,7 @@ impl HttpCounters {
             ("heads_too_large", self.heads_too_large),
             ("headers_truncated", self.headers_truncated),
             ("bodies_truncated", self.bodies_truncated),
+            ("body_bytes_skipped", self.body_bytes_skipped),
             ("messages_with_gaps", self.messages_with_gaps),
             ("responses_lost_in_gaps", self.responses_lost_in_gaps),
             ("heads_salvaged", self.heads_salvaged),
@@ -360,6 +364,18 @@ impl HttpConnection {
         self.client_acked = offset;
     }
 
+    /// Bytes of `side`'s message in progress the HTTP/1.x decoder will only count, not read (see
+    /// [`MessageParser::body_left_to_count`]): the capture may leave them out.
+    pub fn body_left_to_count(&self, side: Side, config: &HttpConfig) -> Option<u64> {
+        if !matches!(self.protocol, Protocol::Http1) {
+            return None;
+        }
+        match side {
+            Side::Client => self.requests.body_left_to_count(config),
+            Side::Server => self.responses.body_left_to_count(config),
+        }
+    }
+
     /// Both directions stopped decoding (tunnel or not HTTP): no more exchanges can come.
     pub fn is_passthrough(&self) -> bool {
         match &self.protocol {
@@ -379,7 +395,10 @@ impl HttpConnection {
     ) {
         let event = match &mut self.protocol {
             Protocol::Http1 => event,
-            Protocol::H2(h2) => return h2.on_event(side, event, config, counters, out),
+            // Only the HTTP/1.x decoder asks for skips (`body_left_to_count`).
+            Protocol::H2(h2) => {
+                return h2.on_event(side, event.skipped_as_gap(), config, counters, out);
+            }
             Protocol::Skipped => return,
             Protocol::Undecided { .. } | Protocol::Joined => {
                 match self.detect(side, event, config, counters, out) {
@@ -532,6 +551,25 @@ impl HttpConnection {
                     self.unaligned = true;
                 }
                 self.realign();
+            }
+            StreamEvent::Skipped { ts_ns, len } => {
+                match self.parser(side).skip(len, ts_ns, config, counters) {
+                    Some(progress) => {
+                        let offset = &mut self.offsets[side as usize];
+                        *offset = offset.saturating_add(len);
+                        if let Some(progress) = progress {
+                            if side == Side::Server {
+                                self.response_head_end = *offset;
+                            }
+                            self.handle(side, progress, ts_ns, config, counters, out);
+                        }
+                    }
+                    // Not the body that asked (the stream moved on): lost to this decoder.
+                    None => {
+                        let gap = StreamEvent::Skipped { ts_ns, len }.skipped_as_gap();
+                        self.http1_event(side, gap, config, counters, out);
+                    }
+                }
             }
             StreamEvent::End { ts_ns, .. } => {
                 let after_loss = self.lost_bytes;

@@ -794,6 +794,47 @@ impl MessageParser {
         (input.len(), Progress::NeedMore)
     }
 
+    /// Body bytes of the message in progress that this parser will only count: it kept all the
+    /// body it keeps (`body_cap`), the rest has a known length (Content-Length), and nothing
+    /// else reads it (no second reading looking for a hidden request). Those bytes need not be
+    /// captured at all (see [`Self::skip`]).
+    pub fn body_left_to_count(&self, config: &HttpConfig) -> Option<u64> {
+        let State::Length(remaining) = self.state else {
+            return None;
+        };
+        let meta = match self.kind {
+            Kind::Request => &self.request.meta,
+            Kind::Response => &self.response.meta,
+        };
+        (meta.body.len() >= config.body_cap && self.other_reading.is_none()).then_some(remaining)
+    }
+
+    /// `len` bytes of the stream went by uncaptured because the decoder asked for it
+    /// ([`Self::body_left_to_count`]): within that body they are counted like the bytes past the
+    /// cap always were, and the message stays whole. `None` when they are not (the state moved
+    /// on since): the caller takes them as lost.
+    pub fn skip(
+        &mut self,
+        len: u64,
+        ts_ns: u64,
+        config: &HttpConfig,
+        counters: &mut HttpCounters,
+    ) -> Option<Option<Progress>> {
+        let remaining = self.body_left_to_count(config).filter(|r| len <= *r)?;
+        counters.body_bytes_skipped += len;
+        let meta = self.meta();
+        meta.body_len += len;
+        if !meta.truncated {
+            meta.truncated = true;
+            counters.bodies_truncated += 1;
+        }
+        if len == remaining {
+            return Some(Some(self.complete(ts_ns)));
+        }
+        self.state = State::Length(remaining - len);
+        Some(None)
+    }
+
     /// Bytes of the stream were lost. A body of known length stays in step; anything else
     /// loses sync. `len: None` means an unknown amount.
     pub fn gap(

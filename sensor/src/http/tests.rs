@@ -705,6 +705,10 @@ fn run_with_acks(steps: &[(Side, Option<u64>, StreamEvent)]) -> Vec<String> {
                 ts_ns: *ts_ns,
                 len: *len,
             },
+            StreamEvent::Skipped { ts_ns, len } => StreamEvent::Skipped {
+                ts_ns: *ts_ns,
+                len: *len,
+            },
             StreamEvent::End { ts_ns, reason } => StreamEvent::End {
                 ts_ns: *ts_ns,
                 reason: *reason,

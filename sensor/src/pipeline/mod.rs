@@ -29,7 +29,7 @@ use crate::{
     analysis::attacks::AttacksError,
     config::Config,
     exchange::Exchange,
-    flow::{FlowConfig, FlowTable, Flows},
+    flow::{FlowConfig, FlowTable, Flows, SkipHint},
     nat::NatTable,
     proxy::{ProxyConfig, ProxyStage},
     record::{Batch, Redaction, Secret, SecretError},
@@ -289,6 +289,12 @@ impl Pipeline {
     /// [`FlowTable::take_port_verdicts`]).
     pub fn take_port_verdicts(&mut self) -> Vec<(u16, bool)> {
         self.flows.take_port_verdicts()
+    }
+
+    /// The long bodies' rests the decoder asked the capture to leave out, since the last call
+    /// (see [`FlowTable::take_skip_hints`]).
+    pub fn take_skip_hints(&mut self) -> Vec<SkipHint> {
+        self.flows.take_skip_hints()
     }
 
     /// The host's own addresses changed: trusted as proxies, the ends of NAT, not containers.

@@ -24,10 +24,29 @@ pub enum StreamEvent {
         ts_ns: u64,
         len: Option<u64>,
     },
+    /// Bytes that were on the wire but not captured because the decoder asked the capture to
+    /// leave them out (the rest of a long body it would only count): known, not lost.
+    Skipped {
+        ts_ns: u64,
+        len: u64,
+    },
     End {
         ts_ns: u64,
         reason: EndReason,
     },
+}
+
+impl StreamEvent {
+    /// Skipped bytes as a gap of the same length, for a decoder that did not ask to skip them.
+    pub fn skipped_as_gap(self) -> Self {
+        match self {
+            Self::Skipped { ts_ns, len } => Self::Gap {
+                ts_ns,
+                len: Some(len),
+            },
+            other => other,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,6 +97,8 @@ pub struct StreamCounters {
     pub out_of_order_segments: u64,
     pub gaps: u64,
     pub gap_bytes: u64,
+    /// Bytes delivered as [`StreamEvent::Skipped`].
+    pub skipped_bytes: u64,
     /// Holes given up because the out-of-order buffer was full.
     pub buffer_overflows: u64,
     /// Holes given up because the receiver acknowledged bytes past them: it had them, so they
@@ -100,6 +121,7 @@ impl StreamCounters {
             ("out_of_order_segments", self.out_of_order_segments),
             ("gaps", self.gaps),
             ("gap_bytes", self.gap_bytes),
+            ("skipped_bytes", self.skipped_bytes),
             ("buffer_overflows", self.buffer_overflows),
             ("holes_acknowledged", self.holes_acknowledged),
             ("started_mid_stream", self.started_mid_stream),
@@ -117,6 +139,8 @@ pub struct Piece {
     pub payload: Vec<u8>,
     /// Uncaptured payload bytes after `payload`.
     pub missing: u32,
+    /// The `missing` bytes were left out on the decoder's request, not lost.
+    pub skipped: bool,
     pub syn: bool,
     pub fin: bool,
     pub rst: bool,
@@ -127,6 +151,8 @@ struct Pending {
     ts_ns: u64,
     payload: Vec<u8>,
     missing: u64,
+    /// `missing` was skipped on request (see [`Piece::skipped`]).
+    skipped: bool,
 }
 
 impl Pending {
@@ -151,6 +177,11 @@ pub struct Stream {
 impl Stream {
     pub fn ended(&self) -> bool {
         self.ended
+    }
+
+    /// Sequence number of the next byte to deliver, once known.
+    pub fn next_seq(&self) -> Option<u32> {
+        self.next_seq
     }
 
     /// Out-of-order bytes held now.
@@ -248,6 +279,7 @@ impl Stream {
                 ts_ns: piece.ts_ns,
                 payload,
                 missing,
+                skipped: piece.skipped,
             };
             if pending.len() == 0 {
                 // Flags only (FIN, RST): nothing to place in the stream.
@@ -384,7 +416,13 @@ impl Stream {
                 bytes: pending.payload,
             });
         }
-        if pending.missing > 0 {
+        if pending.missing > 0 && pending.skipped {
+            counters.skipped_bytes += pending.missing;
+            out.push(StreamEvent::Skipped {
+                ts_ns: pending.ts_ns,
+                len: pending.missing,
+            });
+        } else if pending.missing > 0 {
             counters.gaps += 1;
             counters.gap_bytes += pending.missing;
             out.push(StreamEvent::Gap {
@@ -468,6 +506,7 @@ mod tests {
             seq,
             payload: payload.to_vec(),
             missing: 0,
+            skipped: false,
             syn: false,
             fin: false,
             rst: false,
@@ -489,6 +528,7 @@ mod tests {
                 StreamEvent::Data { bytes, .. } => String::from_utf8_lossy(bytes).into_owned(),
                 StreamEvent::Gap { len: Some(len), .. } => format!("<{len}>"),
                 StreamEvent::Gap { len: None, .. } => "<?>".into(),
+                StreamEvent::Skipped { len, .. } => format!("[{len}]"),
                 StreamEvent::End { reason, .. } => format!("|{reason:?}"),
             })
             .collect()
@@ -557,6 +597,50 @@ mod tests {
         let (text, counters) = run(vec![piece(5000, b"middle"), piece(5006, b" on")]);
         assert_eq!(text, "<?>middle on|CaptureEnd");
         assert_eq!(counters.started_mid_stream, 1);
+    }
+
+    fn skipped(seq: u32, len: u32) -> Piece {
+        Piece {
+            missing: len,
+            skipped: true,
+            ..piece(seq, b"")
+        }
+    }
+
+    #[test]
+    fn skipped_bytes_are_known_in_order_or_not_and_first_copy_wins() {
+        let (text, counters) = run(vec![
+            syn(0),
+            piece(1, b"head"),
+            skipped(5, 100),
+            piece(105, b"next"),
+        ]);
+        assert_eq!(text, "head[100]next|CaptureEnd");
+        assert_eq!(
+            (counters.skipped_bytes, counters.gaps, counters.gap_bytes),
+            (100, 0, 0)
+        );
+        // Reordered: the marker waits for the hole before it like data does.
+        let (text, _) = run(vec![
+            syn(0),
+            skipped(5, 100),
+            piece(105, b"next"),
+            piece(1, b"head"),
+        ]);
+        assert_eq!(text, "head[100]next|CaptureEnd");
+        // The same bytes captured whole (another interface's copy) after the marker: duplicates.
+        let (text, counters) = run(vec![
+            syn(0),
+            piece(1, b"head"),
+            skipped(5, 4),
+            piece(5, b"body"),
+            piece(9, b"!"),
+        ]);
+        assert_eq!(text, "head[4]!|CaptureEnd");
+        assert_eq!(counters.duplicate_segments, 1);
+        // A marker overlapping delivered data keeps only its new part.
+        let (text, _) = run(vec![syn(0), piece(1, b"head"), skipped(3, 10)]);
+        assert_eq!(text, "head[8]|CaptureEnd");
     }
 
     #[test]

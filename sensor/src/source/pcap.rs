@@ -860,6 +860,7 @@ fn segment(packet: &LaxSlicedPacket<'_>, ts_ns: u64, uncaptured: u64) -> Result<
         flags,
         payload: tcp.payload().to_vec(),
         missing: u32::try_from(missing).unwrap_or(u32::MAX),
+        skipped: false,
         upstream: None,
         tls: false,
     })

@@ -254,6 +254,14 @@ impl H2Connection {
                     None => self.streams.stop(ts_ns, counters, out),
                 }
             }
+            // Never asked for by this decoder: the connection hands them over as gaps.
+            StreamEvent::Skipped { ts_ns, len } => {
+                let gap = StreamEvent::Gap {
+                    ts_ns,
+                    len: Some(len),
+                };
+                self.on_event(side, gap, config, counters, out);
+            }
             // Streams still open end with the connection (`finish`).
             StreamEvent::End { .. } => {}
         }
