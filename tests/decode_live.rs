@@ -395,7 +395,8 @@ fn a_daemon_has_the_kernel_skip_long_bodies_past_the_cap_and_records_them_whole(
     let _ = std::fs::remove_dir_all(&data_dir);
     let upload = data_dir.with_extension("upload");
     std::fs::write(&upload, vec![b'U'; UPLOAD_LEN]).unwrap();
-    let mut daemon = common::start_daemon(&net, BIN, &[PORT], &data_dir);
+    // Stopped on the way out, a failed assertion too (its stdout would keep the runner's open).
+    let daemon = KillOnDrop(common::start_daemon(&net, BIN, &[PORT], &data_dir));
 
     let base = format!("http://{}", net.server_addr(false, PORT));
     let curl = |args: &[&str]| {
@@ -508,9 +509,39 @@ fn a_daemon_has_the_kernel_skip_long_bodies_past_the_cap_and_records_them_whole(
         counter("http", "body_bytes_skipped")
     );
     assert!(counter("http", "body_bytes_skipped") >= skipped / 2);
+    // The ranges went with their connections: a later connection on the same ports finds none.
+    assert!(
+        common::wait_until(Duration::from_secs(5), || skip_ranges_in_the_kernel() == 0),
+        "{} skip ranges left in the kernel",
+        skip_ranges_in_the_kernel()
+    );
 
-    let _ = daemon.kill();
-    let _ = daemon.wait();
+    drop(daemon);
     let _ = std::fs::remove_dir_all(&data_dir);
     let _ = std::fs::remove_file(&upload);
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Ranges in every loaded `SKIP` map (this binary's other tests load the programs without a
+/// daemon, whose maps stay empty).
+fn skip_ranges_in_the_kernel() -> usize {
+    use aya::maps::{HashMap, Map, MapData, loaded_maps};
+    use sensor_ebpf::{SkipKey, SkipRange};
+    loaded_maps()
+        .filter_map(Result::ok)
+        .filter(|info| info.name_as_str() == Some(sensor_ebpf::names::SKIP))
+        .filter_map(|info| {
+            let map = Map::from_map_data(MapData::from_id(info.id()).ok()?).ok()?;
+            let ranges: HashMap<_, SkipKey, SkipRange> = HashMap::try_from(map).ok()?;
+            Some(ranges.keys().filter_map(Result::ok).count())
+        })
+        .sum()
 }

@@ -514,9 +514,7 @@ async fn daemon(
                     feed.segment(segment);
                 }
                 // At once: the rest of a long body is on its way.
-                for hint in feed.pipeline.take_skip_hints() {
-                    sensor.skip(hint.src, hint.dst, hint.from_seq, hint.until_seq);
-                }
+                pass_skip_hints(&mut feed.pipeline, &mut sensor);
             }
             n = next_plaintext(&mut plaintext, &mut arrived_plaintext) => {
                 feed.plaintexts(n, &mut plaintext, &mut arrived_plaintext);
@@ -529,6 +527,8 @@ async fn daemon(
                     report.interfaces = sensor.interfaces.iter().map(|i| i.name.clone()).collect();
                 }
                 feed.tick();
+                // Withdrawals of the connections the tick ended.
+                pass_skip_hints(&mut feed.pipeline, &mut sensor);
                 ticks += 1;
                 // Servers on the TLS ports that started since (and their libraries).
                 if ticks.is_multiple_of(2) {
@@ -711,6 +711,13 @@ fn reload(
         );
     }
     Some(reload.config)
+}
+
+/// Hands the decoder's skip hints (and withdrawals) to the kernel (see [`crate::flow::SkipHint`]).
+fn pass_skip_hints(pipeline: &mut Pipeline, sensor: &mut Sensor) {
+    for hint in pipeline.take_skip_hints() {
+        sensor.skip(hint.src, hint.dst, hint.from_seq, hint.until_seq);
+    }
 }
 
 /// Keeps the watched ports in step: the decoder's verdicts on the ports' connections, the

@@ -347,8 +347,9 @@ impl Sensor {
 
     /// Asks the kernel to send only the lengths of the segments from `src` to `dst` that lie
     /// wholly in the sequence range `[from_seq, until_seq)` (`sensor_ebpf::skip`): the decoder
-    /// only counts those body bytes. A range the map refuses costs only the saving: it is
-    /// counted (`skip_hints_refused`) and the body crosses the ring whole.
+    /// only counts those body bytes. An empty range withdraws the direction's range. A range
+    /// the map refuses costs only the saving: it is counted (`skip_hints_refused`) and the body
+    /// crosses the ring whole.
     pub fn skip(&mut self, src: SocketAddr, dst: SocketAddr, from_seq: u32, until_seq: u32) {
         let key = match (src.ip(), dst.ip()) {
             (IpAddr::V4(s), IpAddr::V4(d)) => skip_key(4, &s.octets(), &d.octets()),

@@ -179,7 +179,8 @@ impl CaptureProgram {
     }
 
     /// Asks the programs to send only headers for the segments of one wire direction that lie
-    /// wholly in `range` (`sensor_ebpf::skip`). Takes effect for the next packet.
+    /// wholly in `range` (`sensor_ebpf::skip`); an empty range removes the direction's range.
+    /// Takes effect for the next packet.
     pub fn skip(&mut self, key: SkipKey, range: SkipRange) -> Result<(), CaptureError> {
         let mut map: HashMap<_, SkipKey, SkipRange> = HashMap::try_from(
             self.ebpf
@@ -187,6 +188,11 @@ impl CaptureProgram {
                 .ok_or(CaptureError::Missing(names::SKIP))?,
         )
         .map_err(|e| CaptureError::load(names::SKIP, e))?;
+        if range.from_seq == range.until_seq {
+            // Gone already (the kernel removes a range once the stream passes its end) is fine.
+            let _ = map.remove(&key);
+            return Ok(());
+        }
         map.insert(key, range, 0)
             .map_err(|e| CaptureError::load(names::SKIP, e))
     }

@@ -106,13 +106,21 @@ impl Hash for FlowKey {
 
 /// A request to the capture: the segments from `src` to `dst` that lie wholly in the sequence
 /// range `[from_seq, until_seq)` carry only body bytes the decoder will count, not read; it may
-/// send their lengths without their bytes (`sensor_ebpf::skip`).
+/// send their lengths without their bytes (`sensor_ebpf::skip`). An empty range withdraws the
+/// direction's last one: its connection ended, and a later one on the same ports must not find
+/// it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SkipHint {
     pub src: SocketAddr,
     pub dst: SocketAddr,
     pub from_seq: u32,
     pub until_seq: u32,
+}
+
+impl SkipHint {
+    pub fn is_withdrawal(&self) -> bool {
+        self.from_seq == self.until_seq
+    }
 }
 
 /// Bodies with less left than this are read to their end: asking costs the daemon a map update,
@@ -128,8 +136,8 @@ struct Flow {
     client: SocketAddr,
     /// Client-to-server and server-to-client.
     streams: [Stream; 2],
-    /// End of the last skip range asked for, per side: one hint per body.
-    skip_asked: [Option<u32>; 2],
+    /// The last skip range asked for, per side: one hint per body, withdrawn at the end.
+    skip_asked: [Option<SkipHint>; 2],
     http: HttpConnection,
     last_ns: u64,
     buffered: usize,
@@ -139,20 +147,34 @@ struct Flow {
 }
 
 impl Flow {
-    /// The range to ask the capture to skip on `side`, once its decoder counts the rest of a
-    /// long body without reading it; `None` when there is none or it was asked for already.
-    fn skip_hint(&mut self, side: Side, http: &HttpConfig) -> Option<(u32, u32)> {
+    /// The range to ask the capture to skip on `side` (whose segments go from `src` to `dst`
+    /// on the wire), once its decoder counts the rest of a long body without reading it; `None`
+    /// when there is none or it was asked for already.
+    fn skip_hint(
+        &mut self,
+        side: Side,
+        src: SocketAddr,
+        dst: SocketAddr,
+        http: &HttpConfig,
+    ) -> Option<SkipHint> {
         let left = self.http.body_left_to_count(side, http)?;
         if left < MIN_SKIP_BYTES {
             return None;
         }
         let from_seq = self.streams[side as usize].next_seq()?;
         let until_seq = from_seq.wrapping_add(left.min(MAX_SKIP_BYTES) as u32);
-        if self.skip_asked[side as usize] == Some(until_seq) {
+        let asked = &mut self.skip_asked[side as usize];
+        if asked.is_some_and(|a| a.until_seq == until_seq) {
             return None;
         }
-        self.skip_asked[side as usize] = Some(until_seq);
-        Some((from_seq, until_seq))
+        let hint = SkipHint {
+            src,
+            dst,
+            from_seq,
+            until_seq,
+        };
+        *asked = Some(hint);
+        Some(hint)
     }
 }
 
@@ -491,23 +513,12 @@ impl FlowTable {
         );
         // Translated (NAT) or decrypted (TLS) segments are not what the wire carries: a hint
         // in their addresses would match nothing.
-        if self.config.skip_hints && segment_wire {
-            let hint = flow
-                .skip_hint(side, &self.config.http)
-                .map(|(from_seq, until_seq)| SkipHint {
-                    src: segment_src,
-                    dst: segment_dst,
-                    from_seq,
-                    until_seq,
-                });
-            if let Some(hint) = hint {
-                if self.skip_hints.len() < MAX_SKIP_HINTS {
-                    self.counters.skip_hints += 1;
-                    self.skip_hints.push(hint);
-                } else {
-                    self.counters.skip_hints_dropped += 1;
-                }
-            }
+        if self.config.skip_hints
+            && segment_wire
+            && let Some(hint) = flow.skip_hint(side, segment_src, segment_dst, &self.config.http)
+        {
+            self.counters.skip_hints += 1;
+            keep_hint(&mut self.skip_hints, &mut self.counters, hint);
         }
         if rst {
             // A reset ends the whole connection, not only the direction that sent it.
@@ -594,6 +605,22 @@ impl FlowTable {
         flow.http
             .finish(ts_ns, &self.config.http, &mut self.http_counters, out);
         self.events = events;
+        for asked in flow.skip_asked.into_iter().flatten() {
+            let withdrawal = SkipHint {
+                from_seq: asked.until_seq,
+                ..asked
+            };
+            keep_hint(&mut self.skip_hints, &mut self.counters, withdrawal);
+        }
+    }
+}
+
+/// Keeps a skip hint (or withdrawal) for the daemon, within the bound.
+fn keep_hint(hints: &mut Vec<SkipHint>, counters: &mut FlowCounters, hint: SkipHint) {
+    if hints.len() < MAX_SKIP_HINTS {
+        hints.push(hint);
+    } else {
+        counters.skip_hints_dropped += 1;
     }
 }
 
@@ -925,15 +952,19 @@ mod tests {
             ..segment(SERVER, CLIENT, BODY_AT, tcp_flags::ACK, b"", 5)
         };
         let (mut table, out) = download(config.clone(), &[skipped]);
-        assert_eq!(
-            table.take_skip_hints(),
-            [SkipHint {
-                src: SERVER.parse().unwrap(),
-                dst: CLIENT.parse().unwrap(),
-                from_seq: BODY_AT,
-                until_seq: BODY_AT + 180_000,
-            }]
-        );
+        let asked = SkipHint {
+            src: SERVER.parse().unwrap(),
+            dst: CLIENT.parse().unwrap(),
+            from_seq: BODY_AT,
+            until_seq: BODY_AT + 180_000,
+        };
+        // Asked for once, and withdrawn when the connection ended.
+        let withdrawn = SkipHint {
+            from_seq: BODY_AT + 180_000,
+            ..asked
+        };
+        assert!(withdrawn.is_withdrawal() && !asked.is_withdrawal());
+        assert_eq!(table.take_skip_hints(), [asked, withdrawn]);
         assert_eq!(table.counters.skip_hints, 1);
         assert_eq!(out.len(), 1);
         let response = out[0].response.as_ref().unwrap();
@@ -958,7 +989,7 @@ mod tests {
             config,
             &[data(BODY_AT, 90_000), data(BODY_AT + 90_000, 90_000)],
         );
-        assert_eq!(table.take_skip_hints().len(), 1);
+        assert_eq!(table.take_skip_hints(), [asked, withdrawn]);
         let response = whole[0].response.as_ref().unwrap();
         assert_eq!(
             (response.meta.body_len, response.meta.gap),
