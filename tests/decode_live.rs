@@ -442,48 +442,38 @@ fn a_daemon_has_the_kernel_skip_long_bodies_past_the_cap_and_records_them_whole(
         find("/small.txt"),
         find("/uploads/up.bin"),
     );
+    // The named fields of a record, in order.
+    let fields = |record: &serde_json::Value, names: &[&str]| {
+        serde_json::Value::Array(names.iter().map(|n| record[n].clone()).collect())
+    };
+    let response = [
+        "status_code",
+        "response_body_len",
+        "gap",
+        "response_truncated",
+    ];
+    let request = [
+        "status_code",
+        "request_body_len",
+        "gap",
+        "request_truncated",
+    ];
+    use serde_json::json;
     assert_eq!(
-        (
-            &large["status_code"],
-            &large["response_body_len"],
-            &large["gap"],
-            &large["response_truncated"]
-        ),
-        (
-            &serde_json::json!(200),
-            &serde_json::json!(LARGE_LEN),
-            &serde_json::json!(false),
-            &serde_json::json!(true)
-        ),
+        fields(large, &response),
+        json!([200, LARGE_LEN, false, true]),
         "{large}"
     );
     assert_eq!(small["client_port"], large["client_port"], "one connection");
+    let small_len = common::SMALL_BODY.len();
     assert_eq!(
-        (
-            &small["status_code"],
-            &small["response_body_len"],
-            &small["gap"]
-        ),
-        (
-            &serde_json::json!(200),
-            &serde_json::json!(common::SMALL_BODY.len()),
-            &serde_json::json!(false)
-        ),
+        fields(small, &response),
+        json!([200, small_len, false, false]),
         "{small}"
     );
     assert_eq!(
-        (
-            &put["status_code"],
-            &put["request_body_len"],
-            &put["gap"],
-            &put["request_truncated"]
-        ),
-        (
-            &serde_json::json!(201),
-            &serde_json::json!(UPLOAD_LEN),
-            &serde_json::json!(false),
-            &serde_json::json!(true)
-        ),
+        fields(put, &request),
+        json!([201, UPLOAD_LEN, false, true]),
         "{put}"
     );
 

@@ -566,7 +566,10 @@ impl HttpConnection {
                     }
                     // Not the body that asked (the stream moved on): lost to this decoder.
                     None => {
-                        let gap = StreamEvent::Skipped { ts_ns, len }.skipped_as_gap();
+                        let gap = StreamEvent::Gap {
+                            ts_ns,
+                            len: Some(len),
+                        };
                         self.http1_event(side, gap, config, counters, out);
                     }
                 }
