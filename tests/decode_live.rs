@@ -381,8 +381,9 @@ const UPLOAD_LEN: usize = 4 << 20;
 
 /// Lever 1 of the performance work: once the daemon's decoder has kept a body's first 16 KiB
 /// and knows its length, the kernel sends only the lengths of the segments that carry the
-/// rest. Real nginx, real curl (rate-limited, so the body is still on its way when the daemon
-/// asks, as it is for any body that takes longer than a moment to send): an 8 MiB download
+/// rest. Real nginx, real curl (rate-limited, with a 256 KiB receive buffer, so the body is
+/// still on its way when the daemon asks, as it is for any body that takes longer than a
+/// moment to send): an 8 MiB download
 /// followed by a small one on the same connection, and a 4 MiB upload. The records keep the
 /// exact body lengths without a gap, the small response after the skipped body is decoded
 /// whole, and most of the large bodies never crossed the ring.
@@ -391,6 +392,14 @@ fn a_daemon_has_the_kernel_skip_long_bodies_past_the_cap_and_records_them_whole(
     let net = TestNet::new();
     let nginx = Nginx::start(&net, PORT);
     std::fs::write(nginx.root.join("large.bin"), vec![b'L'; LARGE_LEN]).unwrap();
+    // A client whose receive buffer holds 256 KiB, as one behind a real network's window would:
+    // on veth the kernel otherwise tunes it to several MiB, and nginx's first burst fills it
+    // before any daemon could have read the response's head.
+    let status = TestNet::command(&net.client_ns, "sysctl")
+        .args(["-qw", "net.ipv4.tcp_rmem=4096 131072 262144"])
+        .status()
+        .unwrap();
+    assert!(status.success(), "sysctl in the client's namespace");
     let data_dir = std::env::temp_dir().join(format!("apis-skip-{}", net.server_ns));
     let _ = std::fs::remove_dir_all(&data_dir);
     let upload = data_dir.with_extension("upload");
