@@ -15,11 +15,11 @@ use std::{
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpStream},
     path::{Path, PathBuf},
-    process::{Child, Stdio},
+    process::Stdio,
     time::Duration,
 };
 
-use common::{TestNet, cli, exported, in_namespace, sh, start_daemon, wait_until};
+use common::{KillOnDrop, TestNet, cli, exported, in_namespace, sh, start_daemon, wait_until};
 
 const BIN: &str = env!("CARGO_BIN_EXE_apisessions");
 const PORT: u16 = 8080;
@@ -27,15 +27,6 @@ const NORMAL_AGENT: &str = "Mozilla/5.0 (X11; Linux x86_64; rv:150.0) Gecko/2010
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-struct App(Child);
-
-impl Drop for App {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// The request targets of a sqlmap traffic log (`HTTP request [#N]:` blocks).
@@ -86,13 +77,15 @@ fn sqlmap_payload_requests_are_stored_with_sqli() {
         sqlmap.display()
     );
     let net = TestNet::new();
-    let _app = App(TestNet::command(&net.server_ns, "/usr/bin/python3")
-        .arg(root().join("tests/data/attacks/injectable_app.py"))
-        .args([&net.server_v4.to_string(), &PORT.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap());
+    let _app = KillOnDrop(
+        TestNet::command(&net.server_ns, "/usr/bin/python3")
+            .arg(root().join("tests/data/attacks/injectable_app.py"))
+            .args([&net.server_v4.to_string(), &PORT.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let server = SocketAddr::new(net.server_v4.into(), PORT);
     assert!(
         wait_until(Duration::from_secs(20), || in_namespace(

@@ -17,16 +17,11 @@
 
 mod common;
 
-use std::{
-    fs,
-    net::TcpStream,
-    path::Path,
-    process::{Child, Stdio},
-    time::Duration,
-};
+use std::{fs, net::TcpStream, path::Path, process::Stdio, time::Duration};
 
 use common::{
-    DemoApi, TestNet, cli, http_get as get, in_namespace, request, start_daemon_in, wait_until,
+    DemoApi, KillOnDrop, TestNet, cli, http_get as get, in_namespace, request, start_daemon_in,
+    wait_until,
 };
 use fantoccini::{Client, ClientBuilder, Locator};
 
@@ -59,30 +54,20 @@ fn encode(text: &str) -> String {
         .collect()
 }
 
-/// A child process killed on drop (the test may fail half-way).
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn wait_for_port(ns: &str, port: u16) -> bool {
     wait_until(Duration::from_secs(20), || {
         in_namespace(ns, || TcpStream::connect(("127.0.0.1", port)).is_ok())
     })
 }
 
-fn start_ui(ns: &str, data_dir: &Path, port: u16, options: &[&Path]) -> Guard {
+fn start_ui(ns: &str, data_dir: &Path, port: u16, options: &[&Path]) -> KillOnDrop {
     let mut command = TestNet::command(ns, BIN);
     command
         .args(["ui", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
         .arg(data_dir)
         .args(options)
         .stdout(Stdio::null());
-    let ui = Guard(command.spawn().unwrap());
+    let ui = KillOnDrop(command.spawn().unwrap());
     assert!(wait_for_port(ns, port), "apisessions ui listens on {port}");
     ui
 }
@@ -441,7 +426,7 @@ fn the_console_shows_live_sessions_and_never_runs_captured_script() {
 
     // The browser.
     let profile = dir.join("chromium-profile");
-    let _driver = Guard(
+    let _driver = KillOnDrop(
         TestNet::command(&ns, "chromedriver")
             .arg(format!("--port={DRIVER_PORT}"))
             .stdout(Stdio::null())

@@ -404,8 +404,7 @@ fn a_daemon_has_the_kernel_skip_long_bodies_past_the_cap_and_records_them_whole(
     let _ = std::fs::remove_dir_all(&data_dir);
     let upload = data_dir.with_extension("upload");
     std::fs::write(&upload, vec![b'U'; UPLOAD_LEN]).unwrap();
-    // Stopped on the way out, a failed assertion too (its stdout would keep the runner's open).
-    let daemon = KillOnDrop(common::start_daemon(&net, BIN, &[PORT], &data_dir));
+    let daemon = common::KillOnDrop(common::start_daemon(&net, BIN, &[PORT], &data_dir));
 
     let base = format!("http://{}", net.server_addr(false, PORT));
     let curl = |args: &[&str]| {
@@ -518,15 +517,6 @@ fn a_daemon_has_the_kernel_skip_long_bodies_past_the_cap_and_records_them_whole(
     drop(daemon);
     let _ = std::fs::remove_dir_all(&data_dir);
     let _ = std::fs::remove_file(&upload);
-}
-
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// Ranges in every loaded `SKIP` map (this binary's other tests load the programs without a

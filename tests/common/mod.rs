@@ -546,6 +546,17 @@ impl Drop for Tcpdump {
     }
 }
 
+/// A child process killed on drop: a test that fails half-way leaves no server or daemon
+/// behind (a daemon's inherited stdout would also keep the test runner's output open).
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// `apisessions run` (the test binary `bin`) capturing `ports` (none: its default, the
 /// host's listeners) on the server's veth into `data_dir`; returns once its statistics say it
 /// runs.
