@@ -351,15 +351,8 @@ impl Sensor {
     /// the map refuses costs only the saving: it is counted (`skip_hints_refused`) and the body
     /// crosses the ring whole.
     pub fn skip(&mut self, src: SocketAddr, dst: SocketAddr, from_seq: u32, until_seq: u32) {
-        let key = match (src.ip(), dst.ip()) {
-            (IpAddr::V4(s), IpAddr::V4(d)) => skip_key(4, &s.octets(), &d.octets()),
-            (IpAddr::V6(s), IpAddr::V6(d)) => skip_key(6, &s.octets(), &d.octets()),
-            _ => return,
-        };
-        let key = SkipKey {
-            sport: src.port(),
-            dport: dst.port(),
-            ..key
+        let Some(key) = skip_key(src, dst) else {
+            return;
         };
         let range = SkipRange {
             from_seq,
@@ -406,14 +399,26 @@ impl Sensor {
     }
 }
 
-/// A [`SkipKey`] of the given family, addresses as the kernel writes them (IPv4 in the first four
-/// bytes); ports to be filled in.
-fn skip_key(family: u8, src: &[u8], dst: &[u8]) -> SkipKey {
+/// The [`SkipKey`] of the segments from `src` to `dst`, addresses as the kernel writes them
+/// (IPv4 in the first four bytes); none for a mixed pair, which no segment carries.
+fn skip_key(src: SocketAddr, dst: SocketAddr) -> Option<SkipKey> {
     let mut key = SkipKey {
-        family,
+        sport: src.port(),
+        dport: dst.port(),
         ..SkipKey::default()
     };
-    key.saddr[..src.len()].copy_from_slice(src);
-    key.daddr[..dst.len()].copy_from_slice(dst);
-    key
+    match (src.ip(), dst.ip()) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            key.family = 4;
+            key.saddr[..4].copy_from_slice(&s.octets());
+            key.daddr[..4].copy_from_slice(&d.octets());
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            key.family = 6;
+            key.saddr = s.octets();
+            key.daddr = d.octets();
+        }
+        _ => return None,
+    }
+    Some(key)
 }

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use aya::{
-    Ebpf, EbpfLoader,
+    Ebpf, EbpfLoader, Pod,
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{SchedClassifier, SocketFilter, UProbe},
 };
@@ -182,12 +182,7 @@ impl CaptureProgram {
     /// wholly in `range` (`sensor_ebpf::skip`); an empty range removes the direction's range.
     /// Takes effect for the next packet.
     pub fn skip(&mut self, key: SkipKey, range: SkipRange) -> Result<(), CaptureError> {
-        let mut map: HashMap<_, SkipKey, SkipRange> = HashMap::try_from(
-            self.ebpf
-                .map_mut(names::SKIP)
-                .ok_or(CaptureError::Missing(names::SKIP))?,
-        )
-        .map_err(|e| CaptureError::load(names::SKIP, e))?;
+        let mut map = self.hash_map::<SkipKey, SkipRange>(names::SKIP)?;
         if range.from_seq == range.until_seq {
             // Gone already (the kernel removes a range once the stream passes its end) is fine.
             let _ = map.remove(&key);
@@ -199,22 +194,23 @@ impl CaptureProgram {
 
     /// Tells the programs how to parse packets of one interface (`sensor_ebpf::iface` bits).
     pub fn set_interface(&mut self, ifindex: u32, bits: u32) -> Result<(), CaptureError> {
-        let mut map: HashMap<_, u32, u32> = HashMap::try_from(
-            self.ebpf
-                .map_mut(names::IFACES)
-                .ok_or(CaptureError::Missing(names::IFACES))?,
-        )
-        .map_err(|e| CaptureError::load(names::IFACES, e))?;
+        let mut map = self.hash_map::<u32, u32>(names::IFACES)?;
         map.insert(ifindex, bits, 0)
             .map_err(|e| CaptureError::load(names::IFACES, e))
     }
 
+    /// The hash map `name` of the object (an LRU one too), to read and write.
+    fn hash_map<K: Pod, V: Pod>(
+        &mut self,
+        name: &'static str,
+    ) -> Result<HashMap<&mut MapData, K, V>, CaptureError> {
+        let map = self.ebpf.map_mut(name).ok_or(CaptureError::Missing(name))?;
+        HashMap::try_from(map).map_err(|e| CaptureError::load(name, e))
+    }
+
     /// Drops an interface's settings (it went away; its ifindex may come back as another).
     pub fn remove_interface(&mut self, ifindex: u32) {
-        let Some(map) = self.ebpf.map_mut(names::IFACES) else {
-            return;
-        };
-        if let Ok(mut ifaces) = HashMap::<_, u32, u32>::try_from(map) {
+        if let Ok(mut ifaces) = self.hash_map::<u32, u32>(names::IFACES) {
             // Absent already is fine: nothing to forget.
             let _ = ifaces.remove(&ifindex);
         }

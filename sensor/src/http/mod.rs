@@ -395,10 +395,7 @@ impl HttpConnection {
     ) {
         let event = match &mut self.protocol {
             Protocol::Http1 => event,
-            // Only the HTTP/1.x decoder asks for skips (`body_left_to_count`).
-            Protocol::H2(h2) => {
-                return h2.on_event(side, event.skipped_as_gap(), config, counters, out);
-            }
+            Protocol::H2(h2) => return h2.on_event(side, event, config, counters, out),
             Protocol::Skipped => return,
             Protocol::Undecided { .. } | Protocol::Joined => {
                 match self.detect(side, event, config, counters, out) {

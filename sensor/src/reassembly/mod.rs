@@ -36,19 +36,6 @@ pub enum StreamEvent {
     },
 }
 
-impl StreamEvent {
-    /// Skipped bytes as a gap of the same length, for a decoder that did not ask to skip them.
-    pub fn skipped_as_gap(self) -> Self {
-        match self {
-            Self::Skipped { ts_ns, len } => Self::Gap {
-                ts_ns,
-                len: Some(len),
-            },
-            other => other,
-        }
-    }
-}
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EndReason {
     Fin,

@@ -254,7 +254,8 @@ impl H2Connection {
                     None => self.streams.stop(ts_ns, counters, out),
                 }
             }
-            // Never asked for by this decoder: the connection hands them over as gaps.
+            // Only the HTTP/1.x decoder asks for skips (`body_left_to_count`): here they are
+            // bytes this decoder never saw.
             StreamEvent::Skipped { ts_ns, len } => {
                 let gap = StreamEvent::Gap {
                     ts_ns,
